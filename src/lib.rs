@@ -1,0 +1,27 @@
+//! ferry: an OCI container runtime built around CRIU.
+//!
+//! The library does the work and never prints; the `ferry` binary parses
+//! arguments and reports. Layers: the runtime core (`container`, `init`,
+//! `rootfs`, `cgroups`, `hooks`, `console`, `network`, `state`), the CRIU client
+//! (`criu`), and the generated CRIU protocol types (`proto`).
+
+pub mod cgroups;
+pub mod console;
+pub mod container;
+pub mod criu;
+pub mod hooks;
+pub mod id;
+pub mod init;
+pub mod network;
+pub mod proc;
+pub mod rootfs;
+pub mod spec;
+pub mod state;
+pub mod sync;
+
+/// Generated from `proto/*.proto` by build.rs.
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/criu_proto/mod.rs"));
+}
+
+pub use container::{Container, Error, Status};
