@@ -1,1 +1,353 @@
-//! TODO
+//! The container's init process between clone and exec: joins namespaces,
+//! builds the rootfs, drops privileges, waits for `start`, runs the user
+//! program. Errors travel to `ferry create` over the sync channel (before
+//! start) or the exec.done fifo (after); this code never returns.
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::{sethostname, setsid, Gid, Uid};
+use oci_spec::runtime::{LinuxCapabilities, Spec};
+
+use crate::rootfs::{self, Setup};
+use crate::sync::{Channel, Msg};
+
+pub struct Init {
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub no_pivot: bool,
+    pub channel: Channel,
+    /// Opened O_RDWR: the init blocks reading it until `start` writes.
+    pub exec_fifo: OwnedFd,
+    /// Opened O_RDWR|O_CLOEXEC: closed by a successful exec, so `start` sees
+    /// EOF; an exec failure writes the reason into it first.
+    pub exec_done: OwnedFd,
+    pub pty_slave: Option<(OwnedFd, String)>,
+    /// Namespaces to join by path, in order.
+    pub join: Vec<(CloneFlags, PathBuf)>,
+    pub new_userns: bool,
+    pub new_cgroupns: bool,
+    pub new_utsns: bool,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+impl Init {
+    /// Entry point in the cloned child.
+    pub fn run(mut self) -> ! {
+        let exec = match self.setup() {
+            Ok(exec) => exec,
+            Err(msg) => {
+                let _ = self.channel.send(&Msg::Failed(msg));
+                std::process::exit(1);
+            }
+        };
+        let _ = self.channel.send(&Msg::Created);
+        drop(self.channel);
+        let mut done = std::fs::File::from(self.exec_done);
+        let mut fifo = std::fs::File::from(self.exec_fifo);
+        let mut byte = [0u8; 1];
+        loop {
+            match fifo.read(&mut byte) {
+                Ok(1) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                _ => std::process::exit(1),
+            }
+        }
+        drop(fifo);
+        let state_json = exec.state_json.clone();
+        if let Err(e) = crate::hooks::run(
+            self.spec.hooks().as_ref(),
+            crate::hooks::Kind::StartContainer,
+            &state_json,
+        ) {
+            let _ = done.write_all(e.to_string().as_bytes());
+            std::process::exit(1);
+        }
+        let err = exec.exec();
+        let _ = done.write_all(err.as_bytes());
+        std::process::exit(127);
+    }
+
+    fn setup(&mut self) -> Result<Exec> {
+        // Signals blocked by the parent must not stay blocked in the container.
+        let _ =
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        mark_fds_cloexec();
+        if self.new_userns {
+            match self.channel.recv()? {
+                Some(Msg::Mapped) => {}
+                other => return Err(format!("expected uid/gid maps, got {other:?}")),
+            }
+            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+                .map_err(|e| format!("setresgid 0 in user namespace: {e}"))?;
+            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+                .map_err(|e| format!("setresuid 0 in user namespace: {e}"))?;
+        }
+        for (flag, path) in &self.join {
+            let f = std::fs::File::open(path)
+                .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+            setns(&f, *flag).map_err(|e| format!("join namespace {}: {e}", path.display()))?;
+        }
+        self.channel.send(&Msg::NsReady)?;
+        let (state_json, cgroup_dirs) = match self.channel.recv()? {
+            Some(Msg::Go {
+                state_json,
+                cgroup_dirs,
+            }) => (state_json, cgroup_dirs),
+            Some(Msg::Failed(m)) => return Err(m),
+            other => return Err(format!("expected go-ahead, got {other:?}")),
+        };
+        if self.new_cgroupns {
+            unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
+        }
+        setsid().map_err(|e| format!("setsid: {e}"))?;
+        if let Some((slave, _)) = &self.pty_slave {
+            // SAFETY: TIOCSCTTY on our own pty slave fd.
+            if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+                return Err(format!(
+                    "set controlling terminal: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            for fd in 0..3 {
+                // SAFETY: duplicating our own pty slave onto stdio.
+                if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+                    return Err(format!("dup2 pty: {}", std::io::Error::last_os_error()));
+                }
+            }
+        }
+        if self.new_utsns {
+            if let Some(h) = self.spec.hostname() {
+                sethostname(h).map_err(|e| format!("sethostname {h}: {e}"))?;
+            }
+            if let Some(d) = self.spec.domainname() {
+                let c = CString::new(d.as_str()).map_err(|_| "domainname has a NUL".to_string())?;
+                // SAFETY: valid C string and length.
+                if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
+                    return Err(format!(
+                        "setdomainname: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+        }
+        let setup = Setup {
+            spec: &self.spec,
+            rootfs: &self.rootfs,
+            cgroup_dirs: &cgroup_dirs,
+            console: self.pty_slave.as_ref().map(|(_, n)| n.as_str()),
+            in_userns: self.new_userns,
+        };
+        setup.prepare()?;
+        crate::hooks::run(
+            self.spec.hooks().as_ref(),
+            crate::hooks::Kind::CreateContainer,
+            &state_json,
+        )
+        .map_err(|e| e.to_string())?;
+        rootfs::enter(&self.rootfs, self.no_pivot)?;
+        rootfs::finish(&self.spec)?;
+        apply_sysctls(&self.spec)?;
+        let process = self.spec.process().clone().unwrap_or_default();
+        apply_rlimits(&process)?;
+        let env = environment(&process);
+        let args = process.args().clone().unwrap_or_default();
+        let program = resolve_program(&args[0], &env)?;
+        set_user_and_caps(&process)?;
+        std::env::set_current_dir(process.cwd())
+            .map_err(|e| format!("cwd {}: {e}", process.cwd().display()))?;
+        if process.no_new_privileges().unwrap_or(false) {
+            nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+        }
+        self.pty_slave = None;
+        Ok(Exec {
+            program,
+            args,
+            env,
+            state_json,
+        })
+    }
+}
+
+/// The user program, resolved and ready to exec.
+pub struct Exec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub state_json: String,
+}
+
+impl Exec {
+    /// Replaces this process; returns only the error text.
+    pub fn exec(&self) -> String {
+        let cstr = |s: &str| CString::new(s).unwrap_or_default();
+        let program = cstr(&self.program.to_string_lossy());
+        let args: Vec<CString> = self.args.iter().map(|a| cstr(a)).collect();
+        let env: Vec<CString> = self.env.iter().map(|a| cstr(a)).collect();
+        let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
+        format!("exec {}: {err}", self.program.display())
+    }
+}
+
+/// Every inherited fd above stderr gets CLOEXEC so nothing leaks into the
+/// user program; ferry's own fds already have it.
+pub fn mark_fds_cloexec() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
+pub fn environment(process: &oci_spec::runtime::Process) -> Vec<String> {
+    let mut env = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        let home = if process.user().uid() == 0 {
+            "/root"
+        } else {
+            "/"
+        };
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+/// Finds `arg0` in the container's PATH, like execvp would.
+pub fn resolve_program(arg0: &str, env: &[String]) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if arg0.contains('/') {
+        let p = PathBuf::from(arg0);
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("exec {arg0}: no such executable in the container"))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| Path::new(d).join(arg0))
+        .find(|p| executable(p))
+        .ok_or_else(|| format!("exec {arg0}: executable file not found in $PATH ({path})"))
+}
+
+fn apply_sysctls(spec: &Spec) -> Result<()> {
+    let sysctls = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default();
+    for (key, value) in sysctls {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value.as_bytes()).map_err(|e| format!("sysctl {key}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn apply_rlimits(process: &oci_spec::runtime::Process) -> Result<()> {
+    for rl in process.rlimits().clone().unwrap_or_default() {
+        let lim = libc::rlimit {
+            rlim_cur: rl.soft(),
+            rlim_max: rl.hard(),
+        };
+        let res = crate::spec::rlimit_resource(rl.typ());
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
+            return Err(format!(
+                "setrlimit {:?} {}/{}: {}",
+                rl.typ(),
+                rl.soft(),
+                rl.hard(),
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn cap_set(set: &Option<oci_spec::runtime::Capabilities>) -> Result<caps::CapsHashSet> {
+    let mut out = caps::CapsHashSet::new();
+    for c in set.clone().unwrap_or_default() {
+        let name = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.insert(
+            caps::Capability::from_str(&name).map_err(|_| format!("unknown capability {name}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Drops the bounding set, switches user keeping capabilities, then sets the
+/// configured capability sets.
+pub fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<()> {
+    let capabilities = process.capabilities().clone().unwrap_or_else(|| {
+        let mut c = LinuxCapabilities::default();
+        c.set_bounding(Some(Default::default()));
+        c.set_effective(Some(Default::default()));
+        c.set_permitted(Some(Default::default()));
+        c.set_inheritable(Some(Default::default()));
+        c.set_ambient(Some(Default::default()));
+        c
+    });
+    let bounding = cap_set(capabilities.bounding())?;
+    let known = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
+    for c in known.difference(&bounding) {
+        caps::drop(None, caps::CapSet::Bounding, *c)
+            .map_err(|e| format!("drop bounding {c}: {e}"))?;
+    }
+    let user = process.user();
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(Gid::from_raw)
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    let gid = Gid::from_raw(user.gid());
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {gid}: {e}"))?;
+    let uid = Uid::from_raw(user.uid());
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {uid}: {e}"))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("keepcaps: {e}"))?;
+    if let Some(mask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    let permitted = cap_set(capabilities.permitted())?;
+    let effective = cap_set(capabilities.effective())?;
+    let inheritable = cap_set(capabilities.inheritable())?;
+    let ambient = cap_set(capabilities.ambient())?;
+    caps::set(None, caps::CapSet::Permitted, &permitted)
+        .map_err(|e| format!("permitted caps: {e}"))?;
+    caps::set(None, caps::CapSet::Inheritable, &inheritable)
+        .map_err(|e| format!("inheritable caps: {e}"))?;
+    caps::set(None, caps::CapSet::Effective, &effective)
+        .map_err(|e| format!("effective caps: {e}"))?;
+    caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("ambient caps: {e}"))?;
+    for c in ambient {
+        caps::raise(None, caps::CapSet::Ambient, c).map_err(|e| format!("ambient {c}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Writes `data` to `fd` ignoring errors (used for status reports).
+pub fn write_all_fd(fd: &OwnedFd, data: &[u8]) {
+    let _ = nix::unistd::write(fd, data);
+}

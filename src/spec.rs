@@ -1,1 +1,350 @@
-//! TODO
+//! Loading and checking a bundle's `config.json` (OCI runtime spec).
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bundle {0}: no such directory (pass --bundle with a directory holding config.json)")]
+    NoBundle(PathBuf),
+    #[error("{0}: no config.json in the bundle (create one with `ferry spec`)")]
+    NoConfig(PathBuf),
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: malformed JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("config.json: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("config.json: {field} is not supported by ferry: {reason}")]
+    Unsupported { field: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn invalid(field: &str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn unsupported(field: &str, reason: impl Into<String>) -> Error {
+    Error::Unsupported {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads and parses `<bundle>/config.json`; JSON errors carry line and column.
+pub fn load(bundle: &Path) -> Result<Spec> {
+    if !bundle.is_dir() {
+        return Err(Error::NoBundle(bundle.to_path_buf()));
+    }
+    let path = bundle.join("config.json");
+    if !path.exists() {
+        return Err(Error::NoConfig(bundle.to_path_buf()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+}
+
+/// The rootfs directory, resolved against the bundle.
+pub fn rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("root", "missing (set root.path to the rootfs directory)"))?;
+    let path = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    if !path.is_dir() {
+        return Err(invalid(
+            "root.path",
+            format!("{} is not a directory", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
+/// Refuses configurations ferry cannot honour, before anything is created.
+/// Every field ferry does not implement is reported rather than ignored.
+pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
+    rootfs(spec, bundle)?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("process", "missing (the container needs a process to run)"))?;
+    match process.args() {
+        Some(args) if !args.is_empty() => {}
+        _ => return Err(invalid("process.args", "empty (name the program to run)")),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(
+            "process.cwd",
+            format!("{} is not an absolute path", process.cwd().display()),
+        ));
+    }
+    if process.apparmor_profile().is_some() {
+        return Err(unsupported(
+            "process.apparmorProfile",
+            "AppArmor profiles are not applied; remove the field",
+        ));
+    }
+    if process.selinux_label().is_some() {
+        return Err(unsupported(
+            "process.selinuxLabel",
+            "SELinux labels are not applied; remove the field",
+        ));
+    }
+    if let Some(rlimits) = process.rlimits() {
+        for rl in rlimits {
+            check_rlimit(rl.typ(), rl.soft(), rl.hard())?;
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        if linux.seccomp().is_some() {
+            return Err(unsupported(
+                "linux.seccomp",
+                "seccomp filters are not installed; remove the field",
+            ));
+        }
+        if linux.intel_rdt().is_some() {
+            return Err(unsupported("linux.intelRdt", "Intel RDT is not managed"));
+        }
+        if linux.personality().is_some() {
+            return Err(unsupported(
+                "linux.personality",
+                "execution domains are not set",
+            ));
+        }
+        let namespaces = linux.namespaces().clone().unwrap_or_default();
+        let mut seen = Vec::new();
+        for ns in &namespaces {
+            if seen.contains(&ns.typ()) {
+                return Err(invalid(
+                    "linux.namespaces",
+                    format!("{:?} namespace listed twice", ns.typ()),
+                ));
+            }
+            seen.push(ns.typ());
+            if ns.typ() == LinuxNamespaceType::Time {
+                return Err(unsupported("linux.namespaces", "time namespaces"));
+            }
+            if let Some(path) = ns.path() {
+                if !path.exists() {
+                    return Err(invalid(
+                        "linux.namespaces",
+                        format!(
+                            "{:?} namespace path {} does not exist",
+                            ns.typ(),
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let user_ns = namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+        let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+        if has_maps && !user_ns {
+            return Err(invalid(
+                "linux.uidMappings",
+                "mappings need a new user namespace in linux.namespaces",
+            ));
+        }
+        if user_ns && !has_maps {
+            return Err(invalid(
+                "linux.namespaces",
+                "a new user namespace needs linux.uidMappings and linux.gidMappings",
+            ));
+        }
+        if let Some(path) = linux.cgroups_path() {
+            if path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(invalid("linux.cgroupsPath", "must not contain '..'"));
+            }
+        }
+    }
+    if let Some(mounts) = spec.mounts() {
+        for m in mounts {
+            if !m.destination().is_absolute() {
+                return Err(invalid(
+                    "mounts",
+                    format!(
+                        "destination {} is not an absolute path",
+                        m.destination().display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// This host may forbid raising limits (no CAP_SYS_RESOURCE): refuse up front
+/// instead of failing inside the container.
+fn check_rlimit(typ: PosixRlimitType, soft: u64, hard: u64) -> Result<()> {
+    let name = format!("{typ:?}")
+        .to_uppercase()
+        .replace("RLIMIT", "RLIMIT_");
+    if soft > hard {
+        return Err(invalid(
+            "process.rlimits",
+            format!("{name}: soft limit {soft} is above hard limit {hard}"),
+        ));
+    }
+    let resource = rlimit_resource(typ);
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(resource as _, &mut cur) } != 0 {
+        return Ok(());
+    }
+    let have_cap = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap_or(false);
+    if hard > cur.rlim_max && !have_cap {
+        return Err(invalid(
+            "process.rlimits",
+            format!(
+                "{name}: hard limit {hard} is above this host's hard limit {} and ferry may not raise it (no CAP_SYS_RESOURCE); lower it to at most {}",
+                cur.rlim_max, cur.rlim_max
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub fn rlimit_resource(typ: PosixRlimitType) -> libc::c_int {
+    use PosixRlimitType::*;
+    (match typ {
+        RlimitCpu => libc::RLIMIT_CPU,
+        RlimitFsize => libc::RLIMIT_FSIZE,
+        RlimitData => libc::RLIMIT_DATA,
+        RlimitStack => libc::RLIMIT_STACK,
+        RlimitCore => libc::RLIMIT_CORE,
+        RlimitRss => libc::RLIMIT_RSS,
+        RlimitNproc => libc::RLIMIT_NPROC,
+        RlimitNofile => libc::RLIMIT_NOFILE,
+        RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        RlimitAs => libc::RLIMIT_AS,
+        RlimitLocks => libc::RLIMIT_LOCKS,
+        RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        RlimitNice => libc::RLIMIT_NICE,
+        RlimitRtprio => libc::RLIMIT_RTPRIO,
+        RlimitRttime => libc::RLIMIT_RTTIME,
+    }) as libc::c_int
+}
+
+/// The default configuration written by `ferry spec` (like `runc spec`).
+pub fn default_spec() -> Spec {
+    let mut spec = Spec::default();
+    // oci-spec's default process runs "sh" with a terminal, as runc's does.
+    if let Some(root) = spec.root().clone() {
+        let mut root = root;
+        root.set_readonly(Some(true));
+        spec.set_root(Some(root));
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_with(config: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        dir
+    }
+
+    #[test]
+    fn malformed_json_names_line_and_column() {
+        let dir = bundle_with("{\n  \"ociVersion\": \"1.0.2\",\n  oops\n}");
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 3 column 3"), "{err}");
+        assert!(err.contains("malformed JSON"), "{err}");
+    }
+
+    #[test]
+    fn missing_bundle_and_config() {
+        let err = load(Path::new("/nonexistent/bundle")).unwrap_err();
+        assert!(matches!(err, Error::NoBundle(_)));
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("ferry spec"), "{err}");
+    }
+
+    #[test]
+    fn default_spec_validates() {
+        let spec = default_spec();
+        let dir = bundle_with(&serde_json::to_string(&spec).unwrap());
+        let spec = load(dir.path()).unwrap();
+        validate(&spec, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn rejects_unsupported_and_invalid_fields() {
+        let mut v = serde_json::to_value(default_spec()).unwrap();
+        v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"});
+        let dir = bundle_with(&v.to_string());
+        let err = validate(&load(dir.path()).unwrap(), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("linux.seccomp"), "{err}");
+
+        let mut v = serde_json::to_value(default_spec()).unwrap();
+        v["process"]["args"] = serde_json::json!([]);
+        let dir = bundle_with(&v.to_string());
+        let err = validate(&load(dir.path()).unwrap(), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("process.args"), "{err}");
+
+        let mut v = serde_json::to_value(default_spec()).unwrap();
+        v["root"]["path"] = serde_json::json!("missing-rootfs");
+        let dir = bundle_with(&v.to_string());
+        let err = validate(&load(dir.path()).unwrap(), dir.path()).unwrap_err();
+        assert!(err.to_string().contains("root.path"), "{err}");
+    }
+
+    #[test]
+    fn rlimit_above_host_hard_limit_is_refused() {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) };
+        let have_cap = caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_RESOURCE,
+        )
+        .unwrap();
+        if have_cap || cur.rlim_max == libc::RLIM_INFINITY {
+            eprintln!("skipped: this process may raise RLIMIT_NOFILE (CAP_SYS_RESOURCE present)");
+            return;
+        }
+        let err = check_rlimit(PosixRlimitType::RlimitNofile, 1024, cur.rlim_max + 1).unwrap_err();
+        assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
+        check_rlimit(PosixRlimitType::RlimitNofile, 1024, cur.rlim_max).unwrap();
+    }
+}

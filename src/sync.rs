@@ -1,1 +1,63 @@
-//! TODO
+//! The message channel between `ferry create` and the container's init while
+//! the container is being set up (a SOCK_SEQPACKET socketpair).
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Msg {
+    /// Parent → child: uid/gid maps are written.
+    Mapped,
+    /// Child → parent: namespaces are in place.
+    NsReady,
+    /// Parent → child: cgroup, network and runtime hooks done; go on.
+    Go {
+        state_json: String,
+        cgroup_dirs: Vec<(String, String)>,
+    },
+    /// Child → parent: set up and waiting for `start`.
+    Created,
+    /// Child → parent: setup failed.
+    Failed(String),
+}
+
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+pub fn pair() -> nix::Result<(Channel, Channel)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok((Channel { fd: a }, Channel { fd: b }))
+}
+
+impl Channel {
+    pub fn send(&self, msg: &Msg) -> Result<(), String> {
+        let data = serde_json::to_vec(msg).expect("sync message serializes");
+        send(self.fd.as_raw_fd(), &data, MsgFlags::empty())
+            .map(|_| ())
+            .map_err(|e| format!("sync send: {e}"))
+    }
+
+    /// Receives one message; `None` when the peer closed its end.
+    pub fn recv(&self) -> Result<Option<Msg>, String> {
+        let mut buf = vec![0u8; 1 << 20];
+        let n = loop {
+            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.map_err(|e| format!("sync recv: {e}"))?,
+            }
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_slice(&buf[..n])
+            .map(Some)
+            .map_err(|e| format!("sync message: {e}"))
+    }
+}

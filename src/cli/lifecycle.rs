@@ -1,0 +1,347 @@
+//! Commands that change containers.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ferry::container::{CreateOptions, ExecOptions};
+use ferry::Container;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, Process};
+
+use super::output::warn_all;
+use super::wait;
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// Container ID (or an unambiguous prefix).
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub id: String,
+    /// Bundle directory holding config.json.
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Write the init's host pid to this file.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Unix socket that receives the terminal master (process.terminal).
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// chroot instead of pivot_root (for a ramdisk root).
+    #[arg(long)]
+    pub no_pivot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Return once the container runs instead of waiting for it.
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    pub id: String,
+    /// Signal name or number.
+    #[arg(default_value = "TERM")]
+    pub signal: String,
+    /// Signal every process of the container.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub id: String,
+    /// Kill the container first if it is still running.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub id: String,
+    /// Command and arguments (unless --process is given).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// Do not wait for the process.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Give the process a terminal (handed over --console-socket).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Extra environment variables (KEY=VALUE).
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// UID[:GID] to run as.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// An OCI process.json describing the process.
+    #[arg(short, long)]
+    pub process: Option<PathBuf>,
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub id: String,
+    /// Resources as OCI linux.resources JSON ("-" for stdin).
+    #[arg(short, long)]
+    pub resources: Option<PathBuf>,
+    /// Memory limit in bytes (k, m, g suffixes allowed).
+    #[arg(long)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap limit (-1 for unlimited).
+    #[arg(long)]
+    pub memory_swap: Option<String>,
+    #[arg(long)]
+    pub cpu_shares: Option<u64>,
+    #[arg(long)]
+    pub cpu_quota: Option<i64>,
+    #[arg(long)]
+    pub cpu_period: Option<u64>,
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    #[arg(long)]
+    pub cpuset_mems: Option<String>,
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+}
+
+fn create_options(a: &CreateArgs) -> CreateOptions {
+    CreateOptions {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        no_pivot: a.no_pivot,
+    }
+}
+
+pub fn create(root: &Path, a: &CreateArgs) -> anyhow::Result<()> {
+    Container::create(root, &create_options(a))?;
+    Ok(())
+}
+
+pub fn start(root: &Path, a: &IdArg) -> anyhow::Result<()> {
+    let mut c = Container::load(root, &a.id)?;
+    warn_all(&c.start()?);
+    Ok(())
+}
+
+pub fn run(root: &Path, a: &RunArgs) -> anyhow::Result<i32> {
+    if !a.detach {
+        wait::block_signals();
+    }
+    let created = Container::create(root, &create_options(&a.create))?;
+    let mut c = created.container;
+    if let Err(e) = c.start() {
+        let id = c.id().to_string();
+        if let Ok(c) = Container::load(root, &id) {
+            let _ = c.delete(true);
+        }
+        return Err(e.into());
+    }
+    if a.detach {
+        return Ok(0);
+    }
+    let pid = Pid::from_raw(c.state.pid);
+    let code = wait::wait_forwarding(pid, pid);
+    // Like runc, a foreground container is removed when it exits.
+    let c = Container::load(root, c.id())?;
+    warn_all(&c.delete(true)?);
+    Ok(code)
+}
+
+pub fn kill(root: &Path, a: &KillArgs) -> anyhow::Result<()> {
+    let signal = ferry::container::parse_signal(&a.signal).with_context(|| {
+        format!(
+            "unknown signal {:?} (use a name like TERM or a number)",
+            a.signal
+        )
+    })?;
+    Container::load(root, &a.id)?.kill(signal, a.all)?;
+    Ok(())
+}
+
+pub fn delete(root: &Path, a: &DeleteArgs) -> anyhow::Result<()> {
+    match Container::load(root, &a.id) {
+        Ok(c) => warn_all(&c.delete(a.force)?),
+        // A creation that died half-way leaves a directory without state.
+        Err(ferry::Error::WrongState { id, .. }) if a.force => {
+            ferry::container::remove_incomplete(root, &id)?
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+pub fn pause(root: &Path, a: &IdArg) -> anyhow::Result<()> {
+    Container::load(root, &a.id)?.pause()?;
+    Ok(())
+}
+
+pub fn resume(root: &Path, a: &IdArg) -> anyhow::Result<()> {
+    Container::load(root, &a.id)?.resume()?;
+    Ok(())
+}
+
+fn exec_process(c: &Container, a: &ExecArgs) -> anyhow::Result<Process> {
+    if let Some(path) = &a.process {
+        if !a.command.is_empty() {
+            bail!("give either --process or a command, not both");
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed process JSON", path.display()));
+    }
+    if a.command.is_empty() {
+        bail!("no command given: ferry exec ID COMMAND [ARG...]");
+    }
+    let mut p = c.state.config.process().clone().unwrap_or_default();
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
+    p.set_env(Some(a.env.clone()));
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if let Some(user) = &a.user {
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user.as_str(), None),
+        };
+        let mut u = p.user().clone();
+        u.set_uid(
+            uid.parse()
+                .with_context(|| format!("--user {user}: UID must be a number"))?,
+        );
+        if let Some(g) = gid {
+            u.set_gid(
+                g.parse()
+                    .with_context(|| format!("--user {user}: GID must be a number"))?,
+            );
+        }
+        p.set_user(u);
+    }
+    Ok(p)
+}
+
+pub fn exec(root: &Path, a: &ExecArgs) -> anyhow::Result<i32> {
+    let c = Container::load(root, &a.id)?;
+    let process = exec_process(&c, a)?;
+    if !a.detach {
+        wait::block_signals();
+    }
+    let handle = c.exec(&ExecOptions {
+        process,
+        console_socket: a.console_socket.clone(),
+        pid_file: a.pid_file.clone(),
+    })?;
+    if a.detach {
+        return Ok(0);
+    }
+    Ok(wait::wait_forwarding(handle.relay, handle.pid))
+}
+
+/// "64m" → 67108864; "-1" stays -1.
+fn parse_bytes(s: &str) -> anyhow::Result<i64> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('b') => (&t[..t.len() - 1], 1),
+        _ => (t.as_str(), 1),
+    };
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size (bytes, or with k/m/g)"))?;
+    Ok(if n < 0 { n } else { n * mult })
+}
+
+pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
+    let mut res: LinuxResources = match &a.resources {
+        Some(p) => {
+            let text = if p.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?
+            };
+            serde_json::from_str(&text).context("malformed resources JSON")?
+        }
+        None => LinuxResources::default(),
+    };
+    if a.memory.is_some() || a.memory_swap.is_some() || a.memory_reservation.is_some() {
+        let mut m = res.memory().clone().unwrap_or_else(LinuxMemory::default);
+        if let Some(v) = &a.memory {
+            m.set_limit(Some(parse_bytes(v)?));
+        }
+        if let Some(v) = &a.memory_swap {
+            m.set_swap(Some(parse_bytes(v)?));
+        }
+        if let Some(v) = &a.memory_reservation {
+            m.set_reservation(Some(parse_bytes(v)?));
+        }
+        res.set_memory(Some(m));
+    }
+    if a.cpu_shares.is_some()
+        || a.cpu_quota.is_some()
+        || a.cpu_period.is_some()
+        || a.cpuset_cpus.is_some()
+        || a.cpuset_mems.is_some()
+    {
+        let mut cpu = res.cpu().clone().unwrap_or_else(LinuxCpu::default);
+        if a.cpu_shares.is_some() {
+            cpu.set_shares(a.cpu_shares);
+        }
+        if a.cpu_quota.is_some() {
+            cpu.set_quota(a.cpu_quota);
+        }
+        if a.cpu_period.is_some() {
+            cpu.set_period(a.cpu_period);
+        }
+        if a.cpuset_cpus.is_some() {
+            cpu.set_cpus(a.cpuset_cpus.clone());
+        }
+        if a.cpuset_mems.is_some() {
+            cpu.set_mems(a.cpuset_mems.clone());
+        }
+        res.set_cpu(Some(cpu));
+    }
+    if let Some(limit) = a.pids_limit {
+        let mut p = LinuxPids::default();
+        p.set_limit(limit);
+        res.set_pids(Some(p));
+    }
+    if res.memory().is_none() && res.cpu().is_none() && res.pids().is_none() {
+        bail!("nothing to update: give --memory, --cpu-*, --pids-limit or --resources");
+    }
+    Container::load(root, &a.id)?.update(&res)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("123").unwrap(), 123);
+        assert_eq!(parse_bytes("-1").unwrap(), -1);
+        assert!(parse_bytes("lots").is_err());
+    }
+}

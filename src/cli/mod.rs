@@ -1,0 +1,118 @@
+//! Command-line interface, runc-compatible names and flags.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod lifecycle;
+mod output;
+mod query;
+mod wait;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "An OCI container runtime built for checkpoint, restore and live migration"
+)]
+pub struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = ferry::container::DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Write logs (and error lines) to this file instead of stderr.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    /// Format of the log file.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Verbose logs and error detail.
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Manage cgroups through systemd (not supported: ferry writes cgroupfs).
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a default config.json into the bundle.
+    Spec(query::SpecArgs),
+    /// Create a container that waits for `start`.
+    Create(lifecycle::CreateArgs),
+    /// Start a created container.
+    Start(lifecycle::IdArg),
+    /// Create and start a container (foreground: wait and return its exit status).
+    Run(lifecycle::RunArgs),
+    /// Print a container's OCI state as JSON.
+    State(lifecycle::IdArg),
+    /// List containers.
+    List(query::ListArgs),
+    /// Send a signal to a container.
+    Kill(lifecycle::KillArgs),
+    /// Delete a container.
+    Delete(lifecycle::DeleteArgs),
+    /// Freeze every process of a container.
+    Pause(lifecycle::IdArg),
+    /// Thaw a paused container.
+    Resume(lifecycle::IdArg),
+    /// List the processes of a container.
+    Ps(query::PsArgs),
+    /// Run a process inside a container.
+    Exec(lifecycle::ExecArgs),
+    /// Container statistics (cgroup and network counters).
+    Events(query::EventsArgs),
+    /// Change a container's cgroup resources.
+    Update(lifecycle::UpdateArgs),
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    output::init_logging(&cli);
+    let result = if cli.systemd_cgroup {
+        Err(anyhow::anyhow!(
+            "--systemd-cgroup is not supported: ferry manages cgroups through cgroupfs (drop the flag, or for podman set cgroup_manager = \"cgroupfs\")"
+        ))
+    } else {
+        dispatch(&cli)
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            output::report_error(&cli, &e);
+            1
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
+    let root = &cli.root;
+    match &cli.command {
+        Command::Spec(a) => query::spec(a).map(|_| 0),
+        Command::Create(a) => lifecycle::create(root, a).map(|_| 0),
+        Command::Start(a) => lifecycle::start(root, a).map(|_| 0),
+        Command::Run(a) => lifecycle::run(root, a),
+        Command::State(a) => query::state(root, a).map(|_| 0),
+        Command::List(a) => query::list(root, a).map(|_| 0),
+        Command::Kill(a) => lifecycle::kill(root, a).map(|_| 0),
+        Command::Delete(a) => lifecycle::delete(root, a).map(|_| 0),
+        Command::Pause(a) => lifecycle::pause(root, a).map(|_| 0),
+        Command::Resume(a) => lifecycle::resume(root, a).map(|_| 0),
+        Command::Ps(a) => query::ps(root, a).map(|_| 0),
+        Command::Exec(a) => lifecycle::exec(root, a),
+        Command::Events(a) => query::events(root, a).map(|_| 0),
+        Command::Update(a) => lifecycle::update(root, a).map(|_| 0),
+    }
+}

@@ -1,0 +1,359 @@
+//! `create`: a container whose init is set up and waits for `start`.
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType};
+
+use super::{io, sys, Container, Error, Result};
+use crate::cgroups::Cgroup;
+use crate::hooks::{self, Kind};
+use crate::init::Init;
+use crate::network::{self, VethConfig};
+use crate::state::{State, StateDir, EXEC_DONE, EXEC_FIFO};
+use crate::sync::{self, Msg};
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+}
+
+/// A freshly created container; the caller is the init's parent until it
+/// exits, so foreground `run` can wait for it.
+pub struct Created {
+    pub container: Container,
+}
+
+/// What must be undone if creation fails half-way.
+struct Undo {
+    dir: StateDir,
+    cgroup: Option<Cgroup>,
+    veth: Option<VethConfig>,
+    pid: Option<Pid>,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(v) = &self.veth {
+            let _ = network::remove(v);
+        }
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.remove();
+        }
+        let _ = self.dir.remove();
+    }
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Time => CloneFlags::empty(),
+    }
+}
+
+/// Default cgroup path when config.json has none: below the caller's cgroup.
+pub fn default_cgroup_path(id: &str) -> String {
+    format!("ferry/{id}")
+}
+
+pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
+    crate::id::validate(&opts.id).map_err(|source| Error::InvalidId {
+        id: opts.id.clone(),
+        source,
+    })?;
+    let bundle = std::fs::canonicalize(&opts.bundle)
+        .map_err(|_| crate::spec::Error::NoBundle(opts.bundle.clone()))?;
+    let spec = crate::spec::load(&bundle)?;
+    crate::spec::validate(&spec, &bundle)?;
+    let rootfs = crate::spec::rootfs(&spec, &bundle)?;
+    let rootfs =
+        std::fs::canonicalize(&rootfs).map_err(io(format!("rootfs {}", rootfs.display())))?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    match (terminal, &opts.console_socket) {
+        (true, None) => return Err(Error::Usage(
+            "config.json sets process.terminal: pass --console-socket (or set terminal to false)"
+                .into(),
+        )),
+        (false, Some(_)) => {
+            return Err(Error::Usage(
+                "--console-socket needs process.terminal set to true in config.json".into(),
+            ))
+        }
+        (true, Some(sock)) => crate::console::check_socket(sock)?,
+        _ => {}
+    }
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let veth = VethConfig::from_annotations(&annotations)?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    if veth.is_some()
+        && !namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+    {
+        return Err(Error::Usage(format!(
+            "annotation {} needs a new network namespace in linux.namespaces",
+            network::VETH_ANNOTATION
+        )));
+    }
+
+    std::fs::create_dir_all(root).map_err(io(format!("state root {}", root.display())))?;
+    let dir = StateDir::new(root, &opts.id);
+    dir.create().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Exists(opts.id.clone())
+        } else {
+            io(format!("creating {}", dir.path.display()))(e)
+        }
+    })?;
+    let mut undo = Undo {
+        dir: dir.clone(),
+        cgroup: None,
+        veth: None,
+        pid: None,
+        armed: true,
+    };
+    let _lock = dir.lock()?;
+
+    for name in [EXEC_FIFO, EXEC_DONE] {
+        nix::unistd::mkfifo(&dir.file(name), Mode::from_bits_truncate(0o600))
+            .map_err(sys(format!("mkfifo {}", dir.file(name).display())))?;
+    }
+    let open_rw = |name: &str| -> Result<OwnedFd> {
+        nix::fcntl::open(
+            &dir.file(name),
+            OFlag::O_RDWR | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(format!("open {name}")))
+    };
+    let exec_fifo = open_rw(EXEC_FIFO)?;
+    let exec_done = open_rw(EXEC_DONE)?;
+
+    let cgroup_path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| default_cgroup_path(&opts.id));
+    let cgroup = Cgroup::create(&cgroup_path, linux.resources().as_ref())?;
+    let cgroup_desc = cgroup.descriptor().clone();
+    undo.cgroup = Some(cgroup);
+
+    let pty = if terminal {
+        Some(crate::console::open_pty()?)
+    } else {
+        None
+    };
+
+    let mut clone_flags = CloneFlags::empty();
+    let mut join = Vec::new();
+    let mut pid_ns_path = None;
+    for ns in &namespaces {
+        match ns.path() {
+            None => clone_flags |= ns_flag(ns.typ()),
+            Some(p) if ns.typ() == LinuxNamespaceType::Pid => pid_ns_path = Some(p.clone()),
+            Some(p) => join.push((ns_flag(ns.typ()), p.clone())),
+        }
+    }
+    // The cgroup namespace is unshared after the init is in its cgroup.
+    let new_cgroupns = clone_flags.contains(CloneFlags::CLONE_NEWCGROUP);
+    clone_flags.remove(CloneFlags::CLONE_NEWCGROUP);
+    // A joined user namespace must come first.
+    join.sort_by_key(|(f, _)| *f != CloneFlags::CLONE_NEWUSER);
+    let new_userns = clone_flags.contains(CloneFlags::CLONE_NEWUSER);
+    let new_utsns = clone_flags.contains(CloneFlags::CLONE_NEWUTS)
+        || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
+
+    if let Some(p) = &pid_ns_path {
+        // setns on a pid namespace applies to our next child.
+        let f = std::fs::File::open(p).map_err(io(format!("pid namespace {}", p.display())))?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWPID)
+            .map_err(sys(format!("join pid namespace {}", p.display())))?;
+    }
+
+    let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
+    let init = Init {
+        spec: spec.clone(),
+        rootfs: rootfs.clone(),
+        no_pivot: opts.no_pivot,
+        channel: child_ch,
+        exec_fifo,
+        exec_done,
+        pty_slave: pty
+            .as_ref()
+            .map(|p| (p.slave.try_clone().expect("dup pty slave"), p.name.clone())),
+        join,
+        new_userns,
+        new_cgroupns,
+        new_utsns,
+    };
+    let mut init = Some(init);
+    let mut stack = vec![0u8; 1 << 20];
+    // SAFETY: ferry is single-threaded here; the child only runs `Init::run`,
+    // which execs or exits.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(|| init.take().expect("init runs once").run()),
+            &mut stack,
+            clone_flags,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(sys("clone container init"))?;
+    // The child owns its copies; ours must close so EOF/ENXIO work.
+    drop(init);
+    undo.pid = Some(pid);
+
+    let child_error = |msg: Option<Msg>| -> Error {
+        match msg {
+            Some(Msg::Failed(m)) => Error::Init(m),
+            Some(other) => Error::Init(format!("unexpected message {other:?}")),
+            None => Error::Init("exited during setup".into()),
+        }
+    };
+    let recv = |ch: &sync::Channel| ch.recv().map_err(Error::Init);
+
+    if new_userns {
+        write_id_maps(pid, linux.uid_mappings(), linux.gid_mappings())?;
+        parent_ch.send(&Msg::Mapped).map_err(Error::Init)?;
+    }
+    match recv(&parent_ch)? {
+        Some(Msg::NsReady) => {}
+        other => return Err(child_error(other)),
+    }
+    undo.cgroup
+        .as_ref()
+        .expect("cgroup")
+        .add_task(pid.as_raw())?;
+    if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+            .map_err(io("oomScoreAdj"))?;
+    }
+    if let Some(v) = &veth {
+        network::create(v, pid.as_raw())?;
+        undo.veth = Some(v.clone());
+    }
+    let start_time = crate::proc::start_time(pid.as_raw())
+        .ok_or_else(|| Error::Init("exited during setup".into()))?;
+    let mut state = State {
+        id: opts.id.clone(),
+        pid: pid.as_raw(),
+        pid_start_time: start_time,
+        bundle: bundle.clone(),
+        rootfs: rootfs.clone(),
+        created: crate::proc::now_rfc3339(),
+        annotations,
+        cgroup: Some(cgroup_desc.clone()),
+        veth: veth.clone(),
+        stdio: Vec::new(),
+        config: spec.clone(),
+        started: false,
+        exit_status: None,
+    };
+    let state_json = creating_state_json(&state);
+    hooks::run(spec.hooks().as_ref(), Kind::Prestart, &state_json)?;
+    hooks::run(spec.hooks().as_ref(), Kind::CreateRuntime, &state_json)?;
+    parent_ch
+        .send(&Msg::Go {
+            state_json,
+            cgroup_dirs: cgroup_desc
+                .dirs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.display().to_string()))
+                .collect(),
+        })
+        .map_err(Error::Init)?;
+    match recv(&parent_ch)? {
+        Some(Msg::Created) => {}
+        other => return Err(child_error(other)),
+    }
+    if let (Some(p), Some(sock)) = (&pty, &opts.console_socket) {
+        crate::console::send_fd(sock, &p.master, &p.name)?;
+    }
+    drop(pty);
+    state.stdio = (0..3)
+        .map(|fd| crate::proc::fd_target(pid.as_raw(), fd).unwrap_or_default())
+        .collect();
+    dir.save(&state)?;
+    if let Some(pf) = &opts.pid_file {
+        write_pid_file(pf, pid.as_raw())?;
+    }
+    undo.armed = false;
+    Ok(Created {
+        container: Container {
+            root: root.to_path_buf(),
+            dir,
+            state,
+        },
+    })
+}
+
+/// The state hooks see during create (status "creating").
+fn creating_state_json(state: &State) -> String {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": state.id,
+        "status": "creating",
+        "pid": state.pid,
+        "bundle": state.bundle,
+        "annotations": state.annotations,
+    })
+    .to_string()
+}
+
+fn write_id_maps(
+    pid: Pid,
+    uid: &Option<Vec<LinuxIdMapping>>,
+    gid: &Option<Vec<LinuxIdMapping>>,
+) -> Result<()> {
+    let fmt = |m: &Option<Vec<LinuxIdMapping>>| {
+        m.clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    std::fs::write(format!("/proc/{pid}/uid_map"), fmt(uid)).map_err(io("writing uid_map"))?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), fmt(gid)).map_err(io("writing gid_map"))?;
+    Ok(())
+}
+
+/// Writes the pid file atomically, as runc does.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("ferry-tmp");
+    std::fs::write(&tmp, pid.to_string()).map_err(io(format!("pid file {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("pid file {}", path.display())))
+}
+
+impl Container {
+    /// Creates a container (see `CreateOptions`).
+    pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
+        create(root, opts)
+    }
+}

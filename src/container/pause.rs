@@ -1,0 +1,24 @@
+//! `pause` / `resume` through the cgroup freezer.
+use super::{Container, Result, Status};
+
+impl Container {
+    /// Returns once the kernel reports the cgroup frozen.
+    pub fn pause(&self) -> Result<()> {
+        let _lock = self.dir.lock()?;
+        self.require(&[Status::Running], "only a running container can be paused")?;
+        self.cgroup_or_err()?.freeze()?;
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        let _lock = self.dir.lock()?;
+        self.require(&[Status::Paused], "only a paused container can be resumed")?;
+        self.cgroup_or_err()?.thaw()?;
+        Ok(())
+    }
+
+    pub(crate) fn cgroup_or_err(&self) -> Result<crate::cgroups::Cgroup> {
+        self.cgroup()?
+            .ok_or_else(|| self.wrong_state(self.status(), "it has no cgroup"))
+    }
+}
