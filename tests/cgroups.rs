@@ -1,0 +1,398 @@
+//! Real cgroup tests: they need root and write to /sys/fs/cgroup. Every
+//! cgroup is named `ferry-test-<pid>-<n>` and removed by a guard, even when
+//! an assertion fails. Only spawned children are ever frozen.
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry::cgroups::{Cgroup, CgroupDescriptor, FreezerState};
+use oci_spec::runtime::LinuxResources;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique() -> String {
+    format!(
+        "ferry-test-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: cgroup tests need root (euid is not 0)");
+            return;
+        }
+    };
+}
+
+/// Kills the children (after thawing) and removes the cgroup on drop.
+struct Guard {
+    desc: Option<CgroupDescriptor>,
+    children: Vec<Child>,
+    /// Top-level names to sweep from every hierarchy (for failed creates).
+    names: Vec<String>,
+}
+
+impl Guard {
+    fn new() -> Guard {
+        Guard {
+            desc: None,
+            children: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let cg = self.desc.as_ref().and_then(|d| Cgroup::load(d).ok());
+        if let Some(cg) = &cg {
+            let _ = cg.thaw();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(cg) = &cg {
+            let _ = cg.remove();
+        }
+        if let Some(d) = &self.desc {
+            for dir in d.dirs.values() {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        for name in &self.names {
+            for dir in dirs_named(name) {
+                remove_tree(&dir);
+            }
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Every `<hierarchy>/<name>` that exists under /sys/fs/cgroup (v1 and v2).
+fn dirs_named(name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join(name).exists() {
+        out.push(root.join(name));
+    }
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            let p = e.path().join(name);
+            if e.path().is_dir() && p.exists() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn resources(json: serde_json::Value) -> LinuxResources {
+    serde_json::from_value(json).expect("valid LinuxResources JSON")
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// A shell loop that writes an increasing counter to `file`.
+fn spawn_counter(file: &Path) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.01; done",
+            file.display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sh")
+}
+
+fn counter(file: &Path) -> u64 {
+    fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+fn proc_state(pid: u32) -> String {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("State:"))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn limits_tasks_freeze_stats_and_remove() {
+    require_root!();
+    let name = unique();
+    let path = format!("/{name}");
+    let mut guard = Guard::new();
+    guard.names.push(name.clone());
+    let res = resources(serde_json::json!({
+        "memory": { "limit": 67108864 },
+        "pids": { "limit": 32 },
+        "cpu": { "shares": 512, "quota": 50000, "period": 100000 }
+    }));
+    let cg = Cgroup::create(&path, Some(&res)).expect("create cgroup");
+    guard.desc = Some(cg.descriptor().clone());
+    let desc = cg.descriptor().clone();
+
+    for dir in desc.dirs.values() {
+        assert!(dir.is_dir(), "{} should exist", dir.display());
+        assert!(dir.ends_with(&name), "{}", dir.display());
+    }
+    if desc.unified {
+        let d = &desc.dirs["unified"];
+        assert_eq!(read(&d.join("memory.max")), "67108864");
+        assert_eq!(read(&d.join("pids.max")), "32");
+        assert_eq!(read(&d.join("cpu.max")), "50000 100000");
+        assert_eq!(read(&d.join("cpu.weight")), "20");
+    } else {
+        assert_eq!(
+            read(&desc.dirs["memory"].join("memory.limit_in_bytes")),
+            "67108864"
+        );
+        assert_eq!(read(&desc.dirs["pids"].join("pids.max")), "32");
+        assert_eq!(read(&desc.dirs["cpu"].join("cpu.shares")), "512");
+        assert_eq!(read(&desc.dirs["cpu"].join("cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(&desc.dirs["cpu"].join("cpu.cfs_period_us")), "100000");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("count");
+    let child = spawn_counter(&file);
+    let pid = child.id();
+    guard.children.push(child);
+    cg.add_task(pid as i32).expect("add task");
+    assert!(cg.pids().unwrap().contains(&(pid as i32)));
+    // Every controller directory lists it, not just one.
+    for dir in desc.dirs.values() {
+        let procs = read(&dir.join("cgroup.procs"));
+        assert!(
+            procs.lines().any(|l| l == pid.to_string()),
+            "{} lacks {pid}",
+            dir.display()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || counter(&file) > 3),
+        "counter never advanced"
+    );
+
+    assert_eq!(cg.freezer_state().unwrap(), FreezerState::Thawed);
+    cg.freeze().expect("freeze");
+    assert_eq!(cg.freezer_state().unwrap(), FreezerState::Frozen);
+    if desc.unified {
+        let events = read(&desc.dirs["unified"].join("cgroup.events"));
+        assert!(events.lines().any(|l| l == "frozen 1"), "{events}");
+    } else {
+        assert_eq!(read(&desc.dirs["freezer"].join("freezer.state")), "FROZEN");
+    }
+    let state = proc_state(pid);
+    eprintln!("frozen child: {state}");
+    assert!(
+        state.contains('D') || state.contains('S') || state.contains('T'),
+        "frozen child state {state:?}"
+    );
+    let frozen_at = counter(&file);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter(&file), frozen_at, "counter advanced while frozen");
+
+    cg.thaw().expect("thaw");
+    assert_eq!(cg.freezer_state().unwrap(), FreezerState::Thawed);
+    assert!(
+        wait_until(Duration::from_secs(5), || counter(&file) > frozen_at + 2),
+        "counter did not advance after thaw"
+    );
+
+    let stats = cg.stats().expect("stats");
+    assert!(stats.cpu_usage_ns > 0, "{stats:?}");
+    assert!(stats.memory_usage > 0, "{stats:?}");
+    assert!(stats.pids_current >= 1, "{stats:?}");
+    assert_eq!(stats.memory_limit, 64 << 20, "{stats:?}");
+    assert_eq!(stats.pids_limit, 32, "{stats:?}");
+
+    // A non-empty cgroup cannot be removed; the error names the directory.
+    let err = cg.remove().expect_err("remove of a busy cgroup");
+    eprintln!("busy remove: {err}");
+    assert!(err.to_string().contains(&name), "{err}");
+
+    let mut child = guard.children.pop().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || cg
+        .pids()
+        .map(|p| p.is_empty())
+        .unwrap_or(false)));
+    cg.remove().expect("remove");
+    for dir in desc.dirs.values() {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    assert!(dirs_named(&name).is_empty());
+    // Removing again is fine.
+    cg.remove().expect("second remove");
+}
+
+#[test]
+fn relative_path_lands_below_callers_cgroup_per_controller() {
+    require_root!();
+    let name = unique();
+    let mut guard = Guard::new();
+    let cg = Cgroup::create(&name, None).expect("create relative");
+    guard.desc = Some(cg.descriptor().clone());
+    let desc = cg.descriptor();
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mut checked = 0;
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, p) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        let keys: Vec<String> = if ctrls.is_empty() {
+            vec!["unified".into()]
+        } else {
+            ctrls.split(',').map(String::from).collect()
+        };
+        for key in keys {
+            let Some(dir) = desc.dirs.get(&key) else {
+                continue;
+            };
+            let expected_tail = Path::new(p.trim_start_matches('/')).join(&name);
+            assert!(
+                dir.ends_with(&expected_tail),
+                "{key}: {} does not end in {}",
+                dir.display(),
+                expected_tail.display()
+            );
+            assert!(dir.is_dir(), "{}", dir.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+    if !desc.unified {
+        // This is where hosts differ most: the memory hierarchy.
+        let mem_own = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+            .expect("memory line in /proc/self/cgroup");
+        let expected = Path::new("/sys/fs/cgroup/memory")
+            .join(mem_own.trim_start_matches('/'))
+            .join(&name);
+        assert_eq!(desc.dirs["memory"], expected);
+    }
+    cg.remove().expect("remove");
+    for dir in desc.dirs.values() {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn descriptor_json_round_trip_loads_the_same_cgroup() {
+    require_root!();
+    let name = unique();
+    let mut guard = Guard::new();
+    guard.names.push(name.clone());
+    let cg = Cgroup::create(&format!("/{name}"), None).expect("create");
+    guard.desc = Some(cg.descriptor().clone());
+    let json = serde_json::to_string(cg.descriptor()).unwrap();
+    let back: CgroupDescriptor = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, cg.descriptor());
+    let loaded = Cgroup::load(&back).expect("load");
+    assert_eq!(loaded.descriptor(), cg.descriptor());
+
+    let child = Command::new("sleep").arg("100").spawn().unwrap();
+    let pid = child.id() as i32;
+    guard.children.push(child);
+    loaded.add_task(pid).expect("add via loaded handle");
+    assert_eq!(cg.pids().unwrap(), vec![pid]);
+    loaded
+        .apply(&resources(serde_json::json!({ "pids": { "limit": 7 } })))
+        .expect("apply via loaded handle");
+    assert_eq!(cg.stats().unwrap().pids_limit, 7);
+
+    let mut child = guard.children.pop().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || loaded
+        .pids()
+        .map(|p| p.is_empty())
+        .unwrap_or(false)));
+    loaded.remove().expect("remove via loaded handle");
+    assert!(dirs_named(&name).is_empty());
+}
+
+#[test]
+fn refused_resource_is_a_clear_error_and_leaves_nothing() {
+    require_root!();
+    for (res, needle) in [
+        (serde_json::json!({ "cpu": { "quota": 500 } }), "cpu.quota"),
+        (serde_json::json!({ "cpu": { "cpus": "9999" } }), "cpu.cpus"),
+        (
+            serde_json::json!({ "memory": { "kernel": 1048576 } }),
+            "memory.kernel",
+        ),
+    ] {
+        let name = unique();
+        let mut guard = Guard::new();
+        guard.names.push(name.clone());
+        // Nested, so the cleanup must remove the parent it made too.
+        let path = format!("/{name}/inner");
+        let err = Cgroup::create(&path, Some(&resources(res.clone()))).expect_err("must fail");
+        let msg = err.to_string();
+        eprintln!("refused: {msg}");
+        assert!(msg.contains(needle), "{res}: {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        assert!(
+            dirs_named(&name).is_empty(),
+            "{res}: left {:?}",
+            dirs_named(&name)
+        );
+    }
+}
+
+#[test]
+fn add_task_of_missing_process_fails_with_context() {
+    require_root!();
+    let name = unique();
+    let mut guard = Guard::new();
+    guard.names.push(name.clone());
+    let cg = Cgroup::create(&format!("/{name}"), None).expect("create");
+    guard.desc = Some(cg.descriptor().clone());
+    // pid_max is at most 2^22, so this pid cannot exist.
+    let err = cg.add_task(i32::MAX - 1).expect_err("no such process");
+    assert!(err.to_string().contains(&name), "{err}");
+    cg.remove().unwrap();
+}
