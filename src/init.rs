@@ -334,12 +334,13 @@ pub fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<()> {
     let effective = cap_set(capabilities.effective())?;
     let inheritable = cap_set(capabilities.inheritable())?;
     let ambient = cap_set(capabilities.ambient())?;
-    caps::set(None, caps::CapSet::Permitted, &permitted)
-        .map_err(|e| format!("permitted caps: {e}"))?;
-    caps::set(None, caps::CapSet::Inheritable, &inheritable)
-        .map_err(|e| format!("inheritable caps: {e}"))?;
+    // capset needs effective ⊆ permitted at every step: shrink effective first.
     caps::set(None, caps::CapSet::Effective, &effective)
         .map_err(|e| format!("effective caps: {e}"))?;
+    caps::set(None, caps::CapSet::Inheritable, &inheritable)
+        .map_err(|e| format!("inheritable caps: {e}"))?;
+    caps::set(None, caps::CapSet::Permitted, &permitted)
+        .map_err(|e| format!("permitted caps: {e}"))?;
     caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("ambient caps: {e}"))?;
     for c in ambient {
         caps::raise(None, caps::CapSet::Ambient, c).map_err(|e| format!("ambient {c}: {e}"))?;

@@ -259,8 +259,10 @@ pub fn rlimit_resource(typ: PosixRlimitType) -> libc::c_int {
 
 /// The default configuration written by `ferry spec` (like `runc spec`).
 pub fn default_spec() -> Spec {
+    // oci-spec's default runs "sh" with a terminal in new namespaces, as runc's does.
     let mut spec = Spec::default();
-    // oci-spec's default process runs "sh" with a terminal, as runc's does.
+    spec.set_hostname(Some("ferry".into()));
+
     if let Some(root) = spec.root().clone() {
         let mut root = root;
         root.set_readonly(Some(true));

@@ -1,0 +1,238 @@
+//! Shared harness for the integration tests: a private state root, busybox
+//! bundles, unique container IDs, and cleanup that runs even when a test fails.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// true when running as root; otherwise prints why the test is skipped.
+pub fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipped: needs root (namespaces, mounts and cgroups)");
+        false
+    }
+}
+
+/// A busybox rootfs built once per test binary by scripts/make-rootfs.sh.
+pub fn rootfs_template() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rootfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-rootfs.sh");
+        let st = Command::new("bash").arg(script).arg(&dir).status().unwrap();
+        assert!(st.success(), "make-rootfs.sh failed");
+        dir
+    })
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// One test's world: state root, work dir, and the containers it made.
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub work: tempfile::TempDir,
+    ids: RefCell<Vec<String>>,
+    tag: String,
+}
+
+impl Env {
+    pub fn new(tag: &str) -> Env {
+        Env {
+            root: tempfile::Builder::new().prefix("ferry-root").tempdir().unwrap(),
+            work: tempfile::Builder::new().prefix("ferry-work").tempdir().unwrap(),
+            ids: RefCell::new(Vec::new()),
+            tag: tag.to_string(),
+        }
+    }
+
+    /// A unique container ID, removed (forcibly) when the Env drops.
+    pub fn id(&self, name: &str) -> String {
+        let id = format!("t{}-{}-{}", std::process::id(), self.tag, name);
+        self.ids.borrow_mut().push(id.clone());
+        id
+    }
+
+    /// A bundle with a fresh copy of the busybox rootfs and a config.json from
+    /// `ferry spec`, running `args` without a terminal; `edit` may change it.
+    pub fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let dir = self.work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(rootfs_template())
+            .arg(dir.join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = Command::new(ferry_bin()).arg("spec").arg("--bundle").arg(&dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = dir.join("config.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["process"]["terminal"] = Value::Bool(false);
+        v["process"]["args"] = serde_json::json!(args);
+        v["root"]["readonly"] = Value::Bool(false);
+        edit(&mut v);
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        dir
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(ferry_bin());
+        c.arg("--root").arg(self.root.path()).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and asserts failure with a one-line message; returns stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "ferry {args:?} unexpectedly succeeded");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        assert!(err.starts_with("ferry: "), "{err}");
+        err
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_string()
+    }
+
+    pub fn state_file(&self, id: &str) -> Value {
+        let text = std::fs::read_to_string(self.root.path().join(id).join("state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The cgroup directories recorded for `id`.
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        let v = self.state_file(id);
+        v["cgroup"]["dirs"]
+            .as_object()
+            .map(|m| m.values().map(|d| PathBuf::from(d.as_str().unwrap())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Asserts nothing of `id` is left: no state dir, no cgroup directory.
+    pub fn assert_gone(&self, id: &str) {
+        assert!(!self.root.path().join(id).exists(), "state dir of {id} left behind");
+        for dir in default_cgroup_dirs(id) {
+            assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+        }
+    }
+
+    /// Starts `ferry run -d` with piped stdio, for containers that talk.
+    pub fn spawn_detached(&self, id: &str, bundle: &Path) -> std::process::Child {
+        let mut c = Command::new(ferry_bin());
+        c.arg("--root")
+            .arg(self.root.path())
+            .args(["run", "-d", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for id in self.ids.borrow().iter() {
+            let _ = Command::new(ferry_bin())
+                .arg("--root")
+                .arg(self.root.path())
+                .args(["delete", "--force", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Where ferry puts `id`'s cgroup by default: `ferry/<id>` below this
+/// process's cgroup, per controller (v1) or in the unified tree (v2).
+pub fn default_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let rel = path.trim_start_matches('/');
+        if unified {
+            if ctrls.is_empty() {
+                out.push(Path::new("/sys/fs/cgroup").join(rel).join("ferry").join(id));
+            }
+        } else if !ctrls.is_empty() {
+            for c in ctrls.split(',') {
+                let c = c.trim_start_matches("name=");
+                let base = Path::new("/sys/fs/cgroup").join(c);
+                if base.exists() {
+                    out.push(base.join(rel).join("ferry").join(id));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads a number a container writes into a file.
+pub fn read_num(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A shell loop that writes an increasing number to /data/count every 50 ms.
+pub const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /data/count.tmp; mv /data/count.tmp /data/count; sleep 0.05; done";
+
+/// Adds a bind mount of `host` at `dest` to a config.
+pub fn add_bind(v: &mut Value, host: &Path, dest: &str) {
+    v["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": dest,
+        "type": "bind",
+        "source": host,
+        "options": ["rbind", "rw"],
+    }));
+}
