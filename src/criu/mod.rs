@@ -4,7 +4,9 @@
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 
-pub use crate::proto::rpc::{Criu_cg_mode as CgMode, Criu_network_lock_method as NetworkLock, Criu_opts as Opts};
+pub use crate::proto::rpc::{
+    Criu_cg_mode as CgMode, Criu_network_lock_method as NetworkLock, Criu_opts as Opts,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -85,7 +87,12 @@ impl Criu {
         todo!()
     }
     /// Returns the restored init's pid.
-    pub fn restore(&self, opts: Opts, handler: &mut dyn NotifyHandler, fds: InheritFds) -> Result<i32> {
+    pub fn restore(
+        &self,
+        opts: Opts,
+        handler: &mut dyn NotifyHandler,
+        fds: InheritFds,
+    ) -> Result<i32> {
         let _ = (opts, handler, fds);
         todo!()
     }
