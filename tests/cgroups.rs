@@ -164,7 +164,7 @@ fn limits_tasks_freeze_stats_and_remove() {
     let mut guard = Guard::new();
     guard.names.push(name.clone());
     let res = resources(serde_json::json!({
-        "memory": { "limit": 67108864 },
+        "memory": { "limit": 67108864, "reservation": 33554432, "swap": 134217728 },
         "pids": { "limit": 32 },
         "cpu": { "shares": 512, "quota": 50000, "period": 100000 }
     }));
@@ -179,6 +179,8 @@ fn limits_tasks_freeze_stats_and_remove() {
     if desc.unified {
         let d = &desc.dirs["unified"];
         assert_eq!(read(&d.join("memory.max")), "67108864");
+        assert_eq!(read(&d.join("memory.low")), "33554432");
+        assert_eq!(read(&d.join("memory.swap.max")), "67108864");
         assert_eq!(read(&d.join("pids.max")), "32");
         assert_eq!(read(&d.join("cpu.max")), "50000 100000");
         assert_eq!(read(&d.join("cpu.weight")), "20");
@@ -186,6 +188,14 @@ fn limits_tasks_freeze_stats_and_remove() {
         assert_eq!(
             read(&desc.dirs["memory"].join("memory.limit_in_bytes")),
             "67108864"
+        );
+        assert_eq!(
+            read(&desc.dirs["memory"].join("memory.soft_limit_in_bytes")),
+            "33554432"
+        );
+        assert_eq!(
+            read(&desc.dirs["memory"].join("memory.memsw.limit_in_bytes")),
+            "134217728"
         );
         assert_eq!(read(&desc.dirs["pids"].join("pids.max")), "32");
         assert_eq!(read(&desc.dirs["cpu"].join("cpu.shares")), "512");

@@ -604,8 +604,8 @@ impl Cgroup {
                 if lim().is_err() {
                     sw()?;
                     lim()?;
-                } else if let Err(e) = sw() {
-                    return Err(e);
+                } else {
+                    sw()?;
                 }
             }
             (None, None) => {}
