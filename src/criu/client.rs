@@ -184,9 +184,21 @@ impl Session {
         }
         let resp = match resp {
             Some(r) if r.success() => r,
-            other => return Err(Error::Failed(build_failure(self, op, other.as_ref(), log.as_ref()))),
+            other => {
+                return Err(Error::Failed(build_failure(
+                    self,
+                    op,
+                    other.as_ref(),
+                    log.as_ref(),
+                )))
+            }
         };
-        if resp.type_() != req.kind {
+        // CRIU answers PAGE_SERVER_CHLD with a PAGE_SERVER response.
+        let expected = match req.kind {
+            ReqType::PAGE_SERVER_CHLD => ReqType::PAGE_SERVER,
+            k => k,
+        };
+        if resp.type_() != expected {
             return Err(Error::Protocol(format!(
                 "asked for {op}, got a {} response",
                 op_name(resp.type_())
@@ -216,7 +228,12 @@ impl Criu {
     }
 
     /// Runs one request in a fresh criu and reaps it.
-    pub fn call(&self, req: Request, handler: &mut dyn NotifyHandler, fds: InheritFds) -> Result<Response> {
+    pub fn call(
+        &self,
+        req: Request,
+        handler: &mut dyn NotifyHandler,
+        fds: InheritFds,
+    ) -> Result<Response> {
         let mut keep: Vec<RawFd> = fds.to_vec();
         if let Some(o) = &req.opts {
             keep.extend(o.inherit_fd.iter().map(|i| i.fd()));
@@ -285,7 +302,12 @@ impl Criu {
         let features = self.features()?;
         if wants_track && !features.mem_track {
             return Err(Error::Unsupported {
-                what: if pre_dump { "pre-dump" } else { "memory tracking (track_mem)" }.into(),
+                what: if pre_dump {
+                    "pre-dump"
+                } else {
+                    "memory tracking (track_mem)"
+                }
+                .into(),
                 reason: "the kernel has no soft-dirty page tracking (CONFIG_MEM_SOFT_DIRTY)".into(),
             });
         }
@@ -300,7 +322,12 @@ impl Criu {
 
     /// Dumps the tree rooted at `opts.pid`. Sets `notify_scripts` unless the
     /// caller set it, so `handler` sees the notifications.
-    pub fn dump(&self, mut opts: Opts, handler: &mut dyn NotifyHandler, fds: InheritFds) -> Result<()> {
+    pub fn dump(
+        &self,
+        mut opts: Opts,
+        handler: &mut dyn NotifyHandler,
+        fds: InheritFds,
+    ) -> Result<()> {
         self.require_features(&opts, false)?;
         if opts.notify_scripts.is_none() {
             opts.set_notify_scripts(true);
@@ -310,7 +337,12 @@ impl Criu {
     }
 
     /// Dumps memory only, leaving the tree running (needs soft-dirty).
-    pub fn pre_dump(&self, mut opts: Opts, handler: &mut dyn NotifyHandler, fds: InheritFds) -> Result<()> {
+    pub fn pre_dump(
+        &self,
+        mut opts: Opts,
+        handler: &mut dyn NotifyHandler,
+        fds: InheritFds,
+    ) -> Result<()> {
         self.require_features(&opts, true)?;
         if opts.notify_scripts.is_none() {
             opts.set_notify_scripts(true);
@@ -320,7 +352,12 @@ impl Criu {
     }
 
     /// Restores a tree; returns the restored root's pid.
-    pub fn restore(&self, mut opts: Opts, handler: &mut dyn NotifyHandler, fds: InheritFds) -> Result<i32> {
+    pub fn restore(
+        &self,
+        mut opts: Opts,
+        handler: &mut dyn NotifyHandler,
+        fds: InheritFds,
+    ) -> Result<i32> {
         self.require_features(&opts, false)?;
         if opts.notify_scripts.is_none() {
             opts.set_notify_scripts(true);
@@ -332,22 +369,38 @@ impl Criu {
             .ok_or_else(|| Error::Protocol("restore response without a pid".into()))
     }
 
-    /// Starts a page server in the background (`opts.ps` sets address/port).
+    /// Starts a page server in the background (`opts.ps` sets address and
+    /// port; port 0 picks a free one) and returns its pid and port.
+    ///
+    /// Uses PAGE_SERVER_CHLD: with PAGE_SERVER (daemon mode) CRIU 4.x
+    /// answers pid 0, which would leave the caller unable to stop it.
     pub fn page_server(&self, opts: Opts) -> Result<PageServer> {
-        let resp = self.call(Request::new(ReqType::PAGE_SERVER, Some(opts)), &mut AckAll, &[])?;
+        let resp = self.call(
+            Request::new(ReqType::PAGE_SERVER_CHLD, Some(opts)),
+            &mut AckAll,
+            &[],
+        )?;
         page_server_info(&resp)
     }
 
     /// Writes the CPU description (`cpuinfo.img`) into the images dir.
     pub fn cpuinfo_dump(&self, opts: Opts) -> Result<()> {
-        self.call(Request::new(ReqType::CPUINFO_DUMP, Some(opts)), &mut AckAll, &[])
-            .map(drop)
+        self.call(
+            Request::new(ReqType::CPUINFO_DUMP, Some(opts)),
+            &mut AckAll,
+            &[],
+        )
+        .map(drop)
     }
 
     /// Checks this CPU against the `cpuinfo.img` in the images dir.
     pub fn cpuinfo_check(&self, opts: Opts) -> Result<()> {
-        self.call(Request::new(ReqType::CPUINFO_CHECK, Some(opts)), &mut AckAll, &[])
-            .map(drop)
+        self.call(
+            Request::new(ReqType::CPUINFO_CHECK, Some(opts)),
+            &mut AckAll,
+            &[],
+        )
+        .map(drop)
     }
 }
 
@@ -357,6 +410,13 @@ pub(crate) fn page_server_info(resp: &Response) -> Result<PageServer> {
         .ps
         .as_ref()
         .ok_or_else(|| Error::Protocol("page-server response without server info".into()))?;
+    if ps.pid() <= 1 || ps.port() <= 0 {
+        return Err(Error::Protocol(format!(
+            "page server reported pid {} port {}",
+            ps.pid(),
+            ps.port()
+        )));
+    }
     Ok(PageServer {
         pid: ps.pid(),
         port: ps.port(),
@@ -364,10 +424,11 @@ pub(crate) fn page_server_info(resp: &Response) -> Result<PageServer> {
 }
 
 impl Session {
-    /// Starts a page server and keeps this session open for more requests.
+    /// Starts a page server (see [`Criu::page_server`]) and keeps this
+    /// session open for more requests.
     pub fn page_server(&mut self, opts: Opts) -> Result<PageServer> {
         let resp = self.request(
-            Request::new(ReqType::PAGE_SERVER, Some(opts)).keep_open(true),
+            Request::new(ReqType::PAGE_SERVER_CHLD, Some(opts)).keep_open(true),
             &mut AckAll,
         )?;
         page_server_info(&resp)
@@ -387,7 +448,10 @@ mod tests {
         o.set_images_dir_fd(fd);
         o.set_log_file("dump.log".into());
         let real = std::fs::canonicalize(dir.path()).unwrap();
-        assert_eq!(log_path(ReqType::DUMP, Some(&o), None), Some(real.join("dump.log")));
+        assert_eq!(
+            log_path(ReqType::DUMP, Some(&o), None),
+            Some(real.join("dump.log"))
+        );
         assert_eq!(
             log_path(ReqType::DUMP, Some(&o), Some(Path::new("/w"))),
             Some(PathBuf::from("/w/dump.log"))
@@ -431,6 +495,40 @@ mod tests {
         assert!(msg.contains("Can't open pstree image"), "{msg}");
         assert!(msg.contains("No such file or directory"), "{msg}");
         assert!(msg.contains("/tmp/x/restore.log"), "{msg}");
+    }
+
+    #[test]
+    fn harmless_errmsg_gives_way_to_the_real_error() {
+        let f = Failure {
+            op: "restore",
+            answered: true,
+            errmsg: Some("Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n".into()),
+            log_excerpt: vec![
+                "(00.01) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: x".into(),
+                "(00.03) Error (criu/cr-restore.c:1237): Can't fork for 20081: File exists".into(),
+            ],
+            ..Failure::default()
+        };
+        assert_eq!(
+            f.summary(),
+            "Error (criu/cr-restore.c:1237): Can't fork for 20081: File exists"
+        );
+        let bare = Failure {
+            errmsg: Some(
+                "Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self".into(),
+            ),
+            ..Failure::default()
+        };
+        assert!(bare.summary().contains("RLIMIT_NOFILE"));
+        let died = Failure {
+            op: "dump",
+            stderr: "first\nlast words\n\n".into(),
+            ..Failure::default()
+        };
+        assert_eq!(died.summary(), "last words");
+        assert!(died
+            .to_string()
+            .starts_with("criu dump ended without answering: last words"));
     }
 
     #[test]

@@ -3,6 +3,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::image::ImageError;
+use super::log::{is_harmless, strip_timestamp};
 use super::version::Version;
 
 /// Where to get a CRIU that works with ferry.
@@ -60,7 +61,10 @@ pub enum Error {
     Failed(Box<Failure>),
 
     /// The notify handler refused a notification, so CRIU aborted.
-    #[error("criu {op} aborted: {script} handler failed: {message}{}", failure_suffix(failure))]
+    #[error(
+        "criu {op} aborted: {script} handler failed: {message}{}",
+        failure_suffix(failure)
+    )]
     Notify {
         op: &'static str,
         script: String,
@@ -136,6 +140,45 @@ impl Failure {
             .map(|e| format!("{} ({})", nix::errno::Errno::from_raw(e).desc(), e))
     }
 
+    /// The most useful one-line reason: `cr_errmsg`, unless it is one of
+    /// the errors CRIU logs on every run, then the first real error line of
+    /// the log, then the last line criu wrote on stderr.
+    pub fn summary(&self) -> String {
+        let errmsg = self
+            .errmsg
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty() && !is_harmless(m));
+        if let Some(m) = errmsg {
+            return m.to_string();
+        }
+        let log_line = self
+            .log_excerpt
+            .iter()
+            .find(|l| l.contains("Error") && !is_harmless(l));
+        if let Some(l) = log_line {
+            return strip_timestamp(l).to_string();
+        }
+        let stderr_last = self
+            .stderr
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty());
+        if let Some(l) = stderr_last {
+            return l.to_string();
+        }
+        match self
+            .errmsg
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            Some(m) => m.to_string(),
+            None => "no error message from criu".to_string(),
+        }
+    }
+
     pub fn detail(&self) -> Option<String> {
         let mut out = String::new();
         if let Some(p) = &self.log_path {
@@ -171,17 +214,7 @@ impl fmt::Display for Failure {
         } else {
             write!(f, "criu {} ended without answering: ", self.op)?;
         }
-        let stderr_last = self.stderr.lines().rev().map(str::trim).find(|l| !l.is_empty());
-        match self.errmsg.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
-            Some(m) => write!(f, "{m}")?,
-            None => match self.log_excerpt.iter().find(|l| l.contains("Error")) {
-                Some(l) => write!(f, "{}", l.trim())?,
-                None => match stderr_last {
-                    Some(l) => write!(f, "{l}")?,
-                    None => write!(f, "no error message from criu")?,
-                },
-            },
-        }
+        write!(f, "{}", self.summary())?;
         if let Some(e) = self.errno_text() {
             write!(f, " (errno: {e})")?;
         }

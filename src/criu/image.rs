@@ -53,7 +53,10 @@ pub enum ImageErrorKind {
 
 /// Decodes every entry of the image file at `path`, checking that it is an
 /// image with `expected_magic`.
-pub fn read_entries<M: protobuf::Message>(path: &Path, expected_magic: u32) -> Result<Vec<M>, ImageError> {
+pub fn read_entries<M: protobuf::Message>(
+    path: &Path,
+    expected_magic: u32,
+) -> Result<Vec<M>, ImageError> {
     let bytes = std::fs::read(path).map_err(|e| ImageError {
         path: path.to_path_buf(),
         offset: 0,
@@ -67,7 +70,10 @@ pub fn read_entries<M: protobuf::Message>(path: &Path, expected_magic: u32) -> R
 }
 
 /// Like [`read_entries`], for an image that holds exactly one entry.
-pub fn read_single<M: protobuf::Message>(path: &Path, expected_magic: u32) -> Result<M, ImageError> {
+pub fn read_single<M: protobuf::Message>(
+    path: &Path,
+    expected_magic: u32,
+) -> Result<M, ImageError> {
     let mut entries = read_entries::<M>(path, expected_magic)?;
     if entries.len() != 1 {
         return Err(ImageError {
@@ -136,7 +142,8 @@ pub fn parse_entries<M: protobuf::Message>(
                 },
             ));
         }
-        let m = M::parse_from_bytes(&bytes[off..off + len]).map_err(|e| (entry_at, ImageErrorKind::Decode(e)))?;
+        let m = M::parse_from_bytes(&bytes[off..off + len])
+            .map_err(|e| (entry_at, ImageErrorKind::Decode(e)))?;
         entries.push(m);
         off += len;
     }
@@ -145,7 +152,10 @@ pub fn parse_entries<M: protobuf::Message>(
 
 /// Encodes entries in CRIU's image layout (for tests and tools that write
 /// images CRIU reads).
-pub fn encode_entries<M: protobuf::Message>(magic: u32, entries: &[M]) -> Result<Vec<u8>, protobuf::Error> {
+pub fn encode_entries<M: protobuf::Message>(
+    magic: u32,
+    entries: &[M],
+) -> Result<Vec<u8>, protobuf::Error> {
     let mut out = Vec::new();
     if let Some(head) = head_magic_for(magic) {
         out.extend_from_slice(&head.to_le_bytes());

@@ -13,8 +13,22 @@ const MAX_LOG_BYTES: u64 = 8 << 20;
 /// Errors CRIU logs on every run on some hosts, which explain nothing.
 const HARMLESS: &[&str] = &["Can't setup RLIMIT_NOFILE for self"];
 
+/// True for error lines CRIU prints on every run on some hosts.
+pub fn is_harmless(line: &str) -> bool {
+    HARMLESS.iter().any(|h| line.contains(h))
+}
+
 fn is_error_line(line: &str) -> bool {
-    line.contains("Error") && !HARMLESS.iter().any(|h| line.contains(h))
+    line.contains("Error") && !is_harmless(line)
+}
+
+/// A log line without its "(00.012345) " timestamp.
+pub fn strip_timestamp(line: &str) -> &str {
+    let t = line.trim();
+    match (t.starts_with('('), t.find(") ")) {
+        (true, Some(i)) => t[i + 2..].trim(),
+        _ => t,
+    }
 }
 
 /// The lines around each line containing `Error`, `context` lines either
@@ -27,7 +41,10 @@ pub fn excerpt(log: &str, context: usize, max: usize) -> Vec<String> {
         if !is_error_line(line) {
             continue;
         }
-        let (lo, hi) = (i.saturating_sub(context), (i + context).min(lines.len() - 1));
+        let (lo, hi) = (
+            i.saturating_sub(context),
+            (i + context).min(lines.len() - 1),
+        );
         match windows.last_mut() {
             Some(last) if lo <= last.1 + 1 => last.1 = hi,
             _ => windows.push((lo, hi)),
@@ -102,6 +119,15 @@ mod tests {
         assert_eq!(ex.len(), 6, "{ex:?}");
         assert_eq!(ex[0], "(00) Error (criu/x.c:0): boom 0");
         assert!(!ex.contains(&"...".to_string()));
+    }
+
+    #[test]
+    fn timestamps_are_stripped() {
+        assert_eq!(
+            strip_timestamp("(00.032966) Error (criu/a.c:1): x"),
+            "Error (criu/a.c:1): x"
+        );
+        assert_eq!(strip_timestamp("Error: y"), "Error: y");
     }
 
     #[test]

@@ -143,9 +143,16 @@ mod tests {
         r.set_restore_time(4);
         let mut e = Stats_entry::new();
         e.restore = Some(r).into();
-        write(dir.path(), RESTORE_STATS_FILE, &encode_entries(STATS_MAGIC, &[e]).unwrap());
+        write(
+            dir.path(),
+            RESTORE_STATS_FILE,
+            &encode_entries(STATS_MAGIC, &[e]).unwrap(),
+        );
         let r = read_restore_stats(dir.path()).unwrap();
-        assert_eq!((r.forking_time_us, r.restore_time_us, r.pages_restored), (3, 4, None));
+        assert_eq!(
+            (r.forking_time_us, r.restore_time_us, r.pages_restored),
+            (3, 4, None)
+        );
     }
 
     #[test]
@@ -155,7 +162,10 @@ mod tests {
         bytes[..4].copy_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
         write(dir.path(), DUMP_STATS_FILE, &bytes);
         let err = read_dump_stats(dir.path()).unwrap_err();
-        assert!(matches!(err.kind, ImageErrorKind::BadHeadMagic { .. }), "{err}");
+        assert!(
+            matches!(err.kind, ImageErrorKind::BadHeadMagic { .. }),
+            "{err}"
+        );
         assert_eq!(err.offset, 0);
         assert!(err.to_string().contains("stats-dump"), "{err}");
 
@@ -163,7 +173,16 @@ mod tests {
         bytes[4..8].copy_from_slice(&0x1234_5678u32.to_le_bytes());
         write(dir.path(), DUMP_STATS_FILE, &bytes);
         let err = read_dump_stats(dir.path()).unwrap_err();
-        assert!(matches!(err.kind, ImageErrorKind::BadMagic { found: 0x1234_5678, .. }), "{err}");
+        assert!(
+            matches!(
+                err.kind,
+                ImageErrorKind::BadMagic {
+                    found: 0x1234_5678,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(err.offset, 4);
         assert!(err.to_string().contains("offset 4"), "{err}");
     }
@@ -175,20 +194,38 @@ mod tests {
         // Cut inside the entry body.
         write(dir.path(), DUMP_STATS_FILE, &bytes[..bytes.len() - 3]);
         let err = read_dump_stats(dir.path()).unwrap_err();
-        assert!(matches!(err.kind, ImageErrorKind::Truncated { what: "entry", .. }), "{err}");
+        assert!(
+            matches!(err.kind, ImageErrorKind::Truncated { what: "entry", .. }),
+            "{err}"
+        );
         assert_eq!(err.offset, 8);
         // Cut inside the length prefix.
         write(dir.path(), DUMP_STATS_FILE, &bytes[..10]);
         let err = read_dump_stats(dir.path()).unwrap_err();
-        assert!(matches!(err.kind, ImageErrorKind::Truncated { what: "entry length", .. }), "{err}");
+        assert!(
+            matches!(
+                err.kind,
+                ImageErrorKind::Truncated {
+                    what: "entry length",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // Cut inside the magic.
         write(dir.path(), DUMP_STATS_FILE, &bytes[..6]);
         let err = read_dump_stats(dir.path()).unwrap_err();
-        assert!(matches!(err.kind, ImageErrorKind::Truncated { what: "magic", .. }), "{err}");
+        assert!(
+            matches!(err.kind, ImageErrorKind::Truncated { what: "magic", .. }),
+            "{err}"
+        );
         // No entry at all.
         write(dir.path(), DUMP_STATS_FILE, &bytes[..8]);
         let err = read_dump_stats(dir.path()).unwrap_err();
-        assert!(matches!(err.kind, ImageErrorKind::EntryCount { found: 0, .. }), "{err}");
+        assert!(
+            matches!(err.kind, ImageErrorKind::EntryCount { found: 0, .. }),
+            "{err}"
+        );
         // Missing file.
         let err = read_restore_stats(dir.path()).unwrap_err();
         assert!(matches!(err.kind, ImageErrorKind::Io(_)), "{err}");
@@ -199,7 +236,11 @@ mod tests {
     fn restore_entry_in_dump_file_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let e = Stats_entry::new();
-        write(dir.path(), DUMP_STATS_FILE, &encode_entries(STATS_MAGIC, &[e]).unwrap());
+        write(
+            dir.path(),
+            DUMP_STATS_FILE,
+            &encode_entries(STATS_MAGIC, &[e]).unwrap(),
+        );
         assert!(read_dump_stats(dir.path()).is_err());
     }
 }

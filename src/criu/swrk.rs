@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{recvmsg, send, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{
+    recvmsg, send, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
 use protobuf::Message;
 use tracing::debug;
 
@@ -82,7 +84,9 @@ pub(crate) fn recv_message(fd: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, V
                 fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
             }
         }
-        let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        let truncated = msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
         break (msg.bytes, fds, truncated);
     };
     if truncated {
@@ -278,7 +282,9 @@ impl Session {
     pub fn stderr_tail(&self) -> String {
         let mut f = &self.stderr;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL))).is_err() {
+        if f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL)))
+            .is_err()
+        {
             return String::new();
         }
         let mut bytes = Vec::new();
@@ -295,7 +301,9 @@ impl Session {
             let status = loop {
                 match child.try_wait() {
                     Ok(Some(s)) => break Some(s),
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Ok(None) => {
                         debug!(pid = child.id(), "criu did not exit, killing it");
                         let _ = child.kill();
@@ -331,7 +339,11 @@ fn close_others_on_exec() {
             return;
         }
         let max = libc::sysconf(libc::_SC_OPEN_MAX);
-        let max = if max <= 0 { 1024 } else { max.min(1 << 20) as RawFd };
+        let max = if max <= 0 {
+            1024
+        } else {
+            max.min(1 << 20) as RawFd
+        };
         for fd in 3..max {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
@@ -403,7 +415,11 @@ mod tests {
         assert_eq!(got, b"hello");
         assert_eq!(fds.len(), 1);
         let flags = nix::fcntl::fcntl(fds[0].as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert_ne!(flags & libc::FD_CLOEXEC, 0, "received fds must be close-on-exec");
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "received fds must be close-on-exec"
+        );
         let (got, fds) = recv_message(b.as_fd()).unwrap().unwrap();
         assert_eq!(got, b"next");
         assert!(fds.is_empty());
@@ -419,8 +435,14 @@ mod tests {
     #[test]
     fn exit_descriptions() {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(describe_exit(Some(ExitStatus::from_raw(1 << 8))), "exited with status 1");
-        assert_eq!(describe_exit(Some(ExitStatus::from_raw(9))), "killed by signal SIGKILL");
+        assert_eq!(
+            describe_exit(Some(ExitStatus::from_raw(1 << 8))),
+            "exited with status 1"
+        );
+        assert_eq!(
+            describe_exit(Some(ExitStatus::from_raw(9))),
+            "killed by signal SIGKILL"
+        );
         assert_eq!(describe_exit(None), "exit status unknown");
     }
 
@@ -436,7 +458,8 @@ mod tests {
             format!("#!/bin/sh\nls /proc/$$/fd > {}\n", out.display()),
         )
         .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let wanted = File::open("/dev/null").unwrap();
         let unwanted = File::open("/dev/null").unwrap();
         // Make the unwanted one inheritable to prove the child closes it anyway.
