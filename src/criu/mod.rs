@@ -1,99 +1,97 @@
 //! Client for CRIU's swrk RPC (`criu swrk <fd>` over SOCK_SEQPACKET).
 //!
-//! INTERFACE STUB: bodies are filled in by the CRIU client work.
-use std::os::fd::{OwnedFd, RawFd};
+//! [`Criu`] spawns one `criu swrk` per request (or a [`Session`] for
+//! several), answers CRIU's notifications through a [`NotifyHandler`], and
+//! turns failures into errors that carry CRIU's own message, errno and the
+//! log lines around each error. [`stats`] and [`image`] read what CRIU
+//! leaves on disk.
+use std::os::fd::RawFd;
 use std::path::PathBuf;
+
+mod client;
+mod errors;
+pub mod image;
+pub mod log;
+mod notify;
+pub mod stats;
+mod swrk;
+mod version;
 
 pub use crate::proto::rpc::{
     Criu_cg_mode as CgMode, Criu_network_lock_method as NetworkLock, Criu_opts as Opts,
+    Criu_req_type as ReqType, Criu_resp as Response,
 };
+pub use client::{find_binary, op_name};
+pub use errors::{Error, Failure, Result};
+pub use notify::{AckAll, Notify, NotifyDecodeError, NotifyHandler, SCRIPT_NAMES};
+pub use stats::{read_dump_stats, read_restore_stats, DumpStats, RestoreStats};
+pub use swrk::Session;
+pub use version::{check_version, ParseVersionError, Version, MIN_VERSION};
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("criu not found in PATH: run scripts/install-deps.sh (ferry needs CRIU >= {min})")]
-    NotFound { min: String },
-    #[error("{0}")]
-    Other(String),
-}
+/// Environment variable naming the criu binary to use instead of PATH.
+pub const CRIU_ENV: &str = "FERRY_CRIU";
 
-pub type Result<T> = std::result::Result<T, Error>;
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Version {
-    pub major: u32,
-    pub minor: u32,
-    pub sublevel: u32,
-}
-
-#[derive(Debug, Clone, Default)]
+/// What the kernel and CRIU build support, from FEATURE_CHECK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Features {
+    /// Soft-dirty memory tracking (needed by pre-dump and `track_mem`).
     pub mem_track: bool,
+    /// userfaultfd-based lazy pages.
     pub lazy_pages: bool,
+    /// pidfd_open + pidfd_getfd (needed by `pidfd_store_sk`).
     pub pidfd_store: bool,
 }
 
-/// A CRIU notification, delivered to the caller's handler before CRIU goes on.
-#[derive(Debug)]
-pub enum Notify {
-    PreDump,
-    PostDump,
-    PreRestore,
-    PostRestore { pid: i32 },
-    NetworkLock,
-    NetworkUnlock,
-    SetupNamespaces { pid: i32 },
-    PostSetupNamespaces,
-    PreResume,
-    PostResume,
-    OrphanPtsMaster { master: OwnedFd },
-    StatusReady,
-    QueryExtFiles,
-    PreStream,
+/// A page server CRIU started in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageServer {
+    pub pid: i32,
+    pub port: i32,
 }
 
-/// Answers notifications; an `Err` makes CRIU abort the operation cleanly.
-pub trait NotifyHandler {
-    fn notify(&mut self, event: Notify) -> std::result::Result<(), String>;
-}
-
-/// A handler that acknowledges everything.
-pub struct AckAll;
-impl NotifyHandler for AckAll {
-    fn notify(&mut self, _event: Notify) -> std::result::Result<(), String> {
-        Ok(())
-    }
-}
-
+/// A CRIU installation.
+#[derive(Debug, Clone)]
 pub struct Criu {
     pub binary: PathBuf,
 }
 
-/// File descriptors criu must inherit (inherit_fd, status_fd); they stay
-/// open in the caller until the response arrives.
+/// File descriptors criu must inherit at the same numbers (besides the fds
+/// named in `opts.inherit_fd`, which are always passed). Descriptors named
+/// by number in the options that CRIU opens through `/proc/<pid>/fd`
+/// (`images_dir_fd`, `work_dir_fd`, `status_fd`) need not be listed, but
+/// must stay open until the call returns.
 pub type InheritFds<'a> = &'a [RawFd];
 
-impl Criu {
-    pub fn new() -> Result<Criu> {
-        todo!()
+/// One request, for [`Criu::call`] and [`Session::request`].
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub kind: ReqType,
+    pub opts: Option<Opts>,
+    /// CRIU's work dir, where it writes `opts.log_file`. When `None`, it is
+    /// found from `work_dir_fd`, then `images_dir_fd`, then `images_dir`.
+    pub work_dir: Option<PathBuf>,
+    /// Keep criu running for further requests (page server, cpuinfo,
+    /// feature check and version only).
+    pub keep_open: bool,
+}
+
+impl Request {
+    pub fn new(kind: ReqType, opts: Option<Opts>) -> Request {
+        Request {
+            kind,
+            opts,
+            work_dir: None,
+            keep_open: false,
+        }
     }
-    pub fn version(&self) -> Result<Version> {
-        todo!()
+
+    pub fn work_dir(mut self, dir: impl Into<PathBuf>) -> Request {
+        self.work_dir = Some(dir.into());
+        self
     }
-    pub fn features(&self) -> Result<Features> {
-        todo!()
-    }
-    pub fn dump(&self, opts: Opts, handler: &mut dyn NotifyHandler, fds: InheritFds) -> Result<()> {
-        let _ = (opts, handler, fds);
-        todo!()
-    }
-    /// Returns the restored init's pid.
-    pub fn restore(
-        &self,
-        opts: Opts,
-        handler: &mut dyn NotifyHandler,
-        fds: InheritFds,
-    ) -> Result<i32> {
-        let _ = (opts, handler, fds);
-        todo!()
+
+    pub fn keep_open(mut self, keep: bool) -> Request {
+        self.keep_open = keep;
+        self
     }
 }

@@ -1,0 +1,170 @@
+//! Reader for CRIU protobuf image files.
+//!
+//! Layout (criu/image.c, criu/protobuf.c): a head magic (`IMG_COMMON_MAGIC`,
+//! or `IMG_SERVICE_MAGIC` for service files such as stats; none for the
+//! inventory), the image's own magic, then entries, each a native-endian
+//! (little-endian on every CRIU target ferry runs on) u32 length followed by
+//! that many bytes of protobuf.
+use std::path::{Path, PathBuf};
+
+pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
+pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
+pub const STATS_MAGIC: u32 = 0x5709_3306;
+pub const IRMAP_CACHE_MAGIC: u32 = 0x5700_4059;
+pub const PSTREE_MAGIC: u32 = 0x5027_3030;
+
+/// The head magic CRIU writes in front of an image with `magic`.
+pub fn head_magic_for(magic: u32) -> Option<u32> {
+    match magic {
+        INVENTORY_MAGIC => None,
+        STATS_MAGIC | IRMAP_CACHE_MAGIC => Some(IMG_SERVICE_MAGIC),
+        _ => Some(IMG_COMMON_MAGIC),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("CRIU image {}: {kind} at offset {offset}", path.display())]
+pub struct ImageError {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub kind: ImageErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageErrorKind {
+    #[error("cannot read: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("head magic {found:#010x} is not {expected:#010x}")]
+    BadHeadMagic { found: u32, expected: u32 },
+    #[error("magic {found:#010x} is not {expected:#010x}")]
+    BadMagic { found: u32, expected: u32 },
+    #[error("truncated: {what} needs {needed} bytes, {available} left")]
+    Truncated {
+        what: &'static str,
+        needed: usize,
+        available: usize,
+    },
+    #[error("cannot decode entry: {0}")]
+    Decode(#[source] protobuf::Error),
+    #[error("expected {expected} entries, found {found}")]
+    EntryCount { expected: usize, found: usize },
+}
+
+/// Decodes every entry of the image file at `path`, checking that it is an
+/// image with `expected_magic`.
+pub fn read_entries<M: protobuf::Message>(
+    path: &Path,
+    expected_magic: u32,
+) -> Result<Vec<M>, ImageError> {
+    let bytes = std::fs::read(path).map_err(|e| ImageError {
+        path: path.to_path_buf(),
+        offset: 0,
+        kind: ImageErrorKind::Io(e),
+    })?;
+    parse_entries(&bytes, expected_magic).map_err(|(offset, kind)| ImageError {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        kind,
+    })
+}
+
+/// Like [`read_entries`], for an image that holds exactly one entry.
+pub fn read_single<M: protobuf::Message>(
+    path: &Path,
+    expected_magic: u32,
+) -> Result<M, ImageError> {
+    let mut entries = read_entries::<M>(path, expected_magic)?;
+    if entries.len() != 1 {
+        return Err(ImageError {
+            path: path.to_path_buf(),
+            offset: 0,
+            kind: ImageErrorKind::EntryCount {
+                expected: 1,
+                found: entries.len(),
+            },
+        });
+    }
+    Ok(entries.remove(0))
+}
+
+/// Parses image bytes; errors carry the offset where they were found.
+pub fn parse_entries<M: protobuf::Message>(
+    bytes: &[u8],
+    expected_magic: u32,
+) -> Result<Vec<M>, (usize, ImageErrorKind)> {
+    let mut off = 0usize;
+    let read_u32 = |off: &mut usize, what: &'static str| {
+        let avail = bytes.len() - *off;
+        if avail < 4 {
+            return Err((
+                *off,
+                ImageErrorKind::Truncated {
+                    what,
+                    needed: 4,
+                    available: avail,
+                },
+            ));
+        }
+        let v = u32::from_le_bytes(bytes[*off..*off + 4].try_into().expect("4 bytes"));
+        *off += 4;
+        Ok(v)
+    };
+    if let Some(expected) = head_magic_for(expected_magic) {
+        let found = read_u32(&mut off, "head magic")?;
+        if found != expected {
+            return Err((0, ImageErrorKind::BadHeadMagic { found, expected }));
+        }
+    }
+    let magic_at = off;
+    let found = read_u32(&mut off, "magic")?;
+    if found != expected_magic {
+        return Err((
+            magic_at,
+            ImageErrorKind::BadMagic {
+                found,
+                expected: expected_magic,
+            },
+        ));
+    }
+    let mut entries = Vec::new();
+    while off < bytes.len() {
+        let entry_at = off;
+        let len = read_u32(&mut off, "entry length")? as usize;
+        let avail = bytes.len() - off;
+        if avail < len {
+            return Err((
+                entry_at,
+                ImageErrorKind::Truncated {
+                    what: "entry",
+                    needed: len,
+                    available: avail,
+                },
+            ));
+        }
+        let m = M::parse_from_bytes(&bytes[off..off + len])
+            .map_err(|e| (entry_at, ImageErrorKind::Decode(e)))?;
+        entries.push(m);
+        off += len;
+    }
+    Ok(entries)
+}
+
+/// Encodes entries in CRIU's image layout (for tests and tools that write
+/// images CRIU reads).
+pub fn encode_entries<M: protobuf::Message>(
+    magic: u32,
+    entries: &[M],
+) -> Result<Vec<u8>, protobuf::Error> {
+    let mut out = Vec::new();
+    if let Some(head) = head_magic_for(magic) {
+        out.extend_from_slice(&head.to_le_bytes());
+    }
+    out.extend_from_slice(&magic.to_le_bytes());
+    for e in entries {
+        let body = e.write_to_bytes()?;
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+    Ok(out)
+}

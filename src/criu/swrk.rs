@@ -1,0 +1,490 @@
+//! One `criu swrk` process and the SOCK_SEQPACKET conversation with it.
+use std::fs::File;
+use std::io::{IoSliceMut, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    recvmsg, send, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use protobuf::Message;
+use tracing::debug;
+
+use super::errors::{Error, Result};
+use super::notify::{Notify, NotifyHandler};
+use crate::proto::rpc::{Criu_opts, Criu_req, Criu_req_type, Criu_resp};
+
+/// Most descriptors accepted with one message; CRIU sends at most one.
+const MAX_FDS_PER_MESSAGE: usize = 8;
+/// How long criu gets to exit once its socket is closed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How much of criu's stderr is kept for error reports.
+const STDERR_TAIL: u64 = 4096;
+
+fn io_err(context: &'static str) -> impl FnOnce(nix::errno::Errno) -> Error {
+    move |e| Error::Socket {
+        context,
+        source: std::io::Error::from(e),
+    }
+}
+
+/// Sends one message (one datagram on the SEQPACKET socket).
+pub(crate) fn send_message(fd: BorrowedFd<'_>, bytes: &[u8]) -> nix::Result<()> {
+    loop {
+        match send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(_) => return Err(nix::errno::Errno::EMSGSIZE),
+        }
+    }
+}
+
+/// Receives one whole message and the descriptors passed with it, sizing the
+/// buffer with `MSG_PEEK | MSG_TRUNC` first. `None` means the peer closed.
+pub(crate) fn recv_message(fd: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let len = loop {
+        // SAFETY: a zero-length peek writes nothing.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_PEEK | libc::MSG_TRUNC,
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::EINTR => continue,
+            e => return Err(e),
+        }
+    };
+    let mut buf = vec![0u8; len.max(1)];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    let (bytes, fds, truncated) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg[..]),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => r?,
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors for us.
+                fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+            }
+        }
+        let truncated = msg
+            .flags
+            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        break (msg.bytes, fds, truncated);
+    };
+    if truncated {
+        return Err(nix::errno::Errno::EMSGSIZE);
+    }
+    if bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    buf.truncate(bytes);
+    Ok(Some((buf, fds)))
+}
+
+/// What a request ended with.
+pub(crate) struct Exchange {
+    pub resp: Criu_resp,
+    /// The script the handler refused, and its message.
+    pub refused: Option<(String, String)>,
+}
+
+/// A running `criu swrk`. Dropping it closes the socket and reaps criu.
+pub struct Session {
+    sock: Option<OwnedFd>,
+    child: Option<Child>,
+    stderr: File,
+    binary: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Session {
+    /// Starts `binary swrk <fd>`. Only the socket and `keep_fds` survive the
+    /// exec, at their current numbers; stdin and stdout are /dev/null and
+    /// stderr goes to an unnamed temp file kept for error reports.
+    pub fn spawn(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
+        for &fd in keep_fds {
+            if fd < 3 {
+                return Err(Error::BadFd {
+                    fd,
+                    reason: "descriptors 0-2 are criu's own stdio".into(),
+                });
+            }
+            if nix::fcntl::fcntl(
+                // SAFETY: only used for the F_GETFD probe below.
+                unsafe { BorrowedFd::borrow_raw(fd) },
+                nix::fcntl::FcntlArg::F_GETFD,
+            )
+            .is_err()
+            {
+                return Err(Error::BadFd {
+                    fd,
+                    reason: "not an open descriptor".into(),
+                });
+            }
+        }
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io_err("socketpair"))?;
+        let stderr = tempfile::tempfile().map_err(|source| Error::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+        let child_stderr = stderr.try_clone().map_err(|source| Error::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+
+        let mut keep: Vec<RawFd> = keep_fds.to_vec();
+        keep.push(theirs.as_raw_fd());
+        let mut cmd = Command::new(binary);
+        cmd.arg("swrk")
+            .arg(theirs.as_raw_fd().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(child_stderr));
+        // SAFETY: the closure only makes async-signal-safe system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                close_others_on_exec();
+                for &fd in &keep {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+        drop(theirs);
+        debug!(pid = child.id(), binary = %binary.display(), inherited = ?keep_fds, "criu swrk started");
+        Ok(Session {
+            sock: Some(ours),
+            child: Some(child),
+            stderr,
+            binary: binary.to_path_buf(),
+            exit: None,
+        })
+    }
+
+    /// The swrk process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn sock(&self) -> Result<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.sock
+            .as_ref()
+            .map(|s| s.as_fd())
+            .ok_or_else(|| Error::Protocol("session already closed".into()))
+    }
+
+    fn send_req(&self, req: &Criu_req) -> Result<bool> {
+        let bytes = req.write_to_bytes().map_err(Error::Encode)?;
+        match send_message(self.sock()?, &bytes) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EPIPE) | Err(nix::errno::Errno::ECONNRESET) => Ok(false),
+            Err(e) => Err(io_err("send")(e)),
+        }
+    }
+
+    /// Sends `req` and answers notifications until the final response.
+    /// `Ok(None)`: criu went away without a final response.
+    pub(crate) fn exchange(
+        &mut self,
+        req: &Criu_req,
+        handler: &mut dyn NotifyHandler,
+    ) -> Result<Option<Exchange>> {
+        debug!(request = ?req.type_(), "criu request");
+        if !self.send_req(req)? {
+            return Ok(None);
+        }
+        let mut refused: Option<(String, String)> = None;
+        loop {
+            let (bytes, fds) = match recv_message(self.sock()?) {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(nix::errno::Errno::ECONNRESET) => return Ok(None),
+                Err(e) => return Err(io_err("recv")(e)),
+            };
+            let resp = Criu_resp::parse_from_bytes(&bytes).map_err(Error::Decode)?;
+            if resp.type_() != Criu_req_type::NOTIFY {
+                debug!(response = ?resp.type_(), success = resp.success(), "criu response");
+                return Ok(Some(Exchange { resp, refused }));
+            }
+            let script = resp.notify.script().to_string();
+            let pid = resp.notify.pid;
+            debug!(script = %script, ?pid, fds = fds.len(), "criu notify");
+            let mut reply = Criu_req::new();
+            reply.set_type(Criu_req_type::NOTIFY);
+            let mut ok = false;
+            if refused.is_none() {
+                let result = Notify::from_script(&script, pid, fds.into_iter().next())
+                    .map_err(|e| e.to_string())
+                    .and_then(|event| {
+                        let query = matches!(event, Notify::QueryExtFiles);
+                        handler.notify(event)?;
+                        Ok(query)
+                    });
+                match result {
+                    Ok(query) => {
+                        ok = true;
+                        if query {
+                            let mut opts = Criu_opts::new();
+                            opts.set_images_dir_fd(-1);
+                            opts.external = handler.external_files();
+                            reply.opts = Some(opts).into();
+                        }
+                    }
+                    Err(message) => {
+                        debug!(script = %script, %message, "notify handler refused");
+                        refused = Some((script, message));
+                    }
+                }
+            }
+            reply.set_notify_success(ok);
+            if !self.send_req(&reply)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The last few KiB criu wrote on stderr.
+    pub fn stderr_tail(&self) -> String {
+        let mut f = &self.stderr;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL)))
+            .is_err()
+        {
+            return String::new();
+        }
+        let mut bytes = Vec::new();
+        let _ = f.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Closes the socket and reaps criu (killing it if it does not exit
+    /// within a few seconds). Idempotent.
+    pub fn wait(&mut self) -> Option<ExitStatus> {
+        self.sock = None;
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + EXIT_GRACE;
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => break Some(s),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Ok(None) => {
+                        debug!(pid = child.id(), "criu did not exit, killing it");
+                        let _ = child.kill();
+                        break child.wait().ok();
+                    }
+                    Err(_) => break None,
+                }
+            };
+            debug!(?status, "criu swrk exited");
+            self.exit = status;
+        }
+        self.exit
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.wait();
+    }
+}
+
+/// Marks every descriptor from 3 up close-on-exec (in the forked child).
+fn close_others_on_exec() {
+    // SAFETY: plain system calls on the child's own descriptor table.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+        {
+            return;
+        }
+        let max = libc::sysconf(libc::_SC_OPEN_MAX);
+        let max = if max <= 0 {
+            1024
+        } else {
+            max.min(1 << 20) as RawFd
+        };
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// Describes how a process ended, e.g. "exited with status 1".
+pub fn describe_exit(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => "exit status unknown".into(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exited with status {c}"),
+            (None, Some(sig)) => format!(
+                "killed by signal {}",
+                nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| sig.to_string())
+            ),
+            _ => format!("{s}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    use std::io::IoSlice;
+    use std::os::fd::AsFd;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn messages_of_any_size_arrive_whole() {
+        let (a, b) = pair();
+        for size in [1usize, 100, 4096, 4097, 60_000] {
+            let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            send_message(a.as_fd(), &msg).unwrap();
+            let (got, fds) = recv_message(b.as_fd()).unwrap().unwrap();
+            assert_eq!(got, msg, "size {size}");
+            assert!(fds.is_empty());
+        }
+    }
+
+    #[test]
+    fn descriptors_arrive_with_their_message() {
+        let (a, b) = pair();
+        let f = File::open("/dev/null").unwrap();
+        let fds = [f.as_raw_fd()];
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(b"hello")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        send_message(a.as_fd(), b"next").unwrap();
+        let (got, fds) = recv_message(b.as_fd()).unwrap().unwrap();
+        assert_eq!(got, b"hello");
+        assert_eq!(fds.len(), 1);
+        let flags = nix::fcntl::fcntl(fds[0].as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "received fds must be close-on-exec"
+        );
+        let (got, fds) = recv_message(b.as_fd()).unwrap().unwrap();
+        assert_eq!(got, b"next");
+        assert!(fds.is_empty());
+    }
+
+    #[test]
+    fn peer_close_is_end_of_stream() {
+        let (a, b) = pair();
+        drop(a);
+        assert!(recv_message(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn exit_descriptions() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(Some(ExitStatus::from_raw(1 << 8))),
+            "exited with status 1"
+        );
+        assert_eq!(
+            describe_exit(Some(ExitStatus::from_raw(9))),
+            "killed by signal SIGKILL"
+        );
+        assert_eq!(describe_exit(None), "exit status unknown");
+    }
+
+    /// Only the descriptors named survive into criu: checked with a stand-in
+    /// binary that lists its open descriptors.
+    #[test]
+    fn only_named_fds_are_inherited() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fds");
+        let script = dir.path().join("fake-criu");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nls /proc/$$/fd > {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let wanted = File::open("/dev/null").unwrap();
+        let unwanted = File::open("/dev/null").unwrap();
+        // Make the unwanted one inheritable to prove the child closes it anyway.
+        nix::fcntl::fcntl(
+            unwanted.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+        let mut s = Session::spawn(&script, &[wanted.as_raw_fd()]).unwrap();
+        let status = s.wait().unwrap();
+        assert!(status.success());
+        let listed: Vec<i32> = std::fs::read_to_string(&out)
+            .unwrap()
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(listed.contains(&wanted.as_raw_fd()), "{listed:?}");
+        assert!(!listed.contains(&unwanted.as_raw_fd()), "{listed:?}");
+        assert!(matches!(
+            Session::spawn(&script, &[1]),
+            Err(Error::BadFd { fd: 1, .. })
+        ));
+        assert!(matches!(
+            Session::spawn(&script, &[9999]),
+            Err(Error::BadFd { fd: 9999, .. })
+        ));
+    }
+}

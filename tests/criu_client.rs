@@ -1,0 +1,386 @@
+//! The CRIU client against the real CRIU: needs root and a working criu.
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry::criu::{AckAll, Criu, Error, Notify, NotifyHandler, Opts, Version};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+/// CRIU takes global locks (iptables, cgroup yard); one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serializes the test and makes this process the reaper of orphans from
+/// the trees it starts: a killed tree's children must not linger as zombies
+/// (an init that does not reap keeps their pids, pgids and sids taken, and
+/// CRIU cannot restore a tree whose ids are in use).
+fn serial() -> MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: plain prctl on this process.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER");
+    guard
+}
+
+/// Reaps every exited child (orphans reparented to us included).
+fn reap_orphans() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn criu() -> Criu {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests drive CRIU and must run as root"
+    );
+    Criu::new().expect("criu must be installed (scripts/install-deps.sh)")
+}
+
+/// Kills (SIGKILL, whole process group) and reaps a process on drop.
+struct ProcGuard {
+    pid: i32,
+}
+
+impl ProcGuard {
+    fn alive(&self) -> bool {
+        // A zombie still answers kill(0); look at its state.
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(s) => {
+                let state = s.rsplit(')').next().unwrap_or("").split_whitespace().next();
+                !matches!(state, Some("Z") | Some("X"))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Reaps the process after CRIU killed it.
+    fn reap(&self) {
+        let _ = waitpid(Pid::from_raw(self.pid), None);
+    }
+}
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        // Never signal our own group (0) or everything (-1), or init.
+        if self.pid <= 1 {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(self.pid), None);
+        reap_orphans();
+    }
+}
+
+/// A shell in its own session writing an increasing counter to `file`.
+fn spawn_counter(file: &Path) -> ProcGuard {
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.05; done",
+        file.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let guard = ProcGuard {
+        pid: child.id() as i32,
+    };
+    // The Child handle is not needed: the guard reaps by pid.
+    std::mem::forget(child);
+    guard
+}
+
+fn read_counter(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+fn wait_for_counter(file: &Path, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(n) = read_counter(file) {
+            if n >= at_least {
+                return n;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counter in {} never reached {at_least}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn opts_for(images: &File, log: &str) -> Opts {
+    let mut o = Opts::new();
+    o.set_images_dir_fd(images.as_raw_fd());
+    o.set_log_file(log.into());
+    o.set_log_level(4);
+    o
+}
+
+/// Records the order of notifications; optionally refuses one.
+struct Recorder {
+    seen: Vec<String>,
+    refuse: Option<&'static str>,
+    restored_pid: Option<i32>,
+}
+
+impl NotifyHandler for Recorder {
+    fn notify(&mut self, event: Notify) -> Result<(), String> {
+        self.seen.push(event.script().to_string());
+        if let Notify::PostRestore { pid } = event {
+            self.restored_pid = Some(pid);
+        }
+        match self.refuse {
+            Some(s) if s == event.script() => Err(format!("test refuses {s}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn recorder(refuse: Option<&'static str>) -> Recorder {
+    Recorder {
+        seen: Vec::new(),
+        refuse,
+        restored_pid: None,
+    }
+}
+
+#[test]
+fn version_is_read_over_rpc() {
+    let _s = serial();
+    let c = criu();
+    let v = c.version().unwrap();
+    assert_eq!((v.major, v.minor), (4, 2), "got {v}");
+    assert_eq!(c.require(Version::new(4, 1, 0)).unwrap(), v);
+    let err = c.require(Version::new(99, 0, 0)).unwrap_err();
+    assert!(matches!(err, Error::TooOld { .. }), "{err}");
+    assert!(err.to_string().contains(&v.to_string()), "{err}");
+}
+
+#[test]
+fn features_match_criu_check() {
+    let _s = serial();
+    let c = criu();
+    let f = c.features().unwrap();
+    let cli = Command::new(&c.binary)
+        .args(["check", "--feature", "mem_dirty_track"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        f.mem_track,
+        cli.success(),
+        "RPC and `criu check --feature mem_dirty_track` disagree"
+    );
+}
+
+#[test]
+fn check_passes() {
+    let _s = serial();
+    criu().check().unwrap();
+}
+
+#[test]
+fn dump_then_restore_continues_the_counter() {
+    let _s = serial();
+    let c = criu();
+    let work = tempfile::tempdir().unwrap();
+    let counter = work.path().join("counter");
+    let images_path = work.path().join("images");
+    std::fs::create_dir(&images_path).unwrap();
+    let images = File::open(&images_path).unwrap();
+
+    let proc = spawn_counter(&counter);
+    wait_for_counter(&counter, 20);
+
+    let mut o = opts_for(&images, "dump.log");
+    o.set_pid(proc.pid);
+    o.set_leave_running(false);
+    let mut rec = recorder(None);
+    c.dump(o, &mut rec, &[]).unwrap();
+    let pre = rec
+        .seen
+        .iter()
+        .position(|s| s == "pre-dump")
+        .expect("pre-dump notified");
+    let post = rec
+        .seen
+        .iter()
+        .position(|s| s == "post-dump")
+        .expect("post-dump notified");
+    assert!(pre < post, "order: {:?}", rec.seen);
+    proc.reap();
+    reap_orphans();
+    assert!(
+        !proc.alive(),
+        "dump with leave_running=false must stop the tree"
+    );
+    let dumped = read_counter(&counter).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        read_counter(&counter).unwrap(),
+        dumped,
+        "counter moved after dump"
+    );
+
+    let stats = ferry::criu::read_dump_stats(&images_path).unwrap();
+    assert!(
+        stats.pages_scanned > 0 && stats.pages_written > 0,
+        "{stats:?}"
+    );
+
+    let mut o = opts_for(&images, "restore.log");
+    o.set_rst_sibling(true);
+    let mut rec = recorder(None);
+    let pid = c.restore(o, &mut rec, &[]).unwrap();
+    let restored = ProcGuard { pid };
+    assert_eq!(pid, proc.pid, "CRIU restores the original pid");
+    assert_eq!(rec.restored_pid, Some(pid), "post-restore carries the pid");
+    let pr = rec
+        .seen
+        .iter()
+        .position(|s| s == "pre-restore")
+        .expect("pre-restore notified");
+    let po = rec
+        .seen
+        .iter()
+        .position(|s| s == "post-restore")
+        .expect("post-restore notified");
+    assert!(pr < po, "order: {:?}", rec.seen);
+
+    let now = wait_for_counter(&counter, dumped + 3);
+    assert!(restored.alive());
+    assert!(
+        now > dumped && now < dumped + 1000,
+        "dumped at {dumped}, now {now}"
+    );
+    let rstats = ferry::criu::read_restore_stats(&images_path).unwrap();
+    assert!(
+        rstats.forking_time_us > 0 || rstats.restore_time_us > 0,
+        "{rstats:?}"
+    );
+}
+
+#[test]
+fn restore_from_empty_dir_reports_criu_error_and_log() {
+    let _s = serial();
+    let c = criu();
+    let dir = tempfile::tempdir().unwrap();
+    let images = File::open(dir.path()).unwrap();
+    let mut o = opts_for(&images, "restore.log");
+    o.set_rst_sibling(true);
+    let err = c.restore(o, &mut AckAll, &[]).unwrap_err();
+    let failure = err
+        .failure()
+        .unwrap_or_else(|| panic!("no CRIU failure in {err:?}"));
+    assert!(
+        failure.errmsg.is_some(),
+        "CRIU sent no cr_errmsg: {failure:?}"
+    );
+    let msg = err.to_string();
+    assert!(!msg.contains('\n'), "{msg}");
+    let summary = failure.summary();
+    assert!(msg.contains(&summary), "{msg}");
+    // The reason shown is CRIU's own: its errmsg or an error line of its log.
+    assert!(
+        failure
+            .errmsg
+            .as_deref()
+            .is_some_and(|m| m.contains(&summary))
+            || failure.log_excerpt.iter().any(|l| l.contains(&summary)),
+        "{summary:?} is not from CRIU: {failure:?}"
+    );
+    assert!(!summary.contains("RLIMIT_NOFILE"), "{msg}");
+    let log = std::fs::canonicalize(dir.path())
+        .unwrap()
+        .join("restore.log");
+    assert_eq!(failure.log_path.as_deref(), Some(log.as_path()));
+    assert!(msg.contains(&log.display().to_string()), "{msg}");
+    assert!(
+        failure.log_excerpt.iter().any(|l| l.contains("Error")),
+        "{:?}",
+        failure.log_excerpt
+    );
+    let detail = err.detail().unwrap();
+    assert!(detail.contains("Error"), "{detail}");
+}
+
+#[test]
+fn refusing_pre_dump_aborts_and_leaves_the_process_running() {
+    let _s = serial();
+    let c = criu();
+    let work = tempfile::tempdir().unwrap();
+    let counter = work.path().join("counter");
+    let images = File::open(work.path()).unwrap();
+    let proc = spawn_counter(&counter);
+    wait_for_counter(&counter, 5);
+
+    let mut o = opts_for(&images, "dump.log");
+    o.set_pid(proc.pid);
+    o.set_leave_running(false);
+    let mut rec = recorder(Some("pre-dump"));
+    let err = c.dump(o, &mut rec, &[]).unwrap_err();
+    match &err {
+        Error::Notify {
+            script, message, ..
+        } => {
+            assert_eq!(script, "pre-dump");
+            assert!(message.contains("test refuses pre-dump"));
+        }
+        other => panic!("expected a notify error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("test refuses pre-dump"), "{err}");
+    assert_eq!(rec.seen, vec!["pre-dump".to_string()]);
+    assert!(proc.alive());
+    let before = read_counter(&counter).unwrap();
+    wait_for_counter(&counter, before + 3);
+}
+
+#[test]
+fn page_server_starts_in_background() {
+    let _s = serial();
+    let c = criu();
+    let dir = tempfile::tempdir().unwrap();
+    let images = File::open(dir.path()).unwrap();
+    let mut o = opts_for(&images, "ps.log");
+    let mut ps = ferry::proto::rpc::Criu_page_server_info::new();
+    ps.set_address("127.0.0.1".into());
+    ps.set_port(0);
+    o.ps = Some(ps).into();
+    let server = c.page_server(o).unwrap();
+    assert!(server.pid > 1 && server.port > 0, "{server:?}");
+    let guard = ProcGuard { pid: server.pid };
+    assert!(guard.alive());
+}
+
+#[test]
+fn missing_binary_is_not_found() {
+    let c = Criu::with_binary(PathBuf::from("/nonexistent/criu"));
+    let err = c.version().unwrap_err();
+    assert!(matches!(err, Error::Spawn { .. }), "{err}");
+}
