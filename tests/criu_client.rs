@@ -86,8 +86,9 @@ impl Drop for ProcGuard {
 
 /// A shell in its own session writing an increasing counter to `file`.
 fn spawn_counter(file: &Path) -> ProcGuard {
+    // Written beside and renamed, so a reader (or a dump) never sees a half-written file.
     let script = format!(
-        "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.05; done",
+        "i=0; while :; do i=$((i+1)); echo $i > {0}.tmp; mv {0}.tmp {0}; sleep 0.05; done",
         file.display()
     );
     let mut cmd = Command::new("sh");

@@ -4,6 +4,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -30,13 +31,17 @@ fn lifecycle_create_start_kill_delete() {
     assert!(!data.join("count").exists(), "program ran before start");
     env.ok(&["start", &id]);
     assert_eq!(env.status(&id), "running");
-    assert!(wait_until(Duration::from_secs(5), || read_num(&data.join("count")).is_some()));
+    assert!(wait_until(Duration::from_secs(5), || read_num(
+        &data.join("count")
+    )
+    .is_some()));
     // The cgroup holds the init.
     let dirs = env.cgroup_dirs(&id);
     assert!(!dirs.is_empty());
     let procs = std::fs::read_to_string(dirs[0].join("cgroup.procs")).unwrap();
     assert!(procs.contains(&st["pid"].to_string()), "{procs}");
-    let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
     assert_eq!(list[0]["id"], id.as_str());
     assert_eq!(env.ok(&["list", "-q"]).trim(), id);
     env.ok(&["kill", &id, "KILL"]);
@@ -56,7 +61,11 @@ fn run_detached_pipes_carry_data_both_ways() {
     }
     let env = Env::new("pipes");
     let id = env.id("echo");
-    let bundle = env.bundle("b", &["sh", "-c", "while read l; do echo \"got $l\"; done"], |_| {});
+    let bundle = env.bundle(
+        "b",
+        &["sh", "-c", "while read l; do echo \"got $l\"; done"],
+        |_| {},
+    );
     let mut child = env.spawn_detached(&id, &bundle);
     let mut stdin = child.stdin.take().unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -90,9 +99,22 @@ fn foreground_run_returns_exit_status_and_cleans_up() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     env.assert_gone(&id);
     let id2 = env.id("sig");
-    let bundle = env.bundle("b2", &["sh", "-c", "kill -9 $$"], |_| {});
-    let out = env.run(&["run", "--bundle", bundle.to_str().unwrap(), &id2]);
-    assert_eq!(out.status.code(), Some(137));
+    // A container killed by a signal: 128 + signal, like a shell (and runc).
+    let bundle = env.bundle("b2", &["sleep", "1000"], |_| {});
+    let mut child = env
+        .cmd(&["run", "--bundle", bundle.to_str().unwrap(), &id2])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || env
+        .run(&["state", &id2])
+        .status
+        .success()
+        && env.status(&id2) == "running"));
+    env.ok(&["kill", &id2, "KILL"]);
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+    env.assert_gone(&id2);
 }
 
 #[test]
@@ -107,17 +129,25 @@ fn pause_and_resume_stop_and_restart_the_counter() {
     let bundle = env.bundle("b", &["sh", "-c", COUNTER], |v| add_bind(v, &data, "/data"));
     env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     let count = data.join("count");
-    assert!(wait_until(Duration::from_secs(5), || read_num(&count).unwrap_or(0) >= 2));
+    assert!(wait_until(Duration::from_secs(5), || read_num(&count)
+        .unwrap_or(0)
+        >= 2));
     env.ok(&["pause", &id]);
     assert_eq!(env.status(&id), "paused");
     let frozen = read_num(&count).unwrap();
     std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(read_num(&count).unwrap(), frozen, "counter moved while paused");
+    assert_eq!(
+        read_num(&count).unwrap(),
+        frozen,
+        "counter moved while paused"
+    );
     let err = env.fail(&["pause", &id]);
     assert!(err.contains("is paused"), "{err}");
     env.ok(&["resume", &id]);
     assert_eq!(env.status(&id), "running");
-    assert!(wait_until(Duration::from_secs(5), || read_num(&count).unwrap() > frozen + 2));
+    assert!(wait_until(Duration::from_secs(5), || read_num(&count)
+        .unwrap()
+        > frozen + 2));
     env.ok(&["delete", "--force", &id]);
     env.assert_gone(&id);
 }
@@ -136,8 +166,17 @@ fn exec_ps_events_and_update() {
     env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     // exec joins the container's namespaces: its hostname and its pid 1.
     assert_eq!(env.ok(&["exec", &id, "hostname"]).trim(), "inside");
-    assert_eq!(env.ok(&["exec", &id, "cat", "/proc/1/cmdline"]).replace('\0', " ").trim(), "sh -c sleep 1000");
-    assert_eq!(env.ok(&["exec", "--env", "X=42", &id, "sh", "-c", "echo $X"]).trim(), "42");
+    assert_eq!(
+        env.ok(&["exec", &id, "cat", "/proc/1/cmdline"])
+            .replace('\0', " ")
+            .trim(),
+        "sleep 1000"
+    );
+    assert_eq!(
+        env.ok(&["exec", "--env", "X=42", &id, "sh", "-c", "echo $X"])
+            .trim(),
+        "42"
+    );
     let out = env.run(&["exec", &id, "sh", "-c", "exit 5"]);
     assert_eq!(out.status.code(), Some(5));
     let err = env.fail(&["exec", &id, "no-such-program"]);
@@ -148,19 +187,37 @@ fn exec_ps_events_and_update() {
     assert!(pids.contains(&init), "{pids:?}");
     assert!(env.ok(&["ps", &id]).contains("sleep 1000"));
     // Limits from config.json are in the cgroup.
-    let stats: serde_json::Value = serde_json::from_str(&env.ok(&["events", "--stats", &id])).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.ok(&["events", "--stats", &id])).unwrap();
     assert_eq!(stats["type"], "stats");
     assert!(stats["data"]["pids"]["current"].as_u64().unwrap() >= 1);
-    assert_eq!(stats["data"]["memory"]["usage"]["limit"].as_u64().unwrap(), 64 << 20);
+    assert_eq!(
+        stats["data"]["memory"]["usage"]["limit"].as_u64().unwrap(),
+        64 << 20
+    );
     assert_eq!(stats["data"]["pids"]["limit"].as_u64().unwrap(), 50);
     env.ok(&["update", "--memory", "32m", "--pids-limit", "20", &id]);
-    let stats: serde_json::Value = serde_json::from_str(&env.ok(&["events", "--stats", &id])).unwrap();
-    assert_eq!(stats["data"]["memory"]["usage"]["limit"].as_u64().unwrap(), 32 << 20);
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.ok(&["events", "--stats", &id])).unwrap();
+    assert_eq!(
+        stats["data"]["memory"]["usage"]["limit"].as_u64().unwrap(),
+        32 << 20
+    );
     assert_eq!(stats["data"]["pids"]["limit"].as_u64().unwrap(), 20);
-    let mem_dir = env.cgroup_dirs(&id).into_iter().find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists());
+    let mem_dir = env
+        .cgroup_dirs(&id)
+        .into_iter()
+        .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists());
     if let Some(d) = mem_dir {
-        let f = if d.join("memory.max").exists() { "memory.max" } else { "memory.limit_in_bytes" };
-        assert_eq!(std::fs::read_to_string(d.join(f)).unwrap().trim(), (32u64 << 20).to_string());
+        let f = if d.join("memory.max").exists() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        assert_eq!(
+            std::fs::read_to_string(d.join(f)).unwrap().trim(),
+            (32u64 << 20).to_string()
+        );
     }
     env.ok(&["delete", "--force", &id]);
     env.assert_gone(&id);
@@ -177,9 +234,7 @@ fn hooks_fire_in_order_with_state() {
     let data = env.work.path().join("data");
     std::fs::create_dir(&data).unwrap();
     // Runtime-namespace hooks append "<kind> <state json>" to the log.
-    let host_hook = |kind: &str| {
-        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("printf '{kind} %s\\n' \"$(cat)\" >> {}", log.display())]})
-    };
+    let host_hook = |kind: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("printf '{kind} %s\\n' \"$(cat)\" >> {}", log.display())]});
     let bundle = env.bundle("b", &["sh", "-c", "sleep 1000"], |v| {
         add_bind(v, &data, "/data");
         v["hooks"] = json!({
@@ -196,14 +251,30 @@ fn hooks_fire_in_order_with_state() {
     env.ok(&["delete", "--force", &id]);
     let text = std::fs::read_to_string(&log).unwrap();
     let kinds: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(kinds, ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]);
+    assert_eq!(
+        kinds,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "poststart",
+            "poststop"
+        ]
+    );
     for line in text.lines() {
         let st: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
         assert_eq!(st["id"], id.as_str(), "{line}");
-        assert!(st["pid"].as_i64().unwrap() > 0 || line.starts_with("poststop"), "{line}");
+        assert!(
+            st["pid"].as_i64().unwrap() > 0 || line.starts_with("poststop"),
+            "{line}"
+        );
     }
-    assert!(text.lines().nth(3).unwrap().contains("\"running\""), "{text}");
-    let start: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("start-hook")).unwrap()).unwrap();
+    assert!(
+        text.lines().nth(3).unwrap().contains("\"running\""),
+        "{text}"
+    );
+    let start: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("start-hook")).unwrap()).unwrap();
     assert_eq!(start["id"], id.as_str());
     env.assert_gone(&id);
 }
@@ -219,7 +290,10 @@ fn failing_prestart_hook_aborts_create_and_leaves_nothing() {
         v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo nope >&2; exit 2"]}]});
     });
     let err = env.fail(&["create", "--bundle", bundle.to_str().unwrap(), &id]);
-    assert!(err.contains("prestart hook") && err.contains("nope"), "{err}");
+    assert!(
+        err.contains("prestart hook") && err.contains("nope"),
+        "{err}"
+    );
     env.assert_gone(&id);
     assert!(env.ok(&["list", "-q"]).trim().is_empty());
 }
@@ -231,7 +305,13 @@ fn recv_fd(listener: &std::os::unix::net::UnixListener) -> OwnedFd {
     let mut buf = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).unwrap();
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .unwrap();
     for c in msg.cmsgs().unwrap() {
         if let ControlMessageOwned::ScmRights(fds) = c {
             return unsafe { OwnedFd::from_raw_fd(fds[0]) };
@@ -262,13 +342,24 @@ fn console_socket_gets_a_working_pty() {
         std::process::Command::new(ferry_bin())
             .arg("--root")
             .arg(root)
-            .args(["create", "--bundle", &bundle_str, "--console-socket", &sock_str, &id2])
+            .args([
+                "create",
+                "--bundle",
+                &bundle_str,
+                "--console-socket",
+                &sock_str,
+                &id2,
+            ])
             .output()
             .unwrap()
     });
     let master = recv_fd(&listener);
     let out = creator.join().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     env.ok(&["start", &id]);
     let mut f = std::fs::File::from(master);
     f.write_all(b"echo tty-$((40+2)); tty\n").unwrap();
@@ -292,7 +383,10 @@ fn user_namespace_maps_root() {
     let env = Env::new("userns");
     let id = env.id("c");
     let bundle = env.bundle("b", &["sh", "-c", "cat /proc/self/uid_map; id -u"], |v| {
-        v["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
         v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
         v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     });
@@ -305,7 +399,11 @@ fn user_namespace_maps_root() {
     assert!(st.success());
     let out = env.run(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fields: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(fields, ["0", "100000", "65536"]);
     assert_eq!(text.lines().nth(1).unwrap(), "0");
@@ -338,7 +436,11 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     assert!(err.contains("no config.json"), "{err}");
     let broken = env.work.path().join("broken");
     std::fs::create_dir(&broken).unwrap();
-    std::fs::write(broken.join("config.json"), "{\n \"ociVersion\": \"1.0.2\",\n \"process\": [}\n").unwrap();
+    std::fs::write(
+        broken.join("config.json"),
+        "{\n \"ociVersion\": \"1.0.2\",\n \"process\": [}\n",
+    )
+    .unwrap();
     let err = env.fail(&["create", "--bundle", broken.to_str().unwrap(), &id]);
     assert!(err.contains("line 3 column"), "{err}");
     let seccomp = env.bundle("seccomp", &["true"], |v| {
@@ -351,21 +453,41 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     assert!(err.contains("/no/such/program"), "{err}");
     env.assert_gone(&id);
     // An rlimit above this host's hard limit is refused, not hung on.
-    let mut hard = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
-    let can_raise = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap();
+    let can_raise = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap();
     if can_raise || hard.rlim_max == libc::RLIM_INFINITY {
-        eprintln!("rlimit case skipped: this host lets root raise RLIMIT_NOFILE (CAP_SYS_RESOURCE)");
+        eprintln!(
+            "rlimit case skipped: this host lets root raise RLIMIT_NOFILE (CAP_SYS_RESOURCE)"
+        );
     } else {
         let high = env.bundle("rlimit", &["true"], |v| {
-            v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": hard.rlim_max + 1, "soft": 1024}]);
+            v["process"]["rlimits"] =
+                json!([{"type": "RLIMIT_NOFILE", "hard": hard.rlim_max + 1, "soft": 1024}]);
         });
         let err = env.fail(&["create", "--bundle", high.to_str().unwrap(), &id]);
-        assert!(err.contains("RLIMIT_NOFILE") && err.contains("hard limit"), "{err}");
+        assert!(
+            err.contains("RLIMIT_NOFILE") && err.contains("hard limit"),
+            "{err}"
+        );
         env.assert_gone(&id);
     }
     // Operations on a nonexistent container.
-    for args in [vec!["state", "nope"], vec!["kill", "nope"], vec!["exec", "nope", "true"], vec!["delete", "nope"], vec!["start", "nope"]] {
+    for args in [
+        vec!["state", "nope"],
+        vec!["kill", "nope"],
+        vec!["exec", "nope", "true"],
+        vec!["delete", "nope"],
+        vec!["start", "nope"],
+    ] {
         let err = env.fail(&args);
         assert!(err.contains("does not exist"), "{args:?}: {err}");
     }
@@ -382,9 +504,16 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     let err = env.fail(&["kill", &id, "NOSUCHSIG"]);
     assert!(err.contains("unknown signal"), "{err}");
     assert_eq!(env.status(&id), "running");
-    assert_eq!(std::fs::read(env.root.path().join(&id).join("state.json")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(env.root.path().join(&id).join("state.json")).unwrap(),
+        before
+    );
     let c1 = read_num(&data.join("count")).unwrap_or(0);
-    assert!(wait_until(Duration::from_secs(5), || read_num(&data.join("count")).unwrap_or(0) > c1));
+    assert!(wait_until(Duration::from_secs(5), || read_num(
+        &data.join("count")
+    )
+    .unwrap_or(0)
+        > c1));
     // A stopped container cannot be paused or exec'd into.
     env.ok(&["kill", &id, "KILL"]);
     assert!(wait_until(Duration::from_secs(5), || env.status(&id) == "stopped"));

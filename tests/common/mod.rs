@@ -28,7 +28,8 @@ pub fn is_root() -> bool {
 pub fn rootfs_template() -> &'static Path {
     static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
     ROOTFS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rootfs-{}", std::process::id()));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("rootfs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-rootfs.sh");
         let st = Command::new("bash").arg(script).arg(&dir).status().unwrap();
@@ -59,8 +60,14 @@ pub struct Env {
 impl Env {
     pub fn new(tag: &str) -> Env {
         Env {
-            root: tempfile::Builder::new().prefix("ferry-root").tempdir().unwrap(),
-            work: tempfile::Builder::new().prefix("ferry-work").tempdir().unwrap(),
+            root: tempfile::Builder::new()
+                .prefix("ferry-root")
+                .tempdir()
+                .unwrap(),
+            work: tempfile::Builder::new()
+                .prefix("ferry-work")
+                .tempdir()
+                .unwrap(),
             ids: RefCell::new(Vec::new()),
             tag: tag.to_string(),
         }
@@ -85,8 +92,17 @@ impl Env {
             .status()
             .unwrap();
         assert!(st.success());
-        let out = Command::new(ferry_bin()).arg("spec").arg("--bundle").arg(&dir).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(ferry_bin())
+            .arg("spec")
+            .arg("--bundle")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let path = dir.join("config.json");
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         v["process"]["terminal"] = Value::Bool(false);
@@ -104,10 +120,20 @@ impl Env {
         c
     }
 
+    /// Runs ferry with stdout/stderr captured in files, not pipes: a detached
+    /// container inherits them, and a pipe would then never reach EOF.
     pub fn run(&self, args: &[&str]) -> Output {
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
         let mut c = self.cmd(args);
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.output().unwrap()
+        c.stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap());
+        let status = c.status().unwrap();
+        Output {
+            status,
+            stdout: read_all(out),
+            stderr: read_all(err),
+        }
     }
 
     /// Runs and asserts success; returns stdout.
@@ -125,7 +151,10 @@ impl Env {
     pub fn fail(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "ferry {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "ferry {args:?} unexpectedly succeeded"
+        );
         assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
         assert!(err.starts_with("ferry: "), "{err}");
         err
@@ -149,13 +178,20 @@ impl Env {
         let v = self.state_file(id);
         v["cgroup"]["dirs"]
             .as_object()
-            .map(|m| m.values().map(|d| PathBuf::from(d.as_str().unwrap())).collect())
+            .map(|m| {
+                m.values()
+                    .map(|d| PathBuf::from(d.as_str().unwrap()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Asserts nothing of `id` is left: no state dir, no cgroup directory.
     pub fn assert_gone(&self, id: &str) {
-        assert!(!self.root.path().join(id).exists(), "state dir of {id} left behind");
+        assert!(
+            !self.root.path().join(id).exists(),
+            "state dir of {id} left behind"
+        );
         for dir in default_cgroup_dirs(id) {
             assert!(!dir.exists(), "cgroup {} left behind", dir.display());
         }
@@ -200,7 +236,11 @@ pub fn default_cgroup_dirs(id: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let rel = path.trim_start_matches('/');
         if unified {
             if ctrls.is_empty() {
@@ -235,4 +275,12 @@ pub fn add_bind(v: &mut Value, host: &Path, dest: &str) {
         "source": host,
         "options": ["rbind", "rw"],
     }));
+}
+
+fn read_all(mut f: std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    let mut v = Vec::new();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut v).unwrap();
+    v
 }
