@@ -334,6 +334,173 @@ fn configure(cfg: &VethConfig, pid: i32, host: Ns) -> Result<()> {
     Ok(())
 }
 
+/// Configures the host end of a pair someone else created (CRIU recreates
+/// the pair on restore): its address, then up.
+pub fn configure_host(cfg: &VethConfig) -> Result<()> {
+    let host = Ns(None);
+    if let Some(a) = &cfg.host_address {
+        ip(cfg, host, &["addr", "replace", a, "dev", &cfg.host_if])?;
+    }
+    ip(cfg, host, &["link", "set", "dev", &cfg.host_if, "up"])
+}
+
+/// How traffic through the host end is held while a container is frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMethod {
+    Iptables,
+    Nftables,
+    Skip,
+}
+
+/// Holds every packet through the host end (dropped, so TCP peers
+/// retransmit once the lock is released).
+pub fn lock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
+    check_ifname("host", &cfg.host_if).map_err(|m| link_err(cfg, m))?;
+    match method {
+        LockMethod::Skip => Ok(()),
+        LockMethod::Nftables => {
+            let t = nft_table(cfg);
+            let script = format!(
+                "table inet {t} {{\n chain in {{ type filter hook input priority -300; iifname \"{i}\" drop; }}\n chain fwd {{ type filter hook forward priority -300; iifname \"{i}\" drop; oifname \"{i}\" drop; }}\n chain out {{ type filter hook output priority -300; oifname \"{i}\" drop; }}\n}}\n",
+                i = cfg.host_if
+            );
+            tool(cfg, "nft", &["-f", "-"], Some(&script))
+        }
+        LockMethod::Iptables => {
+            for (chain, dir) in IPTABLES_RULES {
+                tool(
+                    cfg,
+                    "iptables",
+                    &["-w", "-I", chain, dir, &cfg.host_if, "-j", "DROP"],
+                    None,
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Releases [`lock`]; releasing a lock that is not there is not an error.
+pub fn unlock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
+    match method {
+        LockMethod::Skip => Ok(()),
+        LockMethod::Nftables => {
+            if is_locked(cfg, method) {
+                tool(
+                    cfg,
+                    "nft",
+                    &["delete", "table", "inet", &nft_table(cfg)],
+                    None,
+                )?;
+            }
+            Ok(())
+        }
+        LockMethod::Iptables => {
+            for (chain, dir) in IPTABLES_RULES {
+                while tool(
+                    cfg,
+                    "iptables",
+                    &["-w", "-C", chain, dir, &cfg.host_if, "-j", "DROP"],
+                    None,
+                )
+                .is_ok()
+                {
+                    tool(
+                        cfg,
+                        "iptables",
+                        &["-w", "-D", chain, dir, &cfg.host_if, "-j", "DROP"],
+                        None,
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether [`lock`] is in place for this pair.
+pub fn is_locked(cfg: &VethConfig, method: LockMethod) -> bool {
+    match method {
+        LockMethod::Skip => false,
+        LockMethod::Nftables => tool(
+            cfg,
+            "nft",
+            &["list", "table", "inet", &nft_table(cfg)],
+            None,
+        )
+        .is_ok(),
+        LockMethod::Iptables => IPTABLES_RULES.iter().all(|(chain, dir)| {
+            tool(
+                cfg,
+                "iptables",
+                &["-w", "-C", chain, dir, &cfg.host_if, "-j", "DROP"],
+                None,
+            )
+            .is_ok()
+        }),
+    }
+}
+
+const IPTABLES_RULES: [(&str, &str); 4] = [
+    ("INPUT", "-i"),
+    ("FORWARD", "-i"),
+    ("FORWARD", "-o"),
+    ("OUTPUT", "-o"),
+];
+
+/// nft table names allow letters, digits and `_`.
+fn nft_table(cfg: &VethConfig) -> String {
+    let name: String = cfg
+        .host_if
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("ferry_lock_{name}")
+}
+
+fn tool(cfg: &VethConfig, program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let command = format!("{program} {}", args.join(" "));
+    let err = |detail: String| Error::Command {
+        interface: cfg.host_if.clone(),
+        command: command.clone(),
+        detail,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("{e}; install nftables and iptables")))?;
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(text) = stdin {
+        input
+            .write_all(text.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+    }
+    drop(input);
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let detail = String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .replace('\n', "; ");
+        Err(err(if detail.is_empty() {
+            out.status.to_string()
+        } else {
+            detail
+        }))
+    }
+}
+
+/// Whether an interface `name` exists in the caller's network namespace.
+pub fn link_exists_on_host(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
 /// Deletes the host end (and with it the pair) if it still exists.
 pub fn remove(cfg: &VethConfig) -> Result<()> {
     remove_in(cfg, None)

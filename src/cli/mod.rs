@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod checkpoint;
 mod lifecycle;
 mod output;
 mod query;
@@ -76,6 +77,10 @@ pub enum Command {
     Events(query::EventsArgs),
     /// Change a container's cgroup resources.
     Update(lifecycle::UpdateArgs),
+    /// Dump a running container into a directory of CRIU images.
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// Restore a container from a checkpoint.
+    Restore(checkpoint::RestoreArgs),
 }
 
 pub fn main() -> i32 {
@@ -114,5 +119,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Exec(a) => lifecycle::exec(root, a),
         Command::Events(a) => query::events(root, a).map(|_| 0),
         Command::Update(a) => lifecycle::update(root, a).map(|_| 0),
+        Command::Checkpoint(a) => checkpoint::checkpoint(root, a, cli.log_format).map(|_| 0),
+        Command::Restore(a) => checkpoint::restore(root, a, cli.log_format),
     }
 }

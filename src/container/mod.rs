@@ -8,24 +8,30 @@ use crate::cgroups::{self, Cgroup};
 use crate::id::{self, IdError, Lookup};
 use crate::state::{self, State, StateDir};
 
+mod checkpoint;
 mod create;
 mod delete;
 mod events;
 mod exec;
+mod externals;
 mod kill;
 mod list;
 mod pause;
 mod ps;
+mod restore;
 mod start;
 mod update;
 
+pub use checkpoint::{CheckpointOptions, Checkpointed, PostDump, TlsFiles};
 pub use create::{CreateOptions, Created};
 pub use delete::remove_incomplete;
 pub use events::StatsSnapshot;
 pub use exec::{ExecHandle, ExecOptions};
+pub use externals::DESCRIPTORS_FILE;
 pub use kill::parse_signal;
 pub use list::list;
 pub use ps::ProcessInfo;
+pub use restore::{check_images, RestoreOptions, Restored};
 
 pub const DEFAULT_ROOT: &str = "/run/ferry";
 
@@ -102,7 +108,8 @@ pub enum Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        // pad, not write_str, so table widths apply.
+        f.pad(match self {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",

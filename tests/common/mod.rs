@@ -55,6 +55,8 @@ pub struct Env {
     pub work: tempfile::TempDir,
     ids: RefCell<Vec<String>>,
     tag: String,
+    /// Network namespace (by name) every ferry command runs in.
+    netns: RefCell<Option<String>>,
 }
 
 impl Env {
@@ -70,6 +72,7 @@ impl Env {
                 .unwrap(),
             ids: RefCell::new(Vec::new()),
             tag: tag.to_string(),
+            netns: RefCell::new(None),
         }
     }
 
@@ -113,8 +116,25 @@ impl Env {
         dir
     }
 
+    /// Runs every later ferry command inside the named network namespace.
+    pub fn set_netns(&self, name: &str) {
+        *self.netns.borrow_mut() = Some(name.to_string());
+    }
+
+    /// A ferry command (inside the Env's network namespace, if set).
+    pub fn ferry(&self) -> Command {
+        match &*self.netns.borrow() {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(ferry_bin());
+                c
+            }
+            None => Command::new(ferry_bin()),
+        }
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(ferry_bin());
+        let mut c = self.ferry();
         c.arg("--root").arg(self.root.path()).args(args);
         c.stdin(Stdio::null());
         c
@@ -122,17 +142,24 @@ impl Env {
 
     /// Runs ferry with stdout/stderr captured in files, not pipes: a detached
     /// container inherits them, and a pipe would then never reach EOF.
+    /// The files are opened append-only, as log files usually are: CRIU
+    /// restores such an external file onto another without a size check.
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let err = tempfile::NamedTempFile::new().unwrap();
+        let append = |f: &tempfile::NamedTempFile| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(f.path())
+                .unwrap()
+        };
         let mut c = self.cmd(args);
-        c.stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap());
+        c.stdout(append(&out)).stderr(append(&err));
         let status = c.status().unwrap();
         Output {
             status,
-            stdout: read_all(out),
-            stderr: read_all(err),
+            stdout: read_all(out.reopen().unwrap()),
+            stderr: read_all(err.reopen().unwrap()),
         }
     }
 
@@ -199,7 +226,7 @@ impl Env {
 
     /// Starts `ferry run -d` with piped stdio, for containers that talk.
     pub fn spawn_detached(&self, id: &str, bundle: &Path) -> std::process::Child {
-        let mut c = Command::new(ferry_bin());
+        let mut c = self.ferry();
         c.arg("--root")
             .arg(self.root.path())
             .args(["run", "-d", "--bundle"])
@@ -215,7 +242,8 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         for id in self.ids.borrow().iter() {
-            let _ = Command::new(ferry_bin())
+            let _ = self
+                .ferry()
                 .arg("--root")
                 .arg(self.root.path())
                 .args(["delete", "--force", id])
@@ -283,4 +311,65 @@ fn read_all(mut f: std::fs::File) -> Vec<u8> {
     f.seek(std::io::SeekFrom::Start(0)).unwrap();
     f.read_to_end(&mut v).unwrap();
     v
+}
+
+/// A network namespace made for one test ("a host"), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("ferry-t{}-{tag}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .unwrap()
+    }
+
+    pub fn command(&self, cmd: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(cmd);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// tests/support/memhog.c, built static once per test binary (it runs in a
+/// busybox rootfs without a libc).
+pub fn memhog() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("memhog-{}", std::process::id()));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/memhog.c");
+        let st = Command::new("cc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(src)
+            .status()
+            .expect("cc (build-essential) is needed to build the memhog workload");
+        assert!(st.success(), "building memhog failed");
+        out
+    })
 }

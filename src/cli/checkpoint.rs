@@ -1,0 +1,294 @@
+//! `checkpoint` and `restore`: runc's flags, plus `--stats`.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use ferry::container::{CheckpointOptions, RestoreOptions};
+use ferry::criu::CgMode;
+use ferry::network::LockMethod;
+use ferry::Container;
+use nix::unistd::Pid;
+
+use super::output::warn_all;
+use super::{wait, LogFormat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupsMode {
+    Soft,
+    Full,
+    Strict,
+    Ignore,
+}
+
+impl CgroupsMode {
+    fn criu(self) -> CgMode {
+        match self {
+            CgroupsMode::Soft => CgMode::SOFT,
+            CgroupsMode::Full => CgMode::FULL,
+            CgroupsMode::Strict => CgMode::STRICT,
+            CgroupsMode::Ignore => CgMode::IGNORE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetLock {
+    Iptables,
+    Nftables,
+    Skip,
+}
+
+impl From<NetLock> for LockMethod {
+    fn from(n: NetLock) -> LockMethod {
+        match n {
+            NetLock::Iptables => LockMethod::Iptables,
+            NetLock::Nftables => LockMethod::Nftables,
+            NetLock::Skip => LockMethod::Skip,
+        }
+    }
+}
+
+/// Namespaces `--empty-ns` accepts (runc accepts only the network one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmptyNs {
+    Network,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    pub id: String,
+    /// Directory for the CRIU images.
+    #[arg(long, default_value = "checkpoint")]
+    pub image_path: PathBuf,
+    /// Directory for CRIU's log and work files (default: the image path).
+    #[arg(long)]
+    pub work_path: Option<PathBuf>,
+    /// A previous pre-dump, relative to the image path.
+    #[arg(long)]
+    pub parent_path: Option<PathBuf>,
+    /// Keep the container running after the checkpoint.
+    #[arg(long)]
+    pub leave_running: bool,
+    /// Keep the container frozen after the checkpoint.
+    #[arg(long)]
+    pub leave_stopped: bool,
+    /// Checkpoint open TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Skip in-flight TCP connections.
+    #[arg(long)]
+    pub tcp_skip_in_flight: bool,
+    /// Allow linked-remapped files (open but unlinked).
+    #[arg(long)]
+    pub link_remap: bool,
+    /// Allow external unix sockets.
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Allow a shell job (a process attached to a terminal session).
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Checkpoint file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Leave memory for a lazy-pages restore (post-copy).
+    #[arg(long)]
+    pub lazy_pages: bool,
+    /// File descriptor CRIU writes to when lazy pages are ready.
+    #[arg(long)]
+    pub status_fd: Option<i32>,
+    /// Send memory pages to a CRIU page server at ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub page_server: Option<String>,
+    /// Dump memory only, leaving the container running (needs soft-dirty).
+    #[arg(long)]
+    pub pre_dump: bool,
+    /// How CRIU handles cgroups.
+    #[arg(long, value_enum)]
+    pub manage_cgroups_mode: Option<CgroupsMode>,
+    /// Do not dump this namespace's contents.
+    #[arg(long, value_enum)]
+    pub empty_ns: Vec<EmptyNs>,
+    /// Deduplicate memory images against the parent as they are written.
+    #[arg(long)]
+    pub auto_dedup: bool,
+    /// How the network is held while the container is frozen.
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub network_lock: NetLock,
+    /// Print CRIU's dump statistics.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub id: String,
+    /// Bundle directory holding config.json (its mounts and network apply).
+    #[arg(short, long, default_value = ".")]
+    pub bundle: PathBuf,
+    /// Directory of CRIU images written by `ferry checkpoint`.
+    #[arg(long, default_value = "checkpoint")]
+    pub image_path: PathBuf,
+    /// Directory for CRIU's log and work files (default: the image path).
+    #[arg(long)]
+    pub work_path: Option<PathBuf>,
+    /// Return once the container runs instead of waiting for it.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Write the restored init's host pid to this file.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Do not become the subreaper of the restored processes (foreground).
+    #[arg(long)]
+    pub no_subreaper: bool,
+    /// Not supported: CRIU restores the mount namespace with pivot_root.
+    #[arg(long)]
+    pub no_pivot: bool,
+    /// Unix socket that receives the terminal master of a terminal container.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    #[arg(long)]
+    pub tcp_established: bool,
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    #[arg(long)]
+    pub shell_job: bool,
+    #[arg(long)]
+    pub file_locks: bool,
+    #[arg(long, value_enum)]
+    pub manage_cgroups_mode: Option<CgroupsMode>,
+    /// Let ferry set up this namespace instead of restoring its contents.
+    #[arg(long, value_enum)]
+    pub empty_ns: Vec<EmptyNs>,
+    #[arg(long)]
+    pub auto_dedup: bool,
+    /// Restore memory lazily from a page server (post-copy).
+    #[arg(long)]
+    pub lazy_pages: bool,
+    /// LSM profile for the restored processes (e.g. apparmor:NAME).
+    #[arg(long)]
+    pub lsm_profile: Option<String>,
+    /// How the network is held while the container is restored.
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub network_lock: NetLock,
+    /// Print CRIU's restore statistics.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+fn page_server(s: &str) -> anyhow::Result<(String, u16)> {
+    let (addr, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("--page-server {s:?}: expected ADDR:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| format!("--page-server {s:?}: {port:?} is not a port number"))?;
+    if addr.is_empty() {
+        bail!("--page-server {s:?}: expected ADDR:PORT");
+    }
+    Ok((addr.trim_matches(['[', ']']).to_string(), port))
+}
+
+pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow::Result<()> {
+    if let Some(fd) = a.status_fd {
+        // SAFETY: only probed with F_GETFD.
+        let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if fd < 3 || nix::fcntl::fcntl(b, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            bail!("--status-fd {fd} is not an open descriptor above 2");
+        }
+    }
+    let mut o = CheckpointOptions::new(&a.image_path);
+    o.work_path = a.work_path.clone();
+    o.parent_path = a.parent_path.clone();
+    o.leave_running = a.leave_running;
+    o.leave_stopped = a.leave_stopped;
+    o.tcp_established = a.tcp_established;
+    o.tcp_skip_in_flight = a.tcp_skip_in_flight;
+    o.link_remap = a.link_remap;
+    o.ext_unix_sk = a.ext_unix_sk;
+    o.shell_job = a.shell_job;
+    o.file_locks = a.file_locks;
+    o.lazy_pages = a.lazy_pages;
+    o.status_fd = a.status_fd;
+    o.page_server = a.page_server.as_deref().map(page_server).transpose()?;
+    o.pre_dump = a.pre_dump;
+    o.manage_cgroups_mode = a.manage_cgroups_mode.map(CgroupsMode::criu);
+    o.empty_ns_network = a.empty_ns.contains(&EmptyNs::Network);
+    o.auto_dedup = a.auto_dedup;
+    o.network_lock = a.network_lock.into();
+    let done = Container::load(root, &a.id)?.checkpoint(&o)?;
+    if a.stats {
+        let stats = done.stats.with_context(|| {
+            format!(
+                "the dump succeeded but CRIU wrote no statistics in {}",
+                done.images.display()
+            )
+        })?;
+        match format {
+            LogFormat::Json => println!("{}", serde_json::to_string(&stats)?),
+            LogFormat::Text => {
+                println!("freezing time: {} us", stats.freezing_time_us);
+                println!("frozen time:   {} us", stats.frozen_time_us);
+                println!("memdump time:  {} us", stats.memdump_time_us);
+                println!("memwrite time: {} us", stats.memwrite_time_us);
+                println!("pages scanned: {}", stats.pages_scanned);
+                println!("pages written: {}", stats.pages_written);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Result<i32> {
+    if a.no_pivot {
+        bail!("--no-pivot is not supported by restore: CRIU rebuilds the container's mount namespace with pivot_root (drop the flag)");
+    }
+    let mut o = RestoreOptions::new(&a.id, &a.bundle, &a.image_path);
+    o.work_path = a.work_path.clone();
+    o.pid_file = a.pid_file.clone();
+    o.console_socket = a.console_socket.clone();
+    o.tcp_established = a.tcp_established;
+    o.ext_unix_sk = a.ext_unix_sk;
+    o.shell_job = a.shell_job;
+    o.file_locks = a.file_locks;
+    o.manage_cgroups_mode = a.manage_cgroups_mode.map(CgroupsMode::criu);
+    o.empty_ns_network = a.empty_ns.contains(&EmptyNs::Network);
+    o.auto_dedup = a.auto_dedup;
+    o.lazy_pages = a.lazy_pages;
+    o.lsm_profile = a.lsm_profile.clone();
+    o.network_lock = a.network_lock.into();
+    if !a.detach {
+        wait::block_signals();
+        if !a.no_subreaper {
+            // Orphans of the restored tree come back to us, not to init.
+            // SAFETY: plain prctl on this process.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        }
+    }
+    let restored = Container::restore(root, &o)?;
+    warn_all(&restored.hook_warnings);
+    if a.stats {
+        if let Some(s) = &restored.stats {
+            match format {
+                LogFormat::Json => println!("{}", serde_json::to_string(s)?),
+                LogFormat::Text => {
+                    println!("forking time:  {} us", s.forking_time_us);
+                    println!("restore time:  {} us", s.restore_time_us);
+                    println!("pages compared: {}", s.pages_compared);
+                    println!("pages skipped (COW): {}", s.pages_skipped_cow);
+                }
+            }
+        } else {
+            warn_all(&["CRIU wrote no restore statistics"]);
+        }
+    }
+    if a.detach {
+        return Ok(0);
+    }
+    let pid = Pid::from_raw(restored.container.state.pid);
+    let code = wait::wait_forwarding(pid, pid);
+    let c = Container::load(root, restored.container.id())?;
+    warn_all(&c.delete(true)?);
+    Ok(code)
+}

@@ -1,0 +1,304 @@
+//! What CRIU must be told about a container's surroundings: mounts whose
+//! source lies outside the container (declared external, keyed by their
+//! destination inside it) and the stdio pipes it shares with its caller.
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use super::{io, Error, Result};
+use crate::cgroups::CgroupDescriptor;
+use crate::proto::rpc::{Ext_mount_map, Inherit_fd};
+
+/// Written into the image dir: what fds 0-2 of the init pointed at.
+pub const DESCRIPTORS_FILE: &str = "descriptors.json";
+
+/// One external mount: its key (the destination inside the container) and
+/// the host path that backs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    pub key: String,
+    pub source: PathBuf,
+}
+
+fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
+}
+
+/// The external mounts of a container made from `spec` with its cgroup in
+/// `cgroup`: bind mounts, per-controller cgroup binds, masked files (bound
+/// from /dev/null) and the host /sys when the container has no network
+/// namespace of its own.
+pub fn mounts(spec: &Spec, bundle: &Path, cgroup: Option<&CgroupDescriptor>) -> Vec<External> {
+    let mut out = Vec::new();
+    for m in spec.mounts().clone().unwrap_or_default() {
+        let dest = m.destination().to_string_lossy().into_owned();
+        let typ = m.typ().clone().unwrap_or_default();
+        if typ == "cgroup" || typ == "cgroup2" {
+            let Some(cg) = cgroup else { continue };
+            let unified = cg.dirs.len() == 1 && cg.dirs.contains_key("unified");
+            for (controller, dir) in &cg.dirs {
+                let key = if unified {
+                    dest.clone()
+                } else {
+                    format!(
+                        "{}/{}",
+                        dest.trim_end_matches('/'),
+                        controller.trim_start_matches("name=")
+                    )
+                };
+                out.push(External {
+                    key,
+                    source: dir.clone(),
+                });
+            }
+        } else if is_bind(&m) {
+            let source = m.source().clone().unwrap_or_default();
+            let source = if source.is_relative() {
+                bundle.join(source)
+            } else {
+                source
+            };
+            out.push(External { key: dest, source });
+        } else if typ == "sysfs" && !has_own_netns(spec) {
+            out.push(External {
+                key: dest,
+                source: "/sys".into(),
+            });
+        }
+    }
+    out
+}
+
+fn has_own_netns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none())
+}
+
+/// Masked paths that are files in the running container (`/dev/null` is
+/// bound over them); directories are tmpfs mounts CRIU handles itself.
+pub fn masked_files(spec: &Spec, pid: i32) -> Vec<External> {
+    masked(spec, |p| {
+        std::fs::metadata(format!("/proc/{pid}/root{p}")).is_ok_and(|m| !m.is_dir())
+    })
+}
+
+/// Masked paths to map on restore: those the image recorded as external.
+pub fn masked_files_in(spec: &Spec, keys: &[String]) -> Vec<External> {
+    masked(spec, |p| keys.iter().any(|k| k == p))
+}
+
+fn masked(spec: &Spec, keep: impl Fn(&str) -> bool) -> Vec<External> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| keep(p))
+        .map(|p| External {
+            key: p,
+            source: "/dev/null".into(),
+        })
+        .collect()
+}
+
+/// Dump side: each external is declared by key (value = key, as runc does).
+pub fn dump_map(ext: &[External]) -> Vec<Ext_mount_map> {
+    ext.iter()
+        .map(|e| {
+            let mut m = Ext_mount_map::new();
+            m.set_key(e.key.clone());
+            m.set_val(e.key.clone());
+            m
+        })
+        .collect()
+}
+
+/// Restore side: each key maps to the host source.
+pub fn restore_map(ext: &[External]) -> Vec<Ext_mount_map> {
+    ext.iter()
+        .map(|e| {
+            let mut m = Ext_mount_map::new();
+            m.set_key(e.key.clone());
+            m.set_val(e.source.to_string_lossy().into_owned());
+            m
+        })
+        .collect()
+}
+
+/// Records the init's stdio identities in the image dir.
+pub fn write_descriptors(images: &Path, stdio: &[String]) -> Result<()> {
+    let path = images.join(DESCRIPTORS_FILE);
+    let text = serde_json::to_string(stdio).expect("strings serialize");
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+}
+
+/// Reads `descriptors.json` (absent in images of other tools: no pipes).
+pub fn read_descriptors(images: &Path) -> Result<Vec<String>> {
+    let path = images.join(DESCRIPTORS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "{}: not a list of descriptors ({e}); the image dir is damaged",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Written into the image dir: stdio fds of the init that are host files
+/// CRIU was told are external (`file[mnt_id:inode]`), to be replaced by the
+/// restoring caller's fds.
+pub const STDIO_FILES: &str = "stdio-files.json";
+
+/// fds 0-2 of `pid` open on files of mounts the container cannot see (the
+/// caller's /dev/null, a log file): CRIU cannot dump those, only mark them
+/// external. Returns (fd, key).
+pub fn stdio_external_files(pid: i32) -> Vec<(i32, String)> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    let visible: std::collections::HashSet<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    (0..3)
+        .filter_map(|fd| {
+            let target = crate::proc::fd_target(pid, fd)?;
+            if !target.starts_with('/') {
+                return None;
+            }
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+            let mnt_id: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            if visible.contains(mnt_id.to_string().as_str()) {
+                return None;
+            }
+            let ino = std::os::unix::fs::MetadataExt::ino(
+                &std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?,
+            );
+            Some((fd, format!("file[{mnt_id:x}:{ino:x}]")))
+        })
+        .collect()
+}
+
+pub fn write_stdio_files(images: &Path, files: &[(i32, String)]) -> Result<()> {
+    let path = images.join(STDIO_FILES);
+    let text = serde_json::to_string(files).expect("pairs serialize");
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+}
+
+pub fn read_stdio_files(images: &Path) -> Result<Vec<(i32, String)>> {
+    let path = images.join(STDIO_FILES);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "{}: damaged ({e}); the image dir is not usable",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// inherit_fd entries replacing external stdio files with `fds[fd]`.
+pub fn inherit_files(files: &[(i32, String)], fds: &[i32; 3]) -> Vec<Inherit_fd> {
+    files
+        .iter()
+        .filter(|(fd, _)| (0..3).contains(fd))
+        .map(|(fd, key)| {
+            let mut f = Inherit_fd::new();
+            f.set_key(key.clone());
+            f.set_fd(fds[*fd as usize]);
+            f
+        })
+        .collect()
+}
+
+/// For every recorded pipe among fds 0-2, the descriptor (in criu's table)
+/// that replaces it: `fds[i]` is where this caller's fd i was duplicated.
+pub fn inherit_pipes(recorded: &[String], fds: &[i32; 3]) -> Vec<Inherit_fd> {
+    recorded
+        .iter()
+        .take(3)
+        .enumerate()
+        .filter(|(_, d)| d.starts_with("pipe:"))
+        .map(|(i, d)| {
+            let mut f = Inherit_fd::new();
+            f.set_key(d.clone());
+            f.set_fd(fds[i]);
+            f
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_cgroups_and_masks_are_external() {
+        let mut spec = crate::spec::default_spec();
+        let mut mounts = spec.mounts().clone().unwrap();
+        let bind: oci_spec::runtime::Mount = serde_json::from_value(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]
+        }))
+        .unwrap();
+        mounts.push(bind);
+        let cg: oci_spec::runtime::Mount = serde_json::from_value(serde_json::json!({
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"
+        }))
+        .unwrap();
+        mounts.push(cg);
+        spec.set_mounts(Some(mounts));
+        let desc = CgroupDescriptor {
+            path: "ferry/x".into(),
+            unified: false,
+            dirs: [
+                (
+                    "memory".to_string(),
+                    PathBuf::from("/sys/fs/cgroup/memory/ferry/x"),
+                ),
+                (
+                    "name=systemd".to_string(),
+                    PathBuf::from("/sys/fs/cgroup/systemd/ferry/x"),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let ext = super::mounts(&spec, Path::new("/b"), Some(&desc));
+        assert!(ext.contains(&External {
+            key: "/data".into(),
+            source: "/b/data".into()
+        }));
+        assert!(ext.iter().any(|e| e.key == "/sys/fs/cgroup/memory"));
+        assert!(ext.iter().any(|e| e.key == "/sys/fs/cgroup/systemd"));
+        let map = dump_map(&ext);
+        assert!(map.iter().all(|m| m.key() == m.val()));
+        let map = restore_map(&ext);
+        assert!(map
+            .iter()
+            .any(|m| m.key() == "/data" && m.val() == "/b/data"));
+    }
+
+    #[test]
+    fn only_pipes_are_inherited() {
+        let rec = vec!["pipe:[11]".into(), "/dev/null".into(), "pipe:[12]".into()];
+        let fds = inherit_pipes(&rec, &[100, 101, 102]);
+        assert_eq!(fds.len(), 2);
+        assert_eq!((fds[0].key(), fds[0].fd()), ("pipe:[11]", 100));
+        assert_eq!((fds[1].key(), fds[1].fd()), ("pipe:[12]", 102));
+    }
+}

@@ -1,0 +1,605 @@
+//! `ferry checkpoint` / `ferry restore` against real CRIU and real
+//! containers (as root).
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// CRIU takes host-wide locks (iptables, its cgroup yard): one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> Option<MutexGuard<'static, ()>> {
+    if !is_root() {
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// A counter container writing to `<work>/<name>-data/count`.
+fn counter(env: &Env, name: &str) -> (String, PathBuf, PathBuf) {
+    let id = env.id(name);
+    let data = env.work.path().join(format!("{name}-data"));
+    std::fs::create_dir_all(&data).unwrap();
+    let bundle = env.bundle(name, &["sh", "-c", COUNTER], |v| {
+        add_bind(v, &data, "/data")
+    });
+    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    let count = data.join("count");
+    assert!(wait_until(Duration::from_secs(5), || read_num(&count)
+        .unwrap_or(0)
+        >= 3));
+    (id, bundle, count)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The counter moves on from at least `from` (it never restarts at 1).
+fn assert_continues(count: &Path, from: u64) {
+    assert!(
+        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
+            > from + 3),
+        "counter stuck at {:?}, expected it to pass {from}",
+        read_num(count)
+    );
+}
+
+#[test]
+fn counter_continues_through_two_checkpoint_restore_cycles() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("cycle");
+    let (id, bundle, count) = counter(&env, "c");
+    let mut last = 0;
+    for round in 0..2 {
+        let images = env.work.path().join(format!("img{round}"));
+        let out = env.ok(&["checkpoint", "--image-path", s(&images), "--stats", &id]);
+        assert!(out.contains("frozen time:"), "{out}");
+        env.assert_gone(&id);
+        let at_dump = read_num(&count).unwrap();
+        assert!(at_dump > last, "counter went back: {at_dump} <= {last}");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            read_num(&count).unwrap(),
+            at_dump,
+            "counter moved while checkpointed"
+        );
+        // Stats as JSON with --log-format json.
+        let out = env.ok(&[
+            "--log-format",
+            "json",
+            "restore",
+            "-d",
+            "--bundle",
+            s(&bundle),
+            "--image-path",
+            s(&images),
+            "--stats",
+            &id,
+        ]);
+        let stats: Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(stats["restore_time_us"].as_u64().unwrap() > 0, "{stats}");
+        assert_eq!(env.status(&id), "running");
+        // The restored init is recorded with its real pid and stdio.
+        let st = env.state_file(&id);
+        assert_eq!(st["pid"], env.state(&id)["pid"]);
+        assert_continues(&count, at_dump);
+        last = at_dump;
+    }
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
+#[test]
+fn leave_running_and_two_copies_with_other_bind_sources() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("copies");
+    let (id, _bundle, count) = counter(&env, "c");
+    let images = env.work.path().join("img");
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    assert_eq!(env.status(&id), "running");
+    let at_dump = read_num(&count).unwrap();
+    assert_continues(&count, at_dump);
+    // Two copies of one image, each with its own /data (another bind source).
+    let mut copies = Vec::new();
+    for name in ["copy1", "copy2"] {
+        let cid = env.id(name);
+        let data = env.work.path().join(format!("{name}-data"));
+        std::fs::create_dir_all(&data).unwrap();
+        let bundle = env.bundle(name, &["true"], |v| add_bind(v, &data, "/data"));
+        env.ok(&[
+            "restore",
+            "-d",
+            "--bundle",
+            s(&bundle),
+            "--image-path",
+            s(&images),
+            &cid,
+        ]);
+        copies.push((cid, data.join("count")));
+    }
+    for (cid, c) in &copies {
+        assert_eq!(env.status(cid), "running");
+        // Each copy starts from the checkpointed number, in its own /data.
+        assert!(wait_until(Duration::from_secs(5), || read_num(c)
+            .unwrap_or(0)
+            > 2));
+        assert!(read_num(c).unwrap() > 2, "copy restarted its counter");
+    }
+    // Each copy has a cgroup of its own.
+    let a = env.cgroup_dirs(&copies[0].0);
+    let b = env.cgroup_dirs(&copies[1].0);
+    assert!(!a.is_empty() && a != b);
+    for (cid, _) in &copies {
+        env.ok(&["delete", "--force", cid]);
+        env.assert_gone(cid);
+    }
+    assert_eq!(env.status(&id), "running");
+}
+
+#[test]
+fn pipes_carry_data_after_restore() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("pipes");
+    let id = env.id("echo");
+    let bundle = env.bundle(
+        "b",
+        &["sh", "-c", "while read l; do echo \"got $l\"; done"],
+        |_| {},
+    );
+    let mut child = env.spawn_detached(&id, &bundle);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    assert!(child.wait().unwrap().success());
+    writeln!(stdin, "one").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got one\n");
+    drop((stdin, out));
+
+    let images = env.work.path().join("img");
+    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    let desc: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(images.join("descriptors.json")).unwrap())
+            .unwrap();
+    assert!(desc[0].starts_with("pipe:"), "{desc:?}");
+    // Restored with new pipes of the restoring caller.
+    let mut child = env
+        .cmd(&[
+            "restore",
+            "-d",
+            "--bundle",
+            s(&bundle),
+            "--image-path",
+            s(&images),
+            &id,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let st = child.wait().unwrap();
+    assert!(st.success(), "restore failed");
+    writeln!(stdin, "two").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "got two\n");
+    assert!(env.state_file(&id)["stdio"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("pipe:"));
+    env.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn hooks_fire_on_restore() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("hooks");
+    let (id, bundle, count) = counter(&env, "c");
+    let images = env.work.path().join("img");
+    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    let log = env.work.path().join("hooks.log");
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo {name} \"$s\" >> {}", log.display())]});
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
+            .unwrap();
+    v["hooks"] = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart")],
+    });
+    std::fs::write(bundle.join("config.json"), v.to_string()).unwrap();
+    let at = read_num(&count).unwrap();
+    env.ok(&[
+        "restore",
+        "-d",
+        "--bundle",
+        s(&bundle),
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let names: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(names, ["prestart", "createRuntime", "poststart"], "{text}");
+    // Hooks get the state with the restored init's pid.
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let first: Value =
+        serde_json::from_str(text.lines().next().unwrap().split_once(' ').unwrap().1).unwrap();
+    assert_eq!(first["id"], id.as_str());
+    assert!(first["pid"].as_i64().unwrap() > 0);
+    let last: Value =
+        serde_json::from_str(text.lines().last().unwrap().split_once(' ').unwrap().1).unwrap();
+    assert_eq!(last["pid"].as_i64().unwrap(), pid);
+    assert_continues(&count, at);
+    env.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn memory_survives_byte_for_byte() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("mem");
+    let id = env.id("c");
+    let data = env.work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // 256 MiB of random data in the process's own memory.
+    let bundle = env.bundle("b", &["/memhog", "256", "/data"], |v| {
+        add_bind(v, &data, "/data")
+    });
+    std::fs::copy(memhog(), bundle.join("rootfs/memhog")).unwrap();
+    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    assert!(wait_until(Duration::from_secs(60), || data
+        .join("sum-before")
+        .exists()));
+    let images = env.work.path().join("img");
+    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.ok(&[
+        "restore",
+        "-d",
+        "--bundle",
+        s(&bundle),
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    env.ok(&["kill", &id, "USR1"]);
+    assert!(wait_until(Duration::from_secs(30), || data
+        .join("sum-after")
+        .exists()));
+    assert_eq!(
+        std::fs::read_to_string(data.join("sum-after")).unwrap(),
+        std::fs::read_to_string(data.join("sum-before")).unwrap()
+    );
+    env.ok(&["delete", "--force", &id]);
+}
+
+/// Bundle options for a container with a veth to its "host" (a network
+/// namespace this test made) and a TCP echo server on port 7000.
+fn veth_bundle(env: &Env, name: &str, net: u8) -> PathBuf {
+    let tag = format!("{}", std::process::id() % 10000);
+    env.bundle(name, &["nc", "-ll", "-p", "7000", "-e", "/bin/cat"], |v| {
+        v["annotations"] = json!({
+            "org.ferry.net.veth": format!(
+                "host=fh{tag},container=eth0,address=10.77.{net}.2/24,host-address=10.77.{net}.1/24,mac=02:42:0a:4d:{net:02x}:02"
+            )
+        });
+    })
+}
+
+#[test]
+fn veth_server_answers_after_restore_and_established_connection_survives() {
+    let Some(_g) = serial() else { return };
+    let host = NetNs::new("veth");
+    let env = Env::new("veth");
+    env.set_netns(&host.name);
+    let id = env.id("srv");
+    let bundle = veth_bundle(&env, "b", 1);
+    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    // A long-lived client connection from the host.
+    let mut client = host
+        .command(&["busybox", "nc", "10.77.1.2", "7000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cin = client.stdin.take().unwrap();
+    let mut cout = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    assert!(wait_until(Duration::from_secs(5), || {
+        writeln!(cin, "hello").is_ok() && {
+            line.clear();
+            cout.read_line(&mut line).is_ok() && line == "hello\n"
+        }
+    }));
+    let images = env.work.path().join("img");
+    env.ok(&[
+        "checkpoint",
+        "--tcp-established",
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    env.ok(&[
+        "restore",
+        "-d",
+        "--tcp-established",
+        "--bundle",
+        s(&bundle),
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    // The same connection goes on.
+    writeln!(cin, "again").unwrap();
+    line.clear();
+    cout.read_line(&mut line).unwrap();
+    assert_eq!(line, "again\n");
+    // A new connection reaches the restored server.
+    let out = host
+        .command(&["sh", "-c", "echo fresh | busybox nc -w 2 10.77.1.2 7000"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fresh\n");
+    // Same names, address and MAC inside.
+    let link = env.ok(&["exec", &id, "ip", "addr", "show", "eth0"]);
+    assert!(
+        link.contains("10.77.1.2/24") && link.contains("02:42:0a:4d:01:02"),
+        "{link}"
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
+#[test]
+fn unsupported_modes_fail_before_freezing() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("modes");
+    let (id, _bundle, count) = counter(&env, "c");
+    let features = ferry::criu::Criu::new().unwrap().features().unwrap();
+    let images = env.work.path().join("img");
+    if !features.mem_track {
+        let err = env.fail(&["checkpoint", "--pre-dump", "--image-path", s(&images), &id]);
+        assert!(
+            err.contains("pre-dump") && err.contains("soft-dirty"),
+            "{err}"
+        );
+    }
+    if !features.lazy_pages {
+        let err = env.fail(&[
+            "checkpoint",
+            "--lazy-pages",
+            "--image-path",
+            s(&images),
+            &id,
+        ]);
+        assert!(err.contains("lazy pages"), "{err}");
+    }
+    assert_eq!(env.status(&id), "running");
+    let at = read_num(&count).unwrap();
+    assert_continues(&count, at);
+    env.ok(&["delete", "--force", &id]);
+}
+
+/// What must not change when a command fails.
+fn snapshot(env: &Env, id: &str) -> (String, Vec<PathBuf>) {
+    let text = std::fs::read_to_string(env.root.path().join(id).join("state.json")).unwrap();
+    (text, env.cgroup_dirs(id))
+}
+
+#[test]
+fn bad_input_gets_one_line_and_loses_nothing() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("bad");
+    let (id, bundle, count) = counter(&env, "c");
+    let before = snapshot(&env, &id);
+    let w = env.work.path();
+
+    // Checkpoint of a nonexistent container.
+    let err = env.fail(&["checkpoint", "--image-path", s(&w.join("x")), "nosuch"]);
+    assert!(err.contains("does not exist"), "{err}");
+    // Image path that is a file.
+    let file = w.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = env.fail(&["checkpoint", "--image-path", s(&file), &id]);
+    assert!(err.contains("not a directory"), "{err}");
+    // Image path that cannot be written (a read-only bind mount).
+    let ro = w.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mounted = nix::mount::mount(
+        Some(&ro),
+        &ro,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .is_ok()
+        && nix::mount::mount(
+            None::<&str>,
+            &ro,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND
+                | nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .is_ok();
+    if mounted {
+        let err = env.fail(&["checkpoint", "--image-path", s(&ro), &id]);
+        assert!(err.contains("not writable"), "{err}");
+        let _ = nix::mount::umount2(&ro, nix::mount::MntFlags::MNT_DETACH);
+    }
+    assert_eq!(snapshot(&env, &id), before);
+    assert_eq!(env.status(&id), "running");
+
+    // Restore from a missing dir, an empty dir, another tool's files.
+    let restore = |images: &Path, rid: &str| {
+        env.fail(&[
+            "restore",
+            "-d",
+            "--bundle",
+            s(&bundle),
+            "--image-path",
+            s(images),
+            rid,
+        ])
+    };
+    let rid = env.id("r");
+    let err = restore(&w.join("missing"), &rid);
+    assert!(err.contains("No such file"), "{err}");
+    let empty = w.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = restore(&empty, &rid);
+    assert!(err.contains("inventory.img is missing"), "{err}");
+    let other = w.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("inventory.img"), b"{\"not\": \"criu\"}").unwrap();
+    let err = restore(&other, &rid);
+    assert!(
+        err.contains("inventory.img") && err.contains("magic"),
+        "{err}"
+    );
+    assert!(!env.root.path().join(&rid).exists());
+    for d in default_cgroup_dirs(&rid) {
+        assert!(!d.exists(), "{} left", d.display());
+    }
+
+    // A real checkpoint (left running), then damaged copies of it.
+    let images = w.join("img");
+    env.ok(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    assert_eq!(env.status(&id), "running");
+    let copy = |name: &str| {
+        let d = w.join(name);
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&images)
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        d
+    };
+    let truncated = copy("truncated");
+    let pages = std::fs::read_dir(&truncated)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("pages-")
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = restore(&truncated, &rid);
+    assert!(
+        err.contains("criu restore failed") && err.contains("restore.log"),
+        "{err}"
+    );
+    let corrupt = copy("corrupt");
+    let mut inv = std::fs::read(corrupt.join("inventory.img")).unwrap();
+    inv[0] ^= 0xff;
+    std::fs::write(corrupt.join("inventory.img"), inv).unwrap();
+    let err = restore(&corrupt, &rid);
+    assert!(
+        err.contains("inventory.img") && err.contains("magic"),
+        "{err}"
+    );
+    // Restore to an ID in use.
+    let err = restore(&images, &id);
+    assert!(err.contains("already exists"), "{err}");
+    // Nothing of the failed restores is left; the source runs on untouched.
+    assert!(!env.root.path().join(&rid).exists());
+    for d in default_cgroup_dirs(&rid) {
+        assert!(!d.exists(), "{} left", d.display());
+    }
+    assert_eq!(snapshot(&env, &id), before);
+    let at = read_num(&count).unwrap();
+    assert_continues(&count, at);
+
+    // Stopped container.
+    env.ok(&["kill", &id, "KILL"]);
+    assert!(wait_until(Duration::from_secs(5), || env.status(&id) == "stopped"));
+    let err = env.fail(&["checkpoint", "--image-path", s(&w.join("y")), &id]);
+    assert!(err.contains("is stopped"), "{err}");
+    env.ok(&["delete", &id]);
+}
+
+#[test]
+fn criu_missing_or_too_old_is_named() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("criu");
+    let (id, _bundle, _count) = counter(&env, "c");
+    let before = snapshot(&env, &id);
+    let images = env.work.path().join("img");
+    let run = |criu: &Path| {
+        let out = env
+            .cmd(&["checkpoint", "--image-path", s(&images), &id])
+            .env("FERRY_CRIU", criu)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(Path::new("/nonexistent/criu"));
+    assert!(err.contains("criu") && err.contains("install"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // A criu that answers VERSION with 3.17 over the real RPC protocol.
+    let fake = env.work.path().join("old-criu");
+    std::fs::write(&fake, OLD_CRIU).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&fake).unwrap().permissions(),
+        0o755,
+    );
+    Command::new("chmod")
+        .arg("755")
+        .arg(&fake)
+        .status()
+        .unwrap();
+    let err = run(&fake);
+    assert!(err.contains("3.17") && err.contains("too old"), "{err}");
+    assert_eq!(snapshot(&env, &id), before);
+    assert_eq!(env.status(&id), "running");
+    env.ok(&["delete", "--force", &id]);
+}
+
+/// Speaks just enough of swrk to answer VERSION as CRIU 3.17.
+const OLD_CRIU: &str = r#"#!/usr/bin/env python3
+import socket, sys
+s = socket.socket(fileno=int(sys.argv[2]))
+s.recv(4096)
+# criu_resp{type=VERSION(10), success=true, version{major=3, minor=17}}
+version = bytes([0x08, 3, 0x10, 17])
+resp = bytes([0x08, 10, 0x10, 1, 0x52, len(version)]) + version
+s.send(resp)
+"#;
