@@ -102,7 +102,8 @@ pub enum Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        // pad, not write_str: table output relies on width and alignment.
+        f.pad(match self {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
@@ -240,5 +241,16 @@ impl Container {
         } else {
             Err(self.wrong_state(status, hint))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn status_honours_width_for_tables() {
+        assert_eq!(format!("{:<10}|", Status::Running), "running   |");
+        assert_eq!(format!("{}", Status::Paused), "paused");
     }
 }
