@@ -108,7 +108,7 @@ pub enum Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // pad, not write_str, so table widths apply.
+        // pad, not write_str: table output relies on width and alignment.
         f.pad(match self {
             Status::Creating => "creating",
             Status::Created => "created",
@@ -247,5 +247,16 @@ impl Container {
         } else {
             Err(self.wrong_state(status, hint))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn status_honours_width_for_tables() {
+        assert_eq!(format!("{:<10}|", Status::Running), "running   |");
+        assert_eq!(format!("{}", Status::Paused), "paused");
     }
 }
