@@ -11,6 +11,7 @@ pub mod container;
 pub mod criu;
 pub mod hooks;
 pub mod id;
+pub mod images;
 pub mod init;
 pub mod network;
 pub mod proc;
