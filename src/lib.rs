@@ -5,6 +5,7 @@
 //! `rootfs`, `cgroups`, `hooks`, `console`, `network`, `state`), the CRIU client
 //! (`criu`), and the generated CRIU protocol types (`proto`).
 
+pub mod archive;
 pub mod cgroups;
 pub mod console;
 pub mod container;

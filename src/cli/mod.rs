@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod inspect;
 mod lifecycle;
 mod output;
 mod query;
@@ -76,6 +77,8 @@ pub enum Command {
     Events(query::EventsArgs),
     /// Change a container's cgroup resources.
     Update(lifecycle::UpdateArgs),
+    /// Show what a checkpoint archive or CRIU images directory holds.
+    Inspect(inspect::InspectArgs),
 }
 
 pub fn main() -> i32 {
@@ -114,5 +117,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Exec(a) => lifecycle::exec(root, a),
         Command::Events(a) => query::events(root, a).map(|_| 0),
         Command::Update(a) => lifecycle::update(root, a).map(|_| 0),
+        Command::Inspect(a) => inspect::inspect(a).map(|_| 0),
     }
 }

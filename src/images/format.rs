@@ -21,6 +21,7 @@ pub const PSTREE_MAGIC: u32 = 0x5027_3030;
 pub const FDINFO_MAGIC: u32 = 0x5621_3732;
 pub const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 pub const CORE_MAGIC: u32 = 0x5505_3847;
+pub const IDS_MAGIC: u32 = 0x5443_2030;
 pub const MM_MAGIC: u32 = 0x5749_2820;
 pub const FS_MAGIC: u32 = 0x5140_3912;
 pub const FILES_MAGIC: u32 = 0x5630_3138;
@@ -104,6 +105,7 @@ pub fn image_name(magic: u32) -> &'static str {
         PAGEMAP_MAGIC => "pagemap",
         CORE_MAGIC => "core",
         MM_MAGIC => "mm",
+        IDS_MAGIC => "ids",
         FS_MAGIC => "fs",
         FILES_MAGIC => "files",
         MNTS_MAGIC => "mountpoints",

@@ -253,9 +253,9 @@ impl ImageDir {
             dump_uptime_us: e.dump_uptime,
             tcp_close: e.tcp_close(),
             network_lock_method: e.network_lock_method.map(|m| match m {
-                1 => "iptables",
-                2 => "nftables",
-                3 => "skip",
+                0 => "iptables",
+                1 => "nftables",
+                2 => "skip",
                 _ => "unknown",
             }),
             plugins: e
@@ -291,6 +291,17 @@ impl ImageDir {
         )
     }
 
+    /// ids-PID.img (where CRIU 4 keeps a task's object ids).
+    fn ids(&self, pid: u32) -> Result<Option<NamespaceIds>> {
+        let path = self.file(&format!("ids-{pid}.img"));
+        Ok(missing_ok(read_one::<Task_kobj_ids_entry>(
+            &path,
+            IDS_MAGIC,
+            "ids entry",
+        ))?
+        .map(|e| NamespaceIds::from(&e)))
+    }
+
     /// The dumped tasks, root first, in CRIU's order (parents before children).
     pub fn process_tree(&self) -> Result<Vec<Process>> {
         let mut out = Vec::new();
@@ -309,7 +320,10 @@ impl ImageDir {
                 threads: e.threads.clone(),
                 comm: tc.comm().to_string(),
                 state: TaskState::from_raw(tc.task_state()),
-                ids: core.ids.as_ref().map(NamespaceIds::from),
+                ids: match core.ids.as_ref() {
+                    Some(ids) => Some(NamespaceIds::from(ids)),
+                    None => self.ids(e.pid())?,
+                },
             });
         }
         Ok(out)
