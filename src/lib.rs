@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod cgroups;
+pub mod check;
 pub mod console;
 pub mod container;
 pub mod criu;

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod check;
 mod inspect;
 mod lifecycle;
 mod output;
@@ -77,6 +78,8 @@ pub enum Command {
     Events(query::EventsArgs),
     /// Change a container's cgroup resources.
     Update(lifecycle::UpdateArgs),
+    /// Report whether this host can checkpoint, restore and migrate.
+    Check(check::CheckArgs),
     /// Show what a checkpoint archive or CRIU images directory holds.
     Inspect(inspect::InspectArgs),
 }
@@ -117,6 +120,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Exec(a) => lifecycle::exec(root, a),
         Command::Events(a) => query::events(root, a).map(|_| 0),
         Command::Update(a) => lifecycle::update(root, a).map(|_| 0),
+        Command::Check(a) => check::check(a),
         Command::Inspect(a) => inspect::inspect(a).map(|_| 0),
     }
 }

@@ -405,6 +405,17 @@ impl ImageDir {
         })
     }
 
+    /// The (address, pages) runs of process `pid` left for lazy restore.
+    pub fn lazy_ranges(&self, pid: u32) -> Result<Vec<(u64, u64)>> {
+        Ok(self
+            .pagemap(pid)?
+            .runs
+            .iter()
+            .filter(|r| r.flags & PE_LAZY != 0)
+            .map(|r| (r.vaddr, r.nr_pages))
+            .collect())
+    }
+
     /// The memory of process `pid` (all zero for a zombie).
     pub fn memory(&self, pid: u32) -> Result<Memory> {
         let page = page_size();
