@@ -158,8 +158,7 @@ pub fn criu_feature(criu: &Criu, name: &str) -> (bool, String) {
             let last = text
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !crate::criu::log::is_harmless(l))
-                .next_back()
+                .rfind(|l| !l.is_empty() && !crate::criu::log::is_harmless(l))
                 .unwrap_or("")
                 .to_string();
             (out.status.success(), last)
