@@ -269,6 +269,28 @@ fn write_rootfs_tar<W: Write>(rootfs: &Path, w: W, skipped: &mut Vec<PathBuf>) -
                 skipped.push(rel_child);
                 continue;
             }
+            if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+                // Built here: the tar crate names special files by their
+                // on-disk path.
+                use std::os::unix::fs::MetadataExt;
+                let stat = std::fs::symlink_metadata(&src)?;
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata_in_mode(&stat, tar::HeaderMode::Complete);
+                h.set_path(&rel_child)?;
+                h.set_entry_type(if ft.is_fifo() {
+                    tar::EntryType::Fifo
+                } else if ft.is_char_device() {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                h.set_size(0);
+                h.set_device_major(libc::major(stat.rdev()))?;
+                h.set_device_minor(libc::minor(stat.rdev()))?;
+                h.set_cksum();
+                b.append(&h, io::empty())?;
+                continue;
+            }
             b.append_path_with_name(&src, &rel_child)?;
             if ft.is_dir() {
                 subdirs.push(rel_child);

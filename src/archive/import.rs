@@ -205,8 +205,7 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
         bytes: 0,
     };
     let mut seen: HashSet<PathBuf> = HashSet::new();
-    let entries = archive.entries().map_err(stream_err)?;
-    for entry in entries {
+    for entry in archive.entries().map_err(stream_err)? {
         let mut entry = entry.map_err(stream_err)?;
         out.entries += 1;
         if out.entries > limits.max_entries {
@@ -333,8 +332,37 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
         }
         out.files.insert(name, (size, crc.finalize()));
     }
+    // Read to the end, so the decompressor checks the frame's end and
+    // checksum: a compressed archive cut short after its last entry is
+    // still truncated. Only end-of-archive padding may follow.
+    let mut rest = archive.into_inner().take(MAX_TRAILER + 1);
+    let mut trailer = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if buf[..n].iter().any(|b| *b != 0) {
+                    return Err(Error::Corrupt(
+                        "data after the end of the tar archive".into(),
+                    ));
+                }
+                trailer += n as u64;
+                if trailer > MAX_TRAILER {
+                    return Err(Error::Corrupt(
+                        "too much padding after the end of the tar archive".into(),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(stream_err(e)),
+        }
+    }
     Ok(out)
 }
+
+/// End-of-archive zero blocks and record padding allowed after the last entry.
+const MAX_TRAILER: u64 = 1 << 20;
 
 /// The architecture and CRIU checks of an import.
 fn check_host(meta: &Metadata, host: &Host) -> Result<()> {
@@ -592,9 +620,34 @@ pub fn unpack_rootfs(tar_path: &Path, dest: &Path, limits: &Limits) -> Result<u6
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
     a.set_overwrite(true);
+    let root = std::fs::canonicalize(dest)
+        .map_err(Error::io(format!("cannot resolve {}", dest.display())))?;
     for entry in a.entries().map_err(stream_err)? {
         let mut entry = entry.map_err(stream_err)?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if entry.header().entry_type() == tar::EntryType::Fifo {
+            // The tar crate skips fifos; made here, never through a link.
+            let rel = safe_path(&entry.path_bytes(), limits)?;
+            let target = dest.join(&rel);
+            let parent = target.parent().unwrap_or(dest);
+            std::fs::create_dir_all(parent)
+                .map_err(Error::io(format!("cannot create {}", parent.display())))?;
+            let real = std::fs::canonicalize(parent)
+                .map_err(Error::io(format!("cannot resolve {}", parent.display())))?;
+            if !real.starts_with(&root) {
+                return Err(Error::UnsafeEntry {
+                    path: format!("{ROOTFS_FILE}:{name}"),
+                    reason: "it would be written outside the root filesystem".into(),
+                });
+            }
+            let file = real.join(target.file_name().unwrap_or_default());
+            let _ = std::fs::remove_file(&file);
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+            nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(
+                |e| Error::io(format!("cannot create fifo {}", file.display()))(e.into()),
+            )?;
+            continue;
+        }
         let ok = entry
             .unpack_in(dest)
             .map_err(Error::io(format!("cannot unpack {ROOTFS_FILE}:{name}")))?;

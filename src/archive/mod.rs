@@ -245,3 +245,6 @@ pub struct ManifestEntry {
 pub struct Manifest {
     pub entries: Vec<ManifestEntry>,
 }
+
+#[cfg(test)]
+mod tests;
