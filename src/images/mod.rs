@@ -882,3 +882,6 @@ pub fn page_size() -> u64 {
 }
 
 use protobuf::Message as _;
+
+#[cfg(test)]
+mod tests;
