@@ -50,13 +50,13 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         let tmp = tempfile::Builder::new().prefix("ferry-inspect").tempdir()?;
         let dest = tmp.path().join("archive");
         let info = archive::unpack_for_inspect(file, &dest, &Limits::default())
-            .with_context(|| format!("cannot read archive {}", args.path.display()))?;
+            .map_err(|e| anyhow::anyhow!("cannot read archive {}: {e}", args.path.display()))?;
         _scratch = Some(tmp);
         (info.images_dir.clone(), Some(info))
     };
     let images = ImageDir::open(&dir)
         .and_then(|d| d.summary(args.env))
-        .context("cannot decode the CRIU images")?;
+        .map_err(|e| anyhow::anyhow!("cannot decode the CRIU images: {e}"))?;
     let mut report = Report {
         archive: info,
         images,

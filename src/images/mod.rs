@@ -73,7 +73,7 @@ impl TaskState {
 pub struct Inventory {
     /// Image format version (2 for every CRIU since 1.x).
     pub image_version: u32,
-    /// Namespace ids of the root task.
+    /// Ids of the namespaces CRIU ran in when dumping (the host's).
     pub root_ids: Option<NamespaceIds>,
     /// Host uptime at dump time, µs.
     pub dump_uptime_us: Option<u64>,
@@ -646,12 +646,14 @@ impl ImageDir {
         Ok(out)
     }
 
+    /// The root task's ids. (The inventory's `root_ids` are CRIU's own,
+    /// the namespaces the tree was dumped from.)
     fn root_ids(&self) -> Result<Option<NamespaceIds>> {
-        if let Some(ids) = self.inventory()?.root_ids {
-            return Ok(Some(ids));
-        }
         let tree = self.process_tree()?;
-        Ok(tree.first().and_then(|p| p.ids))
+        match tree.first().and_then(|p| p.ids) {
+            Some(ids) => Ok(Some(ids)),
+            None => Ok(self.inventory()?.root_ids),
+        }
     }
 
     /// Mounts of the root task's mount namespace; empty when CRIU did not

@@ -129,7 +129,11 @@ pub(crate) fn make_images(dir: &Path) {
     let mut inv = Inventory_entry::new();
     inv.set_img_version(2);
     inv.set_network_lock_method(1);
-    inv.root_ids = Some(ids(1)).into();
+    // CRIU's own namespaces (the host's), not the tree's.
+    let mut host = ids(1);
+    host.set_mnt_ns_id(99);
+    host.set_uts_ns_id(98);
+    inv.root_ids = Some(host).into();
     write(dir, "inventory.img", INVENTORY_MAGIC, &[&inv]);
 
     let mut p1 = Pstree_entry::new();
