@@ -397,7 +397,7 @@ fn inspect_podman_exported_checkpoint() {
     let rootfs = work.path().join("rootfs");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-rootfs.sh");
     run(Command::new("bash").arg(script).arg(&rootfs)).unwrap();
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(&rootfs)
         .args(["-c", "."])
@@ -407,8 +407,9 @@ fn inspect_podman_exported_checkpoint() {
     guard.images.push(image.clone());
     run(Command::new("podman")
         .args(["import", "-", &image])
-        .stdin(tar.stdout.unwrap()))
+        .stdin(tar.stdout.take().unwrap()))
     .unwrap();
+    assert!(tar.wait().unwrap().success());
     guard.containers.push(name.clone());
     run(Command::new("podman").args([
         "run",

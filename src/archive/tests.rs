@@ -284,8 +284,11 @@ fn wrong_magic_is_not_an_archive() {
     assert!(matches!(err, Error::NotAnArchive), "{err}");
 }
 
+/// Name, type, data and link target of a raw entry.
+type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
 /// A tar whose entries are written with raw headers (no path checks).
-fn raw_tar(entries: &[(&[u8], tar::EntryType, &[u8], &[u8])]) -> Vec<u8> {
+fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, data, link) in entries {
         let mut h = tar::Header::new_gnu();

@@ -168,8 +168,10 @@ fn render_tree(r: &Report, path: &std::path::Path) -> String {
     }
     if !img.mounts.is_empty() {
         let _ = writeln!(s, "├── mounts ({})", img.mounts.len());
-        for (i, m) in img.mounts.iter().enumerate() {
-            let last = i + 1 == img.mounts.len();
+        let mut mounts: Vec<_> = img.mounts.iter().collect();
+        mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+        for (i, m) in mounts.iter().enumerate() {
+            let last = i + 1 == mounts.len();
             let _ = writeln!(
                 s,
                 "│   {} {} {} {}{}",
