@@ -321,6 +321,11 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
                 "{name} has {count} of its {size} bytes"
             )));
         }
+        if let (Mode::Import(_), Some(f)) = (&mode, file.as_ref()) {
+            f.sync_all()
+                .map_err(Error::io(format!("cannot write {name}")))?;
+        }
+
         if name == METADATA_FILE {
             if let Mode::Import(check) = mode {
                 let meta: Metadata = parse_json(METADATA_FILE, &keep)?;
@@ -532,6 +537,9 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
             "cannot move the import to {}",
             dest.display()
         ))(e));
+    }
+    if let Ok(d) = File::open(&parent) {
+        let _ = d.sync_all();
     }
     let at = |p: &str| {
         let path = dest.join(p);

@@ -253,6 +253,26 @@ fn truncated_archives_are_rejected_and_leave_nothing() {
 }
 
 #[test]
+fn gzip_archives_are_read_and_cut_ones_refused() {
+    let src = source();
+    let plain = archive(&src, Compression::None, true);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let d = Dest::new();
+    assert_eq!(d.import(&gz).unwrap().compression, Compression::Gzip);
+    for cut in [20, gz.len() / 2, gz.len() - 4] {
+        let d = Dest::new();
+        let err = d.import(&gz[..cut]).unwrap_err();
+        assert!(
+            matches!(err, Error::Truncated(_) | Error::Corrupt(_)),
+            "cut at {cut}: {err}"
+        );
+        d.assert_untouched();
+    }
+}
+
+#[test]
 fn wrong_magic_is_not_an_archive() {
     let d = Dest::new();
     let err = d
