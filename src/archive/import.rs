@@ -676,19 +676,32 @@ pub fn unpack_rootfs(tar_path: &Path, dest: &Path, limits: &Limits) -> Result<u6
 pub fn unpack_for_inspect(input: impl Read, dest: &Path, limits: &Limits) -> Result<ArchiveInfo> {
     std::fs::create_dir(dest).map_err(Error::io(format!("cannot create {}", dest.display())))?;
     let un = unpack(input, dest, limits, Mode::Inspect)?;
-    let metadata = match un.files.get(METADATA_FILE) {
-        Some(_) => Some(read_json_file::<Metadata>(
+    let mut info = describe_dir(dest, limits)?;
+    info.compression = un.compression;
+    info.entries = un.entries;
+    info.bytes = un.bytes;
+    info.rootfs_diff_bytes = un.files.get(ROOTFS_FILE).map(|f| f.0);
+    Ok(info)
+}
+
+/// Describes an unpacked archive (or an imported one): its metadata,
+/// engine config and statistics. Entry counts and sizes are those of the
+/// files present.
+pub fn describe_dir(dir: &Path, limits: &Limits) -> Result<ArchiveInfo> {
+    let dest = dir;
+    let metadata = if dest.join(METADATA_FILE).is_file() {
+        Some(read_json_file::<Metadata>(
             &dest.join(METADATA_FILE),
             METADATA_FILE,
             limits,
-        )?),
-        None => None,
+        )?)
+    } else {
+        None
     };
-    let container = match un.files.get(CONFIG_FILE) {
-        Some(_) => {
-            read_json_file::<EngineContainer>(&dest.join(CONFIG_FILE), CONFIG_FILE, limits).ok()
-        }
-        None => None,
+    let container = if dest.join(CONFIG_FILE).is_file() {
+        read_json_file::<EngineContainer>(&dest.join(CONFIG_FILE), CONFIG_FILE, limits).ok()
+    } else {
+        None
     };
     let images_dir = dest.join(IMAGES_DIR);
     if !images_dir.join("inventory.img").is_file() {
@@ -699,18 +712,37 @@ pub fn unpack_for_inspect(input: impl Read, dest: &Path, limits: &Limits) -> Res
     } else {
         None
     };
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    let mut stack = vec![dest.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(Error::io(format!("cannot read {}", d.display())))? {
+            let e = e.map_err(Error::io(format!("cannot read {}", d.display())))?;
+            let m = e
+                .metadata()
+                .map_err(Error::io(format!("cannot read {}", d.display())))?;
+            entries += 1;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                bytes += m.len();
+            }
+        }
+    }
+    let rootfs_diff_bytes = std::fs::metadata(dest.join(ROOTFS_FILE))
+        .ok()
+        .map(|m| m.len());
     Ok(ArchiveInfo {
         layout: if metadata.is_some() {
             "ferry"
         } else {
             "podman"
         },
-        compression: un.compression,
+        compression: Compression::None,
         metadata,
         container,
-        entries: un.entries,
-        bytes: un.bytes,
-        rootfs_diff_bytes: un.files.get(ROOTFS_FILE).map(|f| f.0),
+        entries,
+        bytes,
+        rootfs_diff_bytes,
         dump_stats,
         images_dir,
     })

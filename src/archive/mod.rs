@@ -35,7 +35,8 @@ mod import;
 
 pub use export::{export, ExportSpec, ExportSummary};
 pub use import::{
-    import, import_for, unpack_for_inspect, unpack_rootfs, ArchiveInfo, EngineContainer, Imported,
+    describe_dir, import, import_for, unpack_for_inspect, unpack_rootfs, ArchiveInfo,
+    EngineContainer, Imported,
 };
 
 pub const METADATA_FILE: &str = "ferry.json";

@@ -19,7 +19,8 @@ pub enum InspectFormat {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A checkpoint archive (tar, optionally zstd or gzip compressed; ferry's
-    /// or podman's layout) or a directory of CRIU images.
+    /// or podman's layout), an unpacked or imported archive, or a directory
+    /// of CRIU images.
     pub path: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value = "tree")]
@@ -43,7 +44,19 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     // Keeps the unpacked archive until the report is printed.
     let mut _scratch = None;
     let (dir, info) = if meta.is_dir() {
-        (args.path.clone(), None)
+        if args
+            .path
+            .join(archive::IMAGES_DIR)
+            .join("inventory.img")
+            .is_file()
+        {
+            // An unpacked or imported archive.
+            let info = archive::describe_dir(&args.path, &Limits::default())
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.path.display()))?;
+            (info.images_dir.clone(), Some(info))
+        } else {
+            (args.path.clone(), None)
+        }
     } else {
         let file = std::fs::File::open(&args.path)
             .with_context(|| format!("cannot open {}", args.path.display()))?;
