@@ -4,7 +4,15 @@ fn main() {
     protobuf_codegen::Codegen::new()
         .pure()
         .includes(["proto"])
-        .inputs(["proto/rpc.proto", "proto/stats.proto"])
+        .inputs([
+            "proto/rpc.proto",
+            "proto/stats.proto",
+            "proto/images/inventory.proto",
+            "proto/images/task.proto",
+            "proto/images/memory.proto",
+            "proto/images/files.proto",
+            "proto/images/namespaces.proto",
+        ])
         .cargo_out_dir("criu_proto")
         .run_from_script();
     println!("cargo:rerun-if-changed=proto");

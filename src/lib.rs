@@ -5,12 +5,15 @@
 //! `rootfs`, `cgroups`, `hooks`, `console`, `network`, `state`), the CRIU client
 //! (`criu`), and the generated CRIU protocol types (`proto`).
 
+pub mod archive;
 pub mod cgroups;
+pub mod check;
 pub mod console;
 pub mod container;
 pub mod criu;
 pub mod hooks;
 pub mod id;
+pub mod images;
 pub mod init;
 pub mod network;
 pub mod proc;

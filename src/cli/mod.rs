@@ -3,7 +3,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod check;
 mod checkpoint;
+mod inspect;
 mod lifecycle;
 mod output;
 mod query;
@@ -81,6 +83,10 @@ pub enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Restore a container from a checkpoint.
     Restore(checkpoint::RestoreArgs),
+    /// Report whether this host can checkpoint, restore and migrate.
+    Check(check::CheckArgs),
+    /// Show what a checkpoint archive or CRIU images directory holds.
+    Inspect(inspect::InspectArgs),
 }
 
 pub fn main() -> i32 {
@@ -121,5 +127,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Update(a) => lifecycle::update(root, a).map(|_| 0),
         Command::Checkpoint(a) => checkpoint::checkpoint(root, a, cli.log_format).map(|_| 0),
         Command::Restore(a) => checkpoint::restore(root, a, cli.log_format),
+        Command::Check(a) => check::check(a),
+        Command::Inspect(a) => inspect::inspect(a).map(|_| 0),
     }
 }

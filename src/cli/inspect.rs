@@ -1,0 +1,267 @@
+//! `ferry inspect ARCHIVE|IMAGE_DIR`: what a checkpoint holds, decoded from
+//! the CRIU images (and the archive's metadata when given an archive).
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use ferry::archive::{self, Limits};
+use ferry::images::{ImageDir, ProcessReport, Summary};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InspectFormat {
+    Tree,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A checkpoint archive (tar, optionally zstd or gzip compressed; ferry's
+    /// or podman's layout), an unpacked or imported archive, or a directory
+    /// of CRIU images.
+    pub path: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "tree")]
+    pub format: InspectFormat,
+    /// Also show each process's environment.
+    #[arg(long)]
+    pub env: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive: Option<archive::ArchiveInfo>,
+    #[serde(flatten)]
+    images: Summary,
+}
+
+pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(&args.path)
+        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
+    // Keeps the unpacked archive until the report is printed.
+    let mut _scratch = None;
+    let (dir, info) = if meta.is_dir() {
+        if args
+            .path
+            .join(archive::IMAGES_DIR)
+            .join("inventory.img")
+            .is_file()
+        {
+            // An unpacked or imported archive.
+            let info = archive::describe_dir(&args.path, &Limits::default())
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.path.display()))?;
+            (info.images_dir.clone(), Some(info))
+        } else {
+            (args.path.clone(), None)
+        }
+    } else {
+        let file = std::fs::File::open(&args.path)
+            .with_context(|| format!("cannot open {}", args.path.display()))?;
+        let tmp = tempfile::Builder::new().prefix("ferry-inspect").tempdir()?;
+        let dest = tmp.path().join("archive");
+        let info = archive::unpack_for_inspect(file, &dest, &Limits::default())
+            .map_err(|e| anyhow::anyhow!("cannot read archive {}: {e}", args.path.display()))?;
+        _scratch = Some(tmp);
+        (info.images_dir.clone(), Some(info))
+    };
+    let images = ImageDir::open(&dir)
+        .and_then(|d| d.summary(args.env))
+        .map_err(|e| anyhow::anyhow!("cannot decode the CRIU images: {e}"))?;
+    let mut report = Report {
+        archive: info,
+        images,
+    };
+    if let Some(a) = &report.archive {
+        // Dump statistics at the archive's top level (podman's layout).
+        if report.images.dump_stats.is_none() {
+            report.images.dump_stats = a.dump_stats.clone();
+        }
+        if report.images.criu_version.is_none() {
+            report.images.criu_version = a.metadata.as_ref().map(|m| m.criu_version.clone());
+        }
+    }
+    let text = match args.format {
+        InspectFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+        InspectFormat::Tree => render_tree(&report, &args.path),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write the report"),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn render_tree(r: &Report, path: &std::path::Path) -> String {
+    let mut s = String::new();
+    let img = &r.images;
+    let _ = writeln!(s, "{}", path.display());
+    if let Some(a) = &r.archive {
+        let _ = writeln!(s, "├── archive: {} ({})", a.layout, a.compression);
+        if let Some(m) = &a.metadata {
+            let _ = writeln!(s, "│   ├── container: {}", m.container_id);
+            let _ = writeln!(s, "│   ├── checkpointed: {}", m.checkpoint_time);
+            let _ = writeln!(
+                s,
+                "│   ├── ferry {} / CRIU {} / kernel {} / {}",
+                m.ferry_version, m.criu_version, m.kernel, m.architecture
+            );
+            let _ = writeln!(s, "│   └── rootfs: {}", m.rootfs.name());
+        }
+        if let Some(c) = &a.container {
+            let _ = writeln!(s, "│   ├── engine container: {} ({})", c.name, c.id);
+        }
+        let _ = writeln!(
+            s,
+            "│   └── size: {} in {} entries{}",
+            human(a.bytes),
+            a.entries,
+            a.rootfs_diff_bytes
+                .map(|b| format!(", rootfs diff {}", human(b)))
+                .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "├── CRIU: {} (image format {})",
+        img.criu_version.as_deref().unwrap_or("version unknown"),
+        img.image_version
+    );
+    if let Some(st) = &img.dump_stats {
+        let _ = writeln!(
+            s,
+            "├── dump statistics: freezing {} µs, frozen {} µs, memdump {} µs, memwrite {} µs, pages scanned {}, written {}",
+            st.freezing_time_us,
+            st.frozen_time_us,
+            st.memdump_time_us,
+            st.memwrite_time_us,
+            st.pages_scanned,
+            st.pages_written
+        );
+    }
+    let ns = &img.namespaces;
+    if !ns.namespaces.is_empty() {
+        let list: Vec<String> = ns
+            .namespaces
+            .iter()
+            .filter(|n| n.dumped)
+            .map(|n| format!("{}:{}", n.kind, n.id))
+            .collect();
+        let _ = writeln!(
+            s,
+            "├── namespaces dumped: {}{}",
+            if list.is_empty() {
+                "none (host namespaces)".to_string()
+            } else {
+                list.join(" ")
+            },
+            ns.hostname
+                .as_ref()
+                .map(|h| format!(" (hostname {h})"))
+                .unwrap_or_default()
+        );
+    }
+    if !img.mounts.is_empty() {
+        let _ = writeln!(s, "├── mounts ({})", img.mounts.len());
+        let mut mounts: Vec<_> = img.mounts.iter().collect();
+        mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+        for (i, m) in mounts.iter().enumerate() {
+            let last = i + 1 == mounts.len();
+            let _ = writeln!(
+                s,
+                "│   {} {} {} {}{}",
+                if last { "└──" } else { "├──" },
+                m.mountpoint,
+                m.fstype,
+                m.source,
+                m.external
+                    .as_ref()
+                    .map(|k| format!(" (external {k})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let _ = writeln!(s, "└── processes");
+    let roots: Vec<&ProcessReport> = img
+        .processes
+        .iter()
+        .filter(|p| {
+            !img.processes
+                .iter()
+                .any(|q| q.process.pid == p.process.ppid)
+        })
+        .collect();
+    for (i, p) in roots.iter().enumerate() {
+        render_process(&mut s, img, p, "    ", i + 1 == roots.len());
+    }
+    s
+}
+
+fn render_process(s: &mut String, img: &Summary, p: &ProcessReport, prefix: &str, last: bool) {
+    let branch = if last { "└── " } else { "├── " };
+    let cmd = match &p.cmdline {
+        Some(c) if !c.is_empty() => c.join(" "),
+        _ => format!("[{}]", p.process.comm),
+    };
+    let mem = p
+        .memory
+        .map(|m| format!(", {} dumped", human(m.dumped_bytes)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "{prefix}{branch}{} {} ({:?}{mem})",
+        p.process.pid, cmd, p.process.state
+    );
+    let child_prefix = format!("{prefix}{}", if last { "    " } else { "│   " });
+    let children: Vec<&ProcessReport> = img
+        .processes
+        .iter()
+        .filter(|c| c.process.ppid == p.process.pid && c.process.pid != p.process.pid)
+        .collect();
+    let mut details: Vec<String> = Vec::new();
+    if let Some(exe) = &p.paths.exe {
+        details.push(format!("exe: {exe}"));
+    }
+    if let Some(cwd) = &p.paths.cwd {
+        details.push(format!("cwd: {cwd}"));
+    }
+    for f in &p.files {
+        let what = if f.kind.is_socket() { "socket" } else { "fd" };
+        details.push(format!("{what} {}: {}", f.fd, f.description));
+    }
+    if let Some(env) = &p.env {
+        for e in env {
+            details.push(format!("env: {e}"));
+        }
+    }
+    let n = details.len();
+    for (i, d) in details.into_iter().enumerate() {
+        let b = if i + 1 == n && children.is_empty() {
+            "└── "
+        } else {
+            "├── "
+        };
+        let _ = writeln!(s, "{child_prefix}{b}{d}");
+    }
+    for (i, c) in children.iter().enumerate() {
+        render_process(s, img, c, &child_prefix, i + 1 == children.len());
+    }
+}

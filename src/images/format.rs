@@ -1,0 +1,384 @@
+//! The CRIU image file format, read natively.
+//!
+//! Every image file (criu/image.c) starts with a head magic word:
+//! `IMG_COMMON_MAGIC` for ordinary images, `IMG_SERVICE_MAGIC` for service
+//! files (`stats-dump`, `irmap-cache`), none for `inventory.img`. Then comes
+//! the image's own magic (criu/include/magic.h), then a sequence of entries,
+//! each a little-endian u32 length followed by that many bytes of protobuf.
+//! Raw images (`pages-N.img`) have no header at all.
+//!
+//! The reader is streaming: only one entry is held in memory at a time, and
+//! an entry longer than the bytes left in the file (or than
+//! [`MAX_ENTRY_BYTES`]) is reported before anything is allocated for it.
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+pub use crate::criu::image::{IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC};
+
+pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
+pub const PSTREE_MAGIC: u32 = 0x5027_3030;
+pub const FDINFO_MAGIC: u32 = 0x5621_3732;
+pub const PAGEMAP_MAGIC: u32 = 0x5608_4025;
+pub const CORE_MAGIC: u32 = 0x5505_3847;
+pub const IDS_MAGIC: u32 = 0x5443_2030;
+pub const MM_MAGIC: u32 = 0x5749_2820;
+pub const FS_MAGIC: u32 = 0x5140_3912;
+pub const FILES_MAGIC: u32 = 0x5630_3138;
+pub const MNTS_MAGIC: u32 = 0x5556_3928;
+pub const UTSNS_MAGIC: u32 = 0x5447_3203;
+pub const STATS_MAGIC: u32 = 0x5709_3306;
+pub const IRMAP_CACHE_MAGIC: u32 = 0x5700_4059;
+
+/// No single protobuf entry ferry decodes is anywhere near this; a larger
+/// length word means a corrupt (or hostile) file.
+pub const MAX_ENTRY_BYTES: u32 = 64 << 20;
+
+/// A problem in one image file, with the byte offset where it was found.
+#[derive(Debug, thiserror::Error)]
+#[error("CRIU image {}: {kind} at offset {offset}", path.display())]
+pub struct ImageError {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub kind: ErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("cannot read: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("head magic {found:#010x} is not {expected:#010x}")]
+    BadHeadMagic { found: u32, expected: u32 },
+    #[error("magic {found:#010x} is not {expected:#010x} ({image})")]
+    BadMagic {
+        found: u32,
+        expected: u32,
+        image: &'static str,
+    },
+    #[error("truncated: {what} needs {needed} bytes, {available} left")]
+    Truncated {
+        what: &'static str,
+        needed: u64,
+        available: u64,
+    },
+    #[error("entry length {len} exceeds the {max}-byte limit")]
+    EntryTooLarge { len: u32, max: u32 },
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: protobuf::Error,
+    },
+    #[error("expected {expected} {what}, found {found}")]
+    EntryCount {
+        what: &'static str,
+        expected: &'static str,
+        found: usize,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ImageError {
+    pub fn new(path: impl Into<PathBuf>, offset: u64, kind: ErrorKind) -> ImageError {
+        ImageError {
+            path: path.into(),
+            offset,
+            kind,
+        }
+    }
+
+    /// True when the file does not exist (an image CRIU did not write).
+    pub fn is_missing(&self) -> bool {
+        matches!(&self.kind, ErrorKind::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ImageError>;
+
+/// What kind of image a magic belongs to, for messages.
+pub fn image_name(magic: u32) -> &'static str {
+    match magic {
+        INVENTORY_MAGIC => "inventory",
+        PSTREE_MAGIC => "pstree",
+        FDINFO_MAGIC => "fdinfo",
+        PAGEMAP_MAGIC => "pagemap",
+        CORE_MAGIC => "core",
+        MM_MAGIC => "mm",
+        IDS_MAGIC => "ids",
+        FS_MAGIC => "fs",
+        FILES_MAGIC => "files",
+        MNTS_MAGIC => "mountpoints",
+        UTSNS_MAGIC => "utsns",
+        STATS_MAGIC => "stats",
+        IRMAP_CACHE_MAGIC => "irmap-cache",
+        _ => "image",
+    }
+}
+
+/// The head magic CRIU writes in front of an image with `magic`.
+pub fn head_magic_for(magic: u32) -> Option<u32> {
+    match magic {
+        INVENTORY_MAGIC => None,
+        STATS_MAGIC | IRMAP_CACHE_MAGIC => Some(IMG_SERVICE_MAGIC),
+        _ => Some(IMG_COMMON_MAGIC),
+    }
+}
+
+/// Sequential reader of one image file's entries.
+pub struct EntryReader<R> {
+    path: PathBuf,
+    input: R,
+    offset: u64,
+    len: u64,
+}
+
+impl EntryReader<BufReader<File>> {
+    /// Opens `path` and checks its magics.
+    pub fn open(path: &Path, magic: u32) -> Result<Self> {
+        let io = |e| ImageError::new(path, 0, ErrorKind::Io(e));
+        let f = File::open(path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        EntryReader::new(path, BufReader::new(f), len, magic)
+    }
+}
+
+impl<R: Read> EntryReader<R> {
+    /// Reads the magics of an image of `len` bytes from `input`.
+    pub fn new(path: &Path, input: R, len: u64, magic: u32) -> Result<Self> {
+        let mut r = EntryReader {
+            path: path.to_path_buf(),
+            input,
+            offset: 0,
+            len,
+        };
+        if let Some(expected) = head_magic_for(magic) {
+            let found = r.read_u32("head magic")?;
+            if found != expected {
+                return Err(r.err_at(0, ErrorKind::BadHeadMagic { found, expected }));
+            }
+        }
+        let at = r.offset;
+        let found = r.read_u32("magic")?;
+        if found != magic {
+            return Err(r.err_at(
+                at,
+                ErrorKind::BadMagic {
+                    found,
+                    expected: magic,
+                    image: image_name(magic),
+                },
+            ));
+        }
+        Ok(r)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err_at(&self, offset: u64, kind: ErrorKind) -> ImageError {
+        ImageError::new(&self.path, offset, kind)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
+        let at = self.offset;
+        let available = self.len.saturating_sub(at);
+        if (buf.len() as u64) > available {
+            return Err(self.err_at(
+                at,
+                ErrorKind::Truncated {
+                    what,
+                    needed: buf.len() as u64,
+                    available,
+                },
+            ));
+        }
+        self.input.read_exact(buf).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ErrorKind::Truncated {
+                    what,
+                    needed: buf.len() as u64,
+                    available,
+                }
+            } else {
+                ErrorKind::Io(e)
+            };
+            self.err_at(at, kind)
+        })?;
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    fn read_u32(&mut self, what: &'static str) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_exact(&mut b, what)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// The next raw entry and the offset of its length word, or `None` at
+    /// the end of the file.
+    pub fn next_raw(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        if self.offset >= self.len {
+            return Ok(None);
+        }
+        let at = self.offset;
+        let len = self.read_u32("entry length")?;
+        if len > MAX_ENTRY_BYTES {
+            return Err(self.err_at(
+                at,
+                ErrorKind::EntryTooLarge {
+                    len,
+                    max: MAX_ENTRY_BYTES,
+                },
+            ));
+        }
+        let available = self.len - self.offset;
+        if u64::from(len) > available {
+            return Err(self.err_at(
+                at,
+                ErrorKind::Truncated {
+                    what: "entry",
+                    needed: len.into(),
+                    available,
+                },
+            ));
+        }
+        let mut buf = vec![0u8; len as usize];
+        // Offsets in errors point at the entry's length word.
+        self.read_exact(&mut buf, "entry")
+            .map_err(|e| ImageError { offset: at, ..e })?;
+        Ok(Some((at, buf)))
+    }
+
+    /// Decodes the next entry as `M`.
+    pub fn next<M: protobuf::Message>(&mut self, what: &'static str) -> Result<Option<M>> {
+        match self.next_raw()? {
+            None => Ok(None),
+            Some((at, bytes)) => decode(&self.path, at, &bytes, what).map(Some),
+        }
+    }
+
+    /// Decodes every remaining entry as `M`.
+    pub fn collect<M: protobuf::Message>(&mut self, what: &'static str) -> Result<Vec<M>> {
+        let mut out = Vec::new();
+        while let Some(m) = self.next(what)? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+}
+
+fn decode<M: protobuf::Message>(
+    path: &Path,
+    at: u64,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<M> {
+    M::parse_from_bytes(bytes)
+        .map_err(|source| ImageError::new(path, at, ErrorKind::Decode { what, source }))
+}
+
+/// Every entry of the image at `path`.
+pub fn read_all<M: protobuf::Message>(
+    path: &Path,
+    magic: u32,
+    what: &'static str,
+) -> Result<Vec<M>> {
+    EntryReader::open(path, magic)?.collect(what)
+}
+
+/// The single entry of the image at `path`.
+pub fn read_one<M: protobuf::Message>(path: &Path, magic: u32, what: &'static str) -> Result<M> {
+    let mut r = EntryReader::open(path, magic)?;
+    let at = r.offset;
+    let first = r.next::<M>(what)?;
+    let Some(first) = first else {
+        return Err(ImageError::new(
+            path,
+            at,
+            ErrorKind::EntryCount {
+                what,
+                expected: "one",
+                found: 0,
+            },
+        ));
+    };
+    let extra_at = r.offset;
+    if r.next_raw()?.is_some() {
+        return Err(ImageError::new(
+            path,
+            extra_at,
+            ErrorKind::EntryCount {
+                what,
+                expected: "one",
+                found: 2,
+            },
+        ));
+    }
+    Ok(first)
+}
+
+/// Encodes entries in CRIU's layout (for tests and tools writing images).
+pub fn encode<M: protobuf::Message>(magic: u32, entries: &[&M]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(head) = head_magic_for(magic) {
+        out.extend_from_slice(&head.to_le_bytes());
+    }
+    out.extend_from_slice(&magic.to_le_bytes());
+    for e in entries {
+        let body = e.write_to_bytes().expect("encodable message");
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::task::Pstree_entry;
+
+    fn entry(pid: u32) -> Pstree_entry {
+        let mut e = Pstree_entry::new();
+        e.set_pid(pid);
+        e.set_ppid(0);
+        e.set_pgid(pid);
+        e.set_sid(pid);
+        e
+    }
+
+    #[test]
+    fn reads_entries_and_reports_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pstree.img");
+        let bytes = encode(PSTREE_MAGIC, &[&entry(1), &entry(2)]);
+        std::fs::write(&p, &bytes).unwrap();
+        let all: Vec<Pstree_entry> = read_all(&p, PSTREE_MAGIC, "pstree entry").unwrap();
+        assert_eq!(all.iter().map(|e| e.pid()).collect::<Vec<_>>(), vec![1, 2]);
+        let err = read_one::<Pstree_entry>(&p, PSTREE_MAGIC, "pstree entry").unwrap_err();
+        assert!(
+            matches!(err.kind, ErrorKind::EntryCount { found: 2, .. }),
+            "{err}"
+        );
+
+        // An oversized length word is caught before allocating.
+        let mut bad = bytes.clone();
+        bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&p, &bad).unwrap();
+        let err = read_all::<Pstree_entry>(&p, PSTREE_MAGIC, "pstree entry").unwrap_err();
+        assert!(matches!(err.kind, ErrorKind::EntryTooLarge { .. }), "{err}");
+        assert_eq!(err.offset, 8);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("pstree.img") && msg.contains("offset 8"),
+            "{msg}"
+        );
+
+        // A wrong image type names what was expected.
+        std::fs::write(&p, &bytes).unwrap();
+        let err = read_all::<Pstree_entry>(&p, CORE_MAGIC, "core entry").unwrap_err();
+        assert!(err.to_string().contains("(core)"), "{err}");
+        assert_eq!(err.offset, 4);
+    }
+}
