@@ -1,0 +1,6 @@
+//! Live migration for ferry (crate docs are completed below).
+
+pub mod certs;
+pub mod tls;
+pub mod transport;
+pub mod wire;
