@@ -121,6 +121,7 @@ impl Channel {
         self.timeout = timeout;
         if let Some(t) = &self.tcp {
             let _ = t.set_read_timeout(timeout);
+            let _ = t.set_write_timeout(timeout);
         }
     }
 

@@ -84,7 +84,7 @@ fn make_tree(root: &Path) {
     fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
     fs::write(root.join("etc/sub/small"), "x").unwrap();
     // Larger than several chunks, not a multiple of the chunk size.
-    let big: Vec<u8> = (0..(1_300_000u32)).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..1_300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(root.join("bin/busybox"), &big).unwrap();
     fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o4755)).unwrap();
     fs::hard_link(root.join("bin/busybox"), root.join("bin/hard")).unwrap();
