@@ -294,12 +294,6 @@ impl Run<'_> {
             self.cancel.watch(c);
         }
         self.ch = Some(ch);
-        Ok(())
-    }
-
-    fn preflight(&mut self) -> Result<(SourceInfo, DestInfo), Error> {
-        self.phase(Phase::Preflight);
-        let t = Instant::now();
         // Authenticate (the peer's TLS refusal arrives with the first
         // read) before even looking at the container.
         let id = self.host.id();
@@ -315,6 +309,13 @@ impl Run<'_> {
             Msg::Welcome { .. } => {}
             m => return Err(unexpected("welcome", &m)),
         }
+        Ok(())
+    }
+
+    fn preflight(&mut self) -> Result<(SourceInfo, DestInfo), Error> {
+        self.phase(Phase::Preflight);
+        let t = Instant::now();
+        let id = self.report.id.clone();
         let info = self.host.preflight().map_err(Error::host("preflight"))?;
         if info.id != id {
             return Err(Error::Host {
