@@ -317,6 +317,10 @@ pub fn predump_dir_name(i: u32) -> String {
 /// Directory of the final dump under an images root.
 pub const FINAL_DIR: &str = "dump";
 
+/// The log file name hosts give CRIU's dump (`criu_opts.log_file`); it
+/// stays on the source and is not shipped with the images.
+pub const DUMP_LOG: &str = "dump.log";
+
 /// The source and destination requests of pre-copy iteration `i`
 /// (1-based): a pre-dump into `<src_root>/pre-i` streaming to a page
 /// server writing `<dst_root>/pre-i`, both with `../pre-(i-1)` as parent.

@@ -489,6 +489,7 @@ impl Run<'_> {
         self.send(&Msg::Images)?;
         let opts = SendOptions {
             compression: self.cfg.compression,
+            exclude: vec![PathBuf::from(mode::DUMP_LOG)],
             ..SendOptions::default()
         };
         let ch = self.ch.as_mut().expect("connected");
