@@ -155,6 +155,7 @@ pub fn migrate(
         dump_called: false,
         frozen_at: None,
         commit_sent: false,
+        memory_estimate: 0,
     };
     run.report.migration_id = run.migration_id.clone();
     let result = run.steps();
@@ -202,6 +203,8 @@ struct Run<'a> {
     dump_called: bool,
     frozen_at: Option<Instant>,
     commit_sent: bool,
+    /// Resident memory the source reported (the dump's expected size).
+    memory_estimate: u64,
 }
 
 impl Run<'_> {
@@ -337,6 +340,7 @@ impl Run<'_> {
                 info.arch, dest.arch
             )));
         }
+        self.memory_estimate = info.memory_bytes;
         let choice = mode::choose_mode(self.cfg.mode, &info.features, &dest.features)
             .map_err(Error::ModeUnavailable)?;
         self.report.mode = Some(choice.mode);
@@ -457,7 +461,14 @@ impl Run<'_> {
     }
 
     fn dump(&mut self, iterations: u32, work: &Path, dest: &DestInfo) -> Result<(), Error> {
-        self.phase(Phase::Dump);
+        self.phase = Phase::Dump;
+        (self.progress)(&Progress {
+            phase: Phase::Dump,
+            bytes: 0,
+            total: Some(self.memory_estimate),
+            rate: None,
+            eta: None,
+        });
         let target = self.page_server(None)?;
         let (plan, _) = mode::final_dump_plans(
             iterations,
@@ -534,6 +545,16 @@ impl Run<'_> {
     fn finish_commit(&mut self) {
         if let Some(f) = self.frozen_at {
             self.report.timings.downtime = f.elapsed();
+        }
+        if let Some(max) = self.cfg.max_downtime {
+            let d = self.report.timings.downtime;
+            if d > max {
+                self.report.warnings.push(format!(
+                    "downtime {:.0} ms exceeded the target of {} ms",
+                    d.as_secs_f64() * 1e3,
+                    max.as_millis()
+                ));
+            }
         }
         if let Err(e) = self.host.destroy() {
             self.report.warnings.push(format!(

@@ -92,8 +92,35 @@ impl SourceHost for FakeSource {
     }
 
     fn pre_dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
-        log(&self.log, format!("pre-dump {}", plan.images_dir.display()));
-        Err("not in this test".into())
+        let dir = plan
+            .images_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        log(
+            &self.log,
+            format!("pre-dump {dir} parent={:?}", plan.parent_img.as_deref()),
+        );
+        assert_eq!(plan.kind, DumpKind::PreDump);
+        assert!(plan.track_mem && !plan.leave_stopped);
+        assert!(plan.images_dir.is_dir());
+        // Each iteration finds half as much dirty memory.
+        let i: u32 = dir.trim_start_matches("pre-").parse().unwrap();
+        let bytes = 400_000usize >> (i - 1);
+        let target = plan.page_server.as_ref().unwrap();
+        let mut s = TcpStream::connect((target.address.as_str(), target.port))?;
+        s.write_all(&self.memory[..bytes])?;
+        let pages = bytes as u64 / 4096;
+        Ok(DumpOutcome {
+            frozen_at: None,
+            freeze: Duration::ZERO,
+            dump: Duration::ZERO,
+            // One millisecond per page, so the policy's arithmetic is exact.
+            memory_transfer: Some(Duration::from_millis(pages)),
+            pages_written: pages,
+            pages_skipped: 0,
+        })
     }
 
     fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
@@ -180,7 +207,10 @@ impl DestHost for FakeDest {
     }
 
     fn start_page_server(&mut self, plan: &PageServerPlan) -> Result<PageServer, HostError> {
-        log(&self.log, "page-server");
+        match &plan.parent_img {
+            None => log(&self.log, "page-server"),
+            Some(p) => log(&self.log, format!("page-server parent={p}")),
+        }
         assert!(plan.images_dir.is_dir());
         let l = TcpListener::bind((plan.address.as_str(), 0))?;
         let port = l.local_addr()?.port();
@@ -784,4 +814,104 @@ fn shared_rootfs_must_exist_on_the_destination() {
         "{f}"
     );
     assert_eq!(f.source, SourceState::Untouched);
+}
+
+#[test]
+fn pre_copy_iterates_until_the_downtime_fits_then_dumps_with_the_parent_chain() {
+    let w = World::new();
+    let serving = w.serve();
+    let mut src = w.source("p1");
+    src.features.mem_track = true;
+    let mut cfg = w.config(serving.addr);
+    cfg.rootfs = RootfsMode::Shared;
+    cfg.max_downtime = Some(Duration::from_millis(30));
+    let report = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new())
+        .unwrap_or_else(|f| panic!("{f}"));
+    serving.idle();
+    // 97, 48, then 24 pages: 24 ms fits the 30 ms target.
+    assert_eq!(
+        calls(&w.src_log),
+        [
+            "preflight",
+            "pre-dump pre-1 parent=None",
+            "pre-dump pre-2 parent=Some(\"../pre-1\")",
+            "pre-dump pre-3 parent=Some(\"../pre-2\")",
+            "dump",
+            "destroy"
+        ]
+    );
+    let d = calls(&w.dst_log);
+    let ps: Vec<_> = d.iter().filter(|c| c.starts_with("page-server")).collect();
+    assert_eq!(
+        ps,
+        [
+            "page-server",
+            "page-server-done",
+            "page-server parent=../pre-1",
+            "page-server-done",
+            "page-server parent=../pre-2",
+            "page-server-done",
+            "page-server parent=../pre-3",
+            "page-server-done"
+        ]
+    );
+    assert_eq!(report.mode, Some(Mode::PreCopy));
+    assert_eq!(report.pre_copy.len(), 3);
+    assert_eq!(report.pages.pre_dumped, 97 + 48 + 24);
+    let stop = report.pre_copy_stop.as_deref().unwrap();
+    assert!(stop.contains("fits the downtime target of 30 ms"), "{stop}");
+}
+
+#[test]
+fn a_peer_sending_a_dotdot_path_is_refused_and_cleaned_up() {
+    use migrate::files::{EntryHeader, Kind, Name, TreeMsg};
+    use migrate::proto::{Msg, PROTOCOL};
+    let w = World::new();
+    let serving = w.serve();
+    let mut ch =
+        migrate::transport::connect(serving.addr, "127.0.0.1", &w.pki.src_security()).unwrap();
+    ch.set_timeout(Some(Duration::from_secs(10)));
+    ch.send(&Msg::Hello {
+        protocol: PROTOCOL,
+        software: "evil".into(),
+        migration_id: "0123".into(),
+        container_id: "evil".into(),
+    })
+    .unwrap();
+    assert!(matches!(ch.recv::<Msg>().unwrap(), Msg::Welcome { .. }));
+    let mut src = w.source("evil");
+    let info = src.preflight().unwrap();
+    ch.send(&Msg::Preflight {
+        info: Box::new(info),
+        rootfs: RootfsMode::Ship,
+    })
+    .unwrap();
+    assert!(matches!(ch.recv::<Msg>().unwrap(), Msg::PreflightOk { .. }));
+    ch.send(&Msg::Rootfs { pass: 1 }).unwrap();
+    ch.send(&TreeMsg::Begin { pass: 1 }).unwrap();
+    ch.send(&TreeMsg::Entry(EntryHeader {
+        path: Name::Utf8("etc/../../../../evil".into()),
+        kind: Kind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        size: 4,
+        target: None,
+        rdev: 0,
+    }))
+    .unwrap();
+    let _ = ch.send_data(b"evil", migrate::wire::Compression::None);
+    let _ = ch.send_end();
+    match ch.recv::<Msg>().unwrap() {
+        Msg::Error { reason } => {
+            assert!(reason.contains("'..' path component"), "{reason}")
+        }
+        m => panic!("expected an error, got {m:?}"),
+    }
+    serving.idle();
+    assert_eq!(calls(&w.dst_log).last().unwrap(), "abort");
+    w.assert_dest_clean();
+    assert!(!w.dst_root.parent().unwrap().join("evil").exists());
 }
