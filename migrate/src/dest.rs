@@ -26,6 +26,9 @@ pub struct DestConfig {
     pub security: Security,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// Connections handled at once (handshakes included); more are closed
+    /// at once.
+    pub max_connections: usize,
 }
 
 impl DestConfig {
@@ -34,6 +37,7 @@ impl DestConfig {
             security,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            max_connections: 64,
         }
     }
 }
@@ -157,6 +161,12 @@ impl Server {
         while !self.shared.stop.load(Ordering::SeqCst) {
             match self.listener.accept() {
                 Ok((tcp, peer)) => {
+                    sessions.retain(|h| !h.is_finished());
+                    if sessions.len() >= self.shared.cfg.max_connections {
+                        warn!(%peer, limit = self.shared.cfg.max_connections, "too many connections, closing");
+                        drop(tcp);
+                        continue;
+                    }
                     tcp.set_nonblocking(false)?;
                     let shared = self.shared.clone();
                     sessions.push(std::thread::spawn(move || connection(shared, tcp, peer)));

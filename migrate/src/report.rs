@@ -78,6 +78,108 @@ pub struct Progress {
     pub eta: Option<Duration>,
 }
 
+/// Bytes in binary units, e.g. `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl std::fmt::Display for Progress {
+    /// One progress line: `dump 12.0 MiB/64.0 MiB 210.3 MiB/s ETA 0.2s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.phase)?;
+        if self.bytes > 0 || self.total.is_some() {
+            write!(f, " {}", human_bytes(self.bytes))?;
+            if let Some(t) = self.total {
+                write!(f, "/{}", human_bytes(t))?;
+            }
+        }
+        if let Some(r) = self.rate {
+            write!(f, " {}/s", human_bytes(r as u64))?;
+        }
+        if let Some(e) = self.eta {
+            write!(f, " ETA {:.1}s", e.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// A human summary, one item per line, for the CLI.
+    pub fn summary(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let t = &self.timings;
+        let mut out = vec![
+            format!(
+                "migrated {} to {} ({}, rootfs {}, {})",
+                self.id,
+                self.destination,
+                self.mode.map(|m| m.name()).unwrap_or("no mode"),
+                match self.rootfs {
+                    crate::RootfsMode::Ship => "shipped",
+                    crate::RootfsMode::Shared => "shared",
+                },
+                if self.tls {
+                    "mutual TLS"
+                } else {
+                    "INSECURE plaintext"
+                }
+            ),
+            format!("mode: {}", self.mode_reason),
+        ];
+        for n in &self.not_used {
+            out.push(format!("not {}: {}", n.mode, n.reason));
+        }
+        out.push(format!(
+            "downtime {}, total {}",
+            ms(t.downtime),
+            ms(t.total)
+        ));
+        out.push(format!(
+            "preflight {}, rootfs pre-copy {}, pre-dump {}, freeze {}, dump {}, memory {}, \
+             rootfs delta {}, images {}, restore {}",
+            ms(t.preflight),
+            ms(t.rootfs_precopy),
+            ms(t.pre_dump),
+            ms(t.freeze),
+            ms(t.dump),
+            ms(t.memory_transfer),
+            ms(t.rootfs_delta),
+            ms(t.image_transfer),
+            ms(t.restore)
+        ));
+        out.push(format!(
+            "moved: memory {} ({} pages, {} pre-copied), images {}, rootfs {} + {} delta",
+            human_bytes(self.bytes.memory),
+            self.pages.written,
+            self.pages.pre_dumped,
+            human_bytes(self.bytes.images),
+            human_bytes(self.bytes.rootfs_precopy),
+            human_bytes(self.bytes.rootfs_delta)
+        ));
+        if let Some(s) = &self.pre_copy_stop {
+            out.push(format!(
+                "pre-copy: {} iterations, stopped: {s}",
+                self.pre_copy.len()
+            ));
+        }
+        for w in &self.warnings {
+            out.push(format!("warning: {w}"));
+        }
+        out
+    }
+}
+
 /// Tracks bytes in one phase and reports at most every `every`.
 pub(crate) struct Meter<'a> {
     phase: Phase,
@@ -223,4 +325,37 @@ pub struct Report {
     pub dest_pid: Option<i32>,
     /// Things that went wrong without failing the migration.
     pub warnings: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line() {
+        let p = Progress {
+            phase: Phase::RootfsPrecopy,
+            bytes: 3 << 20,
+            total: Some(12 << 20),
+            rate: Some((6 << 20) as f64),
+            eta: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            p.to_string(),
+            "rootfs pre-copy 3.0 MiB/12.0 MiB 6.0 MiB/s ETA 1.5s"
+        );
+        assert_eq!(human_bytes(999), "999 B");
+    }
+
+    #[test]
+    fn durations_are_milliseconds_in_json() {
+        let t = Timings {
+            downtime: Duration::from_micros(123_456),
+            ..Timings::default()
+        };
+        let v = serde_json::to_value(t).unwrap();
+        assert_eq!(v["downtime"], 123.456);
+        let back: Timings = serde_json::from_value(v).unwrap();
+        assert_eq!(back.downtime, Duration::from_micros(123_456));
+    }
 }

@@ -567,6 +567,13 @@ impl Run<'_> {
     /// migration turned out to have succeeded (commit confirmed through a
     /// status query).
     fn rollback(&mut self, error: Error) -> Result<(), (Error, SourceState)> {
+        // Cancelling cuts the connection, which can make the step in
+        // progress fail in other ways first.
+        let error = if self.cancel.is_cancelled() {
+            Error::Cancelled
+        } else {
+            error
+        };
         tracing::warn!(phase = %self.phase, %error, "migration failed, rolling back");
         if self.commit_sent {
             match self.ask_outcome() {

@@ -208,6 +208,19 @@ impl Credentials {
     /// CA. The peer still checks it; this exists so that the peer's
     /// refusal of a bad certificate can itself be tested.
     pub fn load_unchecked(paths: &TlsPaths) -> Result<Credentials, TlsError> {
+        // Absolute paths: CRIU opens the same files from its own cwd.
+        let abs = |what: &'static str, p: &Path| {
+            fs::canonicalize(p).map_err(|source| TlsError::Read {
+                what,
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let paths = &TlsPaths {
+            ca: abs("CA certificate", &paths.ca)?,
+            cert: abs("certificate", &paths.cert)?,
+            key: abs("private key", &paths.key)?,
+        };
         let ca_certs = load_certs("CA certificate", &paths.ca)?;
         let mut roots = RootCertStore::empty();
         for c in ca_certs {
