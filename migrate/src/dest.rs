@@ -29,6 +29,10 @@ pub struct DestConfig {
     /// Connections handled at once (handshakes included); more are closed
     /// at once.
     pub max_connections: usize,
+    /// Directories under which a `--rootfs shared` root filesystem may
+    /// live. Empty: shared root filesystems are refused (a peer must not be
+    /// able to name any directory of this host as a container's root).
+    pub shared_rootfs_under: Vec<PathBuf>,
 }
 
 impl DestConfig {
@@ -38,6 +42,7 @@ impl DestConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             max_connections: 64,
+            shared_rootfs_under: Vec::new(),
         }
     }
 }
@@ -299,6 +304,12 @@ fn receive(
     mid: String,
     id: String,
 ) {
+    if !valid_id(&id) {
+        let _ = ch.send(&Msg::Error {
+            reason: format!("invalid container ID {id:?}"),
+        });
+        return;
+    }
     if !shared.active_ids.lock().unwrap().insert(id.clone()) {
         let _ = ch.send(&Msg::Error {
             reason: format!("a migration of container {id:?} is already in progress here"),
@@ -468,11 +479,8 @@ impl Session<'_> {
             )));
         }
         let shared_rootfs = rootfs == RootfsMode::Shared;
-        if shared_rootfs && !info.rootfs.is_dir() {
-            return Err(Error::Incompatible(format!(
-                "--rootfs shared, but {} is not a directory on this host",
-                info.rootfs.display()
-            )));
+        if shared_rootfs {
+            check_shared_rootfs(&info.rootfs, &self.shared.cfg.shared_rootfs_under)?;
         }
         let dest = self
             .host()
@@ -638,6 +646,56 @@ impl Session<'_> {
     }
 }
 
+/// A shared rootfs must be a directory here, under an allowed directory.
+fn check_shared_rootfs(rootfs: &Path, allowed: &[PathBuf]) -> Result<(), Error> {
+    let real = match std::fs::canonicalize(rootfs) {
+        Ok(r) if r.is_dir() => r,
+        _ => {
+            return Err(Error::Incompatible(format!(
+                "--rootfs shared, but {} is not a directory on this host",
+                rootfs.display()
+            )))
+        }
+    };
+    let ok = allowed.iter().any(|a| {
+        std::fs::canonicalize(a)
+            .map(|a| real.starts_with(&a) && real != a)
+            .unwrap_or(false)
+    });
+    if !ok {
+        return Err(Error::Refused(format!(
+            "--rootfs shared: {} is not under a directory this destination allows for shared \
+             root filesystems{}",
+            rootfs.display(),
+            if allowed.is_empty() {
+                " (none configured)".to_string()
+            } else {
+                format!(
+                    " ({})",
+                    allowed
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a container ID from a peer is safe to use (as a file name).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id != "."
+        && id != ".."
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// The source's config.json with `root.path` pointing at this host's
 /// rootfs: `rootfs` inside the bundle when shipped, the shared absolute
 /// path otherwise.
@@ -696,5 +754,43 @@ mod tests {
         .unwrap();
         assert_eq!(v["root"]["path"], "/shared/rootfs");
         assert!(rewrite_root("[1]", RootfsMode::Ship, Path::new("/x")).is_err());
+    }
+
+    #[test]
+    fn ids_from_peers_are_checked() {
+        for ok in ["counter", "a-b_c.1", "X"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "a b", "\u{e9}"] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shared_rootfs_must_be_under_an_allowed_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let allowed = d.path().join("shared");
+        std::fs::create_dir_all(allowed.join("c1/rootfs")).unwrap();
+        std::fs::create_dir_all(d.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), allowed.join("sneaky")).unwrap();
+        let ok = check_shared_rootfs(&allowed.join("c1/rootfs"), std::slice::from_ref(&allowed));
+        assert!(ok.is_ok(), "{ok:?}");
+        for bad in [
+            d.path().join("elsewhere"),
+            allowed.join("sneaky"),
+            allowed.join("c1/../.."),
+            allowed.clone(),
+            PathBuf::from("/"),
+        ] {
+            let e = check_shared_rootfs(&bad, std::slice::from_ref(&allowed)).unwrap_err();
+            assert!(
+                e.to_string().contains("not under a directory"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = check_shared_rootfs(&allowed.join("c1/rootfs"), &[]).unwrap_err();
+        assert!(e.to_string().contains("none configured"), "{e}");
+        let e = check_shared_rootfs(&allowed.join("missing"), &[allowed]).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
     }
 }

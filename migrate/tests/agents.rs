@@ -333,6 +333,9 @@ impl World {
     fn serve(&self) -> Serving {
         let mut cfg = DestConfig::new(self.pki.dst_security());
         cfg.timeouts.idle = Duration::from_secs(20);
+        // Both "hosts" share this machine: the source's directory plays the
+        // shared storage.
+        cfg.shared_rootfs_under = vec![self.src_dir.clone()];
         Serving::start(cfg, self.factory.clone())
     }
 

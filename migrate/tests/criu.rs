@@ -465,6 +465,15 @@ struct Setup {
     work: PathBuf,
 }
 
+impl Setup {
+    fn dest_config(&self) -> DestConfig {
+        let mut c = DestConfig::new(self.pki.dst_security());
+        // One machine: the source's bundle is the "shared storage".
+        c.shared_rootfs_under = vec![self.src.bundle.clone()];
+        c
+    }
+}
+
 fn setup(criu: Criu, behaviour: Behaviour) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let counter = dir.path().join("counter");
@@ -496,7 +505,7 @@ fn real_process_migrates_with_pages_over_criu_tls() {
     let Some(criu) = criu_or_skip() else { return };
     let mut s = setup(criu, Behaviour::default());
     let before = wait_counter(&s.counter, 10);
-    let serving = Serving::start(DestConfig::new(s.pki.dst_security()), s.factory.clone());
+    let serving = Serving::start(s.dest_config(), s.factory.clone());
     let mut cfg = SourceConfig::new(serving.addr, s.pki.src_security(), &s.work);
     cfg.rootfs = RootfsMode::Shared;
     let report = source::migrate(&mut s.src, &cfg, &mut |_| {}, &CancelToken::new())
@@ -547,7 +556,7 @@ fn real_restore_failure_resumes_the_source() {
         },
     );
     wait_counter(&s.counter, 5);
-    let serving = Serving::start(DestConfig::new(s.pki.dst_security()), s.factory.clone());
+    let serving = Serving::start(s.dest_config(), s.factory.clone());
     let mut cfg = SourceConfig::new(serving.addr, s.pki.src_security(), &s.work);
     cfg.rootfs = RootfsMode::Shared;
     let f = source::migrate(&mut s.src, &cfg, &mut |_| {}, &CancelToken::new()).unwrap_err();
