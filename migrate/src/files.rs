@@ -1156,6 +1156,35 @@ impl TreeReceiver {
     }
 }
 
+/// Removes staging directories left in `dir` by receivers of processes
+/// that no longer exist (a destination agent that was killed). Returns the
+/// paths removed.
+pub fn remove_stale_staging(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with('.') {
+            continue;
+        }
+        let Some((_, tail)) = name.rsplit_once(".partial-") else {
+            continue;
+        };
+        let Some(pid) = tail.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || !crate::host::pid_gone(pid) {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(e.path())?;
+            removed.push(e.path());
+        }
+    }
+    Ok(removed)
+}
+
 impl Drop for TreeReceiver {
     fn drop(&mut self) {
         self.cache = None;

@@ -200,6 +200,37 @@ impl Closer {
 /// Default bound on connecting and on the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long unacknowledged data or unanswered keepalives may last before
+/// the kernel declares the connection dead. A cut link (as opposed to a
+/// closed connection) is then noticed in about this time, even by a side
+/// that is only waiting, instead of after TCP's default quarter of an hour.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn setsockopt_int(tcp: &TcpStream, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// No Nagle delay; keepalives and a user timeout so a dead peer is found.
+fn tune(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let dead = DEAD_PEER_TIMEOUT.as_secs() as libc::c_int;
+    setsockopt_int(tcp, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    setsockopt_int(tcp, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, dead / 3);
+    setsockopt_int(tcp, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, dead / 6);
+    setsockopt_int(tcp, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+    setsockopt_int(tcp, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, dead * 1000);
+}
+
 fn drive_handshake<C, S>(
     conn: &mut C,
     tcp: &mut TcpStream,
@@ -246,7 +277,7 @@ pub fn connect(
 ) -> Result<Channel, TransportError> {
     let mut tcp = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
         .map_err(|source| TransportError::Connect { addr, source })?;
-    let _ = tcp.set_nodelay(true);
+    tune(&tcp);
     match security {
         Security::Insecure => {
             let clone = tcp
@@ -277,7 +308,7 @@ pub fn connect(
 /// TLS, a peer without a certificate signed by our CA is refused here,
 /// before any message is read.
 pub fn accept(mut tcp: TcpStream, security: &Security) -> Result<Channel, TransportError> {
-    let _ = tcp.set_nodelay(true);
+    tune(&tcp);
     match security {
         Security::Insecure => {
             let clone = tcp
@@ -300,5 +331,41 @@ pub fn accept(mut tcp: TcpStream, security: &Security) -> Result<Channel, Transp
                 Some(creds.paths().ca.clone()),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn getsockopt_int(tcp: &TcpStream, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int we own.
+        let r = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                level,
+                name,
+                &mut v as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0);
+        v
+    }
+
+    #[test]
+    fn connections_detect_dead_peers() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        tune(&c);
+        assert_eq!(getsockopt_int(&c, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(
+            getsockopt_int(&c, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+            30_000
+        );
+        assert_eq!(getsockopt_int(&c, libc::IPPROTO_TCP, libc::TCP_NODELAY), 1);
     }
 }

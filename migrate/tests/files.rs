@@ -543,3 +543,22 @@ fn sender_reports_a_missing_root() {
     expect(&r, "the sender aborted the transfer");
     let _: Option<FilesError> = None;
 }
+
+#[test]
+fn stale_staging_of_dead_processes_is_swept() {
+    let d = tempfile::tempdir().unwrap();
+    // A live receiver's staging dir stays.
+    let rx = TreeReceiver::new(&d.path().join("live"), Limits::default()).unwrap();
+    // One from a process that is gone (pid far above pid_max).
+    let dead = d.path().join(".rootfs.partial-999999999-0000abcd");
+    fs::create_dir_all(dead.join("etc")).unwrap();
+    fs::write(dead.join("etc/x"), "x").unwrap();
+    // Unrelated names stay.
+    fs::create_dir_all(d.path().join(".keep")).unwrap();
+    fs::create_dir_all(d.path().join("rootfs.partial-1-2")).unwrap();
+    let removed = migrate::files::remove_stale_staging(d.path()).unwrap();
+    assert_eq!(removed, vec![dead]);
+    assert!(rx.staging().exists());
+    assert!(d.path().join(".keep").exists());
+    assert!(d.path().join("rootfs.partial-1-2").exists());
+}
