@@ -28,6 +28,28 @@
 //! a [`dest::Server`] for `ferry serve`; this crate never prints and never
 //! parses arguments.
 //!
+//! # Implementing the hosts
+//!
+//! `tests/criu.rs` holds a reference implementation of both traits on top
+//! of ferry's CRIU client, for a process tree in its own pid namespace; it
+//! is how a runtime maps the plans onto `criu_opts`:
+//!
+//! | plan field | `criu_opts` |
+//! | --- | --- |
+//! | `images_dir` | `images_dir_fd` (opened by the host; log `mode::DUMP_LOG`) |
+//! | `page_server` (dump) | `ps.address`, `ps.port` |
+//! | `address`, `port` (page server) | `ps.address`, `ps.port` (0: CRIU picks), request `PAGE_SERVER_CHLD` |
+//! | `tls` | `tls`, `tls_cacert`, `tls_cert`, `tls_key` |
+//! | `tls_no_cn_verify` | `tls_no_cn_verify` |
+//! | `parent_img`, `track_mem` | `parent_img`, `track_mem` |
+//! | `leave_stopped` | `leave_stopped` |
+//! | `lazy_pages` | `lazy_pages` |
+//! | `RestorePlan::hold` | e.g. `leave_stopped` on restore, `SIGCONT` (or thaw) in `start` |
+//!
+//! The destination's `restore` must leave the container restored but not
+//! running until `start`; `abort` must undo everything the host did.
+//! `files::remove_stale_staging` sweeps what a killed destination left.
+//!
 //! # Memory pages
 //!
 //! Pages go from the source's CRIU straight into the destination's CRIU

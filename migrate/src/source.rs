@@ -70,7 +70,7 @@ impl SourceConfig {
 /// The source container after a failed migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceState {
-    /// It was never frozen.
+    /// It was never frozen for the dump (it kept running).
     Untouched,
     /// It was frozen and runs again.
     Resumed,
@@ -96,7 +96,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "migration failed during {}: {}", self.phase, self.error)?;
         match &self.source {
-            SourceState::Untouched => write!(f, "; the container was not touched"),
+            SourceState::Untouched => write!(f, "; the container kept running on this host"),
             SourceState::Resumed => write!(f, "; the container was resumed on this host"),
             SourceState::ResumeFailed(e) => {
                 write!(f, "; resuming the container on this host FAILED: {e}")
@@ -441,7 +441,6 @@ impl Run<'_> {
             std::fs::create_dir_all(&plan.images_dir)
                 .map_err(Error::io("create", &plan.images_dir))?;
             let started = Instant::now();
-            self.dump_called = true;
             let out = self.host.pre_dump(&plan).map_err(Error::host("pre-dump"))?;
             let it = Iteration {
                 pages_written: out.pages_written,

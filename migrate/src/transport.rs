@@ -1,5 +1,5 @@
 //! The channel between two agents: a TCP connection, optionally wrapped in
-//! mutual TLS, carrying [`wire`](crate::wire) frames.
+//! mutual TLS, carrying [`crate::wire`] frames.
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
