@@ -177,14 +177,20 @@ struct RealSource {
 
 impl RealSource {
     fn start(criu: Criu, dir: &Path, counter: &Path) -> RealSource {
-        let bundle = dir.join("bundle");
-        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
         let script = format!(
             "i=0; while :; do i=$((i+1)); echo $i > {0}.tmp; mv {0}.tmp {0}; sleep 0.05; done",
             counter.display()
         );
+        RealSource::run(criu, dir, &["sh", "-c", &script])
+    }
+
+    /// Runs `argv` as the init of a new pid namespace, in its own session.
+    fn run(criu: Criu, dir: &Path, argv: &[&str]) -> RealSource {
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
         let mut cmd = Command::new("unshare");
-        cmd.args(["--pid", "--fork", "setsid", "sh", "-c", &script])
+        cmd.args(["--pid", "--fork", "setsid"])
+            .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -638,4 +644,94 @@ fn page_server_refuses_a_dump_from_an_untrusted_certificate() {
     wait_counter(&s.counter, at + 3);
     assert!(!ps_dir.join("pages-1.img").exists());
     dest.abort().unwrap();
+}
+
+/// The `memhog` example next to this test binary, if it was built (plain
+/// `cargo test` builds examples; `cargo test --test criu` does not).
+fn memhog() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("examples/memhog");
+    p.is_file().then_some(p)
+}
+
+fn read_memhog(f: &Path) -> Option<(u64, String, String)> {
+    let s = std::fs::read_to_string(f).ok()?;
+    let mut it = s.split_whitespace();
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.to_string(),
+        it.next()?.to_string(),
+    ))
+}
+
+#[test]
+fn memory_of_a_real_process_arrives_intact() {
+    let _g = serial();
+    let Some(criu) = criu_or_skip() else { return };
+    let Some(hog) = memhog() else {
+        eprintln!("SKIP: examples/memhog is not built (run `cargo test -p ferry-migrate`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut src = RealSource::run(
+        criu.clone(),
+        &dir.path().join("a"),
+        &[hog.to_str().unwrap(), state.to_str().unwrap(), "64"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (n0, crc0, _) = loop {
+        if let Some(x) = read_memhog(&state).filter(|x| x.0 >= 3) {
+            break x;
+        }
+        assert!(Instant::now() < deadline, "memhog did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pki = Pki::new();
+    let dst_root = dir.path().join("b");
+    std::fs::create_dir_all(&dst_root).unwrap();
+    let factory = Arc::new(Factory {
+        criu,
+        root: dst_root.clone(),
+        counter: dir.path().join("no-counter"),
+        behaviour: Behaviour::default(),
+        log: Default::default(),
+        restored: Default::default(),
+    });
+    let mut dcfg = DestConfig::new(pki.dst_security());
+    dcfg.shared_rootfs_under = vec![src.bundle.clone()];
+    let serving = Serving::start(dcfg, factory.clone());
+    let mut cfg = SourceConfig::new(serving.addr, pki.src_security(), dir.path().join("work"));
+    cfg.rootfs = RootfsMode::Shared;
+    let report = source::migrate(&mut src, &cfg, &mut |_| {}, &CancelToken::new())
+        .unwrap_or_else(|f| panic!("{f}"));
+    serving.idle();
+    let restored = factory.restored.lock().unwrap().expect("restored pid");
+    // 64 MiB of pages went through the TLS page server.
+    assert!(
+        report.pages.written >= 64 * 256,
+        "pages written: {}",
+        report.pages.written
+    );
+    eprintln!(
+        "64 MiB process: dump {:?}, memory {:?}, restore {:?}, downtime {:?}",
+        report.timings.dump,
+        report.timings.memory_transfer,
+        report.timings.restore,
+        report.timings.downtime
+    );
+    let (n1, _, _) = read_memhog(&state).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (n2, crc_a, crc_b) = loop {
+        if let Some(x) = read_memhog(&state).filter(|x| x.0 >= n1 + 3) {
+            break x;
+        }
+        assert!(Instant::now() < deadline, "restored memhog does not run");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(n1 >= n0 && n2 > n1, "count went {n0} -> {n1} -> {n2}");
+    assert_eq!(crc_a, crc0, "the restored process is the same one");
+    assert_eq!(crc_b, crc0, "its memory arrived intact");
+    signal_tree(restored, Signal::SIGKILL);
+    reap();
 }
