@@ -1,0 +1,286 @@
+//! What the migration needs from the container runtime on each host.
+//!
+//! This crate moves bytes, authenticates peers and sequences the
+//! migration; it never touches a container itself. The runtime (the
+//! `ferry` crate) implements [`SourceHost`] for the container being sent
+//! and [`DestHost`] (through a [`DestFactory`]) for the one being
+//! received. The CRIU-level knobs of each request come ready-made in the
+//! plan types of [`crate::mode`] ([`DumpPlan`], [`PageServerPlan`],
+//! [`RestorePlan`]); the host maps them onto its CRIU client.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mode::{DumpPlan, PageServerPlan, RestorePlan};
+
+/// An error from the host, carried with its message.
+pub type HostError = Box<dyn std::error::Error + Send + Sync>;
+
+/// CRIU/kernel features that decide which migration modes are possible
+/// (from CRIU's FEATURE_CHECK).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    /// Soft-dirty memory tracking: pre-dump and `track_mem`.
+    pub mem_track: bool,
+    /// userfaultfd lazy pages: post-copy.
+    pub lazy_pages: bool,
+}
+
+/// Bytes carried in JSON as a hex string.
+pub(crate) mod hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(b) => {
+                let mut out = String::with_capacity(b.len() * 2);
+                for x in b {
+                    out.push_str(&format!("{x:02x}"));
+                }
+                s.serialize_some(&out)
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        let Some(s) = s else { return Ok(None) };
+        if s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex string"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(&s[i..i + 2], 16)
+                    .map_err(|_| serde::de::Error::custom("invalid hex string"))
+            })
+            .collect::<Result<Vec<u8>, _>>()
+            .map(Some)
+    }
+}
+
+/// What the source tells the destination before anything is frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// Container ID (the same ID is used on the destination).
+    pub id: String,
+    /// CRIU version, e.g. "4.2.1".
+    pub criu_version: String,
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    /// Machine architecture (`uname -m`).
+    pub arch: String,
+    pub features: Features,
+    /// CRIU's CPU description (`cpuinfo.img` from CPUINFO_DUMP), which the
+    /// destination checks with CPUINFO_CHECK.
+    #[serde(with = "hex", default)]
+    pub cpuinfo: Option<Vec<u8>>,
+    /// The bundle directory on the source.
+    pub bundle: PathBuf,
+    /// The container's `config.json`, verbatim.
+    pub config_json: String,
+    /// The root filesystem on the source (absolute).
+    pub rootfs: PathBuf,
+    /// Resident memory of the container's processes (an estimate, for
+    /// progress and disk space checks).
+    pub memory_bytes: u64,
+    /// Anything else the runtime wants to carry to its peer (network
+    /// setup, annotations...). Not interpreted here.
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// What the destination answers to the preflight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestInfo {
+    pub criu_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub features: Features,
+    /// Where this migration's images go. Must not exist yet: the
+    /// migration creates it and removes it when done or aborted.
+    pub images_dir: PathBuf,
+    /// The container's bundle directory on the destination. With a
+    /// shipped rootfs, it must not exist or be empty; the migration writes
+    /// `config.json` and `rootfs/` into it.
+    pub bundle_dir: PathBuf,
+    /// Free bytes where images and the rootfs will be written, if known.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+}
+
+/// What a dump or pre-dump did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DumpOutcome {
+    /// When the container stopped running (start of the downtime); `None`
+    /// means when `dump` was called.
+    pub frozen_at: Option<Instant>,
+    /// Time to freeze the container.
+    pub freeze: Duration,
+    /// Time of the dump itself (after the freeze).
+    pub dump: Duration,
+    /// Time CRIU spent writing memory (to the page server), if known.
+    pub memory_transfer: Option<Duration>,
+    /// Pages written (sent to the page server).
+    pub pages_written: u64,
+    /// Pages found unchanged since the parent (pre-copy) and not sent.
+    pub pages_skipped: u64,
+}
+
+/// The running container on the source host.
+///
+/// `dump` leaves the container frozen; afterwards exactly one of
+/// `resume` (rollback: it runs on as if nothing happened) or `destroy`
+/// (commit: it now runs on the destination) is called. `resume` is also
+/// called after a failed `dump` and must then succeed whether or not the
+/// container was frozen.
+pub trait SourceHost: Send {
+    /// The container's ID (sent before anything else, to authenticate).
+    fn id(&self) -> String;
+
+    /// Checks the container can be migrated and describes it. Nothing is
+    /// frozen or written.
+    fn preflight(&mut self) -> Result<SourceInfo, HostError>;
+
+    /// Pre-dump (pre-copy iteration): memory only, the container keeps
+    /// running. Only called when pre-copy was chosen.
+    fn pre_dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
+        let _ = plan;
+        Err("this runtime does not implement pre-dump".into())
+    }
+
+    /// Freezes the container and dumps it as `plan` says: images into
+    /// `plan.images_dir`, memory pages to the page server in
+    /// `plan.page_server` (over TLS with `plan.tls` when set). The
+    /// container must stay frozen afterwards (`plan.leave_stopped`),
+    /// network locked, until `resume` or `destroy`.
+    fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError>;
+
+    /// Rollback: the container runs again exactly where it was.
+    fn resume(&mut self) -> Result<(), HostError>;
+
+    /// Commit: remove the (frozen) source container and its resources.
+    fn destroy(&mut self) -> Result<(), HostError>;
+}
+
+/// A CRIU page server started by the destination host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageServer {
+    pub port: u16,
+    /// Its pid, to wait for it to finish writing (it exits when the dump
+    /// that fed it ends).
+    pub pid: Option<i32>,
+}
+
+/// The restored container on the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Pid of the container's init process.
+    pub pid: i32,
+}
+
+/// The container being received, on the destination host.
+///
+/// Call order on success: `preflight`, (`start_page_server`,
+/// `finish_page_server`) once per pre-copy iteration and once for the
+/// final dump, `restore`, `start`. On any failure before `start` returned
+/// `abort` is called, and must remove everything the host created for this
+/// container (page server, processes, cgroups, state, network); the
+/// migration itself removes the files it wrote (images, bundle).
+pub trait DestHost: Send {
+    /// Checks this host can take the container: ID free, CPU compatible
+    /// (CPUINFO_CHECK against `info.cpuinfo`), CRIU present and recent,
+    /// enough disk space, the rootfs present when it is shared. Chooses
+    /// the images and bundle directories. Nothing is written yet.
+    fn preflight(&mut self, info: &SourceInfo, shared_rootfs: bool) -> Result<DestInfo, HostError>;
+
+    /// Starts a CRIU page server as `plan` says and returns its port.
+    fn start_page_server(&mut self, plan: &PageServerPlan) -> Result<PageServer, HostError>;
+
+    /// Waits until the page server has written everything and exited.
+    /// The default waits for its pid to disappear.
+    fn finish_page_server(&mut self, ps: &PageServer, timeout: Duration) -> Result<(), HostError> {
+        match ps.pid {
+            Some(pid) => wait_pid_gone(pid, timeout),
+            None => Ok(()),
+        }
+    }
+
+    /// Restores the container from `plan.images_dir` into
+    /// `plan.bundle_dir`, leaving it restored but not running (stopped or
+    /// frozen) until `start`.
+    fn restore(&mut self, plan: &RestorePlan) -> Result<Restored, HostError>;
+
+    /// Lets the restored container run (the source is then destroyed).
+    fn start(&mut self) -> Result<(), HostError>;
+
+    /// Removes every trace of this container on this host.
+    fn abort(&mut self) -> Result<(), HostError>;
+}
+
+/// Makes a [`DestHost`] for each incoming migration.
+pub trait DestFactory: Send + Sync {
+    fn host(&self, container_id: &str) -> Result<Box<dyn DestHost>, HostError>;
+}
+
+impl<F> DestFactory for F
+where
+    F: Fn(&str) -> Result<Box<dyn DestHost>, HostError> + Send + Sync,
+{
+    fn host(&self, container_id: &str) -> Result<Box<dyn DestHost>, HostError> {
+        self(container_id)
+    }
+}
+
+/// Whether a process is gone (or a zombie) — for processes that are not
+/// our children, like a page server CRIU started.
+pub fn pid_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+    }
+}
+
+/// Polls until `pid` is gone or `timeout` passes.
+pub fn wait_pid_gone(pid: i32, timeout: Duration) -> Result<(), HostError> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    while !pid_gone(pid) {
+        if Instant::now() >= deadline {
+            return Err(format!("process {pid} still running after {timeout:?}").into());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Machine architecture and kernel release of this host (`uname`).
+pub fn uname() -> (String, String) {
+    match nix::sys::utsname::uname() {
+        Ok(u) => (
+            u.machine().to_string_lossy().into_owned(),
+            u.release().to_string_lossy().into_owned(),
+        ),
+        Err(_) => (String::new(), String::new()),
+    }
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing
+/// ancestor).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            let st = nix::sys::statvfs::statvfs(p).ok()?;
+            return Some(st.blocks_available() as u64 * st.fragment_size() as u64);
+        }
+        p = p.parent()?;
+    }
+}

@@ -1,0 +1,361 @@
+//! What a migration reports: progress while it runs, a [`Report`] at the
+//! end (serializable for `--json`).
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mode::{Iteration, Mode, NotUsed};
+use crate::wire::Compression;
+
+/// Durations as milliseconds (float) in JSON.
+pub mod ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(serde::de::Error::custom("invalid duration"));
+        }
+        Ok(Duration::from_secs_f64(v / 1e3))
+    }
+}
+
+/// Phases of a migration, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Connect,
+    Preflight,
+    RootfsPrecopy,
+    PreDump,
+    Dump,
+    RootfsDelta,
+    Images,
+    Restore,
+    Switchover,
+    Done,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Preflight => "preflight",
+            Phase::RootfsPrecopy => "rootfs pre-copy",
+            Phase::PreDump => "pre-dump",
+            Phase::Dump => "dump",
+            Phase::RootfsDelta => "rootfs delta",
+            Phase::Images => "images",
+            Phase::Restore => "restore",
+            Phase::Switchover => "switchover",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A progress update for the CLI to render.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Bytes moved in this phase so far.
+    pub bytes: u64,
+    /// Bytes expected in this phase, when known.
+    pub total: Option<u64>,
+    /// Bytes per second over this phase so far.
+    pub rate: Option<f64>,
+    /// Estimated time left in this phase.
+    pub eta: Option<Duration>,
+}
+
+/// Bytes in binary units, e.g. `12.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl std::fmt::Display for Progress {
+    /// One progress line: `dump 12.0 MiB/64.0 MiB 210.3 MiB/s ETA 0.2s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.phase)?;
+        if self.bytes > 0 || self.total.is_some() {
+            write!(f, " {}", human_bytes(self.bytes))?;
+            if let Some(t) = self.total {
+                write!(f, "/{}", human_bytes(t))?;
+            }
+        }
+        if let Some(r) = self.rate {
+            write!(f, " {}/s", human_bytes(r as u64))?;
+        }
+        if let Some(e) = self.eta {
+            write!(f, " ETA {:.1}s", e.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// A human summary, one item per line, for the CLI.
+    pub fn summary(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let t = &self.timings;
+        let mut out = vec![
+            format!(
+                "migrated {} to {} ({}, rootfs {}, {})",
+                self.id,
+                self.destination,
+                self.mode.map(|m| m.name()).unwrap_or("no mode"),
+                match self.rootfs {
+                    crate::RootfsMode::Ship => "shipped",
+                    crate::RootfsMode::Shared => "shared",
+                },
+                if self.tls {
+                    "mutual TLS"
+                } else {
+                    "INSECURE plaintext"
+                }
+            ),
+            format!("mode: {}", self.mode_reason),
+        ];
+        for n in &self.not_used {
+            out.push(format!("not {}: {}", n.mode, n.reason));
+        }
+        out.push(format!(
+            "downtime {}, total {}",
+            ms(t.downtime),
+            ms(t.total)
+        ));
+        out.push(format!(
+            "preflight {}, rootfs pre-copy {}, pre-dump {}, freeze {}, dump {}, memory {}, \
+             rootfs delta {}, images {}, restore {}",
+            ms(t.preflight),
+            ms(t.rootfs_precopy),
+            ms(t.pre_dump),
+            ms(t.freeze),
+            ms(t.dump),
+            ms(t.memory_transfer),
+            ms(t.rootfs_delta),
+            ms(t.image_transfer),
+            ms(t.restore)
+        ));
+        out.push(format!(
+            "moved: memory {} ({} pages, {} pre-copied), images {}, rootfs {} + {} delta",
+            human_bytes(self.bytes.memory),
+            self.pages.written,
+            self.pages.pre_dumped,
+            human_bytes(self.bytes.images),
+            human_bytes(self.bytes.rootfs_precopy),
+            human_bytes(self.bytes.rootfs_delta)
+        ));
+        if let Some(s) = &self.pre_copy_stop {
+            out.push(format!(
+                "pre-copy: {} iterations, stopped: {s}",
+                self.pre_copy.len()
+            ));
+        }
+        for w in &self.warnings {
+            out.push(format!("warning: {w}"));
+        }
+        out
+    }
+}
+
+/// Tracks bytes in one phase and reports at most every `every`.
+pub(crate) struct Meter<'a> {
+    phase: Phase,
+    start: std::time::Instant,
+    last: Option<std::time::Instant>,
+    bytes: u64,
+    total: Option<u64>,
+    sink: &'a mut dyn FnMut(&Progress),
+}
+
+impl<'a> Meter<'a> {
+    pub(crate) fn new(
+        phase: Phase,
+        total: Option<u64>,
+        sink: &'a mut dyn FnMut(&Progress),
+    ) -> Meter<'a> {
+        let mut m = Meter {
+            phase,
+            start: std::time::Instant::now(),
+            last: None,
+            bytes: 0,
+            total,
+            sink,
+        };
+        m.emit();
+        m
+    }
+
+    fn emit(&mut self) {
+        let secs = self.start.elapsed().as_secs_f64();
+        let rate = (secs > 0.0 && self.bytes > 0).then(|| self.bytes as f64 / secs);
+        let eta = match (rate, self.total) {
+            (Some(r), Some(t)) if r > 0.0 => Some(Duration::from_secs_f64(
+                t.saturating_sub(self.bytes) as f64 / r,
+            )),
+            _ => None,
+        };
+        (self.sink)(&Progress {
+            phase: self.phase,
+            bytes: self.bytes,
+            total: self.total,
+            rate,
+            eta,
+        });
+        self.last = Some(std::time::Instant::now());
+    }
+
+    pub(crate) fn add(&mut self, n: u64) {
+        self.bytes += n;
+        if self
+            .last
+            .is_none_or(|l| l.elapsed() >= Duration::from_millis(200))
+        {
+            self.emit();
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> u64 {
+        self.emit();
+        self.bytes
+    }
+}
+
+/// Per-phase wall-clock times, in milliseconds in JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    #[serde(with = "ms")]
+    pub preflight: Duration,
+    #[serde(with = "ms")]
+    pub rootfs_precopy: Duration,
+    /// Pre-copy iterations, all together.
+    #[serde(with = "ms")]
+    pub pre_dump: Duration,
+    #[serde(with = "ms")]
+    pub freeze: Duration,
+    #[serde(with = "ms")]
+    pub dump: Duration,
+    /// Memory pages to the destination (during the dump in stop-copy).
+    #[serde(with = "ms")]
+    pub memory_transfer: Duration,
+    /// Rootfs delta while frozen.
+    #[serde(with = "ms")]
+    pub rootfs_delta: Duration,
+    /// The non-memory images.
+    #[serde(with = "ms")]
+    pub image_transfer: Duration,
+    #[serde(with = "ms")]
+    pub restore: Duration,
+    /// From the source container stopping to the destination's running.
+    #[serde(with = "ms")]
+    pub downtime: Duration,
+    #[serde(with = "ms")]
+    pub total: Duration,
+}
+
+/// Bytes moved, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bytes {
+    /// File content in the first rootfs pass.
+    pub rootfs_precopy: u64,
+    /// File content in the rootfs delta.
+    pub rootfs_delta: u64,
+    /// Non-memory image files.
+    pub images: u64,
+    /// Memory pages (pages written x page size), all iterations.
+    pub memory: u64,
+    /// Everything on the control channel, framing included (memory pages
+    /// travel on CRIU's own connection and are not in here).
+    pub channel: u64,
+}
+
+/// Pages moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pages {
+    /// In the final dump.
+    pub written: u64,
+    /// In pre-copy iterations.
+    pub pre_dumped: u64,
+    /// Unchanged since the last iteration, not sent again.
+    pub skipped: u64,
+}
+
+/// What happened, for the CLI's summary and `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub id: String,
+    pub migration_id: String,
+    pub destination: String,
+    pub mode: Option<Mode>,
+    pub mode_reason: String,
+    pub not_used: Vec<NotUsed>,
+    pub rootfs: crate::RootfsMode,
+    pub compression: Compression,
+    /// Whether the channel and the pages were encrypted and authenticated.
+    pub tls: bool,
+    pub timings: Timings,
+    pub bytes: Bytes,
+    pub pages: Pages,
+    pub pre_copy: Vec<Iteration>,
+    /// Why pre-copy stopped iterating.
+    pub pre_copy_stop: Option<String>,
+    /// The restored container's pid on the destination.
+    pub dest_pid: Option<i32>,
+    /// Things that went wrong without failing the migration.
+    pub warnings: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line() {
+        let p = Progress {
+            phase: Phase::RootfsPrecopy,
+            bytes: 3 << 20,
+            total: Some(12 << 20),
+            rate: Some((6 << 20) as f64),
+            eta: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            p.to_string(),
+            "rootfs pre-copy 3.0 MiB/12.0 MiB 6.0 MiB/s ETA 1.5s"
+        );
+        assert_eq!(human_bytes(999), "999 B");
+    }
+
+    #[test]
+    fn durations_are_milliseconds_in_json() {
+        let t = Timings {
+            downtime: Duration::from_micros(123_456),
+            ..Timings::default()
+        };
+        let v = serde_json::to_value(t).unwrap();
+        assert_eq!(v["downtime"], 123.456);
+        let back: Timings = serde_json::from_value(v).unwrap();
+        assert_eq!(back.downtime, Duration::from_micros(123_456));
+    }
+}
