@@ -106,6 +106,13 @@ pub fn check_images(path: &Path) -> Result<PathBuf> {
         image::INVENTORY_MAGIC,
     )
     .map_err(|e| Error::Criu(e.into()))?;
+    // Every process's pages must be there: CRIU can hang on a short pages image.
+    let damaged =
+        |e: crate::images::ImageError| Error::Usage(format!("{e}: the checkpoint is damaged"));
+    let dir = crate::images::ImageDir::open(path).map_err(damaged)?;
+    for p in dir.process_tree().map_err(damaged)? {
+        dir.memory(p.pid).map_err(damaged)?;
+    }
     std::fs::canonicalize(path).map_err(io(format!("image path {}", path.display())))
 }
 
@@ -260,6 +267,37 @@ fn dup_stdio() -> Result<[OwnedFd; 3]> {
     Ok([dup(0)?, dup(1)?, dup(2)?])
 }
 
+/// Creates, inside the rootfs, the mount points of external bind mounts that
+/// a fresh rootfs (another copy, another host) lacks: a directory or an
+/// empty file, like the source. Mount points under other mounts (cgroup,
+/// /sys, /dev) are CRIU's to make.
+fn make_mountpoints(rootfs: &Path, ext: &[externals::External]) -> Result<()> {
+    let kernel_fs = |k: &str| {
+        ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|p| k == *p || k.starts_with(&format!("{p}/")))
+    };
+    for e in ext.iter().filter(|e| !kernel_fs(&e.key)) {
+        let target = crate::rootfs::secure_join(rootfs, Path::new(&e.key));
+        if target.symlink_metadata().is_ok() {
+            continue;
+        }
+        let Some(parent) = target.parent() else {
+            continue;
+        };
+        let is_dir = std::fs::metadata(&e.source)
+            .map(|m| m.is_dir())
+            .unwrap_or(true);
+        let made = if is_dir {
+            std::fs::create_dir_all(&target)
+        } else {
+            std::fs::create_dir_all(parent).and_then(|_| std::fs::File::create(&target).map(drop))
+        };
+        made.map_err(io(format!("creating mount point {}", target.display())))?;
+    }
+    Ok(())
+}
+
 /// The cgroup paths `pid` sits in, as CRIU's cgroup roots (runc does the same).
 fn cgroup_roots(pid: u32) -> Result<Vec<crate::proto::rpc::Cgroup_root>> {
     let path = format!("/proc/{pid}/cgroup");
@@ -363,6 +401,14 @@ impl Container {
         let cgroup_desc = cgroup.descriptor().clone();
         undo.cgroup = Some(cgroup);
 
+        let mut ext = externals::mounts(&spec, &bundle, Some(&cgroup_desc));
+        let masked_keys: Vec<String> = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.masked_paths().clone())
+            .unwrap_or_default();
+        ext.extend(externals::masked_files_in(&spec, &masked_keys));
+        make_mountpoints(&rootfs, &ext)?;
         // CRIU wants the root to be a mount point.
         let criu_root = dir.file("criu-root");
         std::fs::create_dir(&criu_root).map_err(io("creating criu-root"))?;
@@ -419,13 +465,6 @@ impl Container {
         if let Some(m) = opts.manage_cgroups_mode {
             o.set_manage_cgroups_mode(m);
         }
-        let mut ext = externals::mounts(&spec, &bundle, Some(&cgroup_desc));
-        let masked_keys: Vec<String> = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.masked_paths().clone())
-            .unwrap_or_default();
-        ext.extend(externals::masked_files_in(&spec, &masked_keys));
         o.ext_mnt = externals::restore_map(&ext);
         o.inherit_fd = externals::inherit_pipes(&recorded, &stdio_fds);
         o.inherit_fd
