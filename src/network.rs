@@ -356,21 +356,26 @@ pub enum LockMethod {
 /// Holds every packet through the host end (dropped, so TCP peers
 /// retransmit once the lock is released).
 pub fn lock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
+    lock_in(cfg, method, None)
+}
+
+/// Like [`lock`] for a host end in the network namespace of `host_netns_pid`.
+pub fn lock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>) -> Result<()> {
+    let tool = |p: &str, a: &[&str], i: Option<&str>| tool(cfg, host_netns_pid, p, a, i);
     check_ifname("host", &cfg.host_if).map_err(|m| link_err(cfg, m))?;
     match method {
         LockMethod::Skip => Ok(()),
         LockMethod::Nftables => {
             let t = nft_table(cfg);
             let script = format!(
-                "table inet {t} {{\n chain in {{ type filter hook input priority -300; iifname \"{i}\" drop; }}\n chain fwd {{ type filter hook forward priority -300; iifname \"{i}\" drop; oifname \"{i}\" drop; }}\n chain out {{ type filter hook output priority -300; oifname \"{i}\" drop; }}\n}}\n",
+                "table inet {t} {{\n chain lock_in {{ type filter hook input priority -300; iifname \"{i}\" drop; }}\n chain lock_fwd {{ type filter hook forward priority -300; iifname \"{i}\" drop; oifname \"{i}\" drop; }}\n chain lock_out {{ type filter hook output priority -300; oifname \"{i}\" drop; }}\n}}\n",
                 i = cfg.host_if
             );
-            tool(cfg, "nft", &["-f", "-"], Some(&script))
+            tool("nft", &["-f", "-"], Some(script.as_str()))
         }
         LockMethod::Iptables => {
             for (chain, dir) in IPTABLES_RULES {
                 tool(
-                    cfg,
                     "iptables",
                     &["-w", "-I", chain, dir, &cfg.host_if, "-j", "DROP"],
                     None,
@@ -383,23 +388,23 @@ pub fn lock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
 
 /// Releases [`lock`]; releasing a lock that is not there is not an error.
 pub fn unlock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
+    unlock_in(cfg, method, None)
+}
+
+/// Like [`unlock`] for a host end in the network namespace of `host_netns_pid`.
+pub fn unlock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>) -> Result<()> {
+    let tool = |p: &str, a: &[&str], i: Option<&str>| tool(cfg, host_netns_pid, p, a, i);
     match method {
         LockMethod::Skip => Ok(()),
         LockMethod::Nftables => {
-            if is_locked(cfg, method) {
-                tool(
-                    cfg,
-                    "nft",
-                    &["delete", "table", "inet", &nft_table(cfg)],
-                    None,
-                )?;
+            if is_locked_in(cfg, method, host_netns_pid) {
+                tool("nft", &["delete", "table", "inet", &nft_table(cfg)], None)?;
             }
             Ok(())
         }
         LockMethod::Iptables => {
             for (chain, dir) in IPTABLES_RULES {
                 while tool(
-                    cfg,
                     "iptables",
                     &["-w", "-C", chain, dir, &cfg.host_if, "-j", "DROP"],
                     None,
@@ -407,7 +412,6 @@ pub fn unlock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
                 .is_ok()
                 {
                     tool(
-                        cfg,
                         "iptables",
                         &["-w", "-D", chain, dir, &cfg.host_if, "-j", "DROP"],
                         None,
@@ -421,18 +425,19 @@ pub fn unlock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
 
 /// Whether [`lock`] is in place for this pair.
 pub fn is_locked(cfg: &VethConfig, method: LockMethod) -> bool {
+    is_locked_in(cfg, method, None)
+}
+
+/// Like [`is_locked`] for a host end in the network namespace of `host_netns_pid`.
+pub fn is_locked_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>) -> bool {
+    let tool = |p: &str, a: &[&str], i: Option<&str>| tool(cfg, host_netns_pid, p, a, i);
     match method {
         LockMethod::Skip => false,
-        LockMethod::Nftables => tool(
-            cfg,
-            "nft",
-            &["list", "table", "inet", &nft_table(cfg)],
-            None,
-        )
-        .is_ok(),
+        LockMethod::Nftables => {
+            tool("nft", &["list", "table", "inet", &nft_table(cfg)], None).is_ok()
+        }
         LockMethod::Iptables => IPTABLES_RULES.iter().all(|(chain, dir)| {
             tool(
-                cfg,
                 "iptables",
                 &["-w", "-C", chain, dir, &cfg.host_if, "-j", "DROP"],
                 None,
@@ -459,7 +464,13 @@ fn nft_table(cfg: &VethConfig) -> String {
     format!("ferry_lock_{name}")
 }
 
-fn tool(cfg: &VethConfig, program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+fn tool(
+    cfg: &VethConfig,
+    netns_pid: Option<i32>,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<()> {
     use std::io::Write;
     let command = format!("{program} {}", args.join(" "));
     let err = |detail: String| Error::Command {
@@ -467,7 +478,16 @@ fn tool(cfg: &VethConfig, program: &str, args: &[&str], stdin: Option<&str>) -> 
         command: command.clone(),
         detail,
     };
-    let mut child = Command::new(program)
+    let mut cmd = match netns_pid {
+        Some(pid) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", netns_path(pid).display()))
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    let mut child = cmd
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -363,6 +363,9 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
         link.contains("10.77.1.2/24") && link.contains("02:42:0a:4d:01:02"),
         "{link}"
     );
+    // ferry's host-side lock was released after dump and restore.
+    let tables = host.exec(&["nft", "list", "tables"]);
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("ferry_lock"));
     let _ = client.kill();
     let _ = client.wait();
     env.ok(&["delete", "--force", &id]);

@@ -251,3 +251,34 @@ fn host_stats_reads_sysfs_counters() {
     let err = network::host_stats(&missing).expect_err("missing interface");
     assert!(err.to_string().contains("fnoexist0"), "{err}");
 }
+
+#[test]
+fn host_side_lock_holds_traffic_until_unlocked() {
+    require_root!();
+    for method in [network::LockMethod::Nftables, network::LockMethod::Iptables] {
+        let (tag, net) = unique();
+        let host = Holder::new();
+        let ct = Holder::new();
+        let cfg = config(&tag, net, None);
+        let _guard = VethGuard {
+            cfg: cfg.clone(),
+            host: &host,
+        };
+        network::create_in(&cfg, ct.pid(), Some(host.pid())).expect("create veth");
+        let ct_ip = format!("10.250.{net}.2");
+        let ping = || {
+            host.run(&["ping", "-c", "1", "-W", "1", &ct_ip])
+                .status
+                .success()
+        };
+        assert!(ping(), "{method:?}: no traffic before the lock");
+        network::lock_in(&cfg, method, Some(host.pid())).expect("lock");
+        assert!(network::is_locked_in(&cfg, method, Some(host.pid())));
+        assert!(!ping(), "{method:?}: traffic passed the lock");
+        network::unlock_in(&cfg, method, Some(host.pid())).expect("unlock");
+        assert!(!network::is_locked_in(&cfg, method, Some(host.pid())));
+        assert!(ping(), "{method:?}: traffic still held after unlock");
+        // Unlocking twice is fine.
+        network::unlock_in(&cfg, method, Some(host.pid())).expect("second unlock");
+    }
+}

@@ -112,7 +112,7 @@ pub struct CheckpointArgs {
     #[arg(long)]
     pub auto_dedup: bool,
     /// How the network is held while the container is frozen.
-    #[arg(long, value_enum, default_value = "iptables")]
+    #[arg(long, value_enum, default_value = "nftables")]
     pub network_lock: NetLock,
     /// Print CRIU's dump statistics.
     #[arg(long)]
@@ -168,7 +168,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub lsm_profile: Option<String>,
     /// How the network is held while the container is restored.
-    #[arg(long, value_enum, default_value = "iptables")]
+    #[arg(long, value_enum, default_value = "nftables")]
     pub network_lock: NetLock,
     /// Print CRIU's restore statistics.
     #[arg(long)]

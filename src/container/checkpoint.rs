@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::externals;
 use super::{io, Container, Error, Result, Status};
-use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts};
+use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
 use crate::network::{self, LockMethod, VethConfig};
 
 /// CRIU's log level for dumps and restores: enough to explain failures.
@@ -76,7 +76,7 @@ impl CheckpointOptions {
             manage_cgroups_mode: None,
             empty_ns_network: false,
             auto_dedup: false,
-            network_lock: LockMethod::Iptables,
+            network_lock: LockMethod::Nftables,
         }
     }
 }
@@ -226,7 +226,6 @@ impl Container {
             "only a running or paused container can be checkpointed",
         )?;
         let criu = Criu::new()?;
-        criu.require(criu::MIN_VERSION)?;
         require_features(&criu, opts.pre_dump, opts.lazy_pages)?;
         let images = writable_dir(&opts.image_path, "image path")?;
         let work = match &opts.work_path {
@@ -333,12 +332,7 @@ impl Container {
             externals::write_stdio_files(&images, &stdio_files)?;
         }
 
-        // Freeze here, with a fine-grained wait, so CRIU finds the tree
-        // frozen instead of polling the freezer every 100 ms.
         let was_paused = status == Status::Paused;
-        if !was_paused {
-            cgroup.freeze()?;
-        }
         let mut handler = DumpHandler {
             veth: self.state.veth.as_ref(),
             method: opts.network_lock,
@@ -347,17 +341,34 @@ impl Container {
             post_dump,
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
-        let result = if opts.pre_dump {
-            criu.pre_dump(o, &mut handler, &fds)
+        let kind = if opts.pre_dump {
+            ReqType::PRE_DUMP
         } else {
-            criu.dump(o, &mut handler, &fds)
+            ReqType::DUMP
         };
+        let mut frozen = false;
+        let result = criu.call_checked(
+            criu::MIN_VERSION,
+            Request::new(kind, Some(o)).work_dir(&work),
+            &mut handler,
+            &fds,
+            &mut |_, _| {
+                // Freeze here, with a fine-grained wait, once CRIU is known to
+                // be usable, so it finds the tree frozen instead of polling
+                // the freezer every 100 ms.
+                if !was_paused {
+                    cgroup.freeze().map_err(|e| e.to_string())?;
+                    frozen = true;
+                }
+                Ok(())
+            },
+        );
         let unlocked = handler.unlock();
         drop(handler);
         let log = work.join(log_name);
         let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
         // A failed dump leaves the tree as it was; a paused one stays paused.
-        if !was_paused && (result.is_err() || (!killed && !opts.leave_stopped)) {
+        if frozen && (result.is_err() || (!killed && !opts.leave_stopped)) {
             let _ = cgroup.thaw();
         }
         result?;

@@ -66,7 +66,7 @@ impl RestoreOptions {
             auto_dedup: false,
             lazy_pages: false,
             lsm_profile: None,
-            network_lock: LockMethod::Iptables,
+            network_lock: LockMethod::Nftables,
         }
     }
 }
@@ -370,7 +370,6 @@ impl Container {
         let recorded = externals::read_descriptors(&images)?;
         let stdio_files = externals::read_stdio_files(&images)?;
         let criu = Criu::new()?;
-        criu.require(criu::MIN_VERSION)?;
         require_features(&criu, false, opts.lazy_pages)?;
 
         std::fs::create_dir_all(root).map_err(io(format!("state root {}", root.display())))?;
@@ -495,17 +494,7 @@ impl Container {
         }
         o.set_notify_scripts(true);
 
-        let mut keep: Vec<RawFd> = stdio_fds.to_vec();
-        keep.sort_unstable();
-        let mut session = criu.session(&keep)?;
-        let criu_pid = session
-            .pid()
-            .ok_or_else(|| Error::Init("criu exited at once".into()))?;
-        // criu restores into the cgroup it runs in; re-root the image's tree there.
-        let cgroup = undo.cgroup.as_ref().expect("cgroup");
-        cgroup.add_task(criu_pid as i32)?;
-        o.cg_root = cgroup_roots(criu_pid)?;
-
+        let keep: Vec<RawFd> = stdio_fds.to_vec();
         let mut handler = RestoreHandler {
             state: &state,
             veth: veth.as_ref(),
@@ -516,13 +505,28 @@ impl Container {
             pid: None,
             veth_made: false,
         };
-        let req = Request::new(ReqType::RESTORE, Some(o)).work_dir(&work);
-        let result = session.request(req, &mut handler);
+        let cgroup = undo.cgroup.as_ref().expect("cgroup");
+        let result = criu.call_checked(
+            criu::MIN_VERSION,
+            Request::new(ReqType::RESTORE, Some(o)).work_dir(&work),
+            &mut handler,
+            &keep,
+            &mut |criu_pid, opts| {
+                // criu restores into the cgroup it runs in; re-root the
+                // image's cgroup tree there.
+                cgroup
+                    .add_task(criu_pid as i32)
+                    .map_err(|e| e.to_string())?;
+                let roots = cgroup_roots(criu_pid).map_err(|e| e.to_string())?;
+                if let Some(o) = opts.as_mut() {
+                    o.cg_root = roots;
+                }
+                Ok(())
+            },
+        );
         let unlocked = handler.unlock();
         let (seen_pid, veth_made) = (handler.pid, handler.veth_made);
         drop(handler);
-        session.wait();
-        drop(session);
         undo.pid = seen_pid;
         if veth_made {
             undo.veth = veth.clone();

@@ -253,6 +253,63 @@ impl Criu {
     /// The installed CRIU's version, asked over RPC.
     pub fn version(&self) -> Result<Version> {
         let resp = self.call(Request::new(ReqType::VERSION, None), &mut AckAll, &[])?;
+        version_of(&resp)
+    }
+
+    /// The installed version, or [`Error::TooOld`] when it is below `min`.
+    pub fn require(&self, min: Version) -> Result<Version> {
+        let found = self.version()?;
+        check_version(found, min)?;
+        Ok(found)
+    }
+
+    /// Checks the version and runs `req` in one criu process: one spawn
+    /// fewer than [`Criu::require`] followed by [`Criu::call`]. `on_start`
+    /// gets criu's pid before the request is sent (to place it in a cgroup
+    /// and name that cgroup in the options).
+    pub fn call_checked(
+        &self,
+        min: Version,
+        mut req: Request,
+        handler: &mut dyn NotifyHandler,
+        fds: InheritFds,
+        on_start: &mut dyn FnMut(u32, &mut Option<Opts>) -> std::result::Result<(), String>,
+    ) -> Result<Response> {
+        let mut keep: Vec<RawFd> = fds.to_vec();
+        if let Some(o) = &req.opts {
+            keep.extend(o.inherit_fd.iter().map(|i| i.fd()));
+        }
+        keep.sort_unstable();
+        keep.dedup();
+        let mut session = self.session(&keep)?;
+        let resp = session.request(
+            Request::new(ReqType::VERSION, None).keep_open(true),
+            &mut AckAll,
+        )?;
+        check_version(version_of(&resp)?, min)?;
+        if req
+            .opts
+            .as_ref()
+            .is_some_and(|o| o.notify_scripts.is_none())
+        {
+            if let Some(o) = req.opts.as_mut() {
+                o.set_notify_scripts(true);
+            }
+        }
+        let pid = session
+            .pid()
+            .ok_or_else(|| Error::Protocol("criu exited after answering VERSION".into()))?;
+        on_start(pid, &mut req.opts).map_err(Error::Setup)?;
+        let result = session.request(req, handler);
+        // Reaped in the background: criu only cleans up after answering.
+        std::thread::spawn(move || drop(session));
+        result
+    }
+}
+
+/// The version in a VERSION response.
+fn version_of(resp: &Response) -> Result<Version> {
+    {
         let v = resp
             .version
             .as_ref()
@@ -266,14 +323,9 @@ impl Criu {
             num(v.sublevel(), "sublevel")?,
         ))
     }
+}
 
-    /// The installed version, or [`Error::TooOld`] when it is below `min`.
-    pub fn require(&self, min: Version) -> Result<Version> {
-        let found = self.version()?;
-        check_version(found, min)?;
-        Ok(found)
-    }
-
+impl Criu {
     /// What this kernel and CRIU build support.
     pub fn features(&self) -> Result<Features> {
         let resp = self.call(Request::new(ReqType::FEATURE_CHECK, None), &mut AckAll, &[])?;

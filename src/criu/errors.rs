@@ -52,6 +52,11 @@ pub enum Error {
     #[error("unexpected criu response: {0}")]
     Protocol(String),
 
+    /// The caller's own preparation between spawning criu and sending the
+    /// request failed (freezing, cgroup placement).
+    #[error("{0}")]
+    Setup(String),
+
     /// The options cannot make a valid request.
     #[error("invalid criu options: {0}")]
     InvalidOpts(String),
