@@ -608,3 +608,43 @@ version = bytes([0x08, 3, 0x10, 17])
 resp = bytes([0x08, 10, 0x10, 1, 0x52, len(version)]) + version
 s.send(resp)
 "#;
+
+#[test]
+fn terminal_container_is_refused_and_keeps_running() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("tty");
+    let id = env.id("c");
+    let bundle = env.bundle("b", &["sh"], |v| v["process"]["terminal"] = json!(true));
+    let sock = env.work.path().join("c.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let err = env.work.path().join("run.err");
+    let mut child = env
+        .cmd(&[
+            "run",
+            "-d",
+            "--bundle",
+            s(&bundle),
+            "--console-socket",
+            s(&sock),
+            &id,
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let master = recv_fd(&listener);
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&err).unwrap()
+    );
+    let before = snapshot(&env, &id);
+    let images = env.work.path().join("img");
+    let msg = env.fail(&["checkpoint", "--image-path", s(&images), &id]);
+    assert!(msg.contains("terminal container is not supported"), "{msg}");
+    assert_eq!(env.status(&id), "running");
+    assert_eq!(snapshot(&env, &id), before);
+    drop(master);
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}

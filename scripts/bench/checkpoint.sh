@@ -80,9 +80,12 @@ now_us() {
 }
 
 # timed VAR CMD...: runs CMD quietly, stores its wall time (µs) in VAR.
+# Dirty pages of the previous step are flushed first, so no tool pays for
+# another's writeback.
 timed() {
   local var=$1 t0 t1
   shift
+  sync
   t0=$(now_us)
   if ! "$@" </dev/null >/dev/null 2>"$tmp/err"; then
     log "failed: $*: $(tail -n 3 "$tmp/err")"
@@ -109,11 +112,21 @@ wait_rss() {
   exit 1
 }
 
-# One round per tool: start, let it settle, checkpoint (the workload dies),
-# restore, stop. Appends µs to $tmp/<tool>-<workload>-{dump,restore}.
+# One round per tool (ferry and runc alternate who goes first): start, let
+# it settle, checkpoint (the workload dies), restore, stop. Appends µs to $tmp/<tool>-<workload>-{dump,restore}.
 round() {
+  if (($3 % 2)); then
+    round_ferry "$@"
+    round_runc "$@"
+  else
+    round_runc "$@"
+    round_ferry "$@"
+  fi
+  round_criu "$@"
+}
+
+round_ferry() {
   local workload=$1 rss_kb=$2 r=$3 id pid
-  # ferry
   id=f$r$workload
   "$FERRY" --root "$tmp/ferry-root" run -d --bundle "$tmp/ferry-$workload" "$id" </dev/null >/dev/null 2>&1
   pid=$("$FERRY" --root "$tmp/ferry-root" state "$id" | jq .pid)
@@ -124,7 +137,10 @@ round() {
   echo "$d" >>"$tmp/ferry-$workload-dump"
   echo "$s" >>"$tmp/ferry-$workload-restore"
   "$FERRY" --root "$tmp/ferry-root" delete -f "$id" >/dev/null
-  # runc
+}
+
+round_runc() {
+  local workload=$1 rss_kb=$2 r=$3 id pid
   id=r$r$workload
   "$RUNC" --root "$tmp/runc-root" run -d --bundle "$tmp/runc-$workload" "$id" </dev/null >/dev/null 2>&1
   pid=$("$RUNC" --root "$tmp/runc-root" state "$id" | jq .pid)
@@ -135,6 +151,10 @@ round() {
   echo "$d" >>"$tmp/runc-$workload-dump"
   echo "$s" >>"$tmp/runc-$workload-restore"
   "$RUNC" --root "$tmp/runc-root" delete -f "$id" >/dev/null
+}
+
+round_criu() {
+  local workload=$1 rss_kb=$2 r=$3 pid
   # raw criu: the same program as a plain process tree, pid 1 of its own pid
   # namespace (so restore gets its pids back) and a session leader.
   mkdir -p "$tmp/raw"
