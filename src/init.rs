@@ -152,8 +152,9 @@ impl Init {
         )
         .map_err(|e| e.to_string())?;
         rootfs::enter(&self.rootfs, self.no_pivot)?;
-        rootfs::finish(&self.spec)?;
+        // Sysctls go in before /proc/sys becomes read-only (as runc does).
         apply_sysctls(&self.spec)?;
+        rootfs::finish(&self.spec)?;
         let process = self.spec.process().clone().unwrap_or_default();
         apply_rlimits(&process)?;
         let env = environment(&process);
