@@ -55,6 +55,8 @@ pub enum EmptyNs {
 }
 
 #[derive(Debug, Args)]
+// podman repeats --leave-running; a repeated flag means the same as once.
+#[command(args_override_self = true)]
 pub struct CheckpointArgs {
     pub id: String,
     /// Directory for the CRIU images.
@@ -120,6 +122,7 @@ pub struct CheckpointArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct RestoreArgs {
     pub id: String,
     /// Bundle directory holding config.json (its mounts and network apply).

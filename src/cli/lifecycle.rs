@@ -183,6 +183,9 @@ pub fn delete(root: &Path, a: &DeleteArgs) -> anyhow::Result<()> {
         Err(ferry::Error::WrongState { id, .. }) if a.force => {
             ferry::container::remove_incomplete(root, &id)?
         }
+        // As runc: forcing the removal of what is already gone succeeds
+        // (podman deletes after a checkpoint that removed the container).
+        Err(ferry::Error::NotFound(_)) if a.force => {}
         Err(e) => return Err(e.into()),
     }
     Ok(())
