@@ -255,6 +255,7 @@ pub fn exec(root: &Path, a: &ExecArgs) -> anyhow::Result<i32> {
         process,
         console_socket: a.console_socket.clone(),
         pid_file: a.pid_file.clone(),
+        detach: a.detach,
     })?;
     if a.detach {
         return Ok(0);

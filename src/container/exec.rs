@@ -15,6 +15,10 @@ pub struct ExecOptions {
     pub process: Process,
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
+    /// The caller does not wait: the process is left to the nearest
+    /// subreaper (conmon, for podman), which then reaps it and reads its
+    /// exit status, as with `runc exec --detach`.
+    pub detach: bool,
 }
 
 /// Namespaces in the order they must be joined (user first, mount last).
@@ -85,7 +89,14 @@ impl Container {
         match unsafe { fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
                 drop(parent_ch);
-                let err = exec_child(&child_ch, &joins, &opts.process, &env, pty.as_ref());
+                let err = exec_child(
+                    &child_ch,
+                    &joins,
+                    &opts.process,
+                    &env,
+                    pty.as_ref(),
+                    opts.detach,
+                );
                 let _ = child_ch.send(&Msg::Failed(err));
                 std::process::exit(127);
             }
@@ -135,7 +146,8 @@ impl Container {
 
 /// A started exec: `pid` is the process in the container; `relay` is ferry's
 /// direct child that forked it into the pid namespace and exits with its
-/// status, so waiting for `relay` is waiting for `pid`.
+/// status, so waiting for `relay` is waiting for `pid` (without `detach`;
+/// with it the relay exits at once).
 #[derive(Debug, Clone, Copy)]
 pub struct ExecHandle {
     pub relay: Pid,
@@ -150,6 +162,7 @@ fn exec_child(
     process: &Process,
     env: &[String],
     pty: Option<&crate::console::Pty>,
+    detach: bool,
 ) -> String {
     let _ = nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -179,6 +192,10 @@ fn exec_child(
         Err(e) => format!("fork into pid namespace: {e}"),
         Ok(ForkResult::Parent { child }) => {
             let _ = ch.send(&Msg::Failed(format!("pid {child}")));
+            if detach {
+                // Orphan the process so the subreaper becomes its parent.
+                std::process::exit(0);
+            }
             // Relay the exit status; keep the channel open only in the child.
             let code = match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
