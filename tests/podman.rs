@@ -127,10 +127,6 @@ impl Podman {
             "nproc=4096:4096",
             "--network",
             "none",
-            // ferry does not install seccomp filters (it refuses a config
-            // that asks for one), and podman asks by default.
-            "--security-opt",
-            "seccomp=unconfined",
             &self.image,
             "sh",
             "-c",
@@ -180,6 +176,16 @@ fn podman_runs_and_checkpoints_a_counter_through_ferry() {
     assert_eq!(p.ok(&["exec", &a, "echo", "hello"]).trim(), "hello");
     let cmdline = p.ok(&["exec", &a, "cat", "/proc/1/cmdline"]);
     assert!(cmdline.starts_with("sh\0-c\0i=0"), "{cmdline:?}");
+    // podman's default seccomp profile filters the init and exec'd processes.
+    let st = p.ok(&[
+        "exec",
+        &a,
+        "grep",
+        "^Seccomp:",
+        "/proc/1/status",
+        "/proc/self/status",
+    ]);
+    assert_eq!(st.matches("Seccomp:\t2").count(), 2, "{st}");
     assert!(p.state_dir(&a).join("state.json").is_file());
 
     // pause / unpause
@@ -221,6 +227,8 @@ fn podman_runs_and_checkpoints_a_counter_through_ferry() {
     p.ok(&["container", "restore", "--tcp-established", &a]);
     assert_eq!(p.status(&a), "running");
     assert!(p.wait_count(&a, at_dump + 3), "counter did not continue");
+    let st = p.ok(&["exec", &a, "grep", "^Seccomp:", "/proc/1/status"]);
+    assert!(st.contains("Seccomp:\t2"), "filter lost in restore: {st}");
     let out = p.run(&["logs", &a]);
     let all: Vec<u64> = String::from_utf8_lossy(&out.stdout)
         .lines()

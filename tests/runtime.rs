@@ -542,3 +542,62 @@ fn id_prefix_resolves_when_unambiguous() {
     let err = env.fail(&["state", common]);
     assert!(err.contains("ambiguous"), "{err}");
 }
+
+#[test]
+fn seccomp_filter_applies_to_init_and_exec() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new("seccomp");
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+        ]
+    });
+    let bundle = env.bundle(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "grep '^Seccomp:' /proc/self/status; mkdir /x 2>&1; echo rc=$?",
+        ],
+        |v| v["linux"]["seccomp"] = profile.clone(),
+    );
+    let id = env.id("c");
+    let out = env.run(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert!(
+        text.contains("Permission denied") && text.contains("rc=1"),
+        "{text}"
+    );
+    assert!(!bundle.join("rootfs/x").exists());
+
+    // A running container: exec'd processes get the same filter.
+    let bundle = env.bundle("d", &["sleep", "1000"], |v| {
+        v["linux"]["seccomp"] = profile.clone()
+    });
+    let id = env.id("d");
+    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    let out = env.run(&["exec", &id, "sh", "-c", "mkdir /y 2>&1; echo rc=$?"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Permission denied") && text.contains("rc=1"),
+        "{text}"
+    );
+    env.ok(&["delete", "--force", &id]);
+
+    // A profile ferry cannot honour is refused before anything runs.
+    let bundle = env.bundle("e", &["true"], |v| {
+        v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_NOTIFY"})
+    });
+    let id = env.id("e");
+    let err = env.fail(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(
+        err.contains("linux.seccomp") && err.contains("SCMP_ACT_NOTIFY"),
+        "{err}"
+    );
+    env.assert_gone(&id);
+}

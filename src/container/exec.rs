@@ -84,6 +84,13 @@ impl Container {
             p.set_env(Some(env));
             crate::init::environment(&p)
         };
+        // The container's seccomp filter applies to exec'd processes too.
+        let seccomp = self
+            .state
+            .config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone());
         let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
         // SAFETY: single-threaded; the child execs or exits.
         match unsafe { fork() }.map_err(sys("fork"))? {
@@ -96,6 +103,7 @@ impl Container {
                     &env,
                     pty.as_ref(),
                     opts.detach,
+                    seccomp.as_ref(),
                 );
                 let _ = child_ch.send(&Msg::Failed(err));
                 std::process::exit(127);
@@ -163,6 +171,7 @@ fn exec_child(
     env: &[String],
     pty: Option<&crate::console::Pty>,
     detach: bool,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
 ) -> String {
     let _ = nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -232,15 +241,26 @@ fn exec_child(
                 Ok(p) => p,
                 Err(e) => return e,
             };
+            let nnp = process.no_new_privileges().unwrap_or(false);
+            if let (Some(s), false) = (seccomp, nnp) {
+                if let Err(e) = crate::seccomp::load(s) {
+                    return e;
+                }
+            }
             if let Err(e) = crate::init::set_user_and_caps(process) {
                 return e;
             }
             if let Err(e) = std::env::set_current_dir(process.cwd()) {
                 return format!("cwd {}: {e}", process.cwd().display());
             }
-            if process.no_new_privileges().unwrap_or(false) {
+            if nnp {
                 if let Err(e) = nix::sys::prctl::set_no_new_privs() {
                     return format!("no_new_privs: {e}");
+                }
+                if let Some(s) = seccomp {
+                    if let Err(e) = crate::seccomp::load(s) {
+                        return e;
+                    }
                 }
             }
             crate::init::Exec {
