@@ -444,10 +444,14 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     let err = env.fail(&["create", "--bundle", broken.to_str().unwrap(), &id]);
     assert!(err.contains("line 3 column"), "{err}");
     let seccomp = env.bundle("seccomp", &["true"], |v| {
-        v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"});
+        v["linux"]["seccomp"] =
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/x.sock"});
     });
     let err = env.fail(&["create", "--bundle", seccomp.to_str().unwrap(), &id]);
-    assert!(err.contains("linux.seccomp"), "{err}");
+    assert!(
+        err.contains("linux.seccomp") && err.contains("listenerPath"),
+        "{err}"
+    );
     let missing_prog = env.bundle("noprog", &["/no/such/program"], |_| {});
     let err = env.fail(&["create", "--bundle", missing_prog.to_str().unwrap(), &id]);
     assert!(err.contains("/no/such/program"), "{err}");
