@@ -605,3 +605,37 @@ fn seccomp_filter_applies_to_init_and_exec() {
     );
     env.assert_gone(&id);
 }
+
+#[test]
+fn deny_all_devices_keeps_default_nodes_and_sysctls_beat_readonly_proc_sys() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new("podmanlike");
+    // What podman sends: a bare "deny all" device rule and a sysctl, with
+    // /proc/sys among the read-only paths.
+    let bundle = env.bundle(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "echo x > /dev/null && head -c 3 /dev/zero | wc -c && cat /proc/sys/net/ipv4/ping_group_range",
+        ],
+        |v| {
+            v["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
+            v["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 0"});
+        },
+    );
+    let id = env.id("c");
+    let out = env.run(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "3", "{text}");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["0", "0"]);
+    env.assert_gone(&id);
+}
