@@ -224,7 +224,16 @@ fn podman_runs_and_checkpoints_a_counter_through_ferry() {
     let at_dump = p.count(&a);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(p.count(&a), at_dump);
-    p.ok(&["container", "restore", "--tcp-established", &a]);
+    let out = p.ok(&[
+        "container",
+        "restore",
+        "--tcp-established",
+        "--print-stats",
+        &a,
+    ]);
+    let stats: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let criu = &stats["container_statistics"][0]["criu_statistics"];
+    assert!(criu["restore_time"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(p.status(&a), "running");
     assert!(p.wait_count(&a, at_dump + 3), "counter did not continue");
     let st = p.ok(&["exec", &a, "grep", "^Seccomp:", "/proc/1/status"]);
