@@ -16,10 +16,15 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Runtime tools, CRIU build deps and the peers benchmarks compare against.
+# podman drives ferry through conmon (podman depends on it; listed so a
+# missing one is installed even when podman is already there) and reads its
+# container configuration from golang-github-containers-common. ferry compiles
+# seccomp filters with libseccomp (libseccomp-dev to build).
 PKGS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
   protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
-  libnftables-dev libgnutls28-dev uuid-dev iproute2 nftables iptables jq busybox-static
-  runc podman xz-utils procps util-linux iputils-ping psmisc zstd)
+  libnftables-dev libgnutls28-dev uuid-dev libseccomp-dev iproute2 nftables iptables jq busybox-static
+  runc podman conmon golang-github-containers-common xz-utils procps util-linux
+  iputils-ping psmisc zstd)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -152,18 +152,29 @@ impl Init {
         )
         .map_err(|e| e.to_string())?;
         rootfs::enter(&self.rootfs, self.no_pivot)?;
-        rootfs::finish(&self.spec)?;
+        // Sysctls go in before /proc/sys becomes read-only (as runc does).
         apply_sysctls(&self.spec)?;
+        rootfs::finish(&self.spec)?;
         let process = self.spec.process().clone().unwrap_or_default();
         apply_rlimits(&process)?;
         let env = environment(&process);
         let args = process.args().clone().unwrap_or_default();
         let program = resolve_program(&args[0], &env)?;
+        let seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let nnp = process.no_new_privileges().unwrap_or(false);
+        // Without no_new_privs a filter needs CAP_SYS_ADMIN: load it before
+        // the capabilities go (as runc does); with it, as late as possible.
+        if let (Some(s), false) = (&seccomp, nnp) {
+            crate::seccomp::load(s)?;
+        }
         set_user_and_caps(&process)?;
         std::env::set_current_dir(process.cwd())
             .map_err(|e| format!("cwd {}: {e}", process.cwd().display()))?;
-        if process.no_new_privileges().unwrap_or(false) {
+        if nnp {
             nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+            if let Some(s) = &seccomp {
+                crate::seccomp::load(s)?;
+            }
         }
         self.pty_slave = None;
         Ok(Exec {

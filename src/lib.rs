@@ -18,6 +18,7 @@ pub mod init;
 pub mod network;
 pub mod proc;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod sync;

@@ -113,11 +113,8 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
         }
     }
     if let Some(linux) = spec.linux() {
-        if linux.seccomp().is_some() {
-            return Err(unsupported(
-                "linux.seccomp",
-                "seccomp filters are not installed; remove the field",
-            ));
+        if let Some(s) = linux.seccomp() {
+            crate::seccomp::build(s).map_err(|e| unsupported("linux.seccomp", e))?;
         }
         if linux.intel_rdt().is_some() {
             return Err(unsupported("linux.intelRdt", "Intel RDT is not managed"));
@@ -310,7 +307,7 @@ mod tests {
     #[test]
     fn rejects_unsupported_and_invalid_fields() {
         let mut v = serde_json::to_value(default_spec()).unwrap();
-        v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"});
+        v["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"});
         let dir = bundle_with(&v.to_string());
         let err = validate(&load(dir.path()).unwrap(), dir.path()).unwrap_err();
         assert!(err.to_string().contains("linux.seccomp"), "{err}");

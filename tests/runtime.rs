@@ -424,10 +424,14 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     let err = env.fail(&["create", "--bundle", broken.to_str().unwrap(), &id]);
     assert!(err.contains("line 3 column"), "{err}");
     let seccomp = env.bundle("seccomp", &["true"], |v| {
-        v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"});
+        v["linux"]["seccomp"] =
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/x.sock"});
     });
     let err = env.fail(&["create", "--bundle", seccomp.to_str().unwrap(), &id]);
-    assert!(err.contains("linux.seccomp"), "{err}");
+    assert!(
+        err.contains("linux.seccomp") && err.contains("listenerPath"),
+        "{err}"
+    );
     let missing_prog = env.bundle("noprog", &["/no/such/program"], |_| {});
     let err = env.fail(&["create", "--bundle", missing_prog.to_str().unwrap(), &id]);
     assert!(err.contains("/no/such/program"), "{err}");
@@ -521,4 +525,97 @@ fn id_prefix_resolves_when_unambiguous() {
     let common = &a[..a.len() - 3];
     let err = env.fail(&["state", common]);
     assert!(err.contains("ambiguous"), "{err}");
+}
+
+#[test]
+fn seccomp_filter_applies_to_init_and_exec() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new("seccomp");
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_AARCH64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+        ]
+    });
+    let bundle = env.bundle(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "grep '^Seccomp:' /proc/self/status; mkdir /x 2>&1; echo rc=$?",
+        ],
+        |v| v["linux"]["seccomp"] = profile.clone(),
+    );
+    let id = env.id("c");
+    let out = env.run(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert!(
+        text.contains("Permission denied") && text.contains("rc=1"),
+        "{text}"
+    );
+    assert!(!bundle.join("rootfs/x").exists());
+
+    // A running container: exec'd processes get the same filter.
+    let bundle = env.bundle("d", &["sleep", "1000"], |v| {
+        v["linux"]["seccomp"] = profile.clone()
+    });
+    let id = env.id("d");
+    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    let out = env.run(&["exec", &id, "sh", "-c", "mkdir /y 2>&1; echo rc=$?"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Permission denied") && text.contains("rc=1"),
+        "{text}"
+    );
+    env.ok(&["delete", "--force", &id]);
+
+    // A profile ferry cannot honour is refused before anything runs.
+    let bundle = env.bundle("e", &["true"], |v| {
+        v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_NOTIFY"})
+    });
+    let id = env.id("e");
+    let err = env.fail(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert!(
+        err.contains("linux.seccomp") && err.contains("SCMP_ACT_NOTIFY"),
+        "{err}"
+    );
+    env.assert_gone(&id);
+}
+
+#[test]
+fn deny_all_devices_keeps_default_nodes_and_sysctls_beat_readonly_proc_sys() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new("podmanlike");
+    // What podman sends: a bare "deny all" device rule and a sysctl, with
+    // /proc/sys among the read-only paths.
+    let bundle = env.bundle(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "echo x > /dev/null && head -c 3 /dev/zero | wc -c && cat /proc/sys/net/ipv4/ping_group_range",
+        ],
+        |v| {
+            v["linux"]["resources"]["devices"] = json!([{"allow": false, "access": "rwm"}]);
+            v["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 0"});
+        },
+    );
+    let id = env.id("c");
+    let out = env.run(&["run", "--bundle", bundle.to_str().unwrap(), &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "3", "{text}");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["0", "0"]);
+    env.assert_gone(&id);
 }

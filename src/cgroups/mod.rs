@@ -714,6 +714,25 @@ impl Cgroup {
             };
             res.map_err(|e| refused(ctl.path(), "devices", what, e))?;
         }
+        // The nodes every container gets (OCI "default devices", created by
+        // the runtime) stay usable whatever the rules deny, as with runc:
+        // podman sends a bare "deny all" and relies on this.
+        for (typ, major, minor, access) in DEFAULT_ALLOWED_DEVICES {
+            ctl.allow_device(
+                *typ,
+                *major,
+                *minor,
+                &DevicePermissions::from_str(access).expect("static permissions"),
+            )
+            .map_err(|e| {
+                refused(
+                    ctl.path(),
+                    "devices",
+                    format!("default device {} {major}:{minor} {access}", typ.to_char()),
+                    e,
+                )
+            })?;
+        }
         Ok(())
     }
 
@@ -746,6 +765,23 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     let s = shares.clamp(2, 262_144);
     1 + ((s - 2) * 9999) / 262_142
 }
+
+/// runc's always-allowed devices: mknod of any node, the default nodes
+/// (null, zero, full, random, urandom, tty, console, ptmx), pty slaves and tun.
+const DEFAULT_ALLOWED_DEVICES: &[(DeviceType, i64, i64, &str)] = &[
+    (DeviceType::Char, -1, -1, "m"),
+    (DeviceType::Block, -1, -1, "m"),
+    (DeviceType::Char, 1, 3, "rwm"),
+    (DeviceType::Char, 1, 5, "rwm"),
+    (DeviceType::Char, 1, 7, "rwm"),
+    (DeviceType::Char, 1, 8, "rwm"),
+    (DeviceType::Char, 1, 9, "rwm"),
+    (DeviceType::Char, 5, 0, "rwm"),
+    (DeviceType::Char, 5, 1, "rwm"),
+    (DeviceType::Char, 5, 2, "rwm"),
+    (DeviceType::Char, 136, -1, "rwm"),
+    (DeviceType::Char, 10, 200, "rwm"),
+];
 
 fn backend(path: &Path, op: &str, e: cgroups_rs::fs::error::Error) -> Error {
     Error::Controller {

@@ -10,6 +10,7 @@ use ferry::Container;
 use nix::unistd::Pid;
 
 use super::output::warn_all;
+use super::portable::{remove_imported, Export, ImportedRestore};
 use super::{wait, LogFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,6 +30,13 @@ impl CgroupsMode {
             CgroupsMode::Ignore => CgMode::IGNORE,
         }
     }
+}
+
+/// How `--export` compresses the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveCompression {
+    Zstd,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,14 +63,27 @@ pub enum EmptyNs {
 }
 
 #[derive(Debug, Args)]
+// podman repeats --leave-running; a repeated flag means the same as once.
+#[command(args_override_self = true)]
 pub struct CheckpointArgs {
     pub id: String,
-    /// Directory for the CRIU images.
-    #[arg(long, default_value = "checkpoint")]
-    pub image_path: PathBuf,
+    /// Directory for the CRIU images (default: ./checkpoint; with --export
+    /// and no image path, a temporary directory removed afterwards).
+    #[arg(long)]
+    pub image_path: Option<PathBuf>,
     /// Directory for CRIU's log and work files (default: the image path).
     #[arg(long)]
     pub work_path: Option<PathBuf>,
+    /// Also write the checkpoint as a portable archive to FILE
+    /// (written to a temporary file beside it, then renamed).
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+    /// Compression of the --export archive [default: zstd].
+    #[arg(long, value_enum, requires = "export")]
+    pub compress: Option<ArchiveCompression>,
+    /// Leave the root filesystem out of the --export archive.
+    #[arg(long, requires = "export")]
+    pub ignore_rootfs: bool,
     /// A previous pre-dump, relative to the image path.
     #[arg(long)]
     pub parent_path: Option<PathBuf>,
@@ -120,14 +141,19 @@ pub struct CheckpointArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct RestoreArgs {
     pub id: String,
-    /// Bundle directory holding config.json (its mounts and network apply).
-    #[arg(short, long, default_value = ".")]
-    pub bundle: PathBuf,
-    /// Directory of CRIU images written by `ferry checkpoint`.
-    #[arg(long, default_value = "checkpoint")]
-    pub image_path: PathBuf,
+    /// Bundle directory holding config.json (its mounts and network apply)
+    /// [default: ., or with --import the archive's config and rootfs].
+    #[arg(short, long)]
+    pub bundle: Option<PathBuf>,
+    /// Directory of CRIU images written by `ferry checkpoint` [default: checkpoint].
+    #[arg(long, conflicts_with = "import")]
+    pub image_path: Option<PathBuf>,
+    /// Restore from an archive written by `ferry checkpoint --export`.
+    #[arg(long, value_name = "FILE")]
+    pub import: Option<PathBuf>,
     /// Directory for CRIU's log and work files (default: the image path).
     #[arg(long)]
     pub work_path: Option<PathBuf>,
@@ -198,7 +224,16 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
             bail!("--status-fd {fd} is not an open descriptor above 2");
         }
     }
-    let mut o = CheckpointOptions::new(&a.image_path);
+    let mut export = match &a.export {
+        Some(file) => Some(Export::prepare(a, file)?),
+        None => None,
+    };
+    let image_path = match (&a.image_path, &export) {
+        (Some(p), _) => p.clone(),
+        (None, Some(e)) => e.images_dir(),
+        (None, None) => PathBuf::from("checkpoint"),
+    };
+    let mut o = CheckpointOptions::new(&image_path);
     o.work_path = a.work_path.clone();
     o.parent_path = a.parent_path.clone();
     o.leave_running = a.leave_running;
@@ -217,7 +252,25 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
     o.empty_ns_network = a.empty_ns.contains(&EmptyNs::Network);
     o.auto_dedup = a.auto_dedup;
     o.network_lock = a.network_lock.into();
-    let done = Container::load(root, &a.id)?.checkpoint(&o)?;
+    let c = Container::load(root, &a.id)?;
+    if let Some(e) = export.as_mut() {
+        e.remember(&c);
+    }
+    let done = c.checkpoint(&o)?;
+    if let Some(e) = export {
+        let skipped = e.finish(&done, a.work_path.as_deref())?;
+        if !skipped.is_empty() {
+            warn_all(&[format!(
+                "{} socket(s) in the rootfs are not in the archive (a program recreates them when it binds again): {}",
+                skipped.len(),
+                skipped
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )]);
+        }
+    }
     if a.stats {
         let stats = done.stats.with_context(|| {
             format!(
@@ -244,7 +297,20 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
     if a.no_pivot {
         bail!("--no-pivot is not supported by restore: CRIU rebuilds the container's mount namespace with pivot_root (drop the flag)");
     }
-    let mut o = RestoreOptions::new(&a.id, &a.bundle, &a.image_path);
+    let imported = match &a.import {
+        Some(file) => Some(ImportedRestore::prepare(root, a, file)?),
+        None => None,
+    };
+    let (bundle, images) = match &imported {
+        Some(i) => (i.bundle.clone(), i.images.clone()),
+        None => (
+            a.bundle.clone().unwrap_or_else(|| PathBuf::from(".")),
+            a.image_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("checkpoint")),
+        ),
+    };
+    let mut o = RestoreOptions::new(&a.id, &bundle, &images);
     o.work_path = a.work_path.clone();
     o.pid_file = a.pid_file.clone();
     o.console_socket = a.console_socket.clone();
@@ -266,7 +332,18 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         }
     }
-    let restored = Container::restore(root, &o)?;
+    let restored = match Container::restore(root, &o) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(i) = imported {
+                i.discard();
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(i) = &imported {
+        i.restored();
+    }
     warn_all(&restored.hook_warnings);
     if a.stats {
         if let Some(s) = &restored.stats {
@@ -290,5 +367,6 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
     let code = wait::wait_forwarding(pid, pid);
     let c = Container::load(root, restored.container.id())?;
     warn_all(&c.delete(true)?);
+    remove_imported(root, &a.id)?;
     Ok(code)
 }

@@ -178,11 +178,18 @@ pub fn kill(root: &Path, a: &KillArgs) -> anyhow::Result<()> {
 
 pub fn delete(root: &Path, a: &DeleteArgs) -> anyhow::Result<()> {
     match Container::load(root, &a.id) {
-        Ok(c) => warn_all(&c.delete(a.force)?),
+        Ok(c) => {
+            let id = c.id().to_string();
+            warn_all(&c.delete(a.force)?);
+            super::portable::remove_imported(root, &id)?;
+        }
         // A creation that died half-way leaves a directory without state.
         Err(ferry::Error::WrongState { id, .. }) if a.force => {
             ferry::container::remove_incomplete(root, &id)?
         }
+        // As runc: forcing the removal of what is already gone succeeds
+        // (podman deletes after a checkpoint that removed the container).
+        Err(ferry::Error::NotFound(id)) if a.force => super::portable::remove_imported(root, &id)?,
         Err(e) => return Err(e.into()),
     }
     Ok(())
@@ -248,6 +255,7 @@ pub fn exec(root: &Path, a: &ExecArgs) -> anyhow::Result<i32> {
         process,
         console_socket: a.console_socket.clone(),
         pid_file: a.pid_file.clone(),
+        detach: a.detach,
     })?;
     if a.detach {
         return Ok(0);

@@ -8,6 +8,7 @@ mod checkpoint;
 mod inspect;
 mod lifecycle;
 mod output;
+mod portable;
 mod query;
 mod wait;
 

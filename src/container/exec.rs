@@ -15,6 +15,10 @@ pub struct ExecOptions {
     pub process: Process,
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
+    /// The caller does not wait: the process is left to the nearest
+    /// subreaper (conmon, for podman), which then reaps it and reads its
+    /// exit status, as with `runc exec --detach`.
+    pub detach: bool,
 }
 
 /// Namespaces in the order they must be joined (user first, mount last).
@@ -80,12 +84,27 @@ impl Container {
             p.set_env(Some(env));
             crate::init::environment(&p)
         };
+        // The container's seccomp filter applies to exec'd processes too.
+        let seccomp = self
+            .state
+            .config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone());
         let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
         // SAFETY: single-threaded; the child execs or exits.
         match unsafe { fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
                 drop(parent_ch);
-                let err = exec_child(&child_ch, &joins, &opts.process, &env, pty.as_ref());
+                let err = exec_child(
+                    &child_ch,
+                    &joins,
+                    &opts.process,
+                    &env,
+                    pty.as_ref(),
+                    opts.detach,
+                    seccomp.as_ref(),
+                );
                 let _ = child_ch.send(&Msg::Failed(err));
                 std::process::exit(127);
             }
@@ -135,7 +154,8 @@ impl Container {
 
 /// A started exec: `pid` is the process in the container; `relay` is ferry's
 /// direct child that forked it into the pid namespace and exits with its
-/// status, so waiting for `relay` is waiting for `pid`.
+/// status, so waiting for `relay` is waiting for `pid` (without `detach`;
+/// with it the relay exits at once).
 #[derive(Debug, Clone, Copy)]
 pub struct ExecHandle {
     pub relay: Pid,
@@ -150,6 +170,8 @@ fn exec_child(
     process: &Process,
     env: &[String],
     pty: Option<&crate::console::Pty>,
+    detach: bool,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
 ) -> String {
     let _ = nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
@@ -179,6 +201,10 @@ fn exec_child(
         Err(e) => format!("fork into pid namespace: {e}"),
         Ok(ForkResult::Parent { child }) => {
             let _ = ch.send(&Msg::Failed(format!("pid {child}")));
+            if detach {
+                // Orphan the process so the subreaper becomes its parent.
+                std::process::exit(0);
+            }
             // Relay the exit status; keep the channel open only in the child.
             let code = match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
@@ -215,15 +241,26 @@ fn exec_child(
                 Ok(p) => p,
                 Err(e) => return e,
             };
+            let nnp = process.no_new_privileges().unwrap_or(false);
+            if let (Some(s), false) = (seccomp, nnp) {
+                if let Err(e) = crate::seccomp::load(s) {
+                    return e;
+                }
+            }
             if let Err(e) = crate::init::set_user_and_caps(process) {
                 return e;
             }
             if let Err(e) = std::env::set_current_dir(process.cwd()) {
                 return format!("cwd {}: {e}", process.cwd().display());
             }
-            if process.no_new_privileges().unwrap_or(false) {
+            if nnp {
                 if let Err(e) = nix::sys::prctl::set_no_new_privs() {
                     return format!("no_new_privs: {e}");
+                }
+                if let Some(s) = seccomp {
+                    if let Err(e) = crate::seccomp::load(s) {
+                        return e;
+                    }
                 }
             }
             crate::init::Exec {

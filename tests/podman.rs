@@ -1,0 +1,303 @@
+//! podman drives ferry as its OCI runtime (`podman --runtime ferry`):
+//! lifecycle, exec, logs, pause, checkpoint/restore (in place, exported,
+//! imported, as a copy) of a counter container. Needs root, podman and
+//! conmon (scripts/install-deps.sh) and CRIU.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// One test's podman world: a local busybox image, ferry's state root, and
+/// the containers made; all removed on drop, also when the test fails.
+struct Podman {
+    image: String,
+    names: Vec<String>,
+}
+
+impl Podman {
+    /// `None` (with the reason printed) when podman cannot run here.
+    fn new() -> Option<Podman> {
+        if !is_root() {
+            return None;
+        }
+        for tool in ["podman", "conmon"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !found {
+                eprintln!("skipped: {tool} is not installed (scripts/install-deps.sh installs it)");
+                return None;
+            }
+        }
+        let image = format!("localhost/ferry-t{}", std::process::id());
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C '{}' -c . | podman import -q - {image}",
+                rootfs_template().display()
+            ))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "podman import of the busybox rootfs failed");
+        Some(Podman {
+            image,
+            names: Vec::new(),
+        })
+    }
+
+    fn name(&mut self, n: &str) -> String {
+        let name = format!("ferry-t{}-{n}", std::process::id());
+        self.names.push(name.clone());
+        name
+    }
+
+    /// podman with ferry as the runtime. ferry keeps its state in its
+    /// default root: podman's cleanup after a container exits runs without
+    /// `--runtime-flag`, so another root would not be seen by it.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("timeout");
+        c.args(["120", "podman", "--runtime"])
+            .arg(ferry_bin())
+            .args(["--cgroup-manager", "cgroupfs"])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// ferry's state directory of a podman container.
+    fn state_dir(&self, name: &str) -> PathBuf {
+        let id = self.ok(&["inspect", "--format", "{{.Id}}", name]);
+        Path::new(ferry::container::DEFAULT_ROOT).join(id.trim())
+    }
+
+    fn status(&self, name: &str) -> String {
+        self.ok(&["inspect", "--format", "{{.State.Status}}", name])
+            .trim()
+            .to_string()
+    }
+
+    /// The last number the counter printed.
+    fn count(&self, name: &str) -> u64 {
+        let out = self.run(&["logs", name]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next_back()
+            .unwrap_or(0)
+    }
+
+    fn wait_count(&self, name: &str, above: u64) -> bool {
+        wait_until(Duration::from_secs(10), || self.count(name) > above)
+    }
+
+    /// `podman run -d` of a counter printing an increasing number.
+    fn counter(&self, name: &str) {
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=4096:4096",
+            "--network",
+            "none",
+            &self.image,
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done",
+        ]);
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = self
+                .cmd(&["rm", "-f", "-t", "0", n])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("podman")
+            .args(["rmi", "-f", &self.image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn podman_runs_and_checkpoints_a_counter_through_ferry() {
+    let Some(mut p) = Podman::new() else { return };
+    let a = p.name("a");
+    let copy = p.name("copy");
+    let export_dir = tempfile::tempdir().unwrap();
+    let exported: PathBuf = export_dir.path().join("a.tar.gz");
+
+    // run -d, ps, logs, exec
+    p.counter(&a);
+    assert!(p.wait_count(&a, 3), "counter did not start");
+    assert_eq!(p.status(&a), "running");
+    let ps = p.ok(&["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(
+        ps.lines().any(|l| l.starts_with(&format!("{a} Up"))),
+        "{ps}"
+    );
+    assert_eq!(p.ok(&["exec", &a, "echo", "hello"]).trim(), "hello");
+    let cmdline = p.ok(&["exec", &a, "cat", "/proc/1/cmdline"]);
+    assert!(cmdline.starts_with("sh\0-c\0i=0"), "{cmdline:?}");
+    // podman's default seccomp profile filters the init and exec'd processes.
+    let st = p.ok(&[
+        "exec",
+        &a,
+        "grep",
+        "^Seccomp:",
+        "/proc/1/status",
+        "/proc/self/status",
+    ]);
+    assert_eq!(st.matches("Seccomp:\t2").count(), 2, "{st}");
+    assert!(p.state_dir(&a).join("state.json").is_file());
+
+    // pause / unpause
+    p.ok(&["pause", &a]);
+    assert_eq!(p.status(&a), "paused");
+    let frozen = p.count(&a);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(p.count(&a), frozen, "counter moved while paused");
+    p.ok(&["unpause", &a]);
+    assert_eq!(p.status(&a), "running");
+    assert!(p.wait_count(&a, frozen + 2));
+
+    // checkpoint --leave-running --print-stats
+    let out = p.ok(&[
+        "container",
+        "checkpoint",
+        "--leave-running",
+        "--print-stats",
+        &a,
+    ]);
+    let stats: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let criu = &stats["container_statistics"][0]["criu_statistics"];
+    assert!(criu["frozen_time"].as_u64().unwrap() > 0, "{stats}");
+    assert!(criu["pages_written"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(p.status(&a), "running");
+    let before = p.count(&a);
+    assert!(
+        p.wait_count(&a, before + 2),
+        "stopped after --leave-running"
+    );
+
+    // checkpoint --tcp-established, restore --tcp-established: the counter
+    // continues (never restarts at 1).
+    p.ok(&["container", "checkpoint", "--tcp-established", &a]);
+    assert_eq!(p.status(&a), "exited");
+    let at_dump = p.count(&a);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.count(&a), at_dump);
+    let out = p.ok(&[
+        "container",
+        "restore",
+        "--tcp-established",
+        "--print-stats",
+        &a,
+    ]);
+    let stats: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let criu = &stats["container_statistics"][0]["criu_statistics"];
+    assert!(criu["restore_time"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(p.status(&a), "running");
+    assert!(p.wait_count(&a, at_dump + 3), "counter did not continue");
+    let st = p.ok(&["exec", &a, "grep", "^Seccomp:", "/proc/1/status"]);
+    assert!(st.contains("Seccomp:\t2"), "filter lost in restore: {st}");
+    let out = p.run(&["logs", &a]);
+    let all: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(
+        all.windows(2).all(|w| w[1] == w[0] + 1),
+        "counter restarted or skipped: {all:?}"
+    );
+
+    // checkpoint --export; the container is removed; restore --import
+    // brings it back, and --name makes a copy from the same archive.
+    p.ok(&["container", "checkpoint", "--export", s(&exported), &a]);
+    assert!(exported.is_file());
+    let at_export = p.count(&a);
+    p.ok(&["rm", "-f", &a]);
+    p.ok(&["container", "restore", "--import", s(&exported)]);
+    assert_eq!(p.status(&a), "running");
+    assert!(p.wait_count(&a, at_export + 3));
+    p.ok(&[
+        "container",
+        "restore",
+        "--import",
+        s(&exported),
+        "--name",
+        &copy,
+    ]);
+    assert_eq!(p.status(&copy), "running");
+    assert!(p.wait_count(&copy, at_export + 3));
+    let ps = p.ok(&["ps", "--format", "{{.Names}}"]);
+    assert!(ps.contains(&a) && ps.contains(&copy), "{ps}");
+
+    // kill, stop, rm -f
+    p.ok(&["kill", &copy]);
+    assert!(wait_until(Duration::from_secs(10), || p.status(&copy) == "exited"));
+    p.ok(&["stop", "-t", "1", &a]);
+    assert_eq!(p.status(&a), "exited");
+    let state_a = p.state_dir(&a);
+    let state_copy = p.state_dir(&copy);
+    p.ok(&["rm", "-f", &a, &copy]);
+    for d in [state_a, state_copy] {
+        assert!(!d.exists(), "ferry state left behind: {}", d.display());
+    }
+}
+
+#[test]
+fn podman_rm_force_of_a_running_container_and_kill_with_signal() {
+    let Some(mut p) = Podman::new() else { return };
+    let b = p.name("b");
+    p.counter(&b);
+    assert!(p.wait_count(&b, 2));
+    // sh as pid 1 ignores TERM; KILL by name ends it.
+    p.ok(&["kill", "--signal", "KILL", &b]);
+    assert!(wait_until(Duration::from_secs(10), || p.status(&b) == "exited"));
+    p.ok(&["start", &b]);
+    assert_eq!(p.status(&b), "running");
+    let state = p.state_dir(&b);
+    assert!(state.is_dir());
+    p.ok(&["rm", "-f", &b]);
+    let out = p.run(&["inspect", &b]);
+    assert!(!out.status.success(), "container still known to podman");
+    assert!(!state.exists(), "ferry state left behind");
+}
