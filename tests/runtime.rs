@@ -2,7 +2,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use std::process::Stdio;
 use std::time::Duration;
