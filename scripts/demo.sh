@@ -119,13 +119,32 @@ section_stats() {
   ferry events --stats "$ID" | python3 -m json.tool
 }
 
-# ----------------------------------------------------------------------
-# Checkpoint/restore and migration sections go here, once ferry has the
-# commands (`ferry checkpoint` / `ferry restore`, `ferry migrate` /
-# `ferry serve`). They are not implemented yet, so the demo does not show
-# them. Add section_checkpoint_restore and section_migrate below and call
-# them from main, between section_stats and section_delete.
-# ----------------------------------------------------------------------
+section_checkpoint_restore() {
+  local a b
+  heading "ferry checkpoint: the running container into a directory of CRIU images"
+  a=$(count)
+  show ferry checkpoint --image-path "$TMP/images" --stats "$ID"
+  say "counter at checkpoint: $a; the container is gone:"
+  show ferry list
+  sleep 1
+  say "one second later the counter is still $(count)"
+
+  heading "ferry inspect: what the images hold"
+  show ferry inspect "$TMP/images"
+
+  heading "ferry restore: back from the images, counting on from where it stopped"
+  show ferry restore -d --bundle "$BUNDLE" --image-path "$TMP/images" --stats "$ID" </dev/null >/dev/null
+  a=$(count)
+  sleep 1
+  b=$(count)
+  say "counter now $a, one second later $b (it did not start again at 1)"
+  show ferry state "$ID"
+
+  heading "ferry checkpoint --leave-running --export: a portable archive"
+  show ferry checkpoint --leave-running --export "$TMP/snapshot.tar.zst" "$ID"
+  show ls -l "$TMP/snapshot.tar.zst"
+  say "status: $(ferry state "$ID" | jq -r .status)"
+}
 
 section_delete() {
   heading "ferry delete --force: stop and remove the container"
@@ -147,7 +166,7 @@ main() {
   section_inspect
   section_pause_resume
   section_stats
-  # (checkpoint/restore and migrate sections: see the note above)
+  section_checkpoint_restore
   section_delete
 
   heading "Done"
