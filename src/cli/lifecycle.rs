@@ -6,7 +6,7 @@ use clap::Args;
 use ferry::container::{CreateOptions, ExecOptions};
 use ferry::Container;
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, Process};
+use oci_spec::runtime::{LinuxPids, LinuxResources, Process};
 
 use super::output::warn_all;
 use super::wait;
@@ -292,7 +292,7 @@ pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
         None => LinuxResources::default(),
     };
     if a.memory.is_some() || a.memory_swap.is_some() || a.memory_reservation.is_some() {
-        let mut m = res.memory().clone().unwrap_or_else(LinuxMemory::default);
+        let mut m = res.memory().unwrap_or_default();
         if let Some(v) = &a.memory {
             m.set_limit(Some(parse_bytes(v)?));
         }
@@ -310,7 +310,7 @@ pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
         || a.cpuset_cpus.is_some()
         || a.cpuset_mems.is_some()
     {
-        let mut cpu = res.cpu().clone().unwrap_or_else(LinuxCpu::default);
+        let mut cpu = res.cpu().clone().unwrap_or_default();
         if a.cpu_shares.is_some() {
             cpu.set_shares(a.cpu_shares);
         }

@@ -378,7 +378,6 @@ impl Container {
             },
         );
         let unlocked = handler.unlock();
-        drop(handler);
         let log = work.join(log_name);
         let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
         // A failed dump leaves the tree as it was; a paused one stays paused.

@@ -526,7 +526,6 @@ impl Container {
         );
         let unlocked = handler.unlock();
         let (seen_pid, veth_made) = (handler.pid, handler.veth_made);
-        drop(handler);
         undo.pid = seen_pid;
         if veth_made {
             undo.veth = veth.clone();

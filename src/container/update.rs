@@ -24,13 +24,13 @@ impl Container {
 /// `new` over `old`, section by section (memory, cpu, pids).
 fn merge(mut old: LinuxResources, new: &LinuxResources) -> LinuxResources {
     if new.memory().is_some() {
-        old.set_memory(new.memory().clone());
+        old.set_memory(*new.memory());
     }
     if new.cpu().is_some() {
         old.set_cpu(new.cpu().clone());
     }
     if new.pids().is_some() {
-        old.set_pids(new.pids().clone());
+        old.set_pids(*new.pids());
     }
     old
 }

@@ -273,7 +273,7 @@ impl Criu {
         mut req: Request,
         handler: &mut dyn NotifyHandler,
         fds: InheritFds,
-        on_start: &mut dyn FnMut(u32, &mut Option<Opts>) -> std::result::Result<(), String>,
+        on_start: &mut OnStart,
     ) -> Result<Response> {
         let mut keep: Vec<RawFd> = fds.to_vec();
         if let Some(o) = &req.opts {
@@ -306,6 +306,9 @@ impl Criu {
         result
     }
 }
+
+/// Called with criu's pid and the request's options before the request is sent.
+pub type OnStart<'a> = dyn FnMut(u32, &mut Option<Opts>) -> std::result::Result<(), String> + 'a;
 
 /// The version in a VERSION response.
 fn version_of(resp: &Response) -> Result<Version> {
