@@ -22,7 +22,8 @@ heading() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '%s\n' "$*"; }
 # show CMD...: print a command, then run it.
 show() {
-  printf '\033[2m$ %s\033[0m\n' "$*"
+  # To fd 3 (the terminal): the command's own output may be redirected.
+  printf '\033[2m$ %s\033[0m\n' "$*" >&3
   "$@"
 }
 ferry() { "$FERRY" --root "$ROOT" "$@"; }
@@ -72,7 +73,9 @@ section_bundle() {
 
 section_run() {
   heading "Starting the container in the background"
-  show ferry run -d --bundle "$BUNDLE" "$ID" </dev/null >/dev/null
+  # The container's stdio: no input, output appended to a log file (append
+  # mode lets a restore hand it a file of another size).
+  show ferry run -d --bundle "$BUNDLE" "$ID" </dev/null >>"$TMP/container.log" 2>&1
   sleep 0.5
   say "counter (read from the host, $BUNDLE/rootfs/tmp/count): $(count)"
 }
@@ -122,8 +125,8 @@ section_stats() {
 section_checkpoint_restore() {
   local a b
   heading "ferry checkpoint: the running container into a directory of CRIU images"
-  a=$(count)
   show ferry checkpoint --image-path "$TMP/images" --stats "$ID"
+  a=$(count)
   say "counter at checkpoint: $a; the container is gone:"
   show ferry list
   sleep 1
@@ -133,7 +136,7 @@ section_checkpoint_restore() {
   show ferry inspect "$TMP/images"
 
   heading "ferry restore: back from the images, counting on from where it stopped"
-  show ferry restore -d --bundle "$BUNDLE" --image-path "$TMP/images" --stats "$ID" </dev/null >/dev/null
+  show ferry restore -d --bundle "$BUNDLE" --image-path "$TMP/images" "$ID" </dev/null >>"$TMP/container.log" 2>&1
   a=$(count)
   sleep 1
   b=$(count)
@@ -157,6 +160,7 @@ main() {
     echo "demo: must run as root (namespaces, mounts, cgroups)" >&2
     exit 1
   fi
+  exec 3>&1
   trap cleanup EXIT
   trap 'exit 130' INT TERM
 
