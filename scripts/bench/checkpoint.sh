@@ -9,9 +9,12 @@
 #   1g       the memhog workload holding 1 GiB of random data
 #
 # ferry and runc checkpoint the same bundle (the container dies and is
-# restored from the images). Raw criu dumps the same program run as a plain
-# process tree (pid 1 of its own pid namespace, no mounts, no cgroup), which
-# is the floor: CRIU's work alone with nothing around it.
+# restored from the images). Raw criu runs twice: criu(ct) dumps and
+# restores a ferry container's own tree with the criu command line and the
+# options a container needs (root, cgroups, external mounts, stdio files);
+# criu(tree) dumps the same program run as a plain process tree (pid 1 of
+# its own pid namespace, no mount or network namespace, no cgroup) -- the
+# floor, CRIU's work with no container around it.
 #
 # Environment:
 #   N       measured rounds per tool for the counter (default 10)
@@ -122,6 +125,7 @@ round() {
     round_runc "$@"
     round_ferry "$@"
   fi
+  round_crct "$@"
   round_criu "$@"
 }
 
@@ -153,6 +157,38 @@ round_runc() {
   "$RUNC" --root "$tmp/runc-root" delete -f "$id" >/dev/null
 }
 
+# raw criu on the container's own tree: a ferry container dumped and
+# restored with the criu command line and the options a container needs
+# (root, cgroups, external mounts found automatically, its stdio files).
+round_crct() {
+  local workload=$1 rss_kb=$2 r=$3 id=c$3$1 pid fz keys=() fd m i
+  "$FERRY" --root "$tmp/ferry-root" run -d --bundle "$tmp/ferry-$workload" "$id" </dev/null >/dev/null 2>&1
+  pid=$("$FERRY" --root "$tmp/ferry-root" state "$id" | jq .pid)
+  wait_rss "$pid" "$rss_kb"
+  fz=$(jq -r '.cgroup.dirs.freezer // .cgroup.dirs.unified' "$tmp/ferry-root/$id/state.json")
+  for fd in 0 1 2; do
+    m=$(awk '/^mnt_id/ {print $2}' "/proc/$pid/fdinfo/$fd")
+    i=$(stat -L -c %i "/proc/$pid/fd/$fd")
+    keys+=(--external "$(printf 'file[%x:%x]' "$m" "$i")")
+  done
+  rm -rf "$tmp/img" && mkdir -p "$tmp/img" "$tmp/crroot"
+  timed d "$CRIU" dump -t "$pid" -D "$tmp/img" -o dump.log --root "$tmp/ferry-$workload/rootfs" \
+    --manage-cgroups --freeze-cgroup "$fz" --ext-mount-map auto --enable-external-masters "${keys[@]}"
+  mount --bind "$tmp/ferry-$workload/rootfs" "$tmp/crroot"
+  exec 7</dev/null
+  timed s "$CRIU" restore -d -D "$tmp/img" -o restore.log --root "$tmp/crroot" --manage-cgroups \
+    --ext-mount-map auto --enable-external-masters --inherit-fd "fd[7]:${keys[1]#--external }" \
+    --pidfile "$tmp/crct.pid"
+  exec 7<&-
+  umount -l "$tmp/crroot"
+  echo "$d" >>"$tmp/crct-$workload-dump"
+  echo "$s" >>"$tmp/crct-$workload-restore"
+  kill -9 "$(cat "$tmp/crct.pid")" 2>/dev/null || true
+  rm -f "$tmp/crct.pid"
+  sleep 0.2
+  "$FERRY" --root "$tmp/ferry-root" delete -f "$id" >/dev/null
+}
+
 round_criu() {
   local workload=$1 rss_kb=$2 r=$3 pid
   # raw criu: the same program as a plain process tree, pid 1 of its own pid
@@ -182,14 +218,16 @@ round_criu() {
 }
 
 report() {
-  local workload=$1 step tool f r c
+  local workload=$1 step f r c p
   for step in dump restore; do
     f=$(median <"$tmp/ferry-$workload-$step")
     r=$(median <"$tmp/runc-$workload-$step")
-    c=$(median <"$tmp/criu-$workload-$step")
-    printf '%-8s %-8s %10.1f %10.1f %10.1f %12.2fx %12.2fx\n' "$workload" "$step" \
+    c=$(median <"$tmp/crct-$workload-$step")
+    p=$(median <"$tmp/criu-$workload-$step")
+    printf '%-8s %-8s %8.1f %8.1f %10.1f %10.1f %11.2fx %11.2fx %11.2fx\n' "$workload" "$step" \
       "$(echo "$f / 1000" | bc -l)" "$(echo "$r / 1000" | bc -l)" "$(echo "$c / 1000" | bc -l)" \
-      "$(echo "$f / $r" | bc -l)" "$(echo "$f / $c" | bc -l)"
+      "$(echo "$p / 1000" | bc -l)" "$(echo "$f / $r" | bc -l)" "$(echo "$f / $c" | bc -l)" \
+      "$(echo "$f / $p" | bc -l)"
   done
 }
 
@@ -209,6 +247,6 @@ done
 
 echo
 echo "median wall time in ms (checkpoint kills the workload; restore brings it back)"
-printf '%-8s %-8s %10s %10s %10s %13s %13s\n' workload step ferry runc "raw criu" "ferry/runc" "ferry/criu"
+printf '%-8s %-8s %8s %8s %10s %10s %12s %12s %12s\n' workload step ferry runc "criu(ct)" "criu(tree)" "ferry/runc" "/criu(ct)" "/criu(tree)"
 report counter
 report 1g
