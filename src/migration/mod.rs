@@ -1,0 +1,76 @@
+//! ferry's side of a live migration: [`source::ContainerSource`] makes a
+//! ferry container the sending end of [`migrate::source::migrate`], and
+//! [`dest::Receiver`] restores incoming containers for `ferry serve`
+//! ([`migrate::dest::Server`]).
+//!
+//! Both ends hold CRIU at a notification while the other host works:
+//! the source at post-dump (the tree frozen, every image written and every
+//! page sent; `Ok` lets CRIU kill the tree, `Err` makes it resume the tree
+//! where it was), the destination at post-restore (the tree restored but
+//! not running; `Ok` lets it run, `Err` makes CRIU kill it and the restore
+//! undo itself). Each CRIU call runs in its own thread; the hold is a pair
+//! of channels.
+use std::time::Instant;
+
+use crate::criu::{Criu, Opts};
+
+pub mod dest;
+pub mod source;
+
+/// What a CRIU call in a worker thread reports to the agent.
+enum Event<T> {
+    /// The hold point was reached at this instant (pid: the restored init).
+    Held(Instant, i32),
+    /// The call returned (after the hold, or without reaching it).
+    Done(T),
+}
+
+/// The hold in the worker thread: reports that it was reached, then
+/// blocks until the agent decides. A dropped agent counts as "roll back".
+struct Hold<T> {
+    events: std::sync::mpsc::Sender<Event<T>>,
+    decision: std::sync::mpsc::Receiver<bool>,
+}
+
+impl<T> Hold<T> {
+    fn wait(&mut self, pid: i32, what: &str) -> Result<(), String> {
+        let _ = self.events.send(Event::Held(Instant::now(), pid));
+        match self.decision.recv() {
+            Ok(true) => Ok(()),
+            _ => Err(format!("the migration was rolled back ({what})")),
+        }
+    }
+}
+
+/// CRIU's options for a request that only needs an images directory.
+fn dir_opts(images: &std::fs::File, log: &str) -> Opts {
+    use std::os::fd::AsRawFd;
+    let mut o = Opts::new();
+    o.set_images_dir_fd(images.as_raw_fd());
+    o.set_log_file(log.into());
+    o.set_log_level(4);
+    o
+}
+
+/// CRIU, checked to be recent enough for migration.
+fn criu() -> Result<Criu, migrate::HostError> {
+    let c = Criu::new()?;
+    c.require(crate::criu::MIN_VERSION)?;
+    Ok(c)
+}
+
+fn features(c: &Criu) -> Result<migrate::Features, migrate::HostError> {
+    let f = c.features()?;
+    Ok(migrate::Features {
+        mem_track: f.mem_track,
+        lazy_pages: f.lazy_pages,
+    })
+}
+
+/// Runtime data the source sends in `SourceInfo::extra`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Extra {
+    /// The dump included established TCP connections.
+    #[serde(default)]
+    tcp_established: bool,
+}
