@@ -135,6 +135,38 @@ fn memory_bytes(c: &Container) -> u64 {
         .unwrap_or(0)
 }
 
+/// CRIU reattaches a stdio file that is not in append mode only to a file
+/// of the very same size, which the destination cannot offer: refuse
+/// before anything is frozen.
+fn check_stdio(id: &str, pid: i32) -> Result<(), HostError> {
+    for (fd, name) in [(0, "stdin"), (1, "stdout"), (2, "stderr")] {
+        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0);
+        if flags & libc::O_APPEND == 0 {
+            let path = crate::proc::fd_target(pid, fd).unwrap_or_default();
+            return Err(format!(
+                "container {id}'s {name} is a regular file not opened for appending ({path}): \
+                 CRIU can only reattach it to a file of the same size on the destination; \
+                 run the container with stdio on pipes, /dev/null or files opened in append mode"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 impl SourceHost for ContainerSource {
     fn id(&self) -> String {
         self.id.clone()
@@ -157,6 +189,7 @@ impl SourceHost for ContainerSource {
             )
             .into());
         }
+        check_stdio(&self.id, c.state.pid)?;
         let criu = super::criu()?;
         let features = super::features(&criu)?;
         let dir = tempfile::tempdir()?;
