@@ -431,7 +431,7 @@ impl World {
     ) -> Output {
         let (dir, name) = creds.unwrap_or((&self.pki, if from.name == "A" { "a" } else { "b" }));
         let target = to.to();
-        let ca = self.pki.join("ca.pem");
+        let ca = dir.join("ca.pem");
         let cert = dir.join(format!("{name}.pem"));
         let key = dir.join(format!("{name}-key.pem"));
         let mut args = vec![
@@ -482,6 +482,7 @@ fn failure_line(out: &Output) -> String {
         .find(|l| l.starts_with("ferry: "))
         .unwrap_or_else(|| panic!("no `ferry:` line in {err}"))
         .to_string();
+    eprintln!("{line}");
     line
 }
 
@@ -571,10 +572,24 @@ fn untrusted_certificate_is_refused_before_anything_freezes() {
         .unwrap();
     assert!(st.success());
     let at = read_num(&count).unwrap();
+    // A certificate from another CA is refused by B at the handshake.
     let out = w.migrate(&w.a, &w.b, &id, &[], Some((&rogue, "a")));
     let line = failure_line(&out);
     assert!(line.contains("certificate"), "{line}");
     assert!(line.contains("kept running"), "{line}");
+    assert!(w.b.serve_log().contains("refused connection"));
+    // One that does not match the CA given is refused before connecting.
+    let mixed = w.work.path().join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    std::fs::copy(w.pki.join("ca.pem"), mixed.join("ca.pem")).unwrap();
+    std::fs::copy(rogue.join("a.pem"), mixed.join("a.pem")).unwrap();
+    std::fs::copy(rogue.join("a-key.pem"), mixed.join("a-key.pem")).unwrap();
+    let out = w.migrate(&w.a, &w.b, &id, &[], Some((&mixed, "a")));
+    let line = failure_line(&out);
+    assert!(
+        line.contains("does not verify against the trusted CA"),
+        "{line}"
+    );
     assert_eq!(w.a.status(&id).as_deref(), Some("running"));
     assert_continues(&count, at);
     w.b.assert_clean(&id);
