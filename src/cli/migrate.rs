@@ -2,7 +2,6 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -11,6 +10,7 @@ use ferry::migration::source::{ContainerSource, SourceOptions};
 use migrate::source::{self, SourceConfig};
 use migrate::wire::Compression;
 use migrate::{CancelToken, ModeRequest, RootfsMode, Security, TlsPaths};
+use nix::sys::signal::{SigHandler, SigSet, Signal};
 
 use super::checkpoint::NetLock;
 
@@ -92,38 +92,38 @@ pub struct MigrateArgs {
     pub tls: TlsArgs,
 }
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
+/// Termination signals (SIGINT, SIGTERM) for [`on_termination`]: call
+/// first, before any thread starts, so every thread inherits the mask.
+///
+/// Both are blocked in every thread (they stay pending for the waiting
+/// thread). SIGINT is also set to "ignore", which CRIU inherits (the
+/// standard library resets only the mask of children): Ctrl-C on a
+/// terminal reaches the whole process group, and CRIU must not die in the
+/// middle of a dump or restore; ferry rolls back instead. SIGTERM keeps its
+/// default in children: CRIU stops its own helpers with it.
+pub fn block_termination() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    let _ = set.thread_block();
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(Signal::SIGINT, SigHandler::SigIgn);
+    }
+    set
 }
 
-/// Sets SIGINT and SIGTERM to raise a flag and calls `stop` from a thread
-/// once one arrives. (A flag, not a blocked mask: the mask would be
-/// inherited by CRIU and the restored processes.)
-pub fn on_termination(stop: impl Fn() + Send + 'static) {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for s in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            let _ = sigaction(s, &act);
-        }
-    }
-    std::thread::spawn(move || loop {
-        if SIGNALLED.load(Ordering::SeqCst) {
+/// Calls `stop` from a thread once a signal of `set` arrives.
+pub fn on_termination(set: SigSet, stop: impl Fn() + Send + 'static) {
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
             stop();
-            return;
         }
-        std::thread::sleep(Duration::from_millis(20));
     });
 }
 
 pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
+    let signals = block_termination();
     let security = a.tls.security()?;
     let mut host = ContainerSource::new(
         root,
@@ -147,7 +147,7 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
     cfg.keep_images = a.keep_images;
     let cancel = CancelToken::new();
     let c = cancel.clone();
-    on_termination(move || c.cancel());
+    on_termination(signals, move || c.cancel());
     let terminal = std::io::stderr().is_terminal();
     let mut shown = false;
     let mut progress = |p: &migrate::Progress| {

@@ -10,7 +10,7 @@ use ferry::migration::dest::{DestOptions, Incoming};
 use migrate::dest::{DestConfig, Server};
 
 use super::checkpoint::NetLock;
-use super::migrate::{on_termination, TlsArgs};
+use super::migrate::{block_termination, on_termination, TlsArgs};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -39,6 +39,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(root: &Path, a: &ServeArgs) -> anyhow::Result<()> {
+    let signals = block_termination();
     let security = a.tls.security()?;
     let mut cfg = DestConfig::new(security);
     cfg.shared_rootfs_under = a.allow_shared_rootfs.clone();
@@ -55,7 +56,7 @@ pub fn serve(root: &Path, a: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = server.local_addr()?;
     let handle = server.handle();
-    on_termination(move || handle.shutdown());
+    on_termination(signals, move || handle.shutdown());
     tracing::info!(%addr, "serving");
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
