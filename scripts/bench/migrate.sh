@@ -86,6 +86,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+[ -n "${DEBUG:-}" ] && set -x
 trap 'exit 130' INT TERM
 
 # --- two hosts -----------------------------------------------------------
@@ -171,36 +172,36 @@ raw=$(raw_mib_s)
 log "raw: $raw MiB/s"
 
 # --- ferry ---------------------------------------------------------------
+# Sets serve_pid (the ferry process itself: nsenter execs it) and port.
 start_serve() {
-  fb serve --listen $addr_b:0 --bundle-dir "$tmp/bundles-b" --cgroup-parent "$cgp" \
+  nsenter --net=/run/netns/$nsb "$FERRY" --root "$tmp/root-b" serve --listen $addr_b:0 --bundle-dir "$tmp/bundles-b" --cgroup-parent "$cgp" \
     --allow-shared-rootfs "$tmp" "${tls_b[@]}" >>"$tmp/serve.out" 2>>"$tmp/serve.err" &
   serve_pid=$!
-  local i port=
+  local i
+  port=
   for ((i = 0; i < 200; i++)); do
     port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$tmp/serve.out" | tail -1)
     [ -n "$port" ] && break
     sleep 0.05
   done
   [ -n "$port" ] || { log "ferry serve did not start: $(cat "$tmp/serve.err")"; exit 1; }
-  echo "$port"
 }
 
-declare -A F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK P_DOWN P_GAP P_OK
+declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK P_DOWN P_GAP P_OK
 for size in $SIZES; do
   log "ferry: $size MiB"
   : >"$tmp/serve.out"
-  port=$(start_serve)
+  start_serve
   id=hog$size
   b=$tmp/ferry-$size
   make_bundle "$b" "$size" "$tmp/ferry-data-$size"
   fa run -d --bundle "$b" "$id" </dev/null >>"$tmp/ctr.log" 2>&1
   wait_file "$tmp/ferry-data-$size/maxgap" 120
   sleep 0.5
-  rm -f "$tmp/ferry-data-$size/maxgap"
-  wait_file "$tmp/ferry-data-$size/maxgap" 10
   sum_before=$(cat "$tmp/ferry-data-$size/sum-before")
   # ferry migrate, its VmHWM sampled until it exits.
-  fa migrate "$id" --to $addr_b:"$port" --json "${tls_a[@]}" >"$tmp/report-$size.json" 2>"$tmp/migrate-$size.err" &
+  nsenter --net=/run/netns/$nsa "$FERRY" --root "$tmp/root-a" \
+    migrate "$id" --to $addr_b:"$port" --json "${tls_a[@]}" >"$tmp/report-$size.json" 2>"$tmp/migrate-$size.err" &
   mpid=$!
   src_rss=0
   while kill -0 $mpid 2>/dev/null; do
@@ -221,6 +222,7 @@ for size in $SIZES; do
   r=$tmp/report-$size.json
   F_DOWN[$size]=$(jq '.timings.downtime' "$r")
   F_TOTAL[$size]=$(jq '.timings.total' "$r")
+  F_PHASES[$size]=$(jq -r '.timings | "freeze+dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
   F_MEMRATE[$size]=$(jq '(.bytes.memory / 1048576) / (.timings.memory_transfer / 1000)' "$r")
   sleep 0.3
   F_GAP[$size]=$(awk '{printf "%.1f", $1 / 1000}' "$tmp/ferry-data-$size/maxgap")
@@ -246,8 +248,6 @@ if [ "$PODMAN" = 1 ]; then
       -v "$data:/data" "$image" /memhog "$size" /data >/dev/null
     wait_file "$data/maxgap" 120
     sleep 0.5
-    rm -f "$data/maxgap"
-    wait_file "$data/maxgap" 10
     mkdir -p "$tmp/podman-a" "$tmp/podman-b"
     t0=$(date +%s%N)
     ok=1
@@ -282,6 +282,11 @@ for size in $SIZES; do
     "$(awk -v k="${F_SRC_RSS[$size]}" 'BEGIN {print k / 1024}')" \
     "$(awk -v k="${F_DST_RSS[$size]}" 'BEGIN {print k / 1024}')" \
     "${pd:--}" "${P_GAP[$size]:--}" "$ratio"
+done
+echo
+for size in $SIZES; do
+  [ "${F_OK[$size]:-0}" = 1 ] || continue
+  echo "${size}M ferry phases: ${F_PHASES[$size]}"
 done
 echo
 for size in $SIZES; do
