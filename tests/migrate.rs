@@ -100,7 +100,8 @@ impl Host {
         self.dir.path().join("bundles")
     }
 
-    /// `ferry --root ROOT args...` inside this host.
+    /// `ferry --root ROOT args...` inside this host (`migrate` keeps its
+    /// work files in this host's directory).
     fn ferry(&self, args: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.ns.name))
@@ -109,6 +110,9 @@ impl Host {
             .arg(self.root())
             .args(args)
             .stdin(Stdio::null());
+        if args.first() == Some(&"migrate") {
+            c.arg("--work-dir").arg(self.dir.path().join("work"));
+        }
         c
     }
 
@@ -841,4 +845,71 @@ fn veth_container_with_a_tcp_server_is_reachable_on_b() {
         inside.contains("10.78.8.2/24") && inside.contains("02:42:0a:4e:08:02"),
         "{inside}"
     );
+}
+
+/// `ferry migrate ... ID` from A to B, in the background, in its own
+/// process group.
+fn spawn_migrate(w: &World, id: &str) -> Child {
+    use std::os::unix::process::CommandExt;
+    w.a.ferry(&[
+        "migrate",
+        id,
+        "--to",
+        &w.b.to(),
+        "--ca",
+        s(&w.pki.join("ca.pem")),
+        "--cert",
+        s(&w.pki.join("a.pem")),
+        "--key",
+        s(&w.pki.join("a-key.pem")),
+    ])
+    .process_group(0)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+#[test]
+fn ctrl_c_mid_transfer_resumes_a_and_sigterm_on_serve_cleans_b() {
+    let Some(_g) = serial() else { return };
+    let mut w = World::new("i", 9);
+    let (id, data) = memhog_container(&mut w, "hog", 256);
+    let sum = read_text(&data.join("sum-before"));
+    // Ctrl-C on a terminal: SIGINT to the whole process group, CRIU too.
+    let child = spawn_migrate(&w, &id);
+    wait_transfer(&w, &id);
+    let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let line = failure_line(&out);
+    assert!(line.contains("cancelled"), "{line}");
+    assert!(line.contains("resumed on this host"), "{line}");
+    assert_eq!(w.a.status(&id).as_deref(), Some("running"));
+    assert!(
+        wait_until(Duration::from_secs(30), || walk(
+            &w.b.bundles().join(".incoming")
+        )
+        .iter()
+        .all(|p| p.is_dir())),
+        "B kept the images: {}",
+        w.b.serve_log()
+    );
+    w.b.assert_clean(&id);
+
+    // SIGTERM to serve during a transfer: it aborts, cleans up and exits.
+    let child = spawn_migrate(&w, &id);
+    wait_transfer(&w, &id);
+    w.b.stop_serve(nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let line = failure_line(&out);
+    assert!(line.contains("resumed on this host"), "{line}");
+    w.b.assert_clean(&id);
+    assert!(w.b.containers().is_empty());
+    assert_eq!(w.a.status(&id).as_deref(), Some("running"));
+    w.a.ok(&["kill", &id, "USR1"]);
+    assert!(wait_until(Duration::from_secs(10), || data
+        .join("sum-after")
+        .exists()));
+    assert_eq!(read_text(&data.join("sum-after")), sum);
 }

@@ -380,7 +380,14 @@ impl DestHost for Receiver {
             Ok(Event::Done(r)) => {
                 let _ = thread.join();
                 match r {
-                    Err(e) => Err(e.to_string().into()),
+                    Err(e) => Err(super::keep_log(
+                        e.to_string(),
+                        &plan.images_dir,
+                        "restore.log",
+                        &self.opts.images_dir,
+                        &format!("{}-restore.log", self.id),
+                    )
+                    .into()),
                     Ok(_) => Err("the restore finished without stopping before the start".into()),
                 }
             }

@@ -42,6 +42,27 @@ impl<T> Hold<T> {
     }
 }
 
+/// Keeps CRIU's log `name` of a failed call, which lives in a directory
+/// the migration removes: copies it to `keep_dir` and points the error
+/// message at the copy.
+fn keep_log(
+    message: String,
+    dir: &std::path::Path,
+    name: &str,
+    keep_dir: &std::path::Path,
+    keep_name: &str,
+) -> String {
+    let log = dir.join(name);
+    if !log.exists() || !message.contains(&*log.to_string_lossy()) {
+        return message;
+    }
+    let kept = keep_dir.join(keep_name);
+    match std::fs::copy(&log, &kept) {
+        Ok(_) => message.replace(&*log.to_string_lossy(), &kept.to_string_lossy()),
+        Err(_) => message,
+    }
+}
+
 /// CRIU's options for a request that only needs an images directory.
 fn dir_opts(images: &std::fs::File, log: &str) -> Opts {
     use std::os::fd::AsRawFd;

@@ -277,7 +277,22 @@ impl SourceHost for ContainerSource {
                 Ok(Event::Done(r)) => {
                     let _ = thread.join();
                     return Err(match r {
-                        Err(e) => e.to_string().into(),
+                        Err(e) => {
+                            // The images directory is removed after a failure.
+                            let keep = plan
+                                .images_dir
+                                .parent()
+                                .and_then(Path::parent)
+                                .unwrap_or(Path::new("/tmp"));
+                            super::keep_log(
+                                e.to_string(),
+                                &plan.images_dir,
+                                migrate::mode::DUMP_LOG,
+                                keep,
+                                &format!("{}-dump.log", self.id),
+                            )
+                            .into()
+                        }
                         Ok(_) => "the dump finished without stopping at post-dump".into(),
                     });
                 }
