@@ -526,6 +526,13 @@ fn counter_moves_to_b_and_back() {
     assert_continues(&count, at);
     assert_eq!(w.a.status(&id).as_deref(), Some("running"));
     w.b.assert_clean(&id);
+    // And to B once more: the bundle B kept from the first visit is
+    // replaced.
+    let before = read_num(&count).unwrap();
+    w.migrate_ok(&w.a, &w.b, &id, &[]);
+    assert_continues(&count, before);
+    assert_eq!(w.b.status(&id).as_deref(), Some("running"));
+    assert!(w.a.containers().is_empty());
 }
 
 impl Host {

@@ -251,6 +251,23 @@ impl Receiver {
     }
 }
 
+/// Written into a bundle this server received a container into.
+const RECEIVED: &str = ".ferry-received";
+
+impl Receiver {
+    /// A bundle this server made for a container that has since left (or
+    /// was deleted) is removed, so the container can come back.
+    fn remove_stale_bundle(&self) -> Result<(), HostError> {
+        let bundle = self.opts.bundle_dir.join(&self.id);
+        if bundle.join(RECEIVED).exists() && !self.state_dir().path.exists() {
+            tracing::info!(bundle = %bundle.display(), "removing the bundle of a container that left");
+            std::fs::remove_dir_all(&bundle)
+                .map_err(|e| format!("removing the old bundle {}: {e}", bundle.display()))?;
+        }
+        Ok(())
+    }
+}
+
 impl DestHost for Receiver {
     fn preflight(&mut self, info: &SourceInfo, _shared: bool) -> Result<DestInfo, HostError> {
         crate::id::validate(&self.id).map_err(|e| format!("container ID {:?}: {e}", self.id))?;
@@ -295,6 +312,7 @@ impl DestHost for Receiver {
             )
             .into());
         }
+        self.remove_stale_bundle()?;
         let images_root = self.opts.own_images_dir();
         std::fs::create_dir_all(&images_root)?;
         let (arch, kernel) = migrate::host::uname();
@@ -408,6 +426,8 @@ impl DestHost for Receiver {
             tracing::warn!(container = %self.id, warning = %w, "poststart hook");
         }
         self.reaper.add(restored.container.state.pid);
+        // Marks the bundle as this server's, for when the container leaves.
+        let _ = std::fs::write(restored.container.state.bundle.join(RECEIVED), b"");
         Ok(())
     }
 

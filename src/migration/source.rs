@@ -255,6 +255,7 @@ impl SourceHost for ContainerSource {
         // Wait for the hold, noting when the cgroup froze (ferry freezes it
         // itself just before CRIU runs).
         let mut frozen_at = None;
+        let mut frozen_done: Option<Instant> = None;
         loop {
             match ev_rx.recv_timeout(Duration::from_millis(1)) {
                 Ok(Event::Held(at, _)) => {
@@ -265,10 +266,11 @@ impl SourceHost for ContainerSource {
                         events: ev_rx,
                     });
                     let frozen = frozen_at.unwrap_or(called);
+                    let done = frozen_done.unwrap_or(frozen);
                     return Ok(DumpOutcome {
                         frozen_at: Some(frozen),
-                        freeze: Duration::ZERO,
-                        dump: at.saturating_duration_since(frozen),
+                        freeze: done.saturating_duration_since(frozen),
+                        dump: at.saturating_duration_since(done),
                         memory_transfer: None,
                         pages_written: 0,
                         pages_skipped: 0,
@@ -297,11 +299,17 @@ impl SourceHost for ContainerSource {
                     });
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if frozen_at.is_none() {
-                        if let Some(cg) = &cgroup {
-                            if matches!(cg.freezer_state(), Ok(s) if s != FreezerState::Thawed) {
-                                frozen_at = Some(Instant::now());
+                    if let (Some(cg), None) = (&cgroup, frozen_done) {
+                        match cg.freezer_state() {
+                            Ok(FreezerState::Frozen) => {
+                                let now = Instant::now();
+                                frozen_at.get_or_insert(now);
+                                frozen_done = Some(now);
                             }
+                            Ok(FreezerState::Freezing) => {
+                                frozen_at.get_or_insert_with(Instant::now);
+                            }
+                            _ => {}
                         }
                     }
                 }
