@@ -449,3 +449,23 @@ impl DestHost for Receiver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_goes_under_the_parent_or_where_the_config_says() {
+        let mut o = DestOptions::new(Path::new("/r"), Path::new("/b"));
+        assert_eq!(o.images_dir, Path::new("/b/.incoming"));
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_str(r#"{"ociVersion":"1.0.2","linux":{"cgroupsPath":"/pods/c1"}}"#)
+                .unwrap();
+        assert_eq!(o.cgroup_path("c1", &spec), "/pods/c1");
+        let bare: oci_spec::runtime::Spec =
+            serde_json::from_str(r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        assert_eq!(o.cgroup_path("c1", &bare), "ferry/c1");
+        o.cgroup_parent = Some("hostb/".into());
+        assert_eq!(o.cgroup_path("c1", &spec), "hostb/c1");
+    }
+}

@@ -95,3 +95,34 @@ struct Extra {
     #[serde(default)]
     tcp_established: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_calls_log_is_kept_and_the_message_follows_it() {
+        let d = tempfile::tempdir().unwrap();
+        let images = d.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        std::fs::write(images.join("dump.log"), "Error (x): boom\n").unwrap();
+        let msg = format!(
+            "criu dump failed (criu log: {})",
+            images.join("dump.log").display()
+        );
+        let kept = keep_log(msg, &images, "dump.log", d.path(), "c1-dump.log");
+        assert!(
+            kept.ends_with(&format!("{})", d.path().join("c1-dump.log").display())),
+            "{kept}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("c1-dump.log")).unwrap(),
+            "Error (x): boom\n"
+        );
+        // A message that names no log is left alone.
+        assert_eq!(
+            keep_log("other".into(), &images, "dump.log", d.path(), "x"),
+            "other"
+        );
+    }
+}

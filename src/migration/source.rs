@@ -351,3 +351,38 @@ impl SourceHost for ContainerSource {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn child_with_stdout(f: std::fs::File) -> std::process::Child {
+        Command::new("sleep")
+            .arg("10")
+            .stdin(Stdio::null())
+            .stdout(f)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn stdio_files_not_in_append_mode_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out");
+        let mut c = child_with_stdout(std::fs::File::create(&path).unwrap());
+        let e = check_stdio("c1", c.id() as i32).unwrap_err().to_string();
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(e.contains("c1's stdout") && e.contains("append"), "{e}");
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut c = child_with_stdout(f);
+        let r = check_stdio("c1", c.id() as i32);
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(r.is_ok(), "{r:?}");
+    }
+}
