@@ -201,7 +201,7 @@ for size in $SIZES; do
   sum_before=$(cat "$tmp/ferry-data-$size/sum-before")
   # ferry migrate, its VmHWM sampled until it exits.
   nsenter --net=/run/netns/$nsa "$FERRY" --root "$tmp/root-a" \
-    migrate "$id" --to $addr_b:"$port" --json "${tls_a[@]}" >"$tmp/report-$size.json" 2>"$tmp/migrate-$size.err" &
+    migrate "$id" --to $addr_b:"$port" --work-dir "$tmp/work-a" --json "${tls_a[@]}" >"$tmp/report-$size.json" 2>"$tmp/migrate-$size.err" &
   mpid=$!
   src_rss=0
   while kill -0 $mpid 2>/dev/null; do
@@ -222,7 +222,7 @@ for size in $SIZES; do
   r=$tmp/report-$size.json
   F_DOWN[$size]=$(jq '.timings.downtime' "$r")
   F_TOTAL[$size]=$(jq '.timings.total' "$r")
-  F_PHASES[$size]=$(jq -r '.timings | "freeze+dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
+  F_PHASES[$size]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
   F_MEMRATE[$size]=$(jq '(.bytes.memory / 1048576) / (.timings.memory_transfer / 1000)' "$r")
   sleep 0.3
   F_GAP[$size]=$(awk '{printf "%.1f", $1 / 1000}' "$tmp/ferry-data-$size/maxgap")
