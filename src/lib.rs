@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod id;
 pub mod images;
 pub mod init;
+pub mod migration;
 pub mod network;
 pub mod proc;
 pub mod rootfs;

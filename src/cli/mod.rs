@@ -3,13 +3,16 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod certs;
 mod check;
 mod checkpoint;
 mod inspect;
 mod lifecycle;
+mod migrate;
 mod output;
 mod portable;
 mod query;
+mod serve;
 mod wait;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +91,12 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Show what a checkpoint archive or CRIU images directory holds.
     Inspect(inspect::InspectArgs),
+    /// Live-migrate a running container to a `ferry serve` on another host.
+    Migrate(migrate::MigrateArgs),
+    /// Receive migrating containers (until SIGTERM).
+    Serve(serve::ServeArgs),
+    /// Generate an operator CA and host certificates for serve/migrate.
+    Certs(certs::CertsArgs),
 }
 
 pub fn main() -> i32 {
@@ -130,5 +139,8 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Restore(a) => checkpoint::restore(root, a, cli.log_format),
         Command::Check(a) => check::check(a),
         Command::Inspect(a) => inspect::inspect(a).map(|_| 0),
+        Command::Migrate(a) => migrate::migrate(root, a).map(|_| 0),
+        Command::Serve(a) => serve::serve(root, a).map(|_| 0),
+        Command::Certs(a) => certs::certs(a).map(|_| 0),
     }
 }

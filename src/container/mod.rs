@@ -31,7 +31,7 @@ pub use externals::DESCRIPTORS_FILE;
 pub use kill::parse_signal;
 pub use list::list;
 pub use ps::ProcessInfo;
-pub use restore::{check_images, RestoreOptions, Restored};
+pub use restore::{check_images, RestoreHold, RestoreOptions, Restored};
 
 pub const DEFAULT_ROOT: &str = "/run/ferry";
 

@@ -42,6 +42,9 @@ pub struct RestoreOptions {
     pub lazy_pages: bool,
     pub lsm_profile: Option<String>,
     pub network_lock: LockMethod,
+    /// Cgroup path to use instead of config.json's `linux.cgroupsPath`
+    /// (or the default), e.g. below another parent on a migration target.
+    pub cgroup_path: Option<String>,
 }
 
 impl RestoreOptions {
@@ -67,8 +70,17 @@ impl RestoreOptions {
             lazy_pages: false,
             lsm_profile: None,
             network_lock: LockMethod::Nftables,
+            cgroup_path: None,
         }
     }
+}
+
+/// Called once the tree is restored, before any of it runs again (CRIU's
+/// post-restore notification): while it blocks the tree stays stopped;
+/// `Ok` lets it run, `Err` makes CRIU kill it and the restore fail (and be
+/// undone).
+pub trait RestoreHold {
+    fn restored(&mut self, pid: i32) -> std::result::Result<(), String>;
 }
 
 /// A restored, running container. Its init is a child of the caller.
@@ -170,7 +182,7 @@ impl Drop for Undo {
 /// Runs hooks when the namespaces exist, adopts the restored init, hands a
 /// pty master to the console socket, and locks the veth's host end while
 /// CRIU restores the network.
-struct RestoreHandler<'a> {
+struct RestoreHandler<'a, 'h> {
     state: &'a State,
     veth: Option<&'a VethConfig>,
     create_veth: bool,
@@ -179,9 +191,10 @@ struct RestoreHandler<'a> {
     console_socket: Option<&'a Path>,
     pid: Option<i32>,
     veth_made: bool,
+    hold: Option<&'h mut dyn RestoreHold>,
 }
 
-impl RestoreHandler<'_> {
+impl RestoreHandler<'_, '_> {
     fn state_json(&self, pid: i32) -> String {
         serde_json::json!({
             "ociVersion": "1.0.2",
@@ -203,7 +216,7 @@ impl RestoreHandler<'_> {
     }
 }
 
-impl NotifyHandler for RestoreHandler<'_> {
+impl NotifyHandler for RestoreHandler<'_, '_> {
     fn notify(&mut self, event: Notify) -> std::result::Result<(), String> {
         tracing::debug!(event = %event, "criu notification");
         let e = |e: &dyn std::fmt::Display| e.to_string();
@@ -238,6 +251,9 @@ impl NotifyHandler for RestoreHandler<'_> {
                         self.locked = true;
                     }
                     network::configure_host(v).map_err(|x| e(&x))?;
+                }
+                if let Some(h) = self.hold.as_mut() {
+                    h.restored(pid)?;
                 }
             }
             Notify::OrphanPtsMaster { master } => {
@@ -320,6 +336,16 @@ fn cgroup_roots(pid: u32) -> Result<Vec<crate::proto::rpc::Cgroup_root>> {
 impl Container {
     /// Restores a container (see [`RestoreOptions`]).
     pub fn restore(root: &Path, opts: &RestoreOptions) -> Result<Restored> {
+        Container::restore_with(root, opts, None)
+    }
+
+    /// Like [`Container::restore`], with a hold point before the restored
+    /// tree runs (see [`RestoreHold`]).
+    pub fn restore_with(
+        root: &Path,
+        opts: &RestoreOptions,
+        hold: Option<&mut dyn RestoreHold>,
+    ) -> Result<Restored> {
         crate::id::validate(&opts.id).map_err(|source| Error::InvalidId {
             id: opts.id.clone(),
             source,
@@ -391,11 +417,13 @@ impl Container {
         };
         let _lock = dir.lock()?;
         let linux = spec.linux().clone().unwrap_or_default();
-        let cgroup_path = linux
-            .cgroups_path()
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| super::create::default_cgroup_path(&opts.id));
+        let cgroup_path = opts.cgroup_path.clone().unwrap_or_else(|| {
+            linux
+                .cgroups_path()
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| super::create::default_cgroup_path(&opts.id))
+        });
         let cgroup = Cgroup::create(&cgroup_path, linux.resources().as_ref())?;
         let cgroup_desc = cgroup.descriptor().clone();
         undo.cgroup = Some(cgroup);
@@ -504,6 +532,7 @@ impl Container {
             console_socket: opts.console_socket.as_deref(),
             pid: None,
             veth_made: false,
+            hold,
         };
         let cgroup = undo.cgroup.as_ref().expect("cgroup");
         let result = criu.call_checked(

@@ -124,9 +124,11 @@ impl Env {
     /// A ferry command (inside the Env's network namespace, if set).
     pub fn ferry(&self) -> Command {
         match &*self.netns.borrow() {
+            // nsenter, not `ip netns exec`: that remounts /sys and would hide
+            // the cgroup hierarchies from ferry.
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(ferry_bin());
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(ferry_bin());
                 c
             }
             None => Command::new(ferry_bin()),
@@ -333,16 +335,12 @@ impl NetNs {
 
     /// Runs a command inside the namespace and returns its output.
     pub fn exec(&self, cmd: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .output()
-            .unwrap()
+        self.command(cmd).output().unwrap()
     }
 
     pub fn command(&self, cmd: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(cmd);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).args(cmd);
         c
     }
 }

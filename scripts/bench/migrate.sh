@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench/migrate.sh        (as root)
+#
+# Live migration between two "hosts" (network namespaces joined by a veth
+# pair, addresses only inside them), for memhog containers holding 64 MiB,
+# 256 MiB and 1 GiB of random data:
+#   - ferry migrate (stop-copy, mutual TLS, pages over CRIU's TLS page
+#     server): downtime and total from --json, memory-phase throughput,
+#     peak RSS of `ferry migrate` and of `ferry serve` (VmHWM), and the
+#     largest heartbeat gap the workload itself saw (maxgap, every 10 ms);
+#   - podman's baseline: `podman container checkpoint --export` + copy +
+#     `podman container restore --import` (Debian's podman with runc and the
+#     same CRIU), with the workload's maxgap;
+#   - the raw throughput of one plain TCP stream over the same link.
+# Prints a table and ratios. Everything it creates is removed on exit.
+#
+# Environment:
+#   SIZES   MiB sizes (default "64 256 1024")
+#   FERRY   ferry binary (default: `cargo build --release`, then its output)
+#   PODMAN  set to 0 to skip the podman baseline
+set -euo pipefail
+
+SIZES=${SIZES:-64 256 1024}
+PODMAN=${PODMAN:-1}
+
+log() { echo "migrate-bench: $*" >&2; }
+
+[ "$(id -u)" = 0 ] || { log "must run as root (namespaces, cgroups, CRIU)"; exit 1; }
+for t in jq python3 cc nsenter ip; do
+  command -v "$t" >/dev/null || { log "$t not found (run scripts/install-deps.sh)"; exit 1; }
+done
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -z "${FERRY:-}" ]; then
+  log "building ferry (release)"
+  locked=()
+  [ -f "$repo/Cargo.lock" ] && locked=(--locked)
+  (cd "$repo" && cargo build --release "${locked[@]}" --quiet)
+  FERRY=${CARGO_TARGET_DIR:-$repo/target}/release/ferry
+fi
+[ -x "$FERRY" ] || { log "ferry binary $FERRY not found"; exit 1; }
+
+tmp=$(mktemp -d /tmp/ferry-mig-bench.XXXXXX)
+tag=$$
+nsa=fmb$tag-a
+nsb=fmb$tag-b
+la=fmb${tag}a
+lb=fmb${tag}b
+addr_a=10.252.0.1
+addr_b=10.252.0.2
+cgp=ferry-bench$tag
+image=localhost/ferry-bench-mig$tag
+serve_pid=
+podman_names=()
+
+in_a() { nsenter --net=/run/netns/$nsa "$@"; }
+in_b() { nsenter --net=/run/netns/$nsb "$@"; }
+fa() { in_a "$FERRY" --root "$tmp/root-a" "$@"; }
+fb() { in_b "$FERRY" --root "$tmp/root-b" "$@"; }
+
+stop_serve() {
+  if [ -n "$serve_pid" ]; then
+    kill -TERM "$serve_pid" 2>/dev/null || true
+    wait "$serve_pid" 2>/dev/null || true
+    serve_pid=
+  fi
+}
+
+cleanup() {
+  set +e
+  stop_serve
+  for r in a b; do
+    for id in $("$FERRY" --root "$tmp/root-$r" list -q 2>/dev/null); do
+      "$FERRY" --root "$tmp/root-$r" delete -f "$id" >/dev/null 2>&1
+    done
+  done
+  for n in "${podman_names[@]}"; do
+    podman rm -f "$n" >/dev/null 2>&1
+  done
+  [ "$PODMAN" = 1 ] && podman rmi -f "$image" >/dev/null 2>&1
+  for d in /sys/fs/cgroup/*/"$cgp" /sys/fs/cgroup/*/*/"$cgp"; do
+    [ -d "$d" ] && rmdir "$d" 2>/dev/null
+  done
+  ip netns del "$nsa" 2>/dev/null
+  ip netns del "$nsb" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+[ -n "${DEBUG:-}" ] && set -x
+trap 'exit 130' INT TERM
+
+# --- two hosts -----------------------------------------------------------
+ip netns add "$nsa"
+ip netns add "$nsb"
+ip link add "$la" type veth peer name "$lb"
+ip link set "$la" netns "$nsa"
+ip link set "$lb" netns "$nsb"
+ip -n "$nsa" addr add $addr_a/24 dev "$la"
+ip -n "$nsb" addr add $addr_b/24 dev "$lb"
+for ns in "$nsa" "$nsb"; do ip -n "$ns" link set lo up; done
+ip -n "$nsa" link set "$la" up
+ip -n "$nsb" link set "$lb" up
+"$FERRY" certs --dir "$tmp/pki" --host a,$addr_a --host b,$addr_b >/dev/null
+tls_a=(--ca "$tmp/pki/ca.pem" --cert "$tmp/pki/a.pem" --key "$tmp/pki/a-key.pem")
+tls_b=(--ca "$tmp/pki/ca.pem" --cert "$tmp/pki/b.pem" --key "$tmp/pki/b-key.pem")
+
+# --- workload ------------------------------------------------------------
+cc -static -O2 -o "$tmp/memhog" "$repo/tests/support/memhog.c"
+"$repo/scripts/make-rootfs.sh" "$tmp/rootfs" >/dev/null
+cp "$tmp/memhog" "$tmp/rootfs/memhog"
+
+# A bundle running memhog SIZE with /data bound to DATA.
+make_bundle() { # DIR SIZE DATA
+  mkdir -p "$1" "$3"
+  cp -a "$tmp/rootfs" "$1/rootfs"
+  "$FERRY" spec --bundle "$1"
+  jq --arg size "$2" --arg data "$3" '
+    .process.terminal = false | .process.args = ["/memhog", $size, "/data"]
+    | .root.readonly = false
+    | .mounts += [{"destination": "/data", "type": "bind", "source": $data,
+                   "options": ["rbind", "rw"]}]' "$1/config.json" >"$1/config.json.new"
+  mv "$1/config.json.new" "$1/config.json"
+}
+
+wait_file() { # FILE SECONDS
+  local i
+  for ((i = 0; i < $2 * 20; i++)); do
+    [ -s "$1" ] && return 0
+    sleep 0.05
+  done
+  log "timed out waiting for $1"
+  return 1
+}
+
+vmhwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# --- raw TCP throughput over the link ------------------------------------
+raw_mib_s() {
+  local port=5301 bytes=$((1024 * 1024 * 1024))
+  in_b python3 - "$addr_b" $port "$bytes" >"$tmp/raw.out" <<'PY' &
+import socket, sys, time
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen(1)
+c, _ = s.accept()
+got, t0 = 0, None
+buf = bytearray(1 << 20)
+while got < n:
+    r = c.recv_into(buf)
+    if not r: break
+    if t0 is None: t0 = time.monotonic()
+    got += r
+print(got / (time.monotonic() - t0) / (1 << 20))
+PY
+  local srv=$!
+  sleep 0.5
+  in_a python3 - "$addr_b" $port "$bytes" <<'PY'
+import socket, sys
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = socket.create_connection((addr, port))
+chunk = bytes(1 << 20)
+for _ in range(n >> 20):
+    c.sendall(chunk)
+c.close()
+PY
+  wait $srv
+  cat "$tmp/raw.out"
+}
+
+log "raw TCP throughput over the veth link"
+raw=$(raw_mib_s)
+log "raw: $raw MiB/s"
+
+# --- ferry ---------------------------------------------------------------
+# Sets serve_pid (the ferry process itself: nsenter execs it) and port.
+start_serve() {
+  nsenter --net=/run/netns/$nsb "$FERRY" --root "$tmp/root-b" serve --listen $addr_b:0 --bundle-dir "$tmp/bundles-b" --cgroup-parent "$cgp" \
+    --allow-shared-rootfs "$tmp" "${tls_b[@]}" >>"$tmp/serve.out" 2>>"$tmp/serve.err" &
+  serve_pid=$!
+  local i
+  port=
+  for ((i = 0; i < 200; i++)); do
+    port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$tmp/serve.out" | tail -1)
+    [ -n "$port" ] && break
+    sleep 0.05
+  done
+  [ -n "$port" ] || { log "ferry serve did not start: $(cat "$tmp/serve.err")"; exit 1; }
+}
+
+declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK P_DOWN P_GAP P_OK
+for size in $SIZES; do
+  log "ferry: $size MiB"
+  : >"$tmp/serve.out"
+  start_serve
+  id=hog$size
+  b=$tmp/ferry-$size
+  make_bundle "$b" "$size" "$tmp/ferry-data-$size"
+  fa run -d --bundle "$b" "$id" </dev/null >>"$tmp/ctr.log" 2>&1
+  wait_file "$tmp/ferry-data-$size/maxgap" 120
+  sleep 0.5
+  sum_before=$(cat "$tmp/ferry-data-$size/sum-before")
+  # ferry migrate, its VmHWM sampled until it exits.
+  nsenter --net=/run/netns/$nsa "$FERRY" --root "$tmp/root-a" \
+    migrate "$id" --to $addr_b:"$port" --work-dir "$tmp/work-a" --json "${tls_a[@]}" >"$tmp/report-$size.json" 2>"$tmp/migrate-$size.err" &
+  mpid=$!
+  src_rss=0
+  while kill -0 $mpid 2>/dev/null; do
+    v=$(vmhwm_kib $mpid)
+    [ -n "$v" ] && [ "$v" -gt "$src_rss" ] && src_rss=$v
+    sleep 0.02
+  done
+  if ! wait $mpid; then
+    log "ferry migrate $size MiB failed: $(cat "$tmp/migrate-$size.err")"
+    F_OK[$size]=0
+    stop_serve
+    fa delete -f "$id" >/dev/null 2>&1 || true
+    continue
+  fi
+  F_OK[$size]=1
+  F_DST_RSS[$size]=$(vmhwm_kib "$serve_pid")
+  F_SRC_RSS[$size]=$src_rss
+  r=$tmp/report-$size.json
+  F_DOWN[$size]=$(jq '.timings.downtime' "$r")
+  F_TOTAL[$size]=$(jq '.timings.total' "$r")
+  F_PHASES[$size]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
+  F_MEMRATE[$size]=$(jq '(.bytes.memory / 1048576) / (.timings.memory_transfer / 1000)' "$r")
+  sleep 0.3
+  F_GAP[$size]=$(awk '{printf "%.1f", $1 / 1000}' "$tmp/ferry-data-$size/maxgap")
+  fb kill "$id" USR1
+  wait_file "$tmp/ferry-data-$size/sum-after" 20
+  [ "$(cat "$tmp/ferry-data-$size/sum-after")" = "$sum_before" ] || { log "memory checksum differs after migration ($size MiB)"; F_OK[$size]=0; }
+  fb delete -f "$id" >/dev/null
+  stop_serve
+  rm -rf "$b" "$tmp/bundles-b"
+done
+
+# --- podman baseline -----------------------------------------------------
+if [ "$PODMAN" = 1 ]; then
+  tar -C "$tmp/rootfs" -c . | podman import - "$image" >/dev/null
+  for size in $SIZES; do
+    log "podman: $size MiB"
+    name=ferry-bench$tag-$size
+    data=$tmp/podman-data-$size
+    mkdir -p "$data"
+    podman_names+=("$name" "$name-r")
+    podman run -d --name "$name" --runtime runc --network none \
+      --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
+      -v "$data:/data" "$image" /memhog "$size" /data >/dev/null
+    wait_file "$data/maxgap" 120
+    sleep 0.5
+    mkdir -p "$tmp/podman-a" "$tmp/podman-b"
+    t0=$(date +%s%N)
+    ok=1
+    podman container checkpoint --export "$tmp/podman-a/$name.tar" --compress none "$name" >/dev/null || ok=0
+    cp "$tmp/podman-a/$name.tar" "$tmp/podman-b/$name.tar" || ok=0
+    podman container restore --import "$tmp/podman-b/$name.tar" --name "$name-r" >/dev/null || ok=0
+    t1=$(date +%s%N)
+    P_OK[$size]=$ok
+    P_DOWN[$size]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", (b - a) / 1e6}')
+    sleep 0.3
+    P_GAP[$size]=$(awk '{printf "%.1f", $1 / 1000}' "$data/maxgap" 2>/dev/null || echo "?")
+    podman rm -f "$name" "$name-r" >/dev/null 2>&1 || true
+    rm -f "$tmp/podman-a/$name.tar" "$tmp/podman-b/$name.tar"
+  done
+fi
+
+# --- table ---------------------------------------------------------------
+echo
+printf 'raw TCP over the veth link: %.0f MiB/s\n\n' "$raw"
+printf '%-8s %12s %12s %12s %14s %10s %10s %12s %12s %10s\n' \
+  size "ferry down" "ferry total" "ferry gap" "memory MiB/s" "src RSS" "dst RSS" "podman down" "podman gap" "down/podman"
+for size in $SIZES; do
+  if [ "${F_OK[$size]:-0}" != 1 ]; then
+    printf '%-8s %12s\n' "${size}M" "failed"
+    continue
+  fi
+  pd=${P_DOWN[$size]:-}
+  ratio=-
+  [ -n "$pd" ] && [ "${P_OK[$size]:-0}" = 1 ] && ratio=$(awk -v a="${F_DOWN[$size]}" -v b="$pd" 'BEGIN {printf "%.2f", a / b}')
+  printf '%-8s %10.1fms %10.1fms %10.1fms %14.0f %8.1fMB %8.1fMB %10sms %10sms %10s\n' \
+    "${size}M" "${F_DOWN[$size]}" "${F_TOTAL[$size]}" "${F_GAP[$size]}" "${F_MEMRATE[$size]}" \
+    "$(awk -v k="${F_SRC_RSS[$size]}" 'BEGIN {print k / 1024}')" \
+    "$(awk -v k="${F_DST_RSS[$size]}" 'BEGIN {print k / 1024}')" \
+    "${pd:--}" "${P_GAP[$size]:--}" "$ratio"
+done
+echo
+for size in $SIZES; do
+  [ "${F_OK[$size]:-0}" = 1 ] || continue
+  echo "${size}M ferry phases: ${F_PHASES[$size]}"
+done
+echo
+for size in $SIZES; do
+  [ "${F_OK[$size]:-0}" = 1 ] || continue
+  awk -v s="$size" -v d="${F_DOWN[$size]}" -v g="${F_GAP[$size]}" -v m="${F_MEMRATE[$size]}" -v r="$raw" 'BEGIN {
+    printf "%sM: reported downtime / heartbeat gap = %.2f; memory phase at %.0f%% of raw TCP\n",
+      s, d / g, 100 * m / r }'
+done

@@ -1,0 +1,187 @@
+//! `migrate`: move a running container to a `ferry serve` on another host.
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ferry::migration::source::{ContainerSource, SourceOptions};
+use migrate::source::{self, SourceConfig};
+use migrate::wire::Compression;
+use migrate::{CancelToken, ModeRequest, RootfsMode, Security, TlsPaths};
+use nix::sys::signal::{SigHandler, SigSet, Signal};
+
+use super::checkpoint::NetLock;
+
+/// Credentials shared by `migrate` and `serve`.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// The operator CA certificate (PEM) both hosts trust.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This host's certificate (PEM), signed by the CA.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// This host's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// No TLS: no authentication and no encryption. Anyone who can reach
+    /// the port can push a container or read its memory. Isolated test
+    /// networks only.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    pub fn security(&self) -> anyhow::Result<Security> {
+        if self.insecure {
+            return Ok(Security::Insecure);
+        }
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Security::tls(&TlsPaths {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })?),
+            _ => bail!(
+                "pass --ca, --cert and --key (`ferry certs` makes them), or --insecure on an isolated test network"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    pub id: String,
+    /// The destination's `ferry serve` address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: SocketAddr,
+    /// Name the destination's certificate must carry (default: the address).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// auto, stop-copy, pre-copy or post-copy.
+    #[arg(long, default_value = "auto")]
+    pub mode: ModeRequest,
+    /// ship (copy the bundle's rootfs) or shared (same path on both hosts).
+    #[arg(long, default_value = "shared")]
+    pub rootfs: RootfsMode,
+    /// Downtime target in milliseconds (pre-copy stops iterating when the
+    /// final dump is predicted to fit; a miss is reported as a warning).
+    #[arg(long, value_name = "MS")]
+    pub max_downtime: Option<u64>,
+    /// Compression of shipped files and images: none or zstd.
+    #[arg(long, default_value = "none")]
+    pub compress: Compression,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep this host's images directory (under --work-dir).
+    #[arg(long)]
+    pub keep_images: bool,
+    /// Where this host's images directory is made (default: the temp dir).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Migrate established TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// How the network is held while the container is frozen.
+    #[arg(long, value_enum, default_value = "nftables")]
+    pub network_lock: NetLock,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Termination signals (SIGINT, SIGTERM) for [`on_termination`]: call
+/// first, before any thread starts, so every thread inherits the mask.
+///
+/// Both are blocked in every thread (they stay pending for the waiting
+/// thread). SIGINT is also set to "ignore", which CRIU inherits (the
+/// standard library resets only the mask of children): Ctrl-C on a
+/// terminal reaches the whole process group, and CRIU must not die in the
+/// middle of a dump or restore; ferry rolls back instead. SIGTERM keeps its
+/// default in children: CRIU stops its own helpers with it.
+pub fn block_termination() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    let _ = set.thread_block();
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(Signal::SIGINT, SigHandler::SigIgn);
+    }
+    set
+}
+
+/// Calls `stop` from a thread once a signal of `set` arrives.
+pub fn on_termination(set: SigSet, stop: impl Fn() + Send + 'static) {
+    std::thread::spawn(move || {
+        if set.wait().is_ok() {
+            stop();
+        }
+    });
+}
+
+pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
+    let signals = block_termination();
+    let security = a.tls.security()?;
+    let mut host = ContainerSource::new(
+        root,
+        &a.id,
+        SourceOptions {
+            tcp_established: a.tcp_established,
+            network_lock: a.network_lock.into(),
+        },
+    )?;
+    let work = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("ferry-migrate"));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let mut cfg = SourceConfig::new(a.to, security, &work);
+    cfg.server_name = a.server_name.clone();
+    cfg.mode = a.mode;
+    cfg.rootfs = a.rootfs;
+    cfg.compression = a.compress;
+    cfg.max_downtime = a.max_downtime.map(Duration::from_millis);
+    cfg.keep_images = a.keep_images;
+    let cancel = CancelToken::new();
+    let c = cancel.clone();
+    on_termination(signals, move || c.cancel());
+    let terminal = std::io::stderr().is_terminal();
+    let mut shown = false;
+    let mut progress = |p: &migrate::Progress| {
+        if terminal {
+            let mut e = std::io::stderr();
+            let _ = write!(e, "\r\x1b[K{p}");
+            let _ = e.flush();
+            shown = true;
+        }
+    };
+    let result = source::migrate(&mut host, &cfg, &mut progress, &cancel);
+    if shown {
+        eprint!("\r\x1b[K");
+    }
+    match result {
+        Ok(mut report) => {
+            host.complete_report(&mut report);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for line in report.summary() {
+                    println!("{line}");
+                }
+            }
+            for w in &report.warnings {
+                eprintln!("ferry: warning: {w}");
+            }
+            Ok(())
+        }
+        Err(f) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&f.report)?);
+            }
+            Err(anyhow::anyhow!("{f}"))
+        }
+    }
+}

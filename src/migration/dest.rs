@@ -1,0 +1,471 @@
+//! Incoming containers for `ferry serve`: each migration gets a
+//! [`Receiver`] from [`Incoming`], which restores the container into this
+//! host's state root, bundle directory and cgroup parent, held until the
+//! source commits.
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use migrate::{
+    DestFactory, DestHost, DestInfo, HostError, PageServer, PageServerPlan, RestorePlan, Restored,
+    SourceInfo,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{Event, Extra, Hold};
+use crate::cgroups::Cgroup;
+use crate::container::{RestoreHold, RestoreOptions};
+use crate::network::{self, LockMethod, VethConfig};
+use crate::state::StateDir;
+use crate::Container;
+
+/// Where incoming containers go on this host.
+#[derive(Debug, Clone)]
+pub struct DestOptions {
+    /// State root (`ferry --root`).
+    pub root: PathBuf,
+    /// Each container's bundle is `<bundle_dir>/<id>`.
+    pub bundle_dir: PathBuf,
+    /// Images of migrations in progress (pages included), removed when
+    /// each ends. Default: `<bundle_dir>/.incoming`.
+    pub images_dir: PathBuf,
+    /// Each container's cgroup is `<cgroup_parent>/<id>`; `None`: what
+    /// the container's config.json says (or ferry's default).
+    pub cgroup_parent: Option<String>,
+    pub network_lock: LockMethod,
+}
+
+impl DestOptions {
+    pub fn new(root: &Path, bundle_dir: &Path) -> DestOptions {
+        DestOptions {
+            root: root.to_path_buf(),
+            bundle_dir: bundle_dir.to_path_buf(),
+            images_dir: bundle_dir.join(".incoming"),
+            cgroup_parent: None,
+            network_lock: LockMethod::Nftables,
+        }
+    }
+
+    /// This process's own directory for images (so that a restarted server
+    /// can tell what a dead one left behind).
+    fn own_images_dir(&self) -> PathBuf {
+        self.images_dir
+            .join(format!("serve-{}", std::process::id()))
+    }
+
+    fn cgroup_path(&self, id: &str, config: &oci_spec::runtime::Spec) -> String {
+        match &self.cgroup_parent {
+            Some(p) => format!("{}/{id}", p.trim_end_matches('/')),
+            None => config
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().clone())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("ferry/{id}")),
+        }
+    }
+}
+
+/// Makes a [`Receiver`] per migration; reaps the containers restored here
+/// (their inits are children of this process).
+pub struct Incoming {
+    opts: Arc<DestOptions>,
+    reaper: Arc<Reaper>,
+}
+
+impl Incoming {
+    /// Prepares the directories and removes what a killed server left.
+    pub fn new(opts: DestOptions) -> std::io::Result<Incoming> {
+        std::fs::create_dir_all(&opts.root)?;
+        std::fs::create_dir_all(&opts.bundle_dir)?;
+        std::fs::create_dir_all(&opts.images_dir)?;
+        sweep(&opts)?;
+        Ok(Incoming {
+            opts: Arc::new(opts),
+            reaper: Reaper::start(),
+        })
+    }
+}
+
+/// Removes images directories of servers that no longer run, and staging
+/// directories of receivers that died, under the configured directories.
+fn sweep(opts: &DestOptions) -> std::io::Result<()> {
+    for e in std::fs::read_dir(&opts.images_dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("serve-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && migrate::host::pid_gone(pid) {
+            tracing::info!(dir = %e.path().display(), "removing images of a server that is gone");
+            std::fs::remove_dir_all(e.path())?;
+        }
+    }
+    migrate::files::remove_stale_staging(&opts.bundle_dir)?;
+    if let Ok(rd) = std::fs::read_dir(&opts.bundle_dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let _ = migrate::files::remove_stale_staging(&e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl DestFactory for Incoming {
+    fn host(&self, container_id: &str) -> Result<Box<dyn DestHost>, HostError> {
+        Ok(Box::new(Receiver {
+            opts: self.opts.clone(),
+            reaper: self.reaper.clone(),
+            id: container_id.to_string(),
+            veth: None,
+            cgroup_dirs: Vec::new(),
+            page_server: None,
+            restoring: None,
+            state_existed: false,
+        }))
+    }
+}
+
+/// Waits for the restored containers' inits (children of this process)
+/// when they exit, one pid at a time so no other child is taken.
+pub struct Reaper {
+    pids: Mutex<HashSet<i32>>,
+}
+
+impl Reaper {
+    fn start() -> Arc<Reaper> {
+        let r = Arc::new(Reaper {
+            pids: Mutex::new(HashSet::new()),
+        });
+        let weak = Arc::downgrade(&r);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let Some(r) = weak.upgrade() else { return };
+            let mut pids = r.pids.lock().unwrap_or_else(|e| e.into_inner());
+            pids.retain(|&p| {
+                matches!(
+                    waitpid(Pid::from_raw(p), Some(WaitPidFlag::WNOHANG)),
+                    Ok(WaitStatus::StillAlive)
+                )
+            });
+        });
+        r
+    }
+
+    fn add(&self, pid: i32) {
+        self.pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid);
+    }
+}
+
+type RestoreResult = crate::container::Result<crate::container::Restored>;
+
+impl RestoreHold for Hold<RestoreResult> {
+    fn restored(&mut self, pid: i32) -> Result<(), String> {
+        self.wait(pid, "the restored container is removed")
+    }
+}
+
+/// A restore held at CRIU's post-restore notification.
+struct Restoring {
+    decision: mpsc::Sender<bool>,
+    events: mpsc::Receiver<Event<RestoreResult>>,
+    thread: JoinHandle<()>,
+}
+
+impl Restoring {
+    fn release(self, start: bool) -> RestoreResult {
+        let _ = self.decision.send(start);
+        let mut result = Err(crate::Error::Init(
+            "the restore thread ended without a result".into(),
+        ));
+        for ev in self.events.iter() {
+            if let Event::Done(r) = ev {
+                result = r;
+            }
+        }
+        let _ = self.thread.join();
+        result
+    }
+}
+
+/// One incoming container.
+pub struct Receiver {
+    opts: Arc<DestOptions>,
+    reaper: Arc<Reaper>,
+    id: String,
+    veth: Option<VethConfig>,
+    /// The cgroup directories the container will get (checked free).
+    cgroup_dirs: Vec<PathBuf>,
+    page_server: Option<i32>,
+    restoring: Option<Restoring>,
+    /// A state directory of this ID existed when the restore began (an ID
+    /// clash): it is not ours to remove.
+    state_existed: bool,
+}
+
+impl Receiver {
+    fn state_dir(&self) -> StateDir {
+        StateDir::new(&self.opts.root, &self.id)
+    }
+
+    fn stop_page_server(&mut self) {
+        if let Some(pid) = self.page_server.take() {
+            if !migrate::host::pid_gone(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = migrate::host::wait_pid_gone(pid, Duration::from_secs(5));
+            }
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+
+    /// What of this container is still on this host.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let dir = self.state_dir();
+        if !self.state_existed && dir.path.exists() {
+            left.push(format!("state directory {}", dir.path.display()));
+        }
+        for d in &self.cgroup_dirs {
+            if d.exists() {
+                left.push(format!("cgroup {}", d.display()));
+            }
+        }
+        if let Some(v) = &self.veth {
+            if network::link_exists_on_host(&v.host_if) {
+                left.push(format!("interface {}", v.host_if));
+            }
+        }
+        left
+    }
+}
+
+/// Written into a bundle this server received a container into.
+const RECEIVED: &str = ".ferry-received";
+
+impl Receiver {
+    /// A bundle this server made for a container that has since left (or
+    /// was deleted) is removed, so the container can come back.
+    fn remove_stale_bundle(&self) -> Result<(), HostError> {
+        let bundle = self.opts.bundle_dir.join(&self.id);
+        if bundle.join(RECEIVED).exists() && !self.state_dir().path.exists() {
+            tracing::info!(bundle = %bundle.display(), "removing the bundle of a container that left");
+            std::fs::remove_dir_all(&bundle)
+                .map_err(|e| format!("removing the old bundle {}: {e}", bundle.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl DestHost for Receiver {
+    fn preflight(&mut self, info: &SourceInfo, _shared: bool) -> Result<DestInfo, HostError> {
+        crate::id::validate(&self.id).map_err(|e| format!("container ID {:?}: {e}", self.id))?;
+        if self.state_dir().path.exists() {
+            return Err(format!("a container {} already exists on this host", self.id).into());
+        }
+        let criu = super::criu()?;
+        // CPU compatibility.
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join("cpuinfo.img"),
+            info.cpuinfo
+                .as_deref()
+                .ok_or("the source sent no CPU description")?,
+        )?;
+        let images = std::fs::File::open(dir.path())?;
+        criu.cpuinfo_check(super::dir_opts(&images, "cpuinfo.log"))
+            .map_err(|e| format!("this CPU cannot run the container: {e}"))?;
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(&info.config_json)
+            .map_err(|e| format!("the container's config.json does not parse here: {e}"))?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        self.veth = VethConfig::from_annotations(&annotations)?;
+        if let Some(v) = &self.veth {
+            if network::link_exists_on_host(&v.host_if) {
+                return Err(format!(
+                    "interface {} (the container's veth) already exists on this host",
+                    v.host_if
+                )
+                .into());
+            }
+        }
+        // The cgroup must not hold processes already (it would be shared,
+        // and removed with them on a rollback).
+        let path = self.opts.cgroup_path(&self.id, &spec);
+        let cg = Cgroup::create(&path, None)?;
+        let busy = cg.pids().map(|p| !p.is_empty()).unwrap_or(true);
+        self.cgroup_dirs = cg.descriptor().dirs.values().cloned().collect();
+        let _ = cg.remove();
+        if busy {
+            return Err(format!(
+                "cgroup {path} already holds processes on this host (use another --cgroup-parent)"
+            )
+            .into());
+        }
+        self.remove_stale_bundle()?;
+        let images_root = self.opts.own_images_dir();
+        std::fs::create_dir_all(&images_root)?;
+        let (arch, kernel) = migrate::host::uname();
+        Ok(DestInfo {
+            criu_version: criu.version()?.to_string(),
+            kernel,
+            arch,
+            features: super::features(&criu)?,
+            images_dir: images_root.join(format!("{}-{}", self.id, migrate::random_id())),
+            bundle_dir: self.opts.bundle_dir.join(&self.id),
+            free_bytes: migrate::host::free_bytes(&self.opts.images_dir),
+        })
+    }
+
+    fn start_page_server(&mut self, plan: &PageServerPlan) -> Result<PageServer, HostError> {
+        self.stop_page_server();
+        let images = std::fs::File::open(&plan.images_dir)?;
+        let mut o = super::dir_opts(&images, "page-server.log");
+        let mut ps = crate::proto::rpc::Criu_page_server_info::new();
+        ps.set_address(plan.address.clone());
+        ps.set_port(i32::from(plan.port));
+        o.ps = Some(ps).into();
+        if let Some(p) = &plan.parent_img {
+            o.set_parent_img(p.clone());
+        }
+        if let Some(t) = &plan.tls {
+            o.set_tls(true);
+            o.set_tls_cacert(t.ca.display().to_string());
+            o.set_tls_cert(t.cert.display().to_string());
+            o.set_tls_key(t.key.display().to_string());
+        }
+        o.set_tls_no_cn_verify(plan.tls_no_cn_verify);
+        let s = super::criu()?.page_server(o)?;
+        self.page_server = Some(s.pid);
+        Ok(PageServer {
+            port: s.port as u16,
+            pid: Some(s.pid),
+        })
+    }
+
+    fn finish_page_server(&mut self, ps: &PageServer, timeout: Duration) -> Result<(), HostError> {
+        if let Some(pid) = ps.pid {
+            migrate::host::wait_pid_gone(pid, timeout)?;
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
+        self.page_server = None;
+        Ok(())
+    }
+
+    fn restore(&mut self, plan: &RestorePlan) -> Result<Restored, HostError> {
+        if plan.lazy_pages {
+            return Err("lazy-pages restores are not supported".into());
+        }
+        let extra: Extra = serde_json::from_value(plan.source.extra.clone()).unwrap_or_default();
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(&plan.source.config_json)?;
+        let mut o = RestoreOptions::new(&plan.id, &plan.bundle_dir, &plan.images_dir);
+        o.cgroup_path = Some(self.opts.cgroup_path(&self.id, &spec));
+        o.tcp_established = extra.tcp_established;
+        o.network_lock = self.opts.network_lock;
+        self.state_existed = self.state_dir().path.exists();
+        let root = self.opts.root.clone();
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let (dec_tx, dec_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("restore".into())
+            .spawn(move || {
+                let mut hold = Hold {
+                    events: ev_tx.clone(),
+                    decision: dec_rx,
+                };
+                let r = Container::restore_with(&root, &o, Some(&mut hold));
+                let _ = ev_tx.send(Event::Done(r));
+            })?;
+        match ev_rx.recv() {
+            Ok(Event::Held(_, pid)) => {
+                self.restoring = Some(Restoring {
+                    decision: dec_tx,
+                    events: ev_rx,
+                    thread,
+                });
+                Ok(Restored { pid })
+            }
+            Ok(Event::Done(r)) => {
+                let _ = thread.join();
+                match r {
+                    Err(e) => Err(super::keep_log(
+                        e.to_string(),
+                        &plan.images_dir,
+                        "restore.log",
+                        &self.opts.images_dir,
+                        &format!("{}-restore.log", self.id),
+                    )
+                    .into()),
+                    Ok(_) => Err("the restore finished without stopping before the start".into()),
+                }
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err("the restore thread ended without a result".into())
+            }
+        }
+    }
+
+    fn start(&mut self) -> Result<(), HostError> {
+        let r = self
+            .restoring
+            .take()
+            .ok_or("no restored container is held")?;
+        let restored = r.release(true)?;
+        for w in &restored.hook_warnings {
+            tracing::warn!(container = %self.id, warning = %w, "poststart hook");
+        }
+        self.reaper.add(restored.container.state.pid);
+        // Marks the bundle as this server's, for when the container leaves.
+        let _ = std::fs::write(restored.container.state.bundle.join(RECEIVED), b"");
+        Ok(())
+    }
+
+    fn abort(&mut self) -> Result<(), HostError> {
+        self.stop_page_server();
+        if let Some(r) = self.restoring.take() {
+            if r.release(false).is_ok() {
+                // CRIU let the tree run after all: remove it.
+                if let Ok(c) = Container::load(&self.opts.root, &self.id) {
+                    c.delete(true)?;
+                }
+            }
+        }
+        let left = self.leftovers();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left on this host after the rollback: {}", left.join(", ")).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_goes_under_the_parent_or_where_the_config_says() {
+        let mut o = DestOptions::new(Path::new("/r"), Path::new("/b"));
+        assert_eq!(o.images_dir, Path::new("/b/.incoming"));
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_str(r#"{"ociVersion":"1.0.2","linux":{"cgroupsPath":"/pods/c1"}}"#)
+                .unwrap();
+        assert_eq!(o.cgroup_path("c1", &spec), "/pods/c1");
+        let bare: oci_spec::runtime::Spec =
+            serde_json::from_str(r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        assert_eq!(o.cgroup_path("c1", &bare), "ferry/c1");
+        o.cgroup_parent = Some("hostb/".into());
+        assert_eq!(o.cgroup_path("c1", &spec), "hostb/c1");
+    }
+}

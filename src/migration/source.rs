@@ -1,0 +1,388 @@
+//! A ferry container as the sending end of a migration.
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use migrate::mode::DumpKind;
+use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
+
+use super::{Event, Extra, Hold};
+use crate::cgroups::FreezerState;
+use crate::container::{CheckpointOptions, PostDump, TlsFiles};
+use crate::criu::DumpStats;
+use crate::network::LockMethod;
+use crate::{Container, Status};
+
+/// How the source dumps.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Dump established TCP connections (restored with them).
+    pub tcp_established: bool,
+    pub network_lock: LockMethod,
+}
+
+impl Default for SourceOptions {
+    fn default() -> SourceOptions {
+        SourceOptions {
+            tcp_established: false,
+            network_lock: LockMethod::Nftables,
+        }
+    }
+}
+
+type DumpResult = crate::container::Result<Option<DumpStats>>;
+
+/// A dump held at CRIU's post-dump notification.
+struct Held {
+    decision: mpsc::Sender<bool>,
+    thread: JoinHandle<()>,
+    events: mpsc::Receiver<Event<DumpResult>>,
+}
+
+impl Held {
+    /// Tells the held dump what to do and waits for it to finish.
+    fn release(self, commit: bool) -> Result<Option<DumpStats>, HostError> {
+        let _ = self.decision.send(commit);
+        let mut result = Err("the dump thread ended without a result".into());
+        for ev in self.events.iter() {
+            if let Event::Done(r) = ev {
+                result = r.map_err(|e| e.to_string().into());
+            }
+        }
+        let _ = self.thread.join();
+        result
+    }
+}
+
+/// The container `id` under the state root `root`, being migrated.
+pub struct ContainerSource {
+    root: PathBuf,
+    id: String,
+    opts: SourceOptions,
+    held: Option<Held>,
+    /// CRIU's statistics of the final dump, once it finished (commit).
+    pub stats: Option<DumpStats>,
+    /// When the post-dump hold was reached.
+    pub dumped_at: Option<Instant>,
+}
+
+impl ContainerSource {
+    pub fn new(
+        root: &Path,
+        id: &str,
+        opts: SourceOptions,
+    ) -> crate::container::Result<ContainerSource> {
+        let c = Container::load(root, id)?;
+        Ok(ContainerSource {
+            root: root.to_path_buf(),
+            id: c.id().to_string(),
+            opts,
+            held: None,
+            stats: None,
+            dumped_at: None,
+        })
+    }
+
+    fn load(&self) -> Result<Container, HostError> {
+        Ok(Container::load(&self.root, &self.id)?)
+    }
+
+    /// Patches the report with CRIU's own figures, known only once the
+    /// dump finished (after the commit).
+    pub fn complete_report(&self, r: &mut migrate::Report) {
+        if let Some(s) = &self.stats {
+            r.pages.written = s.pages_written;
+            r.pages.skipped = s.pages_skipped_parent;
+            r.bytes.memory = s.pages_written * migrate::mode::PAGE_SIZE;
+            r.timings.memory_transfer = Duration::from_micros(s.memwrite_time_us as u64);
+        }
+    }
+}
+
+impl Drop for ContainerSource {
+    fn drop(&mut self) {
+        // Never leave a tree held: dropping means rolling back.
+        if let Some(h) = self.held.take() {
+            let _ = h.release(false);
+        }
+    }
+}
+
+impl PostDump for Hold<DumpResult> {
+    fn post_dump(&mut self, _images: &Path) -> Result<(), String> {
+        self.wait(0, "the source resumes")
+    }
+}
+
+/// Resident memory of the container (cgroup usage, else the init's RSS).
+fn memory_bytes(c: &Container) -> u64 {
+    if let Ok(Some(cg)) = c.cgroup() {
+        if let Ok(s) = cg.stats() {
+            if s.memory_usage > 0 {
+                return s.memory_usage;
+            }
+        }
+    }
+    std::fs::read_to_string(format!("/proc/{}/status", c.state.pid))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// CRIU reattaches a stdio file that is not in append mode only to a file
+/// of the very same size, which the destination cannot offer: refuse
+/// before anything is frozen.
+fn check_stdio(id: &str, pid: i32) -> Result<(), HostError> {
+    for (fd, name) in [(0, "stdin"), (1, "stdout"), (2, "stderr")] {
+        let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0);
+        if flags & libc::O_APPEND == 0 {
+            let path = crate::proc::fd_target(pid, fd).unwrap_or_default();
+            return Err(format!(
+                "container {id}'s {name} is a regular file not opened for appending ({path}): \
+                 CRIU can only reattach it to a file of the same size on the destination; \
+                 run the container with stdio on pipes, /dev/null or files opened in append mode"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+impl SourceHost for ContainerSource {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn preflight(&mut self) -> Result<SourceInfo, HostError> {
+        let c = self.load()?;
+        let status = c.status();
+        if status != Status::Running {
+            return Err(format!(
+                "container {} is {status}: only a running container can be migrated",
+                self.id
+            )
+            .into());
+        }
+        if c.state.config.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
+            return Err(format!(
+                "container {} has a terminal: its pty cannot follow it to another host",
+                self.id
+            )
+            .into());
+        }
+        check_stdio(&self.id, c.state.pid)?;
+        let criu = super::criu()?;
+        let features = super::features(&criu)?;
+        let dir = tempfile::tempdir()?;
+        let images = std::fs::File::open(dir.path())?;
+        criu.cpuinfo_dump(super::dir_opts(&images, "cpuinfo.log"))?;
+        let cpuinfo = std::fs::read(dir.path().join("cpuinfo.img"))?;
+        let (arch, kernel) = migrate::host::uname();
+        let extra = Extra {
+            tcp_established: self.opts.tcp_established,
+        };
+        Ok(SourceInfo {
+            id: self.id.clone(),
+            criu_version: criu.version()?.to_string(),
+            kernel,
+            arch,
+            features,
+            cpuinfo: Some(cpuinfo),
+            bundle: c.state.bundle.clone(),
+            config_json: serde_json::to_string(&c.state.config)?,
+            rootfs: c.state.rootfs.clone(),
+            memory_bytes: memory_bytes(&c),
+            extra: serde_json::to_value(extra)?,
+        })
+    }
+
+    fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
+        if plan.kind != DumpKind::Dump || plan.lazy_pages {
+            return Err("ferry migrates with a final dump only (stop-copy)".into());
+        }
+        if self.held.is_some() {
+            return Err("a dump of this container is already held".into());
+        }
+        let c = self.load()?;
+        let cgroup = c.cgroup()?;
+        let mut o = CheckpointOptions::new(&plan.images_dir);
+        o.parent_path = plan.parent_img.as_ref().map(PathBuf::from);
+        o.page_server = plan
+            .page_server
+            .as_ref()
+            .map(|t| (t.address.clone(), t.port));
+        o.page_server_tls = plan.tls.as_ref().map(|t| TlsFiles {
+            ca: t.ca.clone(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        });
+        o.tcp_established = self.opts.tcp_established;
+        o.network_lock = self.opts.network_lock;
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let (dec_tx, dec_rx) = mpsc::channel();
+        let called = Instant::now();
+        let thread = std::thread::Builder::new()
+            .name("dump".into())
+            .spawn(move || {
+                let mut hold = Hold {
+                    events: ev_tx.clone(),
+                    decision: dec_rx,
+                };
+                let r = c
+                    .checkpoint_with(&o, Some(&mut hold))
+                    .map(|done| done.stats);
+                let _ = ev_tx.send(Event::Done(r));
+            })?;
+        // Wait for the hold, noting when the cgroup froze (ferry freezes it
+        // itself just before CRIU runs).
+        let mut frozen_at = None;
+        let mut frozen_done: Option<Instant> = None;
+        loop {
+            match ev_rx.recv_timeout(Duration::from_millis(1)) {
+                Ok(Event::Held(at, _)) => {
+                    self.dumped_at = Some(at);
+                    self.held = Some(Held {
+                        decision: dec_tx,
+                        thread,
+                        events: ev_rx,
+                    });
+                    let frozen = frozen_at.unwrap_or(called);
+                    let done = frozen_done.unwrap_or(frozen);
+                    return Ok(DumpOutcome {
+                        frozen_at: Some(frozen),
+                        freeze: done.saturating_duration_since(frozen),
+                        dump: at.saturating_duration_since(done),
+                        memory_transfer: None,
+                        pages_written: 0,
+                        pages_skipped: 0,
+                    });
+                }
+                Ok(Event::Done(r)) => {
+                    let _ = thread.join();
+                    return Err(match r {
+                        Err(e) => {
+                            // The images directory is removed after a failure.
+                            let keep = plan
+                                .images_dir
+                                .parent()
+                                .and_then(Path::parent)
+                                .unwrap_or(Path::new("/tmp"));
+                            super::keep_log(
+                                e.to_string(),
+                                &plan.images_dir,
+                                migrate::mode::DUMP_LOG,
+                                keep,
+                                &format!("{}-dump.log", self.id),
+                            )
+                            .into()
+                        }
+                        Ok(_) => "the dump finished without stopping at post-dump".into(),
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let (Some(cg), None) = (&cgroup, frozen_done) {
+                        match cg.freezer_state() {
+                            Ok(FreezerState::Frozen) => {
+                                let now = Instant::now();
+                                frozen_at.get_or_insert(now);
+                                frozen_done = Some(now);
+                            }
+                            Ok(FreezerState::Freezing) => {
+                                frozen_at.get_or_insert_with(Instant::now);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = thread.join();
+                    return Err("the dump thread ended without a result".into());
+                }
+            }
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), HostError> {
+        if let Some(h) = self.held.take() {
+            // CRIU resumes the tree and reports the dump as failed.
+            if h.release(false).is_ok() {
+                return Err("CRIU finished the dump although it was told to roll back".into());
+            }
+        }
+        // After a failed dump ferry has already thawed the container.
+        let c = self.load()?;
+        match c.status() {
+            Status::Running => Ok(()),
+            Status::Paused => {
+                if let Ok(Some(cg)) = c.cgroup() {
+                    cg.thaw()?;
+                }
+                Ok(())
+            }
+            s => Err(format!("container {} is {s} after the rollback", self.id).into()),
+        }
+    }
+
+    fn destroy(&mut self) -> Result<(), HostError> {
+        let h = self
+            .held
+            .take()
+            .ok_or("no dump is held: nothing to commit")?;
+        self.stats = h.release(true)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn child_with_stdout(f: std::fs::File) -> std::process::Child {
+        Command::new("sleep")
+            .arg("10")
+            .stdin(Stdio::null())
+            .stdout(f)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn stdio_files_not_in_append_mode_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out");
+        let mut c = child_with_stdout(std::fs::File::create(&path).unwrap());
+        let e = check_stdio("c1", c.id() as i32).unwrap_err().to_string();
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(e.contains("c1's stdout") && e.contains("append"), "{e}");
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut c = child_with_stdout(f);
+        let r = check_stdio("c1", c.id() as i32);
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(r.is_ok(), "{r:?}");
+    }
+}
