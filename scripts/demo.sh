@@ -30,6 +30,7 @@ ferry() { "$FERRY" --root "$ROOT" "$@"; }
 count() { cat "$BUNDLE/rootfs/tmp/count" 2>/dev/null || echo "?"; }
 
 cleanup() {
+  migrate_cleanup
   if [ -n "$FERRY" ] && [ -n "$ROOT" ] && [ -d "$ROOT/$ID" ]; then
     "$FERRY" --root "$ROOT" delete -f "$ID" >/dev/null 2>&1 || true
   fi
@@ -149,6 +150,79 @@ section_checkpoint_restore() {
   say "status: $(ferry state "$ID" | jq -r .status)"
 }
 
+# Two "hosts" on this machine: network namespaces joined by a veth pair,
+# their addresses only inside them.
+NS_A=""
+NS_B=""
+SERVE_PID=""
+in_ns() {
+  local ns=$1
+  shift
+  nsenter --net="/run/netns/$ns" "$@"
+}
+
+section_migrate() {
+  heading "ferry migrate: the running container to another host"
+  NS_A=ferry-demo-a-$$
+  NS_B=ferry-demo-b-$$
+  ip netns add "$NS_A"
+  ip netns add "$NS_B"
+  ip link add fdemo-a$$ netns "$NS_A" type veth peer name fdemo-b$$ netns "$NS_B"
+  in_ns "$NS_A" ip addr add 10.254.77.1/24 dev fdemo-a$$
+  in_ns "$NS_B" ip addr add 10.254.77.2/24 dev fdemo-b$$
+  in_ns "$NS_A" ip link set fdemo-a$$ up
+  in_ns "$NS_B" ip link set fdemo-b$$ up
+  in_ns "$NS_A" ip link set lo up
+  in_ns "$NS_B" ip link set lo up
+  say "host A: network namespace $NS_A (10.254.77.1), host B: $NS_B (10.254.77.2)"
+
+  heading "ferry certs: an operator CA and one certificate per host"
+  show "$FERRY" certs --dir "$TMP/pki" --host a,10.254.77.1 --host b,10.254.77.2
+  ls "$TMP/pki"
+
+  heading "ferry serve on host B (its own state root and bundle directory)"
+  mkdir -p "$TMP/b-bundles"
+  in_ns "$NS_B" "$FERRY" --root "$TMP/b-state" serve --listen 10.254.77.2:7070 \
+    --bundle-dir "$TMP/b-bundles" --ca "$TMP/pki/ca.pem" --cert "$TMP/pki/b.pem" \
+    --key "$TMP/pki/b-key.pem" --cgroup-parent ferry-demo-b </dev/null >"$TMP/serve.out" 2>"$TMP/serve.err" &
+  SERVE_PID=$!
+  local i
+  for i in $(seq 1 100); do
+    grep -q "listening on" "$TMP/serve.out" 2>/dev/null && break
+    sleep 0.05
+  done
+  say "$(cat "$TMP/serve.out")"
+
+  heading "ferry migrate from host A, shipping the root filesystem"
+  local a b
+  a=$(count)
+  printf '\033[2m$ %s\033[0m\n' "ferry migrate $ID --to 10.254.77.2:7070 --rootfs ship --ca ca.pem --cert a.pem --key a-key.pem"
+  in_ns "$NS_A" "$FERRY" --root "$ROOT" migrate "$ID" --to 10.254.77.2:7070 --rootfs ship \
+    --ca "$TMP/pki/ca.pem" --cert "$TMP/pki/a.pem" --key "$TMP/pki/a-key.pem"
+  say "host A now has:"
+  show ferry list
+  say "host B has:"
+  show "$FERRY" --root "$TMP/b-state" list
+  BUNDLE=$TMP/b-bundles/$ID
+  sleep 1
+  b=$(count)
+  say "counter was $a on A before the move, now $b on B ($BUNDLE)"
+  show "$FERRY" --root "$TMP/b-state" delete --force "$ID"
+}
+
+migrate_cleanup() {
+  if [ -n "$SERVE_PID" ]; then
+    kill "$SERVE_PID" 2>/dev/null || true
+    wait "$SERVE_PID" 2>/dev/null || true
+  fi
+  if [ -n "$TMP" ] && [ -d "$TMP/b-state/$ID" ]; then
+    "$FERRY" --root "$TMP/b-state" delete -f "$ID" >/dev/null 2>&1 || true
+  fi
+  [ -n "$NS_A" ] && ip netns del "$NS_A" 2>/dev/null
+  [ -n "$NS_B" ] && ip netns del "$NS_B" 2>/dev/null
+  true
+}
+
 section_delete() {
   heading "ferry delete --force: stop and remove the container"
   show ferry delete --force "$ID"
@@ -172,6 +246,8 @@ main() {
   section_stats
   section_checkpoint_restore
   section_delete
+  section_run
+  section_migrate
 
   heading "Done"
   say "Temporary files in $TMP are removed now. Next: scripts/test.sh runs the test suite."
