@@ -1,7 +1,7 @@
 //! `checkpoint`: dump a running container into a directory of CRIU images.
 //!
-//! ferry freezes the cgroup itself (waiting only as long as the kernel
-//! needs) and hands CRIU a tree that is already frozen. Mounts from outside
+//! ferry freezes the cgroup itself when CRIU is ready (waiting only as long
+//! as the kernel needs) and hands CRIU a tree that is already frozen. Mounts from outside
 //! the container are declared external, stdio identities are recorded in
 //! `descriptors.json`, and the veth's host end is locked while CRIU holds
 //! the network. If anything fails the container runs on as before.
@@ -161,9 +161,13 @@ pub(crate) fn criu_lock_method(m: LockMethod) -> criu::NetworkLock {
     }
 }
 
-/// Locks and unlocks the veth's host end when CRIU says so; passes
-/// post-dump on to the caller's hold point.
+/// Freezes the cgroup when CRIU is ready to dump, locks and unlocks the
+/// veth's host end when CRIU says so, and passes post-dump on to the
+/// caller's hold point.
 struct DumpHandler<'a, 'p> {
+    /// The cgroup to freeze at pre-dump (None when already paused).
+    freeze: Option<&'a crate::cgroups::Cgroup>,
+    frozen: bool,
     veth: Option<&'a VethConfig>,
     method: LockMethod,
     locked: bool,
@@ -175,6 +179,16 @@ impl NotifyHandler for DumpHandler<'_, '_> {
     fn notify(&mut self, event: Notify) -> std::result::Result<(), String> {
         tracing::debug!(event = %event, "criu notification");
         match event {
+            // CRIU sends pre-dump after its own start-up and before it
+            // collects the tree: freezing here (with a fine-grained wait)
+            // keeps that start-up out of the frozen time, and CRIU finds
+            // the tree frozen instead of polling the freezer every 100 ms.
+            Notify::PreDump => {
+                if let (Some(cg), false) = (self.freeze, self.frozen) {
+                    cg.freeze().map_err(|e| e.to_string())?;
+                    self.frozen = true;
+                }
+            }
             Notify::NetworkLock => {
                 if let Some(v) = self.veth {
                     network::lock(v, self.method).map_err(|e| e.to_string())?;
@@ -348,6 +362,8 @@ impl Container {
 
         let was_paused = status == Status::Paused;
         let mut handler = DumpHandler {
+            freeze: (!was_paused).then_some(&cgroup),
+            frozen: false,
             veth: self.state.veth.as_ref(),
             method: opts.network_lock,
             locked: false,
@@ -360,24 +376,15 @@ impl Container {
         } else {
             ReqType::DUMP
         };
-        let mut frozen = false;
         let result = criu.call_checked(
             criu::MIN_VERSION,
             Request::new(kind, Some(o)).work_dir(&work),
             &mut handler,
             &fds,
-            &mut |_, _| {
-                // Freeze here, with a fine-grained wait, once CRIU is known to
-                // be usable, so it finds the tree frozen instead of polling
-                // the freezer every 100 ms.
-                if !was_paused {
-                    cgroup.freeze().map_err(|e| e.to_string())?;
-                    frozen = true;
-                }
-                Ok(())
-            },
+            &mut |_, _| Ok(()),
         );
         let unlocked = handler.unlock();
+        let frozen = handler.frozen;
         let log = work.join(log_name);
         let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
         // A failed dump leaves the tree as it was; a paused one stays paused.
