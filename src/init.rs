@@ -26,7 +26,9 @@ pub struct Init {
     /// Opened O_RDWR|O_CLOEXEC: closed by a successful exec, so `start` sees
     /// EOF; an exec failure writes the reason into it first.
     pub exec_done: OwnedFd,
-    pub pty_slave: Option<(OwnedFd, String)>,
+    /// process.terminal: the init makes its console in the container's own
+    /// devpts and sends the master to the parent.
+    pub terminal: bool,
     /// Namespaces to join by path, in order.
     pub join: Vec<(CloneFlags, PathBuf)>,
     pub new_userns: bool,
@@ -35,6 +37,72 @@ pub struct Init {
 }
 
 type Result<T> = std::result::Result<T, String>;
+
+impl Init {
+    /// Opens a pty in the container's own devpts (as runc does, so the
+    /// console belongs to the container and CRIU can restore it), binds the
+    /// slave onto /dev/console, makes it the controlling terminal and stdio,
+    /// and sends the master to the parent.
+    fn console(&self) -> Result<()> {
+        let err = |what: &str| format!("console: {what}: {}", std::io::Error::last_os_error());
+        let ptmx = self.rootfs.join("dev/pts/ptmx");
+        let ptmx = CString::new(ptmx.as_os_str().as_encoded_bytes())
+            .map_err(|_| "console: rootfs path has a NUL".to_string())?;
+        // SAFETY: plain open/ioctl calls on descriptors this function owns.
+        unsafe {
+            let master = libc::open(
+                ptmx.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if master < 0 {
+                return Err(err(
+                    "open /dev/pts/ptmx (is devpts mounted with newinstance?)",
+                ));
+            }
+            let master = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master);
+            let unlock: libc::c_int = 0;
+            if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+                return Err(err("unlock pty"));
+            }
+            let mut n: libc::c_uint = 0;
+            if libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) != 0 {
+                return Err(err("pty number"));
+            }
+            let slave = libc::ioctl(
+                master.as_raw_fd(),
+                libc::TIOCGPTPEER,
+                libc::O_RDWR | libc::O_NOCTTY,
+            );
+            if slave < 0 {
+                return Err(err("open pty slave"));
+            }
+            let slave = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave);
+            let console = self.rootfs.join("dev/console");
+            if console.symlink_metadata().is_err() {
+                std::fs::File::create(&console).map_err(|e| format!("console: {e}"))?;
+            }
+            let pts = self.rootfs.join(format!("dev/pts/{n}"));
+            nix::mount::mount(
+                Some(&pts),
+                &console,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("console: bind-mounting /dev/pts/{n} to /dev/console: {e}"))?;
+            if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
+                return Err(err("set controlling terminal"));
+            }
+            for fd in 0..3 {
+                if libc::dup2(slave.as_raw_fd(), fd) < 0 {
+                    return Err(err("dup2 pty"));
+                }
+            }
+            self.channel.send_fd(&Msg::Console, &master)?;
+        }
+        Ok(())
+    }
+}
 
 impl Init {
     /// Entry point in the cloned child.
@@ -107,21 +175,6 @@ impl Init {
                 .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
         }
         setsid().map_err(|e| format!("setsid: {e}"))?;
-        if let Some((slave, _)) = &self.pty_slave {
-            // SAFETY: TIOCSCTTY on our own pty slave fd.
-            if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
-                return Err(format!(
-                    "set controlling terminal: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            for fd in 0..3 {
-                // SAFETY: duplicating our own pty slave onto stdio.
-                if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
-                    return Err(format!("dup2 pty: {}", std::io::Error::last_os_error()));
-                }
-            }
-        }
         if self.new_utsns {
             if let Some(h) = self.spec.hostname() {
                 sethostname(h).map_err(|e| format!("sethostname {h}: {e}"))?;
@@ -141,10 +194,13 @@ impl Init {
             spec: &self.spec,
             rootfs: &self.rootfs,
             cgroup_dirs: &cgroup_dirs,
-            console: self.pty_slave.as_ref().map(|(_, n)| n.as_str()),
+            console: None,
             in_userns: self.new_userns,
         };
         setup.prepare()?;
+        if self.terminal {
+            self.console()?;
+        }
         crate::hooks::run(
             self.spec.hooks().as_ref(),
             crate::hooks::Kind::CreateContainer,
@@ -176,7 +232,6 @@ impl Init {
                 crate::seccomp::load(s)?;
             }
         }
-        self.pty_slave = None;
         Ok(Exec {
             program,
             args,

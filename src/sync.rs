@@ -16,6 +16,8 @@ pub enum Msg {
         state_json: String,
         cgroup_dirs: Vec<(String, String)>,
     },
+    /// Child → parent: the console's pty master (sent with the message).
+    Console,
     /// Child → parent: set up and waiting for `start`.
     Created,
     /// Child → parent: setup failed.
@@ -42,6 +44,57 @@ impl Channel {
         send(self.fd.as_raw_fd(), &data, MsgFlags::empty())
             .map(|_| ())
             .map_err(|e| format!("sync send: {e}"))
+    }
+
+    /// Sends a message with a file descriptor attached (SCM_RIGHTS).
+    pub fn send_fd(&self, msg: &Msg, fd: &OwnedFd) -> Result<(), String> {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let data = serde_json::to_vec(msg).expect("sync message serializes");
+        let fds = [fd.as_raw_fd()];
+        sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &[std::io::IoSlice::new(&data)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("sync send: {e}"))
+    }
+
+    /// Receives one message and the descriptor sent with it, if any.
+    pub fn recv_fd(&self) -> Result<(Option<Msg>, Option<OwnedFd>), String> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned};
+        use std::os::fd::FromRawFd;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (n, fd) = loop {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("sync recv: {e}")),
+                Ok(m) => {
+                    let mut fd = None;
+                    for c in m.cmsgs().map_err(|e| format!("sync recv: {e}"))? {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            // SAFETY: the kernel just gave us these descriptors.
+                            fd = fds.first().map(|f| unsafe { OwnedFd::from_raw_fd(*f) });
+                        }
+                    }
+                    break (m.bytes, fd);
+                }
+            }
+        };
+        if n == 0 {
+            return Ok((None, fd));
+        }
+        let msg = serde_json::from_slice(&buf[..n]).map_err(|e| format!("sync message: {e}"))?;
+        Ok((Some(msg), fd))
     }
 
     /// Receives one message; `None` when the peer closed its end.

@@ -609,15 +609,28 @@ resp = bytes([0x08, 10, 0x10, 1, 0x52, len(version)]) + version
 s.send(resp)
 "#;
 
+/// Reads from a non-blocking pty master until `want` shows up (or 5 s).
+fn read_until(f: &mut std::fs::File, want: &str) -> String {
+    use std::io::Read;
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    wait_until(Duration::from_secs(5), || {
+        let n = f.read(&mut buf).unwrap_or(0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.contains(want)
+    });
+    seen
+}
+
 #[test]
-fn terminal_container_is_refused_and_keeps_running() {
+fn terminal_container_gets_a_pty_back_on_restore() {
     let Some(_g) = serial() else { return };
     let env = Env::new("tty");
     let id = env.id("c");
     let bundle = env.bundle("b", &["sh"], |v| v["process"]["terminal"] = json!(true));
-    let sock = env.work.path().join("c.sock");
+    let sock = env.work.path().join("c1.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let err = env.work.path().join("run.err");
+    let err1 = env.work.path().join("run.err");
     let mut child = env
         .cmd(&[
             "run",
@@ -629,22 +642,74 @@ fn terminal_container_is_refused_and_keeps_running() {
             &id,
         ])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap())
+        .stderr(std::fs::File::create(&err1).unwrap())
         .spawn()
         .unwrap();
     let master = recv_fd(&listener);
     assert!(
         child.wait().unwrap().success(),
         "{}",
-        std::fs::read_to_string(&err).unwrap()
+        std::fs::read_to_string(&err1).unwrap()
     );
-    let before = snapshot(&env, &id);
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut f = std::fs::File::from(master);
+    f.write_all(b"X=before-$((40+2)); echo $X\n").unwrap();
+    let seen = read_until(&mut f, "before-42\r\n");
+    assert!(seen.contains("before-42\r\n"), "{seen:?}");
+
     let images = env.work.path().join("img");
-    let msg = env.fail(&["checkpoint", "--image-path", s(&images), &id]);
-    assert!(msg.contains("terminal container is not supported"), "{msg}");
-    assert_eq!(env.status(&id), "running");
-    assert_eq!(snapshot(&env, &id), before);
-    drop(master);
+    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.assert_gone(&id);
+    drop(f);
+
+    let sock2 = env.work.path().join("c2.sock");
+    let listener2 = std::os::unix::net::UnixListener::bind(&sock2).unwrap();
+    let err2 = env.work.path().join("restore.err");
+    let mut child = env
+        .cmd(&[
+            "restore",
+            "-d",
+            "--bundle",
+            s(&bundle),
+            "--image-path",
+            s(&images),
+            "--console-socket",
+            s(&sock2),
+            &id,
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err2).unwrap())
+        .spawn()
+        .unwrap();
+    // If restore fails before sending, unblock the accept with our own connection.
+    let waiter = std::thread::spawn({
+        let sock2 = sock2.clone();
+        move || {
+            let st = child.wait().unwrap();
+            if !st.success() {
+                let _ = std::os::unix::net::UnixStream::connect(&sock2);
+            }
+            st
+        }
+    });
+    let (stream, _) = listener2.accept().unwrap();
+    let st = waiter.join().unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(&err2).unwrap());
+    let master = recv_fd_from(&stream);
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut f = std::fs::File::from(master);
+    // The same shell, with its variable, answers on the new master.
+    f.write_all(b"echo again-$X\n").unwrap();
+    let seen = read_until(&mut f, "again-before-42\r\n");
+    assert!(seen.contains("again-before-42\r\n"), "{seen:?}");
     env.ok(&["delete", "--force", &id]);
     env.assert_gone(&id);
 }

@@ -239,20 +239,6 @@ impl Container {
             &[Status::Running, Status::Paused],
             "only a running or paused container can be checkpointed",
         )?;
-        if self
-            .state
-            .config
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false)
-        {
-            // The console is a pty slave from the host's devpts bound onto
-            // /dev/console; CRIU dumps it but cannot restore it (tty.c BUG).
-            return Err(Error::Usage(
-                "checkpoint of a terminal container is not supported: its console pty comes from the host and CRIU cannot restore it; run the container with process.terminal false (pipes)".into(),
-            ));
-        }
         let criu = Criu::new()?;
         require_features(&criu, opts.pre_dump, opts.lazy_pages)?;
         let images = writable_dir(&opts.image_path, "image path")?;

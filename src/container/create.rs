@@ -165,12 +165,6 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     let cgroup_desc = cgroup.descriptor().clone();
     undo.cgroup = Some(cgroup);
 
-    let pty = if terminal {
-        Some(crate::console::open_pty()?)
-    } else {
-        None
-    };
-
     let mut clone_flags = CloneFlags::empty();
     let mut join = Vec::new();
     let mut pid_ns_path = None;
@@ -205,9 +199,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         channel: child_ch,
         exec_fifo,
         exec_done,
-        pty_slave: pty
-            .as_ref()
-            .map(|p| (p.slave.try_clone().expect("dup pty slave"), p.name.clone())),
+        terminal,
         join,
         new_userns,
         new_cgroupns,
@@ -289,14 +281,22 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
                 .collect(),
         })
         .map_err(Error::Init)?;
-    match recv(&parent_ch)? {
-        Some(Msg::Created) => {}
-        other => return Err(child_error(other)),
+    // A terminal container's init sends its console master first.
+    let mut master = None;
+    loop {
+        match parent_ch.recv_fd().map_err(Error::Init)? {
+            (Some(Msg::Console), Some(fd)) => master = Some(fd),
+            (Some(Msg::Created), _) => break,
+            (other, _) => return Err(child_error(other)),
+        }
     }
-    if let (Some(p), Some(sock)) = (&pty, &opts.console_socket) {
-        crate::console::send_fd(sock, &p.master, &p.name)?;
+    if terminal && master.is_none() {
+        return Err(Error::Init("the init sent no console".into()));
     }
-    drop(pty);
+    if let (Some(m), Some(sock)) = (&master, &opts.console_socket) {
+        crate::console::send_fd(sock, m, "/dev/console")?;
+    }
+    drop(master);
     state.stdio = (0..3)
         .map(|fd| crate::proc::fd_target(pid.as_raw(), fd).unwrap_or_default())
         .collect();

@@ -374,13 +374,18 @@ pub fn memhog() -> &'static Path {
 
 /// Accepts one connection on a console socket and returns the fd sent over it.
 pub fn recv_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let (stream, _) = listener.accept().unwrap();
+    recv_fd_from(&stream)
+}
+
+/// Reads one message carrying a descriptor (SCM_RIGHTS) from `stream`.
+pub fn recv_fd_from(stream: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut buf = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let msg = recvmsg::<()>(
-        std::os::fd::AsRawFd::as_raw_fd(&stream),
+        std::os::fd::AsRawFd::as_raw_fd(stream),
         &mut iov,
         Some(&mut cmsg),
         MsgFlags::empty(),
@@ -388,6 +393,7 @@ pub fn recv_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::Owne
     .unwrap();
     for c in msg.cmsgs().unwrap() {
         if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just passed us this descriptor.
             return unsafe { std::os::fd::FromRawFd::from_raw_fd(fds[0]) };
         }
     }
