@@ -95,19 +95,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    match (terminal, &opts.console_socket) {
-        (true, None) => return Err(Error::Usage(
-            "config.json sets process.terminal: pass --console-socket (or set terminal to false)"
-                .into(),
-        )),
-        (false, Some(_)) => {
-            return Err(Error::Usage(
-                "--console-socket needs process.terminal set to true in config.json".into(),
-            ))
-        }
-        (true, Some(sock)) => crate::console::check_socket(sock)?,
-        _ => {}
-    }
+    check_console(terminal, opts.console_socket.as_deref())?;
     let annotations = spec.annotations().clone().unwrap_or_default();
     let veth = VethConfig::from_annotations(&annotations)?;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -123,15 +111,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         )));
     }
 
-    std::fs::create_dir_all(root).map_err(io(format!("state root {}", root.display())))?;
-    let dir = StateDir::new(root, &opts.id);
-    dir.create().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::Exists(opts.id.clone())
-        } else {
-            io(format!("creating {}", dir.path.display()))(e)
-        }
-    })?;
+    let dir = new_state_dir(root, &opts.id)?;
     let mut undo = Undo {
         dir: dir.clone(),
         cgroup: None,
@@ -312,6 +292,37 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
             state,
         },
     })
+}
+
+/// A terminal needs a console socket and a console socket a terminal; the
+/// socket must exist before anything is set up.
+pub(crate) fn check_console(terminal: bool, socket: Option<&Path>) -> Result<()> {
+    match (terminal, socket) {
+        (true, None) => Err(Error::Usage(
+            "config.json sets process.terminal: pass --console-socket (or set terminal to false)"
+                .into(),
+        )),
+        (false, Some(_)) => Err(Error::Usage(
+            "--console-socket needs process.terminal set to true in config.json".into(),
+        )),
+        (true, Some(sock)) => Ok(crate::console::check_socket(sock)?),
+        (false, None) => Ok(()),
+    }
+}
+
+/// Claims `id` under `root`: its directory is created exclusively, so two
+/// commands racing for one ID cannot both win.
+pub(crate) fn new_state_dir(root: &Path, id: &str) -> Result<StateDir> {
+    std::fs::create_dir_all(root).map_err(io(format!("state root {}", root.display())))?;
+    let dir = StateDir::new(root, id);
+    dir.create().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Exists(id.to_string())
+        } else {
+            io(format!("creating {}", dir.path.display()))(e)
+        }
+    })?;
+    Ok(dir)
 }
 
 /// The state hooks see during create (status "creating").

@@ -367,20 +367,7 @@ impl Container {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        match (terminal, &opts.console_socket) {
-            (true, None) => {
-                return Err(Error::Usage(
-                    "config.json sets process.terminal: pass --console-socket".into(),
-                ))
-            }
-            (true, Some(s)) => crate::console::check_socket(s)?,
-            (false, Some(_)) => {
-                return Err(Error::Usage(
-                    "--console-socket needs process.terminal set to true in config.json".into(),
-                ))
-            }
-            _ => {}
-        }
+        super::create::check_console(terminal, opts.console_socket.as_deref())?;
         let annotations = spec.annotations().clone().unwrap_or_default();
         let veth = VethConfig::from_annotations(&annotations)?;
         if let Some(v) = &veth {
@@ -398,15 +385,7 @@ impl Container {
         let criu = Criu::new()?;
         require_features(&criu, false, opts.lazy_pages)?;
 
-        std::fs::create_dir_all(root).map_err(io(format!("state root {}", root.display())))?;
-        let dir = StateDir::new(root, &opts.id);
-        dir.create().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Exists(opts.id.clone())
-            } else {
-                io(format!("creating {}", dir.path.display()))(e)
-            }
-        })?;
+        let dir = super::create::new_state_dir(root, &opts.id)?;
         let mut undo = Undo {
             dir: dir.clone(),
             cgroup: None,
