@@ -194,7 +194,6 @@ impl Init {
             spec: &self.spec,
             rootfs: &self.rootfs,
             cgroup_dirs: &cgroup_dirs,
-            console: None,
             in_userns: self.new_userns,
         };
         setup.prepare()?;

@@ -137,8 +137,6 @@ pub struct Setup<'a> {
     pub rootfs: &'a Path,
     /// (controller, host directory) of the container's cgroup, for `cgroup` mounts.
     pub cgroup_dirs: &'a [(String, String)],
-    /// The pty slave's path when the container has a terminal.
-    pub console: Option<&'a str>,
     /// In a user namespace devices cannot be created, only bind-mounted.
     pub in_userns: bool,
 }
@@ -185,20 +183,6 @@ impl Setup<'_> {
         }
         for d in linux.devices().clone().unwrap_or_default() {
             self.device(&d)?;
-        }
-        if let Some(console) = self.console {
-            let dest = self.rootfs.join("dev/console");
-            create_file(&dest)?;
-            ctx(
-                mount(
-                    Some(console),
-                    &dest,
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                ),
-                || format!("bind-mounting {console} to /dev/console"),
-            )?;
         }
         Ok(())
     }
