@@ -182,7 +182,8 @@ section_migrate() {
 
   heading "ferry serve on host B (its own state root and bundle directory)"
   mkdir -p "$TMP/b-bundles"
-  in_ns "$NS_B" "$FERRY" --root "$TMP/b-state" serve --listen 10.254.77.2:7070 \
+  # nsenter execs ferry, so $! is the server's own pid.
+  nsenter --net="/run/netns/$NS_B" "$FERRY" --root "$TMP/b-state" serve --listen 10.254.77.2:7070 \
     --bundle-dir "$TMP/b-bundles" --ca "$TMP/pki/ca.pem" --cert "$TMP/pki/b.pem" \
     --key "$TMP/pki/b-key.pem" --cgroup-parent ferry-demo-b </dev/null >"$TMP/serve.out" 2>"$TMP/serve.err" &
   SERVE_PID=$!
