@@ -582,15 +582,7 @@ fn criu_missing_or_too_old_is_named() {
     // A criu that answers VERSION with 3.17 over the real RPC protocol.
     let fake = env.work.path().join("old-criu");
     std::fs::write(&fake, OLD_CRIU).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&fake).unwrap().permissions(),
-        0o755,
-    );
-    Command::new("chmod")
-        .arg("755")
-        .arg(&fake)
-        .status()
-        .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let err = run(&fake);
     assert!(err.contains("3.17") && err.contains("too old"), "{err}");
     assert_eq!(snapshot(&env, &id), before);

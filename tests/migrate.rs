@@ -47,38 +47,6 @@ fn append(p: &Path) -> std::fs::File {
         .unwrap()
 }
 
-/// The cgroup directories of relative cgroup path `rel` (below this
-/// process's cgroup, per hierarchy), as ferry resolves them.
-fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        .unwrap_or(false);
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (
-            parts.next(),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-        );
-        let own = path.trim_start_matches('/');
-        if unified {
-            if ctrls.is_empty() {
-                out.push(Path::new("/sys/fs/cgroup").join(own).join(rel));
-            }
-        } else if !ctrls.is_empty() {
-            for c in ctrls.split(',') {
-                let base = Path::new("/sys/fs/cgroup").join(c.trim_start_matches("name="));
-                if base.exists() {
-                    out.push(base.join(own).join(rel));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A "host": a network namespace with its own ferry state root, bundle
 /// directory and cgroup parent, and maybe a `ferry serve`.
 struct Host {
@@ -718,19 +686,7 @@ fn killed_serve_mid_transfer_resumes_a() {
     let mut w = World::new("k", 6);
     let (id, data) = memhog_container(&mut w, "hog", 256);
     let sum = read_text(&data.join("sum-before"));
-    let child =
-        w.a.ferry(&[
-            "migrate",
-            &id,
-            "--to",
-            &w.b.to(),
-            "--ca",
-            s(&w.pki.join("ca.pem")),
-            "--cert",
-            s(&w.pki.join("a.pem")),
-            "--key",
-            s(&w.pki.join("a-key.pem")),
-        ])
+    let child = migrate_cmd(&w, &id)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -766,19 +722,7 @@ fn cut_link_mid_transfer_resumes_a() {
     let (id, data) = memhog_container(&mut w, "hog", 256);
     let sum = read_text(&data.join("sum-before"));
     let link = format!("mg{}lb", std::process::id() % 100000);
-    let child =
-        w.a.ferry(&[
-            "migrate",
-            &id,
-            "--to",
-            &w.b.to(),
-            "--ca",
-            s(&w.pki.join("ca.pem")),
-            "--cert",
-            s(&w.pki.join("a.pem")),
-            "--key",
-            s(&w.pki.join("a-key.pem")),
-        ])
+    let child = migrate_cmd(&w, &id)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -854,10 +798,8 @@ fn veth_container_with_a_tcp_server_is_reachable_on_b() {
     );
 }
 
-/// `ferry migrate ... ID` from A to B, in the background, in its own
-/// process group.
-fn spawn_migrate(w: &World, id: &str) -> Child {
-    use std::os::unix::process::CommandExt;
+/// `ferry migrate ID` from A to B with A's certificate.
+fn migrate_cmd(w: &World, id: &str) -> Command {
     w.a.ferry(&[
         "migrate",
         id,
@@ -870,11 +812,18 @@ fn spawn_migrate(w: &World, id: &str) -> Child {
         "--key",
         s(&w.pki.join("a-key.pem")),
     ])
-    .process_group(0)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
+}
+
+/// `ferry migrate ... ID` from A to B, in the background, in its own
+/// process group.
+fn spawn_migrate(w: &World, id: &str) -> Child {
+    use std::os::unix::process::CommandExt;
+    migrate_cmd(w, id)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]

@@ -129,30 +129,6 @@ pub(crate) fn open_dir(path: &Path) -> Result<File> {
     File::open(path).map_err(io(format!("opening {}", path.display())))
 }
 
-/// Fails fast (before anything is frozen) on modes this host cannot do.
-pub(crate) fn require_features(c: &Criu, pre_dump: bool, lazy: bool) -> Result<()> {
-    if !pre_dump && !lazy {
-        return Ok(());
-    }
-    let f = c.features()?;
-    if pre_dump && !f.mem_track {
-        return Err(criu::Error::Unsupported {
-            what: "pre-dump".into(),
-            reason: "the kernel has no soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY); dump without --pre-dump".into(),
-        }
-        .into());
-    }
-    if lazy && !f.lazy_pages {
-        return Err(criu::Error::Unsupported {
-            what: "lazy pages".into(),
-            reason: "the kernel lacks non-cooperative userfaultfd; dump without --lazy-pages"
-                .into(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
 pub(crate) fn criu_lock_method(m: LockMethod) -> criu::NetworkLock {
     match m {
         LockMethod::Iptables => criu::NetworkLock::IPTABLES,
@@ -240,7 +216,8 @@ impl Container {
             "only a running or paused container can be checkpointed",
         )?;
         let criu = Criu::new()?;
-        require_features(&criu, opts.pre_dump, opts.lazy_pages)?;
+        // Refused before anything is frozen.
+        criu.require_modes(opts.pre_dump, opts.parent_path.is_some(), opts.lazy_pages)?;
         let images = writable_dir(&opts.image_path, "image path")?;
         let work = match &opts.work_path {
             Some(w) => writable_dir(w, "work path")?,

@@ -13,7 +13,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::checkpoint::{criu_lock_method, open_dir, require_features, CRIU_LOG_LEVEL};
+use super::checkpoint::{criu_lock_method, open_dir, CRIU_LOG_LEVEL};
 use super::externals;
 use super::{io, sys, Container, Error, Result};
 use crate::cgroups::Cgroup;
@@ -133,6 +133,8 @@ struct Undo {
     dir: StateDir,
     cgroup: Option<Cgroup>,
     veth: Option<VethConfig>,
+    /// How the veth's host end may have been locked.
+    lock_method: LockMethod,
     root_mount: Option<PathBuf>,
     pid: Option<i32>,
     armed: bool,
@@ -164,8 +166,7 @@ impl Drop for Undo {
             let _ = cg.thaw();
         }
         if let Some(v) = &self.veth {
-            let _ = network::unlock(v, LockMethod::Nftables);
-            let _ = network::unlock(v, LockMethod::Iptables);
+            let _ = network::unlock(v, self.lock_method);
             let _ = network::remove(v);
         }
         if let Some(cg) = &self.cgroup {
@@ -383,13 +384,14 @@ impl Container {
         let recorded = externals::read_descriptors(&images)?;
         let stdio_files = externals::read_stdio_files(&images)?;
         let criu = Criu::new()?;
-        require_features(&criu, false, opts.lazy_pages)?;
+        criu.require_modes(false, false, opts.lazy_pages)?;
 
         let dir = super::create::new_state_dir(root, &opts.id)?;
         let mut undo = Undo {
             dir: dir.clone(),
             cgroup: None,
             veth: None,
+            lock_method: opts.network_lock,
             root_mount: None,
             pid: None,
             armed: true,

@@ -350,8 +350,15 @@ impl Criu {
     }
 
     fn require_features(&self, opts: &Opts, pre_dump: bool) -> Result<()> {
-        let wants_track = pre_dump || opts.track_mem();
-        if !wants_track && !opts.lazy_pages() {
+        self.require_modes(pre_dump, opts.track_mem(), opts.lazy_pages())
+    }
+
+    /// Fails with [`Error::Unsupported`] when this host cannot pre-dump,
+    /// track memory or serve lazy pages as asked; asks CRIU only when one
+    /// of them is wanted. Callers use it to refuse before freezing anything.
+    pub fn require_modes(&self, pre_dump: bool, track_mem: bool, lazy_pages: bool) -> Result<()> {
+        let wants_track = pre_dump || track_mem;
+        if !wants_track && !lazy_pages {
             return Ok(());
         }
         let features = self.features()?;
@@ -363,13 +370,14 @@ impl Criu {
                     "memory tracking (track_mem)"
                 }
                 .into(),
-                reason: "the kernel has no soft-dirty page tracking (CONFIG_MEM_SOFT_DIRTY)".into(),
+                reason: "the kernel has no soft-dirty page tracking (CONFIG_MEM_SOFT_DIRTY); dump without it".into(),
             });
         }
-        if opts.lazy_pages() && !features.lazy_pages {
+        if lazy_pages && !features.lazy_pages {
             return Err(Error::Unsupported {
                 what: "lazy pages".into(),
-                reason: "the kernel lacks non-cooperative userfaultfd".into(),
+                reason: "the kernel lacks non-cooperative userfaultfd; run without lazy pages"
+                    .into(),
             });
         }
         Ok(())

@@ -259,6 +259,12 @@ impl Drop for Env {
 /// Where ferry puts `id`'s cgroup by default: `ferry/<id>` below this
 /// process's cgroup, per controller (v1) or in the unified tree (v2).
 pub fn default_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    cgroup_dirs(&format!("ferry/{id}"))
+}
+
+/// The cgroup directories of relative cgroup path `rel` (below this
+/// process's cgroup, per hierarchy), as ferry resolves them.
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
         .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
@@ -271,17 +277,16 @@ pub fn default_cgroup_dirs(id: &str) -> Vec<PathBuf> {
             parts.next().unwrap_or(""),
             parts.next().unwrap_or(""),
         );
-        let rel = path.trim_start_matches('/');
+        let own = path.trim_start_matches('/');
         if unified {
             if ctrls.is_empty() {
-                out.push(Path::new("/sys/fs/cgroup").join(rel).join("ferry").join(id));
+                out.push(Path::new("/sys/fs/cgroup").join(own).join(rel));
             }
         } else if !ctrls.is_empty() {
             for c in ctrls.split(',') {
-                let c = c.trim_start_matches("name=");
-                let base = Path::new("/sys/fs/cgroup").join(c);
+                let base = Path::new("/sys/fs/cgroup").join(c.trim_start_matches("name="));
                 if base.exists() {
-                    out.push(base.join(rel).join("ferry").join(id));
+                    out.push(base.join(own).join(rel));
                 }
             }
         }
