@@ -4,7 +4,7 @@
 //! start) or the exec.done fifo (after); this code never returns.
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -13,7 +13,8 @@ use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{sethostname, setsid, Gid, Uid};
 use oci_spec::runtime::{LinuxCapabilities, Spec};
 
-use crate::rootfs::{self, Setup};
+use crate::rootfs::mountfd::MountFd;
+use crate::rootfs::{self, RootDir, Setup};
 use crate::sync::{Channel, Msg};
 
 pub struct Init {
@@ -45,21 +46,16 @@ impl Init {
     /// and sends the master to the parent.
     fn console(&self) -> Result<()> {
         let err = |what: &str| format!("console: {what}: {}", std::io::Error::last_os_error());
-        let ptmx = self.rootfs.join("dev/pts/ptmx");
-        let ptmx = CString::new(ptmx.as_os_str().as_encoded_bytes())
-            .map_err(|_| "console: rootfs path has a NUL".to_string())?;
-        // SAFETY: plain open/ioctl calls on descriptors this function owns.
-        unsafe {
-            let master = libc::open(
-                ptmx.as_ptr(),
+        let root = RootDir::open(&self.rootfs).map_err(|e| format!("console: rootfs {e}"))?;
+        let master: OwnedFd = root
+            .open_file(
+                Path::new("/dev/pts/ptmx"),
                 libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            );
-            if master < 0 {
-                return Err(err(
-                    "open /dev/pts/ptmx (is devpts mounted with newinstance?)",
-                ));
-            }
-            let master = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(master);
+            )
+            .map_err(|e| format!("console: {e} (is devpts mounted with newinstance?)"))?
+            .into();
+        // SAFETY: plain ioctl calls on descriptors this function owns.
+        unsafe {
             let unlock: libc::c_int = 0;
             if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
                 return Err(err("unlock pty"));
@@ -77,19 +73,13 @@ impl Init {
                 return Err(err("open pty slave"));
             }
             let slave = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave);
-            let console = self.rootfs.join("dev/console");
-            if console.symlink_metadata().is_err() {
-                std::fs::File::create(&console).map_err(|e| format!("console: {e}"))?;
-            }
-            let pts = self.rootfs.join(format!("dev/pts/{n}"));
-            nix::mount::mount(
-                Some(&pts),
-                &console,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| format!("console: bind-mounting /dev/pts/{n} to /dev/console: {e}"))?;
+            // The slave itself is bound onto /dev/console (no path to it).
+            let console = root
+                .create_file(Path::new("/dev/console"), 0o666)
+                .map_err(|e| format!("console: {e}"))?;
+            MountFd::clone_fd(slave.as_fd(), false)
+                .and_then(|t| t.attach(console.as_fd()))
+                .map_err(|e| format!("console: bind-mounting /dev/pts/{n} to /dev/console: {e}"))?;
             if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
                 return Err(err("set controlling terminal"));
             }
@@ -223,8 +213,14 @@ impl Init {
             crate::seccomp::load(s)?;
         }
         set_user_and_caps(&process)?;
-        std::env::set_current_dir(process.cwd())
-            .map_err(|e| format!("cwd {}: {e}", process.cwd().display()))?;
+        // Resolved in the container's root, as the user (search permission).
+        RootDir::open(Path::new("/"))
+            .and_then(|root| root.resolve(process.cwd()))
+            .map_err(|e| format!("cwd {e}"))
+            .and_then(|dir| {
+                nix::unistd::fchdir(&dir)
+                    .map_err(|e| format!("cwd {}: {e}", process.cwd().display()))
+            })?;
         if nnp {
             nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
             if let Some(s) = &seccomp {

@@ -112,6 +112,8 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
             check_rlimit(rl.typ(), rl.soft(), rl.hard())?;
         }
     }
+    crate::rootfs::check_mount_options(spec)
+        .map_err(|(i, e)| invalid(&format!("mounts[{i}].options"), e.to_string()))?;
     if let Some(linux) = spec.linux() {
         if let Some(s) = linux.seccomp() {
             crate::seccomp::build(s).map_err(|e| unsupported("linux.seccomp", e))?;

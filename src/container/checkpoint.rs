@@ -265,6 +265,13 @@ impl Container {
             self.state.cgroup.as_ref(),
         );
         ext.extend(externals::masked_files(&self.state.config, self.state.pid));
+        // Keyed by where each destination resolved inside the container.
+        let proc_root = PathBuf::from(format!("/proc/{}/root", self.state.pid));
+        let root = crate::rootfs::RootDir::open(&proc_root).map_err(|source| Error::Rootfs {
+            rootfs: proc_root.clone(),
+            source,
+        })?;
+        externals::resolve_keys(&mut ext, &root, false)?;
         o.ext_mnt = externals::dump_map(&ext);
         let terminal = self
             .state

@@ -8,6 +8,7 @@ use oci_spec::runtime::Spec;
 use super::{io, Error, Result};
 use crate::cgroups::CgroupDescriptor;
 use crate::proto::rpc::{Ext_mount_map, Inherit_fd};
+use crate::rootfs::RootDir;
 
 /// Written into the image dir: what fds 0-2 of the init pointed at.
 pub const DESCRIPTORS_FILE: &str = "descriptors.json";
@@ -79,6 +80,51 @@ fn has_own_netns(spec: &Spec) -> bool {
         .unwrap_or_default()
         .iter()
         .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none())
+}
+
+/// Mount points on kernel filesystems (made by the kernel, or by CRIU from
+/// the images), not in the rootfs directory.
+fn on_kernel_fs(key: &str) -> bool {
+    ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|p| key == *p || key.starts_with(&format!("{p}/")))
+}
+
+/// Names each external mount by the path its destination resolves to in
+/// `root` (symlinks followed inside it): the mount point the kernel, and so
+/// CRIU, knows it by. With `create`, missing mount points are made (a
+/// directory or an empty file, like the source), as a fresh rootfs (another
+/// copy, another host) may lack them. Mount points on /proc, /sys and /dev
+/// are left to the kernel and CRIU.
+pub fn resolve_keys(ext: &mut [External], root: &RootDir, create: bool) -> Result<()> {
+    let fail = |source| Error::Rootfs {
+        rootfs: root.host_path().to_path_buf(),
+        source,
+    };
+    for e in ext.iter_mut().filter(|e| !on_kernel_fs(&e.key)) {
+        let key = PathBuf::from(&e.key);
+        let fd = match root.resolve(&key) {
+            Ok(fd) => fd,
+            Err(err) if create && err.errno == Some(libc::ENOENT) => {
+                let is_dir = std::fs::metadata(&e.source)
+                    .map(|m| m.is_dir())
+                    .unwrap_or(true);
+                if is_dir {
+                    root.mkdir_all(&key, 0o755)
+                } else {
+                    root.create_file(&key, 0o644)
+                }
+                .map_err(fail)?
+            }
+            Err(err) => return Err(fail(err)),
+        };
+        e.key = root
+            .path_of(&fd, &key)
+            .map_err(fail)?
+            .to_string_lossy()
+            .into_owned();
+    }
+    Ok(())
 }
 
 /// Masked paths that are files in the running container (`/dev/null` is

@@ -78,6 +78,11 @@ pub enum Error {
         context: String,
         source: std::io::Error,
     },
+    #[error("rootfs {rootfs}: {source}")]
+    Rootfs {
+        rootfs: PathBuf,
+        source: crate::rootfs::resolve::Error,
+    },
     #[error("container init: {0}")]
     Init(String),
     #[error("{0}")]

@@ -20,6 +20,7 @@ use crate::cgroups::Cgroup;
 use crate::criu::{self, image, CgMode, Criu, Notify, NotifyHandler, Opts, ReqType, Request};
 use crate::hooks::{self, Kind};
 use crate::network::{self, LockMethod, VethConfig};
+use crate::rootfs::RootDir;
 use crate::state::{State, StateDir};
 
 #[derive(Debug, Clone)]
@@ -284,33 +285,36 @@ fn dup_stdio() -> Result<[OwnedFd; 3]> {
     Ok([dup(0)?, dup(1)?, dup(2)?])
 }
 
-/// Creates, inside the rootfs, the mount points of external bind mounts that
-/// a fresh rootfs (another copy, another host) lacks: a directory or an
-/// empty file, like the source. Mount points under other mounts (cgroup,
-/// /sys, /dev) are CRIU's to make.
-fn make_mountpoints(rootfs: &Path, ext: &[externals::External]) -> Result<()> {
-    let kernel_fs = |k: &str| {
-        ["/proc", "/sys", "/dev"]
-            .iter()
-            .any(|p| k == *p || k.starts_with(&format!("{p}/")))
+/// Refuses a rootfs where a mount point CRIU will restore directly in the
+/// rootfs directory is, or passes through, a symlink: CRIU resolves mount
+/// points itself, outside the container's root, so such a link could point
+/// it at the host.
+fn check_mountpoints(root: &RootDir, images: &Path) -> Result<()> {
+    let mounts = crate::images::ImageDir::open(images)
+        .and_then(|d| d.mounts())
+        .map_err(|e| Error::Usage(format!("{e}: the checkpoint is damaged")))?;
+    let ids: Vec<u32> = mounts.iter().map(|m| m.id).collect();
+    let Some(top) = mounts.iter().find(|m| {
+        crate::rootfs::resolve::lexical(Path::new(&m.mountpoint)) == Path::new("/")
+            && (m.parent_id == m.id || !ids.contains(&m.parent_id))
+    }) else {
+        return Ok(());
     };
-    for e in ext.iter().filter(|e| !kernel_fs(&e.key)) {
-        let target = crate::rootfs::secure_join(rootfs, Path::new(&e.key));
-        if target.symlink_metadata().is_ok() {
-            continue;
+    for m in mounts
+        .iter()
+        .filter(|m| m.parent_id == top.id && m.id != top.id)
+    {
+        let path = crate::rootfs::resolve::lexical(Path::new(&m.mountpoint));
+        match root.resolve_no_symlinks(&path) {
+            Ok(_) => {}
+            Err(e) if e.errno == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::Usage(format!(
+                    "rootfs {}: mount point {e}; CRIU would follow it outside the rootfs: make it the directory or file the checkpoint had",
+                    root.host_path().display()
+                )))
+            }
         }
-        let Some(parent) = target.parent() else {
-            continue;
-        };
-        let is_dir = std::fs::metadata(&e.source)
-            .map(|m| m.is_dir())
-            .unwrap_or(true);
-        let made = if is_dir {
-            std::fs::create_dir_all(&target)
-        } else {
-            std::fs::create_dir_all(parent).and_then(|_| std::fs::File::create(&target).map(drop))
-        };
-        made.map_err(io(format!("creating mount point {}", target.display())))?;
     }
     Ok(())
 }
@@ -416,7 +420,13 @@ impl Container {
             .and_then(|l| l.masked_paths().clone())
             .unwrap_or_default();
         ext.extend(externals::masked_files_in(&spec, &masked_keys));
-        make_mountpoints(&rootfs, &ext)?;
+        let in_root = RootDir::open(&rootfs).map_err(|source| Error::Rootfs {
+            rootfs: rootfs.clone(),
+            source,
+        })?;
+        externals::resolve_keys(&mut ext, &in_root, true)?;
+        check_mountpoints(&in_root, &images)?;
+        drop(in_root);
         // CRIU wants the root to be a mount point.
         let criu_root = dir.file("criu-root");
         std::fs::create_dir(&criu_root).map_err(io("creating criu-root"))?;
