@@ -636,24 +636,23 @@ pub fn unpack_rootfs(tar_path: &Path, dest: &Path, limits: &Limits) -> Result<u6
         if entry.header().entry_type() == tar::EntryType::Fifo {
             // The tar crate skips fifos; made here, never through a link.
             let rel = safe_path(&entry.path_bytes(), limits)?;
-            let target = dest.join(&rel);
-            let parent = target.parent().unwrap_or(dest);
-            std::fs::create_dir_all(parent)
-                .map_err(Error::io(format!("cannot create {}", parent.display())))?;
-            let real = std::fs::canonicalize(parent)
-                .map_err(Error::io(format!("cannot resolve {}", parent.display())))?;
-            if !real.starts_with(&root) {
-                return Err(Error::UnsafeEntry {
-                    path: format!("{ROOTFS_FILE}:{name}"),
-                    reason: "it would be written outside the root filesystem".into(),
-                });
-            }
-            let file = real.join(target.file_name().unwrap_or_default());
-            let _ = std::fs::remove_file(&file);
+            // Resolved by the kernel inside the rootfs: an earlier symlink
+            // entry cannot send it out.
+            let in_root = crate::rootfs::RootDir::open(&root).map_err(|e| {
+                Error::io(format!("cannot open {}", root.display()))(io::Error::other(e))
+            })?;
+            let fail = |e: crate::rootfs::resolve::Error| Error::UnsafeEntry {
+                path: format!("{ROOTFS_FILE}:{name}"),
+                reason: format!("cannot create the fifo: {e}"),
+            };
+            in_root.remove_file(&rel).map_err(fail)?;
             let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
-            nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(
-                |e| Error::io(format!("cannot create fifo {}", file.display()))(e.into()),
-            )?;
+            in_root
+                .create(
+                    &rel,
+                    &pathrs::InodeType::Fifo(std::os::unix::fs::PermissionsExt::from_mode(mode)),
+                )
+                .map_err(fail)?;
             continue;
         }
         let ok = entry

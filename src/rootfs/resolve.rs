@@ -131,7 +131,32 @@ impl RootDir {
         self.root
             .mkdir_all(path, &Permissions::from_mode(mode))
             .map(OwnedFd::from)
-            .map_err(|e| err(path, "creating the directory in the rootfs", &e))
+            .map_err(|e| self.dangling(err(path, "creating the directory in the rootfs", &e), path))
+    }
+
+    /// A clearer error for a failed creation at `path`: a symlink loop
+    /// says so, and a symlink to nothing is named as such (its target is
+    /// not created, as it could be anywhere: the caller must make it).
+    fn dangling(&self, e: Error, path: &Path) -> Error {
+        match self.root.resolve(path) {
+            Err(r) if r.kind() == ErrorKind::OsError(Some(libc::ELOOP)) => {
+                err(path, "resolving in the rootfs", &r)
+            }
+            Err(r) if r.kind() == ErrorKind::OsError(Some(libc::ENOENT)) => {
+                let is_link = self.root.resolve_nofollow(path).is_ok_and(|h| {
+                    nix::sys::stat::fstat(&h)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+                });
+                if !is_link {
+                    return e;
+                }
+                Error {
+                    what: "is a symlink to a missing target; create the target in the rootfs (ferry does not create it)".into(),
+                    ..e
+                }
+            }
+            _ => e,
+        }
     }
 
     /// The file at `path` (any type, followed in the root), created empty
@@ -153,7 +178,7 @@ impl RootDir {
                 &Permissions::from_mode(mode),
             )
             .map(OwnedFd::from)
-            .map_err(|e| err(path, "creating the file in the rootfs", &e))
+            .map_err(|e| self.dangling(err(path, "creating the file in the rootfs", &e), path))
     }
 
     /// Creates an inode (device node, symlink, ...) at `path`; its parent
