@@ -453,11 +453,16 @@ fn hostile_restore_mount_points_are_refused() {
                 }
                 symlink(target.0.join("y"), rootfs.join("chain40")).unwrap();
             }
-            Attack::DotDot => symlink(
-                format!("{}{}/y", "../".repeat(12), s(&target.0)),
-                inside(&rootfs, &p),
-            )
-            .unwrap(),
+            Attack::DotDot => {
+                // Leads to a directory inside the rootfs: still not the
+                // mount point the checkpoint had, and CRIU would follow it.
+                std::fs::create_dir_all(inside(&rootfs, &target.0.join("y"))).unwrap();
+                symlink(
+                    format!("{}{}/y", "../".repeat(12), s(&target.0)),
+                    inside(&rootfs, &p),
+                )
+                .unwrap()
+            }
         }
         let err = env.fail(&[
             "restore",
@@ -476,6 +481,28 @@ fn hostile_restore_mount_points_are_refused() {
         env.assert_gone(&rid);
         target.assert_untouched();
     }
+    // A mount point that is not a bind (the /dev tmpfs) made a link to P.
+    let rid = env.id("devlink");
+    let fresh = env.bundle("devlink", &["true"], |v| add_bind(v, &data, s(&p)));
+    let rootfs = fresh.join("rootfs");
+    std::fs::create_dir_all(inside(&rootfs, &p)).unwrap();
+    std::fs::remove_dir_all(rootfs.join("dev")).unwrap();
+    symlink(&target.0, rootfs.join("dev")).unwrap();
+    let err = env.fail(&[
+        "restore",
+        "-d",
+        "--bundle",
+        s(&fresh),
+        "--image-path",
+        s(&images),
+        &rid,
+    ]);
+    assert!(
+        err.contains("/dev: is or passes through a symlink"),
+        "{err}"
+    );
+    env.assert_gone(&rid);
+    target.assert_untouched();
     // The same image restores into a rootfs where P is a directory.
     let rid = env.id("good");
     let good = env.bundle("good", &["true"], |v| add_bind(v, &data, s(&p)));
