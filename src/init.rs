@@ -213,14 +213,7 @@ impl Init {
             crate::seccomp::load(s)?;
         }
         set_user_and_caps(&process)?;
-        // Resolved in the container's root, as the user (search permission).
-        RootDir::open(Path::new("/"))
-            .and_then(|root| root.resolve(process.cwd()))
-            .map_err(|e| format!("cwd {e}"))
-            .and_then(|dir| {
-                nix::unistd::fchdir(&dir)
-                    .map_err(|e| format!("cwd {}: {e}", process.cwd().display()))
-            })?;
+        rootfs::chdir_in_root(process.cwd())?;
         if nnp {
             nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
             if let Some(s) = &seccomp {

@@ -250,8 +250,8 @@ fn exec_child(
             if let Err(e) = crate::init::set_user_and_caps(process) {
                 return e;
             }
-            if let Err(e) = std::env::set_current_dir(process.cwd()) {
-                return format!("cwd {}: {e}", process.cwd().display());
+            if let Err(e) = crate::rootfs::chdir_in_root(process.cwd()) {
+                return e;
             }
             if nnp {
                 if let Err(e) = nix::sys::prctl::set_no_new_privs() {

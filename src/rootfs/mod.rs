@@ -293,6 +293,17 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     ctx(chdir("/"), || "chdir /".into())
 }
 
+/// Changes into `cwd`, resolved by the kernel in the process's root (the
+/// container's), with the caller's permissions.
+pub fn chdir_in_root(cwd: &Path) -> Result<()> {
+    RootDir::open(Path::new("/"))
+        .and_then(|root| root.resolve(cwd))
+        .map_err(|e| format!("cwd {e}"))
+        .and_then(|dir| {
+            nix::unistd::fchdir(&dir).map_err(|e| format!("cwd {}: {e}", cwd.display()))
+        })
+}
+
 /// After entering the root: masked and read-only paths, read-only root.
 /// Paths are resolved in the new root, like those of [`Setup`].
 pub fn finish(spec: &Spec) -> Result<()> {
