@@ -162,15 +162,16 @@ const FS_FLAGS: &[&str] = &[
     "nomand",
 ];
 
+/// Other filesystem flags runc knows (passed to the filesystem, which
+/// refuses those it does not have); like `FS_FLAGS`, not for a bind mount.
+const OTHER_FS_FLAGS: &[&str] = &["iversion", "noiversion", "acl", "noacl", "silent", "loud"];
+
 /// Flags runc knows that ferry does not implement.
 fn unsupported(opt: &str) -> Option<&'static str> {
     Some(match opt {
         "remount" => "ferry mounts afresh and never remounts",
         "tmpcopyup" => "copying the rootfs contents into a tmpfs is not implemented",
         "idmap" | "ridmap" => "id-mapped mounts are not implemented",
-        "iversion" | "noiversion" | "acl" | "noacl" | "silent" | "loud" => {
-            "pass the filesystem's own parameter instead"
-        }
         _ => return None,
     })
 }
@@ -210,7 +211,9 @@ pub fn parse(typ: &str, options: &[String]) -> Result<Options, Error> {
     }
     if o.is_bind() {
         if let Some(opt) = o.fs_flags.first().or(o.data.first()) {
-            return Err(if opt.contains('=') || FS_FLAGS.contains(&opt.as_str()) {
+            let fs_flag =
+                FS_FLAGS.contains(&opt.as_str()) || OTHER_FS_FLAGS.contains(&opt.as_str());
+            return Err(if opt.contains('=') || fs_flag {
                 Error::NotForBind(opt.clone())
             } else {
                 Error::Unknown(opt.clone())
@@ -318,6 +321,11 @@ mod tests {
             Err(Error::Unsupported { .. })
         ));
         assert!(p("bind", &["rbind", "ridmap"]).is_err());
+        assert_eq!(
+            p("bind", &["bind", "acl"]),
+            Err(Error::NotForBind("acl".into()))
+        );
+        assert_eq!(p("ext4", &["acl"]).unwrap().data, vec!["acl".to_string()]);
     }
 
     #[test]
