@@ -360,6 +360,16 @@ fn rro_makes_the_whole_tree_read_only_and_unknown_options_are_refused() {
     let err = env.fail(&["create", "--bundle", s(&bundle), &id]);
     assert!(err.contains("\"rfoo\""), "{err}");
     env.assert_gone(&id);
+    // On a new filesystem an unknown option is a parameter the kernel refuses.
+    let id = env.id("tmpfs-rfoo");
+    let bundle = env.bundle("tmpfs-rfoo", &["true"], |v| {
+        v["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/m", "type": "tmpfs", "source": "tmpfs", "options": ["rfoo"],
+        }));
+    });
+    let err = env.fail(&["run", "--bundle", s(&bundle), &id]);
+    assert!(err.contains("rfoo"), "{err}");
+    env.assert_gone(&id);
 }
 
 /// `/linkdir -> /realdir` in the rootfs; the bind at /linkdir writes a counter.

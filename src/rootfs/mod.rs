@@ -162,7 +162,7 @@ impl Setup<'_> {
             .source()
             .as_ref()
             .map(|s| s.to_string_lossy().into_owned());
-        let fs = match MountFd::new_fs(typ, source.as_deref(), &opts.fs_flags, &opts.data, 0) {
+        let fs = match MountFd::new_fs(typ, source.as_deref(), &opts.fs_flags, &opts.data) {
             Ok(fs) => fs,
             // sysfs cannot be mounted without owning the network namespace;
             // bind the host's, read-only, as runc does.
@@ -213,7 +213,7 @@ impl Setup<'_> {
             return Ok(tree);
         }
         let tmpfs = ctx(
-            MountFd::new_fs("tmpfs", Some("tmpfs"), &[], &["mode=755".into()], 0),
+            MountFd::new_fs("tmpfs", Some("tmpfs"), &[], &["mode=755".into()]),
             || "mounting tmpfs for cgroups".into(),
         )?;
         ctx(tmpfs.attach(target.as_fd()), || {
@@ -321,7 +321,7 @@ pub fn finish(spec: &Spec) -> Result<()> {
         };
         let what = || format!("masking {p}");
         let mask = if is_dir(&target) {
-            let fs = ctx(MountFd::new_fs("tmpfs", Some("tmpfs"), &[], &[], 0), what)?;
+            let fs = ctx(MountFd::new_fs("tmpfs", Some("tmpfs"), &[], &[]), what)?;
             ctx(fs.attach(target.as_fd()), what)?;
             let ro = Attrs {
                 set: options::ATTR_RDONLY,

@@ -93,14 +93,14 @@ impl MountFd {
     }
 
     /// A new filesystem of type `fstype`, with `source`, superblock flags and
-    /// parameters (`key` or `key=value`), and mount attributes `attrs`. The
-    /// error carries the kernel's own message for a parameter it refused.
+    /// parameters (`key` or `key=value`); mount attributes are set after
+    /// ([`MountFd::set_attrs`]). The error carries the kernel's own message
+    /// for a parameter it refused.
     pub fn new_fs(
         fstype: &str,
         source: Option<&str>,
         flags: &[String],
         params: &[String],
-        attrs: u64,
     ) -> Result<MountFd, FsError> {
         let fail = |stage: String, fs: Option<&OwnedFd>| {
             let errno = errno();
@@ -157,14 +157,7 @@ impl MountFd {
         config(FSCONFIG_CMD_CREATE, None, None)
             .map_err(|_| fail("creating the filesystem".into(), Some(&fs)))?;
         // SAFETY: fs is a configured filesystem context.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_fsmount,
-                fs.as_raw_fd(),
-                FSMOUNT_CLOEXEC,
-                attrs as libc::c_uint,
-            )
-        };
+        let ret = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
         fd_result(ret)
             .map(MountFd)
             .map_err(|_| fail("mounting the filesystem".into(), Some(&fs)))
