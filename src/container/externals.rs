@@ -340,6 +340,34 @@ mod tests {
     }
 
     #[test]
+    fn keys_name_where_destinations_resolve_in_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path().join("rootfs");
+        std::fs::create_dir_all(r.join("realdir")).unwrap();
+        std::os::unix::fs::symlink("/realdir", r.join("linkdir")).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let ext = |key: &str| External {
+            key: key.into(),
+            source: src.clone(),
+        };
+        let mut list = vec![
+            ext("/linkdir"),
+            ext("/made/here"),
+            ext("/sys/fs/cgroup/cpu"),
+        ];
+        let root = RootDir::open(&r).unwrap();
+        // Without create, a missing mount point is an error naming it.
+        let err = resolve_keys(&mut list.clone(), &root, false).unwrap_err();
+        assert!(err.to_string().contains("/made/here"), "{err}");
+        resolve_keys(&mut list, &root, true).unwrap();
+        let keys: Vec<&str> = list.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["/realdir", "/made/here", "/sys/fs/cgroup/cpu"]);
+        assert!(r.join("made/here").is_dir());
+        assert!(!r.join("sys").exists());
+    }
+
+    #[test]
     fn only_pipes_are_inherited() {
         let rec = vec!["pipe:[11]".into(), "/dev/null".into(), "pipe:[12]".into()];
         let fds = inherit_pipes(&rec, &[100, 101, 102]);
