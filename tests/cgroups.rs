@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use ferry::cgroups::{Cgroup, CgroupDescriptor, FreezerState};
 use oci_spec::runtime::LinuxResources;
 
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn unique() -> String {
@@ -27,7 +31,7 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: cgroup tests need root (euid is not 0)");
+            skip("cgroup tests need root (euid is not 0)");
             return;
         }
     };
