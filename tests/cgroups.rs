@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use ferry::cgroups::{Cgroup, CgroupDescriptor, FreezerState};
 use oci_spec::runtime::LinuxResources;
 
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn unique() -> String {
@@ -27,7 +31,7 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: cgroup tests need root (euid is not 0)");
+            skip("cgroup tests need root (euid is not 0)");
             return;
         }
     };
@@ -405,4 +409,88 @@ fn add_task_of_missing_process_fails_with_context() {
     let err = cg.add_task(i32::MAX - 1).expect_err("no such process");
     assert!(err.to_string().contains(&name), "{err}");
     cg.remove().unwrap();
+}
+
+/// The cgroup2 hierarchy: /sys/fs/cgroup on a pure v2 host, its
+/// `unified` mount on a hybrid one.
+fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+}
+
+/// The eBPF device program, run by the kernel: a shell moved into a cgroup2
+/// directory carrying "deny all, allow /dev/zero read" may read /dev/zero,
+/// and opening /dev/null or making a node fails; replacing the program (as
+/// `update` does) swaps the verdicts without a moment of "allow all".
+#[test]
+fn device_program_is_enforced_by_the_kernel() {
+    require_root!();
+    let Some(root) = cgroup2_root() else {
+        skip("no cgroup2 hierarchy mounted (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified)");
+        return;
+    };
+    use ferry::cgroups::devices_bpf::{self, Kind, Rule, ACC_MKNOD, ACC_READ, ACC_WRITE};
+    let dir = root.join(format!("ferry-devtest-{}", std::process::id()));
+    fs::create_dir(&dir).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let deny_all = Rule {
+        allow: false,
+        kind: None,
+        major: None,
+        minor: None,
+        access: ACC_READ | ACC_WRITE | ACC_MKNOD,
+    };
+    let dev = |major, minor, access| Rule {
+        allow: true,
+        kind: Some(Kind::Char),
+        major: Some(major),
+        minor: Some(minor),
+        access,
+    };
+    // Exit codes name the check that went wrong.
+    let probe = |script: &str| -> i32 {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs || exit 10\n{script}",
+                dir.display()
+            ))
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        st.code().unwrap_or(-1)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let node = tmp.path().join("null");
+    devices_bpf::apply(&dir, &[deny_all, dev(1, 5, ACC_READ)]).unwrap();
+    let rc = probe(&format!(
+        "true </dev/zero || exit 11\n\
+         true </dev/null 2>&- && exit 12\n\
+         true >/dev/zero 2>&- && exit 13\n\
+         mknod {} c 1 3 2>&- && exit 14\n\
+         exit 0",
+        node.display()
+    ));
+    let _ = fs::remove_file(&node);
+    assert_eq!(
+        rc, 0,
+        "device rules not enforced as written (exit code = check)"
+    );
+    // Replaced: now /dev/null is allowed and /dev/zero is not.
+    devices_bpf::apply(&dir, &[deny_all, dev(1, 3, ACC_READ | ACC_WRITE)]).unwrap();
+    let rc = probe(
+        "true </dev/null || exit 11\ntrue >/dev/null || exit 12\ntrue </dev/zero 2>&- && exit 13\nexit 0",
+    );
+    assert_eq!(
+        rc, 0,
+        "replaced device program not in force (exit code = check)"
+    );
 }

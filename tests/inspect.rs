@@ -1,5 +1,8 @@
 //! `ferry inspect`, `ferry check` and checkpoint archives against real CRIU
 //! dumps (and a real podman export). Needs root and a working criu.
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -383,7 +386,7 @@ fn inspect_podman_exported_checkpoint() {
     let _s = serial();
     criu();
     if Command::new("podman").arg("--version").output().is_err() {
-        eprintln!("skipped: podman is not installed (scripts/install-deps.sh)");
+        skip("podman is not installed (scripts/install-deps.sh)");
         return;
     }
     let tag = format!("{}", std::process::id());
@@ -435,7 +438,9 @@ fn inspect_podman_exported_checkpoint() {
         .arg(&exported)
         .arg(&name))
     {
-        eprintln!("skipped: podman container checkpoint does not work here: {e}");
+        skip(&format!(
+            "podman container checkpoint does not work here: {e}"
+        ));
         return;
     }
     let v = inspect_json(&exported, true);

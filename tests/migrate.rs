@@ -27,7 +27,7 @@ fn serial() -> Option<MutexGuard<'static, ()>> {
     }
     let c = ferry::criu::Criu::new().ok()?;
     if let Err(e) = c.require(ferry::criu::MIN_VERSION).and_then(|_| c.check()) {
-        eprintln!("skipped: CRIU is not usable here: {e}");
+        skip(&format!("CRIU is not usable here: {e}"));
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))

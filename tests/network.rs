@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use ferry::network::{self, VethConfig};
 
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn is_root() -> bool {
@@ -19,7 +23,7 @@ fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !is_root() {
-            eprintln!("skipped: veth tests need root (euid is not 0)");
+            skip("veth tests need root (euid is not 0)");
             return;
         }
     };

@@ -32,7 +32,9 @@ impl Podman {
                 .map(|s| s.success())
                 .unwrap_or(false);
             if !found {
-                eprintln!("skipped: {tool} is not installed (scripts/install-deps.sh installs it)");
+                skip(&format!(
+                    "{tool} is not installed (scripts/install-deps.sh installs it)"
+                ));
                 return None;
             }
         }

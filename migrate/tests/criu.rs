@@ -55,20 +55,20 @@ fn reap() {
 /// CRIU, or why these tests cannot run here.
 fn criu_or_skip() -> Option<Criu> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root to run CRIU");
+        common::skip("needs root to run CRIU");
         return None;
     }
     let c = match Criu::new() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("SKIP: {e}");
+            common::skip(&e.to_string());
             return None;
         }
     };
     match c.require(ferry::criu::MIN_VERSION).and_then(|_| c.check()) {
         Ok(()) => Some(c),
         Err(e) => {
-            eprintln!("SKIP: criu is not usable here: {e}");
+            common::skip(&format!("criu is not usable here: {e}"));
             None
         }
     }
@@ -669,7 +669,7 @@ fn memory_of_a_real_process_arrives_intact() {
     let _g = serial();
     let Some(criu) = criu_or_skip() else { return };
     let Some(hog) = memhog() else {
-        eprintln!("SKIP: examples/memhog is not built (run `cargo test -p ferry-migrate`)");
+        common::skip("examples/memhog is not built (run `cargo test -p ferry-migrate`)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,8 @@
 //! On v1 and hybrid hosts the v1 hierarchies are used (one directory per
 //! mounted controller, keyed by controller name, `name=systemd` included); on
 //! a pure v2 host there is one directory, keyed `unified`.
+pub mod devices_bpf;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
@@ -538,12 +540,6 @@ impl Cgroup {
                 ));
             }
         }
-        if self.desc.unified && r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(self.unsupported(
-                "linux.resources.devices",
-                "on cgroup v2 by ferry (it needs an eBPF device program)",
-            ));
-        }
         Ok(())
     }
 
@@ -682,58 +678,103 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Device rules as runc applies them: the config's rules in order, then
+    /// the nodes every container gets (OCI "default devices", created by the
+    /// runtime), which stay usable whatever the rules deny (podman sends a
+    /// bare "deny all" and relies on this). On v1 they are written to the
+    /// devices controller; on v2 they become an eBPF program.
     fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<()> {
         if rules.is_empty() {
             return Ok(());
         }
+        let mut all = rules
+            .iter()
+            .map(|r| self.device_rule(r))
+            .collect::<Result<Vec<_>>>()?;
+        all.extend(
+            DEFAULT_ALLOWED_DEVICES
+                .iter()
+                .map(|&(kind, major, minor, access)| devices_bpf::Rule {
+                    allow: true,
+                    kind: Some(kind),
+                    major,
+                    minor,
+                    access,
+                }),
+        );
+        if self.desc.unified {
+            let dir = self.main_dir();
+            return devices_bpf::apply(dir, &all).map_err(|e| Error::Controller {
+                path: dir.to_path_buf(),
+                op: "linux.resources.devices".into(),
+                detail: e.to_string(),
+            });
+        }
         let ctl = self.controller::<DevicesController>("devices")?;
-        for rule in rules {
-            let typ = match rule.typ() {
-                None | Some(LinuxDeviceType::A) => DeviceType::All,
-                Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => DeviceType::Char,
-                Some(LinuxDeviceType::B) => DeviceType::Block,
-                Some(LinuxDeviceType::P) => {
-                    return Err(self.invalid(
-                        "device rule of type 'p' (fifo) cannot be expressed in the devices cgroup; use a, b or c".into(),
-                    ))
-                }
+        for rule in &all {
+            let typ = match rule.kind {
+                None => DeviceType::All,
+                Some(devices_bpf::Kind::Char) => DeviceType::Char,
+                Some(devices_bpf::Kind::Block) => DeviceType::Block,
             };
-            let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
-            let perms = DevicePermissions::from_str(&access).map_err(|_| {
-                self.invalid(format!(
-                    "device rule access {access:?} is invalid; use letters from \"rwm\""
-                ))
-            })?;
-            let major = rule.major().unwrap_or(-1);
-            let minor = rule.minor().unwrap_or(-1);
+            let access: String = [
+                (devices_bpf::ACC_READ, 'r'),
+                (devices_bpf::ACC_WRITE, 'w'),
+                (devices_bpf::ACC_MKNOD, 'm'),
+            ]
+            .iter()
+            .filter(|(bit, _)| rule.access & bit != 0)
+            .map(|(_, c)| c)
+            .collect();
+            let perms = DevicePermissions::from_str(&access).expect("letters from rwm");
+            let major = rule.major.map_or(-1, i64::from);
+            let minor = rule.minor.map_or(-1, i64::from);
             let what = format!("devices {} {major}:{minor} {access}", typ.to_char());
-            let res = if rule.allow() {
+            let res = if rule.allow {
                 ctl.allow_device(typ, major, minor, &perms)
             } else {
                 ctl.deny_device(typ, major, minor, &perms)
             };
             res.map_err(|e| refused(ctl.path(), "devices", what, e))?;
         }
-        // The nodes every container gets (OCI "default devices", created by
-        // the runtime) stay usable whatever the rules deny, as with runc:
-        // podman sends a bare "deny all" and relies on this.
-        for (typ, major, minor, access) in DEFAULT_ALLOWED_DEVICES {
-            ctl.allow_device(
-                *typ,
-                *major,
-                *minor,
-                &DevicePermissions::from_str(access).expect("static permissions"),
-            )
-            .map_err(|e| {
-                refused(
-                    ctl.path(),
-                    "devices",
-                    format!("default device {} {major}:{minor} {access}", typ.to_char()),
-                    e,
-                )
-            })?;
-        }
         Ok(())
+    }
+
+    /// One `linux.resources.devices` entry, checked.
+    fn device_rule(&self, rule: &LinuxDeviceCgroup) -> Result<devices_bpf::Rule> {
+        let kind = match rule.typ() {
+            None | Some(LinuxDeviceType::A) => None,
+            Some(LinuxDeviceType::C) | Some(LinuxDeviceType::U) => Some(devices_bpf::Kind::Char),
+            Some(LinuxDeviceType::B) => Some(devices_bpf::Kind::Block),
+            Some(LinuxDeviceType::P) => {
+                return Err(self.invalid(
+                    "device rule of type 'p' (fifo) cannot be expressed in the devices cgroup; use a, b or c".into(),
+                ))
+            }
+        };
+        let access = rule.access().clone().unwrap_or_default();
+        let bits = devices_bpf::parse_access(&access).ok_or_else(|| {
+            self.invalid(format!(
+                "device rule access {access:?} is invalid; use letters from \"rwm\""
+            ))
+        })?;
+        let number = |v: Option<i64>, what: &str| -> Result<Option<u32>> {
+            match v {
+                None | Some(-1) => Ok(None),
+                Some(n) => u32::try_from(n).map(Some).map_err(|_| {
+                    self.invalid(format!(
+                        "device rule {what} {n} is out of range; use 0..4294967295 or -1 for any"
+                    ))
+                }),
+            }
+        };
+        Ok(devices_bpf::Rule {
+            allow: rule.allow(),
+            kind,
+            major: number(rule.major(), "major")?,
+            minor: number(rule.minor(), "minor")?,
+            access: bits,
+        })
     }
 
     fn apply_unified(&self, u: &HashMap<String, String>) -> Result<()> {
@@ -768,20 +809,24 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 
 /// runc's always-allowed devices: mknod of any node, the default nodes
 /// (null, zero, full, random, urandom, tty, console, ptmx), pty slaves and tun.
-const DEFAULT_ALLOWED_DEVICES: &[(DeviceType, i64, i64, &str)] = &[
-    (DeviceType::Char, -1, -1, "m"),
-    (DeviceType::Block, -1, -1, "m"),
-    (DeviceType::Char, 1, 3, "rwm"),
-    (DeviceType::Char, 1, 5, "rwm"),
-    (DeviceType::Char, 1, 7, "rwm"),
-    (DeviceType::Char, 1, 8, "rwm"),
-    (DeviceType::Char, 1, 9, "rwm"),
-    (DeviceType::Char, 5, 0, "rwm"),
-    (DeviceType::Char, 5, 1, "rwm"),
-    (DeviceType::Char, 5, 2, "rwm"),
-    (DeviceType::Char, 136, -1, "rwm"),
-    (DeviceType::Char, 10, 200, "rwm"),
-];
+const DEFAULT_ALLOWED_DEVICES: &[(devices_bpf::Kind, Option<u32>, Option<u32>, u32)] = {
+    use devices_bpf::Kind::{Block, Char};
+    use devices_bpf::{ACC_MKNOD as M, ACC_READ as R, ACC_WRITE as W};
+    &[
+        (Char, None, None, M),
+        (Block, None, None, M),
+        (Char, Some(1), Some(3), R | W | M),
+        (Char, Some(1), Some(5), R | W | M),
+        (Char, Some(1), Some(7), R | W | M),
+        (Char, Some(1), Some(8), R | W | M),
+        (Char, Some(1), Some(9), R | W | M),
+        (Char, Some(5), Some(0), R | W | M),
+        (Char, Some(5), Some(1), R | W | M),
+        (Char, Some(5), Some(2), R | W | M),
+        (Char, Some(136), None, R | W | M),
+        (Char, Some(10), Some(200), R | W | M),
+    ]
+};
 
 fn backend(path: &Path, op: &str, e: cgroups_rs::fs::error::Error) -> Error {
     Error::Controller {

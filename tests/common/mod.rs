@@ -10,16 +10,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod skip;
+pub use skip::skip;
+
 pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
 }
 
-/// true when running as root; otherwise prints why the test is skipped.
+/// true when running as root; otherwise the test is skipped (see `skip`).
 pub fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {
-        eprintln!("skipped: needs root (namespaces, mounts and cgroups)");
+        skip("needs root (namespaces, mounts and cgroups)");
         false
     }
 }

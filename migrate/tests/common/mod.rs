@@ -15,6 +15,11 @@ use migrate::dest::{DestConfig, Server, ServerHandle};
 use migrate::tls::{Security, TlsPaths};
 use migrate::DestFactory;
 
+#[path = "../../../tests/common/skip.rs"]
+mod skip;
+#[allow(unused_imports)]
+pub use skip::skip;
+
 /// A CA and certificates for a source and a destination on 127.0.0.1.
 pub struct Pki {
     pub dir: tempfile::TempDir,

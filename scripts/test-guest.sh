@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Usage: scripts/test-guest.sh [GROUP...]      (as root; default: every group)
+#
+# Runs the integration tests that exercise what differs on a stock distribution kernel (pure
+# cgroup v2, soft-dirty tracking, userfaultfd) inside a fresh guest booted from Debian's kernel
+# (scripts/guest/run.sh), one guest per group. The test binaries are the ones cargo built on
+# this machine; the guest sees them at the same path. Prints each binary's cargo summary, so the
+# caller's totals include the guest; exits non-zero if any group fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log() { echo "test-guest: $*" >&2; }
+
+# group name -> "test-binary[ filter...]" entries, run one after another in the group's guest.
+declare -A GROUPS_=(
+  [lifecycle]="runtime;cgroups"
+)
+ORDER=(lifecycle)
+[ $# -gt 0 ] && ORDER=("$@")
+
+scripts/guest/install.sh || exit 1
+locked=()
+[ -f Cargo.lock ] && locked=(--locked)
+declare -A BIN
+while read -r name exe; do BIN[$name]=$exe; done < <(
+  cargo test --workspace --no-run "${locked[@]}" --message-format=json 2>/dev/null |
+    jq -r 'select(.executable != null and .profile.test) | .target.name + " " + .executable'
+)
+
+status=0
+for g in "${ORDER[@]}"; do
+  entries=${GROUPS_[$g]:-}
+  [ -n "$entries" ] || { log "unknown group $g (groups: ${!GROUPS_[*]})"; exit 2; }
+  script=$(mktemp "$PWD/target/guest-group.XXXXXX")
+  {
+    echo 'set -u; rc=0'
+    echo 'echo "guest: $(uname -r), $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup"'
+    IFS=';' read -ra list <<<"$entries"
+    for e in "${list[@]}"; do
+      read -ra words <<<"$e"
+      exe=${BIN[${words[0]}]:-}
+      [ -n "$exe" ] || { log "no test binary ${words[0]}"; exit 2; }
+      printf 'echo "     Running %s in the guest"\n' "${words[0]}"
+      printf '%q --test-threads=2 %s 2>&1 || rc=1\n' "$exe" "${words[*]:1}"
+    done
+    echo 'exit $rc'
+  } >"$script"
+  log "group $g: booting a guest"
+  start=$(date +%s)
+  GUEST_ENV="CI FERRY_REQUIRE_ALL RUST_BACKTRACE" scripts/guest/run.sh -m 4G -- bash "$script"
+  rc=$?
+  rm -f "$script"
+  log "group $g: exit $rc after $(($(date +%s) - start)) s"
+  ((rc == 0)) || status=1
+done
+exit $status
