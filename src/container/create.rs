@@ -164,12 +164,12 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     let new_utsns = clone_flags.contains(CloneFlags::CLONE_NEWUTS)
         || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
 
-    if let Some(p) = &pid_ns_path {
-        // setns on a pid namespace applies to our next child.
-        let f = std::fs::File::open(p).map_err(io(format!("pid namespace {}", p.display())))?;
-        nix::sched::setns(&f, CloneFlags::CLONE_NEWPID)
-            .map_err(sys(format!("join pid namespace {}", p.display())))?;
-    }
+    // setns on a pid namespace applies to the caller's next children: the
+    // guard puts ours back once the init is cloned (or on any error).
+    let pid_ns = match &pid_ns_path {
+        Some(p) => Some(super::pid_ns::PidNsForChildren::join(p).map_err(Error::Init)?),
+        None => None,
+    };
 
     let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
     let init = Init {
@@ -200,6 +200,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     .map_err(sys("clone container init"))?;
     // The child owns its copies; ours must close so EOF/ENXIO work.
     drop(init);
+    drop(pid_ns);
     undo.pid = Some(pid);
 
     let child_error = |msg: Option<Msg>| -> Error {
