@@ -203,18 +203,21 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     drop(pid_ns);
     undo.pid = Some(pid);
 
+    // An init that vanishes may have been killed for a too small memory limit.
+    let lost =
+        |e: String| super::oom::init_lost(&cgroup_desc, linux.resources().as_ref(), Error::Init(e));
     let child_error = |msg: Option<Msg>| -> Error {
         match msg {
             Some(Msg::Failed(m)) => Error::Init(m),
             Some(other) => Error::Init(format!("unexpected message {other:?}")),
-            None => Error::Init("exited during setup".into()),
+            None => lost("exited during setup".into()),
         }
     };
-    let recv = |ch: &sync::Channel| ch.recv().map_err(Error::Init);
+    let recv = |ch: &sync::Channel| ch.recv().map_err(lost);
 
     if new_userns {
         write_id_maps(pid, linux.uid_mappings(), linux.gid_mappings())?;
-        parent_ch.send(&Msg::Mapped).map_err(Error::Init)?;
+        parent_ch.send(&Msg::Mapped).map_err(lost)?;
     }
     match recv(&parent_ch)? {
         Some(Msg::NsReady) => {}
@@ -232,8 +235,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         network::create(v, pid.as_raw())?;
         undo.veth = Some(v.clone());
     }
-    let start_time = crate::proc::start_time(pid.as_raw())
-        .ok_or_else(|| Error::Init("exited during setup".into()))?;
+    let start_time = crate::proc::start_time(pid.as_raw()).ok_or_else(|| child_error(None))?;
     let mut state = State {
         id: opts.id.clone(),
         pid: pid.as_raw(),
@@ -261,11 +263,11 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
                 .map(|(k, v)| (k.clone(), v.display().to_string()))
                 .collect(),
         })
-        .map_err(Error::Init)?;
+        .map_err(lost)?;
     // A terminal container's init sends its console master first.
     let mut master = None;
     loop {
-        match parent_ch.recv_fd().map_err(Error::Init)? {
+        match parent_ch.recv_fd().map_err(lost)? {
             (Some(Msg::Console), Some(fd)) => master = Some(fd),
             (Some(Msg::Created), _) => break,
             (other, _) => return Err(child_error(other)),

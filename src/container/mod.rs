@@ -16,6 +16,7 @@ mod exec;
 mod externals;
 mod kill;
 mod list;
+mod oom;
 mod pause;
 mod pid_ns;
 mod ps;

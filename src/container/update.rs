@@ -1,7 +1,8 @@
 //! `update`: change cgroup resources of a live container.
 use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
 
-use super::{Container, Result, Status};
+use super::{Container, Error, Result, Status};
+use crate::cgroups::Cgroup;
 
 impl Container {
     /// Applies `resources` and records in the container's config exactly
@@ -12,13 +13,31 @@ impl Container {
             &[Status::Created, Status::Running, Status::Paused],
             "only a live container can be updated",
         )?;
-        self.cgroup_or_err()?.apply(resources)?;
+        let cgroup = self.cgroup_or_err()?;
+        if let Err(e) = cgroup.apply(resources) {
+            return Err(self.explain_memory(&cgroup, resources).unwrap_or(e.into()));
+        }
         let mut linux = self.state.config.linux().clone().unwrap_or_default();
         let merged = merge(linux.resources().clone().unwrap_or_default(), resources);
         linux.set_resources(Some(merged));
         self.state.config.set_linux(Some(linux));
         self.dir.save(&self.state)?;
         Ok(())
+    }
+}
+
+impl Container {
+    /// A memory limit the kernel refused because the container already uses
+    /// more than it (v1 answers EBUSY once reclaim fails; v2 OOM-kills).
+    fn explain_memory(&self, cgroup: &Cgroup, r: &LinuxResources) -> Option<Error> {
+        let limit = r.memory().as_ref()?.limit().filter(|l| *l >= 0)?;
+        let usage = cgroup.stats().ok()?.memory_usage;
+        (usage > limit as u64).then(|| {
+            Error::Usage(format!(
+                "memory limit {limit} is too small for container {}: it uses {usage} bytes now and the kernel cannot reclaim enough to fit under the limit; give at least {usage}",
+                self.id()
+            ))
+        })
     }
 }
 
