@@ -218,7 +218,7 @@ fn exec_process(c: &Container, a: &ExecArgs) -> anyhow::Result<Process> {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
             serde_json::from_str(&text)
-                .with_context(|| format!("{}: malformed process JSON", path.display()))?
+                .map_err(|e| anyhow::anyhow!("{}: malformed process JSON: {e}", path.display()))?
         }
         None => {
             if a.command.is_empty() {
