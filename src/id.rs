@@ -39,6 +39,17 @@ pub fn validate(id: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// A file name made of `id` and `suffix` that stays within NAME_MAX: the ID
+/// is cut short to leave room for the suffix (the state directory itself is
+/// the ID, which [`validate`] bounds).
+pub fn file_name(id: &str, suffix: &str) -> String {
+    let mut room = MAX_LEN.saturating_sub(suffix.len());
+    while room < id.len() && !id.is_char_boundary(room) {
+        room -= 1;
+    }
+    format!("{}{suffix}", &id[..room.min(id.len())])
+}
+
 /// Outcome of looking an ID up among the containers under a state root.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -96,6 +107,15 @@ mod tests {
         assert_eq!(validate(&"a".repeat(1024)), Err(IdError::TooLong(1024)));
         let msg = IdError::TooLong(300).to_string();
         assert!(msg.contains("300") && msg.contains("255"), "{msg}");
+    }
+
+    #[test]
+    fn derived_file_names_fit() {
+        assert_eq!(file_name("c1", "-dump.log"), "c1-dump.log");
+        let long = "a".repeat(MAX_LEN);
+        let n = file_name(&long, "-restore.log");
+        assert_eq!(n.len(), MAX_LEN);
+        assert!(n.ends_with("a-restore.log"));
     }
 
     #[test]

@@ -466,7 +466,10 @@ fn an_archive_larger_than_the_free_space_is_refused() {
 
     // 3 MiB: the rootfs tar itself does not fit; 11 MiB: the archive fits
     // but not the rootfs unpacked beside it.
-    let rid = format!("t{}-space-r", std::process::id());
+    // The restored ID is as long as IDs get: names derived from it (the
+    // import's staging directory) must fit too.
+    let rid = format!("t{}-space-", std::process::id());
+    let rid = format!("{rid}{}", "r".repeat(255 - rid.len()));
     for size in ["3m", "11m"] {
         let t = Tmpfs::new(size);
         let (ok, _, err) = ferry_in(t.path(), &["restore", "-d", "--import", s(&archive), &rid]);
@@ -485,4 +488,40 @@ fn an_archive_larger_than_the_free_space_is_refused() {
     assert!(ok && state.contains("\"running\""), "{state}");
     let (ok, _, err) = ferry_in(t.path(), &["delete", "-f", &rid]);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn kill_all_signals_a_frozen_tree_and_leaves_the_freezer_as_it_was() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new("killall");
+    let b = env.bundle("b", &["sh", "-c", "sleep 1000 & sleep 1000 & wait"], |_| {});
+    let id = env.id("c");
+    env.ok(&["run", "-d", "--bundle", s(&b), &id]);
+    let procs = |env: &Env| -> usize {
+        let out = env.ok(&["ps", "--format", "json", &id]);
+        serde_json::from_str::<Vec<i64>>(&out).unwrap().len()
+    };
+    assert!(wait_until(std::time::Duration::from_secs(5), || procs(
+        &env
+    ) == 3));
+    // A harmless signal: the container runs on, not left frozen.
+    env.ok(&["kill", "--all", &id, "CONT"]);
+    assert_eq!(env.status(&id), "running");
+    assert_eq!(procs(&env), 3);
+    // A paused container stays paused; the processes die once thawed.
+    env.ok(&["pause", &id]);
+    env.ok(&["kill", "--all", &id, "KILL"]);
+    assert_eq!(env.status(&id), "paused");
+    env.ok(&["resume", &id]);
+    assert!(wait_until(std::time::Duration::from_secs(5), || env
+        .status(&id)
+        == "stopped"));
+    for dir in env.cgroup_dirs(&id) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        assert!(procs.trim().is_empty(), "{}: {procs}", dir.display());
+    }
+    env.ok(&["delete", &id]);
+    env.assert_gone(&id);
 }

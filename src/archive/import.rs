@@ -529,8 +529,10 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "import".into());
+    // The random suffix makes it unique: a long stem (an ID of up to 255
+    // characters) is cut so the name stays within NAME_MAX.
     let staging = tempfile::Builder::new()
-        .prefix(&format!(".{stem}.import-"))
+        .prefix(&format!(".{}.import-", short_stem(&stem)))
         .tempdir_in(&parent)
         .map_err(Error::io(format!(
             "cannot create a staging dir in {}",
@@ -627,6 +629,15 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
         entries: un.entries,
         bytes: un.bytes,
     })
+}
+
+/// At most 64 bytes of `stem`, cut at a character boundary.
+pub(crate) fn short_stem(stem: &str) -> &str {
+    let mut n = stem.len().min(64);
+    while !stem.is_char_boundary(n) {
+        n -= 1;
+    }
+    &stem[..n]
 }
 
 /// Checks every entry of a rootfs tar without unpacking it: safe paths,
