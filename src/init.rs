@@ -296,12 +296,20 @@ pub fn mark_fds_cloexec() -> Result<()> {
         return Ok(());
     }
     let why = std::io::Error::last_os_error();
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| format!("close_range failed ({why}) and /proc/self/fd cannot be listed ({e}): inherited descriptors would leak into the container"))?
+    let fds = open_fds().map_err(|e| format!("close_range failed ({why}) and /proc/self/fd cannot be listed ({e}): inherited descriptors would leak into the container"))?;
+    set_cloexec(&fds)
+}
+
+/// The descriptors above stderr, from /proc/self/fd.
+fn open_fds() -> std::io::Result<Vec<i32>> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|fd| *fd > 2)
-        .collect();
-    for fd in fds {
+        .collect())
+}
+
+fn set_cloexec(fds: &[i32]) -> Result<()> {
+    for &fd in fds {
         // SAFETY: only the descriptor flags change; fds that closed since
         // the listing (the directory's own) answer EBADF.
         if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
@@ -443,4 +451,23 @@ pub fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<()> {
 /// Writes `data` to `fd` ignoring errors (used for status reports).
 pub fn write_all_fd(fd: &OwnedFd, data: &[u8]) {
     let _ = nix::unistd::write(fd, data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_marks_inherited_fds_close_on_exec() {
+        // SAFETY: a plain open without O_CLOEXEC, closed below.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(fd > 2);
+        let flags = || unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        // Only this fd is changed: the test harness's own must stay as they are.
+        assert!(open_fds().unwrap().contains(&fd));
+        set_cloexec(&[fd]).unwrap();
+        assert_eq!(flags() & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        unsafe { libc::close(fd) };
+    }
 }
