@@ -691,16 +691,16 @@ fn check_shared_rootfs(rootfs: &Path, allowed: &[PathBuf]) -> Result<(), Error> 
     Ok(())
 }
 
-/// Whether a container ID from a peer is safe to use (as a file name).
+/// Whether a container ID from a peer is safe to use (as a file name): the
+/// runtime's own ID rule (at most 255 of `A-Za-z0-9_+.-`), and no hidden
+/// names on this side.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 255
-        && id != "."
-        && id != ".."
         && !id.starts_with('.')
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'))
 }
 
 /// The source's config.json with `root.path` pointing at this host's
@@ -781,10 +781,20 @@ mod tests {
 
     #[test]
     fn ids_from_peers_are_checked() {
-        for ok in ["counter", "a-b_c.1", "X"] {
+        for ok in ["counter", "a-b_c.1", "X", "a+b", &"x".repeat(255)] {
             assert!(valid_id(ok), "{ok}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "a b", "\u{e9}"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            "\u{e9}",
+            &"x".repeat(256),
+        ] {
             assert!(!valid_id(bad), "{bad:?}");
         }
     }
