@@ -45,7 +45,7 @@ pub enum Error {
     NotFound(String),
     /// No container has this ID, but some IDs start with it: IDs are
     /// never abbreviated, so a command cannot reach the wrong container.
-    #[error("container {id} does not exist (IDs are exact, never abbreviated: {} start with it, name it in full)", .longer.join(", "))]
+    #[error("container {id} does not exist (IDs are exact, never abbreviated; IDs that start with it: {})", .longer.join(", "))]
     NotFoundLonger { id: String, longer: Vec<String> },
     #[error("container {0} already exists: pick another ID or `ferry delete {0}` first")]
     Exists(String),
