@@ -1,28 +1,28 @@
-//! Container IDs: validation and unambiguous-prefix resolution.
+//! Container IDs: validation and exact lookup.
 use std::path::Path;
 
-pub const MAX_LEN: usize = 1024;
+/// Longest ID: it names the container's state directory and, by default,
+/// its cgroup directory, and a file name holds at most 255 bytes (NAME_MAX).
+pub const MAX_LEN: usize = 255;
 
 /// Why an ID was refused; `Display` is the reason only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     #[error("it is empty")]
     Empty,
-    #[error("it is longer than {MAX_LEN} characters")]
-    TooLong,
+    #[error("it is {0} characters long, the limit is {MAX_LEN} (the ID names the container's state directory and cgroup, and a file name holds at most {MAX_LEN} bytes)")]
+    TooLong(usize),
     #[error("'.' and '..' are not container IDs")]
     Dots,
     #[error("character {0:?} is not allowed (use letters, digits, '_', '+', '.', '-')")]
     BadChar(char),
 }
 
-/// Checks `id` against `^[A-Za-z0-9_+.-]+$`, at most 1024 characters, not `.`/`..`.
+/// Checks `id` against `^[A-Za-z0-9_+.-]+$`, at most [`MAX_LEN`]
+/// characters, not `.`/`..`.
 pub fn validate(id: &str) -> Result<(), IdError> {
     if id.is_empty() {
         return Err(IdError::Empty);
-    }
-    if id.len() > MAX_LEN {
-        return Err(IdError::TooLong);
     }
     if id == "." || id == ".." {
         return Err(IdError::Dots);
@@ -33,37 +33,52 @@ pub fn validate(id: &str) -> Result<(), IdError> {
     {
         return Err(IdError::BadChar(c));
     }
+    if id.len() > MAX_LEN {
+        return Err(IdError::TooLong(id.len()));
+    }
     Ok(())
+}
+
+/// A file name made of `id` and `suffix` that stays within NAME_MAX: the ID
+/// is cut short to leave room for the suffix (the state directory itself is
+/// the ID, which [`validate`] bounds).
+pub fn file_name(id: &str, suffix: &str) -> String {
+    let mut room = MAX_LEN.saturating_sub(suffix.len());
+    while room < id.len() && !id.is_char_boundary(room) {
+        room -= 1;
+    }
+    format!("{}{suffix}", &id[..room.min(id.len())])
 }
 
 /// Outcome of looking an ID up among the containers under a state root.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
-    Exact(String),
-    Prefix(String),
-    Ambiguous(Vec<String>),
-    Missing,
+    Found,
+    /// No container has this ID; these IDs start with it (a hint only:
+    /// IDs are never abbreviated).
+    Missing {
+        longer: Vec<String>,
+    },
 }
 
-/// Finds `id` under `root`: an exact match wins, else a unique prefix.
+/// Looks for exactly `id` under `root`. IDs are never abbreviated: after a
+/// container is gone, a command naming it must not reach another whose ID
+/// merely starts the same (`web` vs `web-2`).
 pub fn lookup(root: &Path, id: &str) -> Lookup {
     if root.join(id).is_dir() {
-        return Lookup::Exact(id.to_string());
+        return Lookup::Found;
     }
-    let mut matches: Vec<String> = std::fs::read_dir(root)
+    let mut longer: Vec<String> = std::fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.starts_with(id))
+        .filter(|name| name.starts_with(id) && validate(name).is_ok())
         .collect();
-    matches.sort();
-    match matches.len() {
-        0 => Lookup::Missing,
-        1 => Lookup::Prefix(matches.remove(0)),
-        _ => Lookup::Ambiguous(matches),
-    }
+    longer.sort();
+    longer.truncate(5);
+    Lookup::Missing { longer }
 }
 
 #[cfg(test)]
@@ -84,21 +99,47 @@ mod tests {
         assert_eq!(validate(".."), Err(IdError::Dots));
         assert_eq!(validate("a/b"), Err(IdError::BadChar('/')));
         assert_eq!(validate("a b"), Err(IdError::BadChar(' ')));
-        assert_eq!(validate(&"a".repeat(MAX_LEN + 1)), Err(IdError::TooLong));
+        assert_eq!(validate("a\0b"), Err(IdError::BadChar('\0')));
+        assert_eq!(
+            validate(&"a".repeat(MAX_LEN + 1)),
+            Err(IdError::TooLong(MAX_LEN + 1))
+        );
+        assert_eq!(validate(&"a".repeat(1024)), Err(IdError::TooLong(1024)));
+        let msg = IdError::TooLong(300).to_string();
+        assert!(msg.contains("300") && msg.contains("255"), "{msg}");
     }
 
     #[test]
-    fn prefix_lookup() {
+    fn derived_file_names_fit() {
+        assert_eq!(file_name("c1", "-dump.log"), "c1-dump.log");
+        let long = "a".repeat(MAX_LEN);
+        let n = file_name(&long, "-restore.log");
+        assert_eq!(n.len(), MAX_LEN);
+        assert!(n.ends_with("a-restore.log"));
+    }
+
+    #[test]
+    fn lookup_is_exact() {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["alpha1", "alpha2", "beta"] {
+        for d in ["web-2", "alpha1", "alpha2", "beta"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
-        assert_eq!(lookup(dir.path(), "beta"), Lookup::Exact("beta".into()));
-        assert_eq!(lookup(dir.path(), "be"), Lookup::Prefix("beta".into()));
+        assert_eq!(lookup(dir.path(), "beta"), Lookup::Found);
+        assert_eq!(
+            lookup(dir.path(), "web"),
+            Lookup::Missing {
+                longer: vec!["web-2".into()]
+            }
+        );
         assert_eq!(
             lookup(dir.path(), "alp"),
-            Lookup::Ambiguous(vec!["alpha1".into(), "alpha2".into()])
+            Lookup::Missing {
+                longer: vec!["alpha1".into(), "alpha2".into()]
+            }
         );
-        assert_eq!(lookup(dir.path(), "gamma"), Lookup::Missing);
+        assert_eq!(
+            lookup(dir.path(), "gamma"),
+            Lookup::Missing { longer: vec![] }
+        );
     }
 }

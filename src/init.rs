@@ -135,7 +135,7 @@ impl Init {
         // Signals blocked by the parent must not stay blocked in the container.
         let _ =
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-        mark_fds_cloexec();
+        mark_fds_cloexec()?;
         if self.new_userns {
             match self.channel.recv()? {
                 Some(Msg::Mapped) => {}
@@ -198,7 +198,7 @@ impl Init {
         .map_err(|e| e.to_string())?;
         rootfs::enter(&self.rootfs, self.no_pivot)?;
         // Sysctls go in before /proc/sys becomes read-only (as runc does).
-        apply_sysctls(&self.spec)?;
+        crate::sysctl::apply(&self.spec)?;
         rootfs::finish(&self.spec)?;
         let process = self.spec.process().clone().unwrap_or_default();
         apply_rlimits(&process)?;
@@ -238,29 +238,77 @@ pub struct Exec {
 }
 
 impl Exec {
-    /// Replaces this process; returns only the error text.
+    /// Replaces this process; returns only the error text. A NUL byte in
+    /// an argument is an error, never a silently emptied argument.
     pub fn exec(&self) -> String {
-        let cstr = |s: &str| CString::new(s).unwrap_or_default();
-        let program = cstr(&self.program.to_string_lossy());
-        let args: Vec<CString> = self.args.iter().map(|a| cstr(a)).collect();
-        let env: Vec<CString> = self.env.iter().map(|a| cstr(a)).collect();
+        let cstrs = |what: &str, v: &[String]| -> Result<Vec<CString>> {
+            v.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    CString::new(s.as_str())
+                        .map_err(|_| format!("{what}[{i}] {s:?} contains a NUL byte"))
+                })
+                .collect()
+        };
+        let prepared = (|| -> Result<_> {
+            let program = CString::new(self.program.as_os_str().as_encoded_bytes())
+                .map_err(|_| format!("program {} contains a NUL byte", self.program.display()))?;
+            Ok((
+                program,
+                cstrs("args", &self.args)?,
+                cstrs("env", &self.env)?,
+            ))
+        })();
+        let (program, args, env) = match prepared {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
         let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
         format!("exec {}: {err}", self.program.display())
     }
 }
 
 /// Every inherited fd above stderr gets CLOEXEC so nothing leaks into the
-/// user program; ferry's own fds already have it.
-pub fn mark_fds_cloexec() {
+/// user program; ferry's own fds already have it. Kernels before 5.11 lack
+/// CLOSE_RANGE_CLOEXEC: there each fd listed in /proc/self/fd is marked.
+pub fn mark_fds_cloexec() -> Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
-    unsafe {
+    let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
             3u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
-        );
+        )
+    };
+    if r == 0 {
+        return Ok(());
     }
+    let why = std::io::Error::last_os_error();
+    let fds = open_fds().map_err(|e| format!("close_range failed ({why}) and /proc/self/fd cannot be listed ({e}): inherited descriptors would leak into the container"))?;
+    set_cloexec(&fds)
+}
+
+/// The descriptors above stderr, from /proc/self/fd.
+fn open_fds() -> std::io::Result<Vec<i32>> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect())
+}
+
+fn set_cloexec(fds: &[i32]) -> Result<()> {
+    for &fd in fds {
+        // SAFETY: only the descriptor flags change; fds that closed since
+        // the listing (the directory's own) answer EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBADF) {
+                return Err(format!("marking fd {fd} close-on-exec: {e}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn environment(process: &oci_spec::runtime::Process) -> Vec<String> {
@@ -298,19 +346,6 @@ pub fn resolve_program(arg0: &str, env: &[String]) -> Result<PathBuf> {
         .map(|d| Path::new(d).join(arg0))
         .find(|p| executable(p))
         .ok_or_else(|| format!("exec {arg0}: executable file not found in $PATH ({path})"))
-}
-
-fn apply_sysctls(spec: &Spec) -> Result<()> {
-    let sysctls = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.sysctl().clone())
-        .unwrap_or_default();
-    for (key, value) in sysctls {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value.as_bytes()).map_err(|e| format!("sysctl {key}: {e}"))?;
-    }
-    Ok(())
 }
 
 fn apply_rlimits(process: &oci_spec::runtime::Process) -> Result<()> {
@@ -405,4 +440,23 @@ pub fn set_user_and_caps(process: &oci_spec::runtime::Process) -> Result<()> {
 /// Writes `data` to `fd` ignoring errors (used for status reports).
 pub fn write_all_fd(fd: &OwnedFd, data: &[u8]) {
     let _ = nix::unistd::write(fd, data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_marks_inherited_fds_close_on_exec() {
+        // SAFETY: a plain open without O_CLOEXEC, closed below.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(fd > 2);
+        let flags = || unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        // Only this fd is changed: the test harness's own must stay as they are.
+        assert!(open_fds().unwrap().contains(&fd));
+        set_cloexec(&[fd]).unwrap();
+        assert_eq!(flags() & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        unsafe { libc::close(fd) };
+    }
 }

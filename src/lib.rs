@@ -23,6 +23,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod sync;
+pub mod sysctl;
 
 /// Generated from `proto/*.proto` by build.rs.
 pub mod proto {

@@ -89,6 +89,12 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
         Some(args) if !args.is_empty() => {}
         _ => return Err(invalid("process.args", "empty (name the program to run)")),
     }
+    if let Some((field, value)) = nul_in_process(process) {
+        return Err(invalid(
+            &field,
+            format!("{value:?} contains a NUL byte, which no program argument, variable or path can hold"),
+        ));
+    }
     if !process.cwd().is_absolute() {
         return Err(invalid(
             "process.cwd",
@@ -170,6 +176,7 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
                 "a new user namespace needs linux.uidMappings and linux.gidMappings",
             ));
         }
+        crate::sysctl::validate(spec).map_err(|e| invalid("linux.sysctl", e))?;
         if let Some(path) = linux.cgroups_path() {
             if path
                 .components()
@@ -193,6 +200,22 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first argument, environment entry or cwd of `p` holding a NUL byte
+/// (JSON allows "\u0000"; exec cannot pass it), as (field, value).
+pub fn nul_in_process(p: &oci_spec::runtime::Process) -> Option<(String, String)> {
+    let args = p.args().clone().unwrap_or_default();
+    if let Some((i, a)) = args.iter().enumerate().find(|(_, a)| a.contains('\0')) {
+        return Some((format!("process.args[{i}]"), a.clone()));
+    }
+    let env = p.env().clone().unwrap_or_default();
+    if let Some((i, e)) = env.iter().enumerate().find(|(_, e)| e.contains('\0')) {
+        return Some((format!("process.env[{i}]"), e.clone()));
+    }
+    let cwd = p.cwd().to_string_lossy();
+    cwd.contains('\0')
+        .then(|| ("process.cwd".to_string(), cwd.into_owned()))
 }
 
 /// This host may forbid raising limits (no CAP_SYS_RESOURCE): refuse up front

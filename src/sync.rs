@@ -20,6 +20,8 @@ pub enum Msg {
     Console,
     /// Child → parent: set up and waiting for `start`.
     Created,
+    /// Child → parent (exec): the pid of the process in the container.
+    Pid(i32),
     /// Child → parent: setup failed.
     Failed(String),
 }

@@ -509,24 +509,6 @@ fn bad_input_gets_one_line_and_changes_nothing() {
 }
 
 #[test]
-fn id_prefix_resolves_when_unambiguous() {
-    if !is_root() {
-        return;
-    }
-    let env = Env::new("prefix");
-    let a = env.id("alpha");
-    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
-    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &a]);
-    let prefix = &a[..a.len() - 3];
-    assert_eq!(env.state(prefix)["id"], a.as_str());
-    let b = env.id("alpine");
-    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &b]);
-    let common = &a[..a.len() - 3];
-    let err = env.fail(&["state", common]);
-    assert!(err.contains("ambiguous"), "{err}");
-}
-
-#[test]
 fn seccomp_filter_applies_to_init_and_exec() {
     if !is_root() {
         return;

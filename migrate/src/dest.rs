@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,13 @@ enum State {
     Aborted,
 }
 
+/// Locks `m` even if a thread panicked while holding it: every critical
+/// section here leaves its map consistent, and one connection's panic must
+/// not take every later connection down with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 struct Shared {
     cfg: DestConfig,
     factory: Arc<dyn DestFactory>,
@@ -72,7 +79,7 @@ struct Shared {
 
 impl Shared {
     fn set_state(&self, mid: &str, s: State) {
-        let mut m = self.migrations.lock().unwrap();
+        let mut m = lock(&self.migrations);
         // Forget old outcomes beyond a bound.
         if m.len() > 4096 {
             m.retain(|_, st| matches!(st, State::Active(_) | State::Committing));
@@ -100,7 +107,7 @@ impl ServerHandle {
     /// are.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        for c in self.shared.closers.lock().unwrap().values() {
+        for c in lock(&self.shared.closers).values() {
             c.close();
         }
     }
@@ -108,7 +115,7 @@ impl ServerHandle {
     /// Waits until no migration is in progress (or `timeout` passes).
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut ids = self.shared.active_ids.lock().unwrap();
+        let mut ids = lock(&self.shared.active_ids);
         while !ids.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -118,7 +125,7 @@ impl ServerHandle {
                 .shared
                 .ids_changed
                 .wait_timeout(ids, left.min(Duration::from_millis(50)))
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
         true
@@ -187,7 +194,7 @@ impl Server {
             }
             sessions.retain(|h| !h.is_finished());
         }
-        for c in self.shared.closers.lock().unwrap().values() {
+        for c in lock(&self.shared.closers).values() {
             c.close();
         }
         for h in sessions {
@@ -211,14 +218,14 @@ fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         if shared.stop.load(Ordering::SeqCst) {
             c.close();
         }
-        shared.closers.lock().unwrap().insert(conn_id, c);
+        lock(&shared.closers).insert(conn_id, c);
     }
     ch.set_timeout(Some(shared.cfg.timeouts.reply));
     let first: Msg = match ch.recv() {
         Ok(m) => m,
         Err(e) => {
             warn!(%peer, error = %e, "no hello");
-            shared.closers.lock().unwrap().remove(&conn_id);
+            lock(&shared.closers).remove(&conn_id);
             return;
         }
     };
@@ -250,7 +257,7 @@ fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
             });
         }
     }
-    shared.closers.lock().unwrap().remove(&conn_id);
+    lock(&shared.closers).remove(&conn_id);
 }
 
 /// Answers a status query. A migration still waiting for its commit is
@@ -258,14 +265,14 @@ fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
 /// the commit will never come.
 fn status(shared: &Shared, mid: &str) -> Outcome {
     let deadline = Instant::now() + shared.cfg.timeouts.work;
-    let mut m = shared.migrations.lock().unwrap();
+    let mut m = lock(&shared.migrations);
     loop {
         match m.get(mid).copied() {
             None => return Outcome::Unknown,
             Some(State::Running) => return Outcome::Running,
             Some(State::Aborted) => return Outcome::Aborted,
             Some(State::Active(conn)) => {
-                if let Some(c) = shared.closers.lock().unwrap().get(&conn) {
+                if let Some(c) = lock(&shared.closers).get(&conn) {
                     c.close();
                 }
             }
@@ -278,7 +285,7 @@ fn status(shared: &Shared, mid: &str) -> Outcome {
         m = shared
             .changed
             .wait_timeout(m, left.min(Duration::from_millis(50)))
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .0;
     }
 }
@@ -291,7 +298,7 @@ struct IdGuard<'a> {
 
 impl Drop for IdGuard<'_> {
     fn drop(&mut self) {
-        self.shared.active_ids.lock().unwrap().remove(&self.id);
+        lock(&self.shared.active_ids).remove(&self.id);
         self.shared.ids_changed.notify_all();
     }
 }
@@ -310,7 +317,7 @@ fn receive(
         });
         return;
     }
-    if !shared.active_ids.lock().unwrap().insert(id.clone()) {
+    if !lock(&shared.active_ids).insert(id.clone()) {
         let _ = ch.send(&Msg::Error {
             reason: format!("a migration of container {id:?} is already in progress here"),
         });
@@ -320,7 +327,7 @@ fn receive(
         shared,
         id: id.clone(),
     };
-    if shared.migrations.lock().unwrap().contains_key(&mid) {
+    if lock(&shared.migrations).contains_key(&mid) {
         let _ = ch.send(&Msg::Error {
             reason: format!("migration {mid} was seen before"),
         });
@@ -684,16 +691,16 @@ fn check_shared_rootfs(rootfs: &Path, allowed: &[PathBuf]) -> Result<(), Error> 
     Ok(())
 }
 
-/// Whether a container ID from a peer is safe to use (as a file name).
+/// Whether a container ID from a peer is safe to use (as a file name): the
+/// runtime's own ID rule (at most 255 of `A-Za-z0-9_+.-`), and no hidden
+/// names on this side.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 255
-        && id != "."
-        && id != ".."
         && !id.starts_with('.')
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'))
 }
 
 /// The source's config.json with `root.path` pointing at this host's
@@ -740,6 +747,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_panicking_holder_does_not_lock_out_later_connections() {
+        let ids = Arc::new(Mutex::new(HashSet::new()));
+        let held = ids.clone();
+        let r = std::thread::spawn(move || {
+            let mut g = held.lock().unwrap();
+            g.insert("c1".to_string());
+            panic!("a connection thread fails while holding the lock");
+        })
+        .join();
+        assert!(r.is_err());
+        assert!(ids.is_poisoned());
+        assert!(lock(&ids).insert("c2".to_string()));
+        assert_eq!(lock(&ids).len(), 2);
+    }
+
+    #[test]
     fn config_root_points_at_this_hosts_rootfs() {
         let c = r#"{"ociVersion":"1.0.2","root":{"path":"/var/lib/a/rootfs","readonly":true}}"#;
         let v: serde_json::Value = serde_json::from_str(
@@ -758,10 +781,20 @@ mod tests {
 
     #[test]
     fn ids_from_peers_are_checked() {
-        for ok in ["counter", "a-b_c.1", "X"] {
+        for ok in ["counter", "a-b_c.1", "X", "a+b", &"x".repeat(255)] {
             assert!(valid_id(ok), "{ok}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "a b", "\u{e9}"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            "\u{e9}",
+            &"x".repeat(256),
+        ] {
             assert!(!valid_id(bad), "{bad:?}");
         }
     }

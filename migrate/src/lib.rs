@@ -163,10 +163,15 @@ impl CancelToken {
 
     pub fn cancel(&self) {
         self.inner.cancelled.store(true, Ordering::SeqCst);
-        if let Ok(c) = self.inner.closers.lock() {
-            for closer in c.iter() {
-                closer.close();
-            }
+        // A poisoned list is still the list: cancelling must cut every
+        // connection even after a thread panicked.
+        let c = self
+            .inner
+            .closers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for closer in c.iter() {
+            closer.close();
         }
     }
 
@@ -179,9 +184,11 @@ impl CancelToken {
         if self.is_cancelled() {
             closer.close();
         }
-        if let Ok(mut c) = self.inner.closers.lock() {
-            c.push(closer);
-        }
+        self.inner
+            .closers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(closer);
     }
 }
 

@@ -162,6 +162,73 @@ fn safe_path(raw: &[u8], limits: &Limits) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// How much an import may write into one filesystem: its free space (less
+/// a reserve of 1% of its size, at most 256 MiB) and free inodes, measured
+/// once before writing. Each entry is charged from its tar header *before*
+/// its data is written, rounded up to whole blocks, so an archive larger
+/// than the free space is refused before it can fill the filesystem.
+pub(crate) struct SpaceBudget {
+    path: PathBuf,
+    block: u64,
+    bytes_left: u64,
+    inodes_left: u64,
+    charged: u64,
+    free_bytes: u64,
+}
+
+impl SpaceBudget {
+    pub(crate) fn of(dir: &Path) -> Result<SpaceBudget> {
+        let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
+            Error::io(format!(
+                "cannot measure the free space of {}",
+                dir.display()
+            ))(e.into())
+        })?;
+        let block = (st.fragment_size() as u64).max(512);
+        let free_bytes = (st.blocks_available() as u64).saturating_mul(block);
+        let size = (st.blocks() as u64).saturating_mul(block);
+        let reserve = (size / 100).min(256 << 20);
+        // Some filesystems report no inode limit at all (0 total).
+        let inodes_left = if st.files() == 0 {
+            u64::MAX
+        } else {
+            st.files_available() as u64
+        };
+        Ok(SpaceBudget {
+            path: dir.to_path_buf(),
+            block,
+            bytes_left: free_bytes.saturating_sub(reserve),
+            inodes_left,
+            charged: 0,
+            free_bytes,
+        })
+    }
+
+    /// Charges one file or directory of `size` bytes.
+    pub(crate) fn charge(&mut self, size: u64) -> Result<()> {
+        let cost = size.div_ceil(self.block).max(1).saturating_mul(self.block);
+        self.charged = self.charged.saturating_add(cost);
+        if cost > self.bytes_left || self.inodes_left == 0 {
+            return Err(self.refuse(self.inodes_left == 0));
+        }
+        self.bytes_left -= cost;
+        self.inodes_left -= 1;
+        Ok(())
+    }
+
+    fn refuse(&self, inodes: bool) -> Error {
+        Error::NoSpace {
+            path: self.path.clone(),
+            needed_what: format!("at least {} bytes", self.charged),
+            available: if inodes {
+                "no inodes are free".to_string()
+            } else {
+                format!("{} bytes are free", self.free_bytes)
+            },
+        }
+    }
+}
+
 /// What [`unpack`] found.
 struct Unpacked {
     compression: Compression,
@@ -205,6 +272,7 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
         bytes: 0,
     };
     let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut budget = SpaceBudget::of(dest)?;
     for entry in archive.entries().map_err(stream_err)? {
         let mut entry = entry.map_err(stream_err)?;
         out.entries += 1;
@@ -234,6 +302,7 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
                 if !seen.insert(rel.clone()) {
                     return Err(Error::Duplicate { path: name });
                 }
+                budget.charge(0)?;
                 let target = dest.join(&rel);
                 std::fs::create_dir_all(&target)
                     .map_err(Error::io(format!("cannot create {}", target.display())))?;
@@ -280,6 +349,7 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
         let mut count = 0u64;
         let mut keep = Vec::new();
         let mut file = if write {
+            budget.charge(size)?;
             let target = dest.join(&rel);
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)
@@ -459,8 +529,10 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "import".into());
+    // The random suffix makes it unique: a long stem (an ID of up to 255
+    // characters) is cut so the name stays within NAME_MAX.
     let staging = tempfile::Builder::new()
-        .prefix(&format!(".{stem}.import-"))
+        .prefix(&format!(".{}.import-", short_stem(&stem)))
         .tempdir_in(&parent)
         .map_err(Error::io(format!(
             "cannot create a staging dir in {}",
@@ -518,7 +590,7 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
                     "{ROOTFS_FILE} (the metadata says the rootfs is included)"
                 )));
             }
-            check_rootfs_tar(&rootfs, limits)?;
+            check_rootfs_tar(&rootfs, limits, None)?;
         }
         RootfsMode::None => {
             if rootfs.exists() {
@@ -559,9 +631,23 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
     })
 }
 
+/// At most 64 bytes of `stem`, cut at a character boundary.
+pub(crate) fn short_stem(stem: &str) -> &str {
+    let mut n = stem.len().min(64);
+    while !stem.is_char_boundary(n) {
+        n -= 1;
+    }
+    &stem[..n]
+}
+
 /// Checks every entry of a rootfs tar without unpacking it: safe paths,
-/// hard-link targets inside the tree, no devices, within `limits`.
-fn check_rootfs_tar(path: &Path, limits: &Limits) -> Result<u64> {
+/// hard-link targets inside the tree, no devices, within `limits`; with a
+/// `budget`, also that its unpacked entries fit there.
+fn check_rootfs_tar(
+    path: &Path,
+    limits: &Limits,
+    mut budget: Option<&mut SpaceBudget>,
+) -> Result<u64> {
     let f = File::open(path).map_err(Error::io(format!("cannot read {ROOTFS_FILE}")))?;
     let mut a = tar::Archive::new(io::BufReader::new(f));
     let mut n = 0u64;
@@ -588,6 +674,11 @@ fn check_rootfs_tar(path: &Path, limits: &Limits) -> Result<u64> {
                 what: "bytes in rootfs-diff.tar",
                 limit: limits.max_total_bytes,
             });
+        }
+        if let Some(b) = budget.as_deref_mut() {
+            // Hard links take no data blocks; everything else its size.
+            let link = entry.header().entry_type() == tar::EntryType::Link;
+            b.charge(if link { 0 } else { entry.size() })?;
         }
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
@@ -620,7 +711,17 @@ fn check_rootfs_tar(path: &Path, limits: &Limits) -> Result<u64> {
 /// Entries are checked first (see [`import_for`]); unpacking never writes
 /// through a symlink out of `dest`.
 pub fn unpack_rootfs(tar_path: &Path, dest: &Path, limits: &Limits) -> Result<u64> {
-    let n = check_rootfs_tar(tar_path, limits)?;
+    // The space is measured where `dest` will be: its nearest existing
+    // ancestor. Nothing is written unless everything fits.
+    let mut at = dest;
+    while !at.exists() {
+        at = at
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+    }
+    let mut budget = SpaceBudget::of(at)?;
+    let n = check_rootfs_tar(tar_path, limits, Some(&mut budget))?;
     std::fs::create_dir_all(dest)
         .map_err(Error::io(format!("cannot create {}", dest.display())))?;
     let f = File::open(tar_path).map_err(Error::io(format!("cannot read {ROOTFS_FILE}")))?;
@@ -745,4 +846,48 @@ pub fn describe_dir(dir: &Path, limits: &Limits) -> Result<ArchiveInfo> {
         dump_stats,
         images_dir,
     })
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+
+    fn budget(bytes: u64, inodes: u64) -> SpaceBudget {
+        SpaceBudget {
+            path: PathBuf::from("/target"),
+            block: 4096,
+            bytes_left: bytes,
+            inodes_left: inodes,
+            charged: 0,
+            free_bytes: bytes,
+        }
+    }
+
+    #[test]
+    fn entries_are_charged_in_whole_blocks_until_full() {
+        let mut b = budget(3 * 4096, 10);
+        b.charge(1).unwrap();
+        b.charge(0).unwrap();
+        b.charge(4096).unwrap();
+        let err = b.charge(1).unwrap_err().to_string();
+        assert!(err.contains("at least 16384 bytes"), "{err}");
+        assert!(err.contains("12288 bytes are free"), "{err}");
+        assert!(err.contains("/target"), "{err}");
+    }
+
+    #[test]
+    fn inodes_run_out_too() {
+        let mut b = budget(1 << 30, 1);
+        b.charge(10).unwrap();
+        let err = b.charge(10).unwrap_err().to_string();
+        assert!(err.contains("no inodes are free"), "{err}");
+    }
+
+    #[test]
+    fn measures_a_real_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let b = SpaceBudget::of(d.path()).unwrap();
+        assert!(b.free_bytes >= b.bytes_left);
+        assert!(b.block >= 512);
+    }
 }

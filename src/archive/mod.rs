@@ -214,6 +214,14 @@ pub enum Error {
     Missing(String),
     #[error("archive entry {path:?} does not match {MANIFEST_FILE}: {detail}")]
     ManifestMismatch { path: String, detail: String },
+    #[error("not enough space to unpack the archive in {}: it needs {needed_what}, and {available} there (nothing was left behind); free space there or import under another --root", path.display())]
+    NoSpace {
+        path: PathBuf,
+        /// "at least N bytes": what was charged when the limit was hit.
+        needed_what: String,
+        /// "N bytes are free", or "no inodes are free".
+        available: String,
+    },
     #[error("cannot import into {}: it exists and is not an empty directory", .0.display())]
     DestExists(PathBuf),
     #[error("{context}: {source}")]

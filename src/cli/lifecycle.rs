@@ -13,7 +13,7 @@ use super::wait;
 
 #[derive(Debug, Args)]
 pub struct IdArg {
-    /// Container ID (or an unambiguous prefix).
+    /// Container ID (exact: IDs are never abbreviated).
     pub id: String,
 }
 
@@ -189,7 +189,8 @@ pub fn delete(root: &Path, a: &DeleteArgs) -> anyhow::Result<()> {
         }
         // As runc: forcing the removal of what is already gone succeeds
         // (podman deletes after a checkpoint that removed the container).
-        Err(ferry::Error::NotFound(id)) if a.force => super::portable::remove_imported(root, &id)?,
+        // Only this exact ID is touched, never one that starts with it.
+        Err(e) if a.force && e.is_not_found() => super::portable::remove_imported(root, &a.id)?,
         Err(e) => return Err(e.into()),
     }
     Ok(())
@@ -205,23 +206,50 @@ pub fn resume(root: &Path, a: &IdArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The process to exec: `--process` JSON, or the container's process with
+/// the command. `-t`, `-e`, `--cwd` and `-u` apply on top of either (runc
+/// ignores them with `--process`; here no flag is accepted and ignored).
 fn exec_process(c: &Container, a: &ExecArgs) -> anyhow::Result<Process> {
-    if let Some(path) = &a.process {
-        if !a.command.is_empty() {
-            bail!("give either --process or a command, not both");
+    let mut p = match &a.process {
+        Some(path) => {
+            if !a.command.is_empty() {
+                bail!("give either --process or a command, not both");
+            }
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: malformed process JSON: {e}", path.display()))?
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-        return serde_json::from_str(&text)
-            .with_context(|| format!("{}: malformed process JSON", path.display()));
+        None => {
+            if a.command.is_empty() {
+                bail!("no command given: ferry exec ID COMMAND [ARG...]");
+            }
+            let mut p = c.state.config.process().clone().unwrap_or_default();
+            p.set_args(Some(a.command.clone()));
+            p.set_terminal(Some(false));
+            p.set_env(Some(Vec::new()));
+            p
+        }
+    };
+    if a.tty {
+        p.set_terminal(Some(true));
     }
-    if a.command.is_empty() {
-        bail!("no command given: ferry exec ID COMMAND [ARG...]");
+    if !a.env.is_empty() {
+        let mut env = p.env().clone().unwrap_or_default();
+        for kv in &a.env {
+            if !kv.contains('=') {
+                bail!("--env {kv:?}: give KEY=VALUE");
+            }
+            let key = kv.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        p.set_env(Some(env));
     }
-    let mut p = c.state.config.process().clone().unwrap_or_default();
-    p.set_args(Some(a.command.clone()));
-    p.set_terminal(Some(a.tty));
-    p.set_env(Some(a.env.clone()));
     if let Some(cwd) = &a.cwd {
+        if !cwd.is_absolute() {
+            bail!("--cwd {}: give an absolute path", cwd.display());
+        }
         p.set_cwd(cwd.clone());
     }
     if let Some(user) = &a.user {
@@ -333,7 +361,7 @@ pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
         p.set_limit(limit);
         res.set_pids(Some(p));
     }
-    if res.memory().is_none() && res.cpu().is_none() && res.pids().is_none() {
+    if res == LinuxResources::default() {
         bail!("nothing to update: give --memory, --cpu-*, --pids-limit or --resources");
     }
     Container::load(root, &a.id)?.update(&res)?;

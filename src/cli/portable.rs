@@ -69,7 +69,7 @@ impl Export {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "archive".into());
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&format!(".{}.", name.chars().take(64).collect::<String>()))
             .suffix(".tmp")
             .tempfile_in(&parent)
             .map_err(|e| {

@@ -164,12 +164,12 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     let new_utsns = clone_flags.contains(CloneFlags::CLONE_NEWUTS)
         || join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUTS);
 
-    if let Some(p) = &pid_ns_path {
-        // setns on a pid namespace applies to our next child.
-        let f = std::fs::File::open(p).map_err(io(format!("pid namespace {}", p.display())))?;
-        nix::sched::setns(&f, CloneFlags::CLONE_NEWPID)
-            .map_err(sys(format!("join pid namespace {}", p.display())))?;
-    }
+    // setns on a pid namespace applies to the caller's next children: the
+    // guard puts ours back once the init is cloned (or on any error).
+    let pid_ns = match &pid_ns_path {
+        Some(p) => Some(super::pid_ns::PidNsForChildren::join(p).map_err(Error::Init)?),
+        None => None,
+    };
 
     let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
     let init = Init {
@@ -200,20 +200,24 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     .map_err(sys("clone container init"))?;
     // The child owns its copies; ours must close so EOF/ENXIO work.
     drop(init);
+    drop(pid_ns);
     undo.pid = Some(pid);
 
+    // An init that vanishes may have been killed for a too small memory limit.
+    let lost =
+        |e: String| super::oom::init_lost(&cgroup_desc, linux.resources().as_ref(), Error::Init(e));
     let child_error = |msg: Option<Msg>| -> Error {
         match msg {
             Some(Msg::Failed(m)) => Error::Init(m),
             Some(other) => Error::Init(format!("unexpected message {other:?}")),
-            None => Error::Init("exited during setup".into()),
+            None => lost("exited during setup".into()),
         }
     };
-    let recv = |ch: &sync::Channel| ch.recv().map_err(Error::Init);
+    let recv = |ch: &sync::Channel| ch.recv().map_err(lost);
 
     if new_userns {
         write_id_maps(pid, linux.uid_mappings(), linux.gid_mappings())?;
-        parent_ch.send(&Msg::Mapped).map_err(Error::Init)?;
+        parent_ch.send(&Msg::Mapped).map_err(lost)?;
     }
     match recv(&parent_ch)? {
         Some(Msg::NsReady) => {}
@@ -231,8 +235,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         network::create(v, pid.as_raw())?;
         undo.veth = Some(v.clone());
     }
-    let start_time = crate::proc::start_time(pid.as_raw())
-        .ok_or_else(|| Error::Init("exited during setup".into()))?;
+    let start_time = crate::proc::start_time(pid.as_raw()).ok_or_else(|| child_error(None))?;
     let mut state = State {
         id: opts.id.clone(),
         pid: pid.as_raw(),
@@ -260,11 +263,11 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
                 .map(|(k, v)| (k.clone(), v.display().to_string()))
                 .collect(),
         })
-        .map_err(Error::Init)?;
+        .map_err(lost)?;
     // A terminal container's init sends its console master first.
     let mut master = None;
     loop {
-        match parent_ch.recv_fd().map_err(Error::Init)? {
+        match parent_ch.recv_fd().map_err(lost)? {
             (Some(Msg::Console), Some(fd)) => master = Some(fd),
             (Some(Msg::Created), _) => break,
             (other, _) => return Err(child_error(other)),

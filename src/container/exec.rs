@@ -44,6 +44,16 @@ impl Container {
             &[Status::Created, Status::Running],
             "exec needs a created or running container",
         )?;
+        if let Some((field, value)) = crate::spec::nul_in_process(&opts.process) {
+            return Err(Error::Usage(format!(
+                "exec: {field} {value:?} contains a NUL byte, which no argument, variable or path can hold"
+            )));
+        }
+        if opts.process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(Error::Usage(
+                "exec: the process has no args (name the program to run)".into(),
+            ));
+        }
         let terminal = opts.process.terminal().unwrap_or(false);
         let pty = match (terminal, &opts.console_socket) {
             (true, Some(sock)) => {
@@ -127,10 +137,7 @@ impl Container {
                     })
                     .map_err(|e| fail(Error::Init(e)))?;
                 let pid = match parent_ch.recv() {
-                    Ok(Some(Msg::Failed(m))) if m.starts_with("pid ") => m[4..]
-                        .parse::<i32>()
-                        .map(Pid::from_raw)
-                        .map_err(|_| fail(Error::Init(m)))?,
+                    Ok(Some(Msg::Pid(pid))) => Pid::from_raw(pid),
                     Ok(Some(Msg::Failed(m))) => return Err(fail(Error::Init(m))),
                     other => return Err(fail(Error::Init(format!("exec: unexpected {other:?}")))),
                 };
@@ -178,7 +185,9 @@ fn exec_child(
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
-    crate::init::mark_fds_cloexec();
+    if let Err(e) = crate::init::mark_fds_cloexec() {
+        return e;
+    }
     match ch.recv() {
         Ok(Some(Msg::Go { .. })) => {}
         other => return format!("exec: no go-ahead: {other:?}"),
@@ -200,7 +209,7 @@ fn exec_child(
     match unsafe { fork() } {
         Err(e) => format!("fork into pid namespace: {e}"),
         Ok(ForkResult::Parent { child }) => {
-            let _ = ch.send(&Msg::Failed(format!("pid {child}")));
+            let _ = ch.send(&Msg::Pid(child.as_raw()));
             if detach {
                 // Orphan the process so the subreaper becomes its parent.
                 std::process::exit(0);

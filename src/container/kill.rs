@@ -1,4 +1,6 @@
 //! `kill`: signal the init, or every process of the container with `all`.
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -26,12 +28,60 @@ impl Container {
         }
         if all {
             if let Some(cg) = self.cgroup()? {
-                for pid in cg.pids()? {
-                    let _ = kill(Pid::from_raw(pid), signal);
-                }
-                return Ok(());
+                return self.kill_all(&cg, signal, status);
             }
         }
-        kill(Pid::from_raw(self.state.pid), signal).map_err(sys(format!("kill {}", self.state.pid)))
+        self.signal_init(signal)
+    }
+
+    /// Signals the init through a pidfd taken while it is verified to be
+    /// our init (pid and start time): a pid reused after the init exited
+    /// cannot receive the signal.
+    fn signal_init(&self, signal: Signal) -> Result<()> {
+        let pid = self.state.pid;
+        // SAFETY: pidfd_open returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            // Kernels before 5.3: the plain pid, checked just before.
+            return kill(Pid::from_raw(pid), signal).map_err(sys(format!("kill {pid}")));
+        }
+        // SAFETY: the kernel just gave us this descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if !crate::proc::is_alive(pid, self.state.pid_start_time) {
+            return Err(self.wrong_state(Status::Stopped, "there is no process to signal"));
+        }
+        // SAFETY: pidfd_send_signal on our descriptor, no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                signal as i32,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(sys(format!("kill {pid}"))(nix::errno::Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// Signals every process of the cgroup while it is frozen (as runc
+    /// does), so none can exit and have its pid reused in between; a
+    /// paused container stays paused.
+    fn kill_all(&self, cg: &crate::cgroups::Cgroup, signal: Signal, status: Status) -> Result<()> {
+        let _lock = self.dir.lock()?;
+        let freeze = status != Status::Paused && cg.freeze().is_ok();
+        let pids = cg.pids();
+        if let Ok(pids) = &pids {
+            for pid in pids {
+                let _ = kill(Pid::from_raw(*pid), signal);
+            }
+        }
+        if freeze {
+            cg.thaw()?;
+        }
+        pids?;
+        Ok(())
     }
 }

@@ -16,7 +16,9 @@ mod exec;
 mod externals;
 mod kill;
 mod list;
+mod oom;
 mod pause;
+mod pid_ns;
 mod ps;
 mod restore;
 mod start;
@@ -41,11 +43,10 @@ pub enum Error {
     InvalidId { id: String, source: IdError },
     #[error("container {0} does not exist (`ferry list` shows the containers)")]
     NotFound(String),
-    #[error("container ID prefix {prefix:?} is ambiguous: it matches {}", .matches.join(", "))]
-    Ambiguous {
-        prefix: String,
-        matches: Vec<String>,
-    },
+    /// No container has this ID, but some IDs start with it: IDs are
+    /// never abbreviated, so a command cannot reach the wrong container.
+    #[error("container {id} does not exist (IDs are exact, never abbreviated; IDs that start with it: {})", .longer.join(", "))]
+    NotFoundLonger { id: String, longer: Vec<String> },
     #[error("container {0} already exists: pick another ID or `ferry delete {0}` first")]
     Exists(String),
     #[error("container {id} is {status}: {hint}")]
@@ -148,28 +149,33 @@ pub struct OciState {
     pub annotations: std::collections::HashMap<String, String>,
 }
 
-/// Validates `id` and finds it under `root` (exact, else a unique prefix).
+impl Error {
+    /// The container does not exist (either not-found variant).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_) | Error::NotFoundLonger { .. })
+    }
+}
+
+/// Validates `id` and checks that exactly this container exists under
+/// `root`. IDs are never abbreviated (as with runc): a prefix reaching
+/// another container is how `delete -f web` once removed `web-2`.
 pub fn resolve_id(root: &Path, id: &str) -> Result<String> {
     id::validate(id).map_err(|source| Error::InvalidId {
         id: id.to_string(),
         source,
     })?;
     match id::lookup(root, id) {
-        Lookup::Exact(found) => Ok(found),
-        Lookup::Prefix(found) => {
-            tracing::debug!(prefix = id, id = %found, "resolved container ID prefix");
-            Ok(found)
-        }
-        Lookup::Ambiguous(matches) => Err(Error::Ambiguous {
-            prefix: id.to_string(),
-            matches,
+        Lookup::Found => Ok(id.to_string()),
+        Lookup::Missing { longer } if longer.is_empty() => Err(Error::NotFound(id.to_string())),
+        Lookup::Missing { longer } => Err(Error::NotFoundLonger {
+            id: id.to_string(),
+            longer,
         }),
-        Lookup::Missing => Err(Error::NotFound(id.to_string())),
     }
 }
 
 impl Container {
-    /// Loads the container `id` (or unique prefix) from `root`.
+    /// Loads the container with exactly this `id` from `root`.
     pub fn load(root: &Path, id: &str) -> Result<Container> {
         let id = resolve_id(root, id)?;
         let dir = StateDir::new(root, &id);

@@ -1,17 +1,22 @@
 //! `update`: change cgroup resources of a live container.
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
 
-use super::{Container, Result, Status};
+use super::{Container, Error, Result, Status};
+use crate::cgroups::Cgroup;
 
 impl Container {
-    /// Applies `resources` and records them in the container's config.
+    /// Applies `resources` and records in the container's config exactly
+    /// what was applied, merged over what was recorded before.
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
         let _lock = self.dir.lock()?;
         self.require(
             &[Status::Created, Status::Running, Status::Paused],
             "only a live container can be updated",
         )?;
-        self.cgroup_or_err()?.apply(resources)?;
+        let cgroup = self.cgroup_or_err()?;
+        if let Err(e) = cgroup.apply(resources) {
+            return Err(self.explain_memory(&cgroup, resources).unwrap_or(e.into()));
+        }
         let mut linux = self.state.config.linux().clone().unwrap_or_default();
         let merged = merge(linux.resources().clone().unwrap_or_default(), resources);
         linux.set_resources(Some(merged));
@@ -21,16 +26,130 @@ impl Container {
     }
 }
 
-/// `new` over `old`, section by section (memory, cpu, pids).
-fn merge(mut old: LinuxResources, new: &LinuxResources) -> LinuxResources {
-    if new.memory().is_some() {
-        old.set_memory(*new.memory());
+impl Container {
+    /// A memory limit the kernel refused because the container already uses
+    /// more than it (v1 answers EBUSY once reclaim fails; v2 OOM-kills).
+    fn explain_memory(&self, cgroup: &Cgroup, r: &LinuxResources) -> Option<Error> {
+        let limit = r.memory().as_ref()?.limit().filter(|l| *l >= 0)?;
+        let usage = cgroup.stats().ok()?.memory_usage;
+        (usage > limit as u64).then(|| {
+            Error::Usage(format!(
+                "memory limit {limit} is too small for container {}: it uses {usage} bytes now and the kernel cannot reclaim enough to fit under the limit; give at least {usage}",
+                self.id()
+            ))
+        })
     }
-    if new.cpu().is_some() {
-        old.set_cpu(new.cpu().clone());
+}
+
+/// `new` over `old`, field by field: a field `new` leaves unset keeps its
+/// recorded value (an update of the memory limit keeps the swap limit).
+/// Device rules add to the cgroup's list, so they are appended; unified
+/// keys replace the same keys.
+fn merge(mut old: LinuxResources, new: &LinuxResources) -> LinuxResources {
+    if let Some(m) = new.memory() {
+        old.set_memory(Some(merge_memory(old.memory().unwrap_or_default(), m)));
+    }
+    if let Some(c) = new.cpu() {
+        old.set_cpu(Some(merge_cpu(old.cpu().clone().unwrap_or_default(), c)));
     }
     if new.pids().is_some() {
         old.set_pids(*new.pids());
     }
+    if let Some(rules) = new.devices().as_ref().filter(|r| !r.is_empty()) {
+        let mut all = old.devices().clone().unwrap_or_default();
+        all.extend(rules.iter().cloned());
+        old.set_devices(Some(all));
+    }
+    if let Some(u) = new.unified().as_ref().filter(|u| !u.is_empty()) {
+        let mut all = old.unified().clone().unwrap_or_default();
+        all.extend(u.iter().map(|(k, v)| (k.clone(), v.clone())));
+        old.set_unified(Some(all));
+    }
     old
+}
+
+fn merge_memory(mut old: LinuxMemory, new: &LinuxMemory) -> LinuxMemory {
+    if new.limit().is_some() {
+        old.set_limit(new.limit());
+    }
+    if new.reservation().is_some() {
+        old.set_reservation(new.reservation());
+    }
+    if new.swap().is_some() {
+        old.set_swap(new.swap());
+    }
+    if new.swappiness().is_some() {
+        old.set_swappiness(new.swappiness());
+    }
+    old
+}
+
+fn merge_cpu(mut old: LinuxCpu, new: &LinuxCpu) -> LinuxCpu {
+    if new.shares().is_some() {
+        old.set_shares(new.shares());
+    }
+    if new.quota().is_some() {
+        old.set_quota(new.quota());
+    }
+    if new.period().is_some() {
+        old.set_period(new.period());
+    }
+    if new.realtime_runtime().is_some() {
+        old.set_realtime_runtime(new.realtime_runtime());
+    }
+    if new.realtime_period().is_some() {
+        old.set_realtime_period(new.realtime_period());
+    }
+    if new.cpus().is_some() {
+        old.set_cpus(new.cpus().clone());
+    }
+    if new.mems().is_some() {
+        old.set_mems(new.mems().clone());
+    }
+    old
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn memory_update_keeps_recorded_swap() {
+        let old = res(serde_json::json!({"memory": {"limit": 100, "swap": 300}}));
+        let new = res(serde_json::json!({"memory": {"limit": 200}}));
+        let m = merge(old, &new).memory().unwrap();
+        assert_eq!((m.limit(), m.swap()), (Some(200), Some(300)));
+    }
+
+    #[test]
+    fn cpu_fields_merge_one_by_one() {
+        let old = res(serde_json::json!({"cpu": {"shares": 512, "quota": 50000}}));
+        let new = res(serde_json::json!({"cpu": {"period": 100000}}));
+        let c = merge(old, &new).cpu().clone().unwrap();
+        assert_eq!(
+            (c.shares(), c.quota(), c.period()),
+            (Some(512), Some(50000), Some(100000))
+        );
+    }
+
+    #[test]
+    fn devices_and_unified_are_recorded() {
+        let old = res(serde_json::json!({
+            "devices": [{"allow": false, "access": "rwm"}],
+            "unified": {"memory.high": "1000", "pids.max": "10"}
+        }));
+        let new = res(serde_json::json!({
+            "devices": [{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "r"}],
+            "unified": {"pids.max": "20"}
+        }));
+        let m = merge(old, &new);
+        assert_eq!(m.devices().as_ref().unwrap().len(), 2);
+        let u = m.unified().clone().unwrap();
+        assert_eq!(u["pids.max"], "20");
+        assert_eq!(u["memory.high"], "1000");
+    }
 }

@@ -3,8 +3,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::image::ImageError;
-use super::log::{is_harmless, strip_timestamp};
+use super::log::{bug_location, is_harmless, strip_timestamp};
 use super::version::Version;
+
+/// Where CRIU's own defects are reported.
+const CRIU_ISSUES: &str = "https://github.com/checkpoint-restore/criu/issues";
 
 /// Where to get a CRIU that works with ferry.
 const INSTALL_HINT: &str = "run scripts/install-deps.sh to build and install it";
@@ -212,8 +215,39 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// "BUG at FILE:LINE" when CRIU failed one of its own assertions (in
+    /// its message, its log or its stderr).
+    pub fn bug(&self) -> Option<&str> {
+        self.errmsg
+            .iter()
+            .map(String::as_str)
+            .chain(self.log_excerpt.iter().map(String::as_str))
+            .chain(self.stderr.lines())
+            .find_map(bug_location)
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(bug) = self.bug() {
+            // Not the container's fault and nothing the user can change:
+            // say so, and what a CRIU bug report needs.
+            write!(
+                f,
+                "criu {} hit an internal error of CRIU ({bug}), a CRIU defect rather than a problem with the container: report it at {CRIU_ISSUES} with ",
+                self.op
+            )?;
+            match &self.log_path {
+                Some(p) => write!(f, "the log {}", p.display())?,
+                None => write!(f, "CRIU's log")?,
+            }
+            write!(f, ", `criu --version` and `uname -r`")?;
+            if let Some(s) = &self.exit_status {
+                write!(f, " [criu {s}]")?;
+            }
+            return Ok(());
+        }
         if self.answered {
             write!(f, "criu {} failed: ", self.op)?;
         } else {
@@ -230,5 +264,47 @@ impl fmt::Display for Failure {
             write!(f, " (criu log: {})", p.display())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bug_lines_say_what_to_report() {
+        let f = Failure {
+            op: "dump",
+            answered: false,
+            errmsg: None,
+            log_path: Some(PathBuf::from("/tmp/w/dump.log")),
+            log_excerpt: vec![
+                "(00.1) info".into(),
+                "(00.2) Error (criu/mem.c:42): BUG at criu/mem.c:42".into(),
+            ],
+            exit_status: Some("killed by signal SIGABRT".into()),
+            ..Default::default()
+        };
+        assert_eq!(f.bug(), Some("BUG at criu/mem.c:42"));
+        let s = f.to_string();
+        assert!(s.contains("BUG at criu/mem.c:42"), "{s}");
+        assert!(s.contains("/tmp/w/dump.log"), "{s}");
+        assert!(s.contains(CRIU_ISSUES), "{s}");
+        assert!(!s.contains('\n'), "{s}");
+    }
+
+    #[test]
+    fn ordinary_failures_are_unchanged() {
+        let f = Failure {
+            op: "restore",
+            answered: true,
+            errmsg: Some("Can't open file".into()),
+            log_path: Some(PathBuf::from("/tmp/w/restore.log")),
+            ..Default::default()
+        };
+        assert_eq!(f.bug(), None);
+        let s = f.to_string();
+        assert!(s.starts_with("criu restore failed: Can't open file"), "{s}");
+        assert!(s.contains("(criu log: /tmp/w/restore.log)"), "{s}");
     }
 }

@@ -19,7 +19,19 @@ pub fn is_harmless(line: &str) -> bool {
 }
 
 fn is_error_line(line: &str) -> bool {
-    line.contains("Error") && !is_harmless(line)
+    (line.contains("Error") || is_bug(line)) && !is_harmless(line)
+}
+
+/// CRIU's assertion failures (`BUG_ON`) log "BUG at FILE:LINE" and abort:
+/// a defect of CRIU, not of what it was asked to do.
+pub fn is_bug(line: &str) -> bool {
+    line.contains("BUG at ")
+}
+
+/// "BUG at criu/mem.c:123" out of a log line, if it is one.
+pub fn bug_location(line: &str) -> Option<&str> {
+    let at = line.find("BUG at ")?;
+    Some(line[at..].trim())
 }
 
 /// A log line without its "(00.012345) " timestamp.
@@ -128,6 +140,15 @@ mod tests {
             "Error (criu/a.c:1): x"
         );
         assert_eq!(strip_timestamp("Error: y"), "Error: y");
+    }
+
+    #[test]
+    fn bug_lines_are_found() {
+        let l = "(00.1) info\n(00.2) Error (criu/mem.c:42): BUG at criu/mem.c:42\n(00.3) x\n";
+        let ex = excerpt(l, 1, 50);
+        assert_eq!(ex.len(), 3, "{ex:?}");
+        assert_eq!(bug_location(&ex[1]), Some("BUG at criu/mem.c:42"));
+        assert_eq!(bug_location("(00.1) info"), None);
     }
 
     #[test]

@@ -321,7 +321,10 @@ impl DestHost for Receiver {
             kernel,
             arch,
             features: super::features(&criu)?,
-            images_dir: images_root.join(format!("{}-{}", self.id, migrate::random_id())),
+            images_dir: images_root.join(crate::id::file_name(
+                &self.id,
+                &format!("-{}", migrate::random_id()),
+            )),
             bundle_dir: self.opts.bundle_dir.join(&self.id),
             free_bytes: migrate::host::free_bytes(&self.opts.images_dir),
         })
@@ -403,7 +406,7 @@ impl DestHost for Receiver {
                         &plan.images_dir,
                         "restore.log",
                         &self.opts.images_dir,
-                        &format!("{}-restore.log", self.id),
+                        &crate::id::file_name(&self.id, "-restore.log"),
                     )
                     .into()),
                     Ok(_) => Err("the restore finished without stopping before the start".into()),

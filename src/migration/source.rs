@@ -291,7 +291,7 @@ impl SourceHost for ContainerSource {
                                 &plan.images_dir,
                                 migrate::mode::DUMP_LOG,
                                 keep,
-                                &format!("{}-dump.log", self.id),
+                                &crate::id::file_name(&self.id, "-dump.log"),
                             )
                             .into()
                         }
