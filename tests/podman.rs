@@ -38,7 +38,11 @@ impl Podman {
                 return None;
             }
         }
-        let image = format!("localhost/ferry-t{}", std::process::id());
+        // One image per test: removing it (`rmi -f`) when one test ends
+        // would also remove the containers of a test still running.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let image = format!("localhost/ferry-t{}-{n}", std::process::id());
         let st = Command::new("sh")
             .arg("-c")
             .arg(format!(
