@@ -38,6 +38,12 @@ pub fn pair() -> nix::Result<(Channel, Channel)> {
     Ok((Channel { fd: a }, Channel { fd: b }))
 }
 
+impl std::os::fd::AsRawFd for Channel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Channel {
     pub fn send(&self, msg: &Msg) -> Result<(), String> {
         let data = serde_json::to_vec(msg).expect("sync message serializes");

@@ -162,6 +162,8 @@ struct CriuLockRecorder<'a> {
     log: &'a Path,
     method: LockMethod,
     init_pid: i32,
+    /// The container has no network namespace of its own.
+    shares_netns: bool,
 }
 
 impl CriuLockRecorder<'_> {
@@ -176,7 +178,10 @@ impl CriuLockRecorder<'_> {
         let (netns, netns_pid) = match (ours, theirs) {
             (Some(o), Some(t)) if o == t => (o, None),
             (_, Some(t)) => (t, Some(self.init_pid)),
-            // The init is gone: CRIU will find nothing to lock.
+            // The init is dying (a zombie has no namespaces to show), yet
+            // CRIU may still lock: where depends on the configuration.
+            (Some(o), None) if self.shares_netns => (o, None),
+            // In the container's own namespace, which goes with it.
             _ => return Ok(()),
         };
         self.dir
@@ -378,6 +383,16 @@ impl Container {
                 log: &log,
                 method: opts.network_lock,
                 init_pid: self.state.pid,
+                shares_netns: !self
+                    .state
+                    .config
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.namespaces().as_ref())
+                    .is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+                    }),
             },
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();

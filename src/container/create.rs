@@ -117,7 +117,6 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| default_cgroup_path(&opts.id));
     let cgroup_desc = crate::cgroups::CgroupDescriptor::resolve(&cgroup_path)?;
-    cgroup_desc.check_reusable()?;
 
     let dir = new_state_dir(root, &opts.id)?;
     let mut undo = Undo {
@@ -128,6 +127,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         armed: true,
     };
     let lock = dir.lock()?;
+    cgroup_desc.check_reusable()?;
     // Recorded before anything exists that would need undoing, so that
     // `delete --force` can remove what a killed create left.
     let mut state = State {
@@ -208,14 +208,16 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     };
     let mut init = Some(init);
     let mut stack = vec![0u8; 1 << 20];
-    let lock_fd = lock.as_raw_fd();
-    // SAFETY: ferry is single-threaded here; the child only closes its copy
-    // of the lock (so the lock dies with this process, not with the init)
-    // and runs `Init::run`, which execs or exits.
+    let (lock_fd, parent_fd) = (lock.as_raw_fd(), parent_ch.as_raw_fd());
+    // SAFETY: ferry is single-threaded here; the child only closes its
+    // copies of the lock and of ferry's end of the channel (so both go
+    // with this process: a killed create frees the lock, and the init sees
+    // EOF and exits) and runs `Init::run`, which execs or exits.
     let pid = unsafe {
         nix::sched::clone(
             Box::new(|| {
                 libc::close(lock_fd);
+                libc::close(parent_fd);
                 init.take().expect("init runs once").run()
             }),
             &mut stack,

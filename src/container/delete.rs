@@ -61,15 +61,21 @@ impl Container {
         }
         self.wait_gone(&cgroup)?;
         remove_criu_lock(&self.dir);
-        if let Some(v) = &self.state.veth {
-            if status == Status::Creating {
-                // The pair dies with the namespace of its container end;
-                // wait for that rather than guess whose a name is.
+        if status == Status::Creating {
+            // A pair made just before the kill is not recorded yet; it dies
+            // with the namespace of its container end (asynchronously):
+            // wait for that rather than guess whose the name is.
+            let planned = crate::network::VethConfig::from_annotations(&self.state.annotations)
+                .ok()
+                .flatten();
+            if let Some(v) = planned.as_ref().or(self.state.veth.as_ref()) {
                 let end = Instant::now() + VETH_TIMEOUT;
                 while crate::network::link_exists_on_host(&v.host_if) && Instant::now() < end {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
+        }
+        if let Some(v) = &self.state.veth {
             crate::network::remove(v)?;
         }
         if let Some(cg) = &cgroup {

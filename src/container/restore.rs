@@ -395,7 +395,6 @@ impl Container {
                 .unwrap_or_else(|| super::create::default_cgroup_path(&opts.id))
         });
         let cgroup_desc = crate::cgroups::CgroupDescriptor::resolve(&cgroup_path)?;
-        cgroup_desc.check_reusable()?;
 
         let dir = super::create::new_state_dir(root, &opts.id)?;
         let mut undo = Undo {
@@ -408,6 +407,7 @@ impl Container {
             armed: true,
         };
         let _lock = dir.lock()?;
+        cgroup_desc.check_reusable()?;
         // Recorded before anything exists that would need undoing, so that
         // `delete --force` can remove what a killed restore left (CRIU and
         // the tree it restores run in this cgroup; the rootfs bind is
