@@ -73,6 +73,9 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     }
 }
 
+/// How long the init may take to report each setup step (beyond its hooks).
+pub(crate) const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Default cgroup path when config.json has none: below the caller's cgroup.
 pub fn default_cgroup_path(id: &str) -> String {
     format!("ferry/{id}")
@@ -193,6 +196,14 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     }
 
     let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
+    // The init answers at once unless its createContainer hooks run.
+    parent_ch
+        .set_recv_timeout(hooks::bound(
+            spec.hooks().as_ref(),
+            Kind::CreateContainer,
+            INIT_TIMEOUT,
+        ))
+        .map_err(Error::Init)?;
     let init = Init {
         spec: spec.clone(),
         rootfs: rootfs.clone(),
