@@ -475,3 +475,100 @@ fn delete_force_unmounts_what_is_below_the_state_dir_and_keeps_its_files() {
     assert_nothing_left(&env, &id, None, "delete with a mount below the state dir");
     before.assert_same(&TreeSnapshot::take(&data), "bind-mounted data");
 }
+
+/// The children of `pid` (a process this test started).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether CRIU's network lock (either method) is in place in the network
+/// namespace of `pid`.
+fn criu_lock_in(pid: i32) -> bool {
+    let ns = format!("--net=/proc/{pid}/ns/net");
+    let nft = std::process::Command::new("nsenter")
+        .args([ns.as_str(), "nft", "list", "tables"])
+        .output()
+        .unwrap();
+    let ipt = std::process::Command::new("nsenter")
+        .args([ns.as_str(), "iptables", "-w", "-n", "-L", "CRIU"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    String::from_utf8_lossy(&nft.stdout).contains("CRIU-") || ipt.success()
+}
+
+#[test]
+fn criu_killed_while_it_holds_the_network_leaves_a_container_that_still_talks() {
+    if !is_root() {
+        return;
+    }
+    let ns = NetNs::new("fcriu");
+    let env = Env::new("fcriu");
+    env.set_netns(&ns.name);
+    let bundle = veth_bundle(&env, "b");
+    let mut exercised = 0;
+    for method in ["nftables", "iptables"] {
+        let id = env.id(method);
+        env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+        let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
+        let ping = || {
+            ns.exec(&["ping", "-c", "1", "-W", "1", "10.123.0.2"])
+                .status
+                .success()
+        };
+        assert!(ping(), "{method}: no answer before the checkpoint");
+        let images = env.work.path().join(format!("img-{method}"));
+        let mut ckpt = spawn(
+            &env,
+            &[
+                "checkpoint",
+                "--leave-running",
+                "--network-lock",
+                method,
+                "--image-path",
+                s(&images),
+                &id,
+            ],
+        );
+        // Kill CRIU (the child of the ferry this test started) while its
+        // lock is in place, so it cannot remove it.
+        let mut killed = false;
+        let end = Instant::now() + Duration::from_secs(10);
+        while !killed && Instant::now() < end && matches!(ckpt.try_wait(), Ok(None)) {
+            if criu_lock_in(pid) {
+                for c in children_of(ckpt.id()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(c as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    killed = true;
+                }
+            }
+        }
+        let failed = !ckpt.wait().unwrap().success();
+        if !killed {
+            eprintln!("{method}: the dump finished before CRIU could be killed under its lock");
+            env.ok(&["delete", "--force", &id]);
+            continue;
+        }
+        assert!(failed, "{method}: the checkpoint succeeded without CRIU");
+        assert_eq!(env.status(&id), "running", "{method}");
+        assert!(
+            !criu_lock_in(pid),
+            "{method}: CRIU's lock left in the container"
+        );
+        assert!(
+            ping(),
+            "{method}: the container does not answer after the failed dump"
+        );
+        env.ok(&["delete", "--force", &id]);
+        assert_nothing_left(&env, &id, Some((&ns, Some(VETH))), method);
+        exercised += 1;
+    }
+    assert!(exercised >= 1, "CRIU was never caught holding the network");
+}

@@ -256,6 +256,8 @@ impl Container {
             ));
         }
         let lock = self.dir.lock()?;
+        // A lock recorded by a dump whose ferry was killed.
+        super::delete::remove_criu_lock(&self.dir);
         let status = self.require(
             &[Status::Running, Status::Paused],
             "only a running or paused container can be checkpointed",
