@@ -15,7 +15,7 @@ pub use migrate::remove::{remove_tree, RemoveError};
 pub fn mounts_below(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut out: Vec<PathBuf> = parse_mount_points(&text)
+    let mut out: Vec<PathBuf> = migrate::remove::parse_mount_points(&text)
         .into_iter()
         .filter(|m| m.starts_with(&dir))
         .collect();
@@ -59,53 +59,9 @@ pub fn unmount_and_remove(dir: &Path) -> std::result::Result<(), RemoveError> {
     remove_tree(dir)
 }
 
-/// Mount points (field 5) of a mountinfo text, with `\NNN` escapes undone.
-fn parse_mount_points(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_points_are_unescaped() {
-        let text = "36 35 98:0 /mnt1 /mnt/with\\040space rw - ext3 /dev/root rw\n\
-                    37 35 98:0 / /run/ferry/c1/criu-root rw shared:1 - ext4 /dev/vda rw\n";
-        assert_eq!(
-            parse_mount_points(text),
-            vec![
-                PathBuf::from("/mnt/with space"),
-                PathBuf::from("/run/ferry/c1/criu-root")
-            ]
-        );
-        assert_eq!(unescape("a\\134b\\011"), "a\\b\t");
-        assert_eq!(unescape("tail\\"), "tail\\");
-    }
 
     #[test]
     fn unmount_and_remove_keeps_what_was_bind_mounted() {

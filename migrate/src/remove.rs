@@ -34,6 +34,47 @@ pub enum RemoveError {
     },
 }
 
+/// What the walk must not cross.
+struct Guard {
+    home: Place,
+    /// Every mount point, when mount ids are not available.
+    mount_points: Vec<PathBuf>,
+}
+
+/// Mount points of this mount namespace.
+pub fn mount_points() -> Vec<PathBuf> {
+    parse_mount_points(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// Mount points (field 5) of a mountinfo text, `\NNN` escapes undone.
+pub fn parse_mount_points(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            let b = p.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let esc = (b[i] == b'\\' && i + 4 <= b.len())
+                    .then(|| std::str::from_utf8(&b[i + 1..i + 4]).ok())
+                    .flatten()
+                    .and_then(|o| u8::from_str_radix(o, 8).ok());
+                match esc {
+                    Some(v) => {
+                        out.push(v);
+                        i += 4;
+                    }
+                    None => {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(OsStr::from_bytes(&out))
+        })
+        .collect()
+}
+
 /// Where a directory is: device and mount id (0 when statx cannot tell).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Place {
@@ -116,8 +157,19 @@ pub fn remove_tree(path: &Path) -> Result<(), RemoveError> {
         Err(e) => return Err(io("open", path)(e)),
     };
     let home = place(top.as_fd()).map_err(io("statx", path))?;
+    // Without mount ids (kernels before 5.8) a bind mount of the same
+    // filesystem is recognised by its path in mountinfo instead.
+    let guard = Guard {
+        home,
+        mount_points: if home.mnt_id == 0 {
+            mount_points()
+        } else {
+            Vec::new()
+        },
+    };
     let mut kept = Vec::new();
-    empty_dir(top.as_fd(), path, home, &mut kept)?;
+    let walk_from = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    empty_dir(top.as_fd(), &walk_from, &guard, &mut kept)?;
     drop(top);
     if let Some(first) = kept.into_iter().next() {
         return Err(RemoveError::MountPoint { path: first });
@@ -137,9 +189,10 @@ pub fn remove_tree(path: &Path) -> Result<(), RemoveError> {
 fn empty_dir(
     dir: BorrowedFd<'_>,
     path: &Path,
-    home: Place,
+    guard: &Guard,
     kept: &mut Vec<PathBuf>,
 ) -> Result<bool, RemoveError> {
+    let home = guard.home;
     let io = |op: &'static str, p: PathBuf| {
         move |source: Errno| RemoveError::Io {
             path: p,
@@ -189,12 +242,12 @@ fn empty_dir(
             Err(e) => return Err(io("open", child)(e)),
         };
         let here = place(sub.as_fd()).map_err(io("statx", child.clone()))?;
-        if here != home {
+        if here != home || guard.mount_points.contains(&child) {
             kept.push(child);
             empty = false;
             continue;
         }
-        if !empty_dir(sub.as_fd(), &child, home, kept)? {
+        if !empty_dir(sub.as_fd(), &child, guard, kept)? {
             empty = false;
             continue;
         }
@@ -215,6 +268,23 @@ fn empty_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_points_are_unescaped() {
+        let text = "36 35 98:0 /mnt1 /mnt/with\\040space rw - ext3 /dev/root rw\n\
+                    37 35 98:0 / /run/ferry/c1/criu-root rw shared:1 - ext4 /dev/vda rw\n\
+                    38 35 98:0 / /a\\134b\\011 rw - ext4 /dev/vda rw\n\
+                    39 35 98:0 / /tail\\ rw - ext4 /dev/vda rw\n";
+        assert_eq!(
+            parse_mount_points(text),
+            vec![
+                PathBuf::from("/mnt/with space"),
+                PathBuf::from("/run/ferry/c1/criu-root"),
+                PathBuf::from("/a\\b\t"),
+                PathBuf::from("/tail\\"),
+            ]
+        );
+    }
 
     #[test]
     fn removes_a_tree_without_following_symlinks() {
