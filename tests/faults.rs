@@ -153,6 +153,23 @@ fn killed_create_run_and_start_leave_nothing_after_delete_force() {
             &ctx,
         );
     }
+    // A delete --force killed half-way is finished by the next one.
+    for ms in [0, 2, 5, 10, 20, 40] {
+        let id = env.id(&format!("del{ms}"));
+        env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+        killed += kill_after(spawn(&env, &["delete", "--force", &id]), ms) as usize;
+        let ctx = format!("delete --force killed after {ms} ms");
+        check_after_kill(
+            &env,
+            &ns,
+            &id,
+            // "creating": killed while removing the state dir itself.
+            &["running", "stopped", "creating"],
+            &rootfs,
+            &before,
+            &ctx,
+        );
+    }
     // Some kills must have landed mid-way, or this tested nothing.
     assert!(
         killed >= 6,
