@@ -252,6 +252,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_held_lock_is_waited_for_with_a_bound_and_its_holder_named() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(root.path(), "c1");
+        dir.create().unwrap();
+        let held = dir.lock().unwrap();
+        let started = Instant::now();
+        match dir.lock_within(Duration::from_millis(50)) {
+            Err(Error::Busy { holder, .. }) => {
+                assert_eq!(holder, Some(std::process::id() as i32))
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(held);
+        dir.lock_within(Duration::from_millis(50)).unwrap();
+    }
+
+    #[test]
     fn save_load_round_trip_and_duplicate_create() {
         let root = tempfile::tempdir().unwrap();
         let dir = StateDir::new(root.path(), "c1");
