@@ -644,3 +644,35 @@ fn killed_restore_from_an_archive_leaves_no_imported_bundle_after_delete_force()
         "only {killed} imports were killed before they finished"
     );
 }
+
+#[test]
+fn resume_after_a_leave_stopped_checkpoint_releases_criu_network_lock() {
+    if !is_root() {
+        return;
+    }
+    let ns = NetNs::new("fstopped");
+    let env = Env::new("fstopped");
+    env.set_netns(&ns.name);
+    let bundle = veth_bundle(&env, "b");
+    let id = env.id("c");
+    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
+    let images = env.work.path().join("img");
+    env.ok(&[
+        "checkpoint",
+        "--leave-stopped",
+        "--image-path",
+        s(&images),
+        &id,
+    ]);
+    assert_eq!(env.status(&id), "paused");
+    // CRIU leaves its lock while the tree is stopped...
+    assert!(criu_lock_in(pid), "no CRIU lock after --leave-stopped");
+    env.ok(&["resume", &id]);
+    // ...and it goes when the container runs again.
+    assert!(!criu_lock_in(pid), "CRIU's lock left after resume");
+    let ping = ns.exec(&["ping", "-c", "1", "-W", "2", "10.123.0.2"]);
+    assert!(ping.status.success(), "no answer after resume");
+    env.ok(&["delete", "--force", &id]);
+    assert_nothing_left(&env, &id, Some((&ns, Some(VETH))), "leave-stopped");
+}
