@@ -52,6 +52,16 @@ pub fn of_kind(hooks: Option<&Hooks>, kind: Kind) -> Vec<Hook> {
     list.clone().unwrap_or_default()
 }
 
+/// How long waiting on a process that runs the hooks of `kind` may take:
+/// `base` plus every hook's timeout, or `None` (no bound) when a hook has
+/// none, since the OCI spec lets a hook run for as long as it likes.
+pub fn bound(hooks: Option<&Hooks>, kind: Kind, base: Duration) -> Option<Duration> {
+    of_kind(hooks, kind).iter().try_fold(base, |total, h| {
+        h.timeout()
+            .map(|t| total + Duration::from_secs(t.max(1) as u64))
+    })
+}
+
 /// Runs every hook of `kind` in order, stopping at the first failure.
 pub fn run(hooks: Option<&Hooks>, kind: Kind, state_json: &str) -> Result<(), Error> {
     for hook in of_kind(hooks, kind) {

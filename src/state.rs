@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::CgroupDescriptor;
-use crate::network::VethConfig;
+use crate::network::{LockMethod, VethConfig};
 
 pub const STATE_FILE: &str = "state.json";
 /// Present from create until start: `start` writes a byte into it.
@@ -18,6 +19,10 @@ pub const EXEC_FIFO: &str = "exec.fifo";
 /// Read by `start` to learn whether the user process was exec'ed.
 pub const EXEC_DONE: &str = "exec.done";
 const LOCK_FILE: &str = "lock";
+/// What a CRIU run that may leave a network lock behind is (see [`CriuLock`]).
+const CRIU_LOCK_FILE: &str = "criu-lock.json";
+/// How long a command waits for another one on the same container.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,6 +41,14 @@ pub enum Error {
         path: PathBuf,
         source: nix::errno::Errno,
     },
+    #[error("{path}: another ferry command{} has held the container's lock for {} s; wait for it to finish, or stop it", .holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), .waited.as_secs())]
+    Busy {
+        path: PathBuf,
+        holder: Option<i32>,
+        waited: Duration,
+    },
+    #[error(transparent)]
+    Remove(#[from] crate::fs_remove::RemoveError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -76,6 +89,28 @@ pub struct State {
     /// Kept after the init exits so `state` can report it.
     #[serde(default)]
     pub exit_status: Option<i32>,
+    /// Written first, before anything that would need undoing, and
+    /// cleared when create or restore finished: a state that still says
+    /// so once the lock is free belongs to a ferry that was killed, and
+    /// tells `delete --force` what to remove.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
+}
+
+/// A CRIU run that can leave its network lock behind: CRIU names its nft
+/// table `CRIU-<run id>` (cut to 21 characters of the id by CRIU's buffer)
+/// in the network namespace it locked, and adds a `CRIU` iptables chain
+/// with `--network-lock iptables`. Recorded before CRIU locks anything,
+/// removed once the lock is known to be gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriuLock {
+    pub run_id: String,
+    pub method: LockMethod,
+    /// The network namespace (inode) the lock is in: the container's own,
+    /// or ferry's when the container shares it.
+    pub netns: u64,
+    /// A process in that namespace when it is the container's (its init).
+    pub netns_pid: Option<i32>,
 }
 
 /// The directory of one container.
@@ -105,16 +140,38 @@ impl StateDir {
     }
 
     /// Exclusive per-container lock, held until the guard is dropped.
+    /// Waits at most a minute for another command to let go, then names
+    /// the process holding it.
     pub fn lock(&self) -> Result<Flock<File>> {
+        self.lock_within(LOCK_TIMEOUT)
+    }
+
+    pub fn lock_within(&self, timeout: Duration) -> Result<Flock<File>> {
         let path = self.file(LOCK_FILE);
-        let file = File::options()
+        let mut file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .map_err(io(&path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, source)| Error::Lock { path, source })
+        let start = Instant::now();
+        let mut step = Duration::from_millis(1);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(l),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => file = f,
+                Err((_, source)) => return Err(Error::Lock { path, source }),
+            }
+            if start.elapsed() >= timeout {
+                return Err(Error::Busy {
+                    holder: lock_holder(&file),
+                    path,
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(step);
+            step = (step * 2).min(Duration::from_millis(20));
+        }
     }
 
     pub fn load(&self) -> Result<Option<State>> {
@@ -131,30 +188,86 @@ impl StateDir {
 
     /// Writes state.json atomically: temp file, fsync, rename, fsync dir.
     pub fn save(&self, state: &State) -> Result<()> {
-        let path = self.file(STATE_FILE);
-        let tmp = self.file(".state.json.tmp");
         let data = serde_json::to_vec_pretty(state).expect("state serializes");
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.path))?;
-        Ok(())
+        write_atomic(&self.path, STATE_FILE, &data)
     }
 
+    /// Unmounts whatever is mounted below the directory (the rootfs bind
+    /// a restore makes), then removes it without ever crossing a mount.
     pub fn remove(&self) -> Result<()> {
-        match std::fs::remove_dir_all(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&self.path)(e)),
-            _ => Ok(()),
-        }
+        Ok(crate::fs_remove::unmount_and_remove(&self.path)?)
     }
+
+    /// Records a CRIU run whose network lock may need removing.
+    pub fn record_criu_lock(&self, lock: &CriuLock) -> Result<()> {
+        let data = serde_json::to_vec(lock).expect("record serializes");
+        write_atomic(&self.path, CRIU_LOCK_FILE, &data)
+    }
+
+    pub fn criu_lock(&self) -> Option<CriuLock> {
+        let text = std::fs::read(self.file(CRIU_LOCK_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub fn clear_criu_lock(&self) {
+        let _ = std::fs::remove_file(self.file(CRIU_LOCK_FILE));
+    }
+}
+
+/// Writes `dir/name` atomically: temp file, fsync, rename, fsync dir.
+fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(data).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}
+
+/// The pid holding an flock on `file`, from /proc/locks.
+fn lock_holder(file: &File) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let md = file.metadata().ok()?;
+    let dev = md.dev();
+    let key = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        md.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[1] == "FLOCK" && f[5] == key)
+        .and_then(|f| f[4].parse().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_lock_is_waited_for_with_a_bound_and_its_holder_named() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(root.path(), "c1");
+        dir.create().unwrap();
+        let held = dir.lock().unwrap();
+        let started = Instant::now();
+        match dir.lock_within(Duration::from_millis(50)) {
+            Err(Error::Busy { holder, .. }) => {
+                assert_eq!(holder, Some(std::process::id() as i32))
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(held);
+        dir.lock_within(Duration::from_millis(50)).unwrap();
+    }
 
     #[test]
     fn save_load_round_trip_and_duplicate_create() {
@@ -181,11 +294,13 @@ mod tests {
             config: Spec::default(),
             started: false,
             exit_status: None,
+            creating: true,
         };
         dir.save(&state).unwrap();
         let back = dir.load().unwrap().unwrap();
         assert_eq!(back.pid, 42);
         assert_eq!(back.stdio, state.stdio);
+        assert!(back.creating);
         assert!(!dir.file(".state.json.tmp").exists());
         std::fs::write(dir.file(STATE_FILE), "{").unwrap();
         assert!(matches!(dir.load(), Err(Error::Corrupt { .. })));

@@ -26,6 +26,8 @@ pub enum Msg {
     Failed(String),
 }
 
+const TIMED_OUT: &str = "no answer within the time allowed (is it stuck, or its cgroup frozen?)";
+
 pub struct Channel {
     fd: OwnedFd,
 }
@@ -40,7 +42,26 @@ pub fn pair() -> nix::Result<(Channel, Channel)> {
     Ok((Channel { fd: a }, Channel { fd: b }))
 }
 
+impl std::os::fd::AsRawFd for Channel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Channel {
+    /// Makes `recv` and `recv_fd` fail once `timeout` passes without a
+    /// message (`None`: wait as long as it takes).
+    pub fn set_recv_timeout(&self, timeout: Option<std::time::Duration>) -> Result<(), String> {
+        let tv = nix::sys::time::TimeVal::from(libc::timeval {
+            tv_sec: timeout.map(|t| t.as_secs() as libc::time_t).unwrap_or(0),
+            tv_usec: timeout
+                .map(|t| t.subsec_micros() as libc::suseconds_t)
+                .unwrap_or(0),
+        });
+        nix::sys::socket::setsockopt(&self.fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| format!("sync timeout: {e}"))
+    }
+
     pub fn send(&self, msg: &Msg) -> Result<(), String> {
         let data = serde_json::to_vec(msg).expect("sync message serializes");
         send(self.fd.as_raw_fd(), &data, MsgFlags::empty())
@@ -79,6 +100,7 @@ impl Channel {
                 MsgFlags::MSG_CMSG_CLOEXEC,
             ) {
                 Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Err(TIMED_OUT.into()),
                 Err(e) => return Err(format!("sync recv: {e}")),
                 Ok(m) => {
                     let mut fd = None;
@@ -105,6 +127,7 @@ impl Channel {
         let n = loop {
             match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                 Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Err(TIMED_OUT.into()),
                 r => break r.map_err(|e| format!("sync recv: {e}"))?,
             }
         };

@@ -626,7 +626,7 @@ impl Session<'_> {
 
     fn remove_images(&mut self) {
         if let Some(d) = &self.dest {
-            if let Err(e) = std::fs::remove_dir_all(&d.images_dir) {
+            if let Err(e) = crate::remove::remove_tree(&d.images_dir) {
                 warn!(dir = %d.images_dir.display(), error = %e, "cannot remove images");
             }
         }
@@ -642,7 +642,9 @@ impl Session<'_> {
         }
         for p in self.created.drain(..).rev() {
             let r = match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+                Ok(m) if m.is_dir() => {
+                    crate::remove::remove_tree(&p).map_err(std::io::Error::other)
+                }
                 Ok(_) => std::fs::remove_file(&p),
                 Err(_) => Ok(()),
             };

@@ -1151,7 +1151,9 @@ impl TreeReceiver {
         drop(root);
         self.root = None;
         let staging = std::mem::take(&mut self.staging);
-        fs::remove_dir_all(&staging).map_err(io_err("remove", staging.as_os_str().as_bytes()))?;
+        crate::remove::remove_tree(&staging)
+            .map_err(io::Error::other)
+            .map_err(io_err("remove", staging.as_os_str().as_bytes()))?;
         Ok(self.dest.clone())
     }
 }
@@ -1178,7 +1180,7 @@ pub fn remove_stale_staging(dir: &Path) -> io::Result<Vec<PathBuf>> {
             continue;
         }
         if e.file_type()?.is_dir() {
-            fs::remove_dir_all(e.path())?;
+            crate::remove::remove_tree(&e.path()).map_err(io::Error::other)?;
             removed.push(e.path());
         }
     }
@@ -1190,11 +1192,9 @@ impl Drop for TreeReceiver {
         self.cache = None;
         self.root = None;
         if !self.staging.as_os_str().is_empty() {
-            // remove_dir_all does not follow symlinks.
-            if let Err(e) = fs::remove_dir_all(&self.staging) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %self.staging.display(), error = %e, "cannot remove staging directory");
-                }
+            // Never follows symlinks nor enters a mount.
+            if let Err(e) = crate::remove::remove_tree(&self.staging) {
+                tracing::warn!(dir = %self.staging.display(), error = %e, "cannot remove staging directory");
             }
         }
     }

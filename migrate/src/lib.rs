@@ -82,6 +82,7 @@ pub mod files;
 pub mod host;
 pub mod mode;
 pub mod proto;
+pub mod remove;
 pub mod report;
 pub mod source;
 pub mod tls;

@@ -643,7 +643,7 @@ impl Run<'_> {
                 self.report
                     .warnings
                     .push(format!("images kept in {}", w.display()));
-            } else if let Err(e) = std::fs::remove_dir_all(&w) {
+            } else if let Err(e) = crate::remove::remove_tree(&w) {
                 self.report
                     .warnings
                     .push(format!("cannot remove {}: {e}", w.display()));

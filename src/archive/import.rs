@@ -604,7 +604,7 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
 
     let staged = staging.keep();
     if let Err(e) = std::fs::rename(&staged, dest) {
-        let _ = std::fs::remove_dir_all(&staged);
+        let _ = crate::fs_remove::remove_tree(&staged);
         return Err(Error::io(format!(
             "cannot move the import to {}",
             dest.display()

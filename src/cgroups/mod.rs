@@ -39,6 +39,8 @@ use oci_spec::runtime::{
 };
 use serde::{Deserialize, Serialize};
 
+mod reuse;
+
 /// Key of the single directory on a pure cgroup v2 host.
 pub const UNIFIED_KEY: &str = "unified";
 
@@ -81,6 +83,13 @@ pub enum Error {
         setting: String,
         why: String,
     },
+    /// An existing cgroup a new container may not be put into.
+    #[error("cgroup {}: {why}; {fix}", path.display())]
+    InUse {
+        path: PathBuf,
+        why: String,
+        fix: &'static str,
+    },
     /// The kernel did not finish freezing in time; the cgroup was thawed again.
     #[error("cgroup {}: not frozen after {waited_ms} ms (kernel state {state:?}), thawed it again; a task may be stuck in uninterruptible sleep", path.display())]
     FreezeTimeout {
@@ -102,6 +111,28 @@ pub struct CgroupDescriptor {
     pub unified: bool,
     /// Controller name (or "unified") → absolute directory.
     pub dirs: BTreeMap<String, PathBuf>,
+}
+
+impl CgroupDescriptor {
+    /// Resolves `path` (see [`Cgroup::create`]) for every hierarchy the
+    /// caller sees, creating nothing.
+    pub fn resolve(path: &str) -> Result<CgroupDescriptor> {
+        let unified = hierarchies::is_cgroup2_unified_mode();
+        let mounts = host_mounts(unified);
+        let own_file = Path::new("/proc/self/cgroup");
+        let own_text = fs::read_to_string(own_file).map_err(|source| Error::Io {
+            path: own_file.to_path_buf(),
+            op: "read the caller's cgroups".into(),
+            source,
+        })?;
+        let own = parse_proc_cgroup(&own_text);
+        let dirs = resolve_dirs(path, &mounts, &own)?;
+        Ok(CgroupDescriptor {
+            path: path.to_string(),
+            unified,
+            dirs,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,21 +183,17 @@ impl Cgroup {
     /// applies `resources`. If anything fails, the directories this call made
     /// are removed again.
     pub fn create(path: &str, resources: Option<&LinuxResources>) -> Result<Cgroup> {
-        let unified = hierarchies::is_cgroup2_unified_mode();
-        let mounts = host_mounts(unified);
-        let own_file = Path::new("/proc/self/cgroup");
-        let own_text = fs::read_to_string(own_file).map_err(|source| Error::Io {
-            path: own_file.to_path_buf(),
-            op: "read the caller's cgroups".into(),
-            source,
-        })?;
-        let own = parse_proc_cgroup(&own_text);
-        let dirs = resolve_dirs(path, &mounts, &own)?;
-        let desc = CgroupDescriptor {
-            path: path.to_string(),
-            unified,
-            dirs,
-        };
+        Cgroup::create_from(CgroupDescriptor::resolve(path)?, resources)
+    }
+
+    /// Like [`Cgroup::create`] for directories already resolved (so a
+    /// caller can record them before any exists).
+    pub fn create_from(
+        desc: CgroupDescriptor,
+        resources: Option<&LinuxResources>,
+    ) -> Result<Cgroup> {
+        let path = desc.path.clone();
+        let path = path.as_str();
         // Remember what did not exist yet so a failure removes only that.
         let mut fresh: Vec<(PathBuf, PathBuf)> = Vec::new();
         for dir in unique_dirs(&desc.dirs) {

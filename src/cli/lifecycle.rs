@@ -185,7 +185,8 @@ pub fn delete(root: &Path, a: &DeleteArgs) -> anyhow::Result<()> {
         }
         // A creation that died half-way leaves a directory without state.
         Err(ferry::Error::WrongState { id, .. }) if a.force => {
-            ferry::container::remove_incomplete(root, &id)?
+            ferry::container::remove_incomplete(root, &id)?;
+            super::portable::remove_imported(root, &id)?;
         }
         // As runc: forcing the removal of what is already gone succeeds
         // (podman deletes after a checkpoint that removed the container).

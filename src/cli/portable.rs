@@ -277,16 +277,16 @@ impl ImportedRestore {
     /// anything else when the bundle came from `--bundle`).
     pub fn restored(&self) {
         if self.own_bundle {
-            let _ = std::fs::remove_dir_all(&self.images);
+            let _ = ferry::fs_remove::remove_tree(&self.images);
         } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = ferry::fs_remove::remove_tree(&self.dir);
             remove_empty(&self.made);
         }
     }
 
     /// The restore failed: remove everything the import wrote.
     pub fn discard(self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = ferry::fs_remove::remove_tree(&self.dir);
         remove_empty(&self.made);
     }
 }
@@ -339,11 +339,8 @@ fn build_bundle(imported: &archive::Imported, file: &Path) -> anyhow::Result<Pat
 /// Removes the bundle an import built for container `id`, if any.
 pub fn remove_imported(root: &Path, id: &str) -> anyhow::Result<()> {
     let dir = import_dir(root, id);
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            bail!("cannot remove {}: {e}", dir.display())
-        }
-        _ => {}
+    if let Err(e) = ferry::fs_remove::remove_tree(&dir) {
+        bail!("cannot remove {}: {e}", dir.display())
     }
     let _ = std::fs::remove_dir(root.join(IMPORTS_DIR));
     Ok(())

@@ -149,6 +149,50 @@ struct DumpHandler<'a, 'p> {
     locked: bool,
     images: &'a Path,
     post_dump: Option<&'p mut dyn PostDump>,
+    /// Where CRIU's own network lock is recorded before CRIU makes it.
+    criu_lock: CriuLockRecorder<'a>,
+}
+
+/// Records the CRIU run's network lock in the state directory (at
+/// pre-dump, before CRIU locks), so a failed or killed dump's lock can be
+/// removed by the rollback or by `delete --force`.
+struct CriuLockRecorder<'a> {
+    dir: &'a crate::state::StateDir,
+    /// CRIU's log, whose first lines name its run id.
+    log: &'a Path,
+    method: LockMethod,
+    init_pid: i32,
+    /// The container has no network namespace of its own.
+    shares_netns: bool,
+}
+
+impl CriuLockRecorder<'_> {
+    fn record(&self) -> std::result::Result<(), String> {
+        if self.method == LockMethod::Skip {
+            return Ok(());
+        }
+        let run_id = criu::netlock::run_id(self.log)
+            .ok_or("cannot read CRIU's run id from its log (needed to undo its network lock)")?;
+        let ours = criu::netlock::netns_inode(None);
+        let theirs = criu::netlock::netns_inode(Some(self.init_pid));
+        let (netns, netns_pid) = match (ours, theirs) {
+            (Some(o), Some(t)) if o == t => (o, None),
+            (_, Some(t)) => (t, Some(self.init_pid)),
+            // The init is dying (a zombie has no namespaces to show), yet
+            // CRIU may still lock: where depends on the configuration.
+            (Some(o), None) if self.shares_netns => (o, None),
+            // In the container's own namespace, which goes with it.
+            _ => return Ok(()),
+        };
+        self.dir
+            .record_criu_lock(&crate::state::CriuLock {
+                run_id,
+                method: self.method,
+                netns,
+                netns_pid,
+            })
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl NotifyHandler for DumpHandler<'_, '_> {
@@ -160,6 +204,7 @@ impl NotifyHandler for DumpHandler<'_, '_> {
             // keeps that start-up out of the frozen time, and CRIU finds
             // the tree frozen instead of polling the freezer every 100 ms.
             Notify::PreDump => {
+                self.criu_lock.record()?;
                 if let (Some(cg), false) = (self.freeze, self.frozen) {
                     cg.freeze().map_err(|e| e.to_string())?;
                     self.frozen = true;
@@ -211,6 +256,8 @@ impl Container {
             ));
         }
         let lock = self.dir.lock()?;
+        // A lock recorded by a dump whose ferry was killed.
+        super::delete::remove_criu_lock(&self.dir);
         let status = self.require(
             &[Status::Running, Status::Paused],
             "only a running or paused container can be checkpointed",
@@ -331,6 +378,7 @@ impl Container {
         }
 
         let was_paused = status == Status::Paused;
+        let log = work.join(log_name);
         let mut handler = DumpHandler {
             freeze: (!was_paused).then_some(&cgroup),
             frozen: false,
@@ -339,6 +387,22 @@ impl Container {
             locked: false,
             images: &images,
             post_dump,
+            criu_lock: CriuLockRecorder {
+                dir: &self.dir,
+                log: &log,
+                method: opts.network_lock,
+                init_pid: self.state.pid,
+                shares_netns: !self
+                    .state
+                    .config
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.namespaces().as_ref())
+                    .is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+                    }),
+            },
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
         let kind = if opts.pre_dump {
@@ -354,8 +418,19 @@ impl Container {
             &mut |_, _| Ok(()),
         );
         let unlocked = handler.unlock();
+        // CRIU removes its network lock when it finishes, except when it
+        // aborts or is killed, and except after a dump that left the tree
+        // stopped or took TCP connections along (the restore releases those).
+        let keep_lock =
+            result.is_ok() && !opts.leave_running && (opts.leave_stopped || opts.tcp_established);
+        if keep_lock {
+            if !opts.leave_stopped {
+                self.dir.clear_criu_lock();
+            }
+        } else {
+            super::delete::remove_criu_lock(&self.dir);
+        }
         let frozen = handler.frozen;
-        let log = work.join(log_name);
         let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
         // A failed dump leaves the tree as it was; a paused one stays paused.
         if frozen && (result.is_err() || (!killed && !opts.leave_stopped)) {

@@ -1,5 +1,5 @@
 //! `create`: a container whose init is set up and waits for `start`.
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -73,6 +73,9 @@ fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
     }
 }
 
+/// How long the init may take to report each setup step (beyond its hooks).
+pub(crate) const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Default cgroup path when config.json has none: below the caller's cgroup.
 pub fn default_cgroup_path(id: &str) -> String {
     format!("ferry/{id}")
@@ -111,6 +114,13 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         )));
     }
 
+    let cgroup_path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| default_cgroup_path(&opts.id));
+    let cgroup_desc = crate::cgroups::CgroupDescriptor::resolve(&cgroup_path)?;
+
     let dir = new_state_dir(root, &opts.id)?;
     let mut undo = Undo {
         dir: dir.clone(),
@@ -119,7 +129,27 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         pid: None,
         armed: true,
     };
-    let _lock = dir.lock()?;
+    let lock = dir.lock()?;
+    cgroup_desc.check_reusable()?;
+    // Recorded before anything exists that would need undoing, so that
+    // `delete --force` can remove what a killed create left.
+    let mut state = State {
+        id: opts.id.clone(),
+        pid: 0,
+        pid_start_time: 0,
+        bundle: bundle.clone(),
+        rootfs: rootfs.clone(),
+        created: crate::proc::now_rfc3339(),
+        annotations,
+        cgroup: Some(cgroup_desc.clone()),
+        veth: None,
+        stdio: Vec::new(),
+        config: spec.clone(),
+        started: false,
+        exit_status: None,
+        creating: true,
+    };
+    dir.save(&state)?;
 
     for name in [EXEC_FIFO, EXEC_DONE] {
         nix::unistd::mkfifo(&dir.file(name), Mode::from_bits_truncate(0o600))
@@ -136,13 +166,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     let exec_fifo = open_rw(EXEC_FIFO)?;
     let exec_done = open_rw(EXEC_DONE)?;
 
-    let cgroup_path = linux
-        .cgroups_path()
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| default_cgroup_path(&opts.id));
-    let cgroup = Cgroup::create(&cgroup_path, linux.resources().as_ref())?;
-    let cgroup_desc = cgroup.descriptor().clone();
+    let cgroup = Cgroup::create_from(cgroup_desc.clone(), linux.resources().as_ref())?;
     undo.cgroup = Some(cgroup);
 
     let mut clone_flags = CloneFlags::empty();
@@ -172,6 +196,14 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     };
 
     let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
+    // The init answers at once unless its createContainer hooks run.
+    parent_ch
+        .set_recv_timeout(hooks::bound(
+            spec.hooks().as_ref(),
+            Kind::CreateContainer,
+            INIT_TIMEOUT,
+        ))
+        .map_err(Error::Init)?;
     let init = Init {
         spec: spec.clone(),
         rootfs: rootfs.clone(),
@@ -187,11 +219,18 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     };
     let mut init = Some(init);
     let mut stack = vec![0u8; 1 << 20];
-    // SAFETY: ferry is single-threaded here; the child only runs `Init::run`,
-    // which execs or exits.
+    let (lock_fd, parent_fd) = (lock.as_raw_fd(), parent_ch.as_raw_fd());
+    // SAFETY: ferry is single-threaded here; the child only closes its
+    // copies of the lock and of ferry's end of the channel (so both go
+    // with this process: a killed create frees the lock, and the init sees
+    // EOF and exits) and runs `Init::run`, which execs or exits.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(|| init.take().expect("init runs once").run()),
+            Box::new(|| {
+                libc::close(lock_fd);
+                libc::close(parent_fd);
+                init.take().expect("init runs once").run()
+            }),
             &mut stack,
             clone_flags,
             Some(libc::SIGCHLD),
@@ -202,6 +241,9 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     drop(init);
     drop(pid_ns);
     undo.pid = Some(pid);
+    state.pid = pid.as_raw();
+    state.pid_start_time = crate::proc::start_time(pid.as_raw()).unwrap_or(0);
+    dir.save(&state)?;
 
     // An init that vanishes may have been killed for a too small memory limit.
     let lost =
@@ -234,23 +276,12 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     if let Some(v) = &veth {
         network::create(v, pid.as_raw())?;
         undo.veth = Some(v.clone());
+        state.veth = Some(v.clone());
+        dir.save(&state)?;
     }
-    let start_time = crate::proc::start_time(pid.as_raw()).ok_or_else(|| child_error(None))?;
-    let mut state = State {
-        id: opts.id.clone(),
-        pid: pid.as_raw(),
-        pid_start_time: start_time,
-        bundle: bundle.clone(),
-        rootfs: rootfs.clone(),
-        created: crate::proc::now_rfc3339(),
-        annotations,
-        cgroup: Some(cgroup_desc.clone()),
-        veth: veth.clone(),
-        stdio: Vec::new(),
-        config: spec.clone(),
-        started: false,
-        exit_status: None,
-    };
+    if state.pid_start_time == 0 {
+        return Err(child_error(None));
+    }
     let state_json = creating_state_json(&state);
     hooks::run(spec.hooks().as_ref(), Kind::Prestart, &state_json)?;
     hooks::run(spec.hooks().as_ref(), Kind::CreateRuntime, &state_json)?;
@@ -283,11 +314,13 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     state.stdio = (0..3)
         .map(|fd| crate::proc::fd_target(pid.as_raw(), fd).unwrap_or_default())
         .collect();
+    state.creating = false;
     dir.save(&state)?;
     if let Some(pf) = &opts.pid_file {
         write_pid_file(pf, pid.as_raw())?;
     }
     undo.armed = false;
+    drop(lock);
     Ok(Created {
         container: Container {
             root: root.to_path_buf(),

@@ -1,23 +1,48 @@
 //! `delete`: remove a stopped container (or any, with force).
+//!
+//! With force this also removes what a create, restore or checkpoint left
+//! when it was killed half-way: every process in the container's cgroup
+//! (and its init, recorded before it joined the cgroup), the mounts below
+//! the state directory (the rootfs bind CRIU restores into: unmounted,
+//! never deleted through), the cgroup directories, the veth, and CRIU's
+//! network lock. The state directory goes last and is removed without
+//! crossing any mount.
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{Container, Result, Status};
+use super::{Container, Error, Result, Status};
+use crate::criu::netlock;
 use crate::hooks::{self, Kind};
+use crate::state::StateDir;
+
+/// How long processes get to die after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a veth of a container whose creation was cut short gets to
+/// vanish with its network namespace.
+const VETH_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Container {
     /// Removes processes (with `force`), veth, cgroup and state. Returns
     /// poststop hook failures as warnings.
-    pub fn delete(self, force: bool) -> Result<Vec<hooks::Error>> {
+    pub fn delete(mut self, force: bool) -> Result<Vec<hooks::Error>> {
         let _lock = self.dir.lock()?;
+        // What the file says now, under the lock (a create may have
+        // finished, or another delete removed it, while we waited).
+        match self.dir.load()? {
+            Some(s) => self.state = s,
+            None if !self.dir.path.exists() => return Ok(Vec::new()),
+            None => {}
+        }
         let status = self.status();
         if !force && !matches!(status, Status::Stopped | Status::Created) {
-            return Err(self.wrong_state(
-                status,
-                "stop it first (`ferry kill`) or use `ferry delete --force`",
-            ));
+            let hint = if status == Status::Creating {
+                "its creation was interrupted: `ferry delete --force` removes it"
+            } else {
+                "stop it first (`ferry kill`) or use `ferry delete --force`"
+            };
+            return Err(self.wrong_state(status, hint));
         }
         let cgroup = self.cgroup()?;
         if status != Status::Stopped {
@@ -28,48 +53,118 @@ impl Container {
                 }
                 let _ = cg.thaw();
             }
-            let _ = kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            if self.state.pid > 0
+                && crate::proc::is_alive(self.state.pid, self.state.pid_start_time)
+            {
+                let _ = kill(Pid::from_raw(self.state.pid), Signal::SIGKILL);
+            }
         }
-        self.wait_gone(&cgroup);
+        self.wait_gone(&cgroup)?;
+        remove_criu_lock(&self.dir);
+        if status == Status::Creating {
+            // A pair made just before the kill is not recorded yet; it dies
+            // with the namespace of its container end (asynchronously):
+            // wait for that rather than guess whose the name is.
+            let planned = crate::network::VethConfig::from_annotations(&self.state.annotations)
+                .ok()
+                .flatten();
+            if let Some(v) = planned.as_ref().or(self.state.veth.as_ref()) {
+                let end = Instant::now() + VETH_TIMEOUT;
+                while crate::network::link_exists_on_host(&v.host_if) && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
         if let Some(v) = &self.state.veth {
             crate::network::remove(v)?;
         }
         if let Some(cg) = &cgroup {
             cg.remove()?;
         }
-        let state_json = {
-            let mut s = self.oci_state();
-            s.status = Status::Stopped;
-            serde_json::to_string(&s).expect("state serializes")
+        let warnings = if status == Status::Creating {
+            // Never created: no poststop.
+            Vec::new()
+        } else {
+            let state_json = {
+                let mut s = self.oci_state();
+                s.status = Status::Stopped;
+                serde_json::to_string(&s).expect("state serializes")
+            };
+            hooks::run_all(
+                self.state.config.hooks().as_ref(),
+                Kind::Poststop,
+                &state_json,
+            )
         };
-        let warnings = hooks::run_all(
-            self.state.config.hooks().as_ref(),
-            Kind::Poststop,
-            &state_json,
-        );
         self.dir.remove()?;
         Ok(warnings)
     }
 
-    /// Waits (bounded) until the init and every cgroup member are gone.
-    fn wait_gone(&self, cgroup: &Option<crate::cgroups::Cgroup>) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let init_gone = !crate::proc::is_alive(self.state.pid, self.state.pid_start_time);
-            let cg_empty = cgroup
+    /// Waits (bounded) until the init and every cgroup member are gone;
+    /// names what is still alive otherwise.
+    fn wait_gone(&self, cgroup: &Option<crate::cgroups::Cgroup>) -> Result<()> {
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            let init_alive = self.state.pid > 0
+                && crate::proc::is_alive(self.state.pid, self.state.pid_start_time);
+            let members = cgroup
                 .as_ref()
-                .map(|c| c.pids().map(|p| p.is_empty()).unwrap_or(true))
-                .unwrap_or(true);
-            if init_gone && cg_empty {
-                return;
+                .map(|c| c.pids().unwrap_or_default())
+                .unwrap_or_default();
+            if !init_alive && members.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut left = members;
+                if init_alive {
+                    left.push(self.state.pid);
+                }
+                return Err(Error::Usage(format!(
+                    "container {}: process(es) {left:?} still alive {} s after SIGKILL (stuck in the kernel?); nothing was removed, run `ferry delete --force` again",
+                    self.state.id,
+                    KILL_TIMEOUT.as_secs()
+                )));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
     }
 }
 
-/// Removes a container directory whose creation never finished (no
-/// state.json): nothing else of it can exist beyond the directory.
+/// Removes the network lock a killed or failed CRIU run left (recorded in
+/// the state directory), where it can still be reached. Best effort: a
+/// lock in a container's namespace goes with the namespace anyway.
+pub(crate) fn remove_criu_lock(dir: &StateDir) {
+    let Some(rec) = dir.criu_lock() else {
+        return;
+    };
+    let here = match rec.netns_pid {
+        // The container's namespace, while its process is still there.
+        Some(pid) if netlock::netns_inode(Some(pid)) == Some(rec.netns) => Some(Some(pid)),
+        Some(_) => None,
+        None if netlock::netns_inode(None) == Some(rec.netns) => Some(None),
+        None => {
+            tracing::warn!(run_id = %rec.run_id, "CRIU's network lock is in another network namespace than this ferry's; not removed");
+            None
+        }
+    };
+    if let Some(netns_pid) = here {
+        match netlock::remove(&rec.run_id, rec.method, netns_pid) {
+            Ok(removed) => {
+                for r in removed {
+                    tracing::info!(what = %r, run_id = %rec.run_id, "removed CRIU's network lock");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, run_id = %rec.run_id, "cannot remove CRIU's network lock");
+                return;
+            }
+        }
+    }
+    dir.clear_criu_lock();
+}
+
+/// Removes a container directory whose creation never got as far as its
+/// first state.json: nothing else of it can exist beyond the directory.
 pub fn remove_incomplete(root: &std::path::Path, id: &str) -> Result<()> {
     let dir = crate::state::StateDir::new(root, id);
     let _lock = dir.lock()?;

@@ -205,6 +205,9 @@ impl Container {
     /// Status derived from the kernel: is the init (same pid, same start time)
     /// alive, has it been started, is its cgroup frozen.
     pub fn status(&self) -> Status {
+        if self.state.creating {
+            return Status::Creating;
+        }
         if !crate::proc::is_alive(self.state.pid, self.state.pid_start_time) {
             return Status::Stopped;
         }

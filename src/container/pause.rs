@@ -13,6 +13,8 @@ impl Container {
     pub fn resume(&self) -> Result<()> {
         let _lock = self.dir.lock()?;
         self.require(&[Status::Paused], "only a paused container can be resumed")?;
+        // CRIU keeps its network lock after `checkpoint --leave-stopped`.
+        super::delete::remove_criu_lock(&self.dir);
         self.cgroup_or_err()?.thaw()?;
         Ok(())
     }

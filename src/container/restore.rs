@@ -390,6 +390,16 @@ impl Container {
         let criu = Criu::new()?;
         criu.require_modes(false, false, opts.lazy_pages)?;
 
+        let linux = spec.linux().clone().unwrap_or_default();
+        let cgroup_path = opts.cgroup_path.clone().unwrap_or_else(|| {
+            linux
+                .cgroups_path()
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| super::create::default_cgroup_path(&opts.id))
+        });
+        let cgroup_desc = crate::cgroups::CgroupDescriptor::resolve(&cgroup_path)?;
+
         let dir = super::create::new_state_dir(root, &opts.id)?;
         let mut undo = Undo {
             dir: dir.clone(),
@@ -401,16 +411,29 @@ impl Container {
             armed: true,
         };
         let _lock = dir.lock()?;
-        let linux = spec.linux().clone().unwrap_or_default();
-        let cgroup_path = opts.cgroup_path.clone().unwrap_or_else(|| {
-            linux
-                .cgroups_path()
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|| super::create::default_cgroup_path(&opts.id))
-        });
-        let cgroup = Cgroup::create(&cgroup_path, linux.resources().as_ref())?;
-        let cgroup_desc = cgroup.descriptor().clone();
+        cgroup_desc.check_reusable()?;
+        // Recorded before anything exists that would need undoing, so that
+        // `delete --force` can remove what a killed restore left (CRIU and
+        // the tree it restores run in this cgroup; the rootfs bind is
+        // below the state directory).
+        let mut state = State {
+            id: opts.id.clone(),
+            pid: 0,
+            pid_start_time: 0,
+            bundle: bundle.clone(),
+            rootfs: rootfs.clone(),
+            created: crate::proc::now_rfc3339(),
+            annotations,
+            cgroup: Some(cgroup_desc.clone()),
+            veth: veth.clone(),
+            stdio: Vec::new(),
+            config: spec.clone(),
+            started: true,
+            exit_status: None,
+            creating: true,
+        };
+        dir.save(&state)?;
+        let cgroup = Cgroup::create_from(cgroup_desc.clone(), linux.resources().as_ref())?;
         undo.cgroup = Some(cgroup);
 
         let mut ext = externals::mounts(&spec, &bundle, Some(&cgroup_desc));
@@ -447,22 +470,6 @@ impl Container {
             None::<&str>,
         )
         .map_err(sys("making criu-root private"))?;
-
-        let mut state = State {
-            id: opts.id.clone(),
-            pid: 0,
-            pid_start_time: 0,
-            bundle: bundle.clone(),
-            rootfs: rootfs.clone(),
-            created: crate::proc::now_rfc3339(),
-            annotations,
-            cgroup: Some(cgroup_desc.clone()),
-            veth: veth.clone(),
-            stdio: Vec::new(),
-            config: spec.clone(),
-            started: true,
-            exit_status: None,
-        };
 
         let images_fd = open_dir(&images)?;
         let work_fd = open_dir(&work)?;
@@ -568,6 +575,7 @@ impl Container {
         state.stdio = (0..3)
             .map(|fd| crate::proc::fd_target(pid, fd).unwrap_or_default())
             .collect();
+        state.creating = false;
         dir.save(&state)?;
         if let Some(pf) = &opts.pid_file {
             super::create::write_pid_file(pf, pid)?;

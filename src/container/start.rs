@@ -1,6 +1,6 @@
 //! `start`: let a created container's init exec the user program.
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::Mode;
@@ -39,6 +39,34 @@ impl Container {
         })?;
         nix::unistd::write(&fifo, &[0]).map_err(sys("signalling the init"))?;
         drop(fifo);
+        // The init runs startContainer hooks, then execs (closing exec.done)
+        // or writes why it could not.
+        if let Some(limit) = hooks::bound(
+            self.state.config.hooks().as_ref(),
+            Kind::StartContainer,
+            super::create::INIT_TIMEOUT,
+        ) {
+            let mut fds = [nix::poll::PollFd::new(
+                done.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let deadline = std::time::Instant::now() + limit;
+            let ready = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let ms = u16::try_from(left.as_millis().min(1000)).unwrap_or(1000);
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(0) if !left.is_zero() => continue,
+                    r => break r.map_err(sys("waiting for the user program to start"))?,
+                }
+            };
+            if ready == 0 {
+                return Err(Error::Init(format!(
+                    "the init did not exec the user program within {} s (is its cgroup frozen?)",
+                    limit.as_secs()
+                )));
+            }
+        }
         let mut report = String::new();
         let mut done = std::fs::File::from(done);
         done.read_to_string(&mut report)

@@ -12,6 +12,7 @@ mod client;
 mod errors;
 pub mod image;
 pub mod log;
+pub mod netlock;
 mod notify;
 pub mod stats;
 mod swrk;

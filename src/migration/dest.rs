@@ -106,7 +106,7 @@ fn sweep(opts: &DestOptions) -> std::io::Result<()> {
         };
         if pid != std::process::id() as i32 && migrate::host::pid_gone(pid) {
             tracing::info!(dir = %e.path().display(), "removing images of a server that is gone");
-            std::fs::remove_dir_all(e.path())?;
+            crate::fs_remove::remove_tree(&e.path()).map_err(std::io::Error::other)?;
         }
     }
     migrate::files::remove_stale_staging(&opts.bundle_dir)?;
@@ -261,7 +261,7 @@ impl Receiver {
         let bundle = self.opts.bundle_dir.join(&self.id);
         if bundle.join(RECEIVED).exists() && !self.state_dir().path.exists() {
             tracing::info!(bundle = %bundle.display(), "removing the bundle of a container that left");
-            std::fs::remove_dir_all(&bundle)
+            crate::fs_remove::remove_tree(&bundle)
                 .map_err(|e| format!("removing the old bundle {}: {e}", bundle.display()))?;
         }
         Ok(())
