@@ -5,6 +5,7 @@
 //! inventory), the image's own magic, then entries, each a native-endian
 //! (little-endian on every CRIU target ferry runs on) u32 length followed by
 //! that many bytes of protobuf.
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
@@ -13,6 +14,11 @@ pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
 pub const STATS_MAGIC: u32 = 0x5709_3306;
 pub const IRMAP_CACHE_MAGIC: u32 = 0x5700_4059;
 pub const PSTREE_MAGIC: u32 = 0x5027_3030;
+
+/// Largest image file read whole: the files read here (inventory, stats)
+/// are a few hundred bytes, and an imported archive may hold a hostile one
+/// of any size.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 
 /// The head magic CRIU writes in front of an image with `magic`.
 pub fn head_magic_for(magic: u32) -> Option<u32> {
@@ -49,6 +55,8 @@ pub enum ImageErrorKind {
     Decode(#[source] protobuf::Error),
     #[error("expected {expected} entries, found {found}")]
     EntryCount { expected: usize, found: usize },
+    #[error("file exceeds the {max}-byte limit for this image")]
+    TooLarge { max: u64 },
 }
 
 /// Decodes every entry of the image file at `path`, checking that it is an
@@ -57,11 +65,23 @@ pub fn read_entries<M: protobuf::Message>(
     path: &Path,
     expected_magic: u32,
 ) -> Result<Vec<M>, ImageError> {
-    let bytes = std::fs::read(path).map_err(|e| ImageError {
+    let err = |offset, kind| ImageError {
         path: path.to_path_buf(),
-        offset: 0,
-        kind: ImageErrorKind::Io(e),
-    })?;
+        offset,
+        kind,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| err(0, ImageErrorKind::Io(e)))?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(err(
+            MAX_IMAGE_BYTES,
+            ImageErrorKind::TooLarge {
+                max: MAX_IMAGE_BYTES,
+            },
+        ));
+    }
     parse_entries(&bytes, expected_magic).map_err(|(offset, kind)| ImageError {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -167,4 +187,63 @@ pub fn encode_entries<M: protobuf::Message>(
         out.extend_from_slice(&body);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::stats::Stats_entry;
+    use proptest::prelude::*;
+
+    fn image(magic: u32, rest: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        if let Some(h) = head_magic_for(magic) {
+            v.extend_from_slice(&h.to_le_bytes());
+        }
+        v.extend_from_slice(&magic.to_le_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_parse_or_fail(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            magic in prop_oneof![Just(STATS_MAGIC), Just(INVENTORY_MAGIC), Just(PSTREE_MAGIC)],
+        ) {
+            let _ = parse_entries::<Stats_entry>(&bytes, magic);
+            let _ = parse_entries::<Stats_entry>(&image(magic, &bytes), magic);
+        }
+
+        /// A length word beyond the data is an error at that word, whatever
+        /// its value (the reader slices, it never allocates by it).
+        #[test]
+        fn declared_length_beyond_the_data(
+            len in prop_oneof![Just(u32::MAX), any::<u32>()],
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            prop_assume!(len as usize > data.len());
+            let mut rest = len.to_le_bytes().to_vec();
+            rest.extend_from_slice(&data);
+            let (at, kind) = parse_entries::<Stats_entry>(&image(STATS_MAGIC, &rest), STATS_MAGIC)
+                .unwrap_err();
+            prop_assert_eq!(at, 8);
+            let truncated = matches!(kind, ImageErrorKind::Truncated { what: "entry", .. });
+            prop_assert!(truncated, "{}", kind);
+        }
+    }
+
+    /// An image file larger than any CRIU writes for these images is
+    /// refused without reading it whole (it was read into memory entirely).
+    #[test]
+    fn oversized_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stats-dump");
+        let f = std::fs::File::create(&p).unwrap();
+        // Sparse: no disk space used.
+        f.set_len(MAX_IMAGE_BYTES + 1).unwrap();
+        let err = read_single::<Stats_entry>(&p, STATS_MAGIC).unwrap_err();
+        assert!(matches!(err.kind, ImageErrorKind::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("stats-dump"), "{err}");
+    }
 }
