@@ -1,5 +1,5 @@
 //! Loading and checking a bundle's `config.json` (OCI runtime spec).
-use std::io::Read as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
@@ -57,14 +57,20 @@ pub fn load(bundle: &Path) -> Result<Spec> {
     if !path.exists() {
         return Err(Error::NoConfig(bundle.to_path_buf()));
     }
+    let read_err = |source| Error::Read {
+        path: path.clone(),
+        source,
+    };
+    let f = std::fs::File::open(&path).map_err(read_err)?;
+    // The size first, so a huge file is refused without reading it.
+    let size = f.metadata().map_err(read_err)?.len();
     let mut text = String::new();
-    std::fs::File::open(&path)
-        .and_then(|f| std::io::Read::take(f, MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
-        .map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
+    if size <= MAX_CONFIG_BYTES {
+        f.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+    }
+    if size > MAX_CONFIG_BYTES || text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(Error::TooLarge {
             path,
             max: MAX_CONFIG_BYTES,

@@ -409,3 +409,50 @@ fn huge_long_name_in_a_compressed_archive_is_refused() {
     );
     s.assert_clean(false);
 }
+
+/// Entry names are kept until the manifest check; an archive of many
+/// entries with long names (highly compressible) took gigabytes. Their sum
+/// is capped.
+#[test]
+fn entry_names_are_bounded_in_total() {
+    /// Entries `n/<4000 bytes>-<i>`, each with a GNU long-name entry, made
+    /// as they are read.
+    struct ManyNames {
+        next: u64,
+        buf: Vec<u8>,
+        at: usize,
+    }
+    impl Read for ManyNames {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.buf.len() {
+                let name = format!("n/{}-{}", "x".repeat(4000), self.next).into_bytes();
+                self.next += 1;
+                self.buf = raw_tar(&[(name, tar::EntryType::Regular, Vec::new())]);
+                // raw_tar ends the archive; keep going instead.
+                self.buf.truncate(self.buf.len() - 1024);
+                self.at = 0;
+            }
+            let n = (self.buf.len() - self.at).min(out.len());
+            out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+    let input = ManyNames {
+        next: 0,
+        buf: Vec::new(),
+        at: 0,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let err = unpack_for_inspect(input, &tmp.path().join("x"), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                what: "bytes of entry names",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -147,11 +147,13 @@ pub const MAX_STDIO_JSON_BYTES: u64 = 1 << 20;
 /// [`MAX_STDIO_JSON_BYTES`].
 fn read_small(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
     let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_STDIO_JSON_BYTES + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_STDIO_JSON_BYTES {
+    if size <= MAX_STDIO_JSON_BYTES {
+        f.take(MAX_STDIO_JSON_BYTES + 1).read_to_string(&mut text)?;
+    }
+    if size > MAX_STDIO_JSON_BYTES || text.len() as u64 > MAX_STDIO_JSON_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {MAX_STDIO_JSON_BYTES} bytes"),

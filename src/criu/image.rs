@@ -70,17 +70,28 @@ pub fn read_entries<M: protobuf::Message>(
         offset,
         kind,
     };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut bytes))
+    let too_large = err(
+        MAX_IMAGE_BYTES,
+        ImageErrorKind::TooLarge {
+            max: MAX_IMAGE_BYTES,
+        },
+    );
+    let f = std::fs::File::open(path).map_err(|e| err(0, ImageErrorKind::Io(e)))?;
+    // The size first, so a huge file is refused without reading it; the
+    // read is bounded too, for files whose size says nothing (procfs).
+    let size = f
+        .metadata()
+        .map_err(|e| err(0, ImageErrorKind::Io(e)))?
+        .len();
+    if size > MAX_IMAGE_BYTES {
+        return Err(too_large);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    f.take(MAX_IMAGE_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| err(0, ImageErrorKind::Io(e)))?;
     if bytes.len() as u64 > MAX_IMAGE_BYTES {
-        return Err(err(
-            MAX_IMAGE_BYTES,
-            ImageErrorKind::TooLarge {
-                max: MAX_IMAGE_BYTES,
-            },
-        ));
+        return Err(too_large);
     }
     parse_entries(&bytes, expected_magic).map_err(|(offset, kind)| ImageError {
         path: path.to_path_buf(),
