@@ -456,3 +456,104 @@ fn entry_names_are_bounded_in_total() {
         "{err}"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// A root filesystem tar with weird names, links out of the tree and
+    /// entries through those links: unpacked, or refused, never written
+    /// outside the destination.
+    #[test]
+    fn rootfs_tar_never_writes_outside(
+        entries in proptest::collection::vec(
+            (entry_name(), prop_oneof![
+                Just(tar::EntryType::Regular),
+                Just(tar::EntryType::Directory),
+                Just(tar::EntryType::Symlink),
+                Just(tar::EntryType::Link),
+                Just(tar::EntryType::Fifo),
+            ], prop_oneof![
+                Just(b"/".to_vec()),
+                Just(b"..".to_vec()),
+                Just(b"../../..".to_vec()),
+                Just(b"l".to_vec()),
+                Just(b"a".to_vec()),
+            ]),
+            1..6,
+        ),
+        through_link in any::<bool>(),
+    ) {
+        let s = Sandbox::new();
+        let mut list: Vec<(Vec<u8>, tar::EntryType, Vec<u8>)> = Vec::new();
+        if through_link {
+            // A link to the sandbox's parent, then a file through it.
+            list.push((b"l".to_vec(), tar::EntryType::Symlink, b"../..".to_vec()));
+            list.push((b"l/pwned".to_vec(), tar::EntryType::Regular, Vec::new()));
+        }
+        for (name, kind, target) in entries {
+            list.push((name, kind, target));
+        }
+        let tar_path = s.tmp.path().join("outer/rootfs-diff.tar");
+        std::fs::write(&tar_path, rootfs_tar(&list)).unwrap();
+        let dest = s.tmp.path().join("outer/inner/imported");
+        let _ = unpack_rootfs(&tar_path, &dest, &Limits::default());
+        std::fs::remove_file(&tar_path).unwrap();
+        let _ = std::fs::remove_dir_all(&dest);
+        s.assert_clean(false);
+    }
+}
+
+/// Like [`raw_tar`], with link targets (the third field) for links.
+fn rootfs_tar(entries: &[(Vec<u8>, tar::EntryType, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, target) in entries {
+        let is_link = matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link);
+        let mut one = raw_tar(&[(
+            name.clone(),
+            *kind,
+            if is_link { Vec::new() } else { b"x".to_vec() },
+        )]);
+        one.truncate(one.len() - 1024);
+        if is_link {
+            // The last header block: set its link name.
+            let at = one.len() - 512;
+            let mut h = tar::Header::new_old();
+            h.as_mut_bytes().copy_from_slice(&one[at..]);
+            let n = target.len().min(100);
+            h.as_old_mut().linkname[..n].copy_from_slice(&target[..n]);
+            h.set_cksum();
+            one[at..].copy_from_slice(h.as_bytes());
+        }
+        out.extend_from_slice(&one);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The layout files of an unpacked ferry or podman archive (metadata,
+    /// config.dump, spec.dump, stats-dump) with any content: described, or
+    /// an error.
+    #[test]
+    fn layout_files_parse_or_fail(
+        files in proptest::collection::vec(
+            (proptest::sample::select(vec![METADATA_FILE, CONFIG_FILE, SPEC_FILE, STATS_FILE]),
+             prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..128),
+                Just(br#"{"id":1,"name":["x"],"runtime":null,"checkpointedTime":{}}"#.to_vec()),
+                Just(br#"{"format_version":4294967295,"container_id":"","rootfs":"full"}"#.to_vec()),
+             ]),
+            0..4,
+        ),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join(IMAGES_DIR)).unwrap();
+        std::fs::write(tmp.path().join(IMAGES_DIR).join("inventory.img"), b"").unwrap();
+        for (name, bytes) in files {
+            std::fs::write(tmp.path().join(name), bytes).unwrap();
+        }
+        let _ = describe_dir(tmp.path(), &Limits::default());
+    }
+}
