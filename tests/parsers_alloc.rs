@@ -176,6 +176,80 @@ fn hostile_inputs_allocate_within_budget() {
         });
     }
     let tmp = tempfile::tempdir().unwrap();
+    // An mm entry of 16 MiB listing a million mappings (18 bytes each on
+    // the wire, with every required field 0): it decoded into 160 MiB.
+    let mm = tmp.path().join("mm-1.img");
+    let mut img = IMG_COMMON_MAGIC.to_le_bytes().to_vec();
+    img.extend_from_slice(&ferry::images::format::MM_MAGIC.to_le_bytes());
+    let vma = [
+        0x72u8, 16, 0x08, 0, 0x10, 0, 0x18, 0, 0x20, 0, 0x28, 0, 0x30, 0, 0x38, 0, 0x40, 0,
+    ];
+    let body: Vec<u8> = vma.repeat((16 << 20) / vma.len());
+    img.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    img.extend_from_slice(&body);
+    std::fs::write(&mm, &img).unwrap();
+    check("mm entry with a million mappings", || {
+        ferry::images::format::read_one::<ferry::proto::memory::Mm_entry>(
+            &mm,
+            ferry::images::format::MM_MAGIC,
+            "mm entry",
+        )
+    });
+    // Just under the decode limit: decoded, within the budget.
+    let n = ferry::images::format::MAX_DECODED_BYTES as usize / 312 - 64;
+    let mut img = IMG_COMMON_MAGIC.to_le_bytes().to_vec();
+    img.extend_from_slice(&ferry::images::format::MM_MAGIC.to_le_bytes());
+    let mut body: Vec<u8> = (1u8..=11).flat_map(|f| [f << 3, 0]).collect();
+    body.extend_from_slice(&[12 << 3, 0]);
+    body.extend_from_slice(&vma.repeat(n));
+    img.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    img.extend_from_slice(&body);
+    std::fs::write(&mm, &img).unwrap();
+    let (mm_entry, peak) = peak_of(|| {
+        ferry::images::format::read_one::<ferry::proto::memory::Mm_entry>(
+            &mm,
+            ferry::images::format::MM_MAGIC,
+            "mm entry",
+        )
+    });
+    assert_eq!(mm_entry.unwrap().vmas.len(), n);
+    assert!(peak < BUDGET, "mm entry of {n} mappings: {peak} bytes");
+    eprintln!("mm entry of {n} mappings: {} KiB peak", peak / 1024);
+    // Distinct unknown fields, each a map entry of its own, just under the
+    // decode limit (which counts 512 bytes for each).
+    let n = ferry::images::format::MAX_DECODED_BYTES as usize / 512 - 64;
+    let mut body = vec![0x08, 2];
+    for f in 100u64..100 + n as u64 {
+        let mut tag = f << 3;
+        while tag >= 0x80 {
+            body.push(tag as u8 | 0x80);
+            tag >>= 7;
+        }
+        body.extend_from_slice(&[tag as u8, 0]);
+    }
+    let mut img = ferry::images::format::INVENTORY_MAGIC
+        .to_le_bytes()
+        .to_vec();
+    img.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    img.extend_from_slice(&body);
+    let inv = tmp.path().join("inventory.img");
+    std::fs::write(&inv, &img).unwrap();
+    let (inventory, peak) = peak_of(|| {
+        ferry::images::format::read_one::<ferry::proto::inventory::Inventory_entry>(
+            &inv,
+            ferry::images::format::INVENTORY_MAGIC,
+            "inventory entry",
+        )
+    });
+    inventory.unwrap();
+    eprintln!(
+        "inventory entry of {n} unknown fields: {} KiB peak",
+        peak / 1024
+    );
+    assert!(
+        peak < BUDGET,
+        "inventory entry of {n} unknown fields: {peak} bytes"
+    );
     let big = tmp.path().join("stats-dump");
     // Sparse files: no disk used.
     std::fs::File::create(&big)

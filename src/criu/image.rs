@@ -57,11 +57,13 @@ pub enum ImageErrorKind {
     EntryCount { expected: usize, found: usize },
     #[error("file exceeds the {max}-byte limit for this image")]
     TooLarge { max: u64 },
+    #[error("entry would take over {max} bytes of memory decoded")]
+    DecodedTooLarge { max: u64 },
 }
 
 /// Decodes every entry of the image file at `path`, checking that it is an
 /// image with `expected_magic`.
-pub fn read_entries<M: protobuf::Message>(
+pub fn read_entries<M: protobuf::MessageFull>(
     path: &Path,
     expected_magic: u32,
 ) -> Result<Vec<M>, ImageError> {
@@ -101,7 +103,7 @@ pub fn read_entries<M: protobuf::Message>(
 }
 
 /// Like [`read_entries`], for an image that holds exactly one entry.
-pub fn read_single<M: protobuf::Message>(
+pub fn read_single<M: protobuf::MessageFull>(
     path: &Path,
     expected_magic: u32,
 ) -> Result<M, ImageError> {
@@ -120,7 +122,7 @@ pub fn read_single<M: protobuf::Message>(
 }
 
 /// Parses image bytes; errors carry the offset where they were found.
-pub fn parse_entries<M: protobuf::Message>(
+pub fn parse_entries<M: protobuf::MessageFull>(
     bytes: &[u8],
     expected_magic: u32,
 ) -> Result<Vec<M>, (usize, ImageErrorKind)> {
@@ -173,8 +175,16 @@ pub fn parse_entries<M: protobuf::Message>(
                 },
             ));
         }
-        let m = M::parse_from_bytes(&bytes[off..off + len])
-            .map_err(|e| (entry_at, ImageErrorKind::Decode(e)))?;
+        let body = &bytes[off..off + len];
+        if !crate::images::format::fits_in_memory::<M>(body) {
+            return Err((
+                entry_at,
+                ImageErrorKind::DecodedTooLarge {
+                    max: crate::images::format::MAX_DECODED_BYTES,
+                },
+            ));
+        }
+        let m = M::parse_from_bytes(body).map_err(|e| (entry_at, ImageErrorKind::Decode(e)))?;
         entries.push(m);
         off += len;
     }
@@ -242,6 +252,29 @@ mod tests {
             let truncated = matches!(kind, ImageErrorKind::Truncated { what: "entry", .. });
             prop_assert!(truncated, "{}", kind);
         }
+    }
+
+    /// An entry of two million unknown fields decoded into some 700 MiB.
+    #[test]
+    fn entry_decoding_into_too_much_memory_is_refused() {
+        let mut body = Vec::new();
+        for f in 100u64..100 + (2 << 20) {
+            let mut tag = f << 3;
+            while tag >= 0x80 {
+                body.push(tag as u8 | 0x80);
+                tag >>= 7;
+            }
+            body.extend_from_slice(&[tag as u8, 0]);
+        }
+        let mut rest = (body.len() as u32).to_le_bytes().to_vec();
+        rest.extend_from_slice(&body);
+        let (at, kind) =
+            parse_entries::<Stats_entry>(&image(STATS_MAGIC, &rest), STATS_MAGIC).unwrap_err();
+        assert_eq!(at, 8);
+        assert!(
+            matches!(kind, ImageErrorKind::DecodedTooLarge { .. }),
+            "{kind}"
+        );
     }
 
     /// An image file larger than any CRIU writes for these images is

@@ -34,6 +34,13 @@ pub const IRMAP_CACHE_MAGIC: u32 = 0x5700_4059;
 /// length word means a corrupt (or hostile) file.
 pub const MAX_ENTRY_BYTES: u32 = 64 << 20;
 
+/// Most memory one decoded entry may take, estimated from its wire form
+/// before decoding. A repeated sub-message costs two bytes on the wire and
+/// a few hundred decoded, so an entry within [`MAX_ENTRY_BYTES`] could
+/// otherwise decode into gigabytes; a real mm entry of 65530 mappings (the
+/// kernel's default limit) is estimated at 20 MiB.
+pub const MAX_DECODED_BYTES: u64 = 64 << 20;
+
 /// A problem in one image file, with the byte offset where it was found.
 #[derive(Debug, thiserror::Error)]
 #[error("CRIU image {}: {kind} at offset {offset}", path.display())]
@@ -63,6 +70,8 @@ pub enum ErrorKind {
     },
     #[error("entry length {len} exceeds the {max}-byte limit")]
     EntryTooLarge { len: u32, max: u32 },
+    #[error("{what} would take over {max} bytes of memory decoded")]
+    DecodedTooLarge { what: &'static str, max: u64 },
     #[error("cannot decode {what}: {source}")]
     Decode {
         what: &'static str,
@@ -252,7 +261,7 @@ impl<R: Read> EntryReader<R> {
     }
 
     /// Decodes the next entry as `M`.
-    pub fn next<M: protobuf::Message>(&mut self, what: &'static str) -> Result<Option<M>> {
+    pub fn next<M: protobuf::MessageFull>(&mut self, what: &'static str) -> Result<Option<M>> {
         match self.next_raw()? {
             None => Ok(None),
             Some((at, bytes)) => decode(&self.path, at, &bytes, what).map(Some),
@@ -260,7 +269,7 @@ impl<R: Read> EntryReader<R> {
     }
 
     /// Decodes every remaining entry as `M`.
-    pub fn collect<M: protobuf::Message>(&mut self, what: &'static str) -> Result<Vec<M>> {
+    pub fn collect<M: protobuf::MessageFull>(&mut self, what: &'static str) -> Result<Vec<M>> {
         let mut out = Vec::new();
         while let Some(m) = self.next(what)? {
             out.push(m);
@@ -269,18 +278,107 @@ impl<R: Read> EntryReader<R> {
     }
 }
 
-fn decode<M: protobuf::Message>(
+pub(crate) fn decode<M: protobuf::MessageFull>(
     path: &Path,
     at: u64,
     bytes: &[u8],
     what: &'static str,
 ) -> Result<M> {
+    if !fits_in_memory::<M>(bytes) {
+        return Err(ImageError::new(
+            path,
+            at,
+            ErrorKind::DecodedTooLarge {
+                what,
+                max: MAX_DECODED_BYTES,
+            },
+        ));
+    }
     M::parse_from_bytes(bytes)
         .map_err(|source| ImageError::new(path, at, ErrorKind::Decode { what, source }))
 }
 
+/// Whether `bytes` decoded as `M` stays within [`MAX_DECODED_BYTES`]
+/// (malformed bytes pass: the decoder reports them).
+pub(crate) fn fits_in_memory<M: protobuf::MessageFull>(bytes: &[u8]) -> bool {
+    decoded_cost(bytes, &M::descriptor(), 0).is_none_or(|c| c <= MAX_DECODED_BYTES)
+}
+
+/// Upper estimate of a decoded field: an `Option` of a word, a `String`
+/// or `Vec` header, a boxed message pointer.
+const FIELD_BYTES: u64 = 24;
+/// An unknown field is kept in a map entry of four vectors (measured at
+/// about 350 bytes each, the map's growth included).
+const UNKNOWN_FIELD_BYTES: u64 = 512;
+/// Nesting the protobuf decoder refuses beyond.
+const MAX_DEPTH: u32 = 100;
+
+fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Estimates the memory `bytes` takes decoded as a `desc` message, walking
+/// the wire format with the schema. `None` for malformed bytes (the decoder
+/// reports those). Linear in the input: each byte is read once per message
+/// that encloses it, and the schema's nesting is shallow.
+fn decoded_cost(
+    bytes: &[u8],
+    desc: &protobuf::reflect::MessageDescriptor,
+    depth: u32,
+) -> Option<u64> {
+    use protobuf::reflect::{RuntimeFieldType, RuntimeType};
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let mut cost = FIELD_BYTES * (desc.fields().count() as u64 + 2);
+    let mut i = 0;
+    while i < bytes.len() {
+        let tag = varint(bytes, &mut i)?;
+        let kind = desc
+            .field_by_number(u32::try_from(tag >> 3).ok()?)
+            .map(|f| f.runtime_field_type());
+        let len = match tag & 7 {
+            0 => {
+                varint(bytes, &mut i)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => varint(bytes, &mut i)?,
+            _ => return None,
+        };
+        let end = i.checked_add(usize::try_from(len).ok()?)?;
+        let body = bytes.get(i..end)?;
+        i = end;
+        cost += match kind {
+            None => UNKNOWN_FIELD_BYTES + len,
+            Some(RuntimeFieldType::Singular(RuntimeType::Message(d)))
+            | Some(RuntimeFieldType::Repeated(RuntimeType::Message(d))) => {
+                FIELD_BYTES + decoded_cost(body, &d, depth + 1)?
+            }
+            // Packed scalars: up to eight bytes per byte on the wire.
+            Some(RuntimeFieldType::Repeated(_)) if tag & 7 == 2 => FIELD_BYTES + 8 * len,
+            Some(RuntimeFieldType::Repeated(_)) => 8,
+            // Strings and bytes hold their content; singular scalars live in
+            // the message itself.
+            Some(_) if tag & 7 == 2 => FIELD_BYTES + len,
+            Some(_) => 0,
+        };
+    }
+    Some(cost)
+}
+
 /// Every entry of the image at `path`.
-pub fn read_all<M: protobuf::Message>(
+pub fn read_all<M: protobuf::MessageFull>(
     path: &Path,
     magic: u32,
     what: &'static str,
@@ -289,7 +387,11 @@ pub fn read_all<M: protobuf::Message>(
 }
 
 /// The single entry of the image at `path`.
-pub fn read_one<M: protobuf::Message>(path: &Path, magic: u32, what: &'static str) -> Result<M> {
+pub fn read_one<M: protobuf::MessageFull>(
+    path: &Path,
+    magic: u32,
+    what: &'static str,
+) -> Result<M> {
     let mut r = EntryReader::open(path, magic)?;
     let at = r.offset;
     let first = r.next::<M>(what)?;

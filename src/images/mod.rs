@@ -358,16 +358,7 @@ impl ImageDir {
         let mut file_offset = 0u64;
         let page = page_size();
         while let Some((at, bytes)) = r.next_raw()? {
-            let e = Pagemap_entry::parse_from_bytes(&bytes).map_err(|source| {
-                ImageError::new(
-                    &path,
-                    at,
-                    ErrorKind::Decode {
-                        what: "pagemap entry",
-                        source,
-                    },
-                )
-            })?;
+            let e: Pagemap_entry = format::decode(&path, at, &bytes, "pagemap entry")?;
             // Older images: in_parent instead of flags, compat_nr_pages
             // instead of nr_pages (criu/pagemap.c init_compat_pagemap_entry).
             let flags = if e.in_parent() {
@@ -882,8 +873,6 @@ pub fn page_size() -> u64 {
         .filter(|v| *v > 0)
         .unwrap_or(4096)
 }
-
-use protobuf::Message as _;
 
 #[cfg(test)]
 mod prop_tests;

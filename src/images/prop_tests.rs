@@ -296,3 +296,63 @@ fn pages_run_at_top_of_address_space() {
     let d = ImageDir::open(dir.path()).unwrap();
     assert_eq!(d.cmdline(1).unwrap().unwrap(), ["sh", "-c", "sleep 100"]);
 }
+
+fn mm_with_vmas(n: usize, start: u64) -> Vec<u8> {
+    let mut mm = Mm_entry::new();
+    for f in [
+        Mm_entry::set_mm_start_code,
+        Mm_entry::set_mm_end_code,
+        Mm_entry::set_mm_start_data,
+        Mm_entry::set_mm_end_data,
+        Mm_entry::set_mm_start_stack,
+        Mm_entry::set_mm_start_brk,
+        Mm_entry::set_mm_brk,
+        Mm_entry::set_mm_arg_start,
+        Mm_entry::set_mm_arg_end,
+        Mm_entry::set_mm_env_start,
+        Mm_entry::set_mm_env_end,
+    ] {
+        f(&mut mm, 0);
+    }
+    mm.set_exe_file_id(1);
+    for i in 0..n as u64 {
+        let mut v = crate::proto::memory::Vma_entry::new();
+        v.set_start(start + i * 0x2000);
+        v.set_end(start + i * 0x2000 + 0x1000);
+        v.set_pgoff(0);
+        v.set_shmid(0);
+        v.set_prot(3);
+        v.set_flags(0x22);
+        v.set_status(0x201);
+        v.set_fd(-1);
+        mm.vmas.push(v);
+    }
+    format::encode(MM_MAGIC, &[&mm])
+}
+
+/// A million mappings in a 16 MiB entry decoded into some 160 MiB (and an
+/// entry at the 64 MiB limit into over a gigabyte); refused before
+/// decoding now.
+#[test]
+fn entry_decoding_into_too_much_memory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mm-1.img");
+    std::fs::write(&p, mm_with_vmas(1 << 20, 0)).unwrap();
+    let err = read_one::<Mm_entry>(&p, MM_MAGIC, "mm entry").unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::DecodedTooLarge { .. }),
+        "{err}"
+    );
+    assert_eq!(err.offset, 8);
+}
+
+/// The kernel's default limit of mappings, with addresses of real size,
+/// stays well within the limit.
+#[test]
+fn real_sized_mm_entries_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mm-1.img");
+    std::fs::write(&p, mm_with_vmas(65530, 0x7f00_0000_0000)).unwrap();
+    let mm = read_one::<Mm_entry>(&p, MM_MAGIC, "mm entry").unwrap();
+    assert_eq!(mm.vmas.len(), 65530);
+}
