@@ -250,6 +250,30 @@ fn hostile_inputs_allocate_within_budget() {
         peak < BUDGET,
         "inventory entry of {n} unknown fields: {peak} bytes"
     );
+    // A pstree image of many small entries (no limit per entry helps):
+    // refused once their estimate passes the per-file limit, which bounds
+    // what they take (about half the estimate).
+    use ferry::images::format::MAX_FILE_DECODED_BYTES;
+    let entry = [0x08u8, 1, 0x10, 0, 0x18, 1, 0x20, 1];
+    let mut img = IMG_COMMON_MAGIC.to_le_bytes().to_vec();
+    img.extend_from_slice(&PSTREE_MAGIC.to_le_bytes());
+    for _ in 0..(2 << 20) {
+        img.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        img.extend_from_slice(&entry);
+    }
+    let pstree = tmp.path().join("pstree.img");
+    std::fs::write(&pstree, &img).unwrap();
+    check_within(
+        "pstree of two million entries",
+        MAX_FILE_DECODED_BYTES as isize,
+        || {
+            ferry::images::format::read_all::<ferry::proto::task::Pstree_entry>(
+                &pstree,
+                PSTREE_MAGIC,
+                "pstree entry",
+            )
+        },
+    );
     let big = tmp.path().join("stats-dump");
     // Sparse files: no disk used.
     std::fs::File::create(&big)

@@ -161,6 +161,7 @@ pub fn parse_entries<M: protobuf::MessageFull>(
         ));
     }
     let mut entries = Vec::new();
+    let mut decoded = 0u64;
     while off < bytes.len() {
         let entry_at = off;
         let len = read_u32(&mut off, "entry length")? as usize;
@@ -176,11 +177,19 @@ pub fn parse_entries<M: protobuf::MessageFull>(
             ));
         }
         let body = &bytes[off..off + len];
-        if !crate::images::format::fits_in_memory::<M>(body) {
+        // The same bounds as the image reader of `crate::images`.
+        use crate::images::format::{estimate, MAX_DECODED_BYTES, MAX_FILE_DECODED_BYTES};
+        let cost = estimate::<M>(body);
+        decoded = decoded.saturating_add(cost);
+        if cost > MAX_DECODED_BYTES || decoded > MAX_FILE_DECODED_BYTES {
             return Err((
                 entry_at,
                 ImageErrorKind::DecodedTooLarge {
-                    max: crate::images::format::MAX_DECODED_BYTES,
+                    max: if cost > MAX_DECODED_BYTES {
+                        MAX_DECODED_BYTES
+                    } else {
+                        MAX_FILE_DECODED_BYTES
+                    },
                 },
             ));
         }

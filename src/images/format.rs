@@ -41,6 +41,11 @@ pub const MAX_ENTRY_BYTES: u32 = 64 << 20;
 /// kernel's default limit) is estimated at 20 MiB.
 pub const MAX_DECODED_BYTES: u64 = 64 << 20;
 
+/// Most memory the entries of one image file may take decoded, together
+/// (the same estimate): files.img of 100000 open files, or a pagemap of
+/// half a million runs, stay below.
+pub const MAX_FILE_DECODED_BYTES: u64 = 128 << 20;
+
 /// A problem in one image file, with the byte offset where it was found.
 #[derive(Debug, thiserror::Error)]
 #[error("CRIU image {}: {kind} at offset {offset}", path.display())]
@@ -72,6 +77,8 @@ pub enum ErrorKind {
     EntryTooLarge { len: u32, max: u32 },
     #[error("{what} would take over {max} bytes of memory decoded")]
     DecodedTooLarge { what: &'static str, max: u64 },
+    #[error("the file's {what}s would take over {max} bytes of memory decoded")]
+    FileDecodedTooLarge { what: &'static str, max: u64 },
     #[error("cannot decode {what}: {source}")]
     Decode {
         what: &'static str,
@@ -140,6 +147,8 @@ pub struct EntryReader<R> {
     input: R,
     offset: u64,
     len: u64,
+    /// Estimated memory of the entries decoded so far.
+    decoded: u64,
 }
 
 impl EntryReader<BufReader<File>> {
@@ -160,6 +169,7 @@ impl<R: Read> EntryReader<R> {
             input,
             offset: 0,
             len,
+            decoded: 0,
         };
         if let Some(expected) = head_magic_for(magic) {
             let found = r.read_u32("head magic")?;
@@ -260,12 +270,30 @@ impl<R: Read> EntryReader<R> {
         Ok(Some((at, buf)))
     }
 
-    /// Decodes the next entry as `M`.
+    /// Offset of the next entry's length word.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Decodes the next entry as `M`. The entries one reader decodes may
+    /// take [`MAX_FILE_DECODED_BYTES`] together (the callers keep them).
     pub fn next<M: protobuf::MessageFull>(&mut self, what: &'static str) -> Result<Option<M>> {
-        match self.next_raw()? {
-            None => Ok(None),
-            Some((at, bytes)) => decode(&self.path, at, &bytes, what).map(Some),
+        let Some((at, bytes)) = self.next_raw()? else {
+            return Ok(None);
+        };
+        let cost = estimate::<M>(&bytes);
+        self.decoded = self.decoded.saturating_add(cost);
+        // One entry too large is told as such (by decode).
+        if cost <= MAX_DECODED_BYTES && self.decoded > MAX_FILE_DECODED_BYTES {
+            return Err(self.err_at(
+                at,
+                ErrorKind::FileDecodedTooLarge {
+                    what,
+                    max: MAX_FILE_DECODED_BYTES,
+                },
+            ));
         }
+        decode(&self.path, at, &bytes, what).map(Some)
     }
 
     /// Decodes every remaining entry as `M`.
@@ -301,7 +329,13 @@ pub(crate) fn decode<M: protobuf::MessageFull>(
 /// Whether `bytes` decoded as `M` stays within [`MAX_DECODED_BYTES`]
 /// (malformed bytes pass: the decoder reports them).
 pub(crate) fn fits_in_memory<M: protobuf::MessageFull>(bytes: &[u8]) -> bool {
-    decoded_cost(bytes, &M::descriptor(), 0).is_none_or(|c| c <= MAX_DECODED_BYTES)
+    estimate::<M>(bytes) <= MAX_DECODED_BYTES
+}
+
+/// Upper estimate of the memory `bytes` takes decoded as `M` (0 for
+/// malformed bytes, which the decoder refuses).
+pub(crate) fn estimate<M: protobuf::MessageFull>(bytes: &[u8]) -> u64 {
+    decoded_cost(bytes, &M::descriptor(), 0).unwrap_or(0)
 }
 
 /// Upper estimate of a decoded field: an `Option` of a word, a `String`

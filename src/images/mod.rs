@@ -357,8 +357,11 @@ impl ImageDir {
         let mut runs = Vec::new();
         let mut file_offset = 0u64;
         let page = page_size();
-        while let Some((at, bytes)) = r.next_raw()? {
-            let e: Pagemap_entry = format::decode(&path, at, &bytes, "pagemap entry")?;
+        loop {
+            let at = r.offset();
+            let Some(e) = r.next::<Pagemap_entry>("pagemap entry")? else {
+                break;
+            };
             // Older images: in_parent instead of flags, compat_nr_pages
             // instead of nr_pages (criu/pagemap.c init_compat_pagemap_entry).
             let flags = if e.in_parent() {
