@@ -231,8 +231,9 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
         let raw = entry.path_bytes().into_owned();
         let rel = safe_path(&raw, limits)?;
         let name = rel.to_string_lossy().into_owned();
-        // Names are kept for the manifest check; bound them together.
-        name_bytes += name.len() as u64;
+        // Names are kept for the manifest check; bound them together, with
+        // what is kept beside each.
+        name_bytes += name.len() as u64 + ENTRY_OVERHEAD_BYTES;
         if name_bytes > MAX_NAME_BYTES {
             return Err(Error::Limit {
                 what: "bytes of entry names",
@@ -392,8 +393,11 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
 const MAX_TRAILER: u64 = 1 << 20;
 
 /// Sum of the entry names of one archive (each kept in memory until the
-/// manifest is checked): thousands of CRIU images need well under 1 MiB.
+/// manifest is checked), counting [`ENTRY_OVERHEAD_BYTES`] more for each:
+/// thousands of CRIU images need a few MiB.
 const MAX_NAME_BYTES: u64 = 64 << 20;
+/// Memory kept per entry besides its name (set, map and list slots).
+const ENTRY_OVERHEAD_BYTES: u64 = 128;
 
 /// The architecture and CRIU checks of an import.
 fn check_host(meta: &Metadata, host: &Host) -> Result<()> {
