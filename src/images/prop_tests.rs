@@ -398,3 +398,60 @@ fn drain_decoded(bytes: &[u8]) -> Result<usize> {
     }
     Ok(n)
 }
+
+proptest! {
+    /// The memory estimate walks the wire format as the decoder does:
+    /// whatever the decoder accepts, the estimate covers (it does not stop
+    /// early and let an unmeasured tail through).
+    #[test]
+    fn estimate_covers_what_the_decoder_accepts(
+        tail in proptest::collection::vec(
+            prop_oneof![
+                // Tags of known and unknown fields, group starts and ends,
+                // lengths and values.
+                proptest::sample::select(vec![0x08u8, 0x0a, 0x0b, 0x0c, 0x10, 0x1a, 0x72, 0xa3, 0x06]),
+                any::<u8>(),
+            ],
+            0..64,
+        ),
+    ) {
+        use protobuf::Message as _;
+        use protobuf::MessageFull as _;
+        let mut bytes = vec![0x08, 2];
+        bytes.extend_from_slice(&tail);
+        if Inventory_entry::parse_from_bytes(&bytes).is_ok() {
+            prop_assert!(
+                format::decoded_cost(&bytes, &Inventory_entry::descriptor(), 0).is_some(),
+                "{:02x?}", bytes
+            );
+        }
+        if protobuf::well_known_types::empty::Empty::parse_from_bytes(&tail).is_ok() {
+            prop_assert!(format::decoded_cost(
+                &tail,
+                &protobuf::well_known_types::empty::Empty::descriptor(),
+                0
+            ).is_some(), "{:02x?}", tail);
+        }
+    }
+}
+
+/// A group the decoder skips, after the mappings, must not hide them from
+/// the estimate.
+#[test]
+fn a_trailing_group_does_not_hide_an_oversized_entry() {
+    let vma = [
+        0x72u8, 16, 0x08, 0, 0x10, 0, 0x18, 0, 0x20, 0, 0x28, 0, 0x30, 0, 0x38, 0, 0x40, 0,
+    ];
+    let mut body = vma.repeat(300_000);
+    body.extend_from_slice(&[0xa3, 0x06, 0x08, 1, 0xa4, 0x06]);
+    let mut rest = (body.len() as u32).to_le_bytes().to_vec();
+    rest.extend_from_slice(&body);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mm-1.img");
+    std::fs::write(&p, with_header(MM_MAGIC, &rest)).unwrap();
+    let err = read_one::<Mm_entry>(&p, MM_MAGIC, "mm entry").unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::DecodedTooLarge { .. }),
+        "{err}"
+    );
+}
