@@ -1,4 +1,5 @@
 //! Loading and checking a bundle's `config.json` (OCI runtime spec).
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
@@ -14,6 +15,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: larger than {max} bytes; a config.json is a few kilobytes", path.display())]
+    TooLarge { path: PathBuf, max: u64 },
     #[error("{path}: malformed JSON: {source}")]
     Json {
         path: PathBuf,
@@ -41,6 +44,10 @@ fn unsupported(field: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Largest `config.json` read (the limit an imported archive puts on its
+/// `spec.dump`, too).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Reads and parses `<bundle>/config.json`; JSON errors carry line and column.
 pub fn load(bundle: &Path) -> Result<Spec> {
     if !bundle.is_dir() {
@@ -50,10 +57,25 @@ pub fn load(bundle: &Path) -> Result<Spec> {
     if !path.exists() {
         return Err(Error::NoConfig(bundle.to_path_buf()));
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+    let read_err = |source| Error::Read {
         path: path.clone(),
         source,
-    })?;
+    };
+    let f = std::fs::File::open(&path).map_err(read_err)?;
+    // The size first, so a huge file is refused without reading it.
+    let size = f.metadata().map_err(read_err)?.len();
+    let mut text = String::new();
+    if size <= MAX_CONFIG_BYTES {
+        f.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+    }
+    if size > MAX_CONFIG_BYTES || text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::TooLarge {
+            path,
+            max: MAX_CONFIG_BYTES,
+        });
+    }
     serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
 }
 
@@ -370,5 +392,154 @@ mod tests {
         let err = check_rlimit(PosixRlimitType::RlimitNofile, 1024, cur.rlim_max + 1).unwrap_err();
         assert!(err.to_string().contains("RLIMIT_NOFILE"), "{err}");
         check_rlimit(PosixRlimitType::RlimitNofile, 1024, cur.rlim_max).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn bundle_with(config: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        dir
+    }
+
+    /// Strings a hostile config.json would put where paths and names go.
+    fn weird_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("..".to_string()),
+            Just("../../..".to_string()),
+            Just("/".to_string()),
+            Just("".to_string()),
+            Just("a\0b".to_string()),
+            Just("/proc/self/ns/net".to_string()),
+            Just("x".repeat(70_000)),
+            Just("a/".repeat(3000)),
+            "\\PC{0,40}",
+        ]
+    }
+
+    fn hostile_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            Just(Value::from(u64::MAX)),
+            Just(Value::from(-1)),
+            any::<f64>().prop_map(Value::from),
+            weird_string().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(weird_string(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Replaces the node reached by following `steps` (indices into the
+    /// objects and arrays on the way) with `new`.
+    fn replace_at(v: &mut Value, steps: &[prop::sample::Index], new: Value) {
+        let Some((s, rest)) = steps.split_first() else {
+            *v = new;
+            return;
+        };
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                let k = m.keys().nth(s.index(m.len())).unwrap().clone();
+                replace_at(m.get_mut(&k).unwrap(), rest, new);
+            }
+            Value::Array(a) if !a.is_empty() => {
+                let i = s.index(a.len());
+                replace_at(&mut a[i], rest, new);
+            }
+            _ => *v = new,
+        }
+    }
+
+    /// What create checks before it forks, on a loaded config.
+    fn pre_fork_checks(dir: &Path) {
+        let Ok(spec) = load(dir) else { return };
+        if validate(&spec, dir).is_err() {
+            return;
+        }
+        let _ = rootfs(&spec, dir);
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let _ = crate::network::VethConfig::from_annotations(&annotations);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let dir = bundle_with(&bytes);
+            pre_fork_checks(dir.path());
+        }
+
+        /// The default config with one node replaced by something hostile:
+        /// loading and validating give a config or an error naming the
+        /// problem.
+        #[test]
+        fn mutated_configs_never_panic(
+            edits in proptest::collection::vec(
+                (proptest::collection::vec(any::<prop::sample::Index>(), 0..6), hostile_value()),
+                1..4,
+            ),
+        ) {
+            let mut v = serde_json::to_value(default_spec()).unwrap();
+            v["annotations"] = serde_json::json!({
+                crate::network::VETH_ANNOTATION: "host=veth0,container=eth0,address=10.0.3.2/30"
+            });
+            v["linux"]["seccomp"] = serde_json::json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64"],
+                "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO",
+                    "args": [{"index": 0, "value": 1, "valueTwo": 2, "op": "SCMP_CMP_MASKED_EQ"}]}]
+            });
+            v["process"]["rlimits"] = serde_json::json!([
+                {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024}
+            ]);
+            for (path, new) in edits {
+                replace_at(&mut v, &path, new);
+            }
+            let dir = bundle_with(&serde_json::to_vec(&v).unwrap());
+            pre_fork_checks(dir.path());
+        }
+
+        #[test]
+        fn veth_annotations_parse_or_fail(s in "\\PC{0,80}|([a-z-]{1,12}=[0-9a-f.:/]{0,20},?){0,6}") {
+            let _ = crate::network::VethConfig::parse(&s);
+        }
+    }
+
+    /// serde_json's recursion limit refuses deep nesting before the stack
+    /// runs out.
+    #[test]
+    fn deeply_nested_config_is_a_json_error() {
+        let text = format!(
+            r#"{{"ociVersion":"1.0.2","annotations":{}"#,
+            "[".repeat(1 << 20)
+        );
+        let dir = bundle_with(text.as_bytes());
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Json { .. }), "{err}");
+    }
+
+    /// config.json was read whole, however large.
+    #[test]
+    fn oversized_config_is_refused() {
+        let dir = bundle_with(b"");
+        let f = std::fs::File::create(dir.path().join("config.json")).unwrap();
+        f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("config.json"), "{err}");
     }
 }

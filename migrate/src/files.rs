@@ -1199,3 +1199,67 @@ impl Drop for TreeReceiver {
         }
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn raw_path() -> impl Strategy<Value = Vec<u8>> {
+        let seg = prop_oneof![
+            Just(b"..".to_vec()),
+            Just(b".".to_vec()),
+            Just(Vec::new()),
+            Just(b"a\0b".to_vec()),
+            Just(vec![b'n'; 256]),
+            "[a-z]{1,6}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 1..5),
+        ];
+        (
+            any::<bool>(),
+            proptest::collection::vec(seg, 1..6),
+            prop_oneof![Just(1usize), Just(30), Just(200)],
+        )
+            .prop_map(|(abs, segs, repeat)| {
+                let one = segs.join(&b'/');
+                let mut v = if abs { b"/".to_vec() } else { Vec::new() };
+                v.extend_from_slice(&vec![one; repeat].join(&b'/'));
+                v
+            })
+    }
+
+    proptest! {
+        /// What the receiver accepts from a peer is a relative path of plain
+        /// components within the limits, and nothing else.
+        #[test]
+        fn accepted_paths_are_plain_and_bounded(raw in raw_path()) {
+            let limits = Limits::default();
+            match check_path(&raw, &limits) {
+                Ok(parts) => {
+                    prop_assert!(raw.len() <= limits.max_path_len);
+                    prop_assert!(parts.len() <= limits.max_depth);
+                    prop_assert!(!raw.starts_with(b"/") && !raw.contains(&0));
+                    for p in &parts {
+                        prop_assert!(!p.is_empty() && *p != b"." && *p != b"..");
+                        prop_assert!(p.len() <= limits.max_name_len && !p.contains(&b'/'));
+                    }
+                    if raw == b"." {
+                        prop_assert!(parts.is_empty());
+                    } else {
+                        prop_assert_eq!(parts.join(&b'/'), raw);
+                    }
+                }
+                Err(e) => prop_assert!(matches!(e, FilesError::UnsafePath { .. }), "{}", e),
+            }
+        }
+
+        /// Names round-trip through the JSON of a control message, UTF-8
+        /// or not.
+        #[test]
+        fn names_round_trip(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let n = Name::from_bytes(&raw);
+            let back: Name = serde_json::from_slice(&serde_json::to_vec(&n).unwrap()).unwrap();
+            prop_assert_eq!(back.as_bytes(), &raw[..]);
+        }
+    }
+}

@@ -212,7 +212,11 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Frame, WireError> {
 /// Decompresses one data frame, refusing more than [`MAX_PAYLOAD`] bytes
 /// of output (a small frame must not expand into gigabytes).
 fn decompress_bounded(input: &[u8]) -> Result<Vec<u8>, WireError> {
-    let dec = zstd::stream::read::Decoder::new(input).map_err(WireError::BadCompression)?;
+    let mut dec = zstd::stream::read::Decoder::new(input).map_err(WireError::BadCompression)?;
+    // A frame header may declare a window of up to 128 MiB, which the
+    // decoder allocates up front; a payload never needs more than itself.
+    dec.window_log_max(MAX_PAYLOAD.ilog2())
+        .map_err(WireError::BadCompression)?;
     let mut out = Vec::new();
     let n = dec
         .take(MAX_PAYLOAD as u64 + 1)
@@ -430,5 +434,154 @@ mod tests {
             decode_control::<serde_json::Value>(&f),
             Err(WireError::BadMessage(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use crate::files::TreeMsg;
+    use crate::proto::Msg;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    fn frame(kind: FrameType, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_frame(&mut v, kind, payload).unwrap();
+        v
+    }
+
+    /// Reads frames until an error; every frame read consumed at least a
+    /// header, so this ends.
+    fn drain(bytes: &[u8]) -> (usize, WireError) {
+        let mut r = Cursor::new(bytes);
+        let mut n = 0;
+        loop {
+            match read_frame(&mut r) {
+                Ok(f) => {
+                    assert!(f.payload.len() <= MAX_PAYLOAD as usize);
+                    let _ = decode_control::<Msg>(&f);
+                    let _ = decode_control::<TreeMsg>(&f);
+                    n += 1;
+                    assert!(n * HEADER_LEN <= bytes.len());
+                }
+                Err(e) => return (n, e),
+            }
+        }
+    }
+
+    fn kind() -> impl Strategy<Value = FrameType> {
+        prop_oneof![
+            Just(FrameType::Control),
+            Just(FrameType::Data),
+            Just(FrameType::DataZstd),
+            Just(FrameType::End),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            drain(&bytes);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            drain(&framed);
+        }
+
+        /// Valid frames, then damage: an error, never a panic, and a
+        /// declared length is checked before anything is allocated for it.
+        #[test]
+        fn damaged_frames_are_errors(
+            frames in proptest::collection::vec(
+                (kind(), proptest::collection::vec(any::<u8>(), 0..64)), 1..4),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut bytes = Vec::new();
+            for (k, p) in &frames {
+                let p = if *k == FrameType::DataZstd {
+                    zstd::bulk::compress(p, 1).unwrap()
+                } else {
+                    p.clone()
+                };
+                bytes.extend(frame(*k, &p));
+            }
+            let (n, e) = drain(&bytes);
+            prop_assert_eq!(n, frames.len());
+            prop_assert!(matches!(e, WireError::Closed), "{}", e);
+
+            let mut cut_bytes = bytes.clone();
+            cut_bytes.truncate(cut.index(bytes.len()));
+            let (n, e) = drain(&cut_bytes);
+            prop_assert!(n < frames.len());
+            prop_assert!(matches!(e, WireError::Closed | WireError::Truncated { .. }), "{}", e);
+
+            let mut flipped = bytes.clone();
+            flipped[flip.index(bytes.len())] ^= 1 << bit;
+            drain(&flipped);
+        }
+
+        #[test]
+        fn huge_declared_length_with_little_data(
+            len in prop_oneof![Just(u32::MAX), Just(MAX_PAYLOAD), Just(MAX_PAYLOAD + 1), any::<u32>()],
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            prop_assume!(len as usize > data.len());
+            let mut v = frame(FrameType::Data, b"");
+            v[8..12].copy_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(&data);
+            let e = read_frame(&mut Cursor::new(v)).unwrap_err();
+            prop_assert!(matches!(e, WireError::TooLarge { .. } | WireError::Truncated { .. }), "{}", e);
+        }
+
+        /// Control messages from the peer: any JSON shape, any nesting.
+        #[test]
+        fn control_payloads_decode_or_fail(
+            payload in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..256),
+                "\\PC{0,200}".prop_map(String::into_bytes),
+                (1usize..5000, prop_oneof![Just("["), Just("{\"a\":"), Just("{\"msg\":")])
+                    .prop_map(|(n, open)| open.repeat(n).into_bytes()),
+            ],
+        ) {
+            let f = Frame { kind: FrameType::Control, payload };
+            let _ = decode_control::<Msg>(&f);
+            let _ = decode_control::<TreeMsg>(&f);
+            let _ = decode_control::<serde_json::Value>(&f);
+        }
+    }
+
+    /// Deep nesting is refused by serde_json's recursion limit, not by
+    /// overflowing the stack.
+    #[test]
+    fn deeply_nested_control_message_is_an_error() {
+        let payload = format!(
+            "{{\"msg\":\"hello\",\"software\":{}",
+            "[".repeat(MAX_PAYLOAD as usize / 2)
+        );
+        let f = Frame {
+            kind: FrameType::Control,
+            payload: payload.into_bytes(),
+        };
+        assert!(matches!(
+            decode_control::<Msg>(&f),
+            Err(WireError::BadMessage(_))
+        ));
+    }
+
+    /// A frame declaring a 128 MiB window made the decoder allocate it for
+    /// a payload of a few bytes.
+    #[test]
+    fn large_zstd_window_is_refused() {
+        let mut c = zstd::stream::raw::Encoder::new(1).unwrap();
+        use zstd::stream::raw::CParameter;
+        c.set_parameter(CParameter::WindowLog(27)).unwrap();
+        let mut enc = zstd::stream::write::Encoder::with_encoder(Vec::new(), c);
+        std::io::Write::write_all(&mut enc, b"small").unwrap();
+        let packed = enc.finish().unwrap();
+        let v = frame(FrameType::DataZstd, &packed);
+        let e = read_frame(&mut Cursor::new(v)).unwrap_err();
+        assert!(matches!(e, WireError::BadCompression(_)), "{e:?}");
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::tar_guard::{Refused, TarGuard, MAX_EXTENSION_BYTES};
 use super::*;
 use crate::criu::{DumpStats, MIN_VERSION};
 
@@ -75,6 +76,18 @@ fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn stream_err(e: io::Error) -> Error {
+    if let Some(r) = Refused::from_io(&e) {
+        return match r {
+            Refused::ExtensionTooLarge { .. } => Error::Limit {
+                what: "bytes in a tar long-name or PAX header",
+                limit: MAX_EXTENSION_BYTES,
+            },
+            Refused::Sparse { path } => Error::UnsafeEntry {
+                path,
+                reason: "GNU sparse files are not supported".into(),
+            },
+        };
+    }
     if e.kind() == io::ErrorKind::UnexpectedEof {
         Error::Truncated(e.to_string())
     } else {
@@ -125,7 +138,7 @@ fn open_stream<'a>(input: impl Read + 'a) -> Result<(Compression, Box<dyn Read +
 }
 
 /// Checks an entry path and returns it normalized (no `.` components).
-fn safe_path(raw: &[u8], limits: &Limits) -> Result<PathBuf> {
+pub(super) fn safe_path(raw: &[u8], limits: &Limits) -> Result<PathBuf> {
     let shown = String::from_utf8_lossy(raw).into_owned();
     let reject = |reason: &str| Error::UnsafeEntry {
         path: shown.clone(),
@@ -263,7 +276,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Resul
 /// the path rules and limits.
 fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<Unpacked> {
     let (compression, stream) = open_stream(input)?;
-    let mut archive = tar::Archive::new(stream);
+    let mut archive = tar::Archive::new(TarGuard::new(stream));
     let mut out = Unpacked {
         compression,
         files: HashMap::new(),
@@ -273,6 +286,7 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
     };
     let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut budget = SpaceBudget::of(dest)?;
+    let mut name_bytes = 0u64;
     for entry in archive.entries().map_err(stream_err)? {
         let mut entry = entry.map_err(stream_err)?;
         out.entries += 1;
@@ -285,6 +299,15 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
         let raw = entry.path_bytes().into_owned();
         let rel = safe_path(&raw, limits)?;
         let name = rel.to_string_lossy().into_owned();
+        // Names are kept for the manifest check; bound them together, with
+        // what is kept beside each.
+        name_bytes += name.len() as u64 + ENTRY_OVERHEAD_BYTES;
+        if name_bytes > MAX_NAME_BYTES {
+            return Err(Error::Limit {
+                what: "bytes of entry names",
+                limit: MAX_NAME_BYTES,
+            });
+        }
         let kind = entry.header().entry_type();
         let reject = |reason: &str| Error::UnsafeEntry {
             path: name.clone(),
@@ -438,6 +461,13 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
 
 /// End-of-archive zero blocks and record padding allowed after the last entry.
 const MAX_TRAILER: u64 = 1 << 20;
+
+/// Sum of the entry names of one archive (each kept in memory until the
+/// manifest is checked), counting [`ENTRY_OVERHEAD_BYTES`] more for each:
+/// thousands of CRIU images need a few MiB.
+const MAX_NAME_BYTES: u64 = 64 << 20;
+/// Memory kept per entry besides its name (set, map and list slots).
+const ENTRY_OVERHEAD_BYTES: u64 = 128;
 
 /// The architecture and CRIU checks of an import.
 fn check_host(meta: &Metadata, host: &Host) -> Result<()> {
@@ -649,7 +679,7 @@ fn check_rootfs_tar(
     mut budget: Option<&mut SpaceBudget>,
 ) -> Result<u64> {
     let f = File::open(path).map_err(Error::io(format!("cannot read {ROOTFS_FILE}")))?;
-    let mut a = tar::Archive::new(io::BufReader::new(f));
+    let mut a = tar::Archive::new(TarGuard::new(io::BufReader::new(f)));
     let mut n = 0u64;
     let mut total = 0u64;
     let inner = |e: Error| match e {
@@ -725,7 +755,7 @@ pub fn unpack_rootfs(tar_path: &Path, dest: &Path, limits: &Limits) -> Result<u6
     std::fs::create_dir_all(dest)
         .map_err(Error::io(format!("cannot create {}", dest.display())))?;
     let f = File::open(tar_path).map_err(Error::io(format!("cannot read {ROOTFS_FILE}")))?;
-    let mut a = tar::Archive::new(io::BufReader::new(f));
+    let mut a = tar::Archive::new(TarGuard::new(io::BufReader::new(f)));
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
     a.set_overwrite(true);

@@ -32,6 +32,7 @@ use crate::criu::Version;
 
 mod export;
 mod import;
+mod tar_guard;
 
 pub use export::{export, ExportSpec, ExportSummary};
 pub use import::{
@@ -255,5 +256,7 @@ pub struct Manifest {
     pub entries: Vec<ManifestEntry>,
 }
 
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;

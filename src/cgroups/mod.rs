@@ -1326,3 +1326,42 @@ mod tests {
         assert!(!tmp.path().join("a").exists());
     }
 }
+
+#[cfg(test)]
+mod path_prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// linux.cgroupsPath comes from config.json: whatever it says, the
+        /// directories it resolves to lie strictly below each hierarchy's
+        /// mount point (never the root, never outside).
+        #[test]
+        fn cgroup_dirs_stay_below_the_mount(
+            segs in proptest::collection::vec(prop_oneof![
+                Just(".."), Just("."), Just(""), Just("/"), Just("a\0b"),
+                Just("ferry"), Just("x"), Just("//"),
+            ], 0..6),
+            abs in any::<bool>(),
+        ) {
+            let path = format!("{}{}", if abs { "/" } else { "" }, segs.join("/"));
+            let mounts = vec![Mount {
+                key: "memory".into(),
+                name: "memory".into(),
+                mount_point: PathBuf::from("/fake/cg/memory"),
+                mount_root: PathBuf::from("/"),
+            }];
+            let own = parse_proc_cgroup("4:memory:/user/me\n");
+            if let Ok(dirs) = resolve_dirs(&path, &mounts, &own) {
+                for dir in dirs.values() {
+                    let below = dir.strip_prefix("/fake/cg/memory").unwrap();
+                    prop_assert!(below.components().count() > 0, "{path:?} -> {}", dir.display());
+                    prop_assert!(
+                        below.components().all(|c| matches!(c, Component::Normal(_))),
+                        "{path:?} -> {}", dir.display()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -185,10 +185,33 @@ pub fn write_descriptors(images: &Path, stdio: &[String]) -> Result<()> {
     std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
 }
 
+/// Largest `descriptors.json` or `stdio-files.json` read: each lists three
+/// fds, and an imported image dir may hold a hostile one of any size.
+pub const MAX_STDIO_JSON_BYTES: u64 = 1 << 20;
+
+/// Reads a small file of the image dir whole, refusing one larger than
+/// [`MAX_STDIO_JSON_BYTES`].
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut text = String::new();
+    if size <= MAX_STDIO_JSON_BYTES {
+        f.take(MAX_STDIO_JSON_BYTES + 1).read_to_string(&mut text)?;
+    }
+    if size > MAX_STDIO_JSON_BYTES || text.len() as u64 > MAX_STDIO_JSON_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_STDIO_JSON_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads `descriptors.json` (absent in images of other tools: no pipes).
 pub fn read_descriptors(images: &Path) -> Result<Vec<String>> {
     let path = images.join(DESCRIPTORS_FILE);
-    match std::fs::read_to_string(&path) {
+    match read_small(&path) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| {
             Error::Usage(format!(
                 "{}: not a list of descriptors ({e}); the image dir is damaged",
@@ -246,7 +269,7 @@ pub fn write_stdio_files(images: &Path, files: &[(i32, String)]) -> Result<()> {
 
 pub fn read_stdio_files(images: &Path) -> Result<Vec<(i32, String)>> {
     let path = images.join(STDIO_FILES);
-    match std::fs::read_to_string(&path) {
+    match read_small(&path) {
         Ok(text) => serde_json::from_str(&text).map_err(|e| {
             Error::Usage(format!(
                 "{}: damaged ({e}); the image dir is not usable",
@@ -374,5 +397,47 @@ mod tests {
         assert_eq!(fds.len(), 2);
         assert_eq!((fds[0].key(), fds[0].fd()), ("pipe:[11]", 100));
         assert_eq!((fds[1].key(), fds[1].fd()), ("pipe:[12]", 102));
+    }
+}
+
+#[cfg(test)]
+mod hostile_input_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever an image dir holds in these files: a list or an error.
+        #[test]
+        fn stdio_files_parse_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(DESCRIPTORS_FILE), &bytes).unwrap();
+            std::fs::write(dir.path().join(STDIO_FILES), &bytes).unwrap();
+            if let Ok(d) = read_descriptors(dir.path()) {
+                let _ = inherit_pipes(&d, &[3, 4, 5]);
+            }
+            if let Ok(f) = read_stdio_files(dir.path()) {
+                let _ = inherit_files(&f, &[3, 4, 5]);
+            }
+        }
+    }
+
+    /// These were read whole, however large.
+    #[test]
+    fn oversized_stdio_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [DESCRIPTORS_FILE, STDIO_FILES] {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_len(MAX_STDIO_JSON_BYTES + 1).unwrap();
+        }
+        let err = read_descriptors(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("larger than {MAX_STDIO_JSON_BYTES}")),
+            "{err}"
+        );
+        let err = read_stdio_files(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("larger than {MAX_STDIO_JSON_BYTES}")),
+            "{err}"
+        );
     }
 }

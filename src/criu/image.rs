@@ -5,6 +5,7 @@
 //! inventory), the image's own magic, then entries, each a native-endian
 //! (little-endian on every CRIU target ferry runs on) u32 length followed by
 //! that many bytes of protobuf.
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
@@ -13,6 +14,11 @@ pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
 pub const STATS_MAGIC: u32 = 0x5709_3306;
 pub const IRMAP_CACHE_MAGIC: u32 = 0x5700_4059;
 pub const PSTREE_MAGIC: u32 = 0x5027_3030;
+
+/// Largest image file read whole: the files read here (inventory, stats)
+/// are a few hundred bytes, and an imported archive may hold a hostile one
+/// of any size.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 
 /// The head magic CRIU writes in front of an image with `magic`.
 pub fn head_magic_for(magic: u32) -> Option<u32> {
@@ -49,19 +55,46 @@ pub enum ImageErrorKind {
     Decode(#[source] protobuf::Error),
     #[error("expected {expected} entries, found {found}")]
     EntryCount { expected: usize, found: usize },
+    #[error("file exceeds the {max}-byte limit for this image")]
+    TooLarge { max: u64 },
+    #[error("entry would take over {max} bytes of memory decoded")]
+    DecodedTooLarge { max: u64 },
 }
 
 /// Decodes every entry of the image file at `path`, checking that it is an
 /// image with `expected_magic`.
-pub fn read_entries<M: protobuf::Message>(
+pub fn read_entries<M: protobuf::MessageFull>(
     path: &Path,
     expected_magic: u32,
 ) -> Result<Vec<M>, ImageError> {
-    let bytes = std::fs::read(path).map_err(|e| ImageError {
+    let err = |offset, kind| ImageError {
         path: path.to_path_buf(),
-        offset: 0,
-        kind: ImageErrorKind::Io(e),
-    })?;
+        offset,
+        kind,
+    };
+    let too_large = err(
+        MAX_IMAGE_BYTES,
+        ImageErrorKind::TooLarge {
+            max: MAX_IMAGE_BYTES,
+        },
+    );
+    let f = std::fs::File::open(path).map_err(|e| err(0, ImageErrorKind::Io(e)))?;
+    // The size first, so a huge file is refused without reading it; the
+    // read is bounded too, for files whose size says nothing (procfs).
+    let size = f
+        .metadata()
+        .map_err(|e| err(0, ImageErrorKind::Io(e)))?
+        .len();
+    if size > MAX_IMAGE_BYTES {
+        return Err(too_large);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    f.take(MAX_IMAGE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(0, ImageErrorKind::Io(e)))?;
+    if bytes.len() as u64 > MAX_IMAGE_BYTES {
+        return Err(too_large);
+    }
     parse_entries(&bytes, expected_magic).map_err(|(offset, kind)| ImageError {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -70,7 +103,7 @@ pub fn read_entries<M: protobuf::Message>(
 }
 
 /// Like [`read_entries`], for an image that holds exactly one entry.
-pub fn read_single<M: protobuf::Message>(
+pub fn read_single<M: protobuf::MessageFull>(
     path: &Path,
     expected_magic: u32,
 ) -> Result<M, ImageError> {
@@ -89,7 +122,7 @@ pub fn read_single<M: protobuf::Message>(
 }
 
 /// Parses image bytes; errors carry the offset where they were found.
-pub fn parse_entries<M: protobuf::Message>(
+pub fn parse_entries<M: protobuf::MessageFull>(
     bytes: &[u8],
     expected_magic: u32,
 ) -> Result<Vec<M>, (usize, ImageErrorKind)> {
@@ -128,6 +161,7 @@ pub fn parse_entries<M: protobuf::Message>(
         ));
     }
     let mut entries = Vec::new();
+    let mut decoded = 0u64;
     while off < bytes.len() {
         let entry_at = off;
         let len = read_u32(&mut off, "entry length")? as usize;
@@ -142,8 +176,24 @@ pub fn parse_entries<M: protobuf::Message>(
                 },
             ));
         }
-        let m = M::parse_from_bytes(&bytes[off..off + len])
-            .map_err(|e| (entry_at, ImageErrorKind::Decode(e)))?;
+        let body = &bytes[off..off + len];
+        // The same bounds as the image reader of `crate::images`.
+        use crate::images::format::{estimate, MAX_DECODED_BYTES, MAX_FILE_DECODED_BYTES};
+        let cost = estimate::<M>(body);
+        decoded = decoded.saturating_add(cost);
+        if cost > MAX_DECODED_BYTES || decoded > MAX_FILE_DECODED_BYTES {
+            return Err((
+                entry_at,
+                ImageErrorKind::DecodedTooLarge {
+                    max: if cost > MAX_DECODED_BYTES {
+                        MAX_DECODED_BYTES
+                    } else {
+                        MAX_FILE_DECODED_BYTES
+                    },
+                },
+            ));
+        }
+        let m = M::parse_from_bytes(body).map_err(|e| (entry_at, ImageErrorKind::Decode(e)))?;
         entries.push(m);
         off += len;
     }
@@ -167,4 +217,86 @@ pub fn encode_entries<M: protobuf::Message>(
         out.extend_from_slice(&body);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::stats::Stats_entry;
+    use proptest::prelude::*;
+
+    fn image(magic: u32, rest: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        if let Some(h) = head_magic_for(magic) {
+            v.extend_from_slice(&h.to_le_bytes());
+        }
+        v.extend_from_slice(&magic.to_le_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_parse_or_fail(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            magic in prop_oneof![Just(STATS_MAGIC), Just(INVENTORY_MAGIC), Just(PSTREE_MAGIC)],
+        ) {
+            let _ = parse_entries::<Stats_entry>(&bytes, magic);
+            let _ = parse_entries::<Stats_entry>(&image(magic, &bytes), magic);
+        }
+
+        /// A length word beyond the data is an error at that word, whatever
+        /// its value (the reader slices, it never allocates by it).
+        #[test]
+        fn declared_length_beyond_the_data(
+            len in prop_oneof![Just(u32::MAX), any::<u32>()],
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            prop_assume!(len as usize > data.len());
+            let mut rest = len.to_le_bytes().to_vec();
+            rest.extend_from_slice(&data);
+            let (at, kind) = parse_entries::<Stats_entry>(&image(STATS_MAGIC, &rest), STATS_MAGIC)
+                .unwrap_err();
+            prop_assert_eq!(at, 8);
+            let truncated = matches!(kind, ImageErrorKind::Truncated { what: "entry", .. });
+            prop_assert!(truncated, "{}", kind);
+        }
+    }
+
+    /// An entry of two million unknown fields decoded into some 700 MiB.
+    #[test]
+    fn entry_decoding_into_too_much_memory_is_refused() {
+        let mut body = Vec::new();
+        for f in 100u64..100 + (2 << 20) {
+            let mut tag = f << 3;
+            while tag >= 0x80 {
+                body.push(tag as u8 | 0x80);
+                tag >>= 7;
+            }
+            body.extend_from_slice(&[tag as u8, 0]);
+        }
+        let mut rest = (body.len() as u32).to_le_bytes().to_vec();
+        rest.extend_from_slice(&body);
+        let (at, kind) =
+            parse_entries::<Stats_entry>(&image(STATS_MAGIC, &rest), STATS_MAGIC).unwrap_err();
+        assert_eq!(at, 8);
+        assert!(
+            matches!(kind, ImageErrorKind::DecodedTooLarge { .. }),
+            "{kind}"
+        );
+    }
+
+    /// An image file larger than any CRIU writes for these images is
+    /// refused without reading it whole (it was read into memory entirely).
+    #[test]
+    fn oversized_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stats-dump");
+        let f = std::fs::File::create(&p).unwrap();
+        // Sparse: no disk space used.
+        f.set_len(MAX_IMAGE_BYTES + 1).unwrap();
+        let err = read_single::<Stats_entry>(&p, STATS_MAGIC).unwrap_err();
+        assert!(matches!(err.kind, ImageErrorKind::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("stats-dump"), "{err}");
+    }
 }

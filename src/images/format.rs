@@ -34,6 +34,18 @@ pub const IRMAP_CACHE_MAGIC: u32 = 0x5700_4059;
 /// length word means a corrupt (or hostile) file.
 pub const MAX_ENTRY_BYTES: u32 = 64 << 20;
 
+/// Most memory one decoded entry may take, estimated from its wire form
+/// before decoding. A repeated sub-message costs two bytes on the wire and
+/// a few hundred decoded, so an entry within [`MAX_ENTRY_BYTES`] could
+/// otherwise decode into gigabytes; a real mm entry of 65530 mappings (the
+/// kernel's default limit) is estimated at 20 MiB.
+pub const MAX_DECODED_BYTES: u64 = 64 << 20;
+
+/// Most memory the entries of one image file may take decoded, together
+/// (the same estimate): files.img of 100000 open files, or a pagemap of
+/// half a million runs, stay below.
+pub const MAX_FILE_DECODED_BYTES: u64 = 128 << 20;
+
 /// A problem in one image file, with the byte offset where it was found.
 #[derive(Debug, thiserror::Error)]
 #[error("CRIU image {}: {kind} at offset {offset}", path.display())]
@@ -63,6 +75,10 @@ pub enum ErrorKind {
     },
     #[error("entry length {len} exceeds the {max}-byte limit")]
     EntryTooLarge { len: u32, max: u32 },
+    #[error("{what} would take over {max} bytes of memory decoded")]
+    DecodedTooLarge { what: &'static str, max: u64 },
+    #[error("the file's {what}s would take over {max} bytes of memory decoded")]
+    FileDecodedTooLarge { what: &'static str, max: u64 },
     #[error("cannot decode {what}: {source}")]
     Decode {
         what: &'static str,
@@ -131,6 +147,8 @@ pub struct EntryReader<R> {
     input: R,
     offset: u64,
     len: u64,
+    /// Estimated memory of the entries decoded so far.
+    decoded: u64,
 }
 
 impl EntryReader<BufReader<File>> {
@@ -151,6 +169,7 @@ impl<R: Read> EntryReader<R> {
             input,
             offset: 0,
             len,
+            decoded: 0,
         };
         if let Some(expected) = head_magic_for(magic) {
             let found = r.read_u32("head magic")?;
@@ -251,16 +270,34 @@ impl<R: Read> EntryReader<R> {
         Ok(Some((at, buf)))
     }
 
-    /// Decodes the next entry as `M`.
-    pub fn next<M: protobuf::Message>(&mut self, what: &'static str) -> Result<Option<M>> {
-        match self.next_raw()? {
-            None => Ok(None),
-            Some((at, bytes)) => decode(&self.path, at, &bytes, what).map(Some),
+    /// Offset of the next entry's length word.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Decodes the next entry as `M`. The entries one reader decodes may
+    /// take [`MAX_FILE_DECODED_BYTES`] together (the callers keep them).
+    pub fn next<M: protobuf::MessageFull>(&mut self, what: &'static str) -> Result<Option<M>> {
+        let Some((at, bytes)) = self.next_raw()? else {
+            return Ok(None);
+        };
+        let cost = estimate::<M>(&bytes);
+        self.decoded = self.decoded.saturating_add(cost);
+        // One entry too large is told as such (by decode).
+        if cost <= MAX_DECODED_BYTES && self.decoded > MAX_FILE_DECODED_BYTES {
+            return Err(self.err_at(
+                at,
+                ErrorKind::FileDecodedTooLarge {
+                    what,
+                    max: MAX_FILE_DECODED_BYTES,
+                },
+            ));
         }
+        decode(&self.path, at, &bytes, what).map(Some)
     }
 
     /// Decodes every remaining entry as `M`.
-    pub fn collect<M: protobuf::Message>(&mut self, what: &'static str) -> Result<Vec<M>> {
+    pub fn collect<M: protobuf::MessageFull>(&mut self, what: &'static str) -> Result<Vec<M>> {
         let mut out = Vec::new();
         while let Some(m) = self.next(what)? {
             out.push(m);
@@ -269,18 +306,168 @@ impl<R: Read> EntryReader<R> {
     }
 }
 
-fn decode<M: protobuf::Message>(
+pub(crate) fn decode<M: protobuf::MessageFull>(
     path: &Path,
     at: u64,
     bytes: &[u8],
     what: &'static str,
 ) -> Result<M> {
+    if !fits_in_memory::<M>(bytes) {
+        return Err(ImageError::new(
+            path,
+            at,
+            ErrorKind::DecodedTooLarge {
+                what,
+                max: MAX_DECODED_BYTES,
+            },
+        ));
+    }
     M::parse_from_bytes(bytes)
         .map_err(|source| ImageError::new(path, at, ErrorKind::Decode { what, source }))
 }
 
+/// Whether `bytes` decoded as `M` stays within [`MAX_DECODED_BYTES`]
+/// (malformed bytes pass: the decoder reports them).
+pub(crate) fn fits_in_memory<M: protobuf::MessageFull>(bytes: &[u8]) -> bool {
+    estimate::<M>(bytes) <= MAX_DECODED_BYTES
+}
+
+/// Upper estimate of the memory `bytes` takes decoded as `M` (0 for
+/// malformed bytes, which the decoder refuses).
+pub(crate) fn estimate<M: protobuf::MessageFull>(bytes: &[u8]) -> u64 {
+    decoded_cost(bytes, &M::descriptor(), 0).unwrap_or(0)
+}
+
+/// Upper estimate of a decoded field: an `Option` of a word, a `String`
+/// or `Vec` header, a boxed message pointer.
+const FIELD_BYTES: u64 = 24;
+/// An unknown field is kept in a map entry of four vectors (measured at
+/// about 350 bytes each, the map's growth included).
+const UNKNOWN_FIELD_BYTES: u64 = 512;
+/// Nesting the protobuf decoder refuses beyond.
+const MAX_DEPTH: u32 = 100;
+
+fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The wire type a field of protobuf type `t` is written with.
+fn wire_type_of(t: protobuf::descriptor::field_descriptor_proto::Type) -> u64 {
+    use protobuf::descriptor::field_descriptor_proto::Type::*;
+    match t {
+        TYPE_DOUBLE | TYPE_FIXED64 | TYPE_SFIXED64 => 1,
+        TYPE_FLOAT | TYPE_FIXED32 | TYPE_SFIXED32 => 5,
+        TYPE_STRING | TYPE_BYTES | TYPE_MESSAGE => 2,
+        TYPE_GROUP => 3,
+        _ => 0,
+    }
+}
+
+/// Skips a group (as the decoder does: up to its end tag or the end of
+/// the input).
+fn skip_group(b: &[u8], i: &mut usize, depth: u32) -> Option<()> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    while *i < b.len() {
+        match varint(b, i)? & 7 {
+            0 => {
+                varint(b, i)?;
+            }
+            1 => *i = i.checked_add(8)?,
+            5 => *i = i.checked_add(4)?,
+            2 => {
+                let len = usize::try_from(varint(b, i)?).ok()?;
+                *i = i.checked_add(len)?;
+            }
+            3 => skip_group(b, i, depth + 1)?,
+            4 => return Some(()),
+            _ => return None,
+        }
+        if *i > b.len() {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// Estimates the memory `bytes` takes decoded as a `desc` message, walking
+/// the wire format with the schema the way the decoder does (a field with
+/// an unexpected wire type is kept as an unknown field). `None` for bytes
+/// the decoder refuses too. Linear in the input: each byte is read once
+/// per message that encloses it, and the schema's nesting is shallow.
+pub(crate) fn decoded_cost(
+    bytes: &[u8],
+    desc: &protobuf::reflect::MessageDescriptor,
+    depth: u32,
+) -> Option<u64> {
+    use protobuf::descriptor::field_descriptor_proto::{Label, Type};
+    use protobuf::reflect::{RuntimeFieldType, RuntimeType};
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let mut cost = FIELD_BYTES * (desc.fields().count() as u64 + 2);
+    let mut i = 0;
+    while i < bytes.len() {
+        let tag = varint(bytes, &mut i)?;
+        let wire = tag & 7;
+        let field = desc.field_by_number(u32::try_from(tag >> 3).ok()?);
+        let len = match wire {
+            0 => {
+                varint(bytes, &mut i)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => varint(bytes, &mut i)?,
+            3 => {
+                skip_group(bytes, &mut i, depth + 1)?;
+                cost += UNKNOWN_FIELD_BYTES;
+                continue;
+            }
+            _ => return None,
+        };
+        let end = i.checked_add(usize::try_from(len).ok()?)?;
+        let body = bytes.get(i..end)?;
+        i = end;
+        let Some(f) = field else {
+            cost += UNKNOWN_FIELD_BYTES + len;
+            continue;
+        };
+        let ty = f.proto().type_();
+        let repeated = f.proto().label() == Label::LABEL_REPEATED;
+        let packed = repeated && wire == 2 && wire_type_of(ty) != 2;
+        if wire != wire_type_of(ty) && !packed {
+            cost += UNKNOWN_FIELD_BYTES + len;
+            continue;
+        }
+        cost += match f.runtime_field_type() {
+            RuntimeFieldType::Singular(RuntimeType::Message(d))
+            | RuntimeFieldType::Repeated(RuntimeType::Message(d)) => {
+                FIELD_BYTES + decoded_cost(body, &d, depth + 1)?
+            }
+            // Packed scalars: up to eight bytes per byte on the wire.
+            _ if packed => FIELD_BYTES + 8 * len,
+            _ if ty == Type::TYPE_STRING || ty == Type::TYPE_BYTES => FIELD_BYTES + len,
+            _ if repeated => 8,
+            // Singular scalars live in the message itself.
+            _ => 0,
+        };
+    }
+    Some(cost)
+}
+
 /// Every entry of the image at `path`.
-pub fn read_all<M: protobuf::Message>(
+pub fn read_all<M: protobuf::MessageFull>(
     path: &Path,
     magic: u32,
     what: &'static str,
@@ -289,7 +476,11 @@ pub fn read_all<M: protobuf::Message>(
 }
 
 /// The single entry of the image at `path`.
-pub fn read_one<M: protobuf::Message>(path: &Path, magic: u32, what: &'static str) -> Result<M> {
+pub fn read_one<M: protobuf::MessageFull>(
+    path: &Path,
+    magic: u32,
+    what: &'static str,
+) -> Result<M> {
     let mut r = EntryReader::open(path, magic)?;
     let at = r.offset;
     let first = r.next::<M>(what)?;

@@ -357,17 +357,11 @@ impl ImageDir {
         let mut runs = Vec::new();
         let mut file_offset = 0u64;
         let page = page_size();
-        while let Some((at, bytes)) = r.next_raw()? {
-            let e = Pagemap_entry::parse_from_bytes(&bytes).map_err(|source| {
-                ImageError::new(
-                    &path,
-                    at,
-                    ErrorKind::Decode {
-                        what: "pagemap entry",
-                        source,
-                    },
-                )
-            })?;
+        loop {
+            let at = r.offset();
+            let Some(e) = r.next::<Pagemap_entry>("pagemap entry")? else {
+                break;
+            };
             // Older images: in_parent instead of flags, compat_nr_pages
             // instead of nr_pages (criu/pagemap.c init_compat_pagemap_entry).
             let flags = if e.in_parent() {
@@ -475,16 +469,16 @@ impl ImageDir {
         let mut cur = addr;
         let end = addr.saturating_add(len);
         while cur < end {
-            let run = pm.runs.iter().find(|r| {
-                let run_end = r.vaddr.saturating_add(r.nr_pages.saturating_mul(page));
-                r.vaddr <= cur && cur < run_end
-            });
+            // Runs come from the images: a run reaching past the top of
+            // the address space ends there.
+            let run_end = |r: &PageRun| r.vaddr.saturating_add(r.nr_pages.saturating_mul(page));
+            let run = pm.runs.iter().find(|r| r.vaddr <= cur && cur < run_end(r));
             let Some(run) = run else { return Ok(None) };
             if run.flags & PE_PRESENT == 0 {
                 return Ok(None);
             }
-            let run_end = run.vaddr + run.nr_pages * page;
-            let chunk = end.min(run_end) - cur;
+            let chunk = end.min(run_end(run)) - cur;
+            // pagemap() checked that a present run's pages fit in u64.
             let off = run.file_offset + (cur - run.vaddr);
             if f.is_none() {
                 f = Some(
@@ -494,7 +488,7 @@ impl ImageDir {
             let file = f.as_mut().expect("opened above");
             let io = |e| ImageError::new(&pages, off, ErrorKind::Io(e));
             let flen = file.metadata().map_err(io)?.len();
-            if off + chunk > flen {
+            if off.checked_add(chunk).is_none_or(|e| e > flen) {
                 return Err(ImageError::new(
                     &pm.path,
                     run.entry_at,
@@ -883,7 +877,7 @@ pub fn page_size() -> u64 {
         .unwrap_or(4096)
 }
 
-use protobuf::Message as _;
-
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;
