@@ -84,7 +84,10 @@ fn stream_err(e: io::Error) -> Error {
             },
             Refused::Sparse { path } => Error::UnsafeEntry {
                 path,
-                reason: "GNU sparse files are not supported".into(),
+                reason: format!(
+                    "a GNU sparse file with more than {} extension blocks of holes",
+                    super::tar_guard::MAX_SPARSE_BLOCKS
+                ),
             },
         };
     }

@@ -8,13 +8,18 @@
 //! follows the tar block structure as the bytes pass (the same header
 //! fields, checksum rule and PAX size override the crate uses) and fails the
 //! stream with a [`Refused`] error before the crate reads such an entry:
-//! extension entries may hold at most [`MAX_EXTENSION_BYTES`], and sparse
-//! entries are refused (neither ferry nor podman writes them).
+//! extension entries may hold at most [`MAX_EXTENSION_BYTES`], and a sparse
+//! entry at most [`MAX_SPARSE_BLOCKS`] extension blocks (GNU tar and the
+//! tar crate write sparse entries for files with holes).
 use std::io::{self, Read};
 
 /// Largest GNU long-name/long-link or PAX extended header accepted: far
 /// above a 4096-byte path, a link target and a few extended attributes.
 pub const MAX_EXTENSION_BYTES: u64 = 1 << 20;
+
+/// Most extension blocks of one GNU sparse entry (21 holes each): the
+/// same 1 MiB as other extensions.
+pub const MAX_SPARSE_BLOCKS: u64 = MAX_EXTENSION_BYTES / BLOCK as u64;
 
 const BLOCK: usize = 512;
 
@@ -23,7 +28,9 @@ const BLOCK: usize = 512;
 pub enum Refused {
     #[error("tar {kind} entry of {size} bytes exceeds the limit of {MAX_EXTENSION_BYTES} bytes")]
     ExtensionTooLarge { kind: &'static str, size: u64 },
-    #[error("tar entry {path:?} is a GNU sparse file, which is not supported")]
+    #[error(
+        "tar entry {path:?} is a GNU sparse file of more than {MAX_SPARSE_BLOCKS} extension blocks"
+    )]
     Sparse { path: String },
 }
 
@@ -44,6 +51,13 @@ enum State {
     Data {
         left: u64,
         keep: u64,
+    },
+    /// Extension blocks of a GNU sparse entry (`blocks` read so far), then
+    /// `data` bytes of the entry.
+    SparseExt {
+        path: String,
+        blocks: u64,
+        data: u64,
     },
     /// After the end-of-archive block, or after a header the tar crate
     /// refuses itself: the bytes pass unchecked.
@@ -133,9 +147,11 @@ impl<R: Read> TarGuard<R> {
                     size = s;
                 }
             }
-            if kind.is_gnu_sparse() {
-                return Err(Refused::Sparse {
+            if kind.is_gnu_sparse() && h.as_gnu().is_some_and(|g| g.is_extended()) {
+                return Ok(State::SparseExt {
                     path: String::from_utf8_lossy(&h.path_bytes()).into_owned(),
+                    blocks: 0,
+                    data: size,
                 });
             }
         }
@@ -199,6 +215,30 @@ impl<R: Read> Read for TarGuard<R> {
                     *keep -= k as u64;
                     *left -= n as u64;
                     return Ok(n);
+                }
+                State::SparseExt { path, blocks, data } => {
+                    let (path, blocks, data) = (std::mem::take(path), *blocks + 1, *data);
+                    self.filled = read_up_to(&mut self.inner, &mut self.block)?;
+                    self.served = 0;
+                    if self.filled < BLOCK {
+                        self.state = State::Pass;
+                        continue;
+                    }
+                    if blocks > MAX_SPARSE_BLOCKS {
+                        let r = Refused::Sparse { path };
+                        self.filled = 0;
+                        self.state = State::Failed(r.clone());
+                        return Err(refused(r));
+                    }
+                    // struct sparse_header: 21 entries, then isextended.
+                    self.state = if self.block[504] != 0 {
+                        State::SparseExt { path, blocks, data }
+                    } else {
+                        State::Data {
+                            left: data.saturating_add(BLOCK as u64 - 1) & !(BLOCK as u64 - 1),
+                            keep: 0,
+                        }
+                    };
                 }
                 State::Header => {
                     self.filled = read_up_to(&mut self.inner, &mut self.block)?;
@@ -333,9 +373,33 @@ mod tests {
     }
 
     #[test]
-    fn sparse_entries_are_refused() {
-        let v = entry("holes", tar::EntryType::GNUSparse, 0, &[]);
-        let err = names(&v).unwrap_err();
+    fn sparse_entries_pass_and_endless_extension_blocks_are_refused() {
+        // A GNU sparse header flagged "extended", then `n` extension blocks
+        // (each flagged extended but the last), then the end of the archive.
+        let sparse = |n: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_path("holes").unwrap();
+            h.set_entry_type(tar::EntryType::GNUSparse);
+            h.set_size(0);
+            h.as_mut_bytes()[482] = 1;
+            h.set_cksum();
+            let mut v = h.as_bytes().to_vec();
+            for i in 0..n {
+                let mut b = [0u8; BLOCK];
+                b[504] = u8::from(i + 1 < n);
+                v.extend_from_slice(&b);
+            }
+            v.extend_from_slice(&[0u8; 2 * BLOCK]);
+            v
+        };
+        let few = sparse(3);
+        let mut out = Vec::new();
+        TarGuard::new(&few[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, few, "the guard passes a sparse entry unchanged");
+        let endless = sparse(MAX_SPARSE_BLOCKS + 2);
+        let err = TarGuard::new(&endless[..])
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
         assert_eq!(
             Refused::from_io(&err),
             Some(Refused::Sparse {
