@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mode::{DumpPlan, PageServerPlan, RestorePlan};
+use crate::mode::{DumpPlan, Mode, PageServerPlan, RestorePlan};
 
 /// An error from the host, carried with its message.
 pub type HostError = Box<dyn std::error::Error + Send + Sync>;
@@ -143,6 +143,14 @@ pub trait SourceHost: Send {
     /// Checks the container can be migrated and describes it. Nothing is
     /// frozen or written.
     fn preflight(&mut self) -> Result<SourceInfo, HostError>;
+
+    /// The migration modes this implementation can drive (what the kernels
+    /// allow is in the features each side reports). `auto` only picks among
+    /// these. A host that implements [`SourceHost::pre_dump`] lists
+    /// [`Mode::PreCopy`].
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::StopCopy]
+    }
 
     /// Pre-dump (pre-copy iteration): memory only, the container keeps
     /// running. Only called when pre-copy was chosen.

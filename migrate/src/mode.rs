@@ -89,11 +89,19 @@ pub struct ModeChoice {
     pub not_used: Vec<NotUsed>,
 }
 
-/// Why pre-copy cannot run with these features, if it cannot.
-pub fn precopy_unavailable(src: &Features) -> Option<String> {
-    (!src.mem_track).then(|| {
-        "the source kernel has no soft-dirty memory tracking (CRIU feature mem_track; \
-         CONFIG_MEM_SOFT_DIRTY), which pre-dumps need"
+/// Why pre-copy cannot run with these features and this source host's
+/// implementation (`implemented`: the modes it can drive), if it cannot.
+pub fn precopy_unavailable(src: &Features, implemented: &[Mode]) -> Option<String> {
+    if !src.mem_track {
+        return Some(
+            "the source kernel has no soft-dirty memory tracking (CRIU feature mem_track; \
+             CONFIG_MEM_SOFT_DIRTY), which pre-dumps need"
+                .to_string(),
+        );
+    }
+    (!implemented.contains(&Mode::PreCopy)).then(|| {
+        "the source kernel tracks dirty memory, but this runtime's source host does not \
+         implement pre-dump iterations yet"
             .to_string()
     })
 }
@@ -128,12 +136,20 @@ pub const POSTCOPY_NOT_DRIVEN: &str = "post-copy is not run by this version: a l
      the switchover would lose the container, and CRIU's lazy dump fails on the kernels it was \
      measured on even when the lazy_pages feature is reported";
 
-/// Chooses the mode. `Auto` picks pre-copy where the source can track
-/// dirty memory, else stop-copy, and never post-copy (see
-/// [`POSTCOPY_NOT_DRIVEN`]). An explicit mode that cannot run is an error
-/// with the reason: it is never silently replaced.
-pub fn choose_mode(req: ModeRequest, src: &Features, dst: &Features) -> Result<ModeChoice, String> {
-    let pre = precopy_unavailable(src);
+/// Chooses the mode among those both hosts' kernels support *and* the
+/// source host implements (`implemented`, from [`SourceHost::modes`]).
+/// `Auto` picks pre-copy where possible, else stop-copy, and never
+/// post-copy (see [`POSTCOPY_NOT_DRIVEN`]). An explicit mode that cannot run
+/// is an error with the reason: it is never silently replaced.
+///
+/// [`SourceHost::modes`]: crate::host::SourceHost::modes
+pub fn choose_mode(
+    req: ModeRequest,
+    src: &Features,
+    dst: &Features,
+    implemented: &[Mode],
+) -> Result<ModeChoice, String> {
+    let pre = precopy_unavailable(src, implemented);
     let post = postcopy_unavailable(src, dst);
     let explicit = |mode: Mode, why: Option<String>| match why {
         Some(reason) => Err(format!("{mode} migration is not possible: {reason}")),
@@ -179,7 +195,8 @@ pub fn choose_mode(req: ModeRequest, src: &Features, dst: &Features) -> Result<M
                     );
                     Ok(ModeChoice {
                         mode: Mode::StopCopy,
-                        reason: "auto: the only mode this pair of hosts supports".into(),
+                        reason: "auto: the only mode this pair of hosts and runtime supports"
+                            .into(),
                         not_used,
                     })
                 }
@@ -519,40 +536,61 @@ mod tests {
         lazy_pages: true,
     };
 
+    /// A source host that implements pre-dump, and one that does not.
+    const PRE: &[Mode] = &[Mode::StopCopy, Mode::PreCopy];
+    const STOP: &[Mode] = &[Mode::StopCopy];
+
     #[test]
     fn auto_falls_back_to_stop_copy_and_says_why() {
-        let c = choose_mode(ModeRequest::Auto, &HERE, &HERE).unwrap();
+        let c = choose_mode(ModeRequest::Auto, &HERE, &HERE, PRE).unwrap();
         assert_eq!(c.mode, Mode::StopCopy);
         assert_eq!(c.not_used.len(), 2);
         assert_eq!(c.not_used[0].mode, Mode::PreCopy);
         assert!(c.not_used[0].reason.contains("soft-dirty"), "{c:?}");
         assert_eq!(c.not_used[1].mode, Mode::PostCopy);
         assert!(c.not_used[1].reason.contains("lose the container"), "{c:?}");
-        let c = choose_mode(ModeRequest::Auto, &NONE, &NONE).unwrap();
+        let c = choose_mode(ModeRequest::Auto, &NONE, &NONE, PRE).unwrap();
         assert!(c.not_used[1].reason.contains("neither host"), "{c:?}");
     }
 
     #[test]
     fn auto_prefers_pre_copy_when_memory_can_be_tracked() {
-        let c = choose_mode(ModeRequest::Auto, &ALL, &ALL).unwrap();
+        let c = choose_mode(ModeRequest::Auto, &ALL, &ALL, PRE).unwrap();
         assert_eq!(c.mode, Mode::PreCopy);
         assert!(c.not_used.iter().any(|n| n.mode == Mode::StopCopy));
     }
 
     #[test]
+    fn auto_never_picks_a_mode_the_source_does_not_implement() {
+        // A stock kernel tracks dirty memory; a source without pre-dump
+        // must still get stop-copy, and the report says why.
+        let c = choose_mode(ModeRequest::Auto, &ALL, &ALL, STOP).unwrap();
+        assert_eq!(c.mode, Mode::StopCopy);
+        assert_eq!(c.not_used[0].mode, Mode::PreCopy);
+        assert!(
+            c.not_used[0].reason.contains("does not implement pre-dump"),
+            "{c:?}"
+        );
+        let e = choose_mode(ModeRequest::PreCopy, &ALL, &ALL, STOP).unwrap_err();
+        assert!(e.contains("does not implement pre-dump"), "{e}");
+    }
+
+    #[test]
     fn explicit_unavailable_modes_are_refused_not_replaced() {
-        let e = choose_mode(ModeRequest::PreCopy, &HERE, &HERE).unwrap_err();
+        let e = choose_mode(ModeRequest::PreCopy, &HERE, &HERE, PRE).unwrap_err();
         assert!(e.starts_with("pre-copy migration is not possible"), "{e}");
-        let e = choose_mode(ModeRequest::PostCopy, &ALL, &NONE).unwrap_err();
+        let e = choose_mode(ModeRequest::PostCopy, &ALL, &NONE, PRE).unwrap_err();
         assert!(e.contains("the destination lacks userfaultfd"), "{e}");
         assert_eq!(
-            choose_mode(ModeRequest::StopCopy, &NONE, &NONE)
+            choose_mode(ModeRequest::StopCopy, &NONE, &NONE, STOP)
                 .unwrap()
                 .mode,
             Mode::StopCopy
         );
         assert_eq!(
-            choose_mode(ModeRequest::PreCopy, &ALL, &NONE).unwrap().mode,
+            choose_mode(ModeRequest::PreCopy, &ALL, &NONE, PRE)
+                .unwrap()
+                .mode,
             Mode::PreCopy
         );
     }

@@ -341,7 +341,8 @@ impl Run<'_> {
             )));
         }
         self.memory_estimate = info.memory_bytes;
-        let choice = mode::choose_mode(self.cfg.mode, &info.features, &dest.features)
+        let implemented = self.host.modes();
+        let choice = mode::choose_mode(self.cfg.mode, &info.features, &dest.features, implemented)
             .map_err(Error::ModeUnavailable)?;
         self.report.mode = Some(choice.mode);
         self.report.mode_reason = choice.reason;

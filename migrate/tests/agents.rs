@@ -91,6 +91,10 @@ impl SourceHost for FakeSource {
         })
     }
 
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::StopCopy, Mode::PreCopy]
+    }
+
     fn pre_dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
         let dir = plan
             .images_dir
