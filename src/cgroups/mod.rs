@@ -283,6 +283,9 @@ impl Cgroup {
     /// cgroup FROZEN. If that does not happen within 10 s the cgroup is
     /// thawed again and an error returned.
     pub fn freeze(&self) -> Result<()> {
+        if self.desc.unified {
+            return self.freeze_v2();
+        }
         let ctl = self.controller::<FreezerController>("freezer")?;
         let start = Instant::now();
         let mut step = Duration::from_millis(1);
@@ -294,23 +297,71 @@ impl Cgroup {
                 return Ok(());
             }
             if start.elapsed() >= FREEZE_TIMEOUT {
-                let thaw = self.thaw();
-                let err = Error::FreezeTimeout {
-                    path: ctl.path().to_path_buf(),
-                    waited_ms: start.elapsed().as_millis() as u64,
-                    state,
-                };
-                thaw?;
-                return Err(err);
+                return self.freeze_timed_out(ctl.path(), start, state);
             }
+            // v1 has no change notification for freezer.state.
             thread::sleep(step);
             step = (step * 2).min(Duration::from_millis(10));
-            if !self.desc.unified {
-                // Writing again on v1 picks up tasks forked while freezing.
-                ctl.freeze()
-                    .map_err(|e| backend(ctl.path(), "request freeze", e))?;
+            // Writing again on v1 picks up tasks forked while freezing.
+            ctl.freeze()
+                .map_err(|e| backend(ctl.path(), "request freeze", e))?;
+        }
+    }
+
+    /// v2: request the freeze through `cgroup.freeze`, then sleep in poll(2)
+    /// on `cgroup.events`, which the kernel signals when `frozen` changes.
+    fn freeze_v2(&self) -> Result<()> {
+        use std::os::fd::AsFd;
+        let dir = self.main_dir().to_path_buf();
+        let events_path = dir.join("cgroup.events");
+        let events = fs::File::open(&events_path).map_err(|source| Error::Io {
+            path: events_path.clone(),
+            op: "open".into(),
+            source,
+        })?;
+        fs::write(dir.join("cgroup.freeze"), "1").map_err(|source| Error::Io {
+            path: dir.join("cgroup.freeze"),
+            op: "request freeze".into(),
+            source,
+        })?;
+        let start = Instant::now();
+        loop {
+            let state = self.freezer_state()?;
+            if state == FreezerState::Frozen {
+                return Ok(());
+            }
+            let left = FREEZE_TIMEOUT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return self.freeze_timed_out(&dir, start, state);
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                events.as_fd(),
+                nix::poll::PollFlags::POLLPRI,
+            )];
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        path: events_path,
+                        op: "wait for the freeze".into(),
+                        source: e.into(),
+                    })
+                }
             }
         }
+    }
+
+    /// Thaws a cgroup that did not freeze in time and says so.
+    fn freeze_timed_out(&self, path: &Path, start: Instant, state: FreezerState) -> Result<()> {
+        let thaw = self.thaw();
+        let err = Error::FreezeTimeout {
+            path: path.to_path_buf(),
+            waited_ms: start.elapsed().as_millis() as u64,
+            state,
+        };
+        thaw?;
+        Err(err)
     }
 
     pub fn thaw(&self) -> Result<()> {
