@@ -530,6 +530,10 @@ impl Run<'_> {
 
     fn switchover(&mut self) -> Result<(), Error> {
         self.phase(Phase::Switchover);
+        self.check()?;
+        self.host
+            .commit_pending()
+            .map_err(Error::host("commit-pending"))?;
         self.send(&Msg::Commit)?;
         self.commit_sent = true;
         match self.recv(self.cfg.timeouts.work)? {
@@ -585,7 +589,10 @@ impl Run<'_> {
                     return Ok(());
                 }
                 Some(Outcome::Aborted) => {}
-                _ => return Err((error, SourceState::InDoubt)),
+                _ => {
+                    self.host.in_doubt();
+                    return Err((error, SourceState::InDoubt));
+                }
             }
         } else if let Some(ch) = self.ch.as_mut() {
             // Best effort: the destination may be gone.

@@ -5,6 +5,7 @@
 //! the container are declared external, stdio identities are recorded in
 //! `descriptors.json`, and the veth's host end is locked while CRIU holds
 //! the network. If anything fails the container runs on as before.
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use super::externals;
 use super::{io, Container, Error, Result, Status};
 use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
+use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, Target, INCOMPLETE_MARKER};
 use crate::network::{self, LockMethod, VethConfig};
 
 /// CRIU's log level for dumps and restores: enough to explain failures.
@@ -83,9 +85,21 @@ impl CheckpointOptions {
 
 /// Called while CRIU holds the dumped tree frozen, after every image is
 /// written: `Ok` lets the dump finish (the tree dies unless it is left
-/// running), `Err` makes CRIU resume the tree where it was.
+/// running), `Err` makes CRIU resume the tree where it was. `guard` is the
+/// freeze guard (none when the container was paused before): the caller
+/// tells it what ferry's death would mean from here on.
 pub trait PostDump {
-    fn post_dump(&mut self, images: &Path) -> std::result::Result<(), String>;
+    fn post_dump(
+        &mut self,
+        images: &Path,
+        guard: Option<GuardHandle>,
+    ) -> std::result::Result<(), String>;
+
+    /// After a refused post-dump: leave the cgroup frozen (and the freeze
+    /// to the user) instead of thawing it.
+    fn keep_frozen(&self) -> bool {
+        false
+    }
 }
 
 /// What a checkpoint produced.
@@ -149,6 +163,7 @@ struct DumpHandler<'a, 'p> {
     locked: bool,
     images: &'a Path,
     post_dump: Option<&'p mut dyn PostDump>,
+    guard: &'a RefCell<Option<FreezeGuard>>,
 }
 
 impl NotifyHandler for DumpHandler<'_, '_> {
@@ -174,7 +189,8 @@ impl NotifyHandler for DumpHandler<'_, '_> {
             Notify::NetworkUnlock => self.unlock()?,
             Notify::PostDump => {
                 if let Some(p) = self.post_dump.as_mut() {
-                    p.post_dump(self.images)?;
+                    let guard = self.guard.borrow().as_ref().map(FreezeGuard::handle);
+                    p.post_dump(self.images, guard)?;
                 }
             }
             _ => {}
@@ -191,6 +207,39 @@ impl DumpHandler<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Marks `images` incomplete (see [`INCOMPLETE_MARKER`]) and removes the
+/// statistics of an earlier dump, whose presence would mean "completed".
+fn mark_incomplete(images: &Path, work: &Path) -> Result<()> {
+    for dir in [images, work] {
+        let stats = dir.join(criu::stats::DUMP_STATS_FILE);
+        match std::fs::remove_file(&stats) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("removing {}", stats.display()))(e))
+            }
+            _ => {}
+        }
+    }
+    let marker = images.join(INCOMPLETE_MARKER);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&marker)?;
+        std::io::Write::write_all(
+            &mut f,
+            b"ferry writes this file before a dump and removes it once the dump completed; \
+              `ferry restore` refuses a directory that holds it.\n",
+        )?;
+        f.sync_all()?;
+        File::open(images)?.sync_all()
+    };
+    write().map_err(io(format!("writing {}", marker.display())))
+}
+
+fn remove_marker(images: &Path) -> Result<()> {
+    let marker = images.join(INCOMPLETE_MARKER);
+    std::fs::remove_file(&marker)
+        .and_then(|()| File::open(images)?.sync_all())
+        .map_err(io(format!("removing {}", marker.display())))
 }
 
 impl Container {
@@ -323,7 +372,38 @@ impl Container {
             externals::write_stdio_files(&images, &stdio_files)?;
         }
 
+        // Without a post-dump hold the images are the result: marked
+        // incomplete until the dump's outcome is final. (With a hold, the
+        // caller takes the images at the hold and owns their fate.)
+        let marked = post_dump.is_none();
+        if marked {
+            mark_incomplete(&images, &work)?;
+        }
         let was_paused = status == Status::Paused;
+        // A paused container stays paused whatever happens: no guard.
+        let freezer = if was_paused {
+            None
+        } else {
+            Some(Freezer::of(&cgroup)?)
+        };
+        let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
+        let id = self.id().to_string();
+        let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
+            if let Some(freezer) = &freezer {
+                let g = FreezeGuard::arm(&Target {
+                    freezer: freezer.clone(),
+                    id: &id,
+                    criu: Some(criu_pid as i32),
+                    dump: marked.then(|| DumpDirs {
+                        images: images.clone(),
+                        work: work.clone(),
+                    }),
+                })
+                .map_err(|e| e.to_string())?;
+                *guard.borrow_mut() = Some(g);
+            }
+            Ok(())
+        };
         let mut handler = DumpHandler {
             freeze: (!was_paused).then_some(&cgroup),
             frozen: false,
@@ -332,6 +412,7 @@ impl Container {
             locked: false,
             images: &images,
             post_dump,
+            guard: &guard,
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
         let kind = if opts.pre_dump {
@@ -344,15 +425,29 @@ impl Container {
             Request::new(kind, Some(o)).work_dir(&work),
             &mut handler,
             &fds,
-            &mut |_, _| Ok(()),
+            &mut arm,
         );
         let unlocked = handler.unlock();
         let frozen = handler.frozen;
+        let keep_frozen = handler.post_dump.as_ref().is_some_and(|p| p.keep_frozen());
         let log = work.join(log_name);
         let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
+        if result.is_ok() && marked {
+            remove_marker(&images)?;
+        }
         // A failed dump leaves the tree as it was; a paused one stays paused.
-        if frozen && (result.is_err() || (!killed && !opts.leave_stopped)) {
-            let _ = cgroup.thaw();
+        let thawed = if frozen
+            && ((result.is_err() && !keep_frozen)
+                || (result.is_ok() && !killed && !opts.leave_stopped))
+        {
+            cgroup.thaw().is_ok()
+        } else {
+            true
+        };
+        // The freeze is handed back; if thawing failed the guard retries
+        // as ferry leaves.
+        if let (Some(g), true) = (guard.into_inner(), thawed) {
+            g.disarm()?;
         }
         result?;
         unlocked.map_err(Error::Usage)?;
@@ -366,7 +461,6 @@ impl Container {
         if killed {
             drop(lock);
             // CRIU killed the tree; the container is gone as with runc.
-            let id = self.id().to_string();
             let root = self.root.clone();
             Container::load(&root, &id)?.delete(true)?;
         }

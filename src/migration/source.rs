@@ -1,6 +1,6 @@
 //! A ferry container as the sending end of a migration.
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use super::{Event, Extra, Hold};
 use crate::cgroups::FreezerState;
 use crate::container::{CheckpointOptions, PostDump, TlsFiles};
 use crate::criu::DumpStats;
+use crate::freeze_guard::{GuardHandle, OnDeath};
 use crate::network::LockMethod;
 use crate::{Container, Status};
 
@@ -33,14 +34,33 @@ impl Default for SourceOptions {
 
 type DumpResult = crate::container::Result<Option<DumpStats>>;
 
+/// What the agent and the held dump share about the freeze.
+#[derive(Default)]
+struct Freeze {
+    /// The freeze guard, handed over at the hold.
+    guard: Option<GuardHandle>,
+    /// The commit's outcome is unknown: the rollback must not thaw.
+    keep_frozen: bool,
+}
+
 /// A dump held at CRIU's post-dump notification.
 struct Held {
     decision: mpsc::Sender<bool>,
     thread: JoinHandle<()>,
     events: mpsc::Receiver<Event<DumpResult>>,
+    freeze: Arc<Mutex<Freeze>>,
 }
 
 impl Held {
+    /// Tells the freeze guard what ferry's death would mean from now on.
+    fn on_death(&self, what: OnDeath) -> Result<(), HostError> {
+        let f = self.freeze.lock().map_err(|_| "the dump thread panicked")?;
+        if let Some(g) = &f.guard {
+            g.on_death(what)?;
+        }
+        Ok(())
+    }
+
     /// Tells the held dump what to do and waits for it to finish.
     fn release(self, commit: bool) -> Result<Option<DumpStats>, HostError> {
         let _ = self.decision.send(commit);
@@ -109,9 +129,22 @@ impl Drop for ContainerSource {
     }
 }
 
-impl PostDump for Hold<DumpResult> {
-    fn post_dump(&mut self, _images: &Path) -> Result<(), String> {
-        self.wait(0, "the source resumes")
+/// The dump thread's side of the hold.
+struct SourceHold {
+    hold: Hold<DumpResult>,
+    freeze: Arc<Mutex<Freeze>>,
+}
+
+impl PostDump for SourceHold {
+    fn post_dump(&mut self, _images: &Path, guard: Option<GuardHandle>) -> Result<(), String> {
+        if let Ok(mut f) = self.freeze.lock() {
+            f.guard = guard;
+        }
+        self.hold.wait(0, "the source resumes")
+    }
+
+    fn keep_frozen(&self) -> bool {
+        self.freeze.lock().map(|f| f.keep_frozen).unwrap_or(true)
     }
 }
 
@@ -239,13 +272,18 @@ impl SourceHost for ContainerSource {
         o.network_lock = self.opts.network_lock;
         let (ev_tx, ev_rx) = mpsc::channel();
         let (dec_tx, dec_rx) = mpsc::channel();
+        let freeze = Arc::new(Mutex::new(Freeze::default()));
+        let shared = freeze.clone();
         let called = Instant::now();
         let thread = std::thread::Builder::new()
             .name("dump".into())
             .spawn(move || {
-                let mut hold = Hold {
-                    events: ev_tx.clone(),
-                    decision: dec_rx,
+                let mut hold = SourceHold {
+                    hold: Hold {
+                        events: ev_tx.clone(),
+                        decision: dec_rx,
+                    },
+                    freeze: shared,
                 };
                 let r = c
                     .checkpoint_with(&o, Some(&mut hold))
@@ -264,6 +302,7 @@ impl SourceHost for ContainerSource {
                         decision: dec_tx,
                         thread,
                         events: ev_rx,
+                        freeze,
                     });
                     let frozen = frozen_at.unwrap_or(called);
                     let done = frozen_done.unwrap_or(frozen);
@@ -323,6 +362,10 @@ impl SourceHost for ContainerSource {
 
     fn resume(&mut self) -> Result<(), HostError> {
         if let Some(h) = self.held.take() {
+            // Best effort: the rollback thaws in any case.
+            if let Err(e) = h.on_death(OnDeath::Thaw) {
+                tracing::warn!(%e, "freeze guard");
+            }
             // CRIU resumes the tree and reports the dump as failed.
             if h.release(false).is_ok() {
                 return Err("CRIU finished the dump although it was told to roll back".into());
@@ -347,8 +390,33 @@ impl SourceHost for ContainerSource {
             .held
             .take()
             .ok_or("no dump is held: nothing to commit")?;
+        // The destination runs it: should ferry die now, the processes
+        // CRIU would have killed are killed by the guard.
+        // Best effort: the commit must go on whatever the guard says.
+        if let Err(e) = h.on_death(OnDeath::Kill) {
+            tracing::warn!(%e, "freeze guard");
+        }
         self.stats = h.release(true)?;
         Ok(())
+    }
+
+    fn commit_pending(&mut self) -> Result<(), HostError> {
+        let h = self
+            .held
+            .as_ref()
+            .ok_or("no dump is held: nothing to commit")?;
+        h.on_death(OnDeath::Hold)
+    }
+
+    fn in_doubt(&mut self) {
+        // CRIU lets go of the processes; the cgroup stays frozen and the
+        // freeze is the operator's now.
+        if let Some(h) = self.held.take() {
+            if let Ok(mut f) = h.freeze.lock() {
+                f.keep_frozen = true;
+            }
+            let _ = h.release(false);
+        }
     }
 }
 
