@@ -13,22 +13,48 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::hosts::{append, s, serial, Host, World};
+use common::hosts::{append, s, serial, World};
 use common::*;
 
-/// Kill points in ms after the command starts, spread over `total` (how
-/// long the whole command took here, measured first) and past it: before
-/// CRIU runs, while the container is frozen, while it is being removed,
-/// and after the command finished.
-fn delays(total: Duration) -> Vec<u64> {
+/// When to kill the command.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// This many ms after it started.
+    Start(u64),
+    /// This many ms after the container stopped running (its cgroup
+    /// frozen, or its processes seized by CRIU).
+    Stopped(u64),
+    /// This many ms after its counter moved again once it had stopped (a
+    /// migration's destination runs it).
+    Moved(u64),
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Start(ms) => write!(f, "{ms} ms after start"),
+            At::Stopped(ms) => write!(f, "{ms} ms after the freeze"),
+            At::Moved(ms) => write!(f, "{ms} ms after it counted again"),
+        }
+    }
+}
+
+/// Kill points: before the freeze, through the time the container is
+/// held (`held_ms`: roughly how long that lasts here), and after the end
+/// (`total`: how long the whole command took, measured first).
+fn plan(total: Duration, held_ms: &[u64]) -> Vec<At> {
     let t = total.as_millis() as u64;
-    let mut v: Vec<u64> = [
-        0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95, 100, 120, 150, 200,
-    ]
-    .iter()
-    .map(|pct| t * pct / 100)
-    .collect();
-    v.dedup();
+    let mut v = vec![At::Start(0), At::Start(t / 10)];
+    v.extend(held_ms.iter().map(|&ms| At::Stopped(ms)));
+    v.push(At::Start(t * 2));
+    v
+}
+
+/// A migration's plan: also right after the destination started the
+/// container, while the source is being removed.
+fn migration_plan(total: Duration) -> Vec<At> {
+    let mut v = plan(total, HELD);
+    v.extend([0, 1, 3, 10].map(At::Moved));
     v
 }
 
@@ -42,6 +68,64 @@ fn timed(mut cmd: std::process::Command) -> Duration {
         .unwrap();
     assert!(st.success(), "{cmd:?}");
     t.elapsed()
+}
+
+/// The container does not run: frozen, or its processes traced (CRIU
+/// seizes them and thaws the v1 freezer while it dumps).
+fn stopped(dirs: &[PathBuf]) -> bool {
+    if matches!(freezer_state(dirs).as_deref(), Some("FROZEN" | "FREEZING")) {
+        return true;
+    }
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+        .any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|st| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("TracerPid:"))
+                        .map(|v| v.trim() != "0")
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// Waits until `at` (or until `done` says the command ended); returns
+/// what the command met then. `count` is the container's counter file.
+fn wait_for(at: At, dirs: &[PathBuf], count: &Path, mut done: impl FnMut() -> bool) -> Kill {
+    let t = Instant::now();
+    let mut stopped_at: Option<(Instant, Option<u64>)> = None;
+    let mut moved_at = None;
+    let after = |since: Option<Instant>, ms: u64| {
+        since.is_some_and(|s| s.elapsed() >= Duration::from_millis(ms))
+    };
+    loop {
+        if done() {
+            return Kill::TooLate;
+        }
+        if stopped_at.is_none() && !matches!(at, At::Start(_)) && stopped(dirs) {
+            stopped_at = Some((Instant::now(), read_num(count)));
+        }
+        if let (Some((_, n)), None, At::Moved(_)) = (stopped_at, moved_at, at) {
+            if read_num(count) > n {
+                moved_at = Some(Instant::now());
+            }
+        }
+        let due = match at {
+            At::Start(ms) => t.elapsed() >= Duration::from_millis(ms),
+            At::Stopped(ms) => after(stopped_at.map(|s| s.0), ms),
+            At::Moved(ms) => after(moved_at, ms),
+        };
+        if due {
+            return if stopped(dirs) {
+                Kill::Stopped
+            } else {
+                Kill::Running
+            };
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
 }
 
 /// The state the kernel reports for the freezer of the cgroup whose
@@ -67,7 +151,7 @@ fn freezer_state(dirs: &[PathBuf]) -> Option<String> {
 /// is not frozen; returns its last state.
 fn settled_freezer(dirs: &[PathBuf]) -> Option<String> {
     let mut last = None;
-    wait_until(Duration::from_secs(15), || {
+    wait_until(Duration::from_secs(8), || {
         last = freezer_state(dirs);
         last.as_deref() != Some("FROZEN") && last.as_deref() != Some("FREEZING")
     });
@@ -87,40 +171,18 @@ fn advancing(count: &Path) -> bool {
 enum Kill {
     /// It had already exited.
     TooLate,
-    /// It ran, and the container was not frozen.
+    /// It ran, and the container ran too.
     Running,
-    /// It ran and the container was frozen (or freezing).
-    Frozen,
+    /// It ran and the container was stopped (frozen or seized).
+    Stopped,
 }
 
-/// What the command met at this instant (`done`: it had exited).
-fn probe(done: bool, dirs: &[PathBuf]) -> Kill {
-    match (done, freezer_state(dirs).as_deref()) {
-        (true, _) => Kill::TooLate,
-        (false, Some("FROZEN" | "FREEZING")) => Kill::Frozen,
-        (false, _) => Kill::Running,
-    }
-}
-
-/// Sends SIGKILL to `child` after `ms`, noting whether the cgroup with
-/// directories `dirs` was frozen at that moment.
-fn kill_after(child: &mut Child, ms: u64, dirs: &[PathBuf]) -> Kill {
-    let end = Instant::now() + Duration::from_millis(ms);
-    while Instant::now() < end {
-        if child.try_wait().unwrap().is_some() {
-            return Kill::TooLate;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let kill = probe(false, dirs);
-    let done = child.try_wait().unwrap().is_some();
+/// Sends SIGKILL to `child` at `at`.
+fn kill_at(child: &mut Child, at: At, dirs: &[PathBuf], count: &Path) -> Kill {
+    let kill = wait_for(at, dirs, count, || child.try_wait().unwrap().is_some());
     let _ = child.kill();
     let _ = child.wait();
-    if done {
-        Kill::TooLate
-    } else {
-        kill
-    }
+    kill
 }
 
 fn status_of(env: &Env, id: &str) -> Option<String> {
@@ -134,23 +196,23 @@ fn status_of(env: &Env, id: &str) -> Option<String> {
 
 /// What each kill met and left, for the log.
 #[derive(Default)]
-struct Tally(BTreeMap<String, Vec<u64>>);
+struct Tally(BTreeMap<String, Vec<String>>);
 
 impl Tally {
-    fn add(&mut self, kill: Kill, what: &str, ms: u64) {
+    fn add(&mut self, kill: Kill, what: &str, at: At) {
         let key = match kill {
             Kill::TooLate => format!("after the end -> {what}"),
-            Kill::Running => format!("killed, not frozen -> {what}"),
-            Kill::Frozen => format!("killed while frozen -> {what}"),
+            Kill::Running => format!("killed while it ran -> {what}"),
+            Kill::Stopped => format!("killed while it was stopped -> {what}"),
         };
-        self.0.entry(key).or_default().push(ms);
+        self.0.entry(key).or_default().push(at.to_string());
     }
 }
 
 impl Drop for Tally {
     fn drop(&mut self) {
         for (what, at) in &self.0 {
-            eprintln!("{what}: killed at {at:?} ms");
+            eprintln!("{what}: {}", at.join(", "));
         }
     }
 }
@@ -183,7 +245,11 @@ fn checkpoint_killed(leave_running: bool) {
     let total = timed(checkpoint(&id, &env.work.path().join("img-full")));
     env.ok(&["delete", "-f", &id]);
     let mut tally = Tally::default();
-    for (i, ms) in delays(total).into_iter().enumerate() {
+    // A dump holds the container for a few hundred ms here.
+    for (i, at) in plan(total, &[0, 2, 5, 10, 20, 40, 80, 160, 320])
+        .into_iter()
+        .enumerate()
+    {
         let id = start(&format!("c{i}"));
         let dirs = env.cgroup_dirs(&id);
         let images = env.work.path().join(format!("img{i}"));
@@ -192,7 +258,7 @@ fn checkpoint_killed(leave_running: bool) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let kill = kill_after(&mut child, ms, &dirs);
+        let kill = kill_at(&mut child, at, &dirs, &count);
 
         let freezer = settled_freezer(&dirs);
         let status = status_of(&env, &id);
@@ -200,11 +266,11 @@ fn checkpoint_killed(leave_running: bool) {
             && !images.join(ferry::freeze_guard::INCOMPLETE_MARKER).exists();
         match status.as_deref() {
             Some("running") => {
-                assert_eq!(freezer.as_deref(), Some("THAWED"), "at {ms} ms");
-                assert!(advancing(&count), "at {ms} ms: running but stuck");
+                assert_eq!(freezer.as_deref(), Some("THAWED"), "killed {at}");
+                assert!(advancing(&count), "killed {at}: running but stuck");
                 if !leave_running {
                     // Never a complete-looking image beside the original.
-                    assert!(!complete, "at {ms} ms: complete image, original runs");
+                    assert!(!complete, "killed {at}: complete image, original runs");
                     if images.join("inventory.img").exists() {
                         let err = env.fail(&[
                             "restore",
@@ -223,24 +289,24 @@ fn checkpoint_killed(leave_running: bool) {
                 } else {
                     "running, image incomplete or none"
                 };
-                tally.add(kill, what, ms);
+                tally.add(kill, what, at);
             }
             other => {
                 // Gone (or its processes killed by CRIU): the image is whole.
                 assert!(
                     !leave_running,
-                    "at {ms} ms: --leave-running left it {other:?}"
+                    "killed {at}: --leave-running left it {other:?}"
                 );
                 assert!(
                     complete,
-                    "at {ms} ms: container {other:?}, image incomplete"
+                    "killed {at}: container {other:?}, image incomplete"
                 );
-                tally.add(kill, "gone, image complete", ms);
+                tally.add(kill, "gone, image complete", at);
             }
         }
         if complete {
             // The image restores and the counter goes on from where it was.
-            let at = read_num(&count).unwrap_or(0);
+            let from = read_num(&count).unwrap_or(0);
             env.ok(&["delete", "-f", &id]);
             let rid = env.id(&format!("r{i}"));
             env.ok(&[
@@ -254,8 +320,8 @@ fn checkpoint_killed(leave_running: bool) {
             ]);
             assert!(
                 wait_until(Duration::from_secs(5), || read_num(&count).unwrap_or(0)
-                    > at),
-                "at {ms} ms: the restored counter does not go on from {at}"
+                    > from),
+                "killed {at}: the restored counter does not go on from {from}"
             );
             env.ok(&["delete", "-f", &rid]);
         }
@@ -297,50 +363,86 @@ fn spawn_migrate(w: &World, id: &str) -> Child {
 
 /// Where the migration of `id` ended up once the dust settled: exactly one
 /// running, thawed copy, and which host has it.
-fn settle(w: &World, id: &str, count: &Path, ms: u64) -> &'static str {
+/// (`serve_killed`: B's server was killed, so B may hold the remains of
+/// an aborted restore until a new server sweeps them.)
+fn settle(w: &World, id: &str, count: &Path, at: At, serve_killed: bool) -> &'static str {
     let a_dirs = default_cgroup_dirs(id);
     let a_freezer = settled_freezer(&a_dirs);
     let b_dirs = cgroup_dirs(&format!("{}/{id}", w.b.cgroup_parent));
     // B rolls back a migration whose source went away; wait for it.
-    let b_running = |h: &Host| h.status(id).as_deref() == Some("running");
-    let rolled_back = wait_until(Duration::from_secs(15), || {
-        !w.b.root().join(id).exists() || b_running(&w.b)
-    });
+    let rolled_back = serve_killed
+        || wait_until(Duration::from_secs(15), || {
+            !w.b.root().join(id).exists() || runs(&b_dirs)
+        });
     assert!(
         rolled_back,
-        "at {ms} ms: B neither runs {id} nor rolled it back ({:?}); serve log:\n{}",
+        "killed {at}: B neither runs {id} nor rolled it back ({:?}); serve log:\n{}",
         w.b.status(id),
         w.b.serve_log()
     );
     let a = w.a.status(id);
-    let on_b = b_running(&w.b);
+    let (on_a, on_b) = (runs(&a_dirs), runs(&b_dirs));
     assert!(
         advancing(count),
-        "at {ms} ms: nothing counts (A {a:?}, B running {on_b})"
+        "killed {at}: nothing counts (A {a:?}, B runs it: {on_b})"
     );
-    match (a.as_deref(), on_b) {
-        (Some("running"), false) => {
-            assert_eq!(a_freezer.as_deref(), Some("THAWED"), "at {ms} ms");
+    match (on_a, on_b) {
+        (true, false) => {
+            assert_eq!(a.as_deref(), Some("running"), "killed {at}");
+            assert_eq!(a_freezer.as_deref(), Some("THAWED"), "killed {at}");
             "resumed on A"
         }
-        (Some("running"), true) => panic!("at {ms} ms: running on A and on B"),
-        (_, true) => {
-            assert_eq!(
-                freezer_state(&b_dirs).as_deref(),
-                Some("THAWED"),
-                "at {ms} ms"
-            );
-            if a.as_deref() == Some("paused") {
+        (true, true) => panic!(
+            "killed {at}: running on A ({:?}) and on B ({:?}); serve log:\n{}",
+            live_procs(&a_dirs),
+            live_procs(&b_dirs),
+            w.b.serve_log()
+        ),
+        (false, true) => {
+            if a_freezer.as_deref() == Some("FROZEN") {
                 // The commit was sent and never confirmed: A stays frozen
                 // so that it never runs twice (B runs it).
+                assert_eq!(a.as_deref(), Some("paused"), "killed {at}");
                 "on B, A left frozen (commit in doubt)"
             } else {
+                assert!(a_dirs.iter().all(|d| !d.exists()) || a.as_deref() != Some("running"));
                 "moved to B"
             }
         }
-        (a, false) => panic!("at {ms} ms: A is {a:?} and B does not run it"),
+        (false, false) => panic!("killed {at}: A is {a:?} and B does not run it"),
     }
 }
+
+/// Some process of the cgroup with directories `dirs` runs: the cgroup is
+/// thawed and its processes are not held by CRIU.
+fn runs(dirs: &[PathBuf]) -> bool {
+    !live_procs(dirs).is_empty()
+        && freezer_state(dirs).as_deref() == Some("THAWED")
+        && !stopped(dirs)
+}
+
+/// The processes of the cgroup that have not exited: "pid state comm".
+fn live_procs(dirs: &[PathBuf]) -> Vec<String> {
+    let mut out: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let state = rest.split_whitespace().next()?;
+            let comm = head.split_once('(')?.1;
+            (state != "Z" && state != "X").then(|| format!("{pid} {state} {comm}"))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A migration holds the source from its dump until the destination runs
+/// the container: up to a second or so here.
+const HELD: &[u64] = &[0, 25, 100, 300, 600, 1000];
 
 /// How long a whole migration takes here.
 fn full_migration(w: &mut World) -> Duration {
@@ -360,7 +462,7 @@ fn full_migration(w: &mut World) -> Duration {
 /// Removes `id` from both hosts (`delete -f` must work on each).
 fn clear(w: &World, id: &str) {
     for h in [&w.a, &w.b] {
-        if h.status(id).is_some() {
+        if h.root().join(id).exists() {
             h.ok(&["delete", "-f", id]);
         }
     }
@@ -372,12 +474,12 @@ fn killed_migrate_never_leaves_the_source_frozen() {
     let mut w = World::new("fm", 11);
     let total = full_migration(&mut w);
     let mut tally = Tally::default();
-    for (i, ms) in delays(total).into_iter().enumerate() {
+    for (i, at) in migration_plan(total).into_iter().enumerate() {
         let (id, count) = w.counter(&format!("m{i}"));
         let mut child = spawn_migrate(&w, &id);
-        let kill = kill_after(&mut child, ms, &default_cgroup_dirs(&id));
-        let where_ = settle(&w, &id, &count, ms);
-        tally.add(kill, where_, ms);
+        let kill = kill_at(&mut child, at, &default_cgroup_dirs(&id), &count);
+        let where_ = settle(&w, &id, &count, at, false);
+        tally.add(kill, where_, at);
         clear(&w, &id);
         w.b.assert_clean(&id);
     }
@@ -390,18 +492,16 @@ fn killed_serve_never_leaves_the_source_frozen() {
     let (pki, shared) = (w.pki.clone(), w.work.path().to_path_buf());
     let total = full_migration(&mut w);
     let mut tally = Tally::default();
-    for (i, ms) in delays(total).into_iter().enumerate() {
+    for (i, at) in migration_plan(total).into_iter().enumerate() {
         let (id, count) = w.counter(&format!("s{i}"));
         let mut child = spawn_migrate(&w, &id);
-        std::thread::sleep(Duration::from_millis(ms));
-        let kill = probe(
-            child.try_wait().unwrap().is_some(),
-            &default_cgroup_dirs(&id),
-        );
+        let kill = wait_for(at, &default_cgroup_dirs(&id), &count, || {
+            child.try_wait().unwrap().is_some()
+        });
         w.b.stop_serve(nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait();
-        let where_ = settle(&w, &id, &count, ms);
-        tally.add(kill, where_, ms);
+        let where_ = settle(&w, &id, &count, at, true);
+        tally.add(kill, where_, at);
         // A restarted server sweeps what the killed one left.
         w.b.serve(&pki, "b", &shared);
         clear(&w, &id);
