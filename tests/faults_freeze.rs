@@ -147,15 +147,11 @@ fn freezer_state(dirs: &[PathBuf]) -> Option<String> {
     None
 }
 
-/// Waits (the guard acts once ferry and CRIU are gone) until the freezer
-/// is not frozen; returns its last state.
+/// Waits (the guard acts once ferry and CRIU are gone) until the
+/// container is neither frozen nor held by CRIU; returns the freezer state.
 fn settled_freezer(dirs: &[PathBuf]) -> Option<String> {
-    let mut last = None;
-    wait_until(Duration::from_secs(8), || {
-        last = freezer_state(dirs);
-        last.as_deref() != Some("FROZEN") && last.as_deref() != Some("FREEZING")
-    });
-    last
+    wait_until(Duration::from_secs(8), || !stopped(dirs));
+    freezer_state(dirs)
 }
 
 /// The counter advances (the processes run).
