@@ -41,6 +41,8 @@ pub enum Error {
     },
     #[error("cannot use the freezer of cgroup {path}: {why}")]
     Freezer { path: String, why: String },
+    #[error("settle command too long for the freeze guard ({len} bytes, {args} arguments; at most {SETTLE_MAX} and {SETTLE_ARGS})")]
+    SettleTooLong { len: usize, args: usize },
     #[error("cannot tell the freeze guard (pid {pid}) to {what}: {source}")]
     Control {
         pid: i32,
@@ -75,6 +77,13 @@ impl OnDeath {
 }
 
 const DISARM: u8 = b'D';
+/// Followed by a little-endian u16 length and that many bytes: the
+/// NUL-terminated arguments of the settle command.
+const SETTLE: u8 = b'S';
+/// Longest settle command: the message must fit one atomic pipe write.
+const SETTLE_MAX: usize = libc::PIPE_BUF - 3;
+/// Most arguments of a settle command.
+const SETTLE_ARGS: usize = 63;
 
 /// A dump's image and work directories, for completing the dump after
 /// ferry's death.
@@ -145,17 +154,51 @@ impl GuardHandle {
         self.send(what.byte(), "change what it does")
     }
 
+    /// With [`OnDeath::Hold`]: once ferry and CRIU are gone, the guard
+    /// execs `argv` (program first) to settle the held container instead
+    /// of only saying that it stays frozen.
+    pub fn settle_with(&self, argv: &[std::ffi::OsString]) -> Result<()> {
+        let mut body = Vec::new();
+        for a in argv {
+            let a = a.as_bytes();
+            if a.contains(&0) {
+                return Err(Error::Control {
+                    pid: self.pid,
+                    what: "take a settle command",
+                    source: std::io::Error::other("an argument holds a NUL byte"),
+                });
+            }
+            body.extend_from_slice(a);
+            body.push(0);
+        }
+        if argv.is_empty() || body.len() > SETTLE_MAX || argv.len() > SETTLE_ARGS {
+            return Err(Error::SettleTooLong {
+                len: body.len(),
+                args: argv.len(),
+            });
+        }
+        let mut msg = vec![SETTLE];
+        msg.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        msg.extend_from_slice(&body);
+        self.write(&msg, "take a settle command")
+    }
+
     /// The guard's pid.
     pub fn pid(&self) -> i32 {
         self.pid
     }
 
     fn send(&self, byte: u8, what: &'static str) -> Result<()> {
+        self.write(&[byte], what)
+    }
+
+    /// One write (atomic: at most PIPE_BUF bytes).
+    fn write(&self, msg: &[u8], what: &'static str) -> Result<()> {
         loop {
-            match nix::unistd::write(&*self.pipe, &[byte]) {
-                Ok(1) => return Ok(()),
+            match nix::unistd::write(&*self.pipe, msg) {
+                Ok(n) if n == msg.len() => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => unreachable!("a one-byte pipe write is atomic"),
+                Ok(_) => unreachable!("a pipe write of at most PIPE_BUF bytes is atomic"),
                 Err(e) => {
                     return Err(Error::Control {
                         pid: self.pid,
@@ -374,6 +417,7 @@ impl Plan {
 
         let ctl = self.ctl_r.as_raw_fd();
         let mut mode = b'T';
+        let mut settle = Settle::new();
         loop {
             let mut fds = [
                 libc::pollfd {
@@ -400,10 +444,12 @@ impl Plan {
                 let n = libc::read(ctl, buf.as_mut_ptr().cast(), buf.len());
                 if n > 0 {
                     for &b in &buf[..n as usize] {
-                        if b == DISARM {
-                            libc::_exit(0);
+                        if let Some(m) = settle.feed(b) {
+                            if m == DISARM {
+                                libc::_exit(0);
+                            }
+                            mode = m;
                         }
-                        mode = b;
                     }
                     if !ferry_gone {
                         continue;
@@ -430,6 +476,7 @@ impl Plan {
         }
         match mode {
             b'H' => {
+                settle.exec();
                 libc::write(
                     2,
                     self.hold_message.as_ptr().cast(),
@@ -484,6 +531,90 @@ impl Plan {
             libc::kill(pid, libc::SIGKILL);
         }
         libc::close(fd);
+    }
+}
+
+/// The control stream's parser (in the guard: no allocation).
+struct Settle {
+    cmd: [u8; SETTLE_MAX],
+    len: usize,
+    state: SettleState,
+    /// A whole settle command arrived.
+    ready: bool,
+}
+
+#[derive(Clone, Copy)]
+enum SettleState {
+    Op,
+    Len0,
+    Len1(u8),
+    /// Bytes of the command still to come.
+    Body(usize),
+}
+
+impl Settle {
+    fn new() -> Settle {
+        Settle {
+            cmd: [0; SETTLE_MAX],
+            len: 0,
+            state: SettleState::Op,
+            ready: false,
+        }
+    }
+
+    /// Takes one byte; returns a one-byte command once one is complete.
+    fn feed(&mut self, b: u8) -> Option<u8> {
+        match self.state {
+            SettleState::Op if b == SETTLE => self.state = SettleState::Len0,
+            SettleState::Op => return Some(b),
+            SettleState::Len0 => self.state = SettleState::Len1(b),
+            SettleState::Len1(lo) => {
+                let n = u16::from_le_bytes([lo, b]) as usize;
+                self.len = 0;
+                self.ready = false;
+                self.state = if n == 0 {
+                    SettleState::Op
+                } else {
+                    SettleState::Body(n)
+                };
+            }
+            SettleState::Body(n) => {
+                if self.len < self.cmd.len() {
+                    self.cmd[self.len] = b;
+                    self.len += 1;
+                }
+                if n == 1 {
+                    self.state = SettleState::Op;
+                    self.ready = self.len > 0 && self.cmd[self.len - 1] == 0;
+                } else {
+                    self.state = SettleState::Body(n - 1);
+                }
+            }
+        }
+        None
+    }
+
+    /// Execs the settle command, if one came; returns only if none did or
+    /// the exec failed.
+    unsafe fn exec(&self) {
+        if !self.ready {
+            return;
+        }
+        let mut argv = [std::ptr::null::<libc::c_char>(); SETTLE_ARGS + 1];
+        let mut n = 0;
+        let mut start = 0;
+        for i in 0..self.len {
+            if self.cmd[i] == 0 {
+                if n < SETTLE_ARGS {
+                    argv[n] = self.cmd[start..].as_ptr().cast();
+                    n += 1;
+                }
+                start = i + 1;
+            }
+        }
+        if n > 0 {
+            libc::execv(argv[0], argv.as_ptr());
+        }
     }
 }
 

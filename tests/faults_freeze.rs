@@ -401,7 +401,9 @@ fn settle(w: &World, id: &str, count: &Path, at: At, serve_killed: bool) -> &'st
         (false, true) => {
             if a_freezer.as_deref() == Some("FROZEN") {
                 // The commit was sent and never confirmed: A stays frozen
-                // so that it never runs twice (B runs it).
+                // so that it never runs twice (B runs it). Only when B
+                // cannot be asked: a killed ferry migrate's guard asks.
+                assert!(serve_killed, "killed {at}: A left frozen, B runs it");
                 assert_eq!(a.as_deref(), Some("paused"), "killed {at}");
                 "on B, A left frozen (commit in doubt)"
             } else {

@@ -167,8 +167,10 @@ pub trait SourceHost: Send {
     /// The commit is about to be sent: from here on, until `destroy` or
     /// `resume`, the container must neither run here again nor be
     /// thawed by a safety net if this process dies (the destination may
-    /// already run it). An error stops the migration before the commit.
-    fn commit_pending(&mut self) -> Result<(), HostError> {
+    /// already run it); `commit` says how to ask the destination what
+    /// became of it. An error stops the migration before the commit.
+    fn commit_pending(&mut self, commit: &crate::source::CommitInfo) -> Result<(), HostError> {
+        let _ = commit;
         Ok(())
     }
 

@@ -166,7 +166,7 @@ impl SourceHost for FakeSource {
         Ok(())
     }
 
-    fn commit_pending(&mut self) -> Result<(), HostError> {
+    fn commit_pending(&mut self, _: &source::CommitInfo) -> Result<(), HostError> {
         log(&self.log, "commit-pending");
         Ok(())
     }

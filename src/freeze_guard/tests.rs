@@ -209,3 +209,55 @@ fn the_guard_keeps_no_other_descriptor() {
     assert_ne!(guard.1, me.1, "same session");
     g.disarm().unwrap();
 }
+
+#[test]
+fn hold_runs_the_settle_command_once_ferry_is_gone() {
+    let mut f = Fixture::new();
+    let out = f.dir.path().join("settled");
+    let g = f.arm(None, None);
+    let h = g.handle();
+    h.settle_with(&[
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("echo settled > {}", out.display()).into(),
+    ])
+    .unwrap();
+    h.on_death(OnDeath::Hold).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!out.exists(), "ran while ferry lived");
+    f.kill_ferry();
+    eventually("the settle command ran", || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s == "settled\n")
+    });
+    assert_eq!(f.state(), "FROZEN\n", "hold must not thaw");
+}
+
+#[test]
+fn a_settle_command_is_only_for_hold() {
+    let mut f = Fixture::new();
+    let out = f.dir.path().join("settled");
+    let g = f.arm(None, None);
+    g.handle()
+        .settle_with(&["/bin/touch".into(), out.clone().into()])
+        .unwrap();
+    f.kill_ferry();
+    eventually("thawed", || f.state().starts_with("THAWED"));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!out.exists());
+    let g = FreezeGuard::arm_watching(
+        std::process::id() as i32,
+        &Target {
+            freezer: f.freezer(),
+            id: "c1",
+            criu: None,
+            dump: None,
+        },
+    )
+    .unwrap();
+    let too_long = vec![std::ffi::OsString::from("x".repeat(5000))];
+    assert!(matches!(
+        g.handle().settle_with(&too_long),
+        Err(Error::SettleTooLong { .. })
+    ));
+    g.disarm().unwrap();
+}

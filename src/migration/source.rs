@@ -1,10 +1,12 @@
 //! A ferry container as the sending end of a migration.
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use migrate::mode::DumpKind;
+use migrate::source::CommitInfo;
 use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
 use super::{Event, Extra, Hold};
@@ -21,6 +23,11 @@ pub struct SourceOptions {
     /// Dump established TCP connections (restored with them).
     pub tcp_established: bool,
     pub network_lock: LockMethod,
+    /// The ferry binary: should this process die while a commit is in
+    /// doubt, the freeze guard runs `ferry settle-commit` with it to ask
+    /// the destination and resume or remove the container. Without it the
+    /// container stays frozen for the operator.
+    pub settle_with: Option<PathBuf>,
 }
 
 impl Default for SourceOptions {
@@ -28,6 +35,7 @@ impl Default for SourceOptions {
         SourceOptions {
             tcp_established: false,
             network_lock: LockMethod::Nftables,
+            settle_with: None,
         }
     }
 }
@@ -52,10 +60,14 @@ struct Held {
 }
 
 impl Held {
-    /// Tells the freeze guard what ferry's death would mean from now on.
-    fn on_death(&self, what: OnDeath) -> Result<(), HostError> {
+    /// Tells the freeze guard what ferry's death would mean from now on
+    /// (and, with `settle`, what to run then).
+    fn on_death(&self, what: OnDeath, settle: Option<&[OsString]>) -> Result<(), HostError> {
         let f = self.freeze.lock().map_err(|_| "the dump thread panicked")?;
         if let Some(g) = &f.guard {
+            if let Some(argv) = settle {
+                g.settle_with(argv)?;
+            }
             g.on_death(what)?;
         }
         Ok(())
@@ -146,6 +158,34 @@ impl PostDump for SourceHold {
     fn keep_frozen(&self) -> bool {
         self.freeze.lock().map(|f| f.keep_frozen).unwrap_or(true)
     }
+}
+
+/// `ferry settle-commit` for the container `id` under `root`, asking the
+/// destination in `c`.
+fn settle_argv(ferry: &Path, root: &Path, id: &str, c: &CommitInfo) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec![
+        ferry.into(),
+        "--root".into(),
+        root.into(),
+        "settle-commit".into(),
+        id.into(),
+        "--to".into(),
+        c.to.to_string().into(),
+        "--server-name".into(),
+        c.server_name.clone().into(),
+        "--migration-id".into(),
+        c.migration_id.clone().into(),
+    ];
+    match c.security.paths() {
+        Some(p) => {
+            for (flag, path) in [("--ca", &p.ca), ("--cert", &p.cert), ("--key", &p.key)] {
+                v.push(flag.into());
+                v.push(path.into());
+            }
+        }
+        None => v.push("--insecure".into()),
+    }
+    v
 }
 
 /// Resident memory of the container (cgroup usage, else the init's RSS).
@@ -363,7 +403,7 @@ impl SourceHost for ContainerSource {
     fn resume(&mut self) -> Result<(), HostError> {
         if let Some(h) = self.held.take() {
             // Best effort: the rollback thaws in any case.
-            if let Err(e) = h.on_death(OnDeath::Thaw) {
+            if let Err(e) = h.on_death(OnDeath::Thaw, None) {
                 tracing::warn!(%e, "freeze guard");
             }
             // CRIU resumes the tree and reports the dump as failed.
@@ -393,19 +433,24 @@ impl SourceHost for ContainerSource {
         // The destination runs it: should ferry die now, the processes
         // CRIU would have killed are killed by the guard.
         // Best effort: the commit must go on whatever the guard says.
-        if let Err(e) = h.on_death(OnDeath::Kill) {
+        if let Err(e) = h.on_death(OnDeath::Kill, None) {
             tracing::warn!(%e, "freeze guard");
         }
         self.stats = h.release(true)?;
         Ok(())
     }
 
-    fn commit_pending(&mut self) -> Result<(), HostError> {
+    fn commit_pending(&mut self, commit: &CommitInfo) -> Result<(), HostError> {
         let h = self
             .held
             .as_ref()
             .ok_or("no dump is held: nothing to commit")?;
-        h.on_death(OnDeath::Hold)
+        let argv = self
+            .opts
+            .settle_with
+            .as_ref()
+            .map(|ferry| settle_argv(ferry, &self.root, &self.id, commit));
+        h.on_death(OnDeath::Hold, argv.as_deref())
     }
 
     fn in_doubt(&mut self) {
