@@ -9,7 +9,8 @@
 //! (CRIU, when its swrk socket closes, rolls the dump back and writes the
 //! freezer state it found, FROZEN, back before it lets go of the
 //! processes) and then does what ferry last asked ([`OnDeath`]): thaw the
-//! cgroup, kill its processes, or leave it frozen.
+//! cgroup, kill its processes, or leave it frozen (and run a command that
+//! settles it, such as `ferry settle-commit`).
 //!
 //! It also completes a dump ferry did not live to finish: when CRIU's
 //! `stats-dump` (written only after a successful dump) appears in the
@@ -61,8 +62,10 @@ pub enum OnDeath {
     /// Kill every process in the cgroup, then thaw it so they die: the
     /// container runs elsewhere now.
     Kill,
-    /// Leave the cgroup frozen and say so on stderr: the container may be
-    /// running elsewhere, and it must never run twice.
+    /// Leave the cgroup frozen: the container may be running elsewhere,
+    /// and it must never run twice. The guard then execs the settle
+    /// command, if ferry gave one ([`GuardHandle::settle_with`]), or says
+    /// so on stderr.
     Hold,
 }
 
