@@ -548,6 +548,24 @@ fn killed_serve_never_leaves_the_source_frozen() {
                 w.b.ok(&["delete", "-f", &id]);
             }
         }
+        let b_dirs = cgroup_dirs(&format!("{}/{id}", w.b.cgroup_parent));
+        let left = live_procs(&b_dirs);
+        if !left.is_empty() {
+            tally.note(format!(
+                "B after a kill {at}: processes left after delete -f: {left:?}"
+            ));
+            for p in &left {
+                let pid: i32 = p.split_whitespace().next().unwrap().parse().unwrap();
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            wait_until(Duration::from_secs(5), || live_procs(&b_dirs).is_empty());
+            for d in &b_dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
     }
 }
 
