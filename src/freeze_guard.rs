@@ -67,6 +67,9 @@ pub enum OnDeath {
     /// command, if ferry gave one ([`GuardHandle::settle_with`]), or says
     /// so on stderr.
     Hold,
+    /// Leave the cgroup as it is: the freeze is not ferry's (the
+    /// container was paused before).
+    Leave,
 }
 
 impl OnDeath {
@@ -75,6 +78,7 @@ impl OnDeath {
             OnDeath::Thaw => b'T',
             OnDeath::Kill => b'K',
             OnDeath::Hold => b'H',
+            OnDeath::Leave => b'L',
         }
     }
 }
@@ -378,15 +382,15 @@ impl Plan {
                 drop(ready_w);
                 let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(middle), None)
                     .map_err(arm_err("waitpid"))?;
-                let mut b = [0u8; 4];
-                let n = loop {
-                    match nix::unistd::read(&ready_r, &mut b) {
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        r => break r.map_err(arm_err("read"))?,
-                    }
-                };
+                // Its pid, then EOF once it has closed every descriptor
+                // it does not keep.
+                let mut got = Vec::new();
+                std::io::Read::read_to_end(&mut std::fs::File::from(ready_r), &mut got)
+                    .map_err(|source| Error::Arm { op: "read", source })?;
                 match status {
-                    nix::sys::wait::WaitStatus::Exited(_, 0) if n == 4 => Ok(i32::from_ne_bytes(b)),
+                    nix::sys::wait::WaitStatus::Exited(_, 0) if got.len() == 4 => {
+                        Ok(i32::from_ne_bytes([got[0], got[1], got[2], got[3]]))
+                    }
                     _ => Err(Error::Arm {
                         op: "fork",
                         source: std::io::Error::other("the guard did not start"),
@@ -490,6 +494,7 @@ impl Plan {
                 self.kill_all();
                 self.thaw();
             }
+            b'L' => {}
             _ => self.thaw(),
         }
         libc::_exit(0)

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use super::externals;
 use super::{io, Container, Error, Result, Status};
 use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
-use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, Target, INCOMPLETE_MARKER};
+use crate::freeze_guard::{
+    DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target, INCOMPLETE_MARKER,
+};
 use crate::network::{self, LockMethod, VethConfig};
 
 /// CRIU's log level for dumps and restores: enough to explain failures.
@@ -375,33 +377,30 @@ impl Container {
         // Without a post-dump hold the images are the result: marked
         // incomplete until the dump's outcome is final. (With a hold, the
         // caller takes the images at the hold and owns their fate.)
+        let freezer = Freezer::of(&cgroup)?;
         let marked = post_dump.is_none();
         if marked {
             mark_incomplete(&images, &work)?;
         }
         let was_paused = status == Status::Paused;
-        // A paused container stays paused whatever happens: no guard.
-        let freezer = if was_paused {
-            None
-        } else {
-            Some(Freezer::of(&cgroup)?)
-        };
         let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
         let id = self.id().to_string();
         let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
-            if let Some(freezer) = &freezer {
-                let g = FreezeGuard::arm(&Target {
-                    freezer: freezer.clone(),
-                    id: &id,
-                    criu: Some(criu_pid as i32),
-                    dump: marked.then(|| DumpDirs {
-                        images: images.clone(),
-                        work: work.clone(),
-                    }),
-                })
-                .map_err(|e| e.to_string())?;
-                *guard.borrow_mut() = Some(g);
+            let g = FreezeGuard::arm(&Target {
+                freezer: freezer.clone(),
+                id: &id,
+                criu: Some(criu_pid as i32),
+                dump: marked.then(|| DumpDirs {
+                    images: images.clone(),
+                    work: work.clone(),
+                }),
+            })
+            .map_err(|e| e.to_string())?;
+            // A paused container stays paused whatever happens.
+            if was_paused {
+                g.on_death(OnDeath::Leave).map_err(|e| e.to_string())?;
             }
+            *guard.borrow_mut() = Some(g);
             Ok(())
         };
         let mut handler = DumpHandler {

@@ -261,3 +261,14 @@ fn a_settle_command_is_only_for_hold() {
     ));
     g.disarm().unwrap();
 }
+
+#[test]
+fn leave_keeps_a_freeze_that_is_not_ferrys() {
+    let mut f = Fixture::new();
+    let g = f.arm(None, None);
+    let pid = g.handle().pid();
+    g.on_death(OnDeath::Leave).unwrap();
+    f.kill_ferry();
+    eventually("the guard exits", || !alive(pid));
+    assert_eq!(f.state(), "FROZEN\n");
+}
