@@ -131,6 +131,8 @@ impl Freezer {
 #[derive(Debug)]
 pub struct Target<'a> {
     pub freezer: Freezer,
+    /// What ferry's death means until told otherwise.
+    pub on_death: OnDeath,
     /// The container, for the message of [`OnDeath::Hold`].
     pub id: &'a str,
     /// CRIU's pid: the guard waits for it to exit before acting.
@@ -296,6 +298,7 @@ struct Plan {
     ctl_w: OwnedFd,
     /// cgroup v1 `freezer.state` or v2 `cgroup.freeze`.
     freezer: CString,
+    on_death: u8,
     thawed: &'static [u8],
     procs: CString,
     dump: Option<(OwnedFd, OwnedFd)>,
@@ -341,6 +344,7 @@ impl Plan {
             ctl_r,
             ctl_w,
             freezer: cstring(&dir.join(file))?,
+            on_death: t.on_death.byte(),
             thawed,
             procs: cstring(&dir.join("cgroup.procs"))?,
             dump,
@@ -423,7 +427,7 @@ impl Plan {
         libc::close(ready);
 
         let ctl = self.ctl_r.as_raw_fd();
-        let mut mode = b'T';
+        let mut mode = self.on_death;
         let mut settle = Settle::new();
         loop {
             let mut fds = [

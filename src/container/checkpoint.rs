@@ -88,8 +88,8 @@ impl CheckpointOptions {
 /// Called while CRIU holds the dumped tree frozen, after every image is
 /// written: `Ok` lets the dump finish (the tree dies unless it is left
 /// running), `Err` makes CRIU resume the tree where it was. `guard` is the
-/// freeze guard (none when the container was paused before): the caller
-/// tells it what ferry's death would mean from here on.
+/// freeze guard: the caller tells it what ferry's death would mean from
+/// here on.
 pub trait PostDump {
     fn post_dump(
         &mut self,
@@ -388,6 +388,12 @@ impl Container {
         let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
             let g = FreezeGuard::arm(&Target {
                 freezer: freezer.clone(),
+                // A paused container stays paused whatever happens.
+                on_death: if was_paused {
+                    OnDeath::Leave
+                } else {
+                    OnDeath::Thaw
+                },
                 id: &id,
                 criu: Some(criu_pid as i32),
                 dump: marked.then(|| DumpDirs {
@@ -396,10 +402,6 @@ impl Container {
                 }),
             })
             .map_err(|e| e.to_string())?;
-            // A paused container stays paused whatever happens.
-            if was_paused {
-                g.on_death(OnDeath::Leave).map_err(|e| e.to_string())?;
-            }
             *guard.borrow_mut() = Some(g);
             Ok(())
         };
@@ -431,9 +433,11 @@ impl Container {
         let keep_frozen = handler.post_dump.as_ref().is_some_and(|p| p.keep_frozen());
         let log = work.join(log_name);
         let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
-        if result.is_ok() && marked {
-            remove_marker(&images)?;
-        }
+        let unmarked = if result.is_ok() && marked {
+            remove_marker(&images)
+        } else {
+            Ok(())
+        };
         // A failed dump leaves the tree as it was; a paused one stays paused.
         let thawed = if frozen
             && ((result.is_err() && !keep_frozen)
@@ -446,9 +450,12 @@ impl Container {
         // The freeze is handed back; if thawing failed the guard retries
         // as ferry leaves.
         if let (Some(g), true) = (guard.into_inner(), thawed) {
-            g.disarm()?;
+            if let Err(e) = g.disarm() {
+                tracing::warn!(%e, "freeze guard");
+            }
         }
         result?;
+        unmarked?;
         unlocked.map_err(Error::Usage)?;
         let stats = if opts.pre_dump {
             None

@@ -33,6 +33,7 @@ impl Fixture {
             self.ferry.id() as i32,
             &Target {
                 freezer: self.freezer(),
+                on_death: OnDeath::Thaw,
                 id: "c1",
                 criu,
                 dump,
@@ -248,6 +249,7 @@ fn a_settle_command_is_only_for_hold() {
         std::process::id() as i32,
         &Target {
             freezer: f.freezer(),
+            on_death: OnDeath::Thaw,
             id: "c1",
             criu: None,
             dump: None,
@@ -265,9 +267,18 @@ fn a_settle_command_is_only_for_hold() {
 #[test]
 fn leave_keeps_a_freeze_that_is_not_ferrys() {
     let mut f = Fixture::new();
-    let g = f.arm(None, None);
+    let g = FreezeGuard::arm_watching(
+        f.ferry.id() as i32,
+        &Target {
+            freezer: f.freezer(),
+            on_death: OnDeath::Leave,
+            id: "c1",
+            criu: None,
+            dump: None,
+        },
+    )
+    .unwrap();
     let pid = g.handle().pid();
-    g.on_death(OnDeath::Leave).unwrap();
     f.kill_ferry();
     eventually("the guard exits", || !alive(pid));
     assert_eq!(f.state(), "FROZEN\n");
