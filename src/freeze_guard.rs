@@ -429,7 +429,7 @@ impl Plan {
         let ctl = self.ctl_r.as_raw_fd();
         let mut mode = self.on_death;
         let mut settle = Settle::new();
-        loop {
+        'wait: loop {
             let mut fds = [
                 libc::pollfd {
                     fd: ctl,
@@ -451,9 +451,17 @@ impl Plan {
                 libc::fcntl(ctl, libc::F_SETFL, libc::O_NONBLOCK);
             }
             if fds[0].revents != 0 || ferry_gone {
-                let mut buf = [0u8; 64];
-                let n = libc::read(ctl, buf.as_mut_ptr().cast(), buf.len());
-                if n > 0 {
+                let mut buf = [0u8; 256];
+                loop {
+                    let n = libc::read(ctl, buf.as_mut_ptr().cast(), buf.len());
+                    if n <= 0 {
+                        // EOF (every write end closed: ferry is gone),
+                        // nothing more for now, or EINTR.
+                        if n == 0 || ferry_gone {
+                            break;
+                        }
+                        continue 'wait;
+                    }
                     for &b in &buf[..n as usize] {
                         if let Some(m) = settle.feed(b) {
                             if m == DISARM {
@@ -463,12 +471,9 @@ impl Plan {
                         }
                     }
                     if !ferry_gone {
-                        continue;
+                        continue 'wait;
                     }
-                } else if n < 0 && !ferry_gone {
-                    continue; // EINTR
                 }
-                // EOF: every write end is closed, so ferry is gone.
             }
             break;
         }

@@ -217,15 +217,15 @@ fn hold_runs_the_settle_command_once_ferry_is_gone() {
     let out = f.dir.path().join("settled");
     let g = f.arm(None, None);
     let h = g.handle();
+    // Long enough to need several reads; sent just before ferry dies.
     h.settle_with(&[
         "/bin/sh".into(),
         "-c".into(),
         format!("echo settled > {}", out.display()).into(),
+        "x".repeat(3000).into(),
     ])
     .unwrap();
     h.on_death(OnDeath::Hold).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(!out.exists(), "ran while ferry lived");
     f.kill_ferry();
     eventually("the settle command ran", || {
         std::fs::read_to_string(&out).is_ok_and(|s| s == "settled\n")
