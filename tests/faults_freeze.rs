@@ -381,7 +381,7 @@ fn settle(w: &World, id: &str, count: &Path, at: At, serve_killed: bool) -> &'st
         w.b.serve_log()
     );
     let a = w.a.status(id);
-    let (on_a, on_b) = (runs(&a_dirs), runs(&b_dirs));
+    let (on_a, on_b) = (settled_runs(&a_dirs), settled_runs(&b_dirs));
     assert!(
         advancing(count),
         "killed {at}: nothing counts (A {a:?}, B runs it: {on_b})"
@@ -421,6 +421,22 @@ fn runs(dirs: &[PathBuf]) -> bool {
     !live_procs(dirs).is_empty()
         && freezer_state(dirs).as_deref() == Some("THAWED")
         && !stopped(dirs)
+}
+
+/// [`runs`], and its processes are at work: the counter forks a new
+/// `sleep` every 50 ms, while a tree CRIU restored and holds (on B, until
+/// it is committed or killed) changes nothing.
+fn settled_runs(dirs: &[PathBuf]) -> bool {
+    let pid = |p: &String| p.split_whitespace().next().map(String::from);
+    let first: Vec<String> = live_procs(dirs).iter().filter_map(pid).collect();
+    // A process that was not there before.
+    let active = wait_until(Duration::from_secs(2), || {
+        live_procs(dirs)
+            .iter()
+            .filter_map(pid)
+            .any(|p| !first.contains(&p))
+    });
+    active && runs(dirs)
 }
 
 /// The processes of the cgroup that have not exited: "pid state comm".
@@ -521,14 +537,16 @@ fn killed_serve_never_leaves_the_source_frozen() {
             child.try_wait().unwrap().is_some()
         });
         w.b.stop_serve(nix::sys::signal::Signal::SIGKILL);
+        // Restarted at once, as an operator would: a source asking about
+        // a commit learns that this server has no record of it.
+        kill_page_servers(&w.b.addr);
+        let port = w.b.port;
+        w.b.serve_on(&pki, "b", &shared, port);
         let _ = child.wait();
         let where_ = settle(&w, &id, &count, at, true);
         tally.add(kill, where_, at);
-        // What a killed server leaves on B (an aborted restore, its CRIU
-        // page server) is B's to clean up, not this test's subject: the
-        // source must be whole.
-        kill_page_servers(&w.b.addr);
-        w.b.serve(&pki, "b", &shared);
+        // What a killed server leaves on B (an aborted restore) is B's to
+        // clean up, not this test's subject: the source must be whole.
         if w.a.root().join(&id).exists() {
             w.a.ok(&["delete", "-f", &id]);
         }

@@ -122,9 +122,14 @@ impl Host {
     /// Starts `ferry serve` here with `creds` (name of a host certificate
     /// in `pki`), allowing shared root filesystems under `shared`.
     pub fn serve(&mut self, pki: &Path, creds: &str, shared: &Path) {
+        self.serve_on(pki, creds, shared, 0);
+    }
+
+    /// Like [`Host::serve`], on `port` (0: any).
+    pub fn serve_on(&mut self, pki: &Path, creds: &str, shared: &Path, port: u16) {
         let out = self.dir.path().join("serve.out");
         let _ = std::fs::remove_file(&out);
-        let listen = format!("{}:0", self.addr);
+        let listen = format!("{}:{port}", self.addr);
         let child = self
             .ferry(&[
                 "serve",
