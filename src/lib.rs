@@ -11,6 +11,7 @@ pub mod check;
 pub mod console;
 pub mod container;
 pub mod criu;
+pub mod freeze_guard;
 pub mod fs_remove;
 pub mod hooks;
 pub mod id;

@@ -171,6 +171,21 @@ pub trait SourceHost: Send {
 
     /// Commit: remove the (frozen) source container and its resources.
     fn destroy(&mut self) -> Result<(), HostError>;
+
+    /// The commit is about to be sent: from here on, until `destroy` or
+    /// `resume`, the container must neither run here again nor be
+    /// thawed by a safety net if this process dies (the destination may
+    /// already run it); `commit` says how to ask the destination what
+    /// became of it. An error stops the migration before the commit.
+    fn commit_pending(&mut self, commit: &crate::source::CommitInfo) -> Result<(), HostError> {
+        let _ = commit;
+        Ok(())
+    }
+
+    /// The commit's outcome could not be learnt: leave the container
+    /// frozen here for the operator (neither `resume` nor `destroy`
+    /// follows).
+    fn in_doubt(&mut self) {}
 }
 
 /// A CRIU page server started by the destination host.

@@ -81,6 +81,43 @@ pub enum SourceState {
     InDoubt,
 }
 
+/// What it takes to ask the destination about a migration's commit, for
+/// a runtime that must learn the outcome after this process is gone.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub to: SocketAddr,
+    /// The name the destination's certificate must carry.
+    pub server_name: String,
+    pub security: Security,
+    pub migration_id: String,
+}
+
+/// Asks the destination, on fresh connections, what became of the
+/// migration in `info`, until it knows or `deadline` passes.
+pub fn ask_outcome(info: &CommitInfo, reply: Duration, deadline: Duration) -> Option<Outcome> {
+    let deadline = Instant::now() + deadline;
+    while Instant::now() < deadline {
+        let asked = (|| -> Result<Outcome, Error> {
+            let mut ch = transport::connect(info.to, &info.server_name, &info.security)?;
+            ch.set_timeout(Some(reply));
+            ch.send(&Msg::Status {
+                migration_id: info.migration_id.clone(),
+            })?;
+            match ch.recv::<Msg>()? {
+                Msg::StatusIs { outcome } => Ok(outcome),
+                m => Err(unexpected("status-is", &m)),
+            }
+        })();
+        match asked {
+            Ok(Outcome::InProgress) | Err(_) => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(o) => return Some(o),
+        }
+    }
+    None
+}
+
 /// A failed migration: what went wrong, where, and what became of the
 /// source container.
 #[derive(Debug)]
@@ -531,6 +568,11 @@ impl Run<'_> {
 
     fn switchover(&mut self) -> Result<(), Error> {
         self.phase(Phase::Switchover);
+        self.check()?;
+        let info = self.commit_info();
+        self.host
+            .commit_pending(&info)
+            .map_err(Error::host("commit-pending"))?;
         self.send(&Msg::Commit)?;
         self.commit_sent = true;
         match self.recv(self.cfg.timeouts.work)? {
@@ -586,7 +628,10 @@ impl Run<'_> {
                     return Ok(());
                 }
                 Some(Outcome::Aborted) => {}
-                _ => return Err((error, SourceState::InDoubt)),
+                _ => {
+                    self.host.in_doubt();
+                    return Err((error, SourceState::InDoubt));
+                }
             }
         } else if let Some(ch) = self.ch.as_mut() {
             // Best effort: the destination may be gone.
@@ -604,38 +649,30 @@ impl Run<'_> {
         }
     }
 
-    /// Asks the destination, on fresh connections, what became of this
-    /// migration, until it knows or `status_deadline` passes.
+    fn commit_info(&self) -> CommitInfo {
+        CommitInfo {
+            to: self.cfg.to,
+            server_name: self
+                .cfg
+                .server_name
+                .clone()
+                .unwrap_or_else(|| self.cfg.to.ip().to_string()),
+            security: self.cfg.security.clone(),
+            migration_id: self.migration_id.clone(),
+        }
+    }
+
+    /// Asks the destination what became of this migration, until it
+    /// knows or `status_deadline` passes.
     fn ask_outcome(&mut self) -> Option<Outcome> {
         if let Some(c) = self.ch.as_ref().and_then(|c| c.closer()) {
             c.close();
         }
-        let deadline = Instant::now() + self.cfg.status_deadline;
-        let name = self
-            .cfg
-            .server_name
-            .clone()
-            .unwrap_or_else(|| self.cfg.to.ip().to_string());
-        while Instant::now() < deadline {
-            let asked = (|| -> Result<Outcome, Error> {
-                let mut ch = transport::connect(self.cfg.to, &name, &self.cfg.security)?;
-                ch.set_timeout(Some(self.cfg.timeouts.reply));
-                ch.send(&Msg::Status {
-                    migration_id: self.migration_id.clone(),
-                })?;
-                match ch.recv::<Msg>()? {
-                    Msg::StatusIs { outcome } => Ok(outcome),
-                    m => Err(unexpected("status-is", &m)),
-                }
-            })();
-            match asked {
-                Ok(Outcome::InProgress) | Err(_) => {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Ok(o) => return Some(o),
-            }
-        }
-        None
+        ask_outcome(
+            &self.commit_info(),
+            self.cfg.timeouts.reply,
+            self.cfg.status_deadline,
+        )
     }
 
     fn cleanup(&mut self) {

@@ -169,6 +169,15 @@ impl SourceHost for FakeSource {
         log(&self.log, "destroy");
         Ok(())
     }
+
+    fn commit_pending(&mut self, _: &source::CommitInfo) -> Result<(), HostError> {
+        log(&self.log, "commit-pending");
+        Ok(())
+    }
+
+    fn in_doubt(&mut self) {
+        log(&self.log, "in-doubt");
+    }
 }
 
 #[derive(Clone, Default)]
@@ -399,7 +408,10 @@ fn stop_copy_with_shipped_rootfs_succeeds() {
     )
     .unwrap();
     serving.idle();
-    assert_eq!(calls(&w.src_log), ["preflight", "dump", "destroy"]);
+    assert_eq!(
+        calls(&w.src_log),
+        ["preflight", "dump", "commit-pending", "destroy"]
+    );
     assert_eq!(
         calls(&w.dst_log),
         [
@@ -747,11 +759,50 @@ fn lost_commit_is_aborted_and_the_source_resumes() {
     serving.idle();
     assert_eq!(proxy.cuts(), 1);
     assert_eq!(f.source, SourceState::Resumed, "{f}");
-    assert_eq!(calls(&w.src_log), ["preflight", "dump", "resume"]);
+    assert_eq!(
+        calls(&w.src_log),
+        ["preflight", "dump", "commit-pending", "resume"]
+    );
     let d = calls(&w.dst_log);
     assert!(!d.contains(&"start".to_string()), "{d:?}");
     assert_eq!(d.last().unwrap(), "abort");
     w.assert_dest_clean();
+}
+
+#[test]
+fn unanswerable_commit_leaves_the_source_to_the_operator() {
+    let w = World::new();
+    let serving = w.serve();
+    let proxy = Arc::new(Proxy::new(serving.addr));
+    let p = proxy.clone();
+    // The destination starts the container; nothing it says reaches the
+    // source any more, the status queries' answers included.
+    w.behave(DestBehaviour {
+        on_start: Some(Arc::new(move || {
+            let p = p.clone();
+            p.cut_d2s_after(0);
+            thread::spawn(move || {
+                for _ in 0..600 {
+                    p.cut_d2s_after(0);
+                    thread::sleep(Duration::from_millis(5));
+                }
+            });
+        })),
+        ..Default::default()
+    });
+    let mut src = w.source("c13");
+    let mut cfg = w.config(proxy.addr);
+    cfg.status_deadline = Duration::from_secs(1);
+    let f = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new()).unwrap_err();
+    serving.idle();
+    assert_eq!(f.source, SourceState::InDoubt, "{f}");
+    // Told before the commit went out, and told that it stays frozen;
+    // neither resumed nor destroyed.
+    assert_eq!(
+        calls(&w.src_log),
+        ["preflight", "dump", "commit-pending", "in-doubt"]
+    );
+    assert!(f.to_string().contains("left frozen"), "{f}");
 }
 
 #[test]
@@ -781,7 +832,10 @@ fn lost_running_confirmation_is_recovered_by_asking() {
     serving.idle();
     assert!(started.load(Ordering::SeqCst));
     assert_eq!(proxy.cuts(), 1);
-    assert_eq!(calls(&w.src_log), ["preflight", "dump", "destroy"]);
+    assert_eq!(
+        calls(&w.src_log),
+        ["preflight", "dump", "commit-pending", "destroy"]
+    );
     assert!(
         report
             .warnings
@@ -844,6 +898,7 @@ fn pre_copy_iterates_until_the_downtime_fits_then_dumps_with_the_parent_chain() 
             "pre-dump pre-2 parent=Some(\"../pre-1\")",
             "pre-dump pre-3 parent=Some(\"../pre-2\")",
             "dump",
+            "commit-pending",
             "destroy"
         ]
     );

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use ferry::migration::source::{ContainerSource, SourceOptions};
+use ferry::Container;
 use migrate::source::{self, SourceConfig};
 use migrate::wire::Compression;
 use migrate::{CancelToken, ModeRequest, RootfsMode, Security, TlsPaths};
@@ -49,6 +50,64 @@ impl TlsArgs {
             ),
         }
     }
+}
+
+/// `settle-commit`: what the freeze guard of a killed `migrate` runs.
+#[derive(Debug, Args)]
+pub struct SettleArgs {
+    pub id: String,
+    #[arg(long)]
+    pub to: SocketAddr,
+    #[arg(long)]
+    pub server_name: String,
+    #[arg(long)]
+    pub migration_id: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// How long `settle-commit` keeps asking the destination.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Asks the destination what became of a migration whose `ferry migrate`
+/// died after sending the commit, and settles the frozen source: removed
+/// if the destination runs the container, resumed if it aborted, left
+/// frozen (with a line saying so) if it cannot be asked.
+pub fn settle_commit(root: &Path, a: &SettleArgs) -> anyhow::Result<()> {
+    let info = source::CommitInfo {
+        to: a.to,
+        server_name: a.server_name.clone(),
+        security: a.tls.security()?,
+        migration_id: a.migration_id.clone(),
+    };
+    let outcome = source::ask_outcome(&info, Duration::from_secs(5), SETTLE_DEADLINE);
+    let c = Container::load(root, &a.id)?;
+    match outcome {
+        Some(migrate::proto::Outcome::Running) => {
+            c.delete(true)?;
+            eprintln!(
+                "ferry: the migration of container {} to {} was committed: the destination runs it; removed it here",
+                a.id, a.to
+            );
+        }
+        Some(migrate::proto::Outcome::Aborted) => {
+            c.resume()?;
+            eprintln!(
+                "ferry: the migration of container {} to {} was aborted: resumed it here",
+                a.id, a.to
+            );
+        }
+        other => bail!(
+            "the migration of container {} to {} was interrupted after its commit was sent and the destination {}: it stays frozen here so that it never runs twice; check the destination, then `ferry resume {0}` or `ferry delete -f {0}`",
+            a.id,
+            a.to,
+            match other {
+                None => "cannot be asked".to_string(),
+                Some(o) => format!("answers {o:?}"),
+            }
+        ),
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +190,7 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
         SourceOptions {
             tcp_established: a.tcp_established,
             network_lock: a.network_lock.into(),
+            settle_with: std::env::current_exe().ok(),
         },
     )?;
     let work = a

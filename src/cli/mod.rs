@@ -97,6 +97,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Generate an operator CA and host certificates for serve/migrate.
     Certs(certs::CertsArgs),
+    /// Run by the freeze guard of a killed `migrate` whose commit was in
+    /// doubt: ask the destination, then resume or remove the container.
+    #[command(hide = true)]
+    SettleCommit(migrate::SettleArgs),
 }
 
 pub fn main() -> i32 {
@@ -142,5 +146,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Migrate(a) => migrate::migrate(root, a).map(|_| 0),
         Command::Serve(a) => serve::serve(root, a).map(|_| 0),
         Command::Certs(a) => certs::certs(a).map(|_| 0),
+        Command::SettleCommit(a) => migrate::settle_commit(root, a).map(|_| 0),
     }
 }

@@ -51,7 +51,8 @@ pub fn serve(root: &Path, a: &ServeArgs) -> anyhow::Result<()> {
     }
     opts.cgroup_parent = a.cgroup_parent.clone();
     opts.network_lock = a.network_lock.into();
-    let incoming = Incoming::new(opts).context("preparing the destination directories")?;
+    let incoming = Incoming::new(opts)
+        .map_err(|e| anyhow::anyhow!("preparing the destination directories: {e}"))?;
     let server = Server::bind(a.listen, cfg, Arc::new(incoming))
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = server.local_addr()?;

@@ -5,6 +5,7 @@
 //! the container are declared external, stdio identities are recorded in
 //! `descriptors.json`, and the veth's host end is locked while CRIU holds
 //! the network. If anything fails the container runs on as before.
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use super::externals;
 use super::{io, Container, Error, Result, Status};
 use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
+use crate::freeze_guard::{
+    DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target, INCOMPLETE_MARKER,
+};
 use crate::network::{self, LockMethod, VethConfig};
 
 /// CRIU's log level for dumps and restores: enough to explain failures.
@@ -83,9 +87,21 @@ impl CheckpointOptions {
 
 /// Called while CRIU holds the dumped tree frozen, after every image is
 /// written: `Ok` lets the dump finish (the tree dies unless it is left
-/// running), `Err` makes CRIU resume the tree where it was.
+/// running), `Err` makes CRIU resume the tree where it was. `guard` is the
+/// freeze guard: the caller tells it what ferry's death would mean from
+/// here on.
 pub trait PostDump {
-    fn post_dump(&mut self, images: &Path) -> std::result::Result<(), String>;
+    fn post_dump(
+        &mut self,
+        images: &Path,
+        guard: Option<GuardHandle>,
+    ) -> std::result::Result<(), String>;
+
+    /// After a refused post-dump: leave the cgroup frozen (and the freeze
+    /// to the user) instead of thawing it.
+    fn keep_frozen(&self) -> bool {
+        false
+    }
 }
 
 /// What a checkpoint produced.
@@ -151,6 +167,7 @@ struct DumpHandler<'a, 'p> {
     post_dump: Option<&'p mut dyn PostDump>,
     /// Where CRIU's own network lock is recorded before CRIU makes it.
     criu_lock: CriuLockRecorder<'a>,
+    guard: &'a RefCell<Option<FreezeGuard>>,
 }
 
 /// Records the CRIU run's network lock in the state directory (at
@@ -219,7 +236,8 @@ impl NotifyHandler for DumpHandler<'_, '_> {
             Notify::NetworkUnlock => self.unlock()?,
             Notify::PostDump => {
                 if let Some(p) = self.post_dump.as_mut() {
-                    p.post_dump(self.images)?;
+                    let guard = self.guard.borrow().as_ref().map(FreezeGuard::handle);
+                    p.post_dump(self.images, guard)?;
                 }
             }
             _ => {}
@@ -236,6 +254,39 @@ impl DumpHandler<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Marks `images` incomplete (see [`INCOMPLETE_MARKER`]) and removes the
+/// statistics of an earlier dump, whose presence would mean "completed".
+fn mark_incomplete(images: &Path, work: &Path) -> Result<()> {
+    for dir in [images, work] {
+        let stats = dir.join(criu::stats::DUMP_STATS_FILE);
+        match std::fs::remove_file(&stats) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("removing {}", stats.display()))(e))
+            }
+            _ => {}
+        }
+    }
+    let marker = images.join(INCOMPLETE_MARKER);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&marker)?;
+        std::io::Write::write_all(
+            &mut f,
+            b"ferry writes this file before a dump and removes it once the dump completed; \
+              `ferry restore` refuses a directory that holds it.\n",
+        )?;
+        f.sync_all()?;
+        File::open(images)?.sync_all()
+    };
+    write().map_err(io(format!("writing {}", marker.display())))
+}
+
+fn remove_marker(images: &Path) -> Result<()> {
+    let marker = images.join(INCOMPLETE_MARKER);
+    std::fs::remove_file(&marker)
+        .and_then(|()| File::open(images)?.sync_all())
+        .map_err(io(format!("removing {}", marker.display())))
 }
 
 impl Container {
@@ -377,8 +428,38 @@ impl Container {
             externals::write_stdio_files(&images, &stdio_files)?;
         }
 
+        // Without a post-dump hold the images are the result: marked
+        // incomplete until the dump's outcome is final. (With a hold, the
+        // caller takes the images at the hold and owns their fate.)
+        let freezer = Freezer::of(&cgroup)?;
+        let marked = post_dump.is_none();
+        if marked {
+            mark_incomplete(&images, &work)?;
+        }
         let was_paused = status == Status::Paused;
         let log = work.join(log_name);
+        let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
+        let id = self.id().to_string();
+        let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
+            let g = FreezeGuard::arm(&Target {
+                freezer: freezer.clone(),
+                // A paused container stays paused whatever happens.
+                on_death: if was_paused {
+                    OnDeath::Leave
+                } else {
+                    OnDeath::Thaw
+                },
+                id: &id,
+                criu: Some(criu_pid as i32),
+                dump: marked.then(|| DumpDirs {
+                    images: images.clone(),
+                    work: work.clone(),
+                }),
+            })
+            .map_err(|e| e.to_string())?;
+            *guard.borrow_mut() = Some(g);
+            Ok(())
+        };
         let mut handler = DumpHandler {
             freeze: (!was_paused).then_some(&cgroup),
             frozen: false,
@@ -403,6 +484,7 @@ impl Container {
                             .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
                     }),
             },
+            guard: &guard,
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
         let kind = if opts.pre_dump {
@@ -415,7 +497,7 @@ impl Container {
             Request::new(kind, Some(o)).work_dir(&work),
             &mut handler,
             &fds,
-            &mut |_, _| Ok(()),
+            &mut arm,
         );
         let unlocked = handler.unlock();
         // CRIU removes its network lock when it finishes, except when it
@@ -431,12 +513,31 @@ impl Container {
             super::delete::remove_criu_lock(&self.dir);
         }
         let frozen = handler.frozen;
+        let keep_frozen = handler.post_dump.as_ref().is_some_and(|p| p.keep_frozen());
         let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
+        let unmarked = if result.is_ok() && marked {
+            remove_marker(&images)
+        } else {
+            Ok(())
+        };
         // A failed dump leaves the tree as it was; a paused one stays paused.
-        if frozen && (result.is_err() || (!killed && !opts.leave_stopped)) {
-            let _ = cgroup.thaw();
+        let thawed = if frozen
+            && ((result.is_err() && !keep_frozen)
+                || (result.is_ok() && !killed && !opts.leave_stopped))
+        {
+            cgroup.thaw().is_ok()
+        } else {
+            true
+        };
+        // The freeze is handed back; if thawing failed the guard retries
+        // as ferry leaves.
+        if let (Some(g), true) = (guard.into_inner(), thawed) {
+            if let Err(e) = g.disarm() {
+                tracing::warn!(%e, "freeze guard");
+            }
         }
         result?;
+        unmarked?;
         unlocked.map_err(Error::Usage)?;
         let stats = if opts.pre_dump {
             None
@@ -448,7 +549,6 @@ impl Container {
         if killed {
             drop(lock);
             // CRIU killed the tree; the container is gone as with runc.
-            let id = self.id().to_string();
             let root = self.root.clone();
             Container::load(&root, &id)?.delete(true)?;
         }

@@ -69,6 +69,8 @@ pub enum Error {
     Console(#[from] crate::console::Error),
     #[error(transparent)]
     Criu(#[from] crate::criu::Error),
+    #[error(transparent)]
+    FreezeGuard(#[from] crate::freeze_guard::Error),
     #[error("{context}: {source}")]
     Sys {
         context: String,

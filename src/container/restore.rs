@@ -107,6 +107,15 @@ pub fn check_images(path: &Path) -> Result<PathBuf> {
             path.display()
         )));
     }
+    let marker = path.join(crate::freeze_guard::INCOMPLETE_MARKER);
+    if marker.exists() {
+        return Err(Error::Usage(format!(
+            "{} holds an incomplete checkpoint (the dump failed or was interrupted; {} \
+             says so): checkpoint the container again",
+            path.display(),
+            marker.display()
+        )));
+    }
     let inventory = path.join("inventory.img");
     if !inventory.exists() {
         return Err(Error::Usage(format!(

@@ -1,16 +1,19 @@
 //! A ferry container as the sending end of a migration.
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use migrate::mode::DumpKind;
+use migrate::source::CommitInfo;
 use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::FreezerState;
 use crate::container::{CheckpointOptions, PostDump, TlsFiles};
 use crate::criu::DumpStats;
+use crate::freeze_guard::{GuardHandle, OnDeath};
 use crate::network::LockMethod;
 use crate::{Container, Status};
 
@@ -20,6 +23,11 @@ pub struct SourceOptions {
     /// Dump established TCP connections (restored with them).
     pub tcp_established: bool,
     pub network_lock: LockMethod,
+    /// The ferry binary: should this process die while a commit is in
+    /// doubt, the freeze guard runs `ferry settle-commit` with it to ask
+    /// the destination and resume or remove the container. Without it the
+    /// container stays frozen for the operator.
+    pub settle_with: Option<PathBuf>,
 }
 
 impl Default for SourceOptions {
@@ -27,20 +35,44 @@ impl Default for SourceOptions {
         SourceOptions {
             tcp_established: false,
             network_lock: LockMethod::Nftables,
+            settle_with: None,
         }
     }
 }
 
 type DumpResult = crate::container::Result<Option<DumpStats>>;
 
+/// What the agent and the held dump share about the freeze.
+#[derive(Default)]
+struct Freeze {
+    /// The freeze guard, handed over at the hold.
+    guard: Option<GuardHandle>,
+    /// The commit's outcome is unknown: the rollback must not thaw.
+    keep_frozen: bool,
+}
+
 /// A dump held at CRIU's post-dump notification.
 struct Held {
     decision: mpsc::Sender<bool>,
     thread: JoinHandle<()>,
     events: mpsc::Receiver<Event<DumpResult>>,
+    freeze: Arc<Mutex<Freeze>>,
 }
 
 impl Held {
+    /// Tells the freeze guard what ferry's death would mean from now on
+    /// (and, with `settle`, what to run then).
+    fn on_death(&self, what: OnDeath, settle: Option<&[OsString]>) -> Result<(), HostError> {
+        let f = self.freeze.lock().map_err(|_| "the dump thread panicked")?;
+        if let Some(g) = &f.guard {
+            if let Some(argv) = settle {
+                g.settle_with(argv)?;
+            }
+            g.on_death(what)?;
+        }
+        Ok(())
+    }
+
     /// Tells the held dump what to do and waits for it to finish.
     fn release(self, commit: bool) -> Result<Option<DumpStats>, HostError> {
         let _ = self.decision.send(commit);
@@ -109,10 +141,51 @@ impl Drop for ContainerSource {
     }
 }
 
-impl PostDump for Hold<DumpResult> {
-    fn post_dump(&mut self, _images: &Path) -> Result<(), String> {
-        self.wait(0, "the source resumes")
+/// The dump thread's side of the hold.
+struct SourceHold {
+    hold: Hold<DumpResult>,
+    freeze: Arc<Mutex<Freeze>>,
+}
+
+impl PostDump for SourceHold {
+    fn post_dump(&mut self, _images: &Path, guard: Option<GuardHandle>) -> Result<(), String> {
+        if let Ok(mut f) = self.freeze.lock() {
+            f.guard = guard;
+        }
+        self.hold.wait(0, "the source resumes")
     }
+
+    fn keep_frozen(&self) -> bool {
+        self.freeze.lock().map(|f| f.keep_frozen).unwrap_or(true)
+    }
+}
+
+/// `ferry settle-commit` for the container `id` under `root`, asking the
+/// destination in `c`.
+fn settle_argv(ferry: &Path, root: &Path, id: &str, c: &CommitInfo) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec![
+        ferry.into(),
+        "--root".into(),
+        root.into(),
+        "settle-commit".into(),
+        id.into(),
+        "--to".into(),
+        c.to.to_string().into(),
+        "--server-name".into(),
+        c.server_name.clone().into(),
+        "--migration-id".into(),
+        c.migration_id.clone().into(),
+    ];
+    match c.security.paths() {
+        Some(p) => {
+            for (flag, path) in [("--ca", &p.ca), ("--cert", &p.cert), ("--key", &p.key)] {
+                v.push(flag.into());
+                v.push(path.into());
+            }
+        }
+        None => v.push("--insecure".into()),
+    }
+    v
 }
 
 /// Resident memory of the container (cgroup usage, else the init's RSS).
@@ -239,13 +312,18 @@ impl SourceHost for ContainerSource {
         o.network_lock = self.opts.network_lock;
         let (ev_tx, ev_rx) = mpsc::channel();
         let (dec_tx, dec_rx) = mpsc::channel();
+        let freeze = Arc::new(Mutex::new(Freeze::default()));
+        let shared = freeze.clone();
         let called = Instant::now();
         let thread = std::thread::Builder::new()
             .name("dump".into())
             .spawn(move || {
-                let mut hold = Hold {
-                    events: ev_tx.clone(),
-                    decision: dec_rx,
+                let mut hold = SourceHold {
+                    hold: Hold {
+                        events: ev_tx.clone(),
+                        decision: dec_rx,
+                    },
+                    freeze: shared,
                 };
                 let r = c
                     .checkpoint_with(&o, Some(&mut hold))
@@ -264,6 +342,7 @@ impl SourceHost for ContainerSource {
                         decision: dec_tx,
                         thread,
                         events: ev_rx,
+                        freeze,
                     });
                     let frozen = frozen_at.unwrap_or(called);
                     let done = frozen_done.unwrap_or(frozen);
@@ -323,6 +402,10 @@ impl SourceHost for ContainerSource {
 
     fn resume(&mut self) -> Result<(), HostError> {
         if let Some(h) = self.held.take() {
+            // Best effort: the rollback thaws in any case.
+            if let Err(e) = h.on_death(OnDeath::Thaw, None) {
+                tracing::warn!(%e, "freeze guard");
+            }
             // CRIU resumes the tree and reports the dump as failed.
             if h.release(false).is_ok() {
                 return Err("CRIU finished the dump although it was told to roll back".into());
@@ -347,8 +430,38 @@ impl SourceHost for ContainerSource {
             .held
             .take()
             .ok_or("no dump is held: nothing to commit")?;
+        // The destination runs it: should ferry die now, the processes
+        // CRIU would have killed are killed by the guard.
+        // Best effort: the commit must go on whatever the guard says.
+        if let Err(e) = h.on_death(OnDeath::Kill, None) {
+            tracing::warn!(%e, "freeze guard");
+        }
         self.stats = h.release(true)?;
         Ok(())
+    }
+
+    fn commit_pending(&mut self, commit: &CommitInfo) -> Result<(), HostError> {
+        let h = self
+            .held
+            .as_ref()
+            .ok_or("no dump is held: nothing to commit")?;
+        let argv = self
+            .opts
+            .settle_with
+            .as_ref()
+            .map(|ferry| settle_argv(ferry, &self.root, &self.id, commit));
+        h.on_death(OnDeath::Hold, argv.as_deref())
+    }
+
+    fn in_doubt(&mut self) {
+        // CRIU lets go of the processes; the cgroup stays frozen and the
+        // freeze is the operator's now.
+        if let Some(h) = self.held.take() {
+            if let Ok(mut f) = h.freeze.lock() {
+                f.keep_frozen = true;
+            }
+            let _ = h.release(false);
+        }
     }
 }
 

@@ -408,3 +408,4 @@ pub fn recv_fd_from(stream: &std::os::unix::net::UnixStream) -> std::os::fd::Own
     }
     panic!("no fd received");
 }
+pub mod hosts;
