@@ -72,6 +72,9 @@ if ! criu_ok; then
   criu_ok || { log "installed criu does not pass 'criu check'"; exit 1; }
 fi
 
+# The stock-kernel test guest: Debian's kernel and QEMU, unpacked privately.
+"$(dirname "$0")/guest/install.sh"
+
 if ! command -v cargo >/dev/null; then
   log "cargo not found: install the Rust toolchain (rustup) first"
   exit 1

@@ -2,7 +2,9 @@
 # Usage: scripts/test.sh        (as root)
 #
 # Installs the dependencies, builds every target and runs the whole test
-# suite. Exits non-zero if anything fails.
+# suite: the host suite, then the stock-kernel guest suite
+# (scripts/test-guest.sh: pure cgroup v2, soft-dirty tracking, one QEMU guest
+# per group). Exits non-zero if anything fails.
 #
 # The integration tests (tests/*.rs) need root: they make namespaces, mounts,
 # cgroups, veth pairs and run real CRIU. cargo runs the test binaries one
@@ -37,6 +39,11 @@ trap 'rm -f "$out"' EXIT
 status=0
 # --no-fail-fast: run every test binary, so the summary covers all of them.
 cargo test --workspace --no-fail-fast "${locked[@]}" 2>&1 | tee "$out" || status=$?
+
+log "running the guest suite (stock kernel, pure cgroup v2)"
+gstatus=0
+scripts/test-guest.sh 2>&1 | tee -a "$out" || gstatus=$?
+((status)) || status=$gstatus
 
 read -r passed failed ignored < <(awk '/^test result:/ {
     for (i = 1; i <= NF; i++) {
