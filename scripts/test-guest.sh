@@ -30,7 +30,7 @@ locked=()
 declare -A BIN
 while read -r name exe; do BIN[$name]=$exe; done < <(
   cargo test --workspace --no-run "${locked[@]}" --message-format=json 2>/dev/null |
-    jq -r 'select(.executable != null and .profile.test) | .target.name + " " + .executable'
+    jq -r 'select(.executable != null and .target.kind == ["test"]) | .target.name + " " + .executable'
 )
 
 status=0
@@ -47,7 +47,9 @@ for g in "${ORDER[@]}"; do
       exe=${BIN[${words[0]}]:-}
       [ -n "$exe" ] || { log "no test binary ${words[0]}"; exit 2; }
       printf 'echo "     Running %s in the guest"\n' "${words[0]}"
-      printf '%q --test-threads=2 %s 2>&1 || rc=1\n' "$exe" "${words[*]:1}"
+      # A filter that selects nothing would pass silently: that is a failure.
+      printf 'out=$(mktemp); %q --test-threads=2 %s 2>&1 | tee "$out"; r=${PIPESTATUS[0]}\n' "$exe" "${words[*]:1}"
+      printf 'grep -q "^running 0 tests" "$out" && { echo "test-guest: %s selected no test"; r=1; }; rm -f "$out"; ((r == 0)) || rc=1\n' "$e"
     done
     echo 'exit $rc'
   } >"$script"

@@ -284,9 +284,10 @@ impl ImportedRestore {
         }
     }
 
-    /// The restore failed: remove everything the import wrote.
+    /// The restore failed: remove everything the import wrote (and CRIU's
+    /// cgroup yard, if a failed restore left it mounted there).
     pub fn discard(self) {
-        let _ = ferry::fs_remove::remove_tree(&self.dir);
+        let _ = ferry::fs_remove::unmount_and_remove(&self.dir);
         remove_empty(&self.made);
     }
 }
@@ -336,10 +337,13 @@ fn build_bundle(imported: &archive::Imported, file: &Path) -> anyhow::Result<Pat
     Ok(bundle)
 }
 
-/// Removes the bundle an import built for container `id`, if any.
+/// Removes the bundle an import built for container `id`, if any. The
+/// directory is ferry's own, so what is mounted below it goes first: a
+/// restore killed while CRIU held its cgroup yard (a tmpfs CRIU mounts in
+/// its work directory, here the import's images) leaves that mount.
 pub fn remove_imported(root: &Path, id: &str) -> anyhow::Result<()> {
     let dir = import_dir(root, id);
-    if let Err(e) = ferry::fs_remove::remove_tree(&dir) {
+    if let Err(e) = ferry::fs_remove::unmount_and_remove(&dir) {
         bail!("cannot remove {}: {e}", dir.display())
     }
     let _ = std::fs::remove_dir(root.join(IMPORTS_DIR));

@@ -125,6 +125,11 @@ impl Container {
                     let _ = nix::sys::wait::waitpid(child, None);
                     e
                 };
+                // The process answers at once once it joined the namespaces;
+                // a stuck one is killed rather than waited for forever.
+                parent_ch
+                    .set_recv_timeout(Some(super::create::INIT_TIMEOUT))
+                    .map_err(|e| fail(Error::Init(e)))?;
                 // The exec'd process forks again to enter the pid namespace;
                 // its cgroup is joined by the first child before anything runs.
                 if let Err(e) = cgroup.add_task(child.as_raw()) {
