@@ -97,6 +97,37 @@ pub struct State {
     pub creating: bool,
 }
 
+impl State {
+    /// The state create and restore record first, before anything exists
+    /// that would need undoing (`creating` set, no pid yet), so that
+    /// `delete --force` can remove what a killed ferry left.
+    pub fn creating(
+        id: &str,
+        bundle: &Path,
+        rootfs: &Path,
+        annotations: HashMap<String, String>,
+        cgroup: &CgroupDescriptor,
+        config: &Spec,
+    ) -> State {
+        State {
+            id: id.to_string(),
+            pid: 0,
+            pid_start_time: 0,
+            bundle: bundle.to_path_buf(),
+            rootfs: rootfs.to_path_buf(),
+            created: crate::proc::now_rfc3339(),
+            annotations,
+            cgroup: Some(cgroup.clone()),
+            veth: None,
+            stdio: Vec::new(),
+            config: config.clone(),
+            started: false,
+            exit_status: None,
+            creating: true,
+        }
+    }
+}
+
 /// A CRIU run that can leave its network lock behind: CRIU names its nft
 /// table `CRIU-<run id>` (cut to 21 characters of the id by CRIU's buffer)
 /// in the network namespace it locked, and adds a `CRIU` iptables chain

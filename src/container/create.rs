@@ -133,22 +133,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     cgroup_desc.check_reusable()?;
     // Recorded before anything exists that would need undoing, so that
     // `delete --force` can remove what a killed create left.
-    let mut state = State {
-        id: opts.id.clone(),
-        pid: 0,
-        pid_start_time: 0,
-        bundle: bundle.clone(),
-        rootfs: rootfs.clone(),
-        created: crate::proc::now_rfc3339(),
-        annotations,
-        cgroup: Some(cgroup_desc.clone()),
-        veth: None,
-        stdio: Vec::new(),
-        config: spec.clone(),
-        started: false,
-        exit_status: None,
-        creating: true,
-    };
+    let mut state = State::creating(&opts.id, &bundle, &rootfs, annotations, &cgroup_desc, &spec);
     dir.save(&state)?;
 
     for name in [EXEC_FIFO, EXEC_DONE] {

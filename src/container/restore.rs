@@ -426,20 +426,10 @@ impl Container {
         // the tree it restores run in this cgroup; the rootfs bind is
         // below the state directory).
         let mut state = State {
-            id: opts.id.clone(),
-            pid: 0,
-            pid_start_time: 0,
-            bundle: bundle.clone(),
-            rootfs: rootfs.clone(),
-            created: crate::proc::now_rfc3339(),
-            annotations,
-            cgroup: Some(cgroup_desc.clone()),
             veth: veth.clone(),
-            stdio: Vec::new(),
-            config: spec.clone(),
+            // A restored container's process runs at once: no `start`.
             started: true,
-            exit_status: None,
-            creating: true,
+            ..State::creating(&opts.id, &bundle, &rootfs, annotations, &cgroup_desc, &spec)
         };
         dir.save(&state)?;
         let cgroup = Cgroup::create_from(cgroup_desc.clone(), linux.resources().as_ref())?;
