@@ -61,6 +61,7 @@ impl Container {
         }
         self.wait_gone(&cgroup)?;
         remove_criu_lock(&self.dir);
+        unmount_criu_yards(&self.dir)?;
         if status == Status::Creating {
             // A pair made just before the kill is not recorded yet; it dies
             // with the namespace of its container end (asynchronously):
@@ -161,6 +162,34 @@ pub(crate) fn remove_criu_lock(dir: &StateDir) {
         }
     }
     dir.clear_criu_lock();
+}
+
+/// In the state directory: the work directory of the container's CRIU
+/// restore (where CRIU mounts its cgroup yard).
+pub(crate) const CRIU_WORK_FILE: &str = "criu-work";
+
+/// Unmounts and removes the cgroup yards (`.criu.cgyard.*`) a killed CRIU
+/// restore left in its recorded work directory; nothing else there is
+/// touched.
+fn unmount_criu_yards(dir: &StateDir) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(work) = std::fs::read(dir.file(CRIU_WORK_FILE)) else {
+        return Ok(());
+    };
+    let work = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&work));
+    let Ok(entries) = std::fs::read_dir(&work) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if !e.file_name().as_bytes().starts_with(b".criu.cgyard.") {
+            continue;
+        }
+        let yard = e.path();
+        crate::fs_remove::unmount_below(&yard)
+            .map_err(|x| Error::Usage(format!("CRIU's cgroup yard {}: {x}", yard.display())))?;
+        let _ = std::fs::remove_dir(&yard);
+    }
+    Ok(())
 }
 
 /// Removes a container directory whose creation never got as far as its

@@ -105,8 +105,13 @@ fn sweep(opts: &DestOptions) -> std::io::Result<()> {
             continue;
         };
         if pid != std::process::id() as i32 && migrate::host::pid_gone(pid) {
+            stop_recorded_page_servers(&e.path());
             tracing::info!(dir = %e.path().display(), "removing images of a server that is gone");
-            crate::fs_remove::remove_tree(&e.path()).map_err(std::io::Error::other)?;
+            // Its CRIU may still be winding down in there (it stops at its
+            // next notification): the next start removes what is left.
+            if let Err(err) = crate::fs_remove::remove_tree(&e.path()) {
+                tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove yet");
+            }
         }
     }
     migrate::files::remove_stale_staging(&opts.bundle_dir)?;
@@ -118,6 +123,41 @@ fn sweep(opts: &DestOptions) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Names the record of a page server started by this server (in its
+/// images directory; holds the process's start time): a page server
+/// outlives the server that started it (CRIU forks it off), so the next
+/// server stops it.
+const PAGE_SERVER_RECORD: &str = "page-server-";
+
+/// Stops the page servers recorded in a dead server's images directory
+/// that still run (the same process: pid and start time match).
+fn stop_recorded_page_servers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PAGE_SERVER_RECORD))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let start = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if let Some(start) = start {
+            if crate::proc::is_alive(pid, start) {
+                tracing::info!(pid, "stopping the page server of a server that is gone");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = migrate::host::wait_pid_gone(pid, Duration::from_secs(5));
+            }
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
 }
 
 impl DestFactory for Incoming {
@@ -227,7 +267,14 @@ impl Receiver {
                 let _ = migrate::host::wait_pid_gone(pid, Duration::from_secs(5));
             }
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            let _ = std::fs::remove_file(self.page_server_record(pid));
         }
+    }
+
+    fn page_server_record(&self, pid: i32) -> PathBuf {
+        self.opts
+            .own_images_dir()
+            .join(format!("{PAGE_SERVER_RECORD}{pid}"))
     }
 
     /// What of this container is still on this host.
@@ -350,6 +397,9 @@ impl DestHost for Receiver {
         o.set_tls_no_cn_verify(plan.tls_no_cn_verify);
         let s = super::criu()?.page_server(o)?;
         self.page_server = Some(s.pid);
+        // Recorded for the next server, should this one be killed.
+        let start = crate::proc::start_time(s.pid).ok_or("the page server exited at once")?;
+        std::fs::write(self.page_server_record(s.pid), start.to_string())?;
         Ok(PageServer {
             port: s.port as u16,
             pid: Some(s.pid),
@@ -360,6 +410,7 @@ impl DestHost for Receiver {
         if let Some(pid) = ps.pid {
             migrate::host::wait_pid_gone(pid, timeout)?;
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            let _ = std::fs::remove_file(self.page_server_record(pid));
         }
         self.page_server = None;
         Ok(())
