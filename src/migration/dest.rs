@@ -509,6 +509,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_new_server_stops_the_page_servers_a_dead_one_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = DestOptions::new(&tmp.path().join("root"), &tmp.path().join("b"));
+        // A server that is gone: a process that has exited.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id() as i32;
+        gone.wait().unwrap();
+        let dir = opts.images_dir.join(format!("serve-{dead}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // What it left running, recorded by pid and start time.
+        let mut left = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = left.id() as i32;
+        let start = crate::proc::start_time(pid).unwrap();
+        std::fs::write(
+            dir.join(format!("{PAGE_SERVER_RECORD}{pid}")),
+            start.to_string(),
+        )
+        .unwrap();
+        // A record whose process is another one (start time differs).
+        let mut other = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let opid = other.id() as i32;
+        std::fs::write(dir.join(format!("{PAGE_SERVER_RECORD}{opid}")), "1").unwrap();
+        drop(Incoming::new(opts.clone()).unwrap());
+        let status = left.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another process was killed"
+        );
+        assert!(!dir.exists());
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+
+    #[test]
     fn cgroup_goes_under_the_parent_or_where_the_config_says() {
         let mut o = DestOptions::new(Path::new("/r"), Path::new("/b"));
         assert_eq!(o.images_dir, Path::new("/b/.incoming"));
