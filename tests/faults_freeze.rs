@@ -27,6 +27,20 @@ enum At {
     /// This many ms after its counter moved again once it had stopped (a
     /// migration's destination runs it).
     Moved(u64),
+    /// This many ms after the destination reached a point (only for
+    /// `ferry serve`, which runs there).
+    OnB(OnB, u64),
+}
+
+/// Points on the destination of a migration.
+#[derive(Debug, Clone, Copy)]
+enum OnB {
+    /// Its CRIU page server listens.
+    PageServer,
+    /// The container's state directory exists: the restore has begun.
+    Restoring,
+    /// The restored tree is in the container's cgroup (held or running).
+    Restored,
 }
 
 impl std::fmt::Display for At {
@@ -35,6 +49,7 @@ impl std::fmt::Display for At {
             At::Start(ms) => write!(f, "{ms} ms after start"),
             At::Stopped(ms) => write!(f, "{ms} ms after the freeze"),
             At::Moved(ms) => write!(f, "{ms} ms after it counted again"),
+            At::OnB(p, ms) => write!(f, "{ms} ms after B: {p:?}"),
         }
     }
 }
@@ -104,7 +119,7 @@ fn wait_for(at: At, dirs: &[PathBuf], count: &Path, mut done: impl FnMut() -> bo
         if done() {
             return Kill::TooLate;
         }
-        if stopped_at.is_none() && !matches!(at, At::Start(_)) && stopped(dirs) {
+        if stopped_at.is_none() && matches!(at, At::Stopped(_) | At::Moved(_)) && stopped(dirs) {
             stopped_at = Some((Instant::now(), read_num(count)));
         }
         if let (Some((_, n)), None, At::Moved(_)) = (stopped_at, moved_at, at) {
@@ -116,6 +131,7 @@ fn wait_for(at: At, dirs: &[PathBuf], count: &Path, mut done: impl FnMut() -> bo
             At::Start(ms) => t.elapsed() >= Duration::from_millis(ms),
             At::Stopped(ms) => after(stopped_at.map(|s| s.0), ms),
             At::Moved(ms) => after(moved_at, ms),
+            At::OnB(..) => unreachable!("see wait_on_b"),
         };
         if due {
             return if stopped(dirs) {
@@ -195,10 +211,6 @@ fn status_of(env: &Env, id: &str) -> Option<String> {
 struct Tally(BTreeMap<String, Vec<String>>);
 
 impl Tally {
-    fn note(&mut self, what: String) {
-        self.0.entry("note".into()).or_default().push(what);
-    }
-
     fn add(&mut self, kill: Kill, what: &str, at: At) {
         let key = match kill {
             Kill::TooLate => format!("after the end -> {what}"),
@@ -477,11 +489,12 @@ fn full_migration(w: &mut World) -> Duration {
     total
 }
 
-/// Kills (by pid) the CRIU page servers a killed `ferry serve` left
-/// listening on `addr` (an address only this test uses).
-fn kill_page_servers(addr: &str) {
+/// The CRIU page servers listening on `addr` (an address only this test
+/// uses): "pid cmdline".
+fn page_servers(addr: &str) -> Vec<String> {
     // CRIU rewrites its command line: "criu: page-server --rpc --address A".
     let want = format!("--address {addr} ");
+    let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -489,11 +502,43 @@ fn kill_page_servers(addr: &str) {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.starts_with("criu") && cmd.contains("page-server") && cmd.contains(&want) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            out.push(format!("{pid} {cmd}"));
         }
+    }
+    out
+}
+
+/// Waits until `ms` after B reached `p` for container `id` (or until
+/// `done` says the migration ended); `a_dirs`: its cgroup on A.
+fn wait_on_b(
+    w: &World,
+    id: &str,
+    p: OnB,
+    ms: u64,
+    a_dirs: &[PathBuf],
+    mut done: impl FnMut() -> bool,
+) -> Kill {
+    let b_dirs = cgroup_dirs(&format!("{}/{id}", w.b.cgroup_parent));
+    let reached = || match p {
+        OnB::PageServer => !page_servers(&w.b.addr).is_empty(),
+        OnB::Restoring => w.b.root().join(id).exists(),
+        // CRIU itself runs in the cgroup too.
+        OnB::Restored => live_procs(&b_dirs).iter().any(|p| !p.ends_with(" criu")),
+    };
+    loop {
+        if done() {
+            return Kill::TooLate;
+        }
+        if reached() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    if stopped(a_dirs) {
+        Kill::Stopped
+    } else {
+        Kill::Running
     }
 }
 
@@ -530,60 +575,66 @@ fn killed_serve_never_leaves_the_source_frozen() {
     let (pki, shared) = (w.pki.clone(), w.work.path().to_path_buf());
     let total = full_migration(&mut w);
     let mut tally = Tally::default();
-    for (i, at) in migration_plan(total).into_iter().enumerate() {
+    let mut points = migration_plan(total);
+    points.extend([
+        At::OnB(OnB::PageServer, 0),
+        At::OnB(OnB::PageServer, 30),
+        At::OnB(OnB::Restoring, 0),
+        At::OnB(OnB::Restoring, 30),
+        At::OnB(OnB::Restoring, 100),
+        At::OnB(OnB::Restored, 0),
+        At::OnB(OnB::Restored, 2),
+    ]);
+    for (i, at) in points.into_iter().enumerate() {
         let (id, count) = w.counter(&format!("s{i}"));
         let mut child = spawn_migrate(&w, &id);
-        let kill = wait_for(at, &default_cgroup_dirs(&id), &count, || {
-            child.try_wait().unwrap().is_some()
-        });
+        let a_dirs = default_cgroup_dirs(&id);
+        let mut done = || child.try_wait().unwrap().is_some();
+        let kill = match at {
+            At::OnB(p, ms) => wait_on_b(&w, &id, p, ms, &a_dirs, done),
+            _ => wait_for(at, &a_dirs, &count, &mut done),
+        };
         w.b.stop_serve(nix::sys::signal::Signal::SIGKILL);
         // Restarted at once, as an operator would: a source asking about
-        // a commit learns that this server has no record of it.
-        kill_page_servers(&w.b.addr);
+        // a commit learns that this server has no record of it, and the
+        // new server stops the page server the killed one left.
         let port = w.b.port;
         w.b.serve_on(&pki, "b", &shared, port);
         let _ = child.wait();
         let where_ = settle(&w, &id, &count, at, true);
         tally.add(kill, where_, at);
-        // What a killed server leaves on B (an aborted restore) is B's to
-        // clean up, not this test's subject: the source must be whole.
         if w.a.root().join(&id).exists() {
             w.a.ok(&["delete", "-f", &id]);
         }
+        // Whatever the killed server left of the container on B, `delete
+        // -f` removes it all: processes, mounts, cgroup, state.
         if w.b.root().join(&id).exists() {
-            let out = w.b.run(&["delete", "-f", &id]);
-            if !out.status.success() {
-                tally.note(format!(
-                    "B after a kill {at}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-                // The interrupted restore's root bind mount: lift it so
-                // that nothing of this test stays behind.
-                let _ = nix::mount::umount2(
-                    &w.b.root().join(&id).join("criu-root"),
-                    nix::mount::MntFlags::MNT_DETACH,
-                );
-                w.b.ok(&["delete", "-f", &id]);
-            }
+            w.b.ok(&["delete", "-f", &id]);
         }
         let b_dirs = cgroup_dirs(&format!("{}/{id}", w.b.cgroup_parent));
-        let left = live_procs(&b_dirs);
-        if !left.is_empty() {
-            tally.note(format!(
-                "B after a kill {at}: processes left after delete -f: {left:?}"
-            ));
-            for p in &left {
-                let pid: i32 = p.split_whitespace().next().unwrap().parse().unwrap();
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            wait_until(Duration::from_secs(5), || live_procs(&b_dirs).is_empty());
-            for d in &b_dirs {
-                let _ = std::fs::remove_dir(d);
-            }
+        assert!(
+            live_procs(&b_dirs).is_empty(),
+            "killed {at}: processes left on B after delete -f: {:?}",
+            live_procs(&b_dirs)
+        );
+        for d in &b_dirs {
+            assert!(!d.exists(), "killed {at}: cgroup {} left on B", d.display());
         }
+        assert!(
+            !w.b.root().join(&id).exists(),
+            "killed {at}: state of {id} left on B"
+        );
+        let mounts = common::invariants::mounts_below(w.b.dir.path());
+        assert!(
+            mounts.is_empty(),
+            "killed {at}: mounts left on B: {mounts:?}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(2), || page_servers(&w.b.addr)
+                .is_empty()),
+            "killed {at}: page servers left on B: {:?}",
+            page_servers(&w.b.addr)
+        );
     }
 }
 

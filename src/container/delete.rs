@@ -62,6 +62,9 @@ impl Container {
         self.wait_gone(&cgroup)?;
         remove_criu_lock(&self.dir);
         if status == Status::Creating {
+            unmount_criu_yards(&self.dir)?;
+        }
+        if status == Status::Creating {
             // A pair made just before the kill is not recorded yet; it dies
             // with the namespace of its container end (asynchronously):
             // wait for that rather than guess whose the name is.
@@ -161,6 +164,51 @@ pub(crate) fn remove_criu_lock(dir: &StateDir) {
         }
     }
     dir.clear_criu_lock();
+}
+
+/// In the state directory: the work directory of the container's CRIU
+/// restore (where CRIU mounts its cgroup yard).
+pub(crate) const CRIU_WORK_FILE: &str = "criu-work";
+
+/// Unmounts and removes the cgroup yards (`.criu.cgyard.*`) a killed CRIU
+/// restore left in its recorded work directory; nothing else there is
+/// touched, nor anything while another criu works in that directory (a
+/// restore of the same image: its yard cannot be told from ours).
+fn unmount_criu_yards(dir: &StateDir) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(work) = std::fs::read(dir.file(CRIU_WORK_FILE)) else {
+        return Ok(());
+    };
+    let work = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&work));
+    if criu_works_in(&work) {
+        tracing::warn!(work = %work.display(), "another criu works there; its cgroup yards are left alone");
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(&work) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if !e.file_name().as_bytes().starts_with(b".criu.cgyard.") {
+            continue;
+        }
+        let yard = e.path();
+        crate::fs_remove::unmount_below(&yard)
+            .map_err(|x| Error::Usage(format!("CRIU's cgroup yard {}: {x}", yard.display())))?;
+        let _ = std::fs::remove_dir(&yard);
+    }
+    Ok(())
+}
+
+/// Whether a running criu has `dir` as its working directory.
+fn criu_works_in(dir: &std::path::Path) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let p = e.path();
+        std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "criu")
+            && std::fs::read_link(p.join("cwd")).is_ok_and(|c| c == dir)
+    })
 }
 
 /// Removes a container directory whose creation never got as far as its

@@ -195,6 +195,7 @@ impl Drop for Undo {
 /// CRIU restores the network.
 struct RestoreHandler<'a, 'h> {
     state: &'a State,
+    dir: &'a StateDir,
     veth: Option<&'a VethConfig>,
     create_veth: bool,
     method: LockMethod,
@@ -254,6 +255,13 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
             Notify::NetworkUnlock => self.unlock()?,
             Notify::PostRestore { pid } => {
                 self.pid = Some(pid);
+                // Recorded before the tree may run: if this process dies
+                // from here on, `delete --force` still finds and kills it.
+                let mut s = self.state.clone();
+                s.pid = pid;
+                s.pid_start_time =
+                    crate::proc::start_time(pid).ok_or("the restored init exited before it ran")?;
+                self.dir.save(&s).map_err(|x| e(&x))?;
                 if let (false, Some(v)) = (self.create_veth, self.veth) {
                     // CRIU recreated the pair; the host end needs its address.
                     self.veth_made = true;
@@ -470,6 +478,13 @@ impl Container {
         )
         .map_err(sys("making criu-root private"))?;
 
+        // CRIU mounts its cgroup yard in its work directory; recorded so
+        // that `delete --force` can unmount it after a killed restore.
+        std::fs::write(
+            dir.file(super::delete::CRIU_WORK_FILE),
+            work.as_os_str().as_encoded_bytes(),
+        )
+        .map_err(io("recording CRIU's work directory"))?;
         let images_fd = open_dir(&images)?;
         let work_fd = open_dir(&work)?;
         let stdio = dup_stdio()?;
@@ -522,6 +537,7 @@ impl Container {
         let keep: Vec<RawFd> = stdio_fds.to_vec();
         let mut handler = RestoreHandler {
             state: &state,
+            dir: &dir,
             veth: veth.as_ref(),
             create_veth: opts.empty_ns_network,
             method: opts.network_lock,

@@ -120,6 +120,17 @@ impl Session {
     /// exec, at their current numbers; stdin and stdout are /dev/null and
     /// stderr goes to an unnamed temp file kept for error reports.
     pub fn spawn(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
+        Session::spawn_with(binary, keep_fds, false)
+    }
+
+    /// Like [`Session::spawn`], with criu leading a process group of its
+    /// own (whose ID is its pid): what it forks off (a page server) stays
+    /// in that group, so it can be found after criu is gone.
+    pub fn spawn_in_own_group(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
+        Session::spawn_with(binary, keep_fds, true)
+    }
+
+    fn spawn_with(binary: &Path, keep_fds: &[RawFd], own_group: bool) -> Result<Session> {
         for &fd in keep_fds {
             if fd < 3 {
                 return Err(Error::BadFd {
@@ -164,6 +175,9 @@ impl Session {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(child_stderr));
+        if own_group {
+            cmd.process_group(0);
+        }
         // SAFETY: the closure only makes async-signal-safe system calls.
         unsafe {
             cmd.pre_exec(move || {

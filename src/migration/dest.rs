@@ -105,8 +105,13 @@ fn sweep(opts: &DestOptions) -> std::io::Result<()> {
             continue;
         };
         if pid != std::process::id() as i32 && migrate::host::pid_gone(pid) {
+            stop_recorded_page_servers(&e.path());
             tracing::info!(dir = %e.path().display(), "removing images of a server that is gone");
-            crate::fs_remove::remove_tree(&e.path()).map_err(std::io::Error::other)?;
+            // Its CRIU may still be winding down in there (it stops at its
+            // next notification): the next start removes what is left.
+            if let Err(err) = crate::fs_remove::remove_tree(&e.path()) {
+                tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove yet");
+            }
         }
     }
     migrate::files::remove_stale_staging(&opts.bundle_dir)?;
@@ -120,6 +125,64 @@ fn sweep(opts: &DestOptions) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Names the record of a page server started by this server (in its
+/// images directory): CRIU forks the page server off, so it outlives the
+/// server that asked for it. It runs in the process group of the criu
+/// that forked it; the record is named after that group and holds the
+/// start time of its leader, and is written before the page server
+/// exists, so the next server can stop it whenever this one was killed.
+const PAGE_SERVER_RECORD: &str = "page-server-group-";
+
+/// Stops the page servers recorded in a dead server's images directory:
+/// the criu processes left in each recorded process group.
+fn stop_recorded_page_servers(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(group) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PAGE_SERVER_RECORD))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        for pid in criu_in_group(group) {
+            tracing::info!(pid, "stopping the page server of a server that is gone");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = migrate::host::wait_pid_gone(pid, Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}
+
+/// The criu processes in process group `group`. (A group ID is not given
+/// to a new process while the group has members, so while the criu we
+/// started has one left the group is still ours.)
+fn criu_in_group(group: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid pgrp ...": comm may hold anything.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let comm = head.split_once('(').map(|x| x.1).unwrap_or("");
+            let mut f = rest.split_whitespace();
+            let state = f.next();
+            let pgrp = f.nth(1).and_then(|g| g.parse().ok());
+            comm == "criu" && pgrp == Some(group) && !matches!(state, Some("Z" | "X"))
+        })
+        .collect()
+}
+
 impl DestFactory for Incoming {
     fn host(&self, container_id: &str) -> Result<Box<dyn DestHost>, HostError> {
         Ok(Box::new(Receiver {
@@ -129,6 +192,7 @@ impl DestFactory for Incoming {
             veth: None,
             cgroup_dirs: Vec::new(),
             page_server: None,
+            page_server_record: None,
             restoring: None,
             state_existed: false,
         }))
@@ -209,6 +273,8 @@ pub struct Receiver {
     /// The cgroup directories the container will get (checked free).
     cgroup_dirs: Vec<PathBuf>,
     page_server: Option<i32>,
+    /// Where the running page server is recorded.
+    page_server_record: Option<PathBuf>,
     restoring: Option<Restoring>,
     /// A state directory of this ID existed when the restore began (an ID
     /// clash): it is not ours to remove.
@@ -227,6 +293,13 @@ impl Receiver {
                 let _ = migrate::host::wait_pid_gone(pid, Duration::from_secs(5));
             }
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
+        self.forget_page_server();
+    }
+
+    fn forget_page_server(&mut self) {
+        if let Some(r) = self.page_server_record.take() {
+            let _ = std::fs::remove_file(r);
         }
     }
 
@@ -348,7 +421,18 @@ impl DestHost for Receiver {
             o.set_tls_key(t.key.display().to_string());
         }
         o.set_tls_no_cn_verify(plan.tls_no_cn_verify);
-        let s = super::criu()?.page_server(o)?;
+        let criu = super::criu()?;
+        let mut session = crate::criu::Session::spawn_in_own_group(&criu.binary, &[])?;
+        let group = session.pid().ok_or("criu exited at once")? as i32;
+        // Recorded for the next server, should this one be killed.
+        let record = self
+            .opts
+            .own_images_dir()
+            .join(format!("{PAGE_SERVER_RECORD}{group}"));
+        std::fs::write(&record, b"")?;
+        self.page_server_record = Some(record);
+        let s = session.page_server(o)?;
+        drop(session);
         self.page_server = Some(s.pid);
         Ok(PageServer {
             port: s.port as u16,
@@ -362,6 +446,7 @@ impl DestHost for Receiver {
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
         self.page_server = None;
+        self.forget_page_server();
         Ok(())
     }
 
@@ -456,6 +541,40 @@ impl DestHost for Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_server_stops_the_page_servers_a_dead_one_recorded() {
+        let Ok(criu) = crate::criu::Criu::new() else {
+            eprintln!("skipped: no criu");
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = DestOptions::new(&tmp.path().join("root"), &tmp.path().join("b"));
+        // A server that is gone: a process that has exited.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id() as i32;
+        gone.wait().unwrap();
+        let dir = opts.images_dir.join(format!("serve-{dead}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // What it left: a page server nobody connects to, recorded as
+        // start_page_server records it.
+        let images = std::fs::File::open(&dir).unwrap();
+        let mut o = super::super::dir_opts(&images, "page-server.log");
+        let mut ps = crate::proto::rpc::Criu_page_server_info::new();
+        ps.set_address("127.0.0.1".into());
+        ps.set_port(0);
+        o.ps = Some(ps).into();
+        let mut session = crate::criu::Session::spawn_in_own_group(&criu.binary, &[]).unwrap();
+        let group = session.pid().unwrap() as i32;
+        std::fs::write(dir.join(format!("{PAGE_SERVER_RECORD}{group}")), b"").unwrap();
+        let pid = session.page_server(o).unwrap().pid;
+        drop(session);
+        assert_eq!(criu_in_group(group), vec![pid]);
+        drop(Incoming::new(opts.clone()).unwrap());
+        assert!(migrate::host::pid_gone(pid), "the page server still runs");
+        assert!(criu_in_group(group).is_empty());
+        assert!(!dir.exists());
+    }
 
     #[test]
     fn cgroup_goes_under_the_parent_or_where_the_config_says() {
