@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::invariants::{assert_nothing_left, criu_tables, TreeSnapshot};
+use common::invariants::{assert_nothing_left, criu_tables, mounts_below, TreeSnapshot};
 use common::{is_root, Env, NetNs};
 use serde_json::json;
 
@@ -217,6 +217,13 @@ fn killed_restore_never_touches_the_bundle_and_delete_force_removes_everything()
             &ctx,
         );
         cut_short += (st.as_deref() == Some("creating")) as usize;
+        // CRIU's cgroup yard, a tmpfs it mounts in its work directory (the
+        // images here), goes with delete -f too.
+        let left = mounts_below(&images);
+        assert!(
+            left.is_empty(),
+            "{ctx}: mounts left in the images: {left:?}"
+        );
     }
     assert!(
         killed >= 5,
