@@ -436,15 +436,22 @@ fn runs(dirs: &[PathBuf]) -> bool {
 }
 
 /// [`runs`], and its processes are at work: the counter forks a new
-/// `sleep` every 50 ms, while a tree CRIU restored and holds (on B, until
-/// it is committed or killed) changes nothing.
+/// `sleep` (and `mv`) every 50 ms, while a tree CRIU restored and holds (on
+/// B, until it is committed or killed) changes nothing. Only the counter's
+/// own children count: during a restore CRIU runs in the container's cgroup
+/// and forks helpers of its own there.
 fn settled_runs(dirs: &[PathBuf]) -> bool {
     let pid = |p: &String| p.split_whitespace().next().map(String::from);
     let first: Vec<String> = live_procs(dirs).iter().filter_map(pid).collect();
-    // A process that was not there before.
+    let counter_child = |p: &String| {
+        let comm = p.split_whitespace().nth(2).unwrap_or_default();
+        comm == "sleep" || comm == "mv"
+    };
+    // A child of the counter that was not there before.
     let active = wait_until(Duration::from_secs(2), || {
         live_procs(dirs)
             .iter()
+            .filter(|p| counter_child(p))
             .filter_map(pid)
             .any(|p| !first.contains(&p))
     });
