@@ -102,6 +102,17 @@ fn check_after_kill(
 
 /// Runs the bundle once so every mount point the runtime makes exists,
 /// then records its rootfs.
+/// A test's world: its own network namespace (every ferry command runs
+/// there) and the veth bundle `b`. Bind as `let (ns, env, bundle)`: the Env
+/// (and its containers) goes before the namespace.
+fn veth_world(tag: &str) -> (NetNs, Env, PathBuf) {
+    let ns = NetNs::new(tag);
+    let env = Env::new(tag);
+    env.set_netns(&ns.name);
+    let bundle = veth_bundle(&env, "b");
+    (ns, env, bundle)
+}
+
 fn warm_up(env: &Env, bundle: &Path) -> TreeSnapshot {
     let id = env.id("warm");
     env.ok(&["run", "-d", "--bundle", s(bundle), &id]);
@@ -114,10 +125,7 @@ fn killed_create_run_and_start_leave_nothing_after_delete_force() {
     if !is_root() {
         return;
     }
-    let ns = NetNs::new("fcreate");
-    let env = Env::new("fcreate");
-    env.set_netns(&ns.name);
-    let bundle = veth_bundle(&env, "b");
+    let (ns, env, bundle) = veth_world("fcreate");
     let rootfs = bundle.join("rootfs");
     let before = warm_up(&env, &bundle);
     let mut killed = 0;
@@ -182,10 +190,7 @@ fn killed_restore_never_touches_the_bundle_and_delete_force_removes_everything()
     if !is_root() {
         return;
     }
-    let ns = NetNs::new("frestore");
-    let env = Env::new("frestore");
-    env.set_netns(&ns.name);
-    let bundle = veth_bundle(&env, "b");
+    let (ns, env, bundle) = veth_world("frestore");
     let rootfs = bundle.join("rootfs");
     let before = warm_up(&env, &bundle);
     let src = env.id("src");
@@ -531,10 +536,7 @@ fn criu_killed_while_it_holds_the_network_leaves_a_container_that_still_talks() 
     if !is_root() {
         return;
     }
-    let ns = NetNs::new("fcriu");
-    let env = Env::new("fcriu");
-    env.set_netns(&ns.name);
-    let bundle = veth_bundle(&env, "b");
+    let (ns, env, bundle) = veth_world("fcriu");
     let mut exercised = [0; 2];
     for attempt in 0..6 {
         let method = ["nftables", "iptables"][attempt % 2];
@@ -616,10 +618,7 @@ fn killed_restore_from_an_archive_leaves_no_imported_bundle_after_delete_force()
     if !is_root() {
         return;
     }
-    let ns = NetNs::new("fimport");
-    let env = Env::new("fimport");
-    env.set_netns(&ns.name);
-    let bundle = veth_bundle(&env, "b");
+    let (ns, env, bundle) = veth_world("fimport");
     let rootfs = bundle.join("rootfs");
     let before = warm_up(&env, &bundle);
     let src = env.id("src");
@@ -657,10 +656,7 @@ fn resume_after_a_leave_stopped_checkpoint_releases_criu_network_lock() {
     if !is_root() {
         return;
     }
-    let ns = NetNs::new("fstopped");
-    let env = Env::new("fstopped");
-    env.set_netns(&ns.name);
-    let bundle = veth_bundle(&env, "b");
+    let (ns, env, bundle) = veth_world("fstopped");
     let id = env.id("c");
     env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
     let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
