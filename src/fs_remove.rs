@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn unmount_and_remove_keeps_what_was_bind_mounted() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: bind mounts need root");
+            crate::test_skip::skip("bind mounts need root");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -27,6 +27,10 @@ pub mod state;
 pub mod sync;
 pub mod sysctl;
 
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+mod test_skip;
+
 /// Generated from `proto/*.proto` by build.rs.
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/criu_proto/mod.rs"));

@@ -84,7 +84,11 @@ pub mod mode;
 pub mod proto;
 pub mod remove;
 pub mod report;
+
 pub mod source;
+#[cfg(test)]
+#[path = "../../tests/common/skip.rs"]
+mod test_skip;
 pub mod tls;
 pub mod transport;
 pub mod wire;

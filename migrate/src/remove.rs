@@ -313,7 +313,7 @@ mod tests {
     #[test]
     fn never_crosses_a_bind_mount() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: bind mounts need root");
+            crate::test_skip::skip("bind mounts need root");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

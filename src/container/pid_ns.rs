@@ -48,7 +48,7 @@ mod tests {
     #[test]
     fn children_namespace_is_restored() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (setns)");
+            crate::test_skip::skip("needs root (setns)");
             return;
         }
         // A pid namespace kept alive by a sleeping child of `unshare`.

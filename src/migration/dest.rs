@@ -545,7 +545,7 @@ mod tests {
     #[test]
     fn a_new_server_stops_the_page_servers_a_dead_one_recorded() {
         let Ok(criu) = crate::criu::Criu::new() else {
-            eprintln!("skipped: no criu");
+            crate::test_skip::skip("criu is not installed (scripts/install-deps.sh)");
             return;
         };
         let tmp = tempfile::tempdir().unwrap();
