@@ -518,7 +518,17 @@ fn tool(
 
 /// Whether an interface `name` exists in the caller's network namespace.
 pub fn link_exists_on_host(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    link_in_current_netns(name)
+}
+
+/// Asks the kernel in this process's network namespace (/sys/class/net
+/// shows the namespace sysfs was mounted in, which `nsenter --net` keeps).
+fn link_in_current_netns(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated name; the call only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
 
 /// Deletes the host end (and with it the pair) if it still exists.
@@ -636,7 +646,7 @@ fn link_err(cfg: &VethConfig, message: String) -> Error {
 }
 
 fn ip_command(ns: Ns, args: &[&str]) -> Command {
-    match ns.0 {
+    let mut c = match ns.0 {
         None => {
             let mut c = Command::new("ip");
             c.args(args);
@@ -649,7 +659,25 @@ fn ip_command(ns: Ns, args: &[&str]) -> Command {
                 .args(args);
             c
         }
+    };
+    // An `ip` that outlives a killed ferry could make a link after
+    // `delete --force` looked for it: it dies with the thread that runs it
+    // (which waits for it).
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe and touch only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // ferry died before the request was made.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
+    c
 }
 
 fn render(ns: Ns, args: &[&str]) -> String {
@@ -689,7 +717,7 @@ fn ip(cfg: &VethConfig, ns: Ns, args: &[&str]) -> Result<()> {
 
 fn link_exists(name: &str, ns: Ns) -> Result<bool> {
     if ns.0.is_none() {
-        return Ok(Path::new("/sys/class/net").join(name).exists());
+        return Ok(link_in_current_netns(name));
     }
     let args = ["link", "show", "dev", name];
     let out = ip_command(ns, &args).output().map_err(|e| Error::Command {

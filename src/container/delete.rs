@@ -21,7 +21,7 @@ use crate::state::StateDir;
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a veth of a container whose creation was cut short gets to
 /// vanish with its network namespace.
-const VETH_TIMEOUT: Duration = Duration::from_secs(3);
+const VETH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Container {
     /// Removes processes (with `force`), veth, cgroup and state. Returns
