@@ -41,6 +41,9 @@ pub struct RunArgs {
     /// Return once the container runs instead of waiting for it.
     #[arg(short, long)]
     pub detach: bool,
+    /// Keep the container (stopped) after it exits instead of deleting it.
+    #[arg(long, conflicts_with = "detach")]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]
@@ -159,9 +162,12 @@ pub fn run(root: &Path, a: &RunArgs) -> anyhow::Result<i32> {
     }
     let pid = Pid::from_raw(c.state.pid);
     let code = wait::wait_forwarding(pid, pid);
-    // Like runc, a foreground container is removed when it exits.
-    let c = Container::load(root, c.id())?;
-    warn_all(&c.delete(true)?);
+    // Like runc, a foreground container is removed when it exits, unless
+    // --keep asks to leave it for `state`, `events` or `delete`.
+    if !a.keep {
+        let c = Container::load(root, c.id())?;
+        warn_all(&c.delete(true)?);
+    }
     Ok(code)
 }
 

@@ -65,3 +65,43 @@ pub fn warn_all<E: std::fmt::Display>(warnings: &[E]) {
         eprintln!("ferry: warning: {w}");
     }
 }
+
+/// Aligns rows as runc's tables do (Go's tabwriter with minimum width 12 and
+/// padding 3): each column but the last is as wide as its widest cell plus
+/// three spaces, and at least 12.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [12usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count() + 3);
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<0$}", widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn columns_align_as_runc_does() {
+        let rows = [
+            ["ID", "PID", "BUNDLE", "OWNER"].map(String::from),
+            ["r12b", "0", "/tmp/r12/b", "root"].map(String::from),
+        ];
+        assert_eq!(
+            super::columns(&rows),
+            "ID          PID         BUNDLE       OWNER\n\
+             r12b        0           /tmp/r12/b   root\n"
+        );
+    }
+}

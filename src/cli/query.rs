@@ -27,9 +27,12 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
-    pub id: String,
     #[arg(short, long, value_enum, default_value = "table")]
     pub format: TableFormat,
+    pub id: String,
+    /// Options for the host's ps(1) (default -ef), as with runc.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -93,39 +96,68 @@ pub fn list(root: &Path, a: &ListArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&states)?);
         }
         TableFormat::Table => {
-            println!(
-                "{:<20} {:<8} {:<10} {:<40} {:<32}",
-                "ID", "PID", "STATUS", "BUNDLE", "CREATED"
-            );
+            let mut rows =
+                vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
             for c in &containers {
                 let s = c.oci_state();
-                println!(
-                    "{:<20} {:<8} {:<10} {:<40} {:<32}",
+                rows.push([
                     s.id,
-                    s.pid,
-                    s.status,
-                    s.bundle.display(),
-                    s.created
-                );
+                    s.pid.to_string(),
+                    s.status.to_string(),
+                    s.bundle.display().to_string(),
+                    s.created,
+                    owner(&c.dir.path),
+                ]);
             }
+            print!("{}", super::output::columns(&rows));
         }
     }
     Ok(())
 }
 
+/// The user owning a container's state directory (runc's OWNER column).
+fn owner(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata(dir).map(|m| m.uid()) else {
+        return String::new();
+    };
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(user)) => user.name,
+        _ => format!("#{uid}"),
+    }
+}
+
 pub fn ps(root: &Path, a: &PsArgs) -> anyhow::Result<()> {
-    let procs = Container::load(root, &a.id)?.processes()?;
-    match a.format {
-        TableFormat::Json => {
-            let pids: Vec<i32> = procs.iter().map(|p| p.pid).collect();
-            println!("{}", serde_json::to_string(&pids)?);
+    let pids = Container::load(root, &a.id)?.pids()?;
+    if let TableFormat::Json = a.format {
+        if !a.ps_args.is_empty() {
+            bail!("ps options do not go with --format json: drop them or the format");
         }
-        TableFormat::Table => {
-            println!("{:<8} {:<8} {:<5} CMD", "PID", "PPID", "STAT");
-            for p in procs {
-                println!("{:<8} {:<8} {:<5} {}", p.pid, p.ppid, p.state, p.cmd);
-            }
-        }
+        println!("{}", serde_json::to_string(&pids)?);
+        return Ok(());
+    }
+    let ps_args: Vec<&str> = match a.ps_args.is_empty() {
+        true => vec!["-ef"],
+        false => a.ps_args.iter().map(String::as_str).collect(),
+    };
+    let out = std::process::Command::new("ps")
+        .args(&ps_args)
+        .output()
+        .context("running ps (is procps installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "ps {}: {}",
+            ps_args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    match ferry::container::filter_ps_output(&text, &pids) {
+        Some(table) => print!("{table}"),
+        None => bail!(
+            "ps {}: its output has no PID column: add pid to the columns (-o pid,...)",
+            ps_args.join(" ")
+        ),
     }
     Ok(())
 }

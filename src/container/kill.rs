@@ -6,10 +6,21 @@ use nix::unistd::Pid;
 
 use super::{sys, Container, Result, Status};
 
-/// Parses "KILL", "SIGKILL", "kill" or "9".
-pub fn parse_signal(s: &str) -> Option<Signal> {
+/// What `kill` sends: a signal, or nothing (signal 0, the probe that
+/// asks only whether the container's init is alive, as kill(2) does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillSignal {
+    Probe,
+    Signal(Signal),
+}
+
+/// Parses "KILL", "SIGKILL", "kill", "9" or "0".
+pub fn parse_signal(s: &str) -> Option<KillSignal> {
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).ok();
+        if n == 0 {
+            return Some(KillSignal::Probe);
+        }
+        return Signal::try_from(n).ok().map(KillSignal::Signal);
     }
     let upper = s.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -17,15 +28,20 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
     } else {
         format!("SIG{upper}")
     };
-    name.parse().ok()
+    name.parse().ok().map(KillSignal::Signal)
 }
 
 impl Container {
-    pub fn kill(&self, signal: Signal, all: bool) -> Result<()> {
+    pub fn kill(&self, signal: KillSignal, all: bool) -> Result<()> {
         let status = self.status();
         if status == Status::Stopped {
             return Err(self.wrong_state(status, "there is no process to signal"));
         }
+        let signal = match signal {
+            // The init was just found alive (same pid, same start time).
+            KillSignal::Probe => return Ok(()),
+            KillSignal::Signal(s) => s,
+        };
         if all {
             if let Some(cg) = self.cgroup()? {
                 return self.kill_all(&cg, signal, status);

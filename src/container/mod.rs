@@ -30,9 +30,9 @@ pub use delete::remove_incomplete;
 pub use events::StatsSnapshot;
 pub use exec::{ExecHandle, ExecOptions};
 pub use externals::DESCRIPTORS_FILE;
-pub use kill::parse_signal;
+pub use kill::{parse_signal, KillSignal};
 pub use list::list;
-pub use ps::ProcessInfo;
+pub use ps::filter_ps_output;
 pub use restore::{check_images, RestoreHold, RestoreOptions, Restored};
 
 pub const DEFAULT_ROOT: &str = "/run/ferry";

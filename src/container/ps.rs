@@ -1,34 +1,54 @@
 //! `ps`: the container's processes, from its cgroup.
-use serde::Serialize;
-
 use super::{Container, Result, Status};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessInfo {
-    pub pid: i32,
-    pub ppid: i32,
-    pub state: String,
-    pub cmd: String,
-}
-
 impl Container {
-    pub fn processes(&self) -> Result<Vec<ProcessInfo>> {
-        let status = self.status();
-        if status == Status::Stopped {
-            return Err(self.wrong_state(status, "it has no processes"));
+    /// The host pids of the container's processes, sorted. As with runc, a
+    /// stopped container has none (an answer, not an error).
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        if self.status() == Status::Stopped {
+            return Ok(Vec::new());
         }
         let mut pids = self.cgroup_or_err()?.pids()?;
         pids.sort_unstable();
-        Ok(pids
-            .into_iter()
-            .map(|pid| ProcessInfo {
-                pid,
-                ppid: crate::proc::ppid(pid).unwrap_or(0),
-                state: crate::proc::state(pid)
-                    .map(String::from)
-                    .unwrap_or_default(),
-                cmd: crate::proc::cmdline(pid),
-            })
-            .collect())
+        Ok(pids)
+    }
+}
+
+/// Keeps the header of `ps` output and the lines whose PID column is one of
+/// `pids` (runc's `ps ID [ps options]`). `None` when the header has no PID
+/// column (options such as `-o comm` leave nothing to match on).
+pub fn filter_ps_output(output: &str, pids: &[i32]) -> Option<String> {
+    let mut lines = output.lines();
+    let header = lines.next()?;
+    let column = header.split_whitespace().position(|f| f == "PID")?;
+    let mut kept = vec![header];
+    kept.extend(lines.filter(|line| {
+        line.split_whitespace()
+            .nth(column)
+            .and_then(|f| f.parse::<i32>().ok())
+            .is_some_and(|p| pids.contains(&p))
+    }));
+    Some(kept.join("\n") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_ps_output;
+
+    #[test]
+    fn keeps_header_and_the_container_pids_only() {
+        let out = "UID PID PPID C STIME TTY TIME CMD\n\
+                   root 1 0 0 10:00 ? 00:00:01 /sbin/init\n\
+                   root 42 1 0 10:00 ? 00:00:00 sleep 1000\n\
+                   root 421 1 0 10:00 ? 00:00:00 sleep 42\n";
+        assert_eq!(
+            filter_ps_output(out, &[42]).unwrap(),
+            "UID PID PPID C STIME TTY TIME CMD\nroot 42 1 0 10:00 ? 00:00:00 sleep 1000\n"
+        );
+        assert_eq!(
+            filter_ps_output(out, &[]).unwrap(),
+            "UID PID PPID C STIME TTY TIME CMD\n"
+        );
+        assert!(filter_ps_output("COMMAND\nsleep\n", &[42]).is_none());
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod invariants;
+pub mod runc;
 mod skip;
 pub use skip::skip;
 

@@ -1,0 +1,139 @@
+//! What a caller written for runc sees: the same command against runc
+//! (Debian's, the reference) and ferry on the same bundle, compared (as root).
+mod common;
+
+use std::time::Duration;
+
+use common::runc::Runc;
+use common::*;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// ferry's and runc's environments with one `sleep 1000` container each,
+/// running from the same bundle.
+fn sleeping(tag: &str) -> Option<(Env, Runc, String, String)> {
+    if !is_root() {
+        return None;
+    }
+    let runc = Runc::new()?;
+    let env = Env::new(tag);
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let bundle = bundle.to_str().unwrap();
+    let (f, r) = (env.id("f"), env.id("r"));
+    env.ok(&["run", "-d", "--bundle", bundle, &f]);
+    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
+    Some((env, runc, f, r))
+}
+
+/// Kills the init and waits until both runtimes report it stopped.
+fn stop(env: &Env, runc: &Runc, f: &str, r: &str) {
+    env.ok(&["kill", f, "KILL"]);
+    runc.ok(&["kill", r, "KILL"]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        env.status(f) == "stopped" && runc.ok(&["state", r]).contains("\"stopped\"")
+    }));
+}
+
+#[test]
+fn kill_0_probes_the_init_as_runc_does() {
+    let Some((env, runc, f, r)) = sleeping("kill0") else {
+        return;
+    };
+    // Engines probe liveness with signal 0: success while it runs ...
+    assert!(runc.run(&["kill", &r, "0"]).status.success());
+    assert!(env.run(&["kill", &f, "0"]).status.success());
+    assert_eq!(env.status(&f), "running");
+    // ... and failure once it is gone.
+    stop(&env, &runc, &f, &r);
+    assert!(!runc.run(&["kill", &r, "0"]).status.success());
+    let err = env.fail(&["kill", &f, "0"]);
+    assert!(err.contains("stopped"), "{err}");
+}
+
+#[test]
+fn ps_passes_its_options_to_ps_and_keeps_the_container_lines() {
+    let Some((env, runc, f, r)) = sleeping("ps") else {
+        return;
+    };
+    for args in [vec![], vec!["-e", "-x"], vec!["-o", "pid,stat,comm"]] {
+        let (mut fa, mut ra) = (vec!["ps", f.as_str()], vec!["ps", r.as_str()]);
+        fa.extend(&args);
+        ra.extend(&args);
+        let (ours, theirs) = (env.ok(&fa), runc.ok(&ra));
+        // Same header, and exactly one line: the container's sleep.
+        assert_eq!(ours.lines().next(), theirs.lines().next(), "{args:?}");
+        assert_eq!(ours.lines().count(), 2, "{args:?}: {ours}");
+        assert_eq!(theirs.lines().count(), 2, "{args:?}: {theirs}");
+        assert!(ours.lines().nth(1).unwrap().contains("sleep"), "{ours}");
+    }
+    // Without a PID column there is nothing to match: both refuse.
+    assert!(!runc.run(&["ps", &r, "-o", "comm"]).status.success());
+    let err = env.fail(&["ps", &f, "-o", "comm"]);
+    assert!(err.contains("PID column"), "{err}");
+
+    // A stopped container has no processes: the header alone, success.
+    stop(&env, &runc, &f, &r);
+    let (ours, theirs) = (env.ok(&["ps", &f]), runc.ok(&["ps", &r]));
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.lines().count(), 1, "{ours}");
+    let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", &f])).unwrap();
+    assert!(pids.is_empty());
+}
+
+#[test]
+fn list_has_runcs_columns() {
+    let Some((env, runc, f, r)) = sleeping("list") else {
+        return;
+    };
+    let (ours, theirs) = (env.ok(&["list"]), runc.ok(&["list"]));
+    // Same columns (their widths follow the cells: runc trims the trailing
+    // zeros of the creation time's nanoseconds).
+    let header = |t: &str| {
+        t.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(header(&ours), header(&theirs));
+    let row: Vec<&str> = ours.lines().nth(1).unwrap().split_whitespace().collect();
+    let theirs: Vec<&str> = theirs.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[0], f);
+    assert_eq!(theirs[0], r);
+    // Same status and owner columns; the pid is the init's.
+    assert_eq!((row[2], row[5]), (theirs[2], theirs[5]));
+    assert_eq!(row[1], env.state(&f)["pid"].to_string());
+}
+
+#[test]
+fn run_keep_leaves_the_stopped_container_as_runc_does() {
+    if !is_root() {
+        return;
+    }
+    let Some(runc) = Runc::new() else {
+        return;
+    };
+    let env = Env::new("keep");
+    let bundle = env.bundle("b", &["sh", "-c", "exit 3"], |_| {});
+    let bundle = bundle.to_str().unwrap();
+    let (f, r) = (env.id("f"), env.id("r"));
+    let ours = env.run(&["run", "--keep", "--bundle", bundle, &f]);
+    let theirs = runc.run(&["run", "--keep", "--bundle", bundle, &r]);
+    assert_eq!(ours.status.code(), Some(3), "{}", text(&ours.stderr));
+    assert_eq!(theirs.status.code(), Some(3), "{}", text(&theirs.stderr));
+    assert_eq!(env.status(&f), "stopped");
+    assert!(runc.ok(&["state", &r]).contains("\"stopped\""));
+    env.ok(&["delete", &f]);
+    env.assert_gone(&f);
+
+    // Without --keep the container is gone once it exits.
+    let g = env.id("g");
+    assert_eq!(
+        env.run(&["run", "--bundle", bundle, &g]).status.code(),
+        Some(3)
+    );
+    env.assert_gone(&g);
+}
