@@ -213,3 +213,37 @@ impl Channel {
         Ok(Some(serde_json::from_slice(&buf[..n])?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_crosses_the_channel_with_its_step_and_errno() {
+        let (parent, child) = pair().unwrap();
+        let sent = Failure::sys("user", "setuid 1000", Errno::EPERM);
+        child.send(&Msg::Failed(sent.clone())).unwrap();
+        let Some(Msg::Failed(got)) = parent.recv().unwrap() else {
+            panic!("no failure received");
+        };
+        assert_eq!(got, sent);
+        assert_eq!(got.errno(), Some(Errno::EPERM));
+        let err = crate::Error::from(got);
+        assert_eq!(
+            err.to_string(),
+            "container init: setuid 1000: EPERM: Operation not permitted"
+        );
+        assert!(matches!(err, crate::Error::Setup(f) if f.step == "user"));
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_and_a_closed_one_is_eof() {
+        let (parent, child) = pair().unwrap();
+        parent
+            .set_recv_timeout(Some(std::time::Duration::from_millis(10)))
+            .unwrap();
+        assert!(matches!(parent.recv(), Err(Error::TimedOut)));
+        drop(child);
+        assert!(matches!(parent.recv(), Ok(None)));
+    }
+}

@@ -132,19 +132,23 @@ fn process_json(env: &Env, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf
     path
 }
 
-fn running(env: &Env, id: &str) {
+/// A running container to exec into (None when not root).
+fn running(tag: &str) -> Option<(Env, String)> {
+    if !is_root() {
+        return None;
+    }
+    let env = Env::new(tag);
+    let id = env.id("c");
     let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
-    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), id]);
+    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    Some((env, id))
 }
 
 #[test]
 fn exec_warns_of_refused_ambient_capabilities_and_applies_rlimits() {
-    if !is_root() {
+    let Some((env, id)) = running("execcaps") else {
         return;
-    }
-    let env = Env::new("execcaps");
-    let id = env.id("c");
-    running(&env, &id);
+    };
     let p = process_json(&env, "p.json", |p| {
         p["args"] = json!(["sh", "-c", "grep CapAmb /proc/self/status; ulimit -n"]);
         p["capabilities"] = json!({
@@ -175,12 +179,9 @@ fn exec_warns_of_refused_ambient_capabilities_and_applies_rlimits() {
 
 #[test]
 fn exec_returns_once_the_process_runs_not_when_it_ends() {
-    if !is_root() {
+    let Some((env, id)) = running("execwait") else {
         return;
-    }
-    let env = Env::new("execwait");
-    let id = env.id("c");
-    running(&env, &id);
+    };
     let pid_file = env.work.path().join("exec.pid");
     let mut exec = env
         .cmd(&[
