@@ -207,3 +207,50 @@ fn exec_returns_once_the_process_runs_not_when_it_ends() {
     );
     assert!(Path::new(&pid_file).exists());
 }
+
+#[test]
+fn exec_with_a_terminal_hands_it_over_while_the_process_waits_for_input() {
+    use std::io::{Read, Write};
+    let Some((env, id)) = running("exectty") else {
+        return;
+    };
+    let sock = env.work.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let sock = sock.to_str().unwrap();
+    let exec = env
+        .cmd(&["exec", "-t", "--console-socket", sock, &id, "sh"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The shell reads the terminal: the master must arrive before it ends.
+    listener.set_nonblocking(true).unwrap();
+    let mut stream = None;
+    wait_until(Duration::from_secs(10), || {
+        stream = listener.accept().ok().map(|(s, _)| s);
+        stream.is_some()
+    });
+    let stream = stream.expect("exec sent no terminal while its process ran");
+    let mut f = std::fs::File::from(recv_fd_from(&stream));
+    f.write_all(b"echo tty-$((40+2)); awk '{print \"ctty=\" $7}' /proc/self/stat; exit 3\n")
+        .unwrap();
+    // Complete output lines only (the terminal echoes the input too).
+    let ctty = |seen: &str| {
+        let complete = seen.rsplit_once('\n').map_or("", |(done, _)| done);
+        complete
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("ctty=").map(str::to_string))
+    };
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    let ok = wait_until(Duration::from_secs(5), || {
+        let n = f.read(&mut buf).unwrap_or(0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.contains("tty-42") && ctty(&seen).is_some()
+    });
+    let out = exec.wait_with_output().unwrap();
+    assert!(ok, "{seen}");
+    // The terminal is the shell's controlling terminal (a tty number, not 0).
+    assert_ne!(ctty(&seen).unwrap(), "0", "{seen}");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}
