@@ -20,6 +20,7 @@ pub mod init;
 pub mod migration;
 pub mod network;
 pub mod proc;
+pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

@@ -182,13 +182,11 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
 
     let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
     // The init answers at once unless its createContainer hooks run.
-    parent_ch
-        .set_recv_timeout(hooks::bound(
-            spec.hooks().as_ref(),
-            Kind::CreateContainer,
-            INIT_TIMEOUT,
-        ))
-        .map_err(Error::Init)?;
+    parent_ch.set_recv_timeout(hooks::bound(
+        spec.hooks().as_ref(),
+        Kind::CreateContainer,
+        INIT_TIMEOUT,
+    ))?;
     let init = Init {
         spec: spec.clone(),
         rootfs: rootfs.clone(),
@@ -231,13 +229,13 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     dir.save(&state)?;
 
     // An init that vanishes may have been killed for a too small memory limit.
-    let lost =
-        |e: String| super::oom::init_lost(&cgroup_desc, linux.resources().as_ref(), Error::Init(e));
+    let lost_with = |e: Error| super::oom::init_lost(&cgroup_desc, linux.resources().as_ref(), e);
+    let lost = |e: sync::Error| lost_with(e.into());
     let child_error = |msg: Option<Msg>| -> Error {
         match msg {
-            Some(Msg::Failed(m)) => Error::Init(m),
+            Some(Msg::Failed(f)) => f.into(),
             Some(other) => Error::Init(format!("unexpected message {other:?}")),
-            None => lost("exited during setup".into()),
+            None => lost_with(Error::Init("exited during setup".into())),
         }
     };
     let recv = |ch: &sync::Channel| ch.recv().map_err(lost);
@@ -285,6 +283,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     loop {
         match parent_ch.recv_fd().map_err(lost)? {
             (Some(Msg::Console), Some(fd)) => master = Some(fd),
+            (Some(Msg::Warning(w)), _) => tracing::warn!(container = %opts.id, "{w}"),
             (Some(Msg::Created), _) => break,
             (other, _) => return Err(child_error(other)),
         }

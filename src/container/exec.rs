@@ -1,14 +1,18 @@
 //! `exec`: run another process inside a live container, in its namespaces
 //! and cgroup.
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::{sys, Container, Error, Result, Status};
-use crate::sync::{self, Msg};
+use crate::console::Pty;
+use crate::process::{self, Failure};
+use crate::sync::{self, Channel, Msg};
 
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
@@ -37,6 +41,16 @@ fn same_ns(pid: i32, name: &str) -> bool {
     ino(crate::proc::ns_path(pid, name)) == ino(PathBuf::from(format!("/proc/self/ns/{name}")))
 }
 
+/// What the forked child needs to become the exec'd process.
+struct ExecChild<'a> {
+    joins: Vec<(PathBuf, CloneFlags)>,
+    process: &'a Process,
+    env: Vec<String>,
+    pty: Option<&'a Pty>,
+    detach: bool,
+    seccomp: Option<LinuxSeccomp>,
+}
+
 impl Container {
     /// Starts the process; returns once it has exec'ed.
     pub fn exec(&self, opts: &ExecOptions) -> Result<ExecHandle> {
@@ -44,124 +58,212 @@ impl Container {
             &[Status::Created, Status::Running],
             "exec needs a created or running container",
         )?;
-        if let Some((field, value)) = crate::spec::nul_in_process(&opts.process) {
-            return Err(Error::Usage(format!(
-                "exec: {field} {value:?} contains a NUL byte, which no argument, variable or path can hold"
-            )));
-        }
-        if opts.process.args().as_ref().is_none_or(|a| a.is_empty()) {
-            return Err(Error::Usage(
-                "exec: the process has no args (name the program to run)".into(),
-            ));
-        }
-        let terminal = opts.process.terminal().unwrap_or(false);
-        let pty = match (terminal, &opts.console_socket) {
-            (true, Some(sock)) => {
-                crate::console::check_socket(sock)?;
-                Some(crate::console::open_pty()?)
-            }
-            (true, None) => {
-                return Err(Error::Usage(
-                    "a terminal for exec needs --console-socket to hand the terminal to".into(),
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(Error::Usage("--console-socket needs --tty".into()));
-            }
-            (false, None) => None,
-        };
-        let init = self.state.pid;
-        let joins: Vec<(PathBuf, CloneFlags)> = NAMESPACES
-            .iter()
-            .filter(|(name, _)| !same_ns(init, name))
-            .map(|(name, flag)| (crate::proc::ns_path(init, name), *flag))
-            .collect();
+        check_process(&opts.process)?;
+        let pty = exec_pty(opts)?;
         let cgroup = self.cgroup_or_err()?;
-        let env = {
-            let mut p = opts.process.clone();
-            let mut env = self
+        let init = self.state.pid;
+        let child = ExecChild {
+            joins: NAMESPACES
+                .iter()
+                .filter(|(name, _)| !same_ns(init, name))
+                .map(|(name, flag)| (crate::proc::ns_path(init, name), *flag))
+                .collect(),
+            process: &opts.process,
+            env: self.exec_env(&opts.process),
+            pty: pty.as_ref(),
+            detach: opts.detach,
+            // The container's seccomp filter applies to exec'd processes too.
+            seccomp: self
                 .state
                 .config
-                .process()
+                .linux()
                 .as_ref()
-                .and_then(|p| p.env().clone())
-                .unwrap_or_default();
-            for kv in p.env().clone().unwrap_or_default() {
-                let key = kv.split('=').next().unwrap_or_default().to_string();
-                env.retain(|e| e.split('=').next() != Some(key.as_str()));
-                env.push(kv);
-            }
-            p.set_env(Some(env));
-            crate::init::environment(&p)
+                .and_then(|l| l.seccomp().clone()),
         };
-        // The container's seccomp filter applies to exec'd processes too.
-        let seccomp = self
-            .state
-            .config
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().clone());
         let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
         // SAFETY: single-threaded; the child execs or exits.
-        match unsafe { fork() }.map_err(sys("fork"))? {
+        let relay = match unsafe { fork() }.map_err(sys("fork"))? {
             ForkResult::Child => {
                 drop(parent_ch);
-                let err = exec_child(
-                    &child_ch,
-                    &joins,
-                    &opts.process,
-                    &env,
-                    pty.as_ref(),
-                    opts.detach,
-                    seccomp.as_ref(),
-                );
-                let _ = child_ch.send(&Msg::Failed(err));
-                std::process::exit(127);
+                child.run(child_ch)
             }
-            ForkResult::Parent { child } => {
-                drop(child_ch);
-                let fail = |e: Error| {
-                    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-                    let _ = nix::sys::wait::waitpid(child, None);
-                    e
-                };
-                // The process answers at once once it joined the namespaces;
-                // a stuck one is killed rather than waited for forever.
-                parent_ch
-                    .set_recv_timeout(Some(super::create::INIT_TIMEOUT))
-                    .map_err(|e| fail(Error::Init(e)))?;
-                // The exec'd process forks again to enter the pid namespace;
-                // its cgroup is joined by the first child before anything runs.
-                if let Err(e) = cgroup.add_task(child.as_raw()) {
-                    return Err(fail(e.into()));
-                }
-                parent_ch
-                    .send(&Msg::Go {
-                        state_json: String::new(),
-                        cgroup_dirs: Vec::new(),
-                    })
-                    .map_err(|e| fail(Error::Init(e)))?;
-                let pid = match parent_ch.recv() {
-                    Ok(Some(Msg::Pid(pid))) => Pid::from_raw(pid),
-                    Ok(Some(Msg::Failed(m))) => return Err(fail(Error::Init(m))),
-                    other => return Err(fail(Error::Init(format!("exec: unexpected {other:?}")))),
-                };
-                // Wait for the grandchild's exec (its CLOEXEC channel closes).
-                match parent_ch.recv() {
-                    Ok(None) => {}
-                    Ok(Some(Msg::Failed(m))) => return Err(fail(Error::Init(m))),
-                    other => return Err(fail(Error::Init(format!("exec: unexpected {other:?}")))),
-                }
-                if let (Some(p), Some(sock)) = (&pty, &opts.console_socket) {
-                    crate::console::send_fd(sock, &p.master, &p.name)?;
-                }
-                if let Some(pf) = &opts.pid_file {
-                    super::create::write_pid_file(pf, pid.as_raw())?;
-                }
-                Ok(ExecHandle { relay: child, pid })
-            }
+            ForkResult::Parent { child } => child,
+        };
+        drop(child_ch);
+        let pid = handshake(&parent_ch, relay, &cgroup).inspect_err(|_| {
+            let _ = nix::sys::signal::kill(relay, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(relay, None);
+        })?;
+        if let (Some(p), Some(sock)) = (&pty, &opts.console_socket) {
+            crate::console::send_fd(sock, &p.master, &p.name)?;
+        }
+        if let Some(pf) = &opts.pid_file {
+            super::create::write_pid_file(pf, pid.as_raw())?;
+        }
+        Ok(ExecHandle { relay, pid })
+    }
+
+    /// The container's environment with the process's own variables over it.
+    fn exec_env(&self, process: &Process) -> Vec<String> {
+        let mut env = self
+            .state
+            .config
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().clone())
+            .unwrap_or_default();
+        for kv in process.env().iter().flatten() {
+            let key = kv.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(kv.clone());
+        }
+        let mut p = process.clone();
+        p.set_env(Some(env));
+        process::environment(&p)
+    }
+}
+
+fn check_process(process: &Process) -> Result<()> {
+    if let Some((field, value)) = crate::spec::nul_in_process(process) {
+        return Err(Error::Usage(format!(
+            "exec: {field} {value:?} contains a NUL byte, which no argument, variable or path can hold"
+        )));
+    }
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::Usage(
+            "exec: the process has no args (name the program to run)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The terminal for a process that asks for one, to be handed to the
+/// console socket.
+fn exec_pty(opts: &ExecOptions) -> Result<Option<Pty>> {
+    let terminal = opts.process.terminal().unwrap_or(false);
+    match (terminal, &opts.console_socket) {
+        (true, Some(sock)) => {
+            crate::console::check_socket(sock)?;
+            Ok(Some(crate::console::open_pty()?))
+        }
+        (true, None) => Err(Error::Usage(
+            "a terminal for exec needs --console-socket to hand the terminal to".into(),
+        )),
+        (false, Some(_)) => Err(Error::Usage("--console-socket needs --tty".into())),
+        (false, None) => Ok(None),
+    }
+}
+
+/// The parent's side: puts the relay in the cgroup, lets it go on, and
+/// waits until the process in the container has exec'ed (its copy of the
+/// CLOEXEC channel closes). Returns that process's pid.
+fn handshake(ch: &Channel, relay: Pid, cgroup: &crate::cgroups::Cgroup) -> Result<Pid> {
+    // The process answers at once once it joined the namespaces;
+    // a stuck one is killed rather than waited for forever.
+    ch.set_recv_timeout(Some(super::create::INIT_TIMEOUT))?;
+    // The exec'd process forks again to enter the pid namespace;
+    // its cgroup is joined by the first child before anything runs.
+    cgroup.add_task(relay.as_raw())?;
+    ch.send(&Msg::Go {
+        state_json: String::new(),
+        cgroup_dirs: Vec::new(),
+    })?;
+    let pid = match ch.recv()? {
+        Some(Msg::Pid(pid)) => Pid::from_raw(pid),
+        Some(Msg::Failed(f)) => return Err(f.into()),
+        other => return Err(Error::Init(format!("exec: unexpected {other:?}"))),
+    };
+    loop {
+        match ch.recv()? {
+            None => return Ok(pid),
+            Some(Msg::Warning(w)) => tracing::warn!(pid = pid.as_raw(), "exec: {w}"),
+            Some(Msg::Failed(f)) => return Err(f.into()),
+            other => return Err(Error::Init(format!("exec: unexpected {other:?}"))),
         }
     }
+}
+
+impl ExecChild<'_> {
+    /// Runs in the forked child: joins the namespaces, forks into the pid
+    /// namespace and execs; what went wrong goes to the parent.
+    fn run(&self, ch: Channel) -> ! {
+        let failure = match self.enter(&ch) {
+            Err(f) => f,
+            Ok(ForkResult::Parent { child }) => relay(ch, child, self.detach),
+            Ok(ForkResult::Child) => match self.prepare(&ch) {
+                Ok(program) => program.exec(),
+                Err(f) => f,
+            },
+        };
+        let _ = ch.send(&Msg::Failed(failure));
+        std::process::exit(127);
+    }
+
+    /// Waits for the go-ahead, joins the namespaces and forks, so the
+    /// child starts in the container's pid namespace.
+    fn enter(&self, ch: &Channel) -> process::Result<ForkResult> {
+        process::enter()?;
+        match ch.recv()? {
+            Some(Msg::Go { .. }) => {}
+            other => {
+                return Err(Failure::new(
+                    "sync",
+                    format!("exec: no go-ahead: {other:?}"),
+                ))
+            }
+        }
+        join(&self.joins)?;
+        // SAFETY: single-threaded child.
+        unsafe { fork() }.map_err(|e| Failure::sys("namespaces", "fork into pid namespace", e))
+    }
+
+    /// In the container's namespaces: the terminal, then the steps every
+    /// process of the container goes through.
+    fn prepare(&self, ch: &Channel) -> process::Result<process::Program> {
+        if let Some(p) = self.pty {
+            nix::unistd::setsid().map_err(|e| Failure::sys("session", "setsid", e))?;
+            process::tty::attach(p.slave.as_fd())?;
+        }
+        let ready = process::finish(self.process, self.env.clone(), self.seccomp.as_ref())?;
+        for w in ready.warnings {
+            ch.send(&Msg::Warning(w))?;
+        }
+        Ok(ready.program)
+    }
+}
+
+/// Opens every namespace first (the paths are in the host's mount
+/// namespace, which joining the container's own hides), then joins them.
+fn join(joins: &[(PathBuf, CloneFlags)]) -> process::Result<()> {
+    let mut files = Vec::new();
+    for (path, flag) in joins {
+        let f = std::fs::File::open(path)
+            .map_err(|e| Failure::io("namespaces", format!("open {}", path.display()), &e))?;
+        files.push((f, *flag, path));
+    }
+    for (f, flag, path) in &files {
+        nix::sched::setns(f, *flag)
+            .map_err(|e| Failure::sys("namespaces", format!("join {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// The first child after forking the process into the pid namespace:
+/// reports its pid, lets go of the channel (so the parent sees it close on
+/// the exec) and exits with the process's status (at once with `detach`,
+/// so the subreaper becomes the process's parent).
+fn relay(ch: Channel, child: Pid, detach: bool) -> ! {
+    let _ = ch.send(&Msg::Pid(child.as_raw()));
+    drop(ch);
+    if detach {
+        std::process::exit(0);
+    }
+    let code = match waitpid(child, None) {
+        Ok(WaitStatus::Exited(_, c)) => c,
+        Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+        _ => 255,
+    };
+    std::process::exit(code);
 }
 
 /// A started exec: `pid` is the process in the container; `relay` is ferry's
@@ -172,118 +274,4 @@ impl Container {
 pub struct ExecHandle {
     pub relay: Pid,
     pub pid: Pid,
-}
-
-/// Runs in the forked child: joins the namespaces, forks into the pid
-/// namespace and execs. Returns only an error text.
-fn exec_child(
-    ch: &sync::Channel,
-    joins: &[(PathBuf, CloneFlags)],
-    process: &Process,
-    env: &[String],
-    pty: Option<&crate::console::Pty>,
-    detach: bool,
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
-) -> String {
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    );
-    if let Err(e) = crate::init::mark_fds_cloexec() {
-        return e;
-    }
-    match ch.recv() {
-        Ok(Some(Msg::Go { .. })) => {}
-        other => return format!("exec: no go-ahead: {other:?}"),
-    }
-    let mut files = Vec::new();
-    for (path, flag) in joins {
-        match std::fs::File::open(path) {
-            Ok(f) => files.push((f, *flag, path.clone())),
-            Err(e) => return format!("open {}: {e}", path.display()),
-        }
-    }
-    for (f, flag, path) in &files {
-        if let Err(e) = nix::sched::setns(f, *flag) {
-            return format!("join {}: {e}", path.display());
-        }
-    }
-    drop(files);
-    // SAFETY: single-threaded child.
-    match unsafe { fork() } {
-        Err(e) => format!("fork into pid namespace: {e}"),
-        Ok(ForkResult::Parent { child }) => {
-            let _ = ch.send(&Msg::Pid(child.as_raw()));
-            if detach {
-                // Orphan the process so the subreaper becomes its parent.
-                std::process::exit(0);
-            }
-            // Relay the exit status; keep the channel open only in the child.
-            let code = match nix::sys::wait::waitpid(child, None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
-                _ => 255,
-            };
-            std::process::exit(code);
-        }
-        Ok(ForkResult::Child) => {
-            if let Some(p) = pty {
-                if let Err(e) = nix::unistd::setsid() {
-                    return format!("setsid: {e}");
-                }
-                // SAFETY: TIOCSCTTY on our pty slave.
-                unsafe {
-                    libc::ioctl(
-                        std::os::fd::AsRawFd::as_raw_fd(&p.slave),
-                        libc::TIOCSCTTY,
-                        0,
-                    )
-                };
-                for fd in 0..3 {
-                    // SAFETY: duplicating our own pty slave onto stdio.
-                    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&p.slave), fd) } < 0 {
-                        return format!("dup2 pty: {}", std::io::Error::last_os_error());
-                    }
-                }
-            }
-            let args = process.args().clone().unwrap_or_default();
-            if args.is_empty() {
-                return "exec: no command given".into();
-            }
-            let program = match crate::init::resolve_program(&args[0], env) {
-                Ok(p) => p,
-                Err(e) => return e,
-            };
-            let nnp = process.no_new_privileges().unwrap_or(false);
-            if let (Some(s), false) = (seccomp, nnp) {
-                if let Err(e) = crate::seccomp::load(s) {
-                    return e;
-                }
-            }
-            if let Err(e) = crate::init::set_user_and_caps(process) {
-                return e;
-            }
-            if let Err(e) = crate::rootfs::chdir_in_root(process.cwd()) {
-                return e;
-            }
-            if nnp {
-                if let Err(e) = nix::sys::prctl::set_no_new_privs() {
-                    return format!("no_new_privs: {e}");
-                }
-                if let Some(s) = seccomp {
-                    if let Err(e) = crate::seccomp::load(s) {
-                        return e;
-                    }
-                }
-            }
-            crate::init::Exec {
-                program,
-                args,
-                env: env.to_vec(),
-                state_json: String::new(),
-            }
-            .exec()
-        }
-    }
 }

@@ -88,6 +88,11 @@ pub enum Error {
     },
     #[error("container init: {0}")]
     Init(String),
+    /// The process being set up gave up: its step and errno are kept.
+    #[error("container init: {0}")]
+    Setup(#[from] crate::sync::Failure),
+    #[error("container init: {0}")]
+    Sync(#[from] crate::sync::Error),
     #[error("{0}")]
     Usage(String),
 }

@@ -1,0 +1,74 @@
+//! Nothing inherited leaks into the user program.
+use super::{Failure, Result};
+
+/// Every inherited fd above stderr gets CLOEXEC so nothing leaks into the
+/// user program; ferry's own fds already have it. Kernels before 5.11 lack
+/// CLOSE_RANGE_CLOEXEC: there each fd listed in /proc/self/fd is marked.
+pub fn mark_cloexec() -> Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let why = std::io::Error::last_os_error();
+    let fds = open_fds().map_err(|e| {
+        Failure::io(
+            "fds",
+            format!("close_range failed ({why}), so inherited descriptors would leak into the container, and /proc/self/fd cannot be listed"),
+            &e,
+        )
+    })?;
+    set_cloexec(&fds)
+}
+
+/// The descriptors above stderr, from /proc/self/fd.
+fn open_fds() -> std::io::Result<Vec<i32>> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect())
+}
+
+fn set_cloexec(fds: &[i32]) -> Result<()> {
+    for &fd in fds {
+        // SAFETY: only the descriptor flags change; fds that closed since
+        // the listing (the directory's own) answer EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBADF) {
+                return Err(Failure::io(
+                    "fds",
+                    format!("marking fd {fd} close-on-exec"),
+                    &e,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_marks_inherited_fds_close_on_exec() {
+        // SAFETY: a plain open without O_CLOEXEC, closed below.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(fd > 2);
+        let flags = || unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        // Only this fd is changed: the test harness's own must stay as they are.
+        assert!(open_fds().unwrap().contains(&fd));
+        set_cloexec(&[fd]).unwrap();
+        assert_eq!(flags() & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        unsafe { libc::close(fd) };
+    }
+}

@@ -1,0 +1,80 @@
+//! The order of the steps from a fresh child to a process ready to exec.
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use oci_spec::runtime::{LinuxSeccomp, Process};
+
+use super::caps::Sets;
+use super::{fds, program, user, Failure, Program, Result};
+
+/// First thing in a freshly forked or cloned child: signals ferry blocked
+/// must not stay blocked in the container, and no inherited descriptor may
+/// survive the exec.
+pub fn enter() -> Result<()> {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    fds::mark_cloexec()
+}
+
+/// A process one exec away from the user program.
+pub struct Ready {
+    pub program: Program,
+    /// Parts of the config the kernel refused and that were left out.
+    pub warnings: Vec<String>,
+}
+
+/// The last steps before exec, run in the container's namespaces and root:
+/// rlimits, the program's lookup (while still privileged), seccomp,
+/// user and capabilities, the working directory, no_new_privs.
+///
+/// Without no_new_privs a seccomp filter needs CAP_SYS_ADMIN: it is loaded
+/// before the capabilities go (as runc does); with it, as late as possible,
+/// so that fewer of ferry's own system calls must pass the filter.
+pub fn finish(
+    process: &Process,
+    env: Vec<String>,
+    seccomp: Option<&LinuxSeccomp>,
+) -> Result<Ready> {
+    apply_rlimits(process)?;
+    let args = process.args().clone().unwrap_or_default();
+    let Some(arg0) = args.first() else {
+        return Err(Failure::new("program", "exec: no command given"));
+    };
+    let path = program::resolve_program(arg0, &env)?;
+    let caps = Sets::of(process)?;
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if let (Some(s), false) = (seccomp, nnp) {
+        crate::seccomp::load(s).map_err(Failure::at("seccomp"))?;
+    }
+    caps.limit_bounding()?;
+    user::switch(process.user())?;
+    let warnings = caps.apply()?;
+    crate::rootfs::chdir_in_root(process.cwd()).map_err(Failure::at("cwd"))?;
+    if nnp {
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(|e| Failure::sys("no_new_privs", "no_new_privs", e))?;
+        if let Some(s) = seccomp {
+            crate::seccomp::load(s).map_err(Failure::at("seccomp"))?;
+        }
+    }
+    Ok(Ready {
+        program: Program { path, args, env },
+        warnings,
+    })
+}
+
+fn apply_rlimits(process: &Process) -> Result<()> {
+    for rl in process.rlimits().iter().flatten() {
+        let lim = libc::rlimit {
+            rlim_cur: rl.soft(),
+            rlim_max: rl.hard(),
+        };
+        let res = crate::spec::rlimit_resource(rl.typ());
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(res as _, &lim) } != 0 {
+            return Err(Failure::io(
+                "rlimits",
+                format!("setrlimit {:?} {}/{}", rl.typ(), rl.soft(), rl.hard()),
+                &std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
