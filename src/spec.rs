@@ -302,17 +302,15 @@ pub fn rlimit_resource(typ: PosixRlimitType) -> libc::c_int {
 }
 
 /// The default configuration written by `ferry spec` (like `runc spec`).
-pub fn default_spec() -> Spec {
-    // oci-spec's default runs "sh" with a terminal in new namespaces, as runc's does.
-    let mut spec = Spec::default();
-    spec.set_hostname(Some("ferry".into()));
+/// The config.json `ferry spec` writes: byte for byte what `runc spec`
+/// (1.1.5) writes but for the hostname, so a caller that starts from runc's
+/// default and edits it gets the same container. Its ambient capabilities
+/// are not inheritable, so the kernel refuses to raise them: as with runc,
+/// the container starts with a warning naming each.
+pub const DEFAULT_CONFIG: &str = include_str!("default_config.json");
 
-    if let Some(root) = spec.root().clone() {
-        let mut root = root;
-        root.set_readonly(Some(true));
-        spec.set_root(Some(root));
-    }
-    spec
+pub fn default_spec() -> Spec {
+    serde_json::from_str(DEFAULT_CONFIG).expect("the default config parses")
 }
 
 #[cfg(test)]

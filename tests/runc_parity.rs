@@ -137,3 +137,41 @@ fn run_keep_leaves_the_stopped_container_as_runc_does() {
     );
     env.assert_gone(&g);
 }
+
+#[test]
+fn spec_writes_runcs_default_config() {
+    let Some(_runc) = Runc::new() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ferry"), dir.path().join("runc"));
+    for d in [&ours, &theirs] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let out = std::process::Command::new(ferry_bin())
+        .args(["spec", "--bundle"])
+        .arg(&ours)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = std::process::Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours = std::fs::read_to_string(ours.join("config.json")).unwrap();
+    let theirs = std::fs::read_to_string(theirs.join("config.json")).unwrap();
+    // Byte for byte, but for the hostname each runtime names after itself.
+    assert_eq!(
+        ours.replace("\"hostname\": \"ferry\"", "\"hostname\": \"runc\""),
+        theirs
+    );
+    // A second spec does not overwrite the first, as with runc.
+    let again = std::process::Command::new(ferry_bin())
+        .args(["spec", "--bundle"])
+        .arg(dir.path().join("ferry"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}

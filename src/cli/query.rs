@@ -71,8 +71,8 @@ pub fn spec(a: &SpecArgs) -> anyhow::Result<()> {
     if path.exists() {
         bail!("{} already exists: remove it first", path.display());
     }
-    let text = serde_json::to_string_pretty(&ferry::spec::default_spec())?;
-    std::fs::write(&path, text + "\n").with_context(|| format!("{}", path.display()))?;
+    std::fs::write(&path, ferry::spec::DEFAULT_CONFIG)
+        .with_context(|| format!("{}", path.display()))?;
     Ok(())
 }
 

@@ -116,6 +116,11 @@ impl Env {
         v["process"]["terminal"] = Value::Bool(false);
         v["process"]["args"] = serde_json::json!(args);
         v["root"]["readonly"] = Value::Bool(false);
+        // runc's default lists ambient capabilities the kernel refuses to
+        // raise (none is inheritable) and starts with a warning per
+        // capability; tests that read stderr want it quiet.
+        v["process"]["capabilities"]["inheritable"] =
+            v["process"]["capabilities"]["ambient"].clone();
         edit(&mut v);
         std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
         dir
