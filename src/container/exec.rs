@@ -40,35 +40,26 @@ fn same_ns(pid: i32, name: &str) -> bool {
 impl Container {
     /// Starts the process; returns once it has exec'ed.
     pub fn exec(&self, opts: &ExecOptions) -> Result<ExecHandle> {
+        let _span = tracing::info_span!("exec", id = %self.id()).entered();
         self.require(
             &[Status::Created, Status::Running],
             "exec needs a created or running container",
         )?;
         if let Some((field, value)) = crate::spec::nul_in_process(&opts.process) {
-            return Err(Error::Usage(format!(
-                "exec: {field} {value:?} contains a NUL byte, which no argument, variable or path can hold"
-            )));
+            return Err(Error::NulInProcess { field, value });
         }
         if opts.process.args().as_ref().is_none_or(|a| a.is_empty()) {
-            return Err(Error::Usage(
-                "exec: the process has no args (name the program to run)".into(),
-            ));
+            return Err(Error::NoArgs);
         }
         let terminal = opts.process.terminal().unwrap_or(false);
-        let pty = match (terminal, &opts.console_socket) {
-            (true, Some(sock)) => {
-                crate::console::check_socket(sock)?;
-                Some(crate::console::open_pty()?)
-            }
-            (true, None) => {
-                return Err(Error::Usage(
-                    "a terminal for exec needs --console-socket to hand the terminal to".into(),
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(Error::Usage("--console-socket needs --tty".into()));
-            }
-            (false, None) => None,
+        crate::console::check(
+            terminal,
+            opts.console_socket.as_deref(),
+            "the exec'd process",
+        )?;
+        let pty = match terminal {
+            true => Some(crate::console::open_pty()?),
+            false => None,
         };
         let init = self.state.pid;
         let joins: Vec<(PathBuf, CloneFlags)> = NAMESPACES
@@ -156,7 +147,7 @@ impl Container {
                     crate::console::send_fd(sock, &p.master, &p.name)?;
                 }
                 if let Some(pf) = &opts.pid_file {
-                    super::create::write_pid_file(pf, pid.as_raw())?;
+                    super::fsutil::write_pid_file(pf, pid.as_raw())?;
                 }
                 Ok(ExecHandle { relay: child, pid })
             }
