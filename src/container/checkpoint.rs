@@ -6,19 +6,17 @@
 //! `descriptors.json`, and the veth's host end is locked while CRIU holds
 //! the network. If anything fails the container runs on as before.
 use std::cell::RefCell;
-use std::fs::File;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use super::criu_opts::{self, criu_flags_of, CriuDirs, CriuFlags};
 use super::externals;
 use super::fsutil::writable_dir;
-use super::{io, Container, Error, HoldError, Result, Status};
+use super::image_dir::{mark_incomplete, remove_marker};
+use super::{Container, Error, HoldError, Result, Status};
 use crate::cgroups::Cgroup;
 use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
-use crate::freeze_guard::{
-    DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target, INCOMPLETE_MARKER,
-};
+use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target};
 use crate::hooks;
 use crate::network::{self, LockMethod, VethConfig};
 
@@ -220,39 +218,6 @@ impl DumpHandler<'_, '_> {
         }
         Ok(())
     }
-}
-
-/// Marks `images` incomplete (see [`INCOMPLETE_MARKER`]) and removes the
-/// statistics of an earlier dump, whose presence would mean "completed".
-fn mark_incomplete(images: &Path, work: &Path) -> Result<()> {
-    for dir in [images, work] {
-        let stats = dir.join(criu::stats::DUMP_STATS_FILE);
-        match std::fs::remove_file(&stats) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("removing {}", stats.display()))(e))
-            }
-            _ => {}
-        }
-    }
-    let marker = images.join(INCOMPLETE_MARKER);
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&marker)?;
-        std::io::Write::write_all(
-            &mut f,
-            b"ferry writes this file before a dump and removes it once the dump completed; \
-              `ferry restore` refuses a directory that holds it.\n",
-        )?;
-        f.sync_all()?;
-        File::open(images)?.sync_all()
-    };
-    write().map_err(io(format!("writing {}", marker.display())))
-}
-
-fn remove_marker(images: &Path) -> Result<()> {
-    let marker = images.join(INCOMPLETE_MARKER);
-    std::fs::remove_file(&marker)
-        .and_then(|()| File::open(images)?.sync_all())
-        .map_err(io(format!("removing {}", marker.display())))
 }
 
 impl CheckpointOptions {

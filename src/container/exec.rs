@@ -120,7 +120,7 @@ impl Container {
                 // a stuck one is killed rather than waited for forever.
                 parent_ch
                     .set_recv_timeout(Some(super::create::INIT_TIMEOUT))
-                    .map_err(|e| fail(Error::Init(e)))?;
+                    .map_err(|e| fail(Error::InitLost(e)))?;
                 // The exec'd process forks again to enter the pid namespace;
                 // its cgroup is joined by the first child before anything runs.
                 if let Err(e) = cgroup.add_task(child.as_raw()) {
@@ -131,17 +131,17 @@ impl Container {
                         state_json: String::new(),
                         cgroup_dirs: Vec::new(),
                     })
-                    .map_err(|e| fail(Error::Init(e)))?;
+                    .map_err(|e| fail(Error::InitLost(e)))?;
                 let pid = match parent_ch.recv() {
                     Ok(Some(Msg::Pid(pid))) => Pid::from_raw(pid),
                     Ok(Some(Msg::Failed(m))) => return Err(fail(Error::Init(m))),
-                    other => return Err(fail(Error::Init(format!("exec: unexpected {other:?}")))),
+                    other => return Err(fail(Error::InitUnexpected(format!("{other:?}")))),
                 };
                 // Wait for the grandchild's exec (its CLOEXEC channel closes).
                 match parent_ch.recv() {
                     Ok(None) => {}
                     Ok(Some(Msg::Failed(m))) => return Err(fail(Error::Init(m))),
-                    other => return Err(fail(Error::Init(format!("exec: unexpected {other:?}")))),
+                    other => return Err(fail(Error::InitUnexpected(format!("{other:?}")))),
                 }
                 if let (Some(p), Some(sock)) = (&pty, &opts.console_socket) {
                     crate::console::send_fd(sock, &p.master, &p.name)?;

@@ -13,7 +13,7 @@ use nix::mount::{mount, MsFlags};
 
 use super::criu_opts::{self, criu_flags_of, CriuDirs, CriuFlags};
 use super::externals::{self, External};
-use super::image_check::{check_images, check_mountpoints};
+use super::image_dir::{check_images, check_mountpoints};
 use super::plan::{Claim, Plan};
 use super::{io, sys, Container, Error, HoldError, Result};
 use crate::criu::{self, CgMode, Criu, Notify, NotifyHandler, Opts, ReqType, Request};

@@ -1,8 +1,11 @@
-//! Checks on a directory of CRIU images before a restore sets anything up.
+//! A directory of CRIU images: marked incomplete while a dump writes it,
+//! checked before a restore sets anything up.
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{io, Error, ImagesError, Result};
-use crate::criu::image;
+use crate::criu::{self, image};
+use crate::freeze_guard::INCOMPLETE_MARKER;
 use crate::rootfs::RootDir;
 
 /// Checks that `path` holds a CRIU checkpoint before anything is set up.
@@ -14,7 +17,7 @@ pub fn check_images(path: &Path) -> Result<PathBuf> {
     if !meta.is_dir() {
         return Err(ImagesError::NotADirectory(path.to_path_buf()).into());
     }
-    let marker = path.join(crate::freeze_guard::INCOMPLETE_MARKER);
+    let marker = path.join(INCOMPLETE_MARKER);
     if marker.exists() {
         return Err(ImagesError::Incomplete {
             path: path.to_path_buf(),
@@ -71,4 +74,37 @@ pub(crate) fn check_mountpoints(root: &RootDir, images: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Marks `images` incomplete (see [`INCOMPLETE_MARKER`]) and removes the
+/// statistics of an earlier dump, whose presence would mean "completed".
+pub(crate) fn mark_incomplete(images: &Path, work: &Path) -> Result<()> {
+    for dir in [images, work] {
+        let stats = dir.join(criu::stats::DUMP_STATS_FILE);
+        match std::fs::remove_file(&stats) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("removing {}", stats.display()))(e))
+            }
+            _ => {}
+        }
+    }
+    let marker = images.join(INCOMPLETE_MARKER);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&marker)?;
+        std::io::Write::write_all(
+            &mut f,
+            b"ferry writes this file before a dump and removes it once the dump completed; \
+              `ferry restore` refuses a directory that holds it.\n",
+        )?;
+        f.sync_all()?;
+        File::open(images)?.sync_all()
+    };
+    write().map_err(io(format!("writing {}", marker.display())))
+}
+
+pub(crate) fn remove_marker(images: &Path) -> Result<()> {
+    let marker = images.join(INCOMPLETE_MARKER);
+    std::fs::remove_file(&marker)
+        .and_then(|()| File::open(images)?.sync_all())
+        .map_err(io(format!("removing {}", marker.display())))
 }
