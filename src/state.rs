@@ -33,7 +33,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: corrupt state file ({source}); `ferry delete --force` removes the container")]
+    #[error("{path}: corrupt state file ({source})")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,

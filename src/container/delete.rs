@@ -39,9 +39,9 @@ impl Container {
         let status = self.status();
         if !force && !matches!(status, Status::Stopped | Status::Created) {
             let hint = if status == Status::Creating {
-                "its creation was interrupted: `ferry delete --force` removes it"
+                "its creation was interrupted"
             } else {
-                "stop it first (`ferry kill`) or use `ferry delete --force`"
+                "it must be stopped first"
             };
             return Err(self.wrong_state(status, hint));
         }

@@ -142,7 +142,7 @@ pub enum Error {
     },
     #[error("parent path {0} is not a directory of a previous dump")]
     NoParentDump(PathBuf),
-    #[error("container {id}: process(es) {pids:?} still alive {} s after SIGKILL (stuck in the kernel?); nothing was removed, run `ferry delete --force` again", .waited.as_secs())]
+    #[error("container {id}: process(es) {pids:?} still alive {} s after SIGKILL (stuck in the kernel?); nothing was removed", .waited.as_secs())]
     StillAlive {
         id: String,
         pids: Vec<i32>,
@@ -297,7 +297,7 @@ impl Container {
         let state = dir.load()?.ok_or_else(|| Error::WrongState {
             id: id.clone(),
             status: Status::Creating,
-            hint: "it is still being created (or its creation was interrupted: `ferry delete --force` removes it)".into(),
+            hint: "it is still being created (or its creation was interrupted)".into(),
         })?;
         Ok(Container {
             root: root.to_path_buf(),
