@@ -21,6 +21,12 @@ pub enum Error {
         path: PathBuf,
         source: nix::errno::Errno,
     },
+    /// A terminal is asked for, but there is nowhere to hand it to.
+    #[error("{0} asks for a terminal, but no console socket was given to hand it to")]
+    NoSocket(&'static str),
+    /// A console socket is given, but no terminal is asked for.
+    #[error("a console socket was given, but {0} asks for no terminal")]
+    NoTerminal(&'static str),
 }
 
 pub struct Pty {
@@ -78,5 +84,17 @@ pub fn check_socket(path: &Path) -> Result<(), Error> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// A terminal needs a console socket and a console socket a terminal; the
+/// socket must exist before anything is set up. `asker` names what sets
+/// the terminal ("config.json's process.terminal").
+pub fn check(terminal: bool, socket: Option<&Path>, asker: &'static str) -> Result<(), Error> {
+    match (terminal, socket) {
+        (true, None) => Err(Error::NoSocket(asker)),
+        (false, Some(_)) => Err(Error::NoTerminal(asker)),
+        (true, Some(sock)) => check_socket(sock),
+        (false, None) => Ok(()),
     }
 }

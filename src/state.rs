@@ -14,6 +14,8 @@ use crate::cgroups::CgroupDescriptor;
 use crate::network::{LockMethod, VethConfig};
 
 pub const STATE_FILE: &str = "state.json";
+/// The version of the OCI runtime spec the state documents follow.
+pub const OCI_VERSION: &str = "1.0.2";
 /// Present from create until start: `start` writes a byte into it.
 pub const EXEC_FIFO: &str = "exec.fifo";
 /// Read by `start` to learn whether the user process was exec'ed.
@@ -31,7 +33,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: corrupt state file ({source}); `ferry delete --force` removes the container")]
+    #[error("{path}: corrupt state file ({source})")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
@@ -86,9 +88,6 @@ pub struct State {
     /// Set once `start` signalled the init (or for restored containers).
     #[serde(default)]
     pub started: bool,
-    /// Kept after the init exits so `state` can report it.
-    #[serde(default)]
-    pub exit_status: Option<i32>,
     /// Written first, before anything that would need undoing, and
     /// cleared when create or restore finished: a state that still says
     /// so once the lock is free belongs to a ferry that was killed, and
@@ -122,9 +121,49 @@ impl State {
             stdio: Vec::new(),
             config: config.clone(),
             started: false,
-            exit_status: None,
             creating: true,
         }
+    }
+
+    /// A restored container's state: its process runs at once (no
+    /// `start`), and its veth is recorded up front because CRIU may make
+    /// the pair before ferry hears of it.
+    pub fn restoring(self, veth: Option<VethConfig>) -> State {
+        State {
+            veth,
+            started: true,
+            ..self
+        }
+    }
+
+    /// Records the container's init and its start time (0 if it is gone
+    /// already), to tell it from a later process with the same pid.
+    pub fn set_init(&mut self, pid: i32) {
+        self.pid = pid;
+        self.pid_start_time = crate::proc::start_time(pid).unwrap_or(0);
+    }
+
+    /// Creation is complete: records what fds 0-2 of the init point at
+    /// and clears `creating`.
+    pub fn finish_creating(&mut self) {
+        self.stdio = (0..3)
+            .map(|fd| crate::proc::fd_target(self.pid, fd).unwrap_or_default())
+            .collect();
+        self.creating = false;
+    }
+
+    /// The OCI state hooks see while the container is being created, with
+    /// the init `pid`.
+    pub fn creating_json(&self, pid: i32) -> String {
+        serde_json::json!({
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "status": "creating",
+            "pid": pid,
+            "bundle": self.bundle,
+            "annotations": self.annotations,
+        })
+        .to_string()
     }
 }
 
@@ -164,6 +203,14 @@ impl StateDir {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::create_dir(&self.path)
+    }
+
+    /// Creates `root` if needed and claims `id` below it (see
+    /// [`StateDir::create`]).
+    pub fn claim(root: &Path, id: &str) -> std::io::Result<StateDir> {
+        let dir = StateDir::new(root, id);
+        dir.create()?;
+        Ok(dir)
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -324,7 +371,6 @@ mod tests {
             stdio: vec!["pipe:[1]".into()],
             config: Spec::default(),
             started: false,
-            exit_status: None,
             creating: true,
         };
         dir.save(&state).unwrap();
@@ -335,5 +381,21 @@ mod tests {
         assert!(!dir.file(".state.json.tmp").exists());
         std::fs::write(dir.file(STATE_FILE), "{").unwrap();
         assert!(matches!(dir.load(), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn state_of_an_older_ferry_with_exit_status_still_loads() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(root.path(), "old");
+        dir.create().unwrap();
+        let old = serde_json::json!({
+            "id": "old", "pid": 7, "pid_start_time": 1, "bundle": "/b",
+            "rootfs": "/b/rootfs", "created": "then", "cgroup": null,
+            "config": Spec::default(), "started": true, "exit_status": 3,
+        });
+        std::fs::write(dir.file(STATE_FILE), old.to_string()).unwrap();
+        let back = dir.load().unwrap().unwrap();
+        assert_eq!(back.pid, 7);
+        assert!(back.started && !back.creating);
     }
 }

@@ -257,6 +257,7 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
         e.remember(&c);
     }
     let done = c.checkpoint(&o)?;
+    warn_all(&done.hook_warnings);
     if let Some(e) = export {
         let skipped = e.finish(&done, a.work_path.as_deref())?;
         if !skipped.is_empty() {

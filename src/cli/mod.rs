@@ -3,6 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod advice;
 mod certs;
 mod check;
 mod checkpoint;

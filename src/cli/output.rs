@@ -34,11 +34,14 @@ pub fn init_logging(cli: &Cli) {
 /// One line on stderr; with --log also a line in the log file (JSON lines in
 /// runc's `{"level","msg","time"}` shape for callers such as conmon).
 pub fn report_error(cli: &Cli, err: &anyhow::Error) {
-    let msg = if cli.debug {
+    let mut msg = if cli.debug {
         format!("{err:#}")
     } else {
         err.to_string()
     };
+    if let Some(fix) = super::advice::advice(cli, err) {
+        msg = format!("{msg}: {fix}");
+    }
     eprintln!("ferry: {msg}");
     if let Some(path) = &cli.log {
         if let Ok(mut f) = std::fs::OpenOptions::new()

@@ -6,20 +6,19 @@
 //! `descriptors.json`, and the veth's host end is locked while CRIU holds
 //! the network. If anything fails the container runs on as before.
 use std::cell::RefCell;
-use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
+use super::criu_opts::{self, criu_flags_of, CriuDirs, CriuFlags};
 use super::externals;
-use super::{io, Container, Error, Result, Status};
+use super::fsutil::writable_dir;
+use super::image_dir::{mark_incomplete, remove_marker};
+use super::{Container, Error, HoldError, Result, Status};
+use crate::cgroups::Cgroup;
 use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
-use crate::freeze_guard::{
-    DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target, INCOMPLETE_MARKER,
-};
+use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target};
+use crate::hooks;
 use crate::network::{self, LockMethod, VethConfig};
-
-/// CRIU's log level for dumps and restores: enough to explain failures.
-pub(crate) const CRIU_LOG_LEVEL: i32 = 4;
 
 /// TLS material for CRIU's page-server connection (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +94,7 @@ pub trait PostDump {
         &mut self,
         images: &Path,
         guard: Option<GuardHandle>,
-    ) -> std::result::Result<(), String>;
+    ) -> std::result::Result<(), HoldError>;
 
     /// After a refused post-dump: leave the cgroup frozen (and the freeze
     /// to the user) instead of thawing it.
@@ -113,44 +112,9 @@ pub struct Checkpointed {
     /// The container was removed after the dump (neither left running nor
     /// stopped, and not a pre-dump).
     pub removed: bool,
-}
-
-/// Fails unless `path` is (or can become) a writable directory.
-pub(crate) fn writable_dir(path: &Path, what: &str) -> Result<PathBuf> {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_dir() => {
-            return Err(Error::Usage(format!(
-                "{what} {} is not a directory: pass a directory path",
-                path.display()
-            )))
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| {
-                Error::Usage(format!("cannot create {what} {}: {e}", path.display()))
-            })?;
-        }
-        Err(e) => return Err(io(format!("{what} {}", path.display()))(e)),
-    }
-    tempfile::tempfile_in(path).map_err(|e| {
-        Error::Usage(format!(
-            "{what} {} is not writable ({e}): pick a writable directory",
-            path.display()
-        ))
-    })?;
-    std::fs::canonicalize(path).map_err(io(format!("{what} {}", path.display())))
-}
-
-pub(crate) fn open_dir(path: &Path) -> Result<File> {
-    File::open(path).map_err(io(format!("opening {}", path.display())))
-}
-
-pub(crate) fn criu_lock_method(m: LockMethod) -> criu::NetworkLock {
-    match m {
-        LockMethod::Iptables => criu::NetworkLock::IPTABLES,
-        LockMethod::Nftables => criu::NetworkLock::NFTABLES,
-        LockMethod::Skip => criu::NetworkLock::SKIP,
-    }
+    /// Failures of the poststop hooks run when it was removed (warnings,
+    /// as the OCI spec has them).
+    pub hook_warnings: Vec<hooks::Error>,
 }
 
 /// Freezes the cgroup when CRIU is ready to dump, locks and unlocks the
@@ -233,11 +197,11 @@ impl NotifyHandler for DumpHandler<'_, '_> {
                     self.locked = true;
                 }
             }
-            Notify::NetworkUnlock => self.unlock()?,
+            Notify::NetworkUnlock => self.unlock().map_err(|e| e.to_string())?,
             Notify::PostDump => {
                 if let Some(p) = self.post_dump.as_mut() {
                     let guard = self.guard.borrow().as_ref().map(FreezeGuard::handle);
-                    p.post_dump(self.images, guard)?;
+                    p.post_dump(self.images, guard).map_err(|e| e.to_string())?;
                 }
             }
             _ => {}
@@ -247,46 +211,247 @@ impl NotifyHandler for DumpHandler<'_, '_> {
 }
 
 impl DumpHandler<'_, '_> {
-    fn unlock(&mut self) -> std::result::Result<(), String> {
+    fn unlock(&mut self) -> network::Result<()> {
         if let (true, Some(v)) = (self.locked, self.veth) {
-            network::unlock(v, self.method).map_err(|e| e.to_string())?;
+            network::unlock(v, self.method)?;
             self.locked = false;
         }
         Ok(())
     }
 }
 
-/// Marks `images` incomplete (see [`INCOMPLETE_MARKER`]) and removes the
-/// statistics of an earlier dump, whose presence would mean "completed".
-fn mark_incomplete(images: &Path, work: &Path) -> Result<()> {
-    for dir in [images, work] {
-        let stats = dir.join(criu::stats::DUMP_STATS_FILE);
-        match std::fs::remove_file(&stats) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("removing {}", stats.display()))(e))
-            }
-            _ => {}
+impl CheckpointOptions {
+    fn criu_flags(&self) -> CriuFlags {
+        criu_flags_of!(self)
+    }
+
+    fn log_name(&self) -> &'static str {
+        if self.pre_dump {
+            "pre-dump.log"
+        } else {
+            "dump.log"
         }
     }
-    let marker = images.join(INCOMPLETE_MARKER);
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&marker)?;
-        std::io::Write::write_all(
-            &mut f,
-            b"ferry writes this file before a dump and removes it once the dump completed; \
-              `ferry restore` refuses a directory that holds it.\n",
-        )?;
-        f.sync_all()?;
-        File::open(images)?.sync_all()
-    };
-    write().map_err(io(format!("writing {}", marker.display())))
+
+    /// The tree dies with the dump (CRIU kills it), and the container
+    /// with it, as with runc.
+    fn kills(&self) -> bool {
+        !self.pre_dump && !self.leave_running && !self.leave_stopped
+    }
+
+    /// Asks CRIU for the page server of a lazy or remote dump.
+    fn set_page_server(&self, o: &mut Opts) {
+        if let Some((addr, port)) = &self.page_server {
+            let mut ps = crate::proto::rpc::Criu_page_server_info::new();
+            ps.set_address(addr.clone());
+            ps.set_port(i32::from(*port));
+            o.ps = Some(ps).into();
+        }
+        if let Some(t) = &self.page_server_tls {
+            o.set_tls(true);
+            o.set_tls_cacert(t.ca.to_string_lossy().into_owned());
+            o.set_tls_cert(t.cert.to_string_lossy().into_owned());
+            o.set_tls_key(t.key.to_string_lossy().into_owned());
+        }
+    }
 }
 
-fn remove_marker(images: &Path) -> Result<()> {
-    let marker = images.join(INCOMPLETE_MARKER);
-    std::fs::remove_file(&marker)
-        .and_then(|()| File::open(images)?.sync_all())
-        .map_err(io(format!("removing {}", marker.display())))
+/// Whether the container has no network namespace of its own.
+fn shares_netns(spec: &oci_spec::runtime::Spec) -> bool {
+    !spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| {
+            n.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        })
+}
+
+/// One dump of a running or paused container.
+struct Dump<'a> {
+    container: &'a Container,
+    opts: &'a CheckpointOptions,
+    dirs: CriuDirs,
+    cgroup: Cgroup,
+    freezer: Freezer,
+    /// A paused container stays paused whatever happens.
+    was_paused: bool,
+    /// Without a post-dump hold the images are the result: marked
+    /// incomplete until the dump's outcome is final. (With a hold, the
+    /// caller takes the images at the hold and owns their fate.)
+    marked: bool,
+}
+
+/// What a dump's CRIU call left for [`Dump::settle`].
+struct DumpRun {
+    result: criu::Result<criu::Response>,
+    unlocked: network::Result<()>,
+    frozen: bool,
+    keep_frozen: bool,
+    guard: Option<FreezeGuard>,
+}
+
+impl Dump<'_> {
+    /// The dump's CRIU options; records the stdio of the init in the
+    /// images (not for a pre-dump).
+    fn criu_opts(&self) -> Result<Opts> {
+        let (c, opts) = (self.container, self.opts);
+        let state = &c.state;
+        let terminal = state
+            .config
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let ext_mnt = externals::dump_map(&c.dump_externals()?);
+        let mut o = criu_opts::base(
+            &self.dirs,
+            &state.rootfs,
+            ext_mnt,
+            terminal,
+            &opts.criu_flags(),
+        );
+        o.set_pid(state.pid);
+        let freezer = self
+            .cgroup
+            .dir("freezer")
+            .or_else(|| self.cgroup.dir("unified"));
+        if let Some(f) = freezer {
+            o.set_freeze_cgroup(f.to_string_lossy().into_owned());
+        }
+        o.set_leave_running(opts.leave_running || opts.pre_dump);
+        if opts.leave_stopped {
+            o.set_leave_stopped(true);
+        }
+        o.set_tcp_skip_in_flight(opts.tcp_skip_in_flight);
+        o.set_link_remap(opts.link_remap);
+        if let Some(p) = &opts.parent_path {
+            o.set_parent_img(p.to_string_lossy().into_owned());
+            o.set_track_mem(true);
+        }
+        if opts.pre_dump {
+            o.set_track_mem(true);
+        }
+        if let Some(fd) = opts.status_fd {
+            o.set_status_fd(fd);
+        }
+        opts.set_page_server(&mut o);
+        let stdio_files = externals::stdio_external_files(state.pid);
+        o.external = stdio_files.iter().map(|(_, k)| k.clone()).collect();
+        if !opts.pre_dump {
+            externals::write_descriptors(&self.dirs.images, &state.stdio)?;
+            externals::write_stdio_files(&self.dirs.images, &stdio_files)?;
+        }
+        Ok(o)
+    }
+
+    /// Runs CRIU, with a freeze guard armed as soon as criu runs.
+    fn run(&self, criu: &Criu, o: Opts, post_dump: Option<&mut dyn PostDump>) -> DumpRun {
+        let (c, opts) = (self.container, self.opts);
+        let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
+        let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
+            let g = FreezeGuard::arm(&Target {
+                freezer: self.freezer.clone(),
+                on_death: if self.was_paused {
+                    OnDeath::Leave
+                } else {
+                    OnDeath::Thaw
+                },
+                id: c.id(),
+                criu: Some(criu_pid as i32),
+                dump: self.marked.then(|| DumpDirs {
+                    images: self.dirs.images.clone(),
+                    work: self.dirs.work.clone(),
+                }),
+            })
+            .map_err(|e| e.to_string())?;
+            *guard.borrow_mut() = Some(g);
+            Ok(())
+        };
+        let log = self.dirs.log();
+        let mut handler = DumpHandler {
+            freeze: (!self.was_paused).then_some(&self.cgroup),
+            frozen: false,
+            veth: c.state.veth.as_ref(),
+            method: opts.network_lock,
+            locked: false,
+            images: &self.dirs.images,
+            post_dump,
+            criu_lock: CriuLockRecorder {
+                dir: &c.dir,
+                log: &log,
+                method: opts.network_lock,
+                init_pid: c.state.pid,
+                shares_netns: shares_netns(&c.state.config),
+            },
+            guard: &guard,
+        };
+        let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
+        let kind = if opts.pre_dump {
+            ReqType::PRE_DUMP
+        } else {
+            ReqType::DUMP
+        };
+        let result = criu.call_checked(
+            criu::MIN_VERSION,
+            Request::new(kind, Some(o)).work_dir(&self.dirs.work),
+            &mut handler,
+            &fds,
+            &mut arm,
+        );
+        let unlocked = handler.unlock();
+        let frozen = handler.frozen;
+        let keep_frozen = handler.post_dump.as_ref().is_some_and(|p| p.keep_frozen());
+        DumpRun {
+            result,
+            unlocked,
+            frozen,
+            keep_frozen,
+            guard: guard.into_inner(),
+        }
+    }
+
+    /// Puts things where the dump's outcome says: CRIU's network lock
+    /// kept or removed, the images marked complete, the tree thawed (a
+    /// failed dump leaves it as it was; a paused one stays paused), and
+    /// the freeze handed back.
+    fn settle(&self, run: DumpRun) -> Result<()> {
+        let opts = self.opts;
+        let ok = run.result.is_ok();
+        // CRIU removes its network lock when it finishes, except when it
+        // aborts or is killed, and except after a dump that left the tree
+        // stopped or took TCP connections along (the restore releases those).
+        let keep_lock = ok && !opts.leave_running && (opts.leave_stopped || opts.tcp_established);
+        if keep_lock {
+            if !opts.leave_stopped {
+                self.container.dir.clear_criu_lock();
+            }
+        } else {
+            super::delete::remove_criu_lock(&self.container.dir);
+        }
+        let unmarked = if ok && self.marked {
+            remove_marker(&self.dirs.images)
+        } else {
+            Ok(())
+        };
+        let thaw = run.frozen
+            && ((!ok && !run.keep_frozen) || (ok && !opts.kills() && !opts.leave_stopped));
+        let thawed = !thaw || self.cgroup.thaw().inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot thaw after the dump; the freeze guard retries as ferry leaves")
+        }).is_ok();
+        // The freeze is handed back; if thawing failed the guard retries
+        // as ferry leaves.
+        if let (Some(g), true) = (run.guard, thawed) {
+            if let Err(e) = g.disarm() {
+                tracing::warn!(%e, "freeze guard");
+            }
+        }
+        run.result?;
+        unmarked?;
+        run.unlocked?;
+        Ok(())
+    }
 }
 
 impl Container {
@@ -301,10 +466,10 @@ impl Container {
         opts: &CheckpointOptions,
         post_dump: Option<&mut dyn PostDump>,
     ) -> Result<Checkpointed> {
+        let _span =
+            tracing::info_span!("checkpoint", id = %self.id(), pre_dump = opts.pre_dump).entered();
         if opts.leave_running && opts.leave_stopped {
-            return Err(Error::Usage(
-                "--leave-running and --leave-stopped exclude each other".into(),
-            ));
+            return Err(Error::LeaveRunningAndStopped);
         }
         let lock = self.dir.lock()?;
         // A lock recorded by a dump whose ferry was killed.
@@ -317,246 +482,68 @@ impl Container {
         // Refused before anything is frozen.
         criu.require_modes(opts.pre_dump, opts.parent_path.is_some(), opts.lazy_pages)?;
         let images = writable_dir(&opts.image_path, "image path")?;
-        let work = match &opts.work_path {
-            Some(w) => writable_dir(w, "work path")?,
-            None => images.clone(),
-        };
+        let dirs = CriuDirs::open(images, opts.work_path.as_deref(), opts.log_name())?;
         if let Some(p) = &opts.parent_path {
             // CRIU resolves the parent relative to the image dir.
-            if !images.join(p).is_dir() {
-                return Err(Error::Usage(format!(
-                    "parent path {} is not a directory of a previous dump",
-                    images.join(p).display()
-                )));
+            if !dirs.images.join(p).is_dir() {
+                return Err(Error::NoParentDump(dirs.images.join(p)));
             }
         }
-        let images_fd = open_dir(&images)?;
-        let work_fd = open_dir(&work)?;
         let cgroup = self.cgroup_or_err()?;
-        let log_name = if opts.pre_dump {
-            "pre-dump.log"
-        } else {
-            "dump.log"
+        let dump = Dump {
+            container: &self,
+            opts,
+            freezer: Freezer::of(&cgroup)?,
+            cgroup,
+            dirs,
+            was_paused: status == Status::Paused,
+            marked: post_dump.is_none(),
         };
+        let o = dump.criu_opts()?;
+        if dump.marked {
+            mark_incomplete(&dump.dirs.images, &dump.dirs.work)?;
+        }
+        let run = dump.run(&criu, o, post_dump);
+        dump.settle(run)?;
+        let Dump { dirs, .. } = dump;
+        let stats = if opts.pre_dump {
+            None
+        } else {
+            criu::read_dump_stats(&dirs.images)
+                .or_else(|_| criu::read_dump_stats(&dirs.work))
+                .ok()
+        };
+        let log = dirs.log();
+        let removed = opts.kills();
+        let hook_warnings = if removed {
+            drop(lock);
+            // CRIU killed the tree; the container is gone as with runc.
+            let (root, id) = (self.root.clone(), self.id().to_string());
+            Container::load(&root, &id)?.delete(true)?
+        } else {
+            Vec::new()
+        };
+        Ok(Checkpointed {
+            images: dirs.images,
+            log,
+            stats,
+            removed,
+            hook_warnings,
+        })
+    }
 
-        let mut o = Opts::new();
-        o.set_images_dir_fd(images_fd.as_raw_fd());
-        o.set_work_dir_fd(work_fd.as_raw_fd());
-        o.set_log_file(log_name.into());
-        o.set_log_level(CRIU_LOG_LEVEL);
-        o.set_pid(self.state.pid);
-        o.set_root(self.state.rootfs.to_string_lossy().into_owned());
-        o.set_manage_cgroups(true);
-        if let Some(m) = opts.manage_cgroups_mode {
-            o.set_manage_cgroups_mode(m);
-        }
-        let freezer = cgroup
-            .dir("freezer")
-            .or_else(|| cgroup.dir("unified"))
-            .map(|p| p.to_string_lossy().into_owned());
-        if let Some(f) = freezer {
-            o.set_freeze_cgroup(f);
-        }
-        let mut ext = externals::mounts(
-            &self.state.config,
-            &self.state.bundle,
-            self.state.cgroup.as_ref(),
-        );
-        ext.extend(externals::masked_files(&self.state.config, self.state.pid));
-        // Keyed by where each destination resolved inside the container.
-        let proc_root = PathBuf::from(format!("/proc/{}/root", self.state.pid));
+    /// The container's external mounts, keyed by where each destination
+    /// resolves inside it.
+    fn dump_externals(&self) -> Result<Vec<externals::External>> {
+        let state = &self.state;
+        let mut ext = externals::mounts(&state.config, &state.bundle, state.cgroup.as_ref());
+        ext.extend(externals::masked_files(&state.config, state.pid));
+        let proc_root = PathBuf::from(format!("/proc/{}/root", state.pid));
         let root = crate::rootfs::RootDir::open(&proc_root).map_err(|source| Error::Rootfs {
             rootfs: proc_root.clone(),
             source,
         })?;
         externals::resolve_keys(&mut ext, &root, false)?;
-        o.ext_mnt = externals::dump_map(&ext);
-        let terminal = self
-            .state
-            .config
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        if terminal {
-            o.set_orphan_pts_master(true);
-        }
-        o.set_leave_running(opts.leave_running || opts.pre_dump);
-        if opts.leave_stopped {
-            o.set_leave_stopped(true);
-        }
-        o.set_tcp_established(opts.tcp_established);
-        o.set_tcp_skip_in_flight(opts.tcp_skip_in_flight);
-        o.set_link_remap(opts.link_remap);
-        o.set_ext_unix_sk(opts.ext_unix_sk);
-        o.set_shell_job(opts.shell_job);
-        o.set_file_locks(opts.file_locks);
-        o.set_auto_dedup(opts.auto_dedup);
-        o.set_network_lock(criu_lock_method(opts.network_lock));
-        if opts.empty_ns_network {
-            o.set_empty_ns(libc::CLONE_NEWNET as u32);
-        }
-        if let Some(p) = &opts.parent_path {
-            o.set_parent_img(p.to_string_lossy().into_owned());
-            o.set_track_mem(true);
-        }
-        if opts.pre_dump {
-            o.set_track_mem(true);
-        }
-        if opts.lazy_pages {
-            o.set_lazy_pages(true);
-        }
-        if let Some(fd) = opts.status_fd {
-            o.set_status_fd(fd);
-        }
-        if let Some((addr, port)) = &opts.page_server {
-            let mut ps = crate::proto::rpc::Criu_page_server_info::new();
-            ps.set_address(addr.clone());
-            ps.set_port(i32::from(*port));
-            o.ps = Some(ps).into();
-        }
-        if let Some(t) = &opts.page_server_tls {
-            o.set_tls(true);
-            o.set_tls_cacert(t.ca.to_string_lossy().into_owned());
-            o.set_tls_cert(t.cert.to_string_lossy().into_owned());
-            o.set_tls_key(t.key.to_string_lossy().into_owned());
-        }
-        let stdio_files = externals::stdio_external_files(self.state.pid);
-        o.external = stdio_files.iter().map(|(_, k)| k.clone()).collect();
-        if !opts.pre_dump {
-            externals::write_descriptors(&images, &self.state.stdio)?;
-            externals::write_stdio_files(&images, &stdio_files)?;
-        }
-
-        // Without a post-dump hold the images are the result: marked
-        // incomplete until the dump's outcome is final. (With a hold, the
-        // caller takes the images at the hold and owns their fate.)
-        let freezer = Freezer::of(&cgroup)?;
-        let marked = post_dump.is_none();
-        if marked {
-            mark_incomplete(&images, &work)?;
-        }
-        let was_paused = status == Status::Paused;
-        let log = work.join(log_name);
-        let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
-        let id = self.id().to_string();
-        let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
-            let g = FreezeGuard::arm(&Target {
-                freezer: freezer.clone(),
-                // A paused container stays paused whatever happens.
-                on_death: if was_paused {
-                    OnDeath::Leave
-                } else {
-                    OnDeath::Thaw
-                },
-                id: &id,
-                criu: Some(criu_pid as i32),
-                dump: marked.then(|| DumpDirs {
-                    images: images.clone(),
-                    work: work.clone(),
-                }),
-            })
-            .map_err(|e| e.to_string())?;
-            *guard.borrow_mut() = Some(g);
-            Ok(())
-        };
-        let mut handler = DumpHandler {
-            freeze: (!was_paused).then_some(&cgroup),
-            frozen: false,
-            veth: self.state.veth.as_ref(),
-            method: opts.network_lock,
-            locked: false,
-            images: &images,
-            post_dump,
-            criu_lock: CriuLockRecorder {
-                dir: &self.dir,
-                log: &log,
-                method: opts.network_lock,
-                init_pid: self.state.pid,
-                shares_netns: !self
-                    .state
-                    .config
-                    .linux()
-                    .as_ref()
-                    .and_then(|l| l.namespaces().as_ref())
-                    .is_some_and(|n| {
-                        n.iter()
-                            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-                    }),
-            },
-            guard: &guard,
-        };
-        let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
-        let kind = if opts.pre_dump {
-            ReqType::PRE_DUMP
-        } else {
-            ReqType::DUMP
-        };
-        let result = criu.call_checked(
-            criu::MIN_VERSION,
-            Request::new(kind, Some(o)).work_dir(&work),
-            &mut handler,
-            &fds,
-            &mut arm,
-        );
-        let unlocked = handler.unlock();
-        // CRIU removes its network lock when it finishes, except when it
-        // aborts or is killed, and except after a dump that left the tree
-        // stopped or took TCP connections along (the restore releases those).
-        let keep_lock =
-            result.is_ok() && !opts.leave_running && (opts.leave_stopped || opts.tcp_established);
-        if keep_lock {
-            if !opts.leave_stopped {
-                self.dir.clear_criu_lock();
-            }
-        } else {
-            super::delete::remove_criu_lock(&self.dir);
-        }
-        let frozen = handler.frozen;
-        let keep_frozen = handler.post_dump.as_ref().is_some_and(|p| p.keep_frozen());
-        let killed = result.is_ok() && !opts.pre_dump && !opts.leave_running && !opts.leave_stopped;
-        let unmarked = if result.is_ok() && marked {
-            remove_marker(&images)
-        } else {
-            Ok(())
-        };
-        // A failed dump leaves the tree as it was; a paused one stays paused.
-        let thawed = if frozen
-            && ((result.is_err() && !keep_frozen)
-                || (result.is_ok() && !killed && !opts.leave_stopped))
-        {
-            cgroup.thaw().is_ok()
-        } else {
-            true
-        };
-        // The freeze is handed back; if thawing failed the guard retries
-        // as ferry leaves.
-        if let (Some(g), true) = (guard.into_inner(), thawed) {
-            if let Err(e) = g.disarm() {
-                tracing::warn!(%e, "freeze guard");
-            }
-        }
-        result?;
-        unmarked?;
-        unlocked.map_err(Error::Usage)?;
-        let stats = if opts.pre_dump {
-            None
-        } else {
-            criu::read_dump_stats(&images)
-                .or_else(|_| criu::read_dump_stats(&work))
-                .ok()
-        };
-        if killed {
-            drop(lock);
-            // CRIU killed the tree; the container is gone as with runc.
-            let root = self.root.clone();
-            Container::load(&root, &id)?.delete(true)?;
-        }
-        Ok(Checkpointed {
-            images,
-            log,
-            stats,
-            removed: killed,
-        })
+        Ok(ext)
     }
 }

@@ -27,6 +27,7 @@ impl Container {
     /// Removes processes (with `force`), veth, cgroup and state. Returns
     /// poststop hook failures as warnings.
     pub fn delete(mut self, force: bool) -> Result<Vec<hooks::Error>> {
+        let _span = tracing::info_span!("delete", id = %self.id(), force).entered();
         let _lock = self.dir.lock()?;
         // What the file says now, under the lock (a create may have
         // finished, or another delete removed it, while we waited).
@@ -38,9 +39,9 @@ impl Container {
         let status = self.status();
         if !force && !matches!(status, Status::Stopped | Status::Created) {
             let hint = if status == Status::Creating {
-                "its creation was interrupted: `ferry delete --force` removes it"
+                "its creation was interrupted"
             } else {
-                "stop it first (`ferry kill`) or use `ferry delete --force`"
+                "it must be stopped first"
             };
             return Err(self.wrong_state(status, hint));
         }
@@ -122,11 +123,11 @@ impl Container {
                 if init_alive {
                     left.push(self.state.pid);
                 }
-                return Err(Error::Usage(format!(
-                    "container {}: process(es) {left:?} still alive {} s after SIGKILL (stuck in the kernel?); nothing was removed, run `ferry delete --force` again",
-                    self.state.id,
-                    KILL_TIMEOUT.as_secs()
-                )));
+                return Err(Error::StillAlive {
+                    id: self.state.id.clone(),
+                    pids: left,
+                    waited: KILL_TIMEOUT,
+                });
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -192,9 +193,13 @@ fn unmount_criu_yards(dir: &StateDir) -> Result<()> {
             continue;
         }
         let yard = e.path();
-        crate::fs_remove::unmount_below(&yard)
-            .map_err(|x| Error::Usage(format!("CRIU's cgroup yard {}: {x}", yard.display())))?;
-        let _ = std::fs::remove_dir(&yard);
+        crate::fs_remove::unmount_below(&yard).map_err(|source| Error::CgroupYard {
+            path: yard.clone(),
+            source,
+        })?;
+        if let Err(e) = std::fs::remove_dir(&yard) {
+            tracing::warn!(error = %e, yard = %yard.display(), "cannot remove CRIU's cgroup yard");
+        }
     }
     Ok(())
 }
@@ -217,9 +222,7 @@ pub fn remove_incomplete(root: &std::path::Path, id: &str) -> Result<()> {
     let dir = crate::state::StateDir::new(root, id);
     let _lock = dir.lock()?;
     if dir.load()?.is_some() {
-        return Err(super::Error::Usage(format!(
-            "container {id} finished creating meanwhile; run the command again"
-        )));
+        return Err(Error::CreatedMeanwhile(id.to_string()));
     }
     dir.remove()?;
     Ok(())

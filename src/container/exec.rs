@@ -54,6 +54,7 @@ struct ExecChild<'a> {
 impl Container {
     /// Starts the process; returns once it has exec'ed.
     pub fn exec(&self, opts: &ExecOptions) -> Result<ExecHandle> {
+        let _span = tracing::info_span!("exec", id = %self.id()).entered();
         self.require(
             &[Status::Created, Status::Running],
             "exec needs a created or running container",
@@ -98,7 +99,7 @@ impl Container {
             crate::console::send_fd(sock, &p.master, &p.name)?;
         }
         if let Some(pf) = &opts.pid_file {
-            super::create::write_pid_file(pf, pid.as_raw())?;
+            super::fsutil::write_pid_file(pf, pid.as_raw())?;
         }
         Ok(ExecHandle { relay, pid })
     }
@@ -125,14 +126,10 @@ impl Container {
 
 fn check_process(process: &Process) -> Result<()> {
     if let Some((field, value)) = crate::spec::nul_in_process(process) {
-        return Err(Error::Usage(format!(
-            "exec: {field} {value:?} contains a NUL byte, which no argument, variable or path can hold"
-        )));
+        return Err(Error::NulInProcess { field, value });
     }
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
-        return Err(Error::Usage(
-            "exec: the process has no args (name the program to run)".into(),
-        ));
+        return Err(Error::NoArgs);
     }
     Ok(())
 }
@@ -141,16 +138,14 @@ fn check_process(process: &Process) -> Result<()> {
 /// console socket.
 fn exec_pty(opts: &ExecOptions) -> Result<Option<Pty>> {
     let terminal = opts.process.terminal().unwrap_or(false);
-    match (terminal, &opts.console_socket) {
-        (true, Some(sock)) => {
-            crate::console::check_socket(sock)?;
-            Ok(Some(crate::console::open_pty()?))
-        }
-        (true, None) => Err(Error::Usage(
-            "a terminal for exec needs --console-socket to hand the terminal to".into(),
-        )),
-        (false, Some(_)) => Err(Error::Usage("--console-socket needs --tty".into())),
-        (false, None) => Ok(None),
+    crate::console::check(
+        terminal,
+        opts.console_socket.as_deref(),
+        "the exec'd process",
+    )?;
+    match terminal {
+        true => Ok(Some(crate::console::open_pty()?)),
+        false => Ok(None),
     }
 }
 
@@ -171,14 +166,14 @@ fn handshake(ch: &Channel, relay: Pid, cgroup: &crate::cgroups::Cgroup) -> Resul
     let pid = match ch.recv()? {
         Some(Msg::Pid(pid)) => Pid::from_raw(pid),
         Some(Msg::Failed(f)) => return Err(f.into()),
-        other => return Err(Error::Init(format!("exec: unexpected {other:?}"))),
+        other => return Err(Error::InitUnexpected(format!("{other:?}"))),
     };
     loop {
         match ch.recv()? {
             None => return Ok(pid),
             Some(Msg::Warning(w)) => tracing::warn!(pid = pid.as_raw(), "exec: {w}"),
             Some(Msg::Failed(f)) => return Err(f.into()),
-            other => return Err(Error::Init(format!("exec: unexpected {other:?}"))),
+            other => return Err(Error::InitUnexpected(format!("{other:?}"))),
         }
     }
 }

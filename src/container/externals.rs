@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use super::{io, Error, Result};
+use super::{io, Error, ImagesError, Result};
 use crate::cgroups::CgroupDescriptor;
 use crate::proto::rpc::{Ext_mount_map, Inherit_fd};
 use crate::rootfs::RootDir;
@@ -208,16 +208,15 @@ fn read_small(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+fn damaged(path: PathBuf, source: serde_json::Error) -> Error {
+    ImagesError::DamagedFile { path, source }.into()
+}
+
 /// Reads `descriptors.json` (absent in images of other tools: no pipes).
 pub fn read_descriptors(images: &Path) -> Result<Vec<String>> {
     let path = images.join(DESCRIPTORS_FILE);
     match read_small(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| {
-            Error::Usage(format!(
-                "{}: not a list of descriptors ({e}); the image dir is damaged",
-                path.display()
-            ))
-        }),
+        Ok(text) => serde_json::from_str(&text).map_err(|source| damaged(path, source)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(io(format!("reading {}", path.display()))(e)),
     }
@@ -270,12 +269,7 @@ pub fn write_stdio_files(images: &Path, files: &[(i32, String)]) -> Result<()> {
 pub fn read_stdio_files(images: &Path) -> Result<Vec<(i32, String)>> {
     let path = images.join(STDIO_FILES);
     match read_small(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| {
-            Error::Usage(format!(
-                "{}: damaged ({e}); the image dir is not usable",
-                path.display()
-            ))
-        }),
+        Ok(text) => serde_json::from_str(&text).map_err(|source| damaged(path, source)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(io(format!("reading {}", path.display()))(e)),
     }

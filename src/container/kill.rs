@@ -33,6 +33,7 @@ pub fn parse_signal(s: &str) -> Option<KillSignal> {
 
 impl Container {
     pub fn kill(&self, signal: KillSignal, all: bool) -> Result<()> {
+        let _span = tracing::info_span!("kill", id = %self.id(), ?signal, all).entered();
         let status = self.status();
         if status == Status::Stopped {
             return Err(self.wrong_state(status, "there is no process to signal"));

@@ -10,15 +10,19 @@ use crate::state::{self, State, StateDir};
 
 mod checkpoint;
 mod create;
+mod criu_opts;
 mod delete;
 mod events;
 mod exec;
 mod externals;
+mod fsutil;
+mod image_dir;
 mod kill;
 mod list;
 mod oom;
 mod pause;
 mod pid_ns;
+mod plan;
 mod ps;
 mod restore;
 mod start;
@@ -30,10 +34,11 @@ pub use delete::remove_incomplete;
 pub use events::StatsSnapshot;
 pub use exec::{ExecHandle, ExecOptions};
 pub use externals::DESCRIPTORS_FILE;
+pub use image_dir::check_images;
 pub use kill::{parse_signal, KillSignal};
 pub use list::list;
 pub use ps::filter_ps_output;
-pub use restore::{check_images, RestoreHold, RestoreOptions, Restored};
+pub use restore::{RestoreHold, RestoreOptions, Restored};
 
 pub const DEFAULT_ROOT: &str = "/run/ferry";
 
@@ -86,6 +91,8 @@ pub enum Error {
         rootfs: PathBuf,
         source: crate::rootfs::resolve::Error,
     },
+    /// What the container's init (or an exec'd process) reported when its
+    /// setup failed, in its own words.
     #[error("container init: {0}")]
     Init(String),
     /// The process being set up gave up: its step and errno are kept.
@@ -93,8 +100,111 @@ pub enum Error {
     Setup(#[from] crate::sync::Failure),
     #[error("container init: {0}")]
     Sync(#[from] crate::sync::Error),
+    #[error("container init: unexpected message {0}")]
+    InitUnexpected(String),
+    #[error("container init: the init sent no console")]
+    NoConsole,
+    #[error("container init: the init is not waiting for start any more")]
+    NotWaiting,
+    #[error("container init: the init did not exec the user program within {} s (is its cgroup frozen?)", .waited.as_secs())]
+    ExecTimeout { waited: std::time::Duration },
+    #[error("container init: criu answered the restore without a pid")]
+    RestoreWithoutPid,
+    #[error("container init: the restored init exited at once")]
+    RestoredInitExited,
+    #[error(transparent)]
+    Images(#[from] ImagesError),
+    #[error(
+        "annotation {} needs a new network namespace in linux.namespaces",
+        crate::network::VETH_ANNOTATION
+    )]
+    VethNeedsNetns,
+    #[error("veth {name}: an interface with this name already exists on the host; change the {} annotation in {config}", crate::network::VETH_ANNOTATION)]
+    VethExists { name: String, config: PathBuf },
+    #[error("rootfs {rootfs}: mount point {source}; CRIU would follow it outside the rootfs: make it the directory or file the checkpoint had")]
+    MountPointLink {
+        rootfs: PathBuf,
+        source: crate::rootfs::resolve::Error,
+    },
+    #[error("a checkpoint cannot both leave the container running and leave it stopped")]
+    LeaveRunningAndStopped,
+    #[error("{what} {path} is not a directory: pass a directory path")]
+    NotADirectory { what: &'static str, path: PathBuf },
+    #[error("cannot create {what} {path}: {source}")]
+    CreateDir {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {path} is not writable ({source}): pick a writable directory")]
+    NotWritable {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parent path {0} is not a directory of a previous dump")]
+    NoParentDump(PathBuf),
+    #[error("container {id}: process(es) {pids:?} still alive {} s after SIGKILL (stuck in the kernel?); nothing was removed", .waited.as_secs())]
+    StillAlive {
+        id: String,
+        pids: Vec<i32>,
+        waited: std::time::Duration,
+    },
+    #[error("CRIU's cgroup yard {path}: {source}")]
+    CgroupYard {
+        path: PathBuf,
+        source: crate::fs_remove::RemoveError,
+    },
+    #[error("container {0} finished creating meanwhile; run the command again")]
+    CreatedMeanwhile(String),
+    /// The kernel's OOM killer took the init during setup.
+    #[error("{}", oom::describe(*.limit, .file, *.kills))]
+    OomAtSetup {
+        /// The container's own memory limit, if it has one.
+        limit: Option<i64>,
+        file: PathBuf,
+        kills: u64,
+    },
+    #[error("memory limit {limit} is too small for container {id}: it uses {usage} bytes now and the kernel cannot reclaim enough to fit under the limit; give at least {usage}")]
+    MemoryBelowUsage { id: String, limit: i64, usage: u64 },
+    #[error(
+        "exec: {field} {value:?} contains a NUL byte, which no argument, variable or path can hold"
+    )]
+    NulInProcess { field: String, value: String },
+    #[error("exec: the process has no args (name the program to run)")]
+    NoArgs,
+}
+
+/// Why a hold point (see [`PostDump`], [`RestoreHold`]) stopped a dump or
+/// a restore, which is then rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// Whoever holds the operation decided against going on.
     #[error("{0}")]
-    Usage(String),
+    Declined(String),
+}
+
+/// A directory of CRIU images that cannot be restored from.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    #[error("image path {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("image path {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{path} holds an incomplete checkpoint (the dump failed or was interrupted; {marker} says so): checkpoint the container again")]
+    Incomplete { path: PathBuf, marker: PathBuf },
+    #[error("{0} holds no CRIU checkpoint (inventory.img is missing)")]
+    NoInventory(PathBuf),
+    #[error("{0}: the checkpoint is damaged")]
+    Damaged(#[source] crate::images::ImageError),
+    #[error("{path}: damaged ({source}); the image dir is not usable")]
+    DamagedFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -189,7 +299,7 @@ impl Container {
         let state = dir.load()?.ok_or_else(|| Error::WrongState {
             id: id.clone(),
             status: Status::Creating,
-            hint: "it is still being created (or its creation was interrupted: `ferry delete --force` removes it)".into(),
+            hint: "it is still being created (or its creation was interrupted)".into(),
         })?;
         Ok(Container {
             root: root.to_path_buf(),
@@ -207,6 +317,12 @@ impl Container {
             Some(d) => Ok(Some(Cgroup::load(d)?)),
             None => Ok(None),
         }
+    }
+
+    /// The container's cgroup, for operations that cannot do without one.
+    pub(crate) fn cgroup_or_err(&self) -> Result<Cgroup> {
+        self.cgroup()?
+            .ok_or_else(|| self.wrong_state(self.status(), "it has no cgroup"))
     }
 
     /// Status derived from the kernel: is the init (same pid, same start time)
@@ -232,7 +348,7 @@ impl Container {
     pub fn oci_state(&self) -> OciState {
         let status = self.status();
         OciState {
-            oci_version: "1.0.2".into(),
+            oci_version: state::OCI_VERSION.into(),
             id: self.state.id.clone(),
             status,
             pid: if status == Status::Stopped {

@@ -35,15 +35,25 @@ pub(crate) fn init_lost(
     resources: Option<&LinuxResources>,
     other: Error,
 ) -> Error {
-    let Some((n, file)) = oom_kills(desc).filter(|(n, _)| *n > 0) else {
+    let Some((kills, file)) = oom_kills(desc).filter(|(n, _)| *n > 0) else {
         return other;
     };
-    match resources.and_then(|r| r.memory().as_ref().and_then(|m| m.limit())) {
-        Some(limit) => Error::Usage(too_small(limit, &file)),
-        None => Error::Init(format!(
-            "killed by the kernel's OOM killer during setup ({}: oom_kill {n}); the memory limit of a parent cgroup is too small",
+    Error::OomAtSetup {
+        limit: resources.and_then(|r| r.memory().as_ref().and_then(|m| m.limit())),
+        file,
+        kills,
+    }
+}
+
+/// What [`Error::OomAtSetup`] says: the container's own limit is too
+/// small, or (without one) a parent's.
+pub(crate) fn describe(limit: Option<i64>, file: &Path, kills: u64) -> String {
+    match limit {
+        Some(limit) => too_small(limit, file),
+        None => format!(
+            "container init: killed by the kernel's OOM killer during setup ({}: oom_kill {kills}); the memory limit of a parent cgroup is too small",
             file.display()
-        )),
+        ),
     }
 }
 

@@ -4,6 +4,7 @@ use super::{Container, Result, Status};
 impl Container {
     /// Returns once the kernel reports the cgroup frozen.
     pub fn pause(&self) -> Result<()> {
+        let _span = tracing::info_span!("pause", id = %self.id()).entered();
         let _lock = self.dir.lock()?;
         self.require(&[Status::Running], "only a running container can be paused")?;
         self.cgroup_or_err()?.freeze()?;
@@ -11,16 +12,12 @@ impl Container {
     }
 
     pub fn resume(&self) -> Result<()> {
+        let _span = tracing::info_span!("resume", id = %self.id()).entered();
         let _lock = self.dir.lock()?;
         self.require(&[Status::Paused], "only a paused container can be resumed")?;
         // CRIU keeps its network lock after `checkpoint --leave-stopped`.
         super::delete::remove_criu_lock(&self.dir);
         self.cgroup_or_err()?.thaw()?;
         Ok(())
-    }
-
-    pub(crate) fn cgroup_or_err(&self) -> Result<crate::cgroups::Cgroup> {
-        self.cgroup()?
-            .ok_or_else(|| self.wrong_state(self.status(), "it has no cgroup"))
     }
 }

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use nix::sched::CloneFlags;
 
+use super::{io, sys, Result};
+
 /// While alive, children of the calling thread start in another pid
 /// namespace; dropping it puts back the thread's own.
 pub struct PidNsForChildren {
@@ -14,15 +16,13 @@ pub struct PidNsForChildren {
 }
 
 impl PidNsForChildren {
-    pub fn join(path: &Path) -> Result<PidNsForChildren, String> {
+    pub fn join(path: &Path) -> Result<PidNsForChildren> {
         // Our own pid namespace (not pid_for_children, which a previous
         // setns may have changed).
-        let own = File::open("/proc/thread-self/ns/pid")
-            .map_err(|e| format!("open our pid namespace: {e}"))?;
-        let target =
-            File::open(path).map_err(|e| format!("pid namespace {}: {e}", path.display()))?;
+        let own = File::open("/proc/thread-self/ns/pid").map_err(io("open our pid namespace"))?;
+        let target = File::open(path).map_err(io(format!("pid namespace {}", path.display())))?;
         nix::sched::setns(&target, CloneFlags::CLONE_NEWPID)
-            .map_err(|e| format!("join pid namespace {}: {e}", path.display()))?;
+            .map_err(sys(format!("join pid namespace {}", path.display())))?;
         Ok(PidNsForChildren { own })
     }
 }

@@ -9,17 +9,17 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use nix::mount::{mount, MsFlags};
 
-use super::checkpoint::{criu_lock_method, open_dir, CRIU_LOG_LEVEL};
-use super::externals;
-use super::{io, sys, Container, Error, Result};
-use crate::cgroups::Cgroup;
-use crate::criu::{self, image, CgMode, Criu, Notify, NotifyHandler, Opts, ReqType, Request};
+use super::criu_opts::{self, criu_flags_of, CriuDirs, CriuFlags};
+use super::externals::{self, External};
+use super::image_dir::{check_images, check_mountpoints};
+use super::plan::{Claim, Plan};
+use super::{io, sys, Container, Error, HoldError, Result};
+use crate::criu::{self, CgMode, Criu, Notify, NotifyHandler, Opts, ReqType, Request};
 use crate::hooks::{self, Kind};
 use crate::network::{self, LockMethod, VethConfig};
+use crate::proto::rpc::Inherit_fd;
 use crate::rootfs::RootDir;
 use crate::state::{State, StateDir};
 
@@ -81,7 +81,7 @@ impl RestoreOptions {
 /// `Ok` lets it run, `Err` makes CRIU kill it and the restore fail (and be
 /// undone).
 pub trait RestoreHold {
-    fn restored(&mut self, pid: i32) -> std::result::Result<(), String>;
+    fn restored(&mut self, pid: i32) -> std::result::Result<(), HoldError>;
 }
 
 /// A restored, running container. Its init is a child of the caller.
@@ -91,103 +91,6 @@ pub struct Restored {
     pub log: PathBuf,
     pub stats: Option<criu::RestoreStats>,
     pub hook_warnings: Vec<hooks::Error>,
-}
-
-/// Checks that `path` holds a CRIU checkpoint before anything is set up.
-pub fn check_images(path: &Path) -> Result<PathBuf> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        Error::Usage(format!(
-            "image path {}: {e}; pass the directory `ferry checkpoint --image-path` wrote",
-            path.display()
-        ))
-    })?;
-    if !meta.is_dir() {
-        return Err(Error::Usage(format!(
-            "image path {} is not a directory",
-            path.display()
-        )));
-    }
-    let marker = path.join(crate::freeze_guard::INCOMPLETE_MARKER);
-    if marker.exists() {
-        return Err(Error::Usage(format!(
-            "{} holds an incomplete checkpoint (the dump failed or was interrupted; {} \
-             says so): checkpoint the container again",
-            path.display(),
-            marker.display()
-        )));
-    }
-    let inventory = path.join("inventory.img");
-    if !inventory.exists() {
-        return Err(Error::Usage(format!(
-            "{} holds no CRIU checkpoint (inventory.img is missing)",
-            path.display()
-        )));
-    }
-    image::read_single::<protobuf::well_known_types::empty::Empty>(
-        &inventory,
-        image::INVENTORY_MAGIC,
-    )
-    .map_err(|e| Error::Criu(e.into()))?;
-    // Every process's pages must be there: CRIU can hang on a short pages image.
-    let damaged =
-        |e: crate::images::ImageError| Error::Usage(format!("{e}: the checkpoint is damaged"));
-    let dir = crate::images::ImageDir::open(path).map_err(damaged)?;
-    for p in dir.process_tree().map_err(damaged)? {
-        dir.memory(p.pid).map_err(damaged)?;
-    }
-    std::fs::canonicalize(path).map_err(io(format!("image path {}", path.display())))
-}
-
-/// What must be undone if the restore fails half-way.
-struct Undo {
-    dir: StateDir,
-    cgroup: Option<Cgroup>,
-    veth: Option<VethConfig>,
-    /// How the veth's host end may have been locked.
-    lock_method: LockMethod,
-    root_mount: Option<PathBuf>,
-    pid: Option<i32>,
-    armed: bool,
-}
-
-impl Undo {
-    fn unmount_root(&mut self) {
-        if let Some(p) = self.root_mount.take() {
-            let _ = umount2(&p, MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_dir(&p);
-        }
-    }
-}
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        self.unmount_root();
-        if !self.armed {
-            return;
-        }
-        if let Some(pid) = self.pid {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
-        }
-        if let Some(cg) = &self.cgroup {
-            for p in cg.pids().unwrap_or_default() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
-            let _ = cg.thaw();
-        }
-        if let Some(v) = &self.veth {
-            let _ = network::unlock(v, self.lock_method);
-            let _ = network::remove(v);
-        }
-        if let Some(cg) = &self.cgroup {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while cg.pids().is_ok_and(|p| !p.is_empty()) && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            let _ = cg.remove();
-        }
-        let _ = self.dir.remove();
-    }
 }
 
 /// Runs hooks when the namespaces exist, adopts the restored init, hands a
@@ -207,21 +110,9 @@ struct RestoreHandler<'a, 'h> {
 }
 
 impl RestoreHandler<'_, '_> {
-    fn state_json(&self, pid: i32) -> String {
-        serde_json::json!({
-            "ociVersion": "1.0.2",
-            "id": self.state.id,
-            "status": "creating",
-            "pid": pid,
-            "bundle": self.state.bundle,
-            "annotations": self.state.annotations,
-        })
-        .to_string()
-    }
-
-    fn unlock(&mut self) -> std::result::Result<(), String> {
+    fn unlock(&mut self) -> network::Result<()> {
         if let (true, Some(v)) = (self.locked, self.veth) {
-            network::unlock(v, self.method).map_err(|e| e.to_string())?;
+            network::unlock(v, self.method)?;
             self.locked = false;
         }
         Ok(())
@@ -240,7 +131,7 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
                     self.veth_made = true;
                 }
                 let hooks = self.state.config.hooks().as_ref();
-                let json = self.state_json(pid);
+                let json = self.state.creating_json(pid);
                 hooks::run(hooks, Kind::Prestart, &json).map_err(|x| e(&x))?;
                 hooks::run(hooks, Kind::CreateRuntime, &json).map_err(|x| e(&x))?;
             }
@@ -252,7 +143,7 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
                     }
                 }
             }
-            Notify::NetworkUnlock => self.unlock()?,
+            Notify::NetworkUnlock => self.unlock().map_err(|x| e(&x))?,
             Notify::PostRestore { pid } => {
                 self.pid = Some(pid);
                 // Recorded before the tree may run: if this process dies
@@ -272,13 +163,13 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
                     network::configure_host(v).map_err(|x| e(&x))?;
                 }
                 if let Some(h) = self.hold.as_mut() {
-                    h.restored(pid)?;
+                    h.restored(pid).map_err(|x| e(&x))?;
                 }
             }
             Notify::OrphanPtsMaster { master } => {
-                let sock = self
-                    .console_socket
-                    .ok_or("the checkpoint has a terminal: pass --console-socket")?;
+                let sock = self.console_socket.ok_or(
+                    "the checkpoint has a terminal, but no console socket was given to hand it to",
+                )?;
                 crate::console::send_fd(sock, &master, "/dev/ptmx").map_err(|x| e(&x))?;
             }
             _ => {}
@@ -302,40 +193,6 @@ fn dup_stdio() -> Result<[OwnedFd; 3]> {
     Ok([dup(0)?, dup(1)?, dup(2)?])
 }
 
-/// Refuses a rootfs where a mount point CRIU will restore directly in the
-/// rootfs directory is, or passes through, a symlink: CRIU resolves mount
-/// points itself, outside the container's root, so such a link could point
-/// it at the host.
-fn check_mountpoints(root: &RootDir, images: &Path) -> Result<()> {
-    let mounts = crate::images::ImageDir::open(images)
-        .and_then(|d| d.mounts())
-        .map_err(|e| Error::Usage(format!("{e}: the checkpoint is damaged")))?;
-    let ids: Vec<u32> = mounts.iter().map(|m| m.id).collect();
-    let Some(top) = mounts.iter().find(|m| {
-        crate::rootfs::resolve::lexical(Path::new(&m.mountpoint)) == Path::new("/")
-            && (m.parent_id == m.id || !ids.contains(&m.parent_id))
-    }) else {
-        return Ok(());
-    };
-    for m in mounts
-        .iter()
-        .filter(|m| m.parent_id == top.id && m.id != top.id)
-    {
-        let path = crate::rootfs::resolve::lexical(Path::new(&m.mountpoint));
-        match root.resolve_no_symlinks(&path) {
-            Ok(_) => {}
-            Err(e) if e.errno == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(Error::Usage(format!(
-                    "rootfs {}: mount point {e}; CRIU would follow it outside the rootfs: make it the directory or file the checkpoint had",
-                    root.host_path().display()
-                )))
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The cgroup paths `pid` sits in, as CRIU's cgroup roots (runc does the same).
 fn cgroup_roots(pid: u32) -> Result<Vec<crate::proto::rpc::Cgroup_root>> {
     let path = format!("/proc/{pid}/cgroup");
@@ -355,6 +212,179 @@ fn cgroup_roots(pid: u32) -> Result<Vec<crate::proto::rpc::Cgroup_root>> {
         .collect())
 }
 
+impl RestoreOptions {
+    fn criu_flags(&self) -> CriuFlags {
+        criu_flags_of!(self)
+    }
+}
+
+/// A veth that CRIU or ferry is to create must not exist yet.
+fn check_veth_free(plan: &Plan, veth: Option<&VethConfig>) -> Result<()> {
+    match veth {
+        Some(v) if network::link_exists_on_host(&v.host_if) => Err(Error::VethExists {
+            name: v.host_if.clone(),
+            config: plan.bundle.join("config.json"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The external mounts of the restore bundle, keyed where they resolve in
+/// its rootfs, after checking the rootfs for mount points CRIU would
+/// follow outside it.
+fn restore_externals(plan: &Plan, claim: &Claim, images: &Path) -> Result<Vec<External>> {
+    let spec = &plan.spec;
+    let mut ext = externals::mounts(spec, &plan.bundle, Some(&claim.cgroup));
+    let masked_keys: Vec<String> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.masked_paths().clone())
+        .unwrap_or_default();
+    ext.extend(externals::masked_files_in(spec, &masked_keys));
+    let in_root = RootDir::open(&plan.rootfs).map_err(|source| Error::Rootfs {
+        rootfs: plan.rootfs.clone(),
+        source,
+    })?;
+    externals::resolve_keys(&mut ext, &in_root, true)?;
+    check_mountpoints(&in_root, images)?;
+    Ok(ext)
+}
+
+/// Bind-mounts the rootfs below the state directory (CRIU wants the root
+/// to be a mount point); the rollback unmounts it.
+fn bind_root(rootfs: &Path, claim: &mut Claim) -> Result<PathBuf> {
+    let criu_root = claim.dir.file("criu-root");
+    std::fs::create_dir(&criu_root).map_err(io("creating criu-root"))?;
+    mount(
+        Some(rootfs),
+        &criu_root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys(format!("bind-mounting {}", rootfs.display())))?;
+    claim.rollback.root_mount = Some(criu_root.clone());
+    mount(
+        None::<&str>,
+        &criu_root,
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("making criu-root private"))?;
+    Ok(criu_root)
+}
+
+/// The stdio of the dumped init as the images record it: pipes
+/// (`descriptors.json`) and external files, to be replaced by the caller's.
+struct RecordedStdio {
+    pipes: Vec<String>,
+    files: Vec<(i32, String)>,
+}
+
+impl RecordedStdio {
+    fn read(images: &Path) -> Result<RecordedStdio> {
+        Ok(RecordedStdio {
+            pipes: externals::read_descriptors(images)?,
+            files: externals::read_stdio_files(images)?,
+        })
+    }
+
+    /// The inherit_fd entries that replace them with `stdio` (the
+    /// caller's fds 0-2).
+    fn inherit(&self, stdio: &[RawFd; 3]) -> Vec<Inherit_fd> {
+        let mut inherit = externals::inherit_pipes(&self.pipes, stdio);
+        inherit.extend(externals::inherit_files(&self.files, stdio));
+        inherit
+    }
+}
+
+/// The restore's CRIU options.
+fn restore_opts(
+    opts: &RestoreOptions,
+    plan: &Plan,
+    dirs: &CriuDirs,
+    criu_root: &Path,
+    ext: &[External],
+    veth: Option<&VethConfig>,
+    inherit_fd: Vec<Inherit_fd>,
+) -> Opts {
+    let ext_mnt = externals::restore_map(ext);
+    let mut o = criu_opts::base(dirs, criu_root, ext_mnt, plan.terminal, &opts.criu_flags());
+    o.set_rst_sibling(true);
+    o.inherit_fd = inherit_fd;
+    if let (Some(v), false) = (veth, opts.empty_ns_network) {
+        let mut pair = crate::proto::rpc::Criu_veth_pair::new();
+        pair.set_if_in(v.container_if.clone());
+        pair.set_if_out(v.host_if.clone());
+        o.veths.push(pair);
+    }
+    if let Some(p) = &opts.lsm_profile {
+        o.set_lsm_profile(p.clone());
+    }
+    o.set_notify_scripts(true);
+    o
+}
+
+/// Runs CRIU's restore with criu itself in the container's cgroup;
+/// returns the restored init's pid. The rollback learns what CRIU made.
+fn restore_tree(
+    criu: &Criu,
+    o: Opts,
+    work: &Path,
+    keep: &[RawFd],
+    claim: &mut Claim,
+    opts: &RestoreOptions,
+    hold: Option<&mut dyn RestoreHold>,
+) -> Result<i32> {
+    let veth = claim.state.veth.as_ref();
+    let mut handler = RestoreHandler {
+        state: &claim.state,
+        dir: &claim.dir,
+        veth,
+        create_veth: opts.empty_ns_network,
+        method: opts.network_lock,
+        locked: false,
+        console_socket: opts.console_socket.as_deref(),
+        pid: None,
+        veth_made: false,
+        hold,
+    };
+    let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
+    let result = criu.call_checked(
+        criu::MIN_VERSION,
+        Request::new(ReqType::RESTORE, Some(o)).work_dir(work),
+        &mut handler,
+        keep,
+        &mut |criu_pid, opts| {
+            // criu restores into the cgroup it runs in; re-root the
+            // image's cgroup tree there.
+            cgroup
+                .add_task(criu_pid as i32)
+                .map_err(|e| e.to_string())?;
+            let roots = cgroup_roots(criu_pid).map_err(|e| e.to_string())?;
+            if let Some(o) = opts.as_mut() {
+                o.cg_root = roots;
+            }
+            Ok(())
+        },
+    );
+    let unlocked = handler.unlock();
+    let (seen_pid, veth_made) = (handler.pid, handler.veth_made);
+    let veth = veth.cloned();
+    claim.rollback.pid = seen_pid;
+    if veth_made {
+        claim.rollback.veth = veth;
+    }
+    claim.rollback.unmount_root();
+    let resp = result?;
+    unlocked?;
+    resp.restore
+        .as_ref()
+        .map(|r| r.pid())
+        .ok_or(Error::RestoreWithoutPid)
+}
+
 impl Container {
     /// Restores a container (see [`RestoreOptions`]).
     pub fn restore(root: &Path, opts: &RestoreOptions) -> Result<Restored> {
@@ -368,243 +398,47 @@ impl Container {
         opts: &RestoreOptions,
         hold: Option<&mut dyn RestoreHold>,
     ) -> Result<Restored> {
-        crate::id::validate(&opts.id).map_err(|source| Error::InvalidId {
-            id: opts.id.clone(),
-            source,
-        })?;
-        let bundle = std::fs::canonicalize(&opts.bundle)
-            .map_err(|_| crate::spec::Error::NoBundle(opts.bundle.clone()))?;
-        let spec = crate::spec::load(&bundle)?;
-        crate::spec::validate(&spec, &bundle)?;
-        let rootfs = crate::spec::rootfs(&spec, &bundle)?;
-        let rootfs =
-            std::fs::canonicalize(&rootfs).map_err(io(format!("rootfs {}", rootfs.display())))?;
+        let _span = tracing::info_span!("restore", id = %opts.id).entered();
+        let plan = Plan::load(&opts.id, &opts.bundle)?;
         let images = check_images(&opts.image_path)?;
-        let work = match &opts.work_path {
-            Some(w) => super::checkpoint::writable_dir(w, "work path")?,
-            None => images.clone(),
-        };
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        super::create::check_console(terminal, opts.console_socket.as_deref())?;
-        let annotations = spec.annotations().clone().unwrap_or_default();
-        let veth = VethConfig::from_annotations(&annotations)?;
-        if let Some(v) = &veth {
-            if network::link_exists_on_host(&v.host_if) {
-                return Err(Error::Usage(format!(
-                    "veth {}: an interface with this name already exists on the host; change the {} annotation in {}",
-                    v.host_if,
-                    network::VETH_ANNOTATION,
-                    bundle.join("config.json").display()
-                )));
-            }
-        }
-        let recorded = externals::read_descriptors(&images)?;
-        let stdio_files = externals::read_stdio_files(&images)?;
+        let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;
+        plan.check_console(opts.console_socket.as_deref())?;
+        let veth = plan.veth()?;
+        check_veth_free(&plan, veth.as_ref())?;
+        let recorded = RecordedStdio::read(&dirs.images)?;
         let criu = Criu::new()?;
         criu.require_modes(false, false, opts.lazy_pages)?;
 
-        let linux = spec.linux().clone().unwrap_or_default();
-        let cgroup_path = opts.cgroup_path.clone().unwrap_or_else(|| {
-            linux
-                .cgroups_path()
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|| super::create::default_cgroup_path(&opts.id))
-        });
-        let cgroup_desc = crate::cgroups::CgroupDescriptor::resolve(&cgroup_path)?;
-
-        let dir = super::create::new_state_dir(root, &opts.id)?;
-        let mut undo = Undo {
-            dir: dir.clone(),
-            cgroup: None,
-            veth: None,
-            lock_method: opts.network_lock,
-            root_mount: None,
-            pid: None,
-            armed: true,
-        };
-        let _lock = dir.lock()?;
-        cgroup_desc.check_reusable()?;
-        // Recorded before anything exists that would need undoing, so that
-        // `delete --force` can remove what a killed restore left (CRIU and
-        // the tree it restores run in this cgroup; the rootfs bind is
-        // below the state directory).
-        let mut state = State {
-            veth: veth.clone(),
-            // A restored container's process runs at once: no `start`.
-            started: true,
-            ..State::creating(&opts.id, &bundle, &rootfs, annotations, &cgroup_desc, &spec)
-        };
-        dir.save(&state)?;
-        let cgroup = Cgroup::create_from(cgroup_desc.clone(), linux.resources().as_ref())?;
-        undo.cgroup = Some(cgroup);
-
-        let mut ext = externals::mounts(&spec, &bundle, Some(&cgroup_desc));
-        let masked_keys: Vec<String> = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.masked_paths().clone())
-            .unwrap_or_default();
-        ext.extend(externals::masked_files_in(&spec, &masked_keys));
-        let in_root = RootDir::open(&rootfs).map_err(|source| Error::Rootfs {
-            rootfs: rootfs.clone(),
-            source,
-        })?;
-        externals::resolve_keys(&mut ext, &in_root, true)?;
-        check_mountpoints(&in_root, &images)?;
-        drop(in_root);
-        // CRIU wants the root to be a mount point.
-        let criu_root = dir.file("criu-root");
-        std::fs::create_dir(&criu_root).map_err(io("creating criu-root"))?;
-        mount(
-            Some(&rootfs),
-            &criu_root,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(sys(format!("bind-mounting {}", rootfs.display())))?;
-        undo.root_mount = Some(criu_root.clone());
-        mount(
-            None::<&str>,
-            &criu_root,
-            None::<&str>,
-            MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(sys("making criu-root private"))?;
-
+        // CRIU and the tree it restores run in the container's cgroup; the
+        // rootfs bind is below the state directory.
+        let cgroup = plan.cgroup(opts.cgroup_path.as_deref())?;
+        let mut claim = plan.claim(root, cgroup, |s| s.restoring(veth.clone()))?;
+        claim.rollback.veth_lock = Some(opts.network_lock);
+        claim.create_cgroup(plan.resources())?;
+        let ext = restore_externals(&plan, &claim, &dirs.images)?;
+        let criu_root = bind_root(&plan.rootfs, &mut claim)?;
         // CRIU mounts its cgroup yard in its work directory; recorded so
         // that `delete --force` can unmount it after a killed restore.
         std::fs::write(
-            dir.file(super::delete::CRIU_WORK_FILE),
-            work.as_os_str().as_encoded_bytes(),
+            claim.dir.file(super::delete::CRIU_WORK_FILE),
+            dirs.work.as_os_str().as_encoded_bytes(),
         )
         .map_err(io("recording CRIU's work directory"))?;
-        let images_fd = open_dir(&images)?;
-        let work_fd = open_dir(&work)?;
         let stdio = dup_stdio()?;
-        let stdio_fds = [
-            stdio[0].as_raw_fd(),
-            stdio[1].as_raw_fd(),
-            stdio[2].as_raw_fd(),
-        ];
-        let mut o = Opts::new();
-        o.set_images_dir_fd(images_fd.as_raw_fd());
-        o.set_work_dir_fd(work_fd.as_raw_fd());
-        o.set_log_file("restore.log".into());
-        o.set_log_level(CRIU_LOG_LEVEL);
-        o.set_root(criu_root.to_string_lossy().into_owned());
-        o.set_rst_sibling(true);
-        o.set_manage_cgroups(true);
-        if let Some(m) = opts.manage_cgroups_mode {
-            o.set_manage_cgroups_mode(m);
-        }
-        o.ext_mnt = externals::restore_map(&ext);
-        o.inherit_fd = externals::inherit_pipes(&recorded, &stdio_fds);
-        o.inherit_fd
-            .extend(externals::inherit_files(&stdio_files, &stdio_fds));
-        if let (Some(v), false) = (&veth, opts.empty_ns_network) {
-            let mut pair = crate::proto::rpc::Criu_veth_pair::new();
-            pair.set_if_in(v.container_if.clone());
-            pair.set_if_out(v.host_if.clone());
-            o.veths.push(pair);
-        }
-        if terminal {
-            o.set_orphan_pts_master(true);
-        }
-        o.set_tcp_established(opts.tcp_established);
-        o.set_ext_unix_sk(opts.ext_unix_sk);
-        o.set_shell_job(opts.shell_job);
-        o.set_file_locks(opts.file_locks);
-        o.set_auto_dedup(opts.auto_dedup);
-        o.set_network_lock(criu_lock_method(opts.network_lock));
-        if opts.empty_ns_network {
-            o.set_empty_ns(libc::CLONE_NEWNET as u32);
-        }
-        if opts.lazy_pages {
-            o.set_lazy_pages(true);
-        }
-        if let Some(p) = &opts.lsm_profile {
-            o.set_lsm_profile(p.clone());
-        }
-        o.set_notify_scripts(true);
+        let stdio_fds = stdio.each_ref().map(AsRawFd::as_raw_fd);
+        let inherit = recorded.inherit(&stdio_fds);
+        let o = restore_opts(opts, &plan, &dirs, &criu_root, &ext, veth.as_ref(), inherit);
+        let pid = restore_tree(&criu, o, &dirs.work, &stdio_fds, &mut claim, opts, hold)?;
 
-        let keep: Vec<RawFd> = stdio_fds.to_vec();
-        let mut handler = RestoreHandler {
-            state: &state,
-            dir: &dir,
-            veth: veth.as_ref(),
-            create_veth: opts.empty_ns_network,
-            method: opts.network_lock,
-            locked: false,
-            console_socket: opts.console_socket.as_deref(),
-            pid: None,
-            veth_made: false,
-            hold,
-        };
-        let cgroup = undo.cgroup.as_ref().expect("cgroup");
-        let result = criu.call_checked(
-            criu::MIN_VERSION,
-            Request::new(ReqType::RESTORE, Some(o)).work_dir(&work),
-            &mut handler,
-            &keep,
-            &mut |criu_pid, opts| {
-                // criu restores into the cgroup it runs in; re-root the
-                // image's cgroup tree there.
-                cgroup
-                    .add_task(criu_pid as i32)
-                    .map_err(|e| e.to_string())?;
-                let roots = cgroup_roots(criu_pid).map_err(|e| e.to_string())?;
-                if let Some(o) = opts.as_mut() {
-                    o.cg_root = roots;
-                }
-                Ok(())
-            },
-        );
-        let unlocked = handler.unlock();
-        let (seen_pid, veth_made) = (handler.pid, handler.veth_made);
-        undo.pid = seen_pid;
-        if veth_made {
-            undo.veth = veth.clone();
-        }
-        undo.unmount_root();
-        let resp = result?;
-        unlocked.map_err(Error::Usage)?;
-        let pid = resp
-            .restore
-            .as_ref()
-            .map(|r| r.pid())
-            .ok_or_else(|| Error::Init("criu answered the restore without a pid".into()))?;
-        undo.pid = Some(pid);
-        if veth.is_some() {
-            undo.veth = veth.clone();
-        }
-        state.pid = pid;
-        state.pid_start_time = crate::proc::start_time(pid)
-            .ok_or_else(|| Error::Init("the restored init exited at once".into()))?;
-        state.stdio = (0..3)
-            .map(|fd| crate::proc::fd_target(pid, fd).unwrap_or_default())
-            .collect();
-        state.creating = false;
-        dir.save(&state)?;
-        if let Some(pf) = &opts.pid_file {
-            super::create::write_pid_file(pf, pid)?;
-        }
-        undo.armed = false;
-        drop(undo);
-        let stats = criu::read_restore_stats(&images)
-            .or_else(|_| criu::read_restore_stats(&work))
+        claim.rollback.pid = Some(pid);
+        claim.rollback.veth = veth.clone();
+        claim.state.pid = pid;
+        claim.state.pid_start_time =
+            crate::proc::start_time(pid).ok_or(Error::RestoredInitExited)?;
+        let (container, _lock) = claim.finish(root, opts.pid_file.as_deref())?;
+        let stats = criu::read_restore_stats(&dirs.images)
+            .or_else(|_| criu::read_restore_stats(&dirs.work))
             .ok();
-        let container = Container {
-            root: root.to_path_buf(),
-            dir,
-            state,
-        };
         let hook_warnings = hooks::run_all(
             container.state.config.hooks().as_ref(),
             Kind::Poststart,
@@ -612,7 +446,7 @@ impl Container {
         );
         Ok(Restored {
             container,
-            log: work.join("restore.log"),
+            log: dirs.log(),
             stats,
             hook_warnings,
         })

@@ -1,6 +1,6 @@
 //! `start`: let a created container's init exec the user program.
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::stat::Mode;
@@ -13,6 +13,7 @@ impl Container {
     /// Starts the user program. Returns poststart hook failures, which are
     /// warnings per the OCI spec.
     pub fn start(&mut self) -> Result<Vec<hooks::Error>> {
+        let _span = tracing::info_span!("start", id = %self.id()).entered();
         let _lock = self.dir.lock()?;
         self.require(
             &[Status::Created],
@@ -32,9 +33,7 @@ impl Container {
             Mode::empty(),
         )
         .map_err(|e| match e {
-            nix::errno::Errno::ENXIO => {
-                Error::Init("the init is not waiting for start any more".into())
-            }
+            nix::errno::Errno::ENXIO => Error::NotWaiting,
             e => sys("open exec.fifo")(e),
         })?;
         nix::unistd::write(&fifo, &[0]).map_err(sys("signalling the init"))?;
@@ -61,10 +60,7 @@ impl Container {
                 }
             };
             if ready == 0 {
-                return Err(Error::Init(format!(
-                    "the init did not exec the user program within {} s (is its cgroup frozen?)",
-                    limit.as_secs()
-                )));
+                return Err(Error::ExecTimeout { waited: limit });
             }
         }
         let mut report = String::new();
@@ -78,7 +74,6 @@ impl Container {
         if !report.is_empty() {
             return Err(Error::Init(report));
         }
-        let _ = done.as_raw_fd();
         Ok(hooks::run_all(
             self.state.config.hooks().as_ref(),
             Kind::Poststart,

@@ -8,6 +8,7 @@ impl Container {
     /// Applies `resources` and records in the container's config exactly
     /// what was applied, merged over what was recorded before.
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        let _span = tracing::info_span!("update", id = %self.id()).entered();
         let _lock = self.dir.lock()?;
         self.require(
             &[Status::Created, Status::Running, Status::Paused],
@@ -32,11 +33,10 @@ impl Container {
     fn explain_memory(&self, cgroup: &Cgroup, r: &LinuxResources) -> Option<Error> {
         let limit = r.memory().as_ref()?.limit().filter(|l| *l >= 0)?;
         let usage = cgroup.stats().ok()?.memory_usage;
-        (usage > limit as u64).then(|| {
-            Error::Usage(format!(
-                "memory limit {limit} is too small for container {}: it uses {usage} bytes now and the kernel cannot reclaim enough to fit under the limit; give at least {usage}",
-                self.id()
-            ))
+        (usage > limit as u64).then(|| Error::MemoryBelowUsage {
+            id: self.id().to_string(),
+            limit,
+            usage,
         })
     }
 }

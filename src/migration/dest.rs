@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::Cgroup;
-use crate::container::{RestoreHold, RestoreOptions};
+use crate::container::{HoldError, RestoreHold, RestoreOptions};
 use crate::network::{self, LockMethod, VethConfig};
 use crate::state::StateDir;
 use crate::Container;
@@ -236,8 +236,9 @@ impl Reaper {
 type RestoreResult = crate::container::Result<crate::container::Restored>;
 
 impl RestoreHold for Hold<RestoreResult> {
-    fn restored(&mut self, pid: i32) -> Result<(), String> {
+    fn restored(&mut self, pid: i32) -> Result<(), HoldError> {
         self.wait(pid, "the restored container is removed")
+            .map_err(HoldError::Declined)
     }
 }
 

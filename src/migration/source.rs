@@ -11,7 +11,7 @@ use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::FreezerState;
-use crate::container::{CheckpointOptions, PostDump, TlsFiles};
+use crate::container::{CheckpointOptions, HoldError, PostDump, TlsFiles};
 use crate::criu::DumpStats;
 use crate::freeze_guard::{GuardHandle, OnDeath};
 use crate::network::LockMethod;
@@ -148,11 +148,13 @@ struct SourceHold {
 }
 
 impl PostDump for SourceHold {
-    fn post_dump(&mut self, _images: &Path, guard: Option<GuardHandle>) -> Result<(), String> {
+    fn post_dump(&mut self, _images: &Path, guard: Option<GuardHandle>) -> Result<(), HoldError> {
         if let Ok(mut f) = self.freeze.lock() {
             f.guard = guard;
         }
-        self.hold.wait(0, "the source resumes")
+        self.hold
+            .wait(0, "the source resumes")
+            .map_err(HoldError::Declined)
     }
 
     fn keep_frozen(&self) -> bool {
@@ -325,9 +327,12 @@ impl SourceHost for ContainerSource {
                     },
                     freeze: shared,
                 };
-                let r = c
-                    .checkpoint_with(&o, Some(&mut hold))
-                    .map(|done| done.stats);
+                let r = c.checkpoint_with(&o, Some(&mut hold)).map(|done| {
+                    for w in &done.hook_warnings {
+                        tracing::warn!(warning = %w, "poststop hook");
+                    }
+                    done.stats
+                });
                 let _ = ev_tx.send(Event::Done(r));
             })?;
         // Wait for the hold, noting when the cgroup froze (ferry freezes it
