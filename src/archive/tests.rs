@@ -60,7 +60,7 @@ fn stats_bytes() -> Vec<u8> {
     d.set_pages_lazy(0);
     let mut e = crate::proto::stats::Stats_entry::new();
     e.dump = Some(d).into();
-    crate::criu::image::encode_entries(crate::images::format::STATS_MAGIC, &[e]).unwrap()
+    crate::criu::image::encode(crate::criu::image::STATS_MAGIC, &[&e])
 }
 
 fn host() -> Host {

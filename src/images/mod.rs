@@ -19,17 +19,16 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 mod describe;
-pub mod format;
 
+pub use crate::criu::image::{ErrorKind, ImageError, Result};
 pub use describe::{fstype_name, FileKind};
-pub use format::{ErrorKind, ImageError, Result};
 
+use crate::criu::image::*;
 use crate::proto::files::{Fdinfo_entry, File_entry};
 use crate::proto::inventory::Inventory_entry;
 use crate::proto::memory::{Mm_entry, Pagemap_entry, Pagemap_head};
 use crate::proto::namespaces::{Mnt_entry, Utsns_entry};
 use crate::proto::task::{Core_entry, Fs_entry, Pstree_entry, Task_kobj_ids_entry};
-use format::*;
 
 /// CRIU's pagemap flags (criu/include/pagemap.h).
 const PE_PARENT: u32 = 1 << 0;

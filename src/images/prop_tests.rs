@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 use super::tests::make_images;
 use super::*;
+use crate::criu::image;
 use crate::proto::memory::{Mm_entry, Pagemap_entry, Pagemap_head};
 
 const MAGICS: [u32; 13] = [
@@ -118,7 +119,7 @@ proptest! {
     ) {
         let _ = drain(&bytes, magic);
         let _ = drain(&with_header(magic, &bytes), magic);
-        let _ = format::read_all::<Pstree_entry>(Path::new("/nonexistent"), magic, "x");
+        let _ = image::read_all::<Pstree_entry>(Path::new("/nonexistent"), magic, "x");
     }
 
     /// A length word promising more than the file holds is refused before
@@ -225,17 +226,17 @@ proptest! {
         mm.set_mm_arg_end(arg.1);
         mm.set_mm_env_start(env.0);
         mm.set_mm_env_end(env.1);
-        std::fs::write(dir.path().join("mm-1.img"), format::encode(MM_MAGIC, &[&mm])).unwrap();
+        std::fs::write(dir.path().join("mm-1.img"), image::encode(MM_MAGIC, &[&mm])).unwrap();
         let mut head = Pagemap_head::new();
         head.set_pages_id(1);
-        let mut bytes = format::encode(PAGEMAP_MAGIC, &[&head]);
+        let mut bytes = image::encode(PAGEMAP_MAGIC, &[&head]);
         for (vaddr, nr, flags) in &runs {
             let mut e = Pagemap_entry::new();
             e.set_vaddr(*vaddr);
             e.set_nr_pages(*nr);
             e.set_compat_nr_pages(*nr as u32);
             e.set_flags(*flags);
-            bytes.extend_from_slice(&format::encode(PAGEMAP_MAGIC, &[&e])[8..]);
+            bytes.extend_from_slice(&image::encode(PAGEMAP_MAGIC, &[&e])[8..]);
         }
         std::fs::write(dir.path().join("pagemap-1.img"), &bytes).unwrap();
         let d = ImageDir::open(dir.path()).unwrap();
@@ -278,11 +279,7 @@ fn pages_run_at_top_of_address_space() {
     let argv = b"sh\0-c\0sleep 100\0";
     mm.set_mm_arg_start(top + 8);
     mm.set_mm_arg_end(top + 8 + argv.len() as u64);
-    std::fs::write(
-        dir.path().join("mm-1.img"),
-        format::encode(MM_MAGIC, &[&mm]),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("mm-1.img"), image::encode(MM_MAGIC, &[&mm])).unwrap();
     let mut head = Pagemap_head::new();
     head.set_pages_id(1);
     let mut e = Pagemap_entry::new();
@@ -290,8 +287,8 @@ fn pages_run_at_top_of_address_space() {
     e.set_nr_pages(2);
     e.set_compat_nr_pages(2);
     e.set_flags(PE_PRESENT);
-    let mut bytes = format::encode(PAGEMAP_MAGIC, &[&head]);
-    bytes.extend_from_slice(&format::encode(PAGEMAP_MAGIC, &[&e])[8..]);
+    let mut bytes = image::encode(PAGEMAP_MAGIC, &[&head]);
+    bytes.extend_from_slice(&image::encode(PAGEMAP_MAGIC, &[&e])[8..]);
     std::fs::write(dir.path().join("pagemap-1.img"), &bytes).unwrap();
     let d = ImageDir::open(dir.path()).unwrap();
     assert_eq!(d.cmdline(1).unwrap().unwrap(), ["sh", "-c", "sleep 100"]);
@@ -327,7 +324,7 @@ fn mm_with_vmas(n: usize, start: u64) -> Vec<u8> {
         v.set_fd(-1);
         mm.vmas.push(v);
     }
-    format::encode(MM_MAGIC, &[&mm])
+    image::encode(MM_MAGIC, &[&mm])
 }
 
 /// A million mappings in a 16 MiB entry decoded into some 160 MiB (and an
@@ -421,12 +418,12 @@ proptest! {
         bytes.extend_from_slice(&tail);
         if Inventory_entry::parse_from_bytes(&bytes).is_ok() {
             prop_assert!(
-                format::decoded_cost(&bytes, &Inventory_entry::descriptor(), 0).is_some(),
+                image::decoded_cost(&bytes, &Inventory_entry::descriptor(), 0).is_some(),
                 "{:02x?}", bytes
             );
         }
         if protobuf::well_known_types::empty::Empty::parse_from_bytes(&tail).is_ok() {
-            prop_assert!(format::decoded_cost(
+            prop_assert!(image::decoded_cost(
                 &tail,
                 &protobuf::well_known_types::empty::Empty::descriptor(),
                 0

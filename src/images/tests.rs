@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::criu::image;
 use crate::proto::files::{
     Fd_types, Fdinfo_entry, File_entry, Inet_sk_entry, Pipe_entry, Reg_file_entry, Unix_sk_entry,
 };
@@ -26,7 +27,7 @@ fn ids(files: u32) -> Task_kobj_ids_entry {
 }
 
 fn write<M: protobuf::Message>(dir: &Path, name: &str, magic: u32, entries: &[&M]) {
-    std::fs::write(dir.join(name), format::encode(magic, entries)).unwrap();
+    std::fs::write(dir.join(name), image::encode(magic, entries)).unwrap();
 }
 
 fn reg(id: u32, name: &str) -> File_entry {
@@ -105,8 +106,8 @@ fn process_memory(dir: &Path, pid: u32, argv: &[&str], env: &[&str]) {
     lazy.set_nr_pages(3);
     lazy.set_flags(PE_LAZY);
     let path = dir.join(format!("pagemap-{pid}.img"));
-    let mut bytes = format::encode(PAGEMAP_MAGIC, &[&head]);
-    bytes.extend_from_slice(&format::encode(PAGEMAP_MAGIC, &[&present, &lazy])[8..]);
+    let mut bytes = image::encode(PAGEMAP_MAGIC, &[&head]);
+    bytes.extend_from_slice(&image::encode(PAGEMAP_MAGIC, &[&present, &lazy])[8..]);
     std::fs::write(path, bytes).unwrap();
 }
 
