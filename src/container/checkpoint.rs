@@ -213,7 +213,7 @@ impl CriuLockRecorder<'_> {
 }
 
 impl NotifyHandler for DumpHandler<'_, '_> {
-    fn notify(&mut self, event: Notify) -> std::result::Result<(), String> {
+    fn notify(&mut self, event: Notify) -> std::result::Result<(), criu::HandlerError> {
         tracing::debug!(event = %event, "criu notification");
         match event {
             // CRIU sends pre-dump after its own start-up and before it
@@ -440,26 +440,27 @@ impl Container {
         let log = work.join(log_name);
         let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
         let id = self.id().to_string();
-        let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
-            let g = FreezeGuard::arm(&Target {
-                freezer: freezer.clone(),
-                // A paused container stays paused whatever happens.
-                on_death: if was_paused {
-                    OnDeath::Leave
-                } else {
-                    OnDeath::Thaw
-                },
-                id: &id,
-                criu: Some(criu_pid as i32),
-                dump: marked.then(|| DumpDirs {
-                    images: images.clone(),
-                    work: work.clone(),
-                }),
-            })
-            .map_err(|e| e.to_string())?;
-            *guard.borrow_mut() = Some(g);
-            Ok(())
-        };
+        let mut arm =
+            |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), criu::HandlerError> {
+                let g = FreezeGuard::arm(&Target {
+                    freezer: freezer.clone(),
+                    // A paused container stays paused whatever happens.
+                    on_death: if was_paused {
+                        OnDeath::Leave
+                    } else {
+                        OnDeath::Thaw
+                    },
+                    id: &id,
+                    criu: Some(criu_pid as i32),
+                    dump: marked.then(|| DumpDirs {
+                        images: images.clone(),
+                        work: work.clone(),
+                    }),
+                })
+                .map_err(|e| e.to_string())?;
+                *guard.borrow_mut() = Some(g);
+                Ok(())
+            };
         let mut handler = DumpHandler {
             freeze: (!was_paused).then_some(&cgroup),
             frozen: false,

@@ -229,7 +229,7 @@ impl RestoreHandler<'_, '_> {
 }
 
 impl NotifyHandler for RestoreHandler<'_, '_> {
-    fn notify(&mut self, event: Notify) -> std::result::Result<(), String> {
+    fn notify(&mut self, event: Notify) -> std::result::Result<(), criu::HandlerError> {
         tracing::debug!(event = %event, "criu notification");
         let e = |e: &dyn std::fmt::Display| e.to_string();
         match event {

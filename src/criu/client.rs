@@ -7,9 +7,9 @@ use tracing::debug;
 
 use super::errors::{Error, Failure, Result};
 use super::log::excerpt_file;
-use super::notify::{AckAll, NotifyHandler};
+use super::notify::{AckAll, HandlerError, NotifyHandler};
 use super::swrk::{describe_exit, Session};
-use super::version::{check_version, Version, MIN_VERSION};
+use super::version::{Version, MIN_VERSION};
 use super::{Criu, Features, InheritFds, Opts, PageServer, ReqType, Request, Response, CRIU_ENV};
 use crate::proto::rpc::{Criu_features, Criu_req};
 
@@ -172,13 +172,13 @@ impl Session {
             Some(x) => (Some(x.resp), x.refused),
             None => (None, None),
         };
-        if let Some((script, message)) = refused {
+        if let Some((script, source)) = refused {
             let failed = !resp.as_ref().is_some_and(|r| r.success());
             let failure = failed.then(|| build_failure(self, op, resp.as_ref(), log.as_ref()));
             return Err(Error::Notify {
                 op,
                 script,
-                message,
+                source,
                 failure,
             });
         }
@@ -299,7 +299,7 @@ impl Criu {
         let pid = session
             .pid()
             .ok_or_else(|| Error::Protocol("criu exited after answering VERSION".into()))?;
-        on_start(pid, &mut req.opts).map_err(Error::Setup)?;
+        on_start(pid, &mut req.opts).map_err(|source| Error::Prepare { source })?;
         let result = session.request(req, handler);
         // Reaped in the background: criu only cleans up after answering.
         std::thread::spawn(move || drop(session));
@@ -307,8 +307,17 @@ impl Criu {
     }
 }
 
+/// `Ok` when `found` is at least `min`, else [`Error::TooOld`].
+pub fn check_version(found: Version, min: Version) -> Result<()> {
+    if found < min {
+        return Err(Error::TooOld { found, min });
+    }
+    Ok(())
+}
+
 /// Called with criu's pid and the request's options before the request is sent.
-pub type OnStart<'a> = dyn FnMut(u32, &mut Option<Opts>) -> std::result::Result<(), String> + 'a;
+pub type OnStart<'a> =
+    dyn FnMut(u32, &mut Option<Opts>) -> std::result::Result<(), HandlerError> + 'a;
 
 /// The version in a VERSION response.
 fn version_of(resp: &Response) -> Result<Version> {
@@ -601,5 +610,17 @@ mod tests {
             min: MIN_VERSION,
         };
         assert!(err.to_string().contains("scripts/install-deps.sh"));
+    }
+
+    #[test]
+    fn too_old_names_both_versions_and_the_fix() {
+        assert!(check_version(Version::new(4, 2, 1), MIN_VERSION).is_ok());
+        assert!(check_version(MIN_VERSION, MIN_VERSION).is_ok());
+        let err = check_version(Version::new(3, 17, 1), MIN_VERSION).unwrap_err();
+        assert!(matches!(err, Error::TooOld { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains("3.17.1"), "{msg}");
+        assert!(msg.contains("4.1.0"), "{msg}");
+        assert!(msg.contains("scripts/install-deps.sh"), "{msg}");
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::image::ImageError;
 use super::log::{bug_location, is_harmless, strip_timestamp};
+use super::notify::HandlerError;
 use super::version::Version;
 
 /// Where CRIU's own defects are reported.
@@ -56,9 +57,12 @@ pub enum Error {
     Protocol(String),
 
     /// The caller's own preparation between spawning criu and sending the
-    /// request failed (freezing, cgroup placement).
-    #[error("{0}")]
-    Setup(String),
+    /// request failed (cgroup placement).
+    #[error("{source}")]
+    Prepare {
+        #[source]
+        source: HandlerError,
+    },
 
     /// The options cannot make a valid request.
     #[error("invalid criu options: {0}")]
@@ -70,13 +74,14 @@ pub enum Error {
 
     /// The notify handler refused a notification, so CRIU aborted.
     #[error(
-        "criu {op} aborted: {script} handler failed: {message}{}",
+        "criu {op} aborted: {script} handler failed: {source}{}",
         failure_suffix(failure)
     )]
     Notify {
         op: &'static str,
         script: String,
-        message: String,
+        #[source]
+        source: HandlerError,
         /// What CRIU said afterwards, if it reported failure.
         failure: Option<Box<Failure>>,
     },
