@@ -7,10 +7,13 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
+use super::memory::{PE_LAZY, PE_PARENT, PE_PRESENT};
 use super::tests::make_images;
 use super::*;
 use crate::criu::image;
+use crate::proto::files::File_entry;
 use crate::proto::memory::{Mm_entry, Pagemap_entry, Pagemap_head};
+use crate::proto::namespaces::Mnt_entry;
 
 const MAGICS: [u32; 13] = [
     INVENTORY_MAGIC,

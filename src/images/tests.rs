@@ -2,6 +2,7 @@
 //! truncation/corruption of each file at every offset.
 use std::path::Path;
 
+use super::memory::{PE_LAZY, PE_PRESENT};
 use super::*;
 use crate::criu::image;
 use crate::proto::files::{
