@@ -28,6 +28,8 @@ pub mod sync;
 pub mod sysctl;
 
 #[cfg(test)]
+mod test_damage;
+#[cfg(test)]
 #[path = "../tests/common/skip.rs"]
 mod test_skip;
 

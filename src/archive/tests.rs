@@ -19,14 +19,7 @@ fn source() -> Src {
     std::fs::write(images.join("inventory.img"), b"\x16\x31\x31\x58inventory").unwrap();
     std::fs::write(images.join("core-1.img"), vec![7u8; 10_000]).unwrap();
     std::fs::write(images.join("stats-dump"), stats_bytes()).unwrap();
-    let config = tmp.path().join("config.json");
-    std::fs::write(
-        &config,
-        br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#,
-    )
-    .unwrap();
-    let descriptors = tmp.path().join("descriptors.json");
-    std::fs::write(&descriptors, br#"["/dev/null","pipe:[1]","pipe:[2]"]"#).unwrap();
+    let (config, descriptors) = config_and_descriptors(tmp.path());
     let rootfs = tmp.path().join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::create_dir_all(rootfs.join("etc/deep/er")).unwrap();
@@ -46,6 +39,19 @@ fn source() -> Src {
         descriptors,
         rootfs,
     }
+}
+
+/// A minimal `config.json` and a runc-style `descriptors.json` in `dir`.
+pub(super) fn config_and_descriptors(dir: &Path) -> (PathBuf, PathBuf) {
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#,
+    )
+    .unwrap();
+    let descriptors = dir.join("descriptors.json");
+    std::fs::write(&descriptors, br#"["/dev/null","pipe:[1]","pipe:[2]"]"#).unwrap();
+    (config, descriptors)
 }
 
 fn stats_bytes() -> Vec<u8> {

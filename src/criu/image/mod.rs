@@ -18,7 +18,7 @@ use std::path::PathBuf;
 mod cost;
 mod reader;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 pub(crate) use cost::decoded_cost;

@@ -57,7 +57,8 @@ fn parse_entries<M: protobuf::MessageFull>(bytes: &[u8], magic: u32) -> Result<V
     EntryReader::new(Path::new("test.img"), Cursor::new(bytes), len, magic)?.collect("entry")
 }
 
-fn image(magic: u32, rest: &[u8]) -> Vec<u8> {
+/// An image with a header for `magic` followed by `rest`.
+pub(crate) fn with_header(magic: u32, rest: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     if let Some(h) = head_magic_for(magic) {
         v.extend_from_slice(&h.to_le_bytes());
@@ -74,7 +75,7 @@ proptest! {
         magic in prop_oneof![Just(STATS_MAGIC), Just(INVENTORY_MAGIC), Just(PSTREE_MAGIC)],
     ) {
         let _ = parse_entries::<Stats_entry>(&bytes, magic);
-        let _ = parse_entries::<Stats_entry>(&image(magic, &bytes), magic);
+        let _ = parse_entries::<Stats_entry>(&with_header(magic, &bytes), magic);
     }
 
     /// A length word beyond the data is an error at that word, whatever
@@ -87,7 +88,7 @@ proptest! {
         prop_assume!(len as usize > data.len());
         let mut rest = len.to_le_bytes().to_vec();
         rest.extend_from_slice(&data);
-        let err = parse_entries::<Stats_entry>(&image(STATS_MAGIC, &rest), STATS_MAGIC)
+        let err = parse_entries::<Stats_entry>(&with_header(STATS_MAGIC, &rest), STATS_MAGIC)
             .unwrap_err();
         prop_assert_eq!(err.offset, 8);
         let refused = matches!(
@@ -112,7 +113,8 @@ fn entry_decoding_into_too_much_memory_is_refused() {
     }
     let mut rest = (body.len() as u32).to_le_bytes().to_vec();
     rest.extend_from_slice(&body);
-    let err = parse_entries::<Stats_entry>(&image(STATS_MAGIC, &rest), STATS_MAGIC).unwrap_err();
+    let err =
+        parse_entries::<Stats_entry>(&with_header(STATS_MAGIC, &rest), STATS_MAGIC).unwrap_err();
     assert_eq!(err.offset, 8);
     assert!(
         matches!(err.kind, ErrorKind::DecodedTooLarge { .. }),
