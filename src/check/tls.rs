@@ -103,3 +103,49 @@ fn try_tls(criu: &Criu) -> Result<String, String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_certificate_chains_to_its_ca() {
+        let d = tempfile::tempdir().unwrap();
+        let f = test_certificate(d.path()).unwrap();
+        let paths = migrate::tls::TlsPaths {
+            ca: f.ca,
+            cert: f.cert,
+            key: f.key,
+        };
+        migrate::tls::Credentials::load(&paths).unwrap();
+    }
+
+    #[test]
+    fn client_hello_lengths_agree() {
+        let rec = client_hello();
+        assert_eq!(&rec[..3], &[0x16, 0x03, 0x01]);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([rec[3], rec[4]])),
+            rec.len() - 5
+        );
+        assert_eq!(rec[5], 0x01, "ClientHello");
+        let hs_len = u32::from_be_bytes([0, rec[6], rec[7], rec[8]]) as usize;
+        assert_eq!(hs_len, rec.len() - 9);
+    }
+
+    /// The handshake against a real page server, with the certificate made
+    /// here (CRIU refuses to start a TLS page server it cannot load it into).
+    #[test]
+    fn a_tls_page_server_answers_with_tls() {
+        let Ok(criu) = Criu::new() else {
+            crate::test_skip::skip("criu is not installed (scripts/install-deps.sh)");
+            return;
+        };
+        if !nix::unistd::geteuid().is_root() {
+            crate::test_skip::skip("a page server needs root");
+            return;
+        }
+        let note = try_tls(&criu).unwrap();
+        assert!(note.contains("answered a TLS ClientHello"), "{note}");
+    }
+}
