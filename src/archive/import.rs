@@ -300,8 +300,10 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
     let un = unpack(input, staging.path(), limits, Mode::Import(&check))?;
     let meta: Metadata =
         read_json_file(&staging.path().join(METADATA_FILE), METADATA_FILE, limits)?;
-    check_manifest(&un, staging.path(), limits)?;
-    check_contents(staging.path(), &meta, limits)?;
+    check_manifest(&un.files, &un.order, staging.path(), limits)?;
+    if let Some(rootfs) = check_contents(staging.path(), &meta, limits)? {
+        check_rootfs_tar(&rootfs, limits, None)?;
+    }
     publish(staging, dest, &parent)?;
     let at = |p: &str| {
         let path = dest.join(p);
@@ -384,7 +386,7 @@ pub(crate) fn short_stem(stem: &str) -> &str {
 /// Checks every entry of a rootfs tar without unpacking it: safe paths,
 /// hard-link targets inside the tree, no devices, within `limits`; with a
 /// `budget`, also that its unpacked entries fit there.
-pub(super) fn check_rootfs_tar(
+fn check_rootfs_tar(
     path: &Path,
     limits: &Limits,
     mut budget: Option<&mut SpaceBudget>,

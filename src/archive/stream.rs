@@ -2,7 +2,7 @@
 //! stream errors told as archive errors, and what may follow the tar.
 use std::io::{self, Cursor, Read};
 
-use super::tar_guard::{Refused, MAX_EXTENSION_BYTES, MAX_SPARSE_BLOCKS};
+use super::tar_guard::{read_up_to, Refused, MAX_EXTENSION_BYTES, MAX_SPARSE_BLOCKS};
 use super::{Compression, Error, Result};
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -10,20 +10,6 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// End-of-archive zero blocks and record padding allowed after the last entry.
 const MAX_TRAILER: u64 = 1 << 20;
-
-/// Reads until `buf` is full or the input ends.
-pub(super) fn read_up_to<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
 
 pub(super) fn stream_err(e: io::Error) -> Error {
     if let Some(r) = Refused::from_io(&e) {

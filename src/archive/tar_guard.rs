@@ -13,8 +13,6 @@
 //! tar crate write sparse entries for files with holes).
 use std::io::{self, Read};
 
-use super::stream::read_up_to;
-
 /// Largest GNU long-name/long-link or PAX extended header accepted: far
 /// above a 4096-byte path, a link target and a few extended attributes.
 pub const MAX_EXTENSION_BYTES: u64 = 1 << 20;
@@ -264,6 +262,20 @@ impl<R: Read> Read for TarGuard<R> {
             }
         }
     }
+}
+
+/// Reads until `buf` is full or the input ends.
+pub(super) fn read_up_to<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
 //! What an unpacked archive must satisfy before it is imported: a format
 //! and host it was made for, a manifest that lists exactly what arrived,
 //! and the files a restore needs.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::import::{check_rootfs_tar, Unpacked};
 use super::*;
 use crate::criu::MIN_VERSION;
 
@@ -65,11 +64,18 @@ pub(super) fn read_json_file<T: serde::de::DeserializeOwned>(
     parse_json(name, &bytes)
 }
 
-/// Every entry unpacked into `staging` is listed in the manifest with its
-/// size and CRC-32, and the manifest lists nothing else.
-pub(super) fn check_manifest(un: &Unpacked, staging: &Path, limits: &Limits) -> Result<()> {
+/// Every file entry unpacked into `staging` (`files`: size and CRC-32 by
+/// path; `order`: their paths in archive order, the manifest's left out) is
+/// listed in the manifest with its size and CRC-32, and the manifest lists
+/// nothing else.
+pub(super) fn check_manifest(
+    files: &HashMap<String, (u64, u32)>,
+    order: &[String],
+    staging: &Path,
+    limits: &Limits,
+) -> Result<()> {
     // The manifest is the last entry: without it the archive was cut short.
-    let Some(_) = un.files.get(MANIFEST_FILE) else {
+    let Some(_) = files.get(MANIFEST_FILE) else {
         return Err(Error::Truncated(format!(
             "{MANIFEST_FILE} (the last entry) is missing"
         )));
@@ -77,7 +83,7 @@ pub(super) fn check_manifest(un: &Unpacked, staging: &Path, limits: &Limits) -> 
     let manifest: Manifest = read_json_file(&staging.join(MANIFEST_FILE), MANIFEST_FILE, limits)?;
     let listed: HashSet<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
     for e in &manifest.entries {
-        match un.files.get(&e.path) {
+        match files.get(&e.path) {
             None => return Err(Error::Missing(e.path.clone())),
             Some(&(size, crc)) if size != e.size || crc != e.crc32 => {
                 return Err(Error::ManifestMismatch {
@@ -91,7 +97,7 @@ pub(super) fn check_manifest(un: &Unpacked, staging: &Path, limits: &Limits) -> 
             Some(_) => {}
         }
     }
-    if let Some(extra) = un.order.iter().find(|p| !listed.contains(p.as_str())) {
+    if let Some(extra) = order.iter().find(|p| !listed.contains(p.as_str())) {
         return Err(Error::ManifestMismatch {
             path: extra.clone(),
             detail: "not listed".into(),
@@ -100,8 +106,13 @@ pub(super) fn check_manifest(un: &Unpacked, staging: &Path, limits: &Limits) -> 
     Ok(())
 }
 
-/// The CRIU images, `spec.dump` and (as `meta` says) the rootfs are there.
-pub(super) fn check_contents(staging: &Path, meta: &Metadata, limits: &Limits) -> Result<()> {
+/// The CRIU images, `spec.dump` and (as `meta` says) the rootfs are there;
+/// returns the rootfs tar, whose entries the caller checks.
+pub(super) fn check_contents(
+    staging: &Path,
+    meta: &Metadata,
+    limits: &Limits,
+) -> Result<Option<PathBuf>> {
     let images = staging.join(IMAGES_DIR);
     if !images.join("inventory.img").is_file() {
         return Err(Error::Missing(format!("{IMAGES_DIR}/inventory.img")));
@@ -119,7 +130,7 @@ pub(super) fn check_contents(staging: &Path, meta: &Metadata, limits: &Limits) -
                     "{ROOTFS_FILE} (the metadata says the rootfs is included)"
                 )));
             }
-            check_rootfs_tar(&rootfs, limits, None)?;
+            Ok(Some(rootfs))
         }
         RootfsMode::None => {
             if rootfs.exists() {
@@ -128,7 +139,7 @@ pub(super) fn check_contents(staging: &Path, meta: &Metadata, limits: &Limits) -
                     detail: "present although the metadata says the rootfs is not included".into(),
                 });
             }
+            Ok(None)
         }
     }
-    Ok(())
 }
