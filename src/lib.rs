@@ -29,6 +29,8 @@ pub mod sync;
 pub mod sysctl;
 
 #[cfg(test)]
+mod test_damage;
+#[cfg(test)]
 #[path = "../tests/common/skip.rs"]
 mod test_skip;
 

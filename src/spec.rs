@@ -107,6 +107,28 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
         .process()
         .as_ref()
         .ok_or_else(|| invalid("process", "missing (the container needs a process to run)"))?;
+    validate_process(process)?;
+    crate::rootfs::check_mount_options(spec)
+        .map_err(|(i, e)| invalid(&format!("mounts[{i}].options"), e.to_string()))?;
+    if let Some(linux) = spec.linux() {
+        validate_linux(spec, linux)?;
+    }
+    for m in spec.mounts().iter().flatten() {
+        if !m.destination().is_absolute() {
+            return Err(invalid(
+                "mounts",
+                format!(
+                    "destination {} is not an absolute path",
+                    m.destination().display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `process`: something to run, in an absolute cwd, with what ferry applies.
+fn validate_process(process: &oci_spec::runtime::Process) -> Result<()> {
     match process.args() {
         Some(args) if !args.is_empty() => {}
         _ => return Err(invalid("process.args", "empty (name the program to run)")),
@@ -135,87 +157,79 @@ pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
             "SELinux labels are not applied; remove the field",
         ));
     }
-    if let Some(rlimits) = process.rlimits() {
-        for rl in rlimits {
-            check_rlimit(rl.typ(), rl.soft(), rl.hard())?;
+    for rl in process.rlimits().iter().flatten() {
+        check_rlimit(rl.typ(), rl.soft(), rl.hard())?;
+    }
+    Ok(())
+}
+
+/// `linux`: seccomp, namespaces, id mappings, sysctls and the cgroups path.
+fn validate_linux(spec: &Spec, linux: &oci_spec::runtime::Linux) -> Result<()> {
+    if let Some(s) = linux.seccomp() {
+        crate::seccomp::build(s).map_err(|e| unsupported("linux.seccomp", e))?;
+    }
+    if linux.intel_rdt().is_some() {
+        return Err(unsupported("linux.intelRdt", "Intel RDT is not managed"));
+    }
+    if linux.personality().is_some() {
+        return Err(unsupported(
+            "linux.personality",
+            "execution domains are not set",
+        ));
+    }
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    validate_namespaces(&namespaces)?;
+    let user_ns = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    if has_maps && !user_ns {
+        return Err(invalid(
+            "linux.uidMappings",
+            "mappings need a new user namespace in linux.namespaces",
+        ));
+    }
+    if user_ns && !has_maps {
+        return Err(invalid(
+            "linux.namespaces",
+            "a new user namespace needs linux.uidMappings and linux.gidMappings",
+        ));
+    }
+    crate::sysctl::validate(spec).map_err(|e| invalid("linux.sysctl", e))?;
+    if let Some(path) = linux.cgroups_path() {
+        if path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(invalid("linux.cgroupsPath", "must not contain '..'"));
         }
     }
-    crate::rootfs::check_mount_options(spec)
-        .map_err(|(i, e)| invalid(&format!("mounts[{i}].options"), e.to_string()))?;
-    if let Some(linux) = spec.linux() {
-        if let Some(s) = linux.seccomp() {
-            crate::seccomp::build(s).map_err(|e| unsupported("linux.seccomp", e))?;
-        }
-        if linux.intel_rdt().is_some() {
-            return Err(unsupported("linux.intelRdt", "Intel RDT is not managed"));
-        }
-        if linux.personality().is_some() {
-            return Err(unsupported(
-                "linux.personality",
-                "execution domains are not set",
-            ));
-        }
-        let namespaces = linux.namespaces().clone().unwrap_or_default();
-        let mut seen = Vec::new();
-        for ns in &namespaces {
-            if seen.contains(&ns.typ()) {
-                return Err(invalid(
-                    "linux.namespaces",
-                    format!("{:?} namespace listed twice", ns.typ()),
-                ));
-            }
-            seen.push(ns.typ());
-            if ns.typ() == LinuxNamespaceType::Time {
-                return Err(unsupported("linux.namespaces", "time namespaces"));
-            }
-            if let Some(path) = ns.path() {
-                if !path.exists() {
-                    return Err(invalid(
-                        "linux.namespaces",
-                        format!(
-                            "{:?} namespace path {} does not exist",
-                            ns.typ(),
-                            path.display()
-                        ),
-                    ));
-                }
-            }
-        }
-        let user_ns = namespaces
-            .iter()
-            .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
-        let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-            || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
-        if has_maps && !user_ns {
-            return Err(invalid(
-                "linux.uidMappings",
-                "mappings need a new user namespace in linux.namespaces",
-            ));
-        }
-        if user_ns && !has_maps {
+    Ok(())
+}
+
+/// Each namespace once, none ferry cannot make, and joined ones existing.
+fn validate_namespaces(namespaces: &[oci_spec::runtime::LinuxNamespace]) -> Result<()> {
+    let mut seen = Vec::new();
+    for ns in namespaces {
+        if seen.contains(&ns.typ()) {
             return Err(invalid(
                 "linux.namespaces",
-                "a new user namespace needs linux.uidMappings and linux.gidMappings",
+                format!("{:?} namespace listed twice", ns.typ()),
             ));
         }
-        crate::sysctl::validate(spec).map_err(|e| invalid("linux.sysctl", e))?;
-        if let Some(path) = linux.cgroups_path() {
-            if path
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-            {
-                return Err(invalid("linux.cgroupsPath", "must not contain '..'"));
-            }
+        seen.push(ns.typ());
+        if ns.typ() == LinuxNamespaceType::Time {
+            return Err(unsupported("linux.namespaces", "time namespaces"));
         }
-    }
-    if let Some(mounts) = spec.mounts() {
-        for m in mounts {
-            if !m.destination().is_absolute() {
+        if let Some(path) = ns.path() {
+            if !path.exists() {
                 return Err(invalid(
-                    "mounts",
+                    "linux.namespaces",
                     format!(
-                        "destination {} is not an absolute path",
-                        m.destination().display()
+                        "{:?} namespace path {} does not exist",
+                        ns.typ(),
+                        path.display()
                     ),
                 ));
             }

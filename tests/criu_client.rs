@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferry::criu::{AckAll, Criu, Error, Notify, NotifyHandler, Opts, Version};
+use ferry::criu::{AckAll, Criu, Error, HandlerError, Notify, NotifyHandler, Opts, Version};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
@@ -150,13 +150,13 @@ struct Recorder {
 }
 
 impl NotifyHandler for Recorder {
-    fn notify(&mut self, event: Notify) -> Result<(), String> {
+    fn notify(&mut self, event: Notify) -> Result<(), HandlerError> {
         self.seen.push(event.script().to_string());
         if let Notify::PostRestore { pid } = event {
             self.restored_pid = Some(pid);
         }
         match self.refuse {
-            Some(s) if s == event.script() => Err(format!("test refuses {s}")),
+            Some(s) if s == event.script() => Err(format!("test refuses {s}").into()),
             _ => Ok(()),
         }
     }
@@ -347,11 +347,9 @@ fn refusing_pre_dump_aborts_and_leaves_the_process_running() {
     let mut rec = recorder(Some("pre-dump"));
     let err = c.dump(o, &mut rec, &[]).unwrap_err();
     match &err {
-        Error::Notify {
-            script, message, ..
-        } => {
+        Error::Notify { script, source, .. } => {
             assert_eq!(script, "pre-dump");
-            assert!(message.contains("test refuses pre-dump"));
+            assert!(source.to_string().contains("test refuses pre-dump"));
         }
         other => panic!("expected a notify error, got {other:?}"),
     }

@@ -163,7 +163,7 @@ fn hostile_inputs_allocate_within_budget() {
     );
 
     // CRIU images: length words of 4 GiB and just over the entry limit.
-    use ferry::images::format::{EntryReader, IMG_COMMON_MAGIC, MAX_ENTRY_BYTES, PSTREE_MAGIC};
+    use ferry::criu::image::{EntryReader, IMG_COMMON_MAGIC, MAX_ENTRY_BYTES, PSTREE_MAGIC};
     for len in [u32::MAX, MAX_ENTRY_BYTES + 1, MAX_ENTRY_BYTES] {
         let mut img = IMG_COMMON_MAGIC.to_le_bytes().to_vec();
         img.extend_from_slice(&PSTREE_MAGIC.to_le_bytes());
@@ -180,7 +180,7 @@ fn hostile_inputs_allocate_within_budget() {
     // the wire, with every required field 0): it decoded into 160 MiB.
     let mm = tmp.path().join("mm-1.img");
     let mut img = IMG_COMMON_MAGIC.to_le_bytes().to_vec();
-    img.extend_from_slice(&ferry::images::format::MM_MAGIC.to_le_bytes());
+    img.extend_from_slice(&ferry::criu::image::MM_MAGIC.to_le_bytes());
     let vma = [
         0x72u8, 16, 0x08, 0, 0x10, 0, 0x18, 0, 0x20, 0, 0x28, 0, 0x30, 0, 0x38, 0, 0x40, 0,
     ];
@@ -189,16 +189,16 @@ fn hostile_inputs_allocate_within_budget() {
     img.extend_from_slice(&body);
     std::fs::write(&mm, &img).unwrap();
     check("mm entry with a million mappings", || {
-        ferry::images::format::read_one::<ferry::proto::memory::Mm_entry>(
+        ferry::criu::image::read_one::<ferry::proto::memory::Mm_entry>(
             &mm,
-            ferry::images::format::MM_MAGIC,
+            ferry::criu::image::MM_MAGIC,
             "mm entry",
         )
     });
     // Just under the decode limit: decoded, within the budget.
-    let n = ferry::images::format::MAX_DECODED_BYTES as usize / 312 - 64;
+    let n = ferry::criu::image::MAX_DECODED_BYTES as usize / 312 - 64;
     let mut img = IMG_COMMON_MAGIC.to_le_bytes().to_vec();
-    img.extend_from_slice(&ferry::images::format::MM_MAGIC.to_le_bytes());
+    img.extend_from_slice(&ferry::criu::image::MM_MAGIC.to_le_bytes());
     let mut body: Vec<u8> = (1u8..=11).flat_map(|f| [f << 3, 0]).collect();
     body.extend_from_slice(&[12 << 3, 0]);
     body.extend_from_slice(&vma.repeat(n));
@@ -206,9 +206,9 @@ fn hostile_inputs_allocate_within_budget() {
     img.extend_from_slice(&body);
     std::fs::write(&mm, &img).unwrap();
     let (mm_entry, peak) = peak_of(|| {
-        ferry::images::format::read_one::<ferry::proto::memory::Mm_entry>(
+        ferry::criu::image::read_one::<ferry::proto::memory::Mm_entry>(
             &mm,
-            ferry::images::format::MM_MAGIC,
+            ferry::criu::image::MM_MAGIC,
             "mm entry",
         )
     });
@@ -217,7 +217,7 @@ fn hostile_inputs_allocate_within_budget() {
     eprintln!("mm entry of {n} mappings: {} KiB peak", peak / 1024);
     // Distinct unknown fields, each a map entry of its own, just under the
     // decode limit (which counts 512 bytes for each).
-    let n = ferry::images::format::MAX_DECODED_BYTES as usize / 512 - 64;
+    let n = ferry::criu::image::MAX_DECODED_BYTES as usize / 512 - 64;
     let mut body = vec![0x08, 2];
     for f in 100u64..100 + n as u64 {
         let mut tag = f << 3;
@@ -227,17 +227,15 @@ fn hostile_inputs_allocate_within_budget() {
         }
         body.extend_from_slice(&[tag as u8, 0]);
     }
-    let mut img = ferry::images::format::INVENTORY_MAGIC
-        .to_le_bytes()
-        .to_vec();
+    let mut img = ferry::criu::image::INVENTORY_MAGIC.to_le_bytes().to_vec();
     img.extend_from_slice(&(body.len() as u32).to_le_bytes());
     img.extend_from_slice(&body);
     let inv = tmp.path().join("inventory.img");
     std::fs::write(&inv, &img).unwrap();
     let (inventory, peak) = peak_of(|| {
-        ferry::images::format::read_one::<ferry::proto::inventory::Inventory_entry>(
+        ferry::criu::image::read_one::<ferry::proto::inventory::Inventory_entry>(
             &inv,
-            ferry::images::format::INVENTORY_MAGIC,
+            ferry::criu::image::INVENTORY_MAGIC,
             "inventory entry",
         )
     });
@@ -253,7 +251,7 @@ fn hostile_inputs_allocate_within_budget() {
     // A pstree image of many small entries (no limit per entry helps):
     // refused once their estimate passes the per-file limit, which bounds
     // what they take (about half the estimate).
-    use ferry::images::format::MAX_FILE_DECODED_BYTES;
+    use ferry::criu::image::MAX_FILE_DECODED_BYTES;
     let entry = [0x08u8, 1, 0x10, 0, 0x18, 1, 0x20, 1];
     let mut img = IMG_COMMON_MAGIC.to_le_bytes().to_vec();
     img.extend_from_slice(&PSTREE_MAGIC.to_le_bytes());
@@ -267,7 +265,7 @@ fn hostile_inputs_allocate_within_budget() {
         "pstree of two million entries",
         MAX_FILE_DECODED_BYTES as isize,
         || {
-            ferry::images::format::read_all::<ferry::proto::task::Pstree_entry>(
+            ferry::criu::image::read_all::<ferry::proto::task::Pstree_entry>(
                 &pstree,
                 PSTREE_MAGIC,
                 "pstree entry",

@@ -1,18 +1,16 @@
-//! Reading an archive: format detection, safe unpacking, validation.
+//! Importing an archive: safe unpacking into a staging directory, then
+//! validation, then one rename into place; and unpacking its rootfs tar.
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::tar_guard::{Refused, TarGuard, MAX_EXTENSION_BYTES};
+use super::space::SpaceBudget;
+use super::stream::{check_trailer, open_stream, stream_err};
+use super::tar_guard::TarGuard;
+use super::validate::{check_contents, check_host, check_manifest, parse_json, read_json_file};
 use super::*;
-use crate::criu::{DumpStats, MIN_VERSION};
-
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// An archive imported into its destination directory.
 #[derive(Debug, Clone)]
@@ -30,114 +28,6 @@ pub struct Imported {
     pub rootfs_tar: Option<PathBuf>,
     pub entries: u64,
     pub bytes: u64,
-}
-
-/// podman's `config.dump` identity fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineContainer {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, rename = "runtime")]
-    pub runtime: String,
-    #[serde(default, rename = "checkpointedTime")]
-    pub checkpointed_time: Option<String>,
-}
-
-/// What `ferry inspect` learns from an archive besides the images.
-#[derive(Debug, Clone, Serialize)]
-pub struct ArchiveInfo {
-    /// `ferry`, or `podman` for an archive without ferry's metadata.
-    pub layout: &'static str,
-    pub compression: Compression,
-    pub metadata: Option<Metadata>,
-    pub container: Option<EngineContainer>,
-    pub entries: u64,
-    /// Sum of entry sizes (uncompressed).
-    pub bytes: u64,
-    pub rootfs_diff_bytes: Option<u64>,
-    pub dump_stats: Option<DumpStats>,
-    pub images_dir: PathBuf,
-}
-
-/// Reads until `buf` is full or the input ends.
-fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn stream_err(e: io::Error) -> Error {
-    if let Some(r) = Refused::from_io(&e) {
-        return match r {
-            Refused::ExtensionTooLarge { .. } => Error::Limit {
-                what: "bytes in a tar long-name or PAX header",
-                limit: MAX_EXTENSION_BYTES,
-            },
-            Refused::Sparse { path } => Error::UnsafeEntry {
-                path,
-                reason: format!(
-                    "a GNU sparse file with more than {} extension blocks of holes",
-                    super::tar_guard::MAX_SPARSE_BLOCKS
-                ),
-            },
-        };
-    }
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        Error::Truncated(e.to_string())
-    } else {
-        Error::Corrupt(e.to_string())
-    }
-}
-
-fn is_tar_header(b: &[u8]) -> bool {
-    b.len() >= 512 && &b[257..262] == b"ustar"
-}
-
-/// Peeks at one 512-byte block and gives it back in front of the stream.
-fn peek_block<'a>(mut r: Box<dyn Read + 'a>) -> Result<(Vec<u8>, Box<dyn Read + 'a>)> {
-    let mut head = vec![0u8; 512];
-    let n = read_up_to(&mut r, &mut head).map_err(stream_err)?;
-    head.truncate(n);
-    let back: Box<dyn Read + 'a> = Box::new(Cursor::new(head.clone()).chain(r));
-    Ok((head, back))
-}
-
-/// Detects the compression by magic and returns the tar stream.
-fn open_stream<'a>(input: impl Read + 'a) -> Result<(Compression, Box<dyn Read + 'a>)> {
-    let (head, stream) = peek_block(Box::new(input))?;
-    let (compression, tar): (Compression, Box<dyn Read + 'a>) = if head.starts_with(&ZSTD_MAGIC) {
-        let d = zstd::stream::read::Decoder::new(stream).map_err(stream_err)?;
-        (Compression::Zstd, Box::new(d))
-    } else if head.starts_with(&GZIP_MAGIC) {
-        (
-            Compression::Gzip,
-            Box::new(flate2::read::MultiGzDecoder::new(stream)),
-        )
-    } else if is_tar_header(&head) {
-        return Ok((Compression::None, stream));
-    } else {
-        return Err(Error::NotAnArchive);
-    };
-    let (head, tar) = peek_block(tar)?;
-    if !is_tar_header(&head) {
-        return Err(if head.len() < 512 && !head.is_empty() {
-            Error::Truncated(format!(
-                "the {compression} stream ends inside the first tar header"
-            ))
-        } else {
-            Error::NotTar(compression)
-        });
-    }
-    Ok((compression, tar))
 }
 
 /// Checks an entry path and returns it normalized (no `.` components).
@@ -178,85 +68,18 @@ pub(super) fn safe_path(raw: &[u8], limits: &Limits) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// How much an import may write into one filesystem: its free space (less
-/// a reserve of 1% of its size, at most 256 MiB) and free inodes, measured
-/// once before writing. Each entry is charged from its tar header *before*
-/// its data is written, rounded up to whole blocks, so an archive larger
-/// than the free space is refused before it can fill the filesystem.
-pub(crate) struct SpaceBudget {
-    path: PathBuf,
-    block: u64,
-    bytes_left: u64,
-    inodes_left: u64,
-    charged: u64,
-    free_bytes: u64,
-}
-
-impl SpaceBudget {
-    pub(crate) fn of(dir: &Path) -> Result<SpaceBudget> {
-        let st = nix::sys::statvfs::statvfs(dir).map_err(|e| {
-            Error::io(format!(
-                "cannot measure the free space of {}",
-                dir.display()
-            ))(e.into())
-        })?;
-        let block = (st.fragment_size() as u64).max(512);
-        let free_bytes = (st.blocks_available() as u64).saturating_mul(block);
-        let size = (st.blocks() as u64).saturating_mul(block);
-        let reserve = (size / 100).min(256 << 20);
-        // Some filesystems report no inode limit at all (0 total).
-        let inodes_left = if st.files() == 0 {
-            u64::MAX
-        } else {
-            st.files_available() as u64
-        };
-        Ok(SpaceBudget {
-            path: dir.to_path_buf(),
-            block,
-            bytes_left: free_bytes.saturating_sub(reserve),
-            inodes_left,
-            charged: 0,
-            free_bytes,
-        })
-    }
-
-    /// Charges one file or directory of `size` bytes.
-    pub(crate) fn charge(&mut self, size: u64) -> Result<()> {
-        let cost = size.div_ceil(self.block).max(1).saturating_mul(self.block);
-        self.charged = self.charged.saturating_add(cost);
-        if cost > self.bytes_left || self.inodes_left == 0 {
-            return Err(self.refuse(self.inodes_left == 0));
-        }
-        self.bytes_left -= cost;
-        self.inodes_left -= 1;
-        Ok(())
-    }
-
-    fn refuse(&self, inodes: bool) -> Error {
-        Error::NoSpace {
-            path: self.path.clone(),
-            needed_what: format!("at least {} bytes", self.charged),
-            available: if inodes {
-                "no inodes are free".to_string()
-            } else {
-                format!("{} bytes are free", self.free_bytes)
-            },
-        }
-    }
-}
-
 /// What [`unpack`] found.
-struct Unpacked {
-    compression: Compression,
+pub(super) struct Unpacked {
+    pub(super) compression: Compression,
     /// Every file entry: size and CRC-32, by normalized path.
-    files: HashMap<String, (u64, u32)>,
+    pub(super) files: HashMap<String, (u64, u32)>,
     /// Order of file entries.
-    order: Vec<String>,
-    entries: u64,
-    bytes: u64,
+    pub(super) order: Vec<String>,
+    pub(super) entries: u64,
+    pub(super) bytes: u64,
 }
 
-enum Mode<'a> {
+pub(super) enum Mode<'a> {
     /// Everything is written; `ferry.json` must come first and pass `check`.
     Import(&'a dyn Fn(&Metadata) -> Result<()>),
     /// Only what inspect reads is written; the rest is drained and counted.
@@ -268,16 +91,14 @@ fn inspect_wants(path: &str) -> bool {
         || [METADATA_FILE, CONFIG_FILE, SPEC_FILE, STATS_FILE].contains(&path)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(file: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::BadJson {
-        file: file.to_string(),
-        reason: e.to_string(),
-    })
-}
-
 /// Streams the archive into `dest` (an existing empty directory), enforcing
 /// the path rules and limits.
-fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<Unpacked> {
+pub(super) fn unpack(
+    input: impl Read,
+    dest: &Path,
+    limits: &Limits,
+    mode: Mode,
+) -> Result<Unpacked> {
     let (compression, stream) = open_stream(input)?;
     let mut archive = tar::Archive::new(TarGuard::new(stream));
     let mut out = Unpacked {
@@ -293,24 +114,14 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
     for entry in archive.entries().map_err(stream_err)? {
         let mut entry = entry.map_err(stream_err)?;
         out.entries += 1;
-        if out.entries > limits.max_entries {
-            return Err(Error::Limit {
-                what: "entries",
-                limit: limits.max_entries,
-            });
-        }
+        within(out.entries, limits.max_entries, "entries")?;
         let raw = entry.path_bytes().into_owned();
         let rel = safe_path(&raw, limits)?;
         let name = rel.to_string_lossy().into_owned();
         // Names are kept for the manifest check; bound them together, with
         // what is kept beside each.
         name_bytes += name.len() as u64 + ENTRY_OVERHEAD_BYTES;
-        if name_bytes > MAX_NAME_BYTES {
-            return Err(Error::Limit {
-                what: "bytes of entry names",
-                limit: MAX_NAME_BYTES,
-            });
-        }
+        within(name_bytes, MAX_NAME_BYTES, "bytes of entry names")?;
         let kind = entry.header().entry_type();
         let reject = |reason: &str| Error::UnsafeEntry {
             path: name.clone(),
@@ -347,123 +158,109 @@ fn unpack(input: impl Read, dest: &Path, limits: &Limits, mode: Mode) -> Result<
             return Err(Error::Duplicate { path: name });
         }
         let size = entry.size();
-        if size > limits.max_file_bytes {
-            return Err(Error::Limit {
-                what: "bytes in one entry",
-                limit: limits.max_file_bytes,
-            });
-        }
-        out.bytes = out.bytes.saturating_add(size);
-        if out.bytes > limits.max_total_bytes {
-            return Err(Error::Limit {
-                what: "bytes in total",
-                limit: limits.max_total_bytes,
-            });
-        }
-        let is_json = [METADATA_FILE, MANIFEST_FILE, CONFIG_FILE].contains(&name.as_str());
-        if is_json && size > limits.max_json_bytes {
-            return Err(Error::Limit {
-                what: "bytes in a JSON file",
-                limit: limits.max_json_bytes,
-            });
-        }
+        let is_json = charge_sizes(&mut out, &name, size, limits)?;
         let write = match mode {
             Mode::Import(_) => true,
             Mode::Inspect => inspect_wants(&name),
         };
-        let mut crc = crc32fast::Hasher::new();
-        let mut count = 0u64;
-        let mut keep = Vec::new();
-        let mut file = if write {
+        let file = if write {
             budget.charge(size)?;
-            let target = dest.join(&rel);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(Error::io(format!("cannot create {}", parent.display())))?;
-            }
-            // create_new: never follows or replaces anything already there.
-            Some(
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .map_err(Error::io(format!("cannot create {}", target.display())))?,
-            )
+            Some(create_file(&dest.join(&rel))?)
         } else {
             None
         };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match entry.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(stream_err(e)),
-            };
-            crc.update(&buf[..n]);
-            count += n as u64;
-            if is_json {
-                keep.extend_from_slice(&buf[..n]);
-            }
-            if let Some(f) = file.as_mut() {
-                f.write_all(&buf[..n])
-                    .map_err(Error::io(format!("cannot write {name}")))?;
-            }
-        }
-        if count != size {
-            return Err(Error::Truncated(format!(
-                "{name} has {count} of its {size} bytes"
-            )));
-        }
+        let mut keep = is_json.then(Vec::new);
+        let crc = copy_entry(&mut entry, &name, size, file.as_ref(), keep.as_mut())?;
         if let (Mode::Import(_), Some(f)) = (&mode, file.as_ref()) {
             f.sync_all()
                 .map_err(Error::io(format!("cannot write {name}")))?;
         }
-
-        if name == METADATA_FILE {
-            if let Mode::Import(check) = mode {
-                let meta: Metadata = parse_json(METADATA_FILE, &keep)?;
-                check(&meta)?;
-            }
+        if let (METADATA_FILE, Mode::Import(check)) = (name.as_str(), &mode) {
+            let meta: Metadata = parse_json(METADATA_FILE, &keep.unwrap_or_default())?;
+            check(&meta)?;
         }
         if name != MANIFEST_FILE {
             out.order.push(name.clone());
         }
-        out.files.insert(name, (size, crc.finalize()));
+        out.files.insert(name, (size, crc));
     }
-    // Read to the end, so the decompressor checks the frame's end and
-    // checksum: a compressed archive cut short after its last entry is
-    // still truncated. Only end-of-archive padding may follow.
-    let mut rest = archive.into_inner().take(MAX_TRAILER + 1);
-    let mut trailer = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match rest.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if buf[..n].iter().any(|b| *b != 0) {
-                    return Err(Error::Corrupt(
-                        "data after the end of the tar archive".into(),
-                    ));
-                }
-                trailer += n as u64;
-                if trailer > MAX_TRAILER {
-                    return Err(Error::Corrupt(
-                        "too much padding after the end of the tar archive".into(),
-                    ));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(stream_err(e)),
-        }
-    }
+    check_trailer(archive.into_inner())?;
     Ok(out)
 }
 
-/// End-of-archive zero blocks and record padding allowed after the last entry.
-const MAX_TRAILER: u64 = 1 << 20;
+/// [`Error::Limit`] when `n` exceeds `limit`.
+fn within(n: u64, limit: u64, what: &'static str) -> Result<()> {
+    if n > limit {
+        return Err(Error::Limit { what, limit });
+    }
+    Ok(())
+}
+
+/// Counts a file entry of `size` bytes against the limits; whether it is
+/// one of the JSON files (kept in memory to be parsed).
+fn charge_sizes(out: &mut Unpacked, name: &str, size: u64, limits: &Limits) -> Result<bool> {
+    within(size, limits.max_file_bytes, "bytes in one entry")?;
+    out.bytes = out.bytes.saturating_add(size);
+    within(out.bytes, limits.max_total_bytes, "bytes in total")?;
+    let is_json = [METADATA_FILE, MANIFEST_FILE, CONFIG_FILE].contains(&name);
+    if is_json {
+        within(size, limits.max_json_bytes, "bytes in a JSON file")?;
+    }
+    Ok(is_json)
+}
+
+/// Creates `target` (and its parent directories) for an entry's data.
+fn create_file(target: &Path) -> Result<File> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(Error::io(format!("cannot create {}", parent.display())))?;
+    }
+    // create_new: never follows or replaces anything already there.
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .map_err(Error::io(format!("cannot create {}", target.display())))
+}
+
+/// Reads an entry's `size` bytes into `file` (and `keep`); returns their
+/// CRC-32.
+fn copy_entry(
+    entry: &mut impl Read,
+    name: &str,
+    size: u64,
+    mut file: Option<&File>,
+    mut keep: Option<&mut Vec<u8>>,
+) -> Result<u32> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut count = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(stream_err(e)),
+        };
+        crc.update(&buf[..n]);
+        count += n as u64;
+        if let Some(k) = keep.as_deref_mut() {
+            k.extend_from_slice(&buf[..n]);
+        }
+        if let Some(f) = file.as_mut() {
+            f.write_all(&buf[..n])
+                .map_err(Error::io(format!("cannot write {name}")))?;
+        }
+    }
+    if count != size {
+        return Err(Error::Truncated(format!(
+            "{name} has {count} of its {size} bytes"
+        )));
+    }
+    Ok(crc.finalize())
+}
 
 /// Sum of the entry names of one archive (each kept in memory until the
 /// manifest is checked), counting [`ENTRY_OVERHEAD_BYTES`] more for each:
@@ -471,54 +268,6 @@ const MAX_TRAILER: u64 = 1 << 20;
 const MAX_NAME_BYTES: u64 = 64 << 20;
 /// Memory kept per entry besides its name (set, map and list slots).
 const ENTRY_OVERHEAD_BYTES: u64 = 128;
-
-/// The architecture and CRIU checks of an import.
-fn check_host(meta: &Metadata, host: &Host) -> Result<()> {
-    if meta.format_version != FORMAT_VERSION {
-        return Err(Error::UnsupportedFormat {
-            found: meta.format_version,
-        });
-    }
-    if meta.architecture != host.architecture {
-        return Err(Error::WrongArchitecture {
-            archive: meta.architecture.clone(),
-            host: host.architecture.clone(),
-        });
-    }
-    let archive: Version = meta.criu_version.parse().map_err(|e| Error::BadJson {
-        file: METADATA_FILE.into(),
-        reason: format!("{e}"),
-    })?;
-    // Images are read by the same or a newer CRIU release line; older ones
-    // may not know what a newer one wrote.
-    let h = host.criu_version;
-    if h < MIN_VERSION || (h.major, h.minor) < (archive.major, archive.minor) {
-        return Err(Error::CriuTooOld {
-            archive: archive.to_string(),
-            host: h.to_string(),
-        });
-    }
-    Ok(())
-}
-
-fn read_json_file<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    name: &str,
-    limits: &Limits,
-) -> Result<T> {
-    let f = File::open(path).map_err(Error::io(format!("cannot read {name}")))?;
-    let mut bytes = Vec::new();
-    f.take(limits.max_json_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(Error::io(format!("cannot read {name}")))?;
-    if bytes.len() as u64 > limits.max_json_bytes {
-        return Err(Error::Limit {
-            what: "bytes in a JSON file",
-            limit: limits.max_json_bytes,
-        });
-    }
-    parse_json(name, &bytes)
-}
 
 /// Imports an archive for this host (see [`import_for`]); the host's CRIU
 /// version is asked from the installed criu.
@@ -541,111 +290,21 @@ pub fn import(input: impl Read, dest: &Path, limits: &Limits) -> Result<Imported
 /// `spec.dump` and (per the metadata) `rootfs-diff.tar` present. The work
 /// happens in a hidden staging directory beside `dest`, removed on error.
 pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -> Result<Imported> {
-    match std::fs::symlink_metadata(dest) {
-        Ok(m) => {
-            let empty = m.is_dir()
-                && std::fs::read_dir(dest)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false);
-            if !empty {
-                return Err(Error::DestExists(dest.to_path_buf()));
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("cannot use {}", dest.display()))(e)),
-    }
+    check_dest_empty(dest)?;
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let stem = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "import".into());
-    // The random suffix makes it unique: a long stem (an ID of up to 255
-    // characters) is cut so the name stays within NAME_MAX.
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{}.import-", short_stem(&stem)))
-        .tempdir_in(&parent)
-        .map_err(Error::io(format!(
-            "cannot create a staging dir in {}",
-            parent.display()
-        )))?;
+    let staging = staging_dir(dest, &parent)?;
     let check = |m: &Metadata| check_host(m, host);
     let un = unpack(input, staging.path(), limits, Mode::Import(&check))?;
     let meta: Metadata =
         read_json_file(&staging.path().join(METADATA_FILE), METADATA_FILE, limits)?;
-
-    // The manifest is the last entry: without it the archive was cut short.
-    let Some(_) = un.files.get(MANIFEST_FILE) else {
-        return Err(Error::Truncated(format!(
-            "{MANIFEST_FILE} (the last entry) is missing"
-        )));
-    };
-    let manifest: Manifest =
-        read_json_file(&staging.path().join(MANIFEST_FILE), MANIFEST_FILE, limits)?;
-    let listed: HashSet<&str> = manifest.entries.iter().map(|e| e.path.as_str()).collect();
-    for e in &manifest.entries {
-        match un.files.get(&e.path) {
-            None => return Err(Error::Missing(e.path.clone())),
-            Some(&(size, crc)) if size != e.size || crc != e.crc32 => {
-                return Err(Error::ManifestMismatch {
-                    path: e.path.clone(),
-                    detail: format!(
-                        "{size} bytes with CRC-32 {crc:08x}, the manifest says {} bytes with {:08x}",
-                        e.size, e.crc32
-                    ),
-                })
-            }
-            Some(_) => {}
-        }
+    check_manifest(&un.files, &un.order, staging.path(), limits)?;
+    if let Some(rootfs) = check_contents(staging.path(), &meta, limits)? {
+        check_rootfs_tar(&rootfs, limits, None)?;
     }
-    if let Some(extra) = un.order.iter().find(|p| !listed.contains(p.as_str())) {
-        return Err(Error::ManifestMismatch {
-            path: extra.clone(),
-            detail: "not listed".into(),
-        });
-    }
-    let images = staging.path().join(IMAGES_DIR);
-    if !images.join("inventory.img").is_file() {
-        return Err(Error::Missing(format!("{IMAGES_DIR}/inventory.img")));
-    }
-    let spec = staging.path().join(SPEC_FILE);
-    if !spec.is_file() {
-        return Err(Error::Missing(SPEC_FILE.into()));
-    }
-    let _: serde_json::Value = read_json_file(&spec, SPEC_FILE, limits)?;
-    let rootfs = staging.path().join(ROOTFS_FILE);
-    match meta.rootfs {
-        RootfsMode::Full => {
-            if !rootfs.is_file() {
-                return Err(Error::Missing(format!(
-                    "{ROOTFS_FILE} (the metadata says the rootfs is included)"
-                )));
-            }
-            check_rootfs_tar(&rootfs, limits, None)?;
-        }
-        RootfsMode::None => {
-            if rootfs.exists() {
-                return Err(Error::ManifestMismatch {
-                    path: ROOTFS_FILE.into(),
-                    detail: "present although the metadata says the rootfs is not included".into(),
-                });
-            }
-        }
-    }
-
-    let staged = staging.keep();
-    if let Err(e) = std::fs::rename(&staged, dest) {
-        let _ = crate::fs_remove::remove_tree(&staged);
-        return Err(Error::io(format!(
-            "cannot move the import to {}",
-            dest.display()
-        ))(e));
-    }
-    if let Ok(d) = File::open(&parent) {
-        let _ = d.sync_all();
-    }
+    publish(staging, dest, &parent)?;
     let at = |p: &str| {
         let path = dest.join(p);
         path.exists().then_some(path)
@@ -662,6 +321,57 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
         entries: un.entries,
         bytes: un.bytes,
     })
+}
+
+/// [`Error::DestExists`] unless `dest` is missing or an empty directory.
+fn check_dest_empty(dest: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) => {
+            let empty = m.is_dir()
+                && std::fs::read_dir(dest)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+            if !empty {
+                return Err(Error::DestExists(dest.to_path_buf()));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("cannot use {}", dest.display()))(e)),
+    }
+}
+
+/// A hidden directory beside `dest` (in `parent`) to unpack into.
+fn staging_dir(dest: &Path, parent: &Path) -> Result<tempfile::TempDir> {
+    let stem = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "import".into());
+    // The random suffix makes it unique: a long stem (an ID of up to 255
+    // characters) is cut so the name stays within NAME_MAX.
+    tempfile::Builder::new()
+        .prefix(&format!(".{}.import-", short_stem(&stem)))
+        .tempdir_in(parent)
+        .map_err(Error::io(format!(
+            "cannot create a staging dir in {}",
+            parent.display()
+        )))
+}
+
+/// Makes the staged import appear at `dest` in one rename.
+fn publish(staging: tempfile::TempDir, dest: &Path, parent: &Path) -> Result<()> {
+    let staged = staging.keep();
+    if let Err(e) = std::fs::rename(&staged, dest) {
+        let _ = crate::fs_remove::remove_tree(&staged);
+        return Err(Error::io(format!(
+            "cannot move the import to {}",
+            dest.display()
+        ))(e));
+    }
+    if let Ok(d) = File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// At most 64 bytes of `stem`, cut at a character boundary.
@@ -800,127 +510,4 @@ pub fn unpack_rootfs(tar_path: &Path, dest: &Path, limits: &Limits) -> Result<u6
         }
     }
     Ok(n)
-}
-
-/// Unpacks what `ferry inspect` needs from a ferry or podman archive into
-/// `dest` (created; must not exist): the images, metadata, configs and
-/// statistics. Same path rules and limits as [`import_for`], without the
-/// host checks; the rootfs is measured, not written.
-pub fn unpack_for_inspect(input: impl Read, dest: &Path, limits: &Limits) -> Result<ArchiveInfo> {
-    std::fs::create_dir(dest).map_err(Error::io(format!("cannot create {}", dest.display())))?;
-    let un = unpack(input, dest, limits, Mode::Inspect)?;
-    let mut info = describe_dir(dest, limits)?;
-    info.compression = un.compression;
-    info.entries = un.entries;
-    info.bytes = un.bytes;
-    info.rootfs_diff_bytes = un.files.get(ROOTFS_FILE).map(|f| f.0);
-    Ok(info)
-}
-
-/// Describes an unpacked archive (or an imported one): its metadata,
-/// engine config and statistics. Entry counts and sizes are those of the
-/// files present.
-pub fn describe_dir(dir: &Path, limits: &Limits) -> Result<ArchiveInfo> {
-    let dest = dir;
-    let metadata = if dest.join(METADATA_FILE).is_file() {
-        Some(read_json_file::<Metadata>(
-            &dest.join(METADATA_FILE),
-            METADATA_FILE,
-            limits,
-        )?)
-    } else {
-        None
-    };
-    let container = if dest.join(CONFIG_FILE).is_file() {
-        read_json_file::<EngineContainer>(&dest.join(CONFIG_FILE), CONFIG_FILE, limits).ok()
-    } else {
-        None
-    };
-    let images_dir = dest.join(IMAGES_DIR);
-    if !images_dir.join("inventory.img").is_file() {
-        return Err(Error::Missing(format!("{IMAGES_DIR}/inventory.img")));
-    }
-    let dump_stats = if dest.join(STATS_FILE).is_file() {
-        Some(crate::criu::read_dump_stats(dest).map_err(|e| Error::Corrupt(e.to_string()))?)
-    } else {
-        None
-    };
-    let (mut entries, mut bytes) = (0u64, 0u64);
-    let mut stack = vec![dest.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(Error::io(format!("cannot read {}", d.display())))? {
-            let e = e.map_err(Error::io(format!("cannot read {}", d.display())))?;
-            let m = e
-                .metadata()
-                .map_err(Error::io(format!("cannot read {}", d.display())))?;
-            entries += 1;
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                bytes += m.len();
-            }
-        }
-    }
-    let rootfs_diff_bytes = std::fs::metadata(dest.join(ROOTFS_FILE))
-        .ok()
-        .map(|m| m.len());
-    Ok(ArchiveInfo {
-        layout: if metadata.is_some() {
-            "ferry"
-        } else {
-            "podman"
-        },
-        compression: Compression::None,
-        metadata,
-        container,
-        entries,
-        bytes,
-        rootfs_diff_bytes,
-        dump_stats,
-        images_dir,
-    })
-}
-
-#[cfg(test)]
-mod space_tests {
-    use super::*;
-
-    fn budget(bytes: u64, inodes: u64) -> SpaceBudget {
-        SpaceBudget {
-            path: PathBuf::from("/target"),
-            block: 4096,
-            bytes_left: bytes,
-            inodes_left: inodes,
-            charged: 0,
-            free_bytes: bytes,
-        }
-    }
-
-    #[test]
-    fn entries_are_charged_in_whole_blocks_until_full() {
-        let mut b = budget(3 * 4096, 10);
-        b.charge(1).unwrap();
-        b.charge(0).unwrap();
-        b.charge(4096).unwrap();
-        let err = b.charge(1).unwrap_err().to_string();
-        assert!(err.contains("at least 16384 bytes"), "{err}");
-        assert!(err.contains("12288 bytes are free"), "{err}");
-        assert!(err.contains("/target"), "{err}");
-    }
-
-    #[test]
-    fn inodes_run_out_too() {
-        let mut b = budget(1 << 30, 1);
-        b.charge(10).unwrap();
-        let err = b.charge(10).unwrap_err().to_string();
-        assert!(err.contains("no inodes are free"), "{err}");
-    }
-
-    #[test]
-    fn measures_a_real_directory() {
-        let d = tempfile::tempdir().unwrap();
-        let b = SpaceBudget::of(d.path()).unwrap();
-        assert!(b.free_bytes >= b.bytes_left);
-        assert!(b.block >= 512);
-    }
 }

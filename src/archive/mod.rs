@@ -32,13 +32,15 @@ use crate::criu::Version;
 
 mod export;
 mod import;
+mod inspect;
+mod space;
+mod stream;
 mod tar_guard;
+mod validate;
 
 pub use export::{export, ExportSpec, ExportSummary};
-pub use import::{
-    describe_dir, import, import_for, unpack_for_inspect, unpack_rootfs, ArchiveInfo,
-    EngineContainer, Imported,
-};
+pub use import::{import, import_for, unpack_rootfs, Imported};
+pub use inspect::{describe_dir, unpack_for_inspect, ArchiveInfo, EngineContainer};
 
 pub const METADATA_FILE: &str = "ferry.json";
 pub const MANIFEST_FILE: &str = "ferry-manifest.json";

@@ -6,11 +6,21 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use proptest::prelude::*;
+use tar::EntryType::{
+    Directory, Fifo, GNULongName, Link, Regular, Symlink, XGlobalHeader, XHeader,
+};
 
 use super::import::safe_path;
 use super::tar_guard::{Refused, TarGuard};
+use super::tests::config_and_descriptors;
 use super::*;
 use crate::criu::Version;
+use crate::test_damage::Damage;
+
+/// One of `kinds` of tar entry.
+fn kinds(kinds: &[tar::EntryType]) -> impl Strategy<Value = tar::EntryType> {
+    proptest::sample::select(kinds.to_vec())
+}
 
 fn host() -> Host {
     Host {
@@ -27,14 +37,7 @@ fn valid_archive(compression: Compression) -> Vec<u8> {
     std::fs::create_dir(&images).unwrap();
     std::fs::write(images.join("inventory.img"), b"\x16\x31\x31\x58inv").unwrap();
     std::fs::write(images.join("core-1.img"), vec![7u8; 1500]).unwrap();
-    let config = tmp.path().join("config.json");
-    std::fs::write(
-        &config,
-        br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#,
-    )
-    .unwrap();
-    let descriptors = tmp.path().join("descriptors.json");
-    std::fs::write(&descriptors, br#"["/dev/null","pipe:[1]","pipe:[2]"]"#).unwrap();
+    let (config, descriptors) = config_and_descriptors(tmp.path());
     let rootfs = tmp.path().join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::write(rootfs.join("bin/busybox"), vec![0xabu8; 3000]).unwrap();
@@ -99,37 +102,22 @@ impl Sandbox {
 /// One way to damage an archive.
 #[derive(Debug, Clone)]
 enum Mutation {
-    Truncate(usize),
-    FlipBit(usize, u8),
+    Plain(Damage),
     /// Overwrite a tar header's size field (at a 512-byte block) with a
     /// huge octal or base-256 number.
     HugeSize(usize, bool),
-    Insert(usize, Vec<u8>),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
-        any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), 0u8..8).prop_map(|(a, b)| Mutation::FlipBit(a, b)),
-        (any::<usize>(), any::<bool>()).prop_map(|(a, b)| Mutation::HugeSize(a, b)),
-        (
-            any::<usize>(),
-            proptest::collection::vec(any::<u8>(), 1..16)
-        )
-            .prop_map(|(a, b)| Mutation::Insert(a, b)),
+        3 => Damage::any().prop_map(Mutation::Plain),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(a, b)| Mutation::HugeSize(a, b)),
     ]
 }
 
 fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
-    if bytes.is_empty() {
-        return;
-    }
     match m {
-        Mutation::Truncate(at) => bytes.truncate(at % bytes.len()),
-        Mutation::FlipBit(at, bit) => {
-            let i = at % bytes.len();
-            bytes[i] ^= 1 << bit;
-        }
+        Mutation::Plain(d) => d.apply(bytes),
         Mutation::HugeSize(block, base256) => {
             let blocks = bytes.len() / 512;
             if blocks == 0 {
@@ -150,10 +138,6 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
                 .copy_from_slice(&bytes[at - 124..at - 124 + 512]);
             h.set_cksum();
             bytes[at - 124..at - 124 + 512].copy_from_slice(h.as_bytes());
-        }
-        Mutation::Insert(at, data) => {
-            let i = at % (bytes.len() + 1);
-            bytes.splice(i..i, data.iter().copied());
         }
     }
 }
@@ -271,13 +255,8 @@ proptest! {
     #[test]
     fn tar_guard_is_transparent(
         entries in proptest::collection::vec(
-            (entry_name(), prop_oneof![
-                Just(tar::EntryType::Regular),
-                Just(tar::EntryType::Directory),
-                Just(tar::EntryType::XHeader),
-                Just(tar::EntryType::GNULongName),
-                Just(tar::EntryType::XGlobalHeader),
-            ], proptest::collection::vec(any::<u8>(), 0..700)),
+            (entry_name(), kinds(&[Regular, Directory, XHeader, GNULongName, XGlobalHeader]),
+                proptest::collection::vec(any::<u8>(), 0..700)),
             0..5,
         ),
         mutations in proptest::collection::vec(mutation(), 0..3),
@@ -325,13 +304,7 @@ proptest! {
     #[test]
     fn hostile_names_never_escape(
         names in proptest::collection::vec(
-            (entry_name(), prop_oneof![
-                Just(tar::EntryType::Regular),
-                Just(tar::EntryType::Directory),
-                Just(tar::EntryType::Symlink),
-                Just(tar::EntryType::Link),
-                Just(tar::EntryType::Fifo),
-            ]),
+            (entry_name(), kinds(&[Regular, Directory, Symlink, Link, Fifo])),
             1..5,
         ),
     ) {

@@ -19,14 +19,7 @@ fn source() -> Src {
     std::fs::write(images.join("inventory.img"), b"\x16\x31\x31\x58inventory").unwrap();
     std::fs::write(images.join("core-1.img"), vec![7u8; 10_000]).unwrap();
     std::fs::write(images.join("stats-dump"), stats_bytes()).unwrap();
-    let config = tmp.path().join("config.json");
-    std::fs::write(
-        &config,
-        br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#,
-    )
-    .unwrap();
-    let descriptors = tmp.path().join("descriptors.json");
-    std::fs::write(&descriptors, br#"["/dev/null","pipe:[1]","pipe:[2]"]"#).unwrap();
+    let (config, descriptors) = config_and_descriptors(tmp.path());
     let rootfs = tmp.path().join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::create_dir_all(rootfs.join("etc/deep/er")).unwrap();
@@ -48,6 +41,19 @@ fn source() -> Src {
     }
 }
 
+/// A minimal `config.json` and a runc-style `descriptors.json` in `dir`.
+pub(super) fn config_and_descriptors(dir: &Path) -> (PathBuf, PathBuf) {
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        br#"{"ociVersion":"1.0.2","process":{"args":["sh"]}}"#,
+    )
+    .unwrap();
+    let descriptors = dir.join("descriptors.json");
+    std::fs::write(&descriptors, br#"["/dev/null","pipe:[1]","pipe:[2]"]"#).unwrap();
+    (config, descriptors)
+}
+
 fn stats_bytes() -> Vec<u8> {
     let mut d = crate::proto::stats::Dump_stats_entry::new();
     d.set_freezing_time(1);
@@ -60,7 +66,7 @@ fn stats_bytes() -> Vec<u8> {
     d.set_pages_lazy(0);
     let mut e = crate::proto::stats::Stats_entry::new();
     e.dump = Some(d).into();
-    crate::criu::image::encode_entries(crate::images::format::STATS_MAGIC, &[e]).unwrap()
+    crate::criu::image::encode(crate::criu::image::STATS_MAGIC, &[&e])
 }
 
 fn host() -> Host {

@@ -115,30 +115,44 @@ fn render_tree(r: &Report, path: &std::path::Path) -> String {
     let img = &r.images;
     let _ = writeln!(s, "{}", path.display());
     if let Some(a) = &r.archive {
-        let _ = writeln!(s, "├── archive: {} ({})", a.layout, a.compression);
-        if let Some(m) = &a.metadata {
-            let _ = writeln!(s, "│   ├── container: {}", m.container_id);
-            let _ = writeln!(s, "│   ├── checkpointed: {}", m.checkpoint_time);
-            let _ = writeln!(
-                s,
-                "│   ├── ferry {} / CRIU {} / kernel {} / {}",
-                m.ferry_version, m.criu_version, m.kernel, m.architecture
-            );
-            let _ = writeln!(s, "│   └── rootfs: {}", m.rootfs.name());
-        }
-        if let Some(c) = &a.container {
-            let _ = writeln!(s, "│   ├── engine container: {} ({})", c.name, c.id);
-        }
+        render_archive(&mut s, a);
+    }
+    render_criu(&mut s, img);
+    render_namespaces(&mut s, &img.namespaces);
+    render_mounts(&mut s, img);
+    render_processes(&mut s, img);
+    s
+}
+
+/// The archive's layout, metadata and size.
+fn render_archive(s: &mut String, a: &archive::ArchiveInfo) {
+    let _ = writeln!(s, "├── archive: {} ({})", a.layout, a.compression);
+    if let Some(m) = &a.metadata {
+        let _ = writeln!(s, "│   ├── container: {}", m.container_id);
+        let _ = writeln!(s, "│   ├── checkpointed: {}", m.checkpoint_time);
         let _ = writeln!(
             s,
-            "│   └── size: {} in {} entries{}",
-            human(a.bytes),
-            a.entries,
-            a.rootfs_diff_bytes
-                .map(|b| format!(", rootfs diff {}", human(b)))
-                .unwrap_or_default()
+            "│   ├── ferry {} / CRIU {} / kernel {} / {}",
+            m.ferry_version, m.criu_version, m.kernel, m.architecture
         );
+        let _ = writeln!(s, "│   └── rootfs: {}", m.rootfs.name());
     }
+    if let Some(c) = &a.container {
+        let _ = writeln!(s, "│   ├── engine container: {} ({})", c.name, c.id);
+    }
+    let _ = writeln!(
+        s,
+        "│   └── size: {} in {} entries{}",
+        human(a.bytes),
+        a.entries,
+        a.rootfs_diff_bytes
+            .map(|b| format!(", rootfs diff {}", human(b)))
+            .unwrap_or_default()
+    );
+}
+
+/// The CRIU version and the dump statistics.
+fn render_criu(s: &mut String, img: &Summary) {
     let _ = writeln!(
         s,
         "├── CRIU: {} (image format {})",
@@ -157,7 +171,10 @@ fn render_tree(r: &Report, path: &std::path::Path) -> String {
             st.pages_written
         );
     }
-    let ns = &img.namespaces;
+}
+
+/// The namespaces CRIU dumped (none: the host's were used).
+fn render_namespaces(s: &mut String, ns: &ferry::images::Namespaces) {
     if !ns.namespaces.is_empty() {
         let list: Vec<String> = ns
             .namespaces
@@ -179,6 +196,10 @@ fn render_tree(r: &Report, path: &std::path::Path) -> String {
                 .unwrap_or_default()
         );
     }
+}
+
+/// The root task's mounts, by mount point.
+fn render_mounts(s: &mut String, img: &Summary) {
     if !img.mounts.is_empty() {
         let _ = writeln!(s, "├── mounts ({})", img.mounts.len());
         let mut mounts: Vec<_> = img.mounts.iter().collect();
@@ -199,6 +220,10 @@ fn render_tree(r: &Report, path: &std::path::Path) -> String {
             );
         }
     }
+}
+
+/// The process tree, from each process whose parent was not dumped.
+fn render_processes(s: &mut String, img: &Summary) {
     let _ = writeln!(s, "└── processes");
     let roots: Vec<&ProcessReport> = img
         .processes
@@ -210,9 +235,8 @@ fn render_tree(r: &Report, path: &std::path::Path) -> String {
         })
         .collect();
     for (i, p) in roots.iter().enumerate() {
-        render_process(&mut s, img, p, "    ", i + 1 == roots.len());
+        render_process(s, img, p, "    ", i + 1 == roots.len());
     }
-    s
 }
 
 fn render_process(s: &mut String, img: &Summary, p: &ProcessReport, prefix: &str, last: bool) {

@@ -148,12 +148,16 @@ struct CriuLockRecorder<'a> {
 }
 
 impl CriuLockRecorder<'_> {
-    fn record(&self) -> std::result::Result<(), String> {
+    fn record(&self) -> std::result::Result<(), criu::HandlerError> {
         if self.method == LockMethod::Skip {
             return Ok(());
         }
-        let run_id = criu::netlock::run_id(self.log)
-            .ok_or("cannot read CRIU's run id from its log (needed to undo its network lock)")?;
+        let run_id = criu::netlock::run_id(self.log).ok_or_else(|| {
+            criu::HandlerError::from(
+                "cannot read CRIU's run id from its log (needed to undo its network lock)"
+                    .to_string(),
+            )
+        })?;
         let ours = criu::netlock::netns_inode(None);
         let theirs = criu::netlock::netns_inode(Some(self.init_pid));
         let (netns, netns_pid) = match (ours, theirs) {
@@ -172,12 +176,12 @@ impl CriuLockRecorder<'_> {
                 netns,
                 netns_pid,
             })
-            .map_err(|e| e.to_string())
+            .map_err(criu::HandlerError::new)
     }
 }
 
 impl NotifyHandler for DumpHandler<'_, '_> {
-    fn notify(&mut self, event: Notify) -> std::result::Result<(), String> {
+    fn notify(&mut self, event: Notify) -> std::result::Result<(), criu::HandlerError> {
         tracing::debug!(event = %event, "criu notification");
         match event {
             // CRIU sends pre-dump after its own start-up and before it
@@ -187,21 +191,22 @@ impl NotifyHandler for DumpHandler<'_, '_> {
             Notify::PreDump => {
                 self.criu_lock.record()?;
                 if let (Some(cg), false) = (self.freeze, self.frozen) {
-                    cg.freeze().map_err(|e| e.to_string())?;
+                    cg.freeze().map_err(criu::HandlerError::new)?;
                     self.frozen = true;
                 }
             }
             Notify::NetworkLock => {
                 if let Some(v) = self.veth {
-                    network::lock(v, self.method).map_err(|e| e.to_string())?;
+                    network::lock(v, self.method).map_err(criu::HandlerError::new)?;
                     self.locked = true;
                 }
             }
-            Notify::NetworkUnlock => self.unlock().map_err(|e| e.to_string())?,
+            Notify::NetworkUnlock => self.unlock().map_err(criu::HandlerError::new)?,
             Notify::PostDump => {
                 if let Some(p) = self.post_dump.as_mut() {
                     let guard = self.guard.borrow().as_ref().map(FreezeGuard::handle);
-                    p.post_dump(self.images, guard).map_err(|e| e.to_string())?;
+                    p.post_dump(self.images, guard)
+                        .map_err(criu::HandlerError::new)?;
                 }
             }
             _ => {}
@@ -350,25 +355,26 @@ impl Dump<'_> {
     fn run(&self, criu: &Criu, o: Opts, post_dump: Option<&mut dyn PostDump>) -> DumpRun {
         let (c, opts) = (self.container, self.opts);
         let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
-        let mut arm = |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), String> {
-            let g = FreezeGuard::arm(&Target {
-                freezer: self.freezer.clone(),
-                on_death: if self.was_paused {
-                    OnDeath::Leave
-                } else {
-                    OnDeath::Thaw
-                },
-                id: c.id(),
-                criu: Some(criu_pid as i32),
-                dump: self.marked.then(|| DumpDirs {
-                    images: self.dirs.images.clone(),
-                    work: self.dirs.work.clone(),
-                }),
-            })
-            .map_err(|e| e.to_string())?;
-            *guard.borrow_mut() = Some(g);
-            Ok(())
-        };
+        let mut arm =
+            |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), criu::HandlerError> {
+                let g = FreezeGuard::arm(&Target {
+                    freezer: self.freezer.clone(),
+                    on_death: if self.was_paused {
+                        OnDeath::Leave
+                    } else {
+                        OnDeath::Thaw
+                    },
+                    id: c.id(),
+                    criu: Some(criu_pid as i32),
+                    dump: self.marked.then(|| DumpDirs {
+                        images: self.dirs.images.clone(),
+                        work: self.dirs.work.clone(),
+                    }),
+                })
+                .map_err(criu::HandlerError::new)?;
+                *guard.borrow_mut() = Some(g);
+                Ok(())
+            };
         let log = self.dirs.log();
         let mut handler = DumpHandler {
             freeze: (!self.was_paused).then_some(&self.cgroup),

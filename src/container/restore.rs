@@ -120,7 +120,7 @@ impl RestoreHandler<'_, '_> {
 }
 
 impl NotifyHandler for RestoreHandler<'_, '_> {
-    fn notify(&mut self, event: Notify) -> std::result::Result<(), String> {
+    fn notify(&mut self, event: Notify) -> std::result::Result<(), criu::HandlerError> {
         tracing::debug!(event = %event, "criu notification");
         let e = |e: &dyn std::fmt::Display| e.to_string();
         match event {
@@ -361,8 +361,8 @@ fn restore_tree(
             // image's cgroup tree there.
             cgroup
                 .add_task(criu_pid as i32)
-                .map_err(|e| e.to_string())?;
-            let roots = cgroup_roots(criu_pid).map_err(|e| e.to_string())?;
+                .map_err(criu::HandlerError::new)?;
+            let roots = cgroup_roots(criu_pid).map_err(criu::HandlerError::new)?;
             if let Some(o) = opts.as_mut() {
                 o.cg_root = roots;
             }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::image::ImageError;
 use super::log::{bug_location, is_harmless, strip_timestamp};
+use super::notify::HandlerError;
 use super::version::Version;
 
 /// Where CRIU's own defects are reported.
@@ -56,9 +57,12 @@ pub enum Error {
     Protocol(String),
 
     /// The caller's own preparation between spawning criu and sending the
-    /// request failed (freezing, cgroup placement).
-    #[error("{0}")]
-    Setup(String),
+    /// request failed (cgroup placement).
+    #[error("{source}")]
+    Prepare {
+        #[source]
+        source: HandlerError,
+    },
 
     /// The options cannot make a valid request.
     #[error("invalid criu options: {0}")]
@@ -70,13 +74,14 @@ pub enum Error {
 
     /// The notify handler refused a notification, so CRIU aborted.
     #[error(
-        "criu {op} aborted: {script} handler failed: {message}{}",
+        "criu {op} aborted: {script} handler failed: {source}{}",
         failure_suffix(failure)
     )]
     Notify {
         op: &'static str,
         script: String,
-        message: String,
+        #[source]
+        source: HandlerError,
         /// What CRIU said afterwards, if it reported failure.
         failure: Option<Box<Failure>>,
     },
@@ -306,5 +311,57 @@ mod tests {
         let s = f.to_string();
         assert!(s.starts_with("criu restore failed: Can't open file"), "{s}");
         assert!(s.contains("(criu log: /tmp/w/restore.log)"), "{s}");
+    }
+
+    #[test]
+    fn failure_message_is_one_line_with_errno_and_log() {
+        let f = Failure {
+            op: "restore",
+            answered: true,
+            errmsg: Some("Can't open pstree image".into()),
+            errno: Some(2),
+            log_path: Some(PathBuf::from("/tmp/x/restore.log")),
+            log_excerpt: vec!["(0.1) Error (criu/x.c:1): boom".into()],
+            ..Failure::default()
+        };
+        let msg = Error::Failed(Box::new(f)).to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("Can't open pstree image"), "{msg}");
+        assert!(msg.contains("No such file or directory"), "{msg}");
+        assert!(msg.contains("/tmp/x/restore.log"), "{msg}");
+    }
+
+    #[test]
+    fn harmless_errmsg_gives_way_to_the_real_error() {
+        let f = Failure {
+            op: "restore",
+            answered: true,
+            errmsg: Some("Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n".into()),
+            log_excerpt: vec![
+                "(00.01) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: x".into(),
+                "(00.03) Error (criu/cr-restore.c:1237): Can't fork for 20081: File exists".into(),
+            ],
+            ..Failure::default()
+        };
+        assert_eq!(
+            f.summary(),
+            "Error (criu/cr-restore.c:1237): Can't fork for 20081: File exists"
+        );
+        let bare = Failure {
+            errmsg: Some(
+                "Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self".into(),
+            ),
+            ..Failure::default()
+        };
+        assert!(bare.summary().contains("RLIMIT_NOFILE"));
+        let died = Failure {
+            op: "dump",
+            stderr: "first\nlast words\n\n".into(),
+            ..Failure::default()
+        };
+        assert_eq!(died.summary(), "last words");
+        assert!(died
+            .to_string()
+            .starts_with("criu dump ended without answering: last words"));
     }
 }

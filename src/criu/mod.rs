@@ -10,10 +10,12 @@ use std::path::PathBuf;
 
 mod client;
 mod errors;
+mod find;
 pub mod image;
 pub mod log;
 pub mod netlock;
 mod notify;
+mod request;
 pub mod stats;
 mod swrk;
 mod version;
@@ -22,12 +24,14 @@ pub use crate::proto::rpc::{
     Criu_cg_mode as CgMode, Criu_network_lock_method as NetworkLock, Criu_opts as Opts,
     Criu_req_type as ReqType, Criu_resp as Response,
 };
-pub use client::{find_binary, op_name};
+pub use client::check_version;
 pub use errors::{Error, Failure, Result};
-pub use notify::{AckAll, Notify, NotifyDecodeError, NotifyHandler, SCRIPT_NAMES};
+pub use find::find_binary;
+pub use notify::{AckAll, HandlerError, Notify, NotifyDecodeError, NotifyHandler, SCRIPT_NAMES};
+pub use request::op_name;
 pub use stats::{read_dump_stats, read_restore_stats, DumpStats, RestoreStats};
 pub use swrk::Session;
-pub use version::{check_version, ParseVersionError, Version, MIN_VERSION};
+pub use version::{ParseVersionError, Version, MIN_VERSION};
 
 /// Environment variable naming the criu binary to use instead of PATH.
 pub const CRIU_ENV: &str = "FERRY_CRIU";

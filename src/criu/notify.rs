@@ -121,9 +121,51 @@ impl fmt::Display for Notify {
     }
 }
 
+/// Why the caller's code that runs while CRIU waits (a notification
+/// handler, or the preparation before a request is sent) refused to go on:
+/// the caller's own error, kept whole so its sources stay reachable.
+#[derive(Debug)]
+pub struct HandlerError(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl HandlerError {
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> HandlerError {
+        HandlerError(e.into())
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> HandlerError {
+        HandlerError(message.into())
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> HandlerError {
+        HandlerError(message.into())
+    }
+}
+
+impl From<NotifyDecodeError> for HandlerError {
+    fn from(e: NotifyDecodeError) -> HandlerError {
+        HandlerError(Box::new(e))
+    }
+}
+
 /// Answers notifications; an `Err` makes CRIU abort the operation cleanly.
 pub trait NotifyHandler {
-    fn notify(&mut self, event: Notify) -> Result<(), String>;
+    fn notify(&mut self, event: Notify) -> Result<(), HandlerError>;
 
     /// External objects (`--external` keys) to add when CRIU sends
     /// `query-ext-files`; called after `notify(QueryExtFiles)` succeeded.
@@ -136,16 +178,16 @@ pub trait NotifyHandler {
 pub struct AckAll;
 
 impl NotifyHandler for AckAll {
-    fn notify(&mut self, _event: Notify) -> Result<(), String> {
+    fn notify(&mut self, _event: Notify) -> Result<(), HandlerError> {
         Ok(())
     }
 }
 
 impl<F> NotifyHandler for F
 where
-    F: FnMut(Notify) -> Result<(), String>,
+    F: FnMut(Notify) -> Result<(), HandlerError>,
 {
-    fn notify(&mut self, event: Notify) -> Result<(), String> {
+    fn notify(&mut self, event: Notify) -> Result<(), HandlerError> {
         self(event)
     }
 }

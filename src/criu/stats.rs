@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::image::{read_single, ImageError, ImageErrorKind, STATS_MAGIC};
+use super::image::{read_single, ErrorKind, ImageError, STATS_MAGIC};
 use crate::proto::stats::Stats_entry;
 
 pub const DUMP_STATS_FILE: &str = "stats-dump";
@@ -43,7 +43,7 @@ fn missing(path: &Path, what: &'static str) -> ImageError {
     ImageError {
         path: path.to_path_buf(),
         offset: 0,
-        kind: ImageErrorKind::Truncated {
+        kind: ErrorKind::Truncated {
             what,
             needed: 1,
             available: 0,
@@ -97,7 +97,7 @@ pub fn read_restore_stats(dir: &Path) -> Result<RestoreStats, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::criu::image::{encode_entries, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC};
+    use crate::criu::image::{encode, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC};
     use crate::proto::stats::{Dump_stats_entry, Restore_stats_entry};
 
     fn dump_entry() -> Stats_entry {
@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn good_dump_and_restore_stats() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = encode_entries(STATS_MAGIC, &[dump_entry()]).unwrap();
+        let bytes = encode(STATS_MAGIC, &[&dump_entry()]);
         assert_eq!(&bytes[..4], &IMG_SERVICE_MAGIC.to_le_bytes());
         write(dir.path(), DUMP_STATS_FILE, &bytes);
         let s = read_dump_stats(dir.path()).unwrap();
@@ -143,11 +143,7 @@ mod tests {
         r.set_restore_time(4);
         let mut e = Stats_entry::new();
         e.restore = Some(r).into();
-        write(
-            dir.path(),
-            RESTORE_STATS_FILE,
-            &encode_entries(STATS_MAGIC, &[e]).unwrap(),
-        );
+        write(dir.path(), RESTORE_STATS_FILE, &encode(STATS_MAGIC, &[&e]));
         let r = read_restore_stats(dir.path()).unwrap();
         assert_eq!(
             (r.forking_time_us, r.restore_time_us, r.pages_restored),
@@ -158,25 +154,22 @@ mod tests {
     #[test]
     fn wrong_magics_name_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bytes = encode_entries(STATS_MAGIC, &[dump_entry()]).unwrap();
+        let mut bytes = encode(STATS_MAGIC, &[&dump_entry()]);
         bytes[..4].copy_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
         write(dir.path(), DUMP_STATS_FILE, &bytes);
         let err = read_dump_stats(dir.path()).unwrap_err();
-        assert!(
-            matches!(err.kind, ImageErrorKind::BadHeadMagic { .. }),
-            "{err}"
-        );
+        assert!(matches!(err.kind, ErrorKind::BadHeadMagic { .. }), "{err}");
         assert_eq!(err.offset, 0);
         assert!(err.to_string().contains("stats-dump"), "{err}");
 
-        let mut bytes = encode_entries(STATS_MAGIC, &[dump_entry()]).unwrap();
+        let mut bytes = encode(STATS_MAGIC, &[&dump_entry()]);
         bytes[4..8].copy_from_slice(&0x1234_5678u32.to_le_bytes());
         write(dir.path(), DUMP_STATS_FILE, &bytes);
         let err = read_dump_stats(dir.path()).unwrap_err();
         assert!(
             matches!(
                 err.kind,
-                ImageErrorKind::BadMagic {
+                ErrorKind::BadMagic {
                     found: 0x1234_5678,
                     ..
                 }
@@ -190,12 +183,12 @@ mod tests {
     #[test]
     fn truncated_files() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = encode_entries(STATS_MAGIC, &[dump_entry()]).unwrap();
+        let bytes = encode(STATS_MAGIC, &[&dump_entry()]);
         // Cut inside the entry body.
         write(dir.path(), DUMP_STATS_FILE, &bytes[..bytes.len() - 3]);
         let err = read_dump_stats(dir.path()).unwrap_err();
         assert!(
-            matches!(err.kind, ImageErrorKind::Truncated { what: "entry", .. }),
+            matches!(err.kind, ErrorKind::Truncated { what: "entry", .. }),
             "{err}"
         );
         assert_eq!(err.offset, 8);
@@ -205,7 +198,7 @@ mod tests {
         assert!(
             matches!(
                 err.kind,
-                ImageErrorKind::Truncated {
+                ErrorKind::Truncated {
                     what: "entry length",
                     ..
                 }
@@ -216,19 +209,19 @@ mod tests {
         write(dir.path(), DUMP_STATS_FILE, &bytes[..6]);
         let err = read_dump_stats(dir.path()).unwrap_err();
         assert!(
-            matches!(err.kind, ImageErrorKind::Truncated { what: "magic", .. }),
+            matches!(err.kind, ErrorKind::Truncated { what: "magic", .. }),
             "{err}"
         );
         // No entry at all.
         write(dir.path(), DUMP_STATS_FILE, &bytes[..8]);
         let err = read_dump_stats(dir.path()).unwrap_err();
         assert!(
-            matches!(err.kind, ImageErrorKind::EntryCount { found: 0, .. }),
+            matches!(err.kind, ErrorKind::EntryCount { found: 0, .. }),
             "{err}"
         );
         // Missing file.
         let err = read_restore_stats(dir.path()).unwrap_err();
-        assert!(matches!(err.kind, ImageErrorKind::Io(_)), "{err}");
+        assert!(matches!(err.kind, ErrorKind::Io(_)), "{err}");
         assert!(err.to_string().contains("stats-restore"), "{err}");
     }
 
@@ -236,11 +229,7 @@ mod tests {
     fn restore_entry_in_dump_file_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let e = Stats_entry::new();
-        write(
-            dir.path(),
-            DUMP_STATS_FILE,
-            &encode_entries(STATS_MAGIC, &[e]).unwrap(),
-        );
+        write(dir.path(), DUMP_STATS_FILE, &encode(STATS_MAGIC, &[&e]));
         assert!(read_dump_stats(dir.path()).is_err());
     }
 }

@@ -14,7 +14,7 @@ use protobuf::Message;
 use tracing::debug;
 
 use super::errors::{Error, Result};
-use super::notify::{Notify, NotifyHandler};
+use super::notify::{HandlerError, Notify, NotifyHandler};
 use crate::proto::rpc::{Criu_opts, Criu_req, Criu_req_type, Criu_resp};
 
 /// Most descriptors accepted with one message; CRIU sends at most one.
@@ -102,8 +102,8 @@ pub(crate) fn recv_message(fd: BorrowedFd<'_>) -> nix::Result<Option<(Vec<u8>, V
 /// What a request ended with.
 pub(crate) struct Exchange {
     pub resp: Criu_resp,
-    /// The script the handler refused, and its message.
-    pub refused: Option<(String, String)>,
+    /// The script the handler refused, and why.
+    pub refused: Option<(String, HandlerError)>,
 }
 
 /// A running `criu swrk`. Dropping it closes the socket and reaps criu.
@@ -243,7 +243,7 @@ impl Session {
         if !self.send_req(req)? {
             return Ok(None);
         }
-        let mut refused: Option<(String, String)> = None;
+        let mut refused: Option<(String, HandlerError)> = None;
         loop {
             let (bytes, fds) = match recv_message(self.sock()?) {
                 Ok(Some(m)) => m,
@@ -263,7 +263,7 @@ impl Session {
             let mut ok = false;
             if refused.is_none() {
                 let result = Notify::from_script(&script, pid, fds.into_iter().next())
-                    .map_err(|e| e.to_string())
+                    .map_err(HandlerError::from)
                     .and_then(|event| {
                         let query = matches!(event, Notify::QueryExtFiles);
                         handler.notify(event)?;
@@ -279,9 +279,9 @@ impl Session {
                             reply.opts = Some(opts).into();
                         }
                     }
-                    Err(message) => {
-                        debug!(script = %script, %message, "notify handler refused");
-                        refused = Some((script, message));
+                    Err(why) => {
+                        debug!(script = %script, %why, "notify handler refused");
+                        refused = Some((script, why));
                     }
                 }
             }

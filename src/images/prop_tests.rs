@@ -7,9 +7,14 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::tests::make_images;
+use super::memory::{PE_LAZY, PE_PARENT, PE_PRESENT};
+use super::tests::{anon_vma, make_images, mm_at};
 use super::*;
+use crate::criu::image::{self, tests::with_header};
+use crate::proto::files::File_entry;
 use crate::proto::memory::{Mm_entry, Pagemap_entry, Pagemap_head};
+use crate::proto::namespaces::Mnt_entry;
+use crate::test_damage::Damage;
 
 const MAGICS: [u32; 13] = [
     INVENTORY_MAGIC,
@@ -45,25 +50,12 @@ fn drain(bytes: &[u8], magic: u32) -> Result<usize> {
     Ok(n)
 }
 
-/// An image with a header for `magic` followed by `rest`.
-fn with_header(magic: u32, rest: &[u8]) -> Vec<u8> {
-    let mut v = Vec::new();
-    if let Some(h) = head_magic_for(magic) {
-        v.extend_from_slice(&h.to_le_bytes());
-    }
-    v.extend_from_slice(&magic.to_le_bytes());
-    v.extend_from_slice(rest);
-    v
-}
-
 /// One way to damage a file.
 #[derive(Debug, Clone)]
 enum Mutation {
-    Truncate(usize),
-    FlipBit(usize, u8),
+    Plain(Damage),
     /// Overwrite four bytes with a little-endian length word.
     Length(usize, u32),
-    Insert(usize, Vec<u8>),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -75,35 +67,19 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<u32>(),
     ];
     prop_oneof![
-        any::<usize>().prop_map(Mutation::Truncate),
-        (any::<usize>(), 0u8..8).prop_map(|(a, b)| Mutation::FlipBit(a, b)),
-        (any::<usize>(), huge).prop_map(|(a, l)| Mutation::Length(a, l)),
-        (
-            any::<usize>(),
-            proptest::collection::vec(any::<u8>(), 1..16)
-        )
-            .prop_map(|(a, b)| Mutation::Insert(a, b)),
+        3 => Damage::any().prop_map(Mutation::Plain),
+        1 => (any::<usize>(), huge).prop_map(|(a, l)| Mutation::Length(a, l)),
     ]
 }
 
 fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
-    if bytes.is_empty() {
-        return;
-    }
     match m {
-        Mutation::Truncate(at) => bytes.truncate(at % bytes.len()),
-        Mutation::FlipBit(at, bit) => {
-            let i = at % bytes.len();
-            bytes[i] ^= 1 << bit;
-        }
+        Mutation::Plain(d) => d.apply(bytes),
+        Mutation::Length(_, _) if bytes.is_empty() => {}
         Mutation::Length(at, len) => {
             let i = at % bytes.len();
             let end = (i + 4).min(bytes.len());
             bytes[i..end].copy_from_slice(&len.to_le_bytes()[..end - i]);
-        }
-        Mutation::Insert(at, data) => {
-            let i = at % (bytes.len() + 1);
-            bytes.splice(i..i, data.iter().copied());
         }
     }
 }
@@ -118,7 +94,7 @@ proptest! {
     ) {
         let _ = drain(&bytes, magic);
         let _ = drain(&with_header(magic, &bytes), magic);
-        let _ = format::read_all::<Pstree_entry>(Path::new("/nonexistent"), magic, "x");
+        let _ = image::read_all::<Pstree_entry>(Path::new("/nonexistent"), magic, "x");
     }
 
     /// A length word promising more than the file holds is refused before
@@ -225,17 +201,17 @@ proptest! {
         mm.set_mm_arg_end(arg.1);
         mm.set_mm_env_start(env.0);
         mm.set_mm_env_end(env.1);
-        std::fs::write(dir.path().join("mm-1.img"), format::encode(MM_MAGIC, &[&mm])).unwrap();
+        std::fs::write(dir.path().join("mm-1.img"), image::encode(MM_MAGIC, &[&mm])).unwrap();
         let mut head = Pagemap_head::new();
         head.set_pages_id(1);
-        let mut bytes = format::encode(PAGEMAP_MAGIC, &[&head]);
+        let mut bytes = image::encode(PAGEMAP_MAGIC, &[&head]);
         for (vaddr, nr, flags) in &runs {
             let mut e = Pagemap_entry::new();
             e.set_vaddr(*vaddr);
             e.set_nr_pages(*nr);
             e.set_compat_nr_pages(*nr as u32);
             e.set_flags(*flags);
-            bytes.extend_from_slice(&format::encode(PAGEMAP_MAGIC, &[&e])[8..]);
+            bytes.extend_from_slice(&image::encode(PAGEMAP_MAGIC, &[&e])[8..]);
         }
         std::fs::write(dir.path().join("pagemap-1.img"), &bytes).unwrap();
         let d = ImageDir::open(dir.path()).unwrap();
@@ -278,11 +254,7 @@ fn pages_run_at_top_of_address_space() {
     let argv = b"sh\0-c\0sleep 100\0";
     mm.set_mm_arg_start(top + 8);
     mm.set_mm_arg_end(top + 8 + argv.len() as u64);
-    std::fs::write(
-        dir.path().join("mm-1.img"),
-        format::encode(MM_MAGIC, &[&mm]),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("mm-1.img"), image::encode(MM_MAGIC, &[&mm])).unwrap();
     let mut head = Pagemap_head::new();
     head.set_pages_id(1);
     let mut e = Pagemap_entry::new();
@@ -290,44 +262,37 @@ fn pages_run_at_top_of_address_space() {
     e.set_nr_pages(2);
     e.set_compat_nr_pages(2);
     e.set_flags(PE_PRESENT);
-    let mut bytes = format::encode(PAGEMAP_MAGIC, &[&head]);
-    bytes.extend_from_slice(&format::encode(PAGEMAP_MAGIC, &[&e])[8..]);
+    let mut bytes = image::encode(PAGEMAP_MAGIC, &[&head]);
+    bytes.extend_from_slice(&image::encode(PAGEMAP_MAGIC, &[&e])[8..]);
     std::fs::write(dir.path().join("pagemap-1.img"), &bytes).unwrap();
     let d = ImageDir::open(dir.path()).unwrap();
     assert_eq!(d.cmdline(1).unwrap().unwrap(), ["sh", "-c", "sleep 100"]);
 }
 
 fn mm_with_vmas(n: usize, start: u64) -> Vec<u8> {
-    let mut mm = Mm_entry::new();
-    for f in [
-        Mm_entry::set_mm_start_code,
-        Mm_entry::set_mm_end_code,
-        Mm_entry::set_mm_start_data,
-        Mm_entry::set_mm_end_data,
-        Mm_entry::set_mm_start_stack,
-        Mm_entry::set_mm_start_brk,
-        Mm_entry::set_mm_brk,
-        Mm_entry::set_mm_arg_start,
-        Mm_entry::set_mm_arg_end,
-        Mm_entry::set_mm_env_start,
-        Mm_entry::set_mm_env_end,
-    ] {
-        f(&mut mm, 0);
-    }
+    let mut mm = mm_at(0);
     mm.set_exe_file_id(1);
     for i in 0..n as u64 {
-        let mut v = crate::proto::memory::Vma_entry::new();
-        v.set_start(start + i * 0x2000);
-        v.set_end(start + i * 0x2000 + 0x1000);
-        v.set_pgoff(0);
-        v.set_shmid(0);
-        v.set_prot(3);
-        v.set_flags(0x22);
-        v.set_status(0x201);
-        v.set_fd(-1);
-        mm.vmas.push(v);
+        let at = start + i * 0x2000;
+        mm.vmas.push(anon_vma(at, at + 0x1000, 0x201));
     }
-    format::encode(MM_MAGIC, &[&mm])
+    image::encode(MM_MAGIC, &[&mm])
+}
+
+/// Reads an mm image of one entry: 300000 mappings of 18 bytes (every
+/// required field 0), then `tail`.
+fn read_crowded_mm(tail: &[u8]) -> Result<Mm_entry> {
+    let vma = [
+        0x72u8, 16, 0x08, 0, 0x10, 0, 0x18, 0, 0x20, 0, 0x28, 0, 0x30, 0, 0x38, 0, 0x40, 0,
+    ];
+    let mut body = vma.repeat(300_000);
+    body.extend_from_slice(tail);
+    let mut rest = (body.len() as u32).to_le_bytes().to_vec();
+    rest.extend_from_slice(&body);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mm-1.img");
+    std::fs::write(&p, with_header(MM_MAGIC, &rest)).unwrap();
+    read_one::<Mm_entry>(&p, MM_MAGIC, "mm entry")
 }
 
 /// A million mappings in a 16 MiB entry decoded into some 160 MiB (and an
@@ -335,16 +300,7 @@ fn mm_with_vmas(n: usize, start: u64) -> Vec<u8> {
 /// decoding now. (300000 mappings of 18 bytes, every required field 0.)
 #[test]
 fn entry_decoding_into_too_much_memory_is_refused() {
-    let vma = [
-        0x72u8, 16, 0x08, 0, 0x10, 0, 0x18, 0, 0x20, 0, 0x28, 0, 0x30, 0, 0x38, 0, 0x40, 0,
-    ];
-    let body = vma.repeat(300_000);
-    let mut rest = (body.len() as u32).to_le_bytes().to_vec();
-    rest.extend_from_slice(&body);
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("mm-1.img");
-    std::fs::write(&p, with_header(MM_MAGIC, &rest)).unwrap();
-    let err = read_one::<Mm_entry>(&p, MM_MAGIC, "mm entry").unwrap_err();
+    let err = read_crowded_mm(&[]).unwrap_err();
     assert!(
         matches!(err.kind, ErrorKind::DecodedTooLarge { .. }),
         "{err}"
@@ -421,12 +377,12 @@ proptest! {
         bytes.extend_from_slice(&tail);
         if Inventory_entry::parse_from_bytes(&bytes).is_ok() {
             prop_assert!(
-                format::decoded_cost(&bytes, &Inventory_entry::descriptor(), 0).is_some(),
+                image::decoded_cost(&bytes, &Inventory_entry::descriptor(), 0).is_some(),
                 "{:02x?}", bytes
             );
         }
         if protobuf::well_known_types::empty::Empty::parse_from_bytes(&tail).is_ok() {
-            prop_assert!(format::decoded_cost(
+            prop_assert!(image::decoded_cost(
                 &tail,
                 &protobuf::well_known_types::empty::Empty::descriptor(),
                 0
@@ -439,17 +395,8 @@ proptest! {
 /// the estimate.
 #[test]
 fn a_trailing_group_does_not_hide_an_oversized_entry() {
-    let vma = [
-        0x72u8, 16, 0x08, 0, 0x10, 0, 0x18, 0, 0x20, 0, 0x28, 0, 0x30, 0, 0x38, 0, 0x40, 0,
-    ];
-    let mut body = vma.repeat(300_000);
-    body.extend_from_slice(&[0xa3, 0x06, 0x08, 1, 0xa4, 0x06]);
-    let mut rest = (body.len() as u32).to_le_bytes().to_vec();
-    rest.extend_from_slice(&body);
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("mm-1.img");
-    std::fs::write(&p, with_header(MM_MAGIC, &rest)).unwrap();
-    let err = read_one::<Mm_entry>(&p, MM_MAGIC, "mm entry").unwrap_err();
+    // A group (field 100) after the mappings.
+    let err = read_crowded_mm(&[0xa3, 0x06, 0x08, 1, 0xa4, 0x06]).unwrap_err();
     assert!(
         matches!(err.kind, ErrorKind::DecodedTooLarge { .. }),
         "{err}"

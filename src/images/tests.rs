@@ -2,7 +2,9 @@
 //! truncation/corruption of each file at every offset.
 use std::path::Path;
 
+use super::memory::{PE_LAZY, PE_PRESENT};
 use super::*;
+use crate::criu::image;
 use crate::proto::files::{
     Fd_types, Fdinfo_entry, File_entry, Inet_sk_entry, Pipe_entry, Reg_file_entry, Unix_sk_entry,
 };
@@ -26,7 +28,7 @@ fn ids(files: u32) -> Task_kobj_ids_entry {
 }
 
 fn write<M: protobuf::Message>(dir: &Path, name: &str, magic: u32, entries: &[&M]) {
-    std::fs::write(dir.join(name), format::encode(magic, entries)).unwrap();
+    std::fs::write(dir.join(name), image::encode(magic, entries)).unwrap();
 }
 
 fn reg(id: u32, name: &str) -> File_entry {
@@ -51,6 +53,41 @@ fn fd(fd: u32, id: u32, t: Fd_types) -> Fdinfo_entry {
     e
 }
 
+/// An mm entry with every address it holds at `at`.
+pub(super) fn mm_at(at: u64) -> Mm_entry {
+    let mut mm = Mm_entry::new();
+    for f in [
+        Mm_entry::set_mm_start_code,
+        Mm_entry::set_mm_end_code,
+        Mm_entry::set_mm_start_data,
+        Mm_entry::set_mm_end_data,
+        Mm_entry::set_mm_start_stack,
+        Mm_entry::set_mm_start_brk,
+        Mm_entry::set_mm_brk,
+        Mm_entry::set_mm_arg_start,
+        Mm_entry::set_mm_arg_end,
+        Mm_entry::set_mm_env_start,
+        Mm_entry::set_mm_env_end,
+    ] {
+        f(&mut mm, at);
+    }
+    mm
+}
+
+/// A private anonymous read-write mapping of `start..end`.
+pub(super) fn anon_vma(start: u64, end: u64, status: u32) -> Vma_entry {
+    let mut v = Vma_entry::new();
+    v.set_start(start);
+    v.set_end(end);
+    v.set_pgoff(0);
+    v.set_shmid(0);
+    v.set_prot(3);
+    v.set_flags(0x22);
+    v.set_status(status);
+    v.set_fd(-1);
+    v
+}
+
 /// One process's memory: argv on the first page, env on the second, and
 /// three lazy pages that are not in the pages image.
 fn process_memory(dir: &Path, pid: u32, argv: &[&str], env: &[&str]) {
@@ -63,33 +100,13 @@ fn process_memory(dir: &Path, pid: u32, argv: &[&str], env: &[&str]) {
     pages[env_off..env_off + envb.len()].copy_from_slice(&envb);
     std::fs::write(dir.join(format!("pages-{pid}.img")), &pages).unwrap();
 
-    let mut mm = Mm_entry::new();
-    for f in [
-        Mm_entry::set_mm_start_code,
-        Mm_entry::set_mm_end_code,
-        Mm_entry::set_mm_start_data,
-        Mm_entry::set_mm_end_data,
-        Mm_entry::set_mm_start_stack,
-        Mm_entry::set_mm_start_brk,
-        Mm_entry::set_mm_brk,
-    ] {
-        f(&mut mm, BASE);
-    }
+    let mut mm = mm_at(BASE);
     mm.set_mm_arg_start(BASE + 8);
     mm.set_mm_arg_end(BASE + 8 + args.len() as u64);
     mm.set_mm_env_start(BASE + env_off as u64);
     mm.set_mm_env_end(BASE + (env_off + envb.len()) as u64);
     mm.set_exe_file_id(14);
-    let mut v = Vma_entry::new();
-    v.set_start(BASE);
-    v.set_end(BASE + 8 * page);
-    v.set_pgoff(0);
-    v.set_shmid(0);
-    v.set_prot(3);
-    v.set_flags(0x22);
-    v.set_status(1);
-    v.set_fd(-1);
-    mm.vmas.push(v);
+    mm.vmas.push(anon_vma(BASE, BASE + 8 * page, 1));
     write(dir, &format!("mm-{pid}.img"), MM_MAGIC, &[&mm]);
 
     let mut head = Pagemap_head::new();
@@ -105,8 +122,8 @@ fn process_memory(dir: &Path, pid: u32, argv: &[&str], env: &[&str]) {
     lazy.set_nr_pages(3);
     lazy.set_flags(PE_LAZY);
     let path = dir.join(format!("pagemap-{pid}.img"));
-    let mut bytes = format::encode(PAGEMAP_MAGIC, &[&head]);
-    bytes.extend_from_slice(&format::encode(PAGEMAP_MAGIC, &[&present, &lazy])[8..]);
+    let mut bytes = image::encode(PAGEMAP_MAGIC, &[&head]);
+    bytes.extend_from_slice(&image::encode(PAGEMAP_MAGIC, &[&present, &lazy])[8..]);
     std::fs::write(path, bytes).unwrap();
 }
 

@@ -1,0 +1,365 @@
+//! Host readiness: what ferry can do on this machine, measured by asking
+//! CRIU and by trying, never guessed from versions.
+//!
+//! Each capability is measured as follows:
+//! - `checkpoint-restore`: CRIU's own `check` (RPC CHECK: the kernel
+//!   features every dump and restore needs).
+//! - `tcp-established`: TCP repair mode works (part of `criu check`) and a
+//!   network lock method is available; half-closed connection support is
+//!   reported from `criu check --feature tcp_half_closed`.
+//! - `page-server`: a page server is really started on 127.0.0.1 and stopped.
+//! - `pre-copy`: FEATURE_CHECK `mem_track` (soft-dirty page tracking).
+//! - `post-copy`: FEATURE_CHECK `lazy_pages`, then a real lazy-pages dump of
+//!   a throwaway `sleep` process (the feature check can say yes where the
+//!   dump still fails).
+//! - `network-lock`: `criu check --feature has_ipt_legacy` / an
+//!   `iptables-restore` on PATH for iptables, `criu check --feature
+//!   network_lock_nftables` for nftables.
+//! - `tls`: a page server started with `--tls` and a throwaway certificate
+//!   (made by ferry's own certificate code, as `ferry certs` makes them)
+//!   must answer a TLS ClientHello with a TLS record. A CRIU built without
+//!   GnuTLS silently ignores `--tls`.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::criu::{Criu, Features};
+
+mod lazy;
+mod page_server;
+mod tls;
+
+/// How the cgroup hierarchies are mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupLayout {
+    /// cgroup v1 controllers only.
+    V1,
+    /// The unified (v2) hierarchy only.
+    V2,
+    /// v1 controllers plus cgroup2 at /sys/fs/cgroup/unified.
+    Hybrid,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Works,
+    Unavailable,
+}
+
+/// One capability and why it has the status it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriuInfo {
+    pub path: Option<PathBuf>,
+    pub version: Option<String>,
+    pub error: Option<String>,
+    /// FEATURE_CHECK answers, when criu could be asked.
+    pub features: Option<Features>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kernel {
+    pub release: String,
+    pub version: String,
+}
+
+/// The whole report of `ferry check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub criu: CriuInfo,
+    pub kernel: Kernel,
+    pub cgroups: CgroupLayout,
+    /// Network lock methods CRIU can use here, in preference order.
+    pub network_lock_methods: Vec<String>,
+    pub capabilities: Vec<Capability>,
+}
+
+impl Report {
+    pub fn capability(&self, name: &str) -> Option<&Capability> {
+        self.capabilities.iter().find(|c| c.name == name)
+    }
+}
+
+pub const CHECKPOINT_RESTORE: &str = "checkpoint-restore";
+pub const TCP_ESTABLISHED: &str = "tcp-established";
+pub const PAGE_SERVER: &str = "page-server";
+pub const PRE_COPY: &str = "pre-copy";
+pub const POST_COPY: &str = "post-copy";
+pub const NETWORK_LOCK: &str = "network-lock";
+pub const TLS: &str = "tls";
+
+/// Every capability, in the order the report lists them.
+const CAPABILITIES: [&str; 7] = [
+    CHECKPOINT_RESTORE,
+    TCP_ESTABLISHED,
+    PAGE_SERVER,
+    PRE_COPY,
+    POST_COPY,
+    NETWORK_LOCK,
+    TLS,
+];
+
+fn cap(name: &str, works: bool, detail: impl Into<String>) -> Capability {
+    Capability {
+        name: name.to_string(),
+        status: if works {
+            Status::Works
+        } else {
+            Status::Unavailable
+        },
+        detail: detail.into(),
+    }
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn kernel() -> Kernel {
+    Kernel {
+        release: read_trim("/proc/sys/kernel/osrelease"),
+        version: read_trim("/proc/sys/kernel/version"),
+    }
+}
+
+/// The cgroup layout under `root` (normally /sys/fs/cgroup), from the
+/// filesystem types mounted there.
+pub fn cgroup_layout(root: &Path) -> CgroupLayout {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, TMPFS_MAGIC};
+    let Ok(top) = statfs(root) else {
+        return CgroupLayout::Unknown;
+    };
+    if top.filesystem_type() == CGROUP2_SUPER_MAGIC {
+        return CgroupLayout::V2;
+    }
+    if top.filesystem_type() != TMPFS_MAGIC {
+        return CgroupLayout::Unknown;
+    }
+    match statfs(&root.join("unified")) {
+        Ok(u) if u.filesystem_type() == CGROUP2_SUPER_MAGIC => CgroupLayout::Hybrid,
+        _ => CgroupLayout::V1,
+    }
+}
+
+/// `criu check --feature NAME`: whether it passed, and CRIU's last words.
+pub fn criu_feature(criu: &Criu, name: &str) -> (bool, String) {
+    match Command::new(&criu.binary)
+        .args(["check", "--feature", name])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let last = text
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty() && !crate::criu::log::is_harmless(l))
+                .unwrap_or("")
+                .to_string();
+            (out.status.success(), last)
+        }
+        Err(e) => (false, format!("cannot run {}: {e}", criu.binary.display())),
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Runs every check. Starts (and stops) a page server, a throwaway `sleep`
+/// process for the post-copy try, and criu itself several times; takes a
+/// few seconds.
+pub fn run() -> Report {
+    let kernel = kernel();
+    let cgroups = cgroup_layout(Path::new("/sys/fs/cgroup"));
+    let criu = match Criu::new() {
+        Ok(c) => c,
+        Err(e) => return without_criu(kernel, cgroups, e.to_string()),
+    };
+    let mut info = CriuInfo {
+        path: Some(criu.binary.clone()),
+        version: None,
+        error: None,
+        features: None,
+    };
+    match criu.version() {
+        Ok(v) => info.version = Some(v.to_string()),
+        Err(e) => info.error = Some(e.to_string()),
+    }
+    let mut caps = Vec::new();
+
+    let basic = criu.check().map_err(|e| e.to_string());
+    caps.push(match &basic {
+        Ok(()) => cap(CHECKPOINT_RESTORE, true, "criu check passed"),
+        Err(e) => cap(CHECKPOINT_RESTORE, false, format!("criu check failed: {e}")),
+    });
+    let (methods, lock) = network_lock(&criu);
+    caps.push(lock);
+    caps.push(tcp_established(&criu, &basic, &methods));
+    caps.push(page_server::capability(&criu));
+    let (features, copy_modes) = copy_modes(&criu);
+    info.features = features;
+    caps.extend(copy_modes);
+    caps.push(tls::capability(&criu));
+
+    caps.sort_by_key(|c| CAPABILITIES.iter().position(|o| *o == c.name));
+    Report {
+        criu: info,
+        kernel,
+        cgroups,
+        network_lock_methods: methods,
+        capabilities: caps,
+    }
+}
+
+/// The report when there is no criu to ask: nothing works, for `reason`.
+fn without_criu(kernel: Kernel, cgroups: CgroupLayout, reason: String) -> Report {
+    Report {
+        criu: CriuInfo {
+            path: None,
+            version: None,
+            error: Some(reason.clone()),
+            features: None,
+        },
+        kernel,
+        cgroups,
+        network_lock_methods: Vec::new(),
+        capabilities: CAPABILITIES
+            .iter()
+            .map(|n| cap(n, false, reason.clone()))
+            .collect(),
+    }
+}
+
+/// The network lock methods CRIU can use here, in preference order, and
+/// the capability they make.
+fn network_lock(criu: &Criu) -> (Vec<String>, Capability) {
+    let mut methods = Vec::new();
+    let mut notes = Vec::new();
+    let (legacy, legacy_msg) = criu_feature(criu, "has_ipt_legacy");
+    match on_path("iptables-legacy-restore").or_else(|| on_path("iptables-restore")) {
+        Some(bin) => {
+            methods.push("iptables".to_string());
+            notes.push(format!(
+                "iptables: {} ({})",
+                bin.display(),
+                if legacy {
+                    "legacy API"
+                } else {
+                    "no legacy iptables"
+                }
+            ));
+        }
+        None => notes.push(format!(
+            "iptables: no iptables-restore found ({legacy_msg})"
+        )),
+    }
+    let (nft, nft_msg) = criu_feature(criu, "network_lock_nftables");
+    if nft {
+        methods.push("nftables".to_string());
+        notes.push("nftables: supported (criu check --feature network_lock_nftables)".into());
+    } else {
+        notes.push(format!("nftables: unavailable ({nft_msg})"));
+    }
+    let works = !methods.is_empty();
+    (methods, cap(NETWORK_LOCK, works, notes.join("; ")))
+}
+
+/// TCP repair (from `criu check`, whose outcome is `basic`) with a network
+/// lock method to keep connections quiet.
+fn tcp_established(criu: &Criu, basic: &Result<(), String>, methods: &[String]) -> Capability {
+    let (half, half_msg) = criu_feature(criu, "tcp_half_closed");
+    let half_note = if half {
+        "half-closed connections supported".to_string()
+    } else {
+        format!("half-closed connections unsupported ({half_msg})")
+    };
+    match (basic, methods.first()) {
+        (Ok(()), Some(method)) => cap(
+            TCP_ESTABLISHED,
+            true,
+            format!("TCP repair mode works (criu check), network lock by {method}; {half_note}"),
+        ),
+        (Ok(()), None) => cap(
+            TCP_ESTABLISHED,
+            false,
+            "no network lock method: CRIU cannot keep connections quiet during the dump",
+        ),
+        (Err(e), _) => cap(TCP_ESTABLISHED, false, format!("criu check failed: {e}")),
+    }
+}
+
+/// Pre-copy and post-copy, from FEATURE_CHECK (and, for post-copy, a real
+/// lazy-pages dump); also the features CRIU reported.
+fn copy_modes(criu: &Criu) -> (Option<Features>, [Capability; 2]) {
+    let f = match criu.features() {
+        Ok(f) => f,
+        Err(e) => {
+            let reason = format!("feature check failed: {e}");
+            return (
+                None,
+                [
+                    cap(PRE_COPY, false, reason.clone()),
+                    cap(POST_COPY, false, reason),
+                ],
+            );
+        }
+    };
+    let pre_copy = if f.mem_track {
+        cap(
+            PRE_COPY,
+            true,
+            "soft-dirty memory tracking available (FEATURE_CHECK mem_track)",
+        )
+    } else {
+        cap(
+            PRE_COPY,
+            false,
+            "the kernel has no soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY): CRIU pre-dump and --track-mem cannot work (FEATURE_CHECK mem_track)",
+        )
+    };
+    let post_copy = if f.lazy_pages {
+        match lazy::try_lazy_dump(criu) {
+            Ok(note) => cap(POST_COPY, true, note),
+            Err(reason) => cap(
+                POST_COPY,
+                false,
+                format!("FEATURE_CHECK lazy_pages says supported, but a lazy-pages dump fails: {reason}"),
+            ),
+        }
+    } else {
+        cap(
+            POST_COPY,
+            false,
+            "the kernel lacks non-cooperative userfaultfd (FEATURE_CHECK lazy_pages)",
+        )
+    };
+    (Some(f), [pre_copy, post_copy])
+}
+
+/// A fresh temp dir for one check.
+fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir: {e}"))
+}
