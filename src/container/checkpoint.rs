@@ -351,8 +351,8 @@ impl Container {
             o.set_manage_cgroups_mode(m);
         }
         let freezer = cgroup
-            .dir("freezer")
-            .or_else(|| cgroup.dir("unified"))
+            .descriptor()
+            .freezer_dir()
             .map(|p| p.to_string_lossy().into_owned());
         if let Some(f) = freezer {
             o.set_freeze_cgroup(f);

@@ -11,45 +11,13 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-/// One rule, already normalised: `None` is a wildcard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    pub allow: bool,
-    /// `Some(Char|Block)`, or `None` for both (`a`).
-    pub kind: Option<Kind>,
-    pub major: Option<u32>,
-    pub minor: Option<u32>,
-    /// Bits of [`ACC_MKNOD`], [`ACC_READ`], [`ACC_WRITE`].
-    pub access: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Block,
-    Char,
-}
+use super::super::devices::ACC_ALL;
+pub use super::super::devices::{parse_access, Kind, Rule, ACC_MKNOD, ACC_READ, ACC_WRITE};
 
 // struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; }
 // access_type = access << 16 | type (include/uapi/linux/bpf.h).
 const DEV_BLOCK: i32 = 1;
 const DEV_CHAR: i32 = 2;
-pub const ACC_MKNOD: u32 = 1;
-pub const ACC_READ: u32 = 2;
-pub const ACC_WRITE: u32 = 4;
-const ACC_ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
-
-/// Parses an OCI access string ("rwm" letters, empty meaning all).
-pub fn parse_access(s: &str) -> Option<u32> {
-    if s.is_empty() {
-        return Some(ACC_ALL);
-    }
-    s.chars().try_fold(0, |acc, c| match c {
-        'r' => Some(acc | ACC_READ),
-        'w' => Some(acc | ACC_WRITE),
-        'm' => Some(acc | ACC_MKNOD),
-        _ => None,
-    })
-}
 
 /// One eBPF instruction (struct bpf_insn).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,6 +347,17 @@ mod tests {
 
     const RW: u32 = ACC_READ | ACC_WRITE;
 
+    /// Asserts the verdict of `prog` for each (kind, major, minor, access).
+    fn expect(prog: &[Insn], cases: &[(Kind, u32, u32, u32, bool)]) {
+        for &(kind, major, minor, access, allowed) in cases {
+            assert_eq!(
+                evaluate(prog, kind, major, minor, access),
+                Some(allowed),
+                "{kind:?} {major}:{minor} access {access:#b}"
+            );
+        }
+    }
+
     #[test]
     fn last_match_wins_and_default_denies() {
         let rules = [
@@ -387,16 +366,21 @@ mod tests {
             rule(false, Some(Kind::Char), Some(1), Some(3), "w"),
         ];
         let p = program(&rules);
-        // /dev/null read: the allow rule; write: the later deny.
-        assert_eq!(evaluate(&p, Kind::Char, 1, 3, ACC_READ), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 1, 3, ACC_WRITE), Some(false));
-        // A rule matches an access only if it grants every bit asked for
-        // (runc's and crun's programs agree): "w" does not match a
-        // read-write open, so the earlier "rwm" allow decides it.
-        assert_eq!(evaluate(&p, Kind::Char, 1, 3, RW), Some(true));
-        // Anything else: the leading deny-all is the default.
-        assert_eq!(evaluate(&p, Kind::Char, 1, 5, ACC_READ), Some(false));
-        assert_eq!(evaluate(&p, Kind::Block, 8, 0, ACC_READ), Some(false));
+        expect(
+            &p,
+            &[
+                // /dev/null read: the allow rule; write: the later deny.
+                (Kind::Char, 1, 3, ACC_READ, true),
+                (Kind::Char, 1, 3, ACC_WRITE, false),
+                // A rule matches an access only if it grants every bit asked
+                // for (runc's and crun's programs agree): "w" does not match
+                // a read-write open, so the earlier "rwm" allow decides it.
+                (Kind::Char, 1, 3, RW, true),
+                // Anything else: the leading deny-all is the default.
+                (Kind::Char, 1, 5, ACC_READ, false),
+                (Kind::Block, 8, 0, ACC_READ, false),
+            ],
+        );
         // Without a catch-all rule, no match denies.
         let p = program(&rules[1..]);
         assert_eq!(evaluate(&p, Kind::Char, 1, 5, ACC_READ), Some(false));
@@ -410,18 +394,20 @@ mod tests {
             rule(true, None, Some(7), Some(0), "r"),
         ];
         let p = program(&rules);
-        assert_eq!(evaluate(&p, Kind::Char, 99, 99, ACC_MKNOD), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 99, 99, ACC_READ), Some(false));
-        assert_eq!(evaluate(&p, Kind::Block, 99, 99, ACC_MKNOD), Some(false));
-        assert_eq!(evaluate(&p, Kind::Char, 136, 4, RW), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 136, 4, ACC_READ), Some(true));
-        assert_eq!(
-            evaluate(&p, Kind::Char, 136, 4, RW | ACC_MKNOD),
-            Some(false)
+        expect(
+            &p,
+            &[
+                (Kind::Char, 99, 99, ACC_MKNOD, true),
+                (Kind::Char, 99, 99, ACC_READ, false),
+                (Kind::Block, 99, 99, ACC_MKNOD, false),
+                (Kind::Char, 136, 4, RW, true),
+                (Kind::Char, 136, 4, ACC_READ, true),
+                (Kind::Char, 136, 4, RW | ACC_MKNOD, false),
+                (Kind::Block, 7, 0, ACC_READ, true),
+                (Kind::Char, 7, 0, ACC_READ, true),
+                (Kind::Block, 7, 0, ACC_WRITE, false),
+            ],
         );
-        assert_eq!(evaluate(&p, Kind::Block, 7, 0, ACC_READ), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 7, 0, ACC_READ), Some(true));
-        assert_eq!(evaluate(&p, Kind::Block, 7, 0, ACC_WRITE), Some(false));
     }
 
     #[test]
@@ -434,13 +420,5 @@ mod tests {
         assert_eq!(evaluate(&p, Kind::Char, 1, 3, RW), Some(true));
         // The catch-all ends the program: no rule before it is compiled.
         assert_eq!(p.len(), 8);
-    }
-
-    #[test]
-    fn access_strings() {
-        assert_eq!(parse_access("rwm"), Some(ACC_ALL));
-        assert_eq!(parse_access(""), Some(ACC_ALL));
-        assert_eq!(parse_access("r"), Some(ACC_READ));
-        assert_eq!(parse_access("rx"), None);
     }
 }
