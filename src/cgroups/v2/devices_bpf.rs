@@ -281,6 +281,26 @@ fn attached(fd: &OwnedFd, dir: &Path) -> Result<Vec<u32>, Error> {
     Ok(ids)
 }
 
+/// Attaches `prog` to (or detaches it from) the cgroup `cg` of `dir`.
+fn cgroup_cmd(
+    (cmd, op): (libc::c_int, &'static str),
+    cg: &OwnedFd,
+    prog: &OwnedFd,
+    flags: u32,
+    dir: &Path,
+) -> Result<(), Error> {
+    let mut a = Attr::new();
+    a.u32(0, cg.as_raw_fd() as u32)
+        .u32(4, prog.as_raw_fd() as u32)
+        .u32(8, BPF_CGROUP_DEVICE)
+        .u32(12, flags);
+    bpf(cmd, &mut a).map(drop).map_err(|source| Error::Bpf {
+        op,
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Loads the program for `rules` and makes it the only device program of
 /// the cgroup directory `dir` (programs attached earlier, by a previous
 /// create or update, are detached after the new one is in place, so there
@@ -294,16 +314,8 @@ pub fn apply(dir: &Path, rules: &[Rule]) -> Result<(), Error> {
         })?
         .into();
     let old = attached(&cg, dir)?;
-    let mut a = Attr::new();
-    a.u32(0, cg.as_raw_fd() as u32)
-        .u32(4, prog.as_raw_fd() as u32)
-        .u32(8, BPF_CGROUP_DEVICE)
-        .u32(12, BPF_F_ALLOW_MULTI);
-    bpf(BPF_PROG_ATTACH, &mut a).map_err(|source| Error::Bpf {
-        op: "attaching the device program",
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let attach = (BPF_PROG_ATTACH, "attaching the device program");
+    cgroup_cmd(attach, &cg, &prog, BPF_F_ALLOW_MULTI, dir)?;
     for id in old {
         let mut g = Attr::new();
         g.u32(0, id);
@@ -312,15 +324,8 @@ pub fn apply(dir: &Path, rules: &[Rule]) -> Result<(), Error> {
         };
         // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new fd we own.
         let old_fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let mut d = Attr::new();
-        d.u32(0, cg.as_raw_fd() as u32)
-            .u32(4, old_fd.as_raw_fd() as u32)
-            .u32(8, BPF_CGROUP_DEVICE);
-        bpf(BPF_PROG_DETACH, &mut d).map_err(|source| Error::Bpf {
-            op: "detaching the previous device program",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let detach = (BPF_PROG_DETACH, "detaching the previous device program");
+        cgroup_cmd(detach, &cg, &old_fd, 0, dir)?;
     }
     Ok(())
 }
@@ -347,14 +352,18 @@ mod tests {
 
     const RW: u32 = ACC_READ | ACC_WRITE;
 
-    /// Asserts the verdict of `prog` for each (kind, major, minor, access).
-    fn expect(prog: &[Insn], cases: &[(Kind, u32, u32, u32, bool)]) {
-        for &(kind, major, minor, access, allowed) in cases {
-            assert_eq!(
-                evaluate(prog, kind, major, minor, access),
-                Some(allowed),
-                "{kind:?} {major}:{minor} access {access:#b}"
-            );
+    /// Asserts the verdict of `prog` on accesses written as for v1's
+    /// devices.allow (`c 1:3 rw`).
+    fn verdicts(prog: &[Insn], allowed: &[&str], denied: &[&str]) {
+        for (list, want) in [(allowed, true), (denied, false)] {
+            for access in list {
+                let f: Vec<&str> = access.split([' ', ':']).collect();
+                let kind = if f[0] == "b" { Kind::Block } else { Kind::Char };
+                let (major, minor) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+                let bits = parse_access(f[3]).unwrap();
+                let got = evaluate(prog, kind, major, minor, bits);
+                assert_eq!(got, Some(want), "{access}");
+            }
         }
     }
 
@@ -365,25 +374,18 @@ mod tests {
             rule(true, Some(Kind::Char), Some(1), Some(3), "rwm"),
             rule(false, Some(Kind::Char), Some(1), Some(3), "w"),
         ];
-        let p = program(&rules);
-        expect(
-            &p,
-            &[
-                // /dev/null read: the allow rule; write: the later deny.
-                (Kind::Char, 1, 3, ACC_READ, true),
-                (Kind::Char, 1, 3, ACC_WRITE, false),
-                // A rule matches an access only if it grants every bit asked
-                // for (runc's and crun's programs agree): "w" does not match
-                // a read-write open, so the earlier "rwm" allow decides it.
-                (Kind::Char, 1, 3, RW, true),
-                // Anything else: the leading deny-all is the default.
-                (Kind::Char, 1, 5, ACC_READ, false),
-                (Kind::Block, 8, 0, ACC_READ, false),
-            ],
+        // /dev/null read: the allow rule; write: the later deny. A rule
+        // matches an access only if it grants every bit asked for (runc's
+        // and crun's programs agree): "w" does not match a read-write open,
+        // so the earlier "rwm" allow decides it. Anything else: the leading
+        // deny-all is the default.
+        verdicts(
+            &program(&rules),
+            &["c 1:3 r", "c 1:3 rw"],
+            &["c 1:3 w", "c 1:5 r", "b 8:0 r"],
         );
         // Without a catch-all rule, no match denies.
-        let p = program(&rules[1..]);
-        assert_eq!(evaluate(&p, Kind::Char, 1, 5, ACC_READ), Some(false));
+        verdicts(&program(&rules[1..]), &[], &["c 1:5 r"]);
     }
 
     #[test]
@@ -393,20 +395,10 @@ mod tests {
             rule(true, Some(Kind::Char), Some(136), None, "rw"),
             rule(true, None, Some(7), Some(0), "r"),
         ];
-        let p = program(&rules);
-        expect(
-            &p,
-            &[
-                (Kind::Char, 99, 99, ACC_MKNOD, true),
-                (Kind::Char, 99, 99, ACC_READ, false),
-                (Kind::Block, 99, 99, ACC_MKNOD, false),
-                (Kind::Char, 136, 4, RW, true),
-                (Kind::Char, 136, 4, ACC_READ, true),
-                (Kind::Char, 136, 4, RW | ACC_MKNOD, false),
-                (Kind::Block, 7, 0, ACC_READ, true),
-                (Kind::Char, 7, 0, ACC_READ, true),
-                (Kind::Block, 7, 0, ACC_WRITE, false),
-            ],
+        verdicts(
+            &program(&rules),
+            &["c 99:99 m", "c 136:4 rw", "c 136:4 r", "b 7:0 r", "c 7:0 r"],
+            &["c 99:99 r", "b 99:99 m", "c 136:4 rwm", "b 7:0 w"],
         );
     }
 
