@@ -16,8 +16,8 @@
 //! and hybrid hosts the v1 hierarchies are used (one directory per mounted
 //! controller, keyed by controller name, `name=systemd` included); on a pure
 //! v2 host there is one directory, keyed `unified`. Each version is a
-//! backend of its own ([`v1`], [`v2`]) behind one trait; this module holds
-//! what both do alike.
+//! backend of its own (`v1/`, `v2/`) behind one trait (`CgroupManager`);
+//! this module and the files beside it hold what both do alike.
 mod common;
 mod descriptor;
 mod devices;
@@ -43,7 +43,7 @@ use common::{read_file, remove_created, topmost_missing, unique_dirs, CgroupMana
 pub use descriptor::{mount_subdir, CgroupDescriptor};
 use error::backend;
 pub use error::{Error, Result};
-pub use layout::{memberships, CgroupLayout, Membership, CGROUP_ROOT};
+pub use layout::{memberships, CgroupLayout, Membership};
 pub use v2::devices_bpf;
 
 /// Key of the single directory on a pure cgroup v2 host.
@@ -132,11 +132,6 @@ impl Cgroup {
 
     pub fn descriptor(&self) -> &CgroupDescriptor {
         &self.backend.handle().desc
-    }
-
-    /// The directory of one controller (`"unified"` on a v2 host).
-    pub fn dir(&self, controller: &str) -> Option<&Path> {
-        self.descriptor().dirs.get(controller).map(PathBuf::as_path)
     }
 
     /// Moves the whole process `pid` (all its threads) into the cgroup.
