@@ -38,11 +38,9 @@ impl Freezer for V1 {
     }
 
     fn freezer_state(&self) -> Result<FreezerState> {
-        let desc = &self.h.desc;
-        let dir = desc.dirs.get("freezer").ok_or_else(|| Error::Unsupported {
-            path: desc.path.clone(),
-            setting: "the freezer controller".into(),
-            why: "on this host (it is not mounted)".into(),
+        let dir = self.h.desc.dirs.get("freezer").ok_or_else(|| {
+            self.h
+                .unsupported("the freezer controller", "on this host (it is not mounted)")
         })?;
         let file = dir.join("freezer.state");
         let text = read_file(&file)?;

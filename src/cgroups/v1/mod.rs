@@ -58,7 +58,7 @@ impl V1 {
         }
         let hier = V1Hierarchy::new();
         // cgroups-rs names one leaf and, per controller, the path to its
-        // parent; every recorded directory must end in the same leaf.
+        // parent below the mount point.
         let leaf = desc
             .dirs
             .values()
@@ -66,32 +66,7 @@ impl V1 {
             .and_then(|d| d.file_name())
             .ok_or_else(|| bad("descriptor lists no directories".into()))?
             .to_owned();
-        let mut parents = HashMap::new();
-        for sub in hier.subsystems() {
-            let name = sub.controller_name();
-            let mount_point = sub.to_controller().path().to_path_buf();
-            let dir = desc.dirs.get(&name).ok_or_else(|| {
-                bad(format!(
-                    "descriptor has no directory for mounted controller {name:?}; the host's hierarchies changed since create"
-                ))
-            })?;
-            if dir.file_name() != Some(leaf.as_os_str()) {
-                return Err(bad(format!(
-                    "directory {} does not end in {:?} like the others",
-                    dir.display(),
-                    leaf
-                )));
-            }
-            let rel = dir.strip_prefix(&mount_point).map_err(|_| {
-                bad(format!(
-                    "{} is not below {}",
-                    dir.display(),
-                    mount_point.display()
-                ))
-            })?;
-            let parent = rel.parent().unwrap_or(Path::new(""));
-            parents.insert(name, parent.to_string_lossy().into_owned());
-        }
+        let parents = parent_paths(&hier, desc, Path::new(&leaf)).map_err(bad)?;
         let cg = RsCgroup::load_with_relative_paths(Box::new(hier), Path::new(&leaf), parents);
         for sub in cg.subsystems() {
             let name = sub.controller_name();
@@ -108,6 +83,39 @@ impl V1 {
             h: Handle::new(desc.clone(), cg, missing),
         })
     }
+}
+
+/// Controller → the path of the recorded directory's parent below the
+/// controller's mount point. Every mounted controller must have a directory,
+/// and every directory must end in `leaf`.
+fn parent_paths(
+    hier: &V1Hierarchy,
+    desc: &CgroupDescriptor,
+    leaf: &Path,
+) -> std::result::Result<HashMap<String, String>, String> {
+    let mut parents = HashMap::new();
+    for sub in hier.subsystems() {
+        let name = sub.controller_name();
+        let mount_point = sub.to_controller().path().to_path_buf();
+        let dir = desc.dirs.get(&name).ok_or_else(|| {
+            format!(
+                "descriptor has no directory for mounted controller {name:?}; the host's hierarchies changed since create"
+            )
+        })?;
+        if dir.file_name() != Some(leaf.as_os_str()) {
+            return Err(format!(
+                "directory {} does not end in {:?} like the others",
+                dir.display(),
+                leaf.as_os_str()
+            ));
+        }
+        let rel = dir
+            .strip_prefix(&mount_point)
+            .map_err(|_| format!("{} is not below {}", dir.display(), mount_point.display()))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        parents.insert(name, parent.to_string_lossy().into_owned());
+    }
+    Ok(parents)
 }
 
 impl CgroupManager for V1 {
