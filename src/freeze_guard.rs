@@ -110,19 +110,14 @@ pub struct Freezer {
 
 impl Freezer {
     pub fn of(cgroup: &Cgroup) -> Result<Freezer> {
-        let v2 = cgroup.descriptor().unified;
-        let key = if v2 {
-            crate::cgroups::UNIFIED_KEY
-        } else {
-            "freezer"
-        };
-        let dir = cgroup.dir(key).ok_or_else(|| Error::Freezer {
-            path: cgroup.descriptor().path.clone(),
+        let desc = cgroup.descriptor();
+        let dir = desc.freezer_dir().ok_or_else(|| Error::Freezer {
+            path: desc.path.clone(),
             why: "it has no freezer directory on this host".into(),
         })?;
         Ok(Freezer {
             dir: dir.to_path_buf(),
-            v2,
+            v2: desc.is_v2(),
         })
     }
 }

@@ -8,7 +8,7 @@
 //! container's.
 use std::path::{Path, PathBuf};
 
-use super::{CgroupDescriptor, Error, Result, UNIFIED_KEY};
+use super::{v1, v2, CgroupDescriptor, Error, Result};
 
 const FROZEN_FIX: &str = "thaw it or pick another linux.cgroupsPath";
 const POPULATED_FIX: &str = "each container needs a cgroup of its own (`delete --force` kills every process in it): pick another linux.cgroupsPath";
@@ -17,19 +17,17 @@ impl CgroupDescriptor {
     /// Fails if the cgroup, where it exists already, is frozen (or would
     /// be, below a frozen parent) or holds processes.
     pub fn check_reusable(&self) -> Result<()> {
-        for (key, dir) in &self.dirs {
-            if key == "freezer" || key == UNIFIED_KEY {
-                if let Some(frozen) = frozen_at(dir, key == UNIFIED_KEY) {
-                    return Err(Error::InUse {
-                        path: frozen.clone(),
-                        why: if frozen == *dir {
-                            "is frozen".into()
-                        } else {
-                            format!("is frozen, so {} would be too", dir.display())
-                        },
-                        fix: FROZEN_FIX,
-                    });
-                }
+        if let Some(dir) = self.freezer_dir() {
+            if let Some(frozen) = frozen_at(dir, self.is_v2()) {
+                return Err(Error::InUse {
+                    path: frozen.clone(),
+                    why: if frozen == dir {
+                        "is frozen".into()
+                    } else {
+                        format!("is frozen, so {} would be too", dir.display())
+                    },
+                    fix: FROZEN_FIX,
+                });
             }
         }
         for dir in self.dirs.values() {
@@ -55,22 +53,12 @@ impl CgroupDescriptor {
 
 /// The directory (`dir` or its nearest existing ancestor with a freezer)
 /// whose state says frozen or freezing, if any.
-fn frozen_at(dir: &Path, unified: bool) -> Option<PathBuf> {
+fn frozen_at(dir: &Path, is_v2: bool) -> Option<PathBuf> {
+    let frozen = if is_v2 { v2::frozen } else { v1::frozen };
     let mut cur = Some(dir);
     while let Some(d) = cur {
         if d.is_dir() {
-            return if unified {
-                // cgroup.events "frozen 1" also covers a frozen ancestor.
-                let events = std::fs::read_to_string(d.join("cgroup.events")).ok()?;
-                let requested = std::fs::read_to_string(d.join("cgroup.freeze")).ok();
-                let frozen = events.lines().any(|l| l.trim() == "frozen 1")
-                    || requested.is_some_and(|r| r.trim() == "1");
-                frozen.then(|| d.to_path_buf())
-            } else {
-                // A v1 child reports its parent's freezing as its own.
-                let state = std::fs::read_to_string(d.join("freezer.state")).ok()?;
-                matches!(state.trim(), "FROZEN" | "FREEZING").then(|| d.to_path_buf())
-            };
+            return frozen(d)?.then(|| d.to_path_buf());
         }
         cur = d.parent();
     }

@@ -19,7 +19,7 @@
 //!   (made by ferry's own certificate code, as `ferry certs` makes them)
 //!   must answer a TLS ClientHello with a TLS record. A CRIU built without
 //!   GnuTLS silently ignores `--tls`.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -30,18 +30,7 @@ mod lazy;
 mod page_server;
 mod tls;
 
-/// How the cgroup hierarchies are mounted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CgroupLayout {
-    /// cgroup v1 controllers only.
-    V1,
-    /// The unified (v2) hierarchy only.
-    V2,
-    /// v1 controllers plus cgroup2 at /sys/fs/cgroup/unified.
-    Hybrid,
-    Unknown,
-}
+pub use crate::cgroups::CgroupLayout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,25 +123,6 @@ pub fn kernel() -> Kernel {
     }
 }
 
-/// The cgroup layout under `root` (normally /sys/fs/cgroup), from the
-/// filesystem types mounted there.
-pub fn cgroup_layout(root: &Path) -> CgroupLayout {
-    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, TMPFS_MAGIC};
-    let Ok(top) = statfs(root) else {
-        return CgroupLayout::Unknown;
-    };
-    if top.filesystem_type() == CGROUP2_SUPER_MAGIC {
-        return CgroupLayout::V2;
-    }
-    if top.filesystem_type() != TMPFS_MAGIC {
-        return CgroupLayout::Unknown;
-    }
-    match statfs(&root.join("unified")) {
-        Ok(u) if u.filesystem_type() == CGROUP2_SUPER_MAGIC => CgroupLayout::Hybrid,
-        _ => CgroupLayout::V1,
-    }
-}
-
 /// `criu check --feature NAME`: whether it passed, and CRIU's last words.
 pub fn criu_feature(criu: &Criu, name: &str) -> (bool, String) {
     match Command::new(&criu.binary)
@@ -190,7 +160,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 /// few seconds.
 pub fn run() -> Report {
     let kernel = kernel();
-    let cgroups = cgroup_layout(Path::new("/sys/fs/cgroup"));
+    let cgroups = CgroupLayout::host();
     let criu = match Criu::new() {
         Ok(c) => c,
         Err(e) => return without_criu(kernel, cgroups, e.to_string()),

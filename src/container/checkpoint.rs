@@ -318,11 +318,7 @@ impl Dump<'_> {
             &opts.criu_flags(),
         );
         o.set_pid(state.pid);
-        let freezer = self
-            .cgroup
-            .dir("freezer")
-            .or_else(|| self.cgroup.dir("unified"));
-        if let Some(f) = freezer {
+        if let Some(f) = self.cgroup.descriptor().freezer_dir() {
             o.set_freeze_cgroup(f.to_string_lossy().into_owned());
         }
         o.set_leave_running(opts.leave_running || opts.pre_dump);

@@ -39,16 +39,10 @@ pub fn mounts(spec: &Spec, bundle: &Path, cgroup: Option<&CgroupDescriptor>) -> 
         let typ = m.typ().clone().unwrap_or_default();
         if typ == "cgroup" || typ == "cgroup2" {
             let Some(cg) = cgroup else { continue };
-            let unified = cg.dirs.len() == 1 && cg.dirs.contains_key("unified");
             for (controller, dir) in &cg.dirs {
-                let key = if unified {
-                    dest.clone()
-                } else {
-                    format!(
-                        "{}/{}",
-                        dest.trim_end_matches('/'),
-                        controller.trim_start_matches("name=")
-                    )
+                let key = match crate::cgroups::mount_subdir(controller) {
+                    None => dest.clone(),
+                    Some(sub) => format!("{}/{sub}", dest.trim_end_matches('/')),
                 };
                 out.push(External {
                     key,

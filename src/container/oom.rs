@@ -8,25 +8,7 @@ use std::path::Path;
 use oci_spec::runtime::LinuxResources;
 
 use super::Error;
-use crate::cgroups::{CgroupDescriptor, UNIFIED_KEY};
-
-/// The `oom_kill` count of the memory cgroup (v1 `memory.oom_control`, v2
-/// `memory.events`), if the kernel reports one.
-fn oom_kills(desc: &CgroupDescriptor) -> Option<(u64, std::path::PathBuf)> {
-    let file = if desc.unified {
-        desc.dirs.get(UNIFIED_KEY)?.join("memory.events")
-    } else {
-        desc.dirs.get("memory")?.join("memory.oom_control")
-    };
-    let n = parse_oom_kill(&std::fs::read_to_string(&file).ok()?)?;
-    Some((n, file))
-}
-
-fn parse_oom_kill(text: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|n| n.trim().parse().ok())
-}
+use crate::cgroups::CgroupDescriptor;
 
 /// The error for an init lost during setup (`other` is what was seen: an
 /// EOF, a reset connection): a precise one when the OOM killer took it.
@@ -35,7 +17,7 @@ pub(crate) fn init_lost(
     resources: Option<&LinuxResources>,
     other: Error,
 ) -> Error {
-    let Some((kills, file)) = oom_kills(desc).filter(|(n, _)| *n > 0) else {
+    let Some((kills, file)) = desc.oom_kills().filter(|(n, _)| *n > 0) else {
         return other;
     };
     Error::OomAtSetup {
@@ -67,15 +49,6 @@ fn too_small(limit: i64, file: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_kill_count_of_both_versions() {
-        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n";
-        let v2 = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\noom_group_kill 0\n";
-        assert_eq!(parse_oom_kill(v1), Some(1));
-        assert_eq!(parse_oom_kill(v2), Some(2));
-        assert_eq!(parse_oom_kill("oom_kill_disable 0\n"), None);
-    }
 
     #[test]
     fn message_names_the_limit() {

@@ -195,19 +195,15 @@ fn dup_stdio() -> Result<[OwnedFd; 3]> {
 
 /// The cgroup paths `pid` sits in, as CRIU's cgroup roots (runc does the same).
 fn cgroup_roots(pid: u32) -> Result<Vec<crate::proto::rpc::Cgroup_root>> {
-    let path = format!("/proc/{pid}/cgroup");
-    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {path}")))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let (_, ctrl, p) = (it.next()?, it.next()?, it.next()?);
+    Ok(crate::cgroups::memberships(Some(pid))?
+        .into_iter()
+        .map(|m| {
             let mut r = crate::proto::rpc::Cgroup_root::new();
-            if !ctrl.is_empty() {
-                r.set_ctrl(ctrl.to_string());
+            if !m.controllers.is_empty() {
+                r.set_ctrl(m.controllers);
             }
-            r.set_path(p.to_string());
-            Some(r)
+            r.set_path(m.path);
+            r
         })
         .collect())
 }

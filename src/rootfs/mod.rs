@@ -200,9 +200,12 @@ impl Setup<'_> {
             set: options::ATTR_NOSUID | options::ATTR_NODEV | options::ATTR_NOEXEC,
             clear: 0,
         };
-        let unified = self.cgroup_dirs.len() == 1 && self.cgroup_dirs[0].0 == "unified";
-        if unified {
-            let dir = &self.cgroup_dirs[0].1;
+        // On v2 the one directory is the whole mount.
+        let whole = match self.cgroup_dirs {
+            [(key, dir)] if crate::cgroups::mount_subdir(key).is_none() => Some(dir),
+            _ => None,
+        };
+        if let Some(dir) = whole {
             let tree = ctx(MountFd::clone_tree(Path::new(dir), false), || {
                 format!("bind-mounting cgroup {dir}")
             })?;
@@ -222,7 +225,7 @@ impl Setup<'_> {
         ctx(tmpfs.set_attrs(base, false), || "cgroup tmpfs".into())?;
         // The tmpfs is new and ours: its directories need no resolving.
         for (controller, dir) in self.cgroup_dirs {
-            let name = controller.trim_start_matches("name=");
+            let name = crate::cgroups::mount_subdir(controller).unwrap_or(controller);
             let what = || format!("bind-mounting cgroup {dir}");
             ctx(
                 nix::sys::stat::mkdirat(

@@ -11,45 +11,13 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-/// One rule, already normalised: `None` is a wildcard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    pub allow: bool,
-    /// `Some(Char|Block)`, or `None` for both (`a`).
-    pub kind: Option<Kind>,
-    pub major: Option<u32>,
-    pub minor: Option<u32>,
-    /// Bits of [`ACC_MKNOD`], [`ACC_READ`], [`ACC_WRITE`].
-    pub access: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Block,
-    Char,
-}
+use super::super::devices::ACC_ALL;
+pub use super::super::devices::{parse_access, Kind, Rule, ACC_MKNOD, ACC_READ, ACC_WRITE};
 
 // struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; }
 // access_type = access << 16 | type (include/uapi/linux/bpf.h).
 const DEV_BLOCK: i32 = 1;
 const DEV_CHAR: i32 = 2;
-pub const ACC_MKNOD: u32 = 1;
-pub const ACC_READ: u32 = 2;
-pub const ACC_WRITE: u32 = 4;
-const ACC_ALL: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
-
-/// Parses an OCI access string ("rwm" letters, empty meaning all).
-pub fn parse_access(s: &str) -> Option<u32> {
-    if s.is_empty() {
-        return Some(ACC_ALL);
-    }
-    s.chars().try_fold(0, |acc, c| match c {
-        'r' => Some(acc | ACC_READ),
-        'w' => Some(acc | ACC_WRITE),
-        'm' => Some(acc | ACC_MKNOD),
-        _ => None,
-    })
-}
 
 /// One eBPF instruction (struct bpf_insn).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +281,26 @@ fn attached(fd: &OwnedFd, dir: &Path) -> Result<Vec<u32>, Error> {
     Ok(ids)
 }
 
+/// Attaches `prog` to (or detaches it from) the cgroup `cg` of `dir`.
+fn cgroup_cmd(
+    (cmd, op): (libc::c_int, &'static str),
+    cg: &OwnedFd,
+    prog: &OwnedFd,
+    flags: u32,
+    dir: &Path,
+) -> Result<(), Error> {
+    let mut a = Attr::new();
+    a.u32(0, cg.as_raw_fd() as u32)
+        .u32(4, prog.as_raw_fd() as u32)
+        .u32(8, BPF_CGROUP_DEVICE)
+        .u32(12, flags);
+    bpf(cmd, &mut a).map(drop).map_err(|source| Error::Bpf {
+        op,
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Loads the program for `rules` and makes it the only device program of
 /// the cgroup directory `dir` (programs attached earlier, by a previous
 /// create or update, are detached after the new one is in place, so there
@@ -326,16 +314,8 @@ pub fn apply(dir: &Path, rules: &[Rule]) -> Result<(), Error> {
         })?
         .into();
     let old = attached(&cg, dir)?;
-    let mut a = Attr::new();
-    a.u32(0, cg.as_raw_fd() as u32)
-        .u32(4, prog.as_raw_fd() as u32)
-        .u32(8, BPF_CGROUP_DEVICE)
-        .u32(12, BPF_F_ALLOW_MULTI);
-    bpf(BPF_PROG_ATTACH, &mut a).map_err(|source| Error::Bpf {
-        op: "attaching the device program",
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let attach = (BPF_PROG_ATTACH, "attaching the device program");
+    cgroup_cmd(attach, &cg, &prog, BPF_F_ALLOW_MULTI, dir)?;
     for id in old {
         let mut g = Attr::new();
         g.u32(0, id);
@@ -344,15 +324,8 @@ pub fn apply(dir: &Path, rules: &[Rule]) -> Result<(), Error> {
         };
         // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new fd we own.
         let old_fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let mut d = Attr::new();
-        d.u32(0, cg.as_raw_fd() as u32)
-            .u32(4, old_fd.as_raw_fd() as u32)
-            .u32(8, BPF_CGROUP_DEVICE);
-        bpf(BPF_PROG_DETACH, &mut d).map_err(|source| Error::Bpf {
-            op: "detaching the previous device program",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let detach = (BPF_PROG_DETACH, "detaching the previous device program");
+        cgroup_cmd(detach, &cg, &old_fd, 0, dir)?;
     }
     Ok(())
 }
@@ -379,6 +352,21 @@ mod tests {
 
     const RW: u32 = ACC_READ | ACC_WRITE;
 
+    /// Asserts the verdict of `prog` on accesses written as for v1's
+    /// devices.allow (`c 1:3 rw`).
+    fn verdicts(prog: &[Insn], allowed: &[&str], denied: &[&str]) {
+        for (list, want) in [(allowed, true), (denied, false)] {
+            for access in list {
+                let f: Vec<&str> = access.split([' ', ':']).collect();
+                let kind = if f[0] == "b" { Kind::Block } else { Kind::Char };
+                let (major, minor) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+                let bits = parse_access(f[3]).unwrap();
+                let got = evaluate(prog, kind, major, minor, bits);
+                assert_eq!(got, Some(want), "{access}");
+            }
+        }
+    }
+
     #[test]
     fn last_match_wins_and_default_denies() {
         let rules = [
@@ -386,20 +374,18 @@ mod tests {
             rule(true, Some(Kind::Char), Some(1), Some(3), "rwm"),
             rule(false, Some(Kind::Char), Some(1), Some(3), "w"),
         ];
-        let p = program(&rules);
-        // /dev/null read: the allow rule; write: the later deny.
-        assert_eq!(evaluate(&p, Kind::Char, 1, 3, ACC_READ), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 1, 3, ACC_WRITE), Some(false));
-        // A rule matches an access only if it grants every bit asked for
-        // (runc's and crun's programs agree): "w" does not match a
-        // read-write open, so the earlier "rwm" allow decides it.
-        assert_eq!(evaluate(&p, Kind::Char, 1, 3, RW), Some(true));
-        // Anything else: the leading deny-all is the default.
-        assert_eq!(evaluate(&p, Kind::Char, 1, 5, ACC_READ), Some(false));
-        assert_eq!(evaluate(&p, Kind::Block, 8, 0, ACC_READ), Some(false));
+        // /dev/null read: the allow rule; write: the later deny. A rule
+        // matches an access only if it grants every bit asked for (runc's
+        // and crun's programs agree): "w" does not match a read-write open,
+        // so the earlier "rwm" allow decides it. Anything else: the leading
+        // deny-all is the default.
+        verdicts(
+            &program(&rules),
+            &["c 1:3 r", "c 1:3 rw"],
+            &["c 1:3 w", "c 1:5 r", "b 8:0 r"],
+        );
         // Without a catch-all rule, no match denies.
-        let p = program(&rules[1..]);
-        assert_eq!(evaluate(&p, Kind::Char, 1, 5, ACC_READ), Some(false));
+        verdicts(&program(&rules[1..]), &[], &["c 1:5 r"]);
     }
 
     #[test]
@@ -409,19 +395,11 @@ mod tests {
             rule(true, Some(Kind::Char), Some(136), None, "rw"),
             rule(true, None, Some(7), Some(0), "r"),
         ];
-        let p = program(&rules);
-        assert_eq!(evaluate(&p, Kind::Char, 99, 99, ACC_MKNOD), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 99, 99, ACC_READ), Some(false));
-        assert_eq!(evaluate(&p, Kind::Block, 99, 99, ACC_MKNOD), Some(false));
-        assert_eq!(evaluate(&p, Kind::Char, 136, 4, RW), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 136, 4, ACC_READ), Some(true));
-        assert_eq!(
-            evaluate(&p, Kind::Char, 136, 4, RW | ACC_MKNOD),
-            Some(false)
+        verdicts(
+            &program(&rules),
+            &["c 99:99 m", "c 136:4 rw", "c 136:4 r", "b 7:0 r", "c 7:0 r"],
+            &["c 99:99 r", "b 99:99 m", "c 136:4 rwm", "b 7:0 w"],
         );
-        assert_eq!(evaluate(&p, Kind::Block, 7, 0, ACC_READ), Some(true));
-        assert_eq!(evaluate(&p, Kind::Char, 7, 0, ACC_READ), Some(true));
-        assert_eq!(evaluate(&p, Kind::Block, 7, 0, ACC_WRITE), Some(false));
     }
 
     #[test]
@@ -434,13 +412,5 @@ mod tests {
         assert_eq!(evaluate(&p, Kind::Char, 1, 3, RW), Some(true));
         // The catch-all ends the program: no rule before it is compiled.
         assert_eq!(p.len(), 8);
-    }
-
-    #[test]
-    fn access_strings() {
-        assert_eq!(parse_access("rwm"), Some(ACC_ALL));
-        assert_eq!(parse_access(""), Some(ACC_ALL));
-        assert_eq!(parse_access("r"), Some(ACC_READ));
-        assert_eq!(parse_access("rx"), None);
     }
 }

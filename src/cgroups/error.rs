@@ -1,0 +1,116 @@
+//! The errors of the cgroup layer, and how cgroups-rs failures become them.
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::FreezerState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cgroup path or descriptor is unusable.
+    #[error("cgroup {path}: {message}")]
+    Cgroup { path: String, message: String },
+    /// Reading or writing a cgroup file or directory failed.
+    #[error("cgroup {}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A cgroups-rs operation failed (the detail carries the kernel's answer).
+    #[error("cgroup {}: {op}: {detail}", path.display())]
+    Controller {
+        path: PathBuf,
+        op: String,
+        detail: String,
+    },
+    /// A requested resource the kernel refused.
+    #[error("cgroup {}: {setting} = {value} refused: {detail}; use a value the kernel accepts ({hint})", path.display())]
+    Refused {
+        path: PathBuf,
+        setting: String,
+        value: String,
+        detail: String,
+        hint: &'static str,
+    },
+    /// A requested resource this runtime cannot apply on this host.
+    #[error("cgroup {path}: {setting} is not supported {why}; remove it from linux.resources")]
+    Unsupported {
+        path: String,
+        setting: String,
+        why: String,
+    },
+    /// An existing cgroup a new container may not be put into.
+    #[error("cgroup {}: {why}; {fix}", path.display())]
+    InUse {
+        path: PathBuf,
+        why: String,
+        fix: &'static str,
+    },
+    /// The kernel did not finish freezing in time; the cgroup was thawed again.
+    #[error("cgroup {}: not frozen after {waited_ms} ms (kernel state {state:?}), thawed it again; a task may be stuck in uninterruptible sleep", path.display())]
+    FreezeTimeout {
+        path: PathBuf,
+        waited_ms: u64,
+        state: FreezerState,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A cgroups-rs operation `op` on `path` failed.
+pub(super) fn backend(path: &Path, op: &str, e: cgroups_rs::fs::error::Error) -> Error {
+    Error::Controller {
+        path: path.to_path_buf(),
+        op: op.to_string(),
+        detail: describe(&e),
+    }
+}
+
+/// The kernel refused `value` for `setting`; the hint says what it accepts.
+pub(super) fn refused(
+    path: &Path,
+    setting: &str,
+    value: impl std::fmt::Display,
+    e: cgroups_rs::fs::error::Error,
+) -> Error {
+    let hint = match setting {
+        "cpu.quota" => "quota must be -1 or at least 1000 us",
+        "cpu.period" => "period must be between 1000 us and 1 s",
+        "cpu.shares" => "shares must be 2..262144",
+        "memory.limit" | "memory.swap" => {
+            "the limit must be above current usage, and memory+swap >= memory"
+        }
+        "cpu.cpus" | "cpu.mems" => "list CPUs/nodes that exist and the parent cgroup allows",
+        _ => "see the kernel's cgroup documentation",
+    };
+    Error::Refused {
+        path: path.to_path_buf(),
+        setting: setting.to_string(),
+        value: value.to_string(),
+        detail: describe(&e),
+        hint,
+    }
+}
+
+/// Writes `value`, if there is one, through `write`; a refusal names
+/// `setting` and the value as the config gave it.
+pub(super) fn set<T: Copy + std::fmt::Display>(
+    dir: &Path,
+    setting: &str,
+    value: Option<T>,
+    write: impl FnOnce(T) -> cgroups_rs::fs::error::Result<()>,
+) -> Result<()> {
+    match value {
+        Some(v) => write(v).map_err(|e| refused(dir, setting, v, e)),
+        None => Ok(()),
+    }
+}
+
+fn describe(e: &cgroups_rs::fs::error::Error) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        Some(cause) => format!("{}: {}", e.kind(), cause),
+        None => e.kind().to_string(),
+    }
+}

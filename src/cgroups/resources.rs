@@ -1,0 +1,149 @@
+//! Applying `linux.resources`: what is refused whatever the version, the
+//! order of the writes, and the controllers v1 and v2 set alike (cpuset,
+//! pids, memory reservation and limit). What differs goes through
+//! [`CgroupManager`].
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::cpuset::CpuSetController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{Controller, MaxValue};
+use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
+
+use super::common::{CgroupManager, Handle};
+use super::devices;
+use super::error::{refused, set};
+use super::Result;
+
+/// Applies memory, cpu, cpuset, pids, devices and unified settings.
+/// Settings that cannot be applied here are an error, never skipped.
+pub(super) fn apply(b: &dyn CgroupManager, r: &LinuxResources) -> Result<()> {
+    let h = b.handle();
+    check(h, r)?;
+    b.check(r)?;
+    if let Some(m) = r.memory() {
+        memory(b, m)?;
+    }
+    if let Some(c) = r.cpu() {
+        cpu(b, c)?;
+    }
+    if let Some(p) = r.pids() {
+        pids(h, p)?;
+    }
+    if let Some(rules) = r.devices().as_deref().filter(|d| !d.is_empty()) {
+        b.set_devices(&devices::with_defaults(h, rules)?)?;
+    }
+    if let Some(u) = r.unified() {
+        b.set_unified(u)?;
+    }
+    Ok(())
+}
+
+/// Refuses what ferry applies on no host.
+fn check(h: &Handle, r: &LinuxResources) -> Result<()> {
+    let by_ferry = "by ferry";
+    let m = r.memory().as_ref();
+    let c = r.cpu().as_ref();
+    h.refuse_any(&[
+        (r.block_io().is_some(), "linux.resources.blockIO", by_ferry),
+        (
+            r.hugepage_limits().as_ref().is_some_and(|v| !v.is_empty()),
+            "linux.resources.hugepageLimits",
+            by_ferry,
+        ),
+        (r.network().is_some(), "linux.resources.network", by_ferry),
+        (
+            r.rdma().as_ref().is_some_and(|v| !v.is_empty()),
+            "linux.resources.rdma",
+            by_ferry,
+        ),
+        (
+            m.is_some_and(|m| m.kernel().is_some()),
+            "linux.resources.memory.kernel",
+            "(kernel memory limits are deprecated by the kernel)",
+        ),
+        (
+            m.is_some_and(|m| m.kernel_tcp().is_some()),
+            "linux.resources.memory.kernelTCP",
+            by_ferry,
+        ),
+        (
+            m.is_some_and(|m| m.disable_oom_killer() == Some(true)),
+            "linux.resources.memory.disableOOMKiller",
+            by_ferry,
+        ),
+        (
+            m.is_some_and(|m| m.use_hierarchy() == Some(false)),
+            "linux.resources.memory.useHierarchy=false",
+            "(the kernel always accounts hierarchically)",
+        ),
+        (
+            m.is_some_and(|m| m.check_before_update() == Some(true)),
+            "linux.resources.memory.checkBeforeUpdate",
+            by_ferry,
+        ),
+        (
+            c.is_some_and(|c| c.idle().is_some()),
+            "linux.resources.cpu.idle",
+            by_ferry,
+        ),
+        (
+            c.is_some_and(|c| c.burst().is_some()),
+            "linux.resources.cpu.burst",
+            by_ferry,
+        ),
+    ])
+}
+
+fn memory(b: &dyn CgroupManager, m: &LinuxMemory) -> Result<()> {
+    if m.limit().is_none()
+        && m.reservation().is_none()
+        && m.swap().is_none()
+        && m.swappiness().is_none()
+    {
+        return Ok(());
+    }
+    let ctl = b.handle().controller::<MemController>("memory")?;
+    let dir = ctl.path();
+    set(dir, "memory.reservation", m.reservation(), |v| {
+        ctl.set_soft_limit(v)
+    })?;
+    match m.swap() {
+        None => set(dir, "memory.limit", m.limit(), |v| ctl.set_limit(v))?,
+        Some(swap) => b.set_limit_and_swap(ctl, m.limit(), swap)?,
+    }
+    // v2 refuses swappiness in its check.
+    set(dir, "memory.swappiness", m.swappiness(), |v| {
+        ctl.set_swappiness(v)
+    })
+}
+
+fn cpu(b: &dyn CgroupManager, c: &LinuxCpu) -> Result<()> {
+    let any_cpu = c.shares().is_some()
+        || c.quota().is_some()
+        || c.period().is_some()
+        || c.realtime_runtime().is_some()
+        || c.realtime_period().is_some();
+    if any_cpu {
+        b.set_cpu(b.handle().controller::<CpuController>("cpu")?, c)?;
+    }
+    let cpus = c.cpus().as_deref().filter(|s| !s.is_empty());
+    let mems = c.mems().as_deref().filter(|s| !s.is_empty());
+    if cpus.is_some() || mems.is_some() {
+        let ctl = b.handle().controller::<CpuSetController>("cpuset")?;
+        set(ctl.path(), "cpu.cpus", cpus, |v| ctl.set_cpus(v))?;
+        set(ctl.path(), "cpu.mems", mems, |v| ctl.set_mems(v))?;
+    }
+    Ok(())
+}
+
+fn pids(h: &Handle, p: &LinuxPids) -> Result<()> {
+    let ctl = h.controller::<PidController>("pids")?;
+    let limit = p.limit();
+    let v = if limit <= 0 {
+        MaxValue::Max
+    } else {
+        MaxValue::Value(limit)
+    };
+    ctl.set_pid_max(v)
+        .map_err(|e| refused(ctl.path(), "pids.limit", limit, e))
+}

@@ -1,0 +1,130 @@
+//! The cgroup v2 backend: one unified hierarchy, one directory for the
+//! container, used on pure v2 hosts.
+pub mod devices_bpf;
+mod freezer;
+mod resources;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use cgroups_rs::fs::cgroup::Cgroup as RsCgroup;
+use cgroups_rs::fs::hierarchies::V2 as V2Hierarchy;
+use cgroups_rs::fs::Hierarchy;
+
+use super::common::{read_file, read_u64, CgroupManager, Handle};
+use super::descriptor::Mount;
+use super::layout::CgroupLayout;
+use super::{CgroupDescriptor, Error, Result, Stats, UNIFIED_KEY};
+
+pub(super) use freezer::frozen;
+
+/// The unified hierarchy.
+pub(super) fn mounts() -> Vec<Mount> {
+    vec![Mount {
+        key: String::new(),
+        name: UNIFIED_KEY.into(),
+        mount_point: V2Hierarchy::new().root(),
+        mount_root: PathBuf::from("/"),
+    }]
+}
+
+/// The file that counts the OOM killer's kills.
+pub(super) fn oom_events(desc: &CgroupDescriptor) -> Option<PathBuf> {
+    Some(desc.dirs.get(UNIFIED_KEY)?.join("memory.events"))
+}
+
+pub(super) struct V2 {
+    h: Handle,
+}
+
+impl V2 {
+    /// Opens the cgroup whose directory is `desc.dirs["unified"]`.
+    pub fn load(desc: &CgroupDescriptor) -> Result<V2> {
+        let bad = |message: String| Error::Cgroup {
+            path: desc.path.clone(),
+            message,
+        };
+        let hier = V2Hierarchy::new();
+        let dir = desc
+            .dirs
+            .get(UNIFIED_KEY)
+            .ok_or_else(|| bad("descriptor has no \"unified\" directory".into()))?;
+        let rel = dir
+            .strip_prefix(hier.root())
+            .map_err(|_| {
+                bad(format!(
+                    "{} is not below {}",
+                    dir.display(),
+                    hier.root().display()
+                ))
+            })?
+            .to_path_buf();
+        if rel.as_os_str().is_empty() {
+            return Err(bad("refusing to use the v2 root cgroup".into()));
+        }
+        if !CgroupLayout::host().is_v2() {
+            return Err(bad(
+                "it was made on a cgroup v2 host but this host is not pure v2".into(),
+            ));
+        }
+        let missing = "here (not listed in cgroup.controllers of the v2 root)";
+        let cg = RsCgroup::load(Box::new(hier), rel);
+        Ok(V2 {
+            h: Handle::new(desc.clone(), cg, missing),
+        })
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.h.main_dir().to_path_buf()
+    }
+}
+
+impl CgroupManager for V2 {
+    fn handle(&self) -> &Handle {
+        &self.h
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let dir = self.dir();
+        let mut s = Stats::default();
+        let kv = parse_flat_keyed(&read_file(&dir.join("cpu.stat"))?);
+        s.cpu_usage_ns = kv.get("usage_usec").copied().unwrap_or(0) * 1000;
+        s.cpu_user_ns = kv.get("user_usec").copied().unwrap_or(0) * 1000;
+        s.cpu_system_ns = kv.get("system_usec").copied().unwrap_or(0) * 1000;
+        if dir.join("memory.current").exists() {
+            s.memory_usage = read_u64(&dir.join("memory.current"))?;
+            s.memory_limit = read_u64(&dir.join("memory.max"))?;
+            let peak = dir.join("memory.peak");
+            if peak.exists() {
+                s.memory_max_usage = read_u64(&peak)?;
+            }
+        }
+        if dir.join("pids.current").exists() {
+            s.pids_current = read_u64(&dir.join("pids.current"))?;
+            s.pids_limit = read_u64(&dir.join("pids.max"))?;
+        }
+        Ok(s)
+    }
+}
+
+/// A flat keyed file (`key value` lines, as `cpu.stat`).
+fn parse_flat_keyed(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_keyed() {
+        let kv = parse_flat_keyed("usage_usec 10\nuser_usec 7\nsystem_usec 3\n");
+        assert_eq!(kv["usage_usec"], 10);
+        assert_eq!(kv["system_usec"], 3);
+    }
+}
