@@ -24,12 +24,18 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub no_pivot: bool,
+    /// With process.terminal and no console socket: the caller relays the
+    /// terminal itself and gets its master in [`Created::console`]; like
+    /// runc's, that terminal leaves "\n" alone (the caller's adds "\r").
+    pub relay_console: bool,
 }
 
 /// A freshly created container; the caller is the init's parent until it
 /// exits, so foreground `run` can wait for it.
 pub struct Created {
     pub container: Container,
+    /// The terminal's master, for a caller that relays it (`relay_console`).
+    pub console: Option<OwnedFd>,
 }
 
 /// What must be undone if creation fails half-way.
@@ -98,7 +104,10 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    check_console(terminal, opts.console_socket.as_deref())?;
+    let relay = terminal && opts.relay_console && opts.console_socket.is_none();
+    if !relay {
+        check_console(terminal, opts.console_socket.as_deref())?;
+    }
     let annotations = spec.annotations().clone().unwrap_or_default();
     let veth = VethConfig::from_annotations(&annotations)?;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -294,7 +303,10 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     if let (Some(m), Some(sock)) = (&master, &opts.console_socket) {
         crate::console::send_fd(sock, m, "/dev/console")?;
     }
-    drop(master);
+    let console = master.filter(|_| relay);
+    if let Some(m) = &console {
+        crate::console::clear_onlcr(m)?;
+    }
     state.stdio = (0..3)
         .map(|fd| crate::proc::fd_target(pid.as_raw(), fd).unwrap_or_default())
         .collect();
@@ -311,6 +323,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
             dir,
             state,
         },
+        console,
     })
 }
 

@@ -1,6 +1,6 @@
 //! `exec`: run another process inside a live container, in its namespaces
 //! and cgroup.
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -23,6 +23,13 @@ pub struct ExecOptions {
     /// subreaper (conmon, for podman), which then reaps it and reads its
     /// exit status, as with `runc exec --detach`.
     pub detach: bool,
+    /// With a terminal and no console socket: the caller relays the
+    /// terminal itself and gets its master in [`ExecHandle::console`]; like
+    /// runc's, that terminal leaves "\n" alone (the caller's adds "\r").
+    pub relay_console: bool,
+    /// Exec into a paused container too: the process starts once the
+    /// container is resumed.
+    pub ignore_paused: bool,
 }
 
 /// Namespaces in the order they must be joined (user first, mount last).
@@ -54,10 +61,13 @@ struct ExecChild<'a> {
 impl Container {
     /// Starts the process; returns once it has exec'ed.
     pub fn exec(&self, opts: &ExecOptions) -> Result<ExecHandle> {
-        self.require(
-            &[Status::Created, Status::Running],
+        let status = self.require(
+            &[Status::Created, Status::Running, Status::Paused],
             "exec needs a created or running container",
         )?;
+        if status == Status::Paused && !opts.ignore_paused {
+            return Err(self.wrong_state(status, "cannot exec in a paused container"));
+        }
         check_process(&opts.process)?;
         let pty = exec_pty(opts)?;
         let cgroup = self.cgroup_or_err()?;
@@ -90,7 +100,9 @@ impl Container {
             ForkResult::Parent { child } => child,
         };
         drop(child_ch);
-        let pid = handshake(&parent_ch, relay, &cgroup).inspect_err(|_| {
+        // In a frozen cgroup the process waits for the thaw, however long.
+        let timeout = (status != Status::Paused).then_some(super::create::INIT_TIMEOUT);
+        let pid = handshake(&parent_ch, relay, &cgroup, timeout).inspect_err(|_| {
             let _ = nix::sys::signal::kill(relay, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(relay, None);
         })?;
@@ -100,7 +112,15 @@ impl Container {
         if let Some(pf) = &opts.pid_file {
             super::create::write_pid_file(pf, pid.as_raw())?;
         }
-        Ok(ExecHandle { relay, pid })
+        // Only the master stays: the relay sees EOF once the process is gone.
+        let console = pty
+            .filter(|_| opts.console_socket.is_none())
+            .map(|p| p.master);
+        Ok(ExecHandle {
+            relay,
+            pid,
+            console,
+        })
     }
 
     /// The container's environment with the process's own variables over it.
@@ -138,29 +158,42 @@ fn check_process(process: &Process) -> Result<()> {
 }
 
 /// The terminal for a process that asks for one, to be handed to the
-/// console socket.
+/// console socket or relayed by the caller, sized as process.consoleSize.
 fn exec_pty(opts: &ExecOptions) -> Result<Option<Pty>> {
     let terminal = opts.process.terminal().unwrap_or(false);
     match (terminal, &opts.console_socket) {
-        (true, Some(sock)) => {
-            crate::console::check_socket(sock)?;
-            Ok(Some(crate::console::open_pty()?))
+        (true, Some(sock)) => crate::console::check_socket(sock)?,
+        (true, None) if opts.relay_console => {}
+        (true, None) => {
+            return Err(Error::Usage(
+                "a terminal for exec needs --console-socket to hand the terminal to".into(),
+            ))
         }
-        (true, None) => Err(Error::Usage(
-            "a terminal for exec needs --console-socket to hand the terminal to".into(),
-        )),
-        (false, Some(_)) => Err(Error::Usage("--console-socket needs --tty".into())),
-        (false, None) => Ok(None),
+        (false, Some(_)) => return Err(Error::Usage("--console-socket needs --tty".into())),
+        (false, None) => return Ok(None),
     }
+    let pty = crate::console::open_pty()?;
+    if opts.console_socket.is_none() {
+        crate::console::clear_onlcr(&pty.master)?;
+    }
+    if let Some(size) = opts.process.console_size() {
+        crate::console::set_size(&pty.master, size.height(), size.width())?;
+    }
+    Ok(Some(pty))
 }
 
 /// The parent's side: puts the relay in the cgroup, lets it go on, and
 /// waits until the process in the container has exec'ed (its copy of the
 /// CLOEXEC channel closes). Returns that process's pid.
-fn handshake(ch: &Channel, relay: Pid, cgroup: &crate::cgroups::Cgroup) -> Result<Pid> {
+fn handshake(
+    ch: &Channel,
+    relay: Pid,
+    cgroup: &crate::cgroups::Cgroup,
+    timeout: Option<std::time::Duration>,
+) -> Result<Pid> {
     // The process answers at once once it joined the namespaces;
     // a stuck one is killed rather than waited for forever.
-    ch.set_recv_timeout(Some(super::create::INIT_TIMEOUT))?;
+    ch.set_recv_timeout(timeout)?;
     // The exec'd process forks again to enter the pid namespace;
     // its cgroup is joined by the first child before anything runs.
     cgroup.add_task(relay.as_raw())?;
@@ -270,8 +303,10 @@ fn relay(ch: Channel, child: Pid, detach: bool) -> ! {
 /// direct child that forked it into the pid namespace and exits with its
 /// status, so waiting for `relay` is waiting for `pid` (without `detach`;
 /// with it the relay exits at once).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct ExecHandle {
     pub relay: Pid,
     pub pid: Pid,
+    /// The terminal's master, for a caller that relays it (`relay_console`).
+    pub console: Option<OwnedFd>,
 }
