@@ -9,8 +9,6 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot allocate a pseudo-terminal: {0}")]
-    Pty(nix::errno::Errno),
     #[error("console socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -29,24 +27,6 @@ pub enum Error {
         path: PathBuf,
         source: nix::errno::Errno,
     },
-}
-
-pub struct Pty {
-    pub master: OwnedFd,
-    pub slave: OwnedFd,
-    pub name: String,
-}
-
-pub fn open_pty() -> Result<Pty, Error> {
-    let pty = nix::pty::openpty(None, None).map_err(Error::Pty)?;
-    let name = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    Ok(Pty {
-        master: pty.master,
-        slave: pty.slave,
-        name,
-    })
 }
 
 /// Sets a terminal's window size (rows and columns, as process.consoleSize

@@ -213,8 +213,11 @@ fn foreground_exec_tty_relays_the_terminal_like_runc() {
     cmd.arg("--root")
         .arg(env.root.path())
         .args(["exec", "-t", &f, "sh"]);
-    drive_shell(cmd, 4);
-    drive_shell(runc_cmd(&runc, &["exec", "-t", &r, "sh"]), 4);
+    let ferry_tty = drive_shell(cmd, 4);
+    let runc_tty = drive_shell(runc_cmd(&runc, &["exec", "-t", &r, "sh"]), 4);
+    // A terminal of the container's devpts, named there.
+    assert_eq!(ferry_tty, "/dev/pts/0");
+    assert_eq!(ferry_tty, runc_tty);
     assert_eq!(env.status(&f), "running");
 }
 

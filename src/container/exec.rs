@@ -10,7 +10,6 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::{sys, Container, Error, Result, Status};
-use crate::console::Pty;
 use crate::process::{self, Failure};
 use crate::sync::{self, Channel, Msg};
 
@@ -53,7 +52,7 @@ struct ExecChild<'a> {
     joins: Vec<(PathBuf, CloneFlags)>,
     process: &'a Process,
     env: Vec<String>,
-    pty: Option<&'a Pty>,
+    terminal: Option<Terminal>,
     detach: bool,
     seccomp: Option<LinuxSeccomp>,
 }
@@ -69,7 +68,8 @@ impl Container {
             return Err(self.wrong_state(status, "cannot exec in a paused container"));
         }
         check_process(&opts.process)?;
-        let pty = exec_pty(opts)?;
+        let terminal = exec_terminal(opts)?;
+        let wants_terminal = terminal.is_some();
         let cgroup = self.cgroup_or_err()?;
         let init = self.state.pid;
         let child = ExecChild {
@@ -80,7 +80,7 @@ impl Container {
                 .collect(),
             process: &opts.process,
             env: self.exec_env(&opts.process),
-            pty: pty.as_ref(),
+            terminal,
             detach: opts.detach,
             // The container's seccomp filter applies to exec'd processes too.
             seccomp: self
@@ -102,20 +102,20 @@ impl Container {
         drop(child_ch);
         // In a frozen cgroup the process waits for the thaw, however long.
         let timeout = (status != Status::Paused).then_some(super::create::INIT_TIMEOUT);
-        let pid = handshake(&parent_ch, relay, &cgroup, timeout).inspect_err(|_| {
+        let (pid, master) = handshake(&parent_ch, relay, &cgroup, timeout).inspect_err(|_| {
             let _ = nix::sys::signal::kill(relay, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(relay, None);
         })?;
-        if let (Some(p), Some(sock)) = (&pty, &opts.console_socket) {
-            crate::console::send_fd(sock, &p.master, &p.name)?;
+        if wants_terminal && master.is_none() {
+            return Err(Error::Init("exec: the process sent no terminal".into()));
+        }
+        if let (Some(m), Some(sock)) = (&master, &opts.console_socket) {
+            crate::console::send_fd(sock, m, "/dev/ptmx")?;
         }
         if let Some(pf) = &opts.pid_file {
             super::create::write_pid_file(pf, pid.as_raw())?;
         }
-        // Only the master stays: the relay sees EOF once the process is gone.
-        let console = pty
-            .filter(|_| opts.console_socket.is_none())
-            .map(|p| p.master);
+        let console = master.filter(|_| opts.console_socket.is_none());
         Ok(ExecHandle {
             relay,
             pid,
@@ -158,8 +158,8 @@ fn check_process(process: &Process) -> Result<()> {
 }
 
 /// The terminal for a process that asks for one, to be handed to the
-/// console socket or relayed by the caller, sized as process.consoleSize.
-fn exec_pty(opts: &ExecOptions) -> Result<Option<Pty>> {
+/// console socket or relayed by the caller.
+fn exec_terminal(opts: &ExecOptions) -> Result<Option<Terminal>> {
     let terminal = opts.process.terminal().unwrap_or(false);
     match (terminal, &opts.console_socket) {
         (true, Some(sock)) => crate::console::check_socket(sock)?,
@@ -172,25 +172,50 @@ fn exec_pty(opts: &ExecOptions) -> Result<Option<Pty>> {
         (false, Some(_)) => return Err(Error::Usage("--console-socket needs --tty".into())),
         (false, None) => return Ok(None),
     }
-    let pty = crate::console::open_pty()?;
-    if opts.console_socket.is_none() {
-        crate::console::clear_onlcr(&pty.master)?;
+    Ok(Some(Terminal {
+        size: opts.process.console_size().map(|s| (s.height(), s.width())),
+        relayed: opts.console_socket.is_none(),
+    }))
+}
+
+/// The process's terminal, made in the container's devpts by the process
+/// itself (as runc does), so it has a name there.
+struct Terminal {
+    /// process.consoleSize: rows and columns.
+    size: Option<(u64, u64)>,
+    relayed: bool,
+}
+
+impl Terminal {
+    /// In the container, as a session leader: makes the terminal the
+    /// controlling one and stdio, and sends the master to the parent.
+    fn attach(&self, ch: &Channel) -> process::Result<()> {
+        let fail = |e: String| Failure::new("console", format!("console: {e}"));
+        let root = crate::rootfs::RootDir::open(std::path::Path::new("/"))
+            .map_err(|e| fail(format!("root {e}")))?;
+        let (_, master, slave) = process::tty::open_in(&root)?;
+        if let Some((rows, cols)) = self.size {
+            crate::console::set_size(&master, rows, cols).map_err(|e| fail(e.to_string()))?;
+        }
+        if self.relayed {
+            crate::console::clear_onlcr(&master).map_err(|e| fail(e.to_string()))?;
+        }
+        process::tty::attach(slave.as_fd())?;
+        ch.send_fd(&Msg::Console, &master)?;
+        Ok(())
     }
-    if let Some(size) = opts.process.console_size() {
-        crate::console::set_size(&pty.master, size.height(), size.width())?;
-    }
-    Ok(Some(pty))
 }
 
 /// The parent's side: puts the relay in the cgroup, lets it go on, and
 /// waits until the process in the container has exec'ed (its copy of the
-/// CLOEXEC channel closes). Returns that process's pid.
+/// CLOEXEC channel closes). Returns that process's pid and the master of
+/// its terminal, if it has one.
 fn handshake(
     ch: &Channel,
     relay: Pid,
     cgroup: &crate::cgroups::Cgroup,
     timeout: Option<std::time::Duration>,
-) -> Result<Pid> {
+) -> Result<(Pid, Option<OwnedFd>)> {
     // The process answers at once once it joined the namespaces;
     // a stuck one is killed rather than waited for forever.
     ch.set_recv_timeout(timeout)?;
@@ -201,19 +226,20 @@ fn handshake(
         state_json: String::new(),
         cgroup_dirs: Vec::new(),
     })?;
-    let pid = match ch.recv()? {
-        Some(Msg::Pid(pid)) => Pid::from_raw(pid),
-        Some(Msg::Failed(f)) => return Err(f.into()),
-        other => return Err(Error::Init(format!("exec: unexpected {other:?}"))),
-    };
+    // The relay's pid and the process's terminal come in either order.
+    let (mut pid, mut master) = (None, None);
     loop {
-        match ch.recv()? {
-            None => return Ok(pid),
-            Some(Msg::Warning(w)) => tracing::warn!(pid = pid.as_raw(), "exec: {w}"),
-            Some(Msg::Failed(f)) => return Err(f.into()),
-            other => return Err(Error::Init(format!("exec: unexpected {other:?}"))),
+        match ch.recv_fd()? {
+            (None, _) => break,
+            (Some(Msg::Pid(p)), _) => pid = Some(Pid::from_raw(p)),
+            (Some(Msg::Console), Some(fd)) => master = Some(fd),
+            (Some(Msg::Warning(w)), _) => tracing::warn!(?pid, "exec: {w}"),
+            (Some(Msg::Failed(f)), _) => return Err(f.into()),
+            (other, _) => return Err(Error::Init(format!("exec: unexpected {other:?}"))),
         }
     }
+    let pid = pid.ok_or_else(|| Error::Init("exec: the process reported no pid".into()))?;
+    Ok((pid, master))
 }
 
 impl ExecChild<'_> {
@@ -253,9 +279,9 @@ impl ExecChild<'_> {
     /// In the container's namespaces: the terminal, then the steps every
     /// process of the container goes through.
     fn prepare(&self, ch: &Channel) -> process::Result<process::Program> {
-        if let Some(p) = self.pty {
+        if let Some(t) = &self.terminal {
             nix::unistd::setsid().map_err(|e| Failure::sys("session", "setsid", e))?;
-            process::tty::attach(p.slave.as_fd())?;
+            t.attach(ch)?;
         }
         let ready = process::finish(self.process, self.env.clone(), self.seccomp.as_ref())?;
         for w in ready.warnings {
