@@ -169,6 +169,22 @@ fn drive_shell(cmd: Command, exit: i32) -> String {
     tty
 }
 
+/// ferry's and runc's environments with one `sleep 1000` container each,
+/// running from the same bundle.
+fn sleeping(tag: &str) -> Option<(Env, Runc, String, String)> {
+    if !is_root() {
+        return None;
+    }
+    let runc = Runc::new()?;
+    let env = Env::new(tag);
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let bundle = bundle.to_str().unwrap();
+    let (f, r) = (env.id("f"), env.id("r"));
+    env.ok(&["run", "-d", "--bundle", bundle, &f]);
+    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
+    Some((env, runc, f, r))
+}
+
 fn runc_cmd(runc: &Runc, args: &[&str]) -> Command {
     let mut c = Command::new("runc");
     c.arg("--root").arg(runc.root()).args(args);
@@ -199,16 +215,9 @@ fn foreground_run_relays_the_terminal_like_runc() {
 
 #[test]
 fn foreground_exec_tty_relays_the_terminal_like_runc() {
-    if !is_root() {
+    let Some((env, runc, f, r)) = sleeping("ttyexec") else {
         return;
-    }
-    let Some(runc) = Runc::new() else { return };
-    let env = Env::new("ttyexec");
-    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
-    let bundle = bundle.to_str().unwrap();
-    let (f, r) = (env.id("f"), env.id("r"));
-    env.ok(&["run", "-d", "--bundle", bundle, &f]);
-    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
+    };
     let mut cmd = env.ferry();
     cmd.arg("--root")
         .arg(env.root.path())
@@ -361,16 +370,9 @@ fn a_user_runs_in_a_cwd_only_root_may_search_like_runc() {
 
 #[test]
 fn exec_into_a_paused_container_needs_ignore_paused_like_runc() {
-    if !is_root() {
+    let Some((env, runc, f, r)) = sleeping("paused") else {
         return;
-    }
-    let Some(runc) = Runc::new() else { return };
-    let env = Env::new("paused");
-    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
-    let bundle = bundle.to_str().unwrap();
-    let (f, r) = (env.id("f"), env.id("r"));
-    env.ok(&["run", "-d", "--bundle", bundle, &f]);
-    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
+    };
     env.ok(&["pause", &f]);
     runc.ok(&["pause", &r]);
     let refused = "cannot exec in a paused container (use --ignore-paused to override)";
