@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::runc::Runc;
+use common::runc::{sleeping, Runc};
 use common::*;
 use nix::sys::termios::{tcgetattr, Termios};
 use serde_json::json;
@@ -167,22 +167,6 @@ fn drive_shell(cmd: Command, exit: i32) -> String {
     assert_eq!(wait_exit(&mut child), exit, "{:?}", t.seen);
     assert!(same_mode(&before, &t.mode()), "terminal mode not restored");
     tty
-}
-
-/// ferry's and runc's environments with one `sleep 1000` container each,
-/// running from the same bundle.
-fn sleeping(tag: &str) -> Option<(Env, Runc, String, String)> {
-    if !is_root() {
-        return None;
-    }
-    let runc = Runc::new()?;
-    let env = Env::new(tag);
-    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
-    let bundle = bundle.to_str().unwrap();
-    let (f, r) = (env.id("f"), env.id("r"));
-    env.ok(&["run", "-d", "--bundle", bundle, &f]);
-    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
-    Some((env, runc, f, r))
 }
 
 fn runc_cmd(runc: &Runc, args: &[&str]) -> Command {
