@@ -197,6 +197,9 @@ impl Init {
         let fail = |m: String| Failure::new("console", format!("console: {m}"));
         let root = RootDir::open(&self.rootfs).map_err(|e| fail(format!("rootfs {e}")))?;
         let (n, master, slave) = process::tty::open_in(&root)?;
+        if let Some(p) = self.spec.process() {
+            process::tty::size(&master, p)?;
+        }
         // The slave itself is bound onto /dev/console (no path to it).
         let console = root
             .create_file(Path::new("/dev/console"), 0o666)

@@ -298,12 +298,39 @@ fn exec_process_json_console_size_sizes_the_terminal() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut master = std::fs::File::from(recv_fd(&listener));
+    let master = recv_fd(&listener);
     assert_eq!(wait_exit(&mut child), 0);
+    assert_eq!(read_to_hangup(master), "12 34");
+    // The container's own terminal takes config.json's consoleSize too.
+    let bundle = env.bundle("t", &["stty", "size"], |v| {
+        v["process"]["terminal"] = json!(true);
+        v["process"]["consoleSize"] = json!({"height": 21, "width": 43});
+    });
+    let t = env.id("t");
+    let sock = sock.to_str().unwrap();
+    let mut create = env
+        .cmd(&[
+            "create",
+            "--console-socket",
+            sock,
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &t,
+        ])
+        .spawn()
+        .unwrap();
+    let master = recv_fd(&listener);
+    assert_eq!(wait_exit(&mut create), 0);
+    env.ok(&["start", &t]);
+    assert_eq!(read_to_hangup(master), "21 43");
+}
+
+/// What a terminal's processes wrote, until the last of them closed it.
+fn read_to_hangup(master: OwnedFd) -> String {
     let mut out = Vec::new();
-    // EIO once the process closed the terminal and its output is read.
-    let _ = master.read_to_end(&mut out);
-    assert_eq!(String::from_utf8_lossy(&out).trim_end(), "12 34");
+    // EIO once the slave side is closed and everything written is read.
+    let _ = std::fs::File::from(master).read_to_end(&mut out);
+    String::from_utf8_lossy(&out).trim_end().to_string()
 }
 
 #[test]

@@ -173,7 +173,6 @@ fn exec_terminal(opts: &ExecOptions) -> Result<Option<Terminal>> {
         (false, None) => return Ok(None),
     }
     Ok(Some(Terminal {
-        size: opts.process.console_size().map(|s| (s.height(), s.width())),
         relayed: opts.console_socket.is_none(),
     }))
 }
@@ -181,22 +180,18 @@ fn exec_terminal(opts: &ExecOptions) -> Result<Option<Terminal>> {
 /// The process's terminal, made in the container's devpts by the process
 /// itself (as runc does), so it has a name there.
 struct Terminal {
-    /// process.consoleSize: rows and columns.
-    size: Option<(u64, u64)>,
     relayed: bool,
 }
 
 impl Terminal {
     /// In the container, as a session leader: makes the terminal the
     /// controlling one and stdio, and sends the master to the parent.
-    fn attach(&self, ch: &Channel) -> process::Result<()> {
+    fn attach(&self, ch: &Channel, process: &Process) -> process::Result<()> {
         let fail = |e: String| Failure::new("console", format!("console: {e}"));
         let root = crate::rootfs::RootDir::open(std::path::Path::new("/"))
             .map_err(|e| fail(format!("root {e}")))?;
         let (_, master, slave) = process::tty::open_in(&root)?;
-        if let Some((rows, cols)) = self.size {
-            crate::console::set_size(&master, rows, cols).map_err(|e| fail(e.to_string()))?;
-        }
+        process::tty::size(&master, process)?;
         if self.relayed {
             crate::console::clear_onlcr(&master).map_err(|e| fail(e.to_string()))?;
         }
@@ -281,7 +276,7 @@ impl ExecChild<'_> {
     fn prepare(&self, ch: &Channel) -> process::Result<process::Program> {
         if let Some(t) = &self.terminal {
             nix::unistd::setsid().map_err(|e| Failure::sys("session", "setsid", e))?;
-            t.attach(ch)?;
+            t.attach(ch, self.process)?;
         }
         let ready = process::finish(self.process, self.env.clone(), self.seccomp.as_ref())?;
         for w in ready.warnings {

@@ -44,6 +44,15 @@ pub fn open_in(root: &RootDir) -> Result<(u32, OwnedFd, OwnedFd)> {
     }
 }
 
+/// Gives the terminal process.consoleSize, if set (as runc does).
+pub fn size(master: &OwnedFd, process: &oci_spec::runtime::Process) -> Result<()> {
+    let Some(size) = process.console_size() else {
+        return Ok(());
+    };
+    crate::console::set_size(master, size.height(), size.width())
+        .map_err(|e| Failure::new("console", format!("console: {e}")))
+}
+
 /// Makes `slave` the controlling terminal of the calling session leader and
 /// its stdin, stdout and stderr.
 pub fn attach(slave: BorrowedFd<'_>) -> Result<()> {
