@@ -157,7 +157,13 @@ pub fn run(root: &Path, a: &RunArgs) -> anyhow::Result<i32> {
     if !a.detach {
         wait::block_signals();
     }
-    let created = Container::create(root, &create_options(&a.create, !a.detach))?;
+    // Found before anything is created, so a missing terminal leaves nothing.
+    let host = if a.detach || a.create.console_socket.is_some() {
+        None
+    } else {
+        relay_target(&a.create.bundle)?
+    };
+    let created = Container::create(root, &create_options(&a.create, host.is_some()))?;
     let mut c = created.container;
     let discard = |e: anyhow::Error| {
         if let Ok(c) = Container::load(root, &a.create.id) {
@@ -165,9 +171,12 @@ pub fn run(root: &Path, a: &RunArgs) -> anyhow::Result<i32> {
         }
         Err(e)
     };
-    let relay = match created.console.map(start_relay).transpose() {
-        Ok(relay) => relay,
-        Err(e) => return discard(e),
+    let relay = match host.zip(created.console) {
+        Some((host, master)) => match Relay::start(host, master) {
+            Ok(relay) => Some(relay),
+            Err(e) => return discard(e),
+        },
+        None => None,
     };
     if let Err(e) = c.start() {
         drop(relay);
@@ -339,8 +348,17 @@ pub fn exec(root: &Path, a: &ExecArgs) -> anyhow::Result<i32> {
     Ok(wait_relaying(handle.relay, handle.pid, relay))
 }
 
-fn start_relay(master: std::os::fd::OwnedFd) -> anyhow::Result<Relay> {
-    Relay::start(tty_relay::host_terminal()?, master)
+/// The caller's terminal, when the bundle's process has a terminal for
+/// ferry to relay. A bundle that cannot be read is left to `create` to
+/// report.
+fn relay_target(bundle: &Path) -> anyhow::Result<Option<std::os::fd::OwnedFd>> {
+    let terminal = ferry::spec::load(bundle)
+        .ok()
+        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()));
+    match terminal {
+        Some(true) => Ok(Some(tty_relay::host_terminal()?)),
+        _ => Ok(None),
+    }
 }
 
 /// Waits for `child` (see [`wait::wait_forwarding`]) while `relay` copies

@@ -37,11 +37,13 @@ pub fn host_terminal() -> anyhow::Result<OwnedFd> {
         .write(true)
         .custom_flags(libc::O_NOCTTY)
         .open("/dev/tty")
-        .context(
-            "the process has a terminal and ferry runs in the foreground, so it relays that \
-             terminal to its own, but it has none (run ferry from a terminal, or pass -d and \
-             --console-socket, or set process.terminal to false); /dev/tty",
-        )?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the process has a terminal, which ferry in the foreground relays to its own, \
+                 but ferry has none (/dev/tty: {e}): run it from a terminal, or pass -d and \
+                 --console-socket, or set process.terminal to false"
+            )
+        })?;
     Ok(tty.into())
 }
 
