@@ -26,6 +26,11 @@ struct Terminal {
 impl Terminal {
     fn new(rows: u16, cols: u16) -> Terminal {
         let pty = nix::pty::openpty(None, None).unwrap();
+        // Other tests' children must not inherit (and hold open) this pty.
+        for fd in [&pty.master, &pty.slave] {
+            let flag = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+            nix::fcntl::fcntl(fd, flag).unwrap();
+        }
         let t = Terminal {
             master: pty.master.into(),
             slave: pty.slave,
