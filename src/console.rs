@@ -1,7 +1,7 @@
 //! Pseudo-terminals for `process.terminal` and handing the master end to the
 //! caller's `--console-socket` (SCM_RIGHTS), as runc does.
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -9,13 +9,19 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot allocate a pseudo-terminal: {0}")]
-    Pty(nix::errno::Errno),
     #[error("console socket {path}: {source}")]
     Socket {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot set the terminal size to {rows}x{cols}: {source}")]
+    Size {
+        rows: u64,
+        cols: u64,
+        source: nix::errno::Errno,
+    },
+    #[error("cannot set the terminal's mode: {0}")]
+    Mode(nix::errno::Errno),
     #[error("console socket {path}: sending the terminal failed: {source}")]
     Send {
         path: PathBuf,
@@ -29,22 +35,28 @@ pub enum Error {
     NoTerminal(&'static str),
 }
 
-pub struct Pty {
-    pub master: OwnedFd,
-    pub slave: OwnedFd,
-    pub name: String,
+/// Sets a terminal's window size (rows and columns, as process.consoleSize
+/// gives them).
+pub fn set_size(fd: &impl AsRawFd, rows: u64, cols: u64) -> Result<(), Error> {
+    let fail = |source| Error::Size { rows, cols, source };
+    let ws = libc::winsize {
+        ws_row: u16::try_from(rows).map_err(|_| fail(nix::errno::Errno::ERANGE))?,
+        ws_col: u16::try_from(cols).map_err(|_| fail(nix::errno::Errno::ERANGE))?,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the winsize we own.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    nix::errno::Errno::result(r).map(drop).map_err(fail)
 }
 
-pub fn open_pty() -> Result<Pty, Error> {
-    let pty = nix::pty::openpty(None, None).map_err(Error::Pty)?;
-    let name = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    Ok(Pty {
-        master: pty.master,
-        slave: pty.slave,
-        name,
-    })
+/// Stops the terminal turning "\n" into "\r\n" on output, as runc does
+/// for a terminal it relays: the caller's own terminal does that.
+pub fn clear_onlcr(fd: &impl AsFd) -> Result<(), Error> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, OutputFlags, SetArg};
+    let mut t = tcgetattr(fd).map_err(Error::Mode)?;
+    t.output_flags.remove(OutputFlags::ONLCR);
+    tcsetattr(fd, SetArg::TCSANOW, &t).map_err(Error::Mode)
 }
 
 /// Connects to `path` and sends `fd` with `name` as the message body.

@@ -4,7 +4,7 @@
 //! start) or the exec.done fifo (after); this code never returns.
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -196,34 +196,10 @@ impl Init {
     fn console(&self) -> Result<()> {
         let fail = |m: String| Failure::new("console", format!("console: {m}"));
         let root = RootDir::open(&self.rootfs).map_err(|e| fail(format!("rootfs {e}")))?;
-        let master: OwnedFd = root
-            .open_file(
-                Path::new("/dev/pts/ptmx"),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-            .map_err(|e| fail(format!("{e} (is devpts mounted with newinstance?)")))?
-            .into();
-        let last = |what: &str| Failure::sys("console", format!("console: {what}"), Errno::last());
-        // SAFETY: plain ioctl calls on descriptors this function owns.
-        let (n, slave) = unsafe {
-            let unlock: libc::c_int = 0;
-            if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
-                return Err(last("unlock pty"));
-            }
-            let mut n: libc::c_uint = 0;
-            if libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) != 0 {
-                return Err(last("pty number"));
-            }
-            let slave = libc::ioctl(
-                master.as_raw_fd(),
-                libc::TIOCGPTPEER,
-                libc::O_RDWR | libc::O_NOCTTY,
-            );
-            if slave < 0 {
-                return Err(last("open pty slave"));
-            }
-            (n, <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave))
-        };
+        let (n, master, slave) = process::tty::open_in(&root)?;
+        if let Some(p) = self.spec.process() {
+            process::tty::size(&master, p)?;
+        }
         // The slave itself is bound onto /dev/console (no path to it).
         let console = root
             .create_file(Path::new("/dev/console"), 0o666)

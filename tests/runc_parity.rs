@@ -4,27 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::runc::Runc;
+use common::runc::{sleeping, Runc};
 use common::*;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// ferry's and runc's environments with one `sleep 1000` container each,
-/// running from the same bundle.
-fn sleeping(tag: &str) -> Option<(Env, Runc, String, String)> {
-    if !is_root() {
-        return None;
-    }
-    let runc = Runc::new()?;
-    let env = Env::new(tag);
-    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
-    let bundle = bundle.to_str().unwrap();
-    let (f, r) = (env.id("f"), env.id("r"));
-    env.ok(&["run", "-d", "--bundle", bundle, &f]);
-    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
-    Some((env, runc, f, r))
 }
 
 /// Kills the init and waits until both runtimes report it stopped.

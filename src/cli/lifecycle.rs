@@ -9,6 +9,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxPids, LinuxResources, Process};
 
 use super::output::warn_all;
+use super::tty_relay::{self, Relay};
 use super::wait;
 
 #[derive(Debug, Args)]
@@ -74,7 +75,8 @@ pub struct ExecArgs {
     /// Do not wait for the process.
     #[arg(short, long)]
     pub detach: bool,
-    /// Give the process a terminal (handed over --console-socket).
+    /// Give the process a terminal (relayed to ferry's own, or handed over
+    /// --console-socket).
     #[arg(short, long)]
     pub tty: bool,
     /// Extra environment variables (KEY=VALUE).
@@ -93,6 +95,10 @@ pub struct ExecArgs {
     pub pid_file: Option<PathBuf>,
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
+    /// Exec into a paused container too (the process starts once it is
+    /// resumed).
+    #[arg(long)]
+    pub ignore_paused: bool,
 }
 
 #[derive(Debug, Args)]
@@ -123,18 +129,21 @@ pub struct UpdateArgs {
     pub pids_limit: Option<i64>,
 }
 
-fn create_options(a: &CreateArgs) -> CreateOptions {
+/// `relay_console`: the caller stays in the foreground and relays a
+/// terminal the container has (when there is no console socket).
+fn create_options(a: &CreateArgs, relay_console: bool) -> CreateOptions {
     CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
         console_socket: a.console_socket.clone(),
         no_pivot: a.no_pivot,
+        relay_console,
     }
 }
 
 pub fn create(root: &Path, a: &CreateArgs) -> anyhow::Result<()> {
-    Container::create(root, &create_options(a))?;
+    Container::create(root, &create_options(a, false))?;
     Ok(())
 }
 
@@ -148,20 +157,36 @@ pub fn run(root: &Path, a: &RunArgs) -> anyhow::Result<i32> {
     if !a.detach {
         wait::block_signals();
     }
-    let created = Container::create(root, &create_options(&a.create))?;
+    // Found before anything is created, so a missing terminal leaves nothing.
+    let host = if a.detach || a.create.console_socket.is_some() {
+        None
+    } else {
+        relay_target(&a.create.bundle)?
+    };
+    let created = Container::create(root, &create_options(&a.create, host.is_some()))?;
     let mut c = created.container;
-    if let Err(e) = c.start() {
-        let id = c.id().to_string();
-        if let Ok(c) = Container::load(root, &id) {
+    let discard = |e: anyhow::Error| {
+        if let Ok(c) = Container::load(root, &a.create.id) {
             let _ = c.delete(true);
         }
-        return Err(e.into());
+        Err(e)
+    };
+    let relay = match host.zip(created.console) {
+        Some((host, master)) => match Relay::start(host, master) {
+            Ok(relay) => Some(relay),
+            Err(e) => return discard(e),
+        },
+        None => None,
+    };
+    if let Err(e) = c.start() {
+        drop(relay);
+        return discard(e.into());
     }
     if a.detach {
         return Ok(0);
     }
     let pid = Pid::from_raw(c.state.pid);
-    let code = wait::wait_forwarding(pid, pid);
+    let code = wait_relaying(pid, pid, relay);
     // Like runc, a foreground container is removed when it exits, unless
     // --keep asks to leave it for `state`, `events` or `delete`.
     if !a.keep {
@@ -283,19 +308,68 @@ fn exec_process(c: &Container, a: &ExecArgs) -> anyhow::Result<Process> {
 pub fn exec(root: &Path, a: &ExecArgs) -> anyhow::Result<i32> {
     let c = Container::load(root, &a.id)?;
     let process = exec_process(&c, a)?;
+    // Found before the process starts, so a missing terminal leaves nothing.
+    let relays = process.terminal() == Some(true) && !a.detach && a.console_socket.is_none();
+    let host = relays.then(tty_relay::host_terminal).transpose()?;
     if !a.detach {
         wait::block_signals();
     }
-    let handle = c.exec(&ExecOptions {
-        process,
-        console_socket: a.console_socket.clone(),
-        pid_file: a.pid_file.clone(),
-        detach: a.detach,
-    })?;
+    let handle = c
+        .exec(&ExecOptions {
+            process,
+            console_socket: a.console_socket.clone(),
+            pid_file: a.pid_file.clone(),
+            detach: a.detach,
+            relay_console: relays,
+            ignore_paused: a.ignore_paused,
+        })
+        .map_err(|e| match e {
+            ferry::Error::WrongState {
+                status: ferry::Status::Paused,
+                ..
+            } => anyhow::anyhow!("{e} (use --ignore-paused to override)"),
+            e => e.into(),
+        })?;
     if a.detach {
         return Ok(0);
     }
-    Ok(wait::wait_forwarding(handle.relay, handle.pid))
+    let relay = match (host, handle.console) {
+        (Some(host), Some(master)) => match Relay::start(host, master) {
+            Ok(relay) => Some(relay),
+            Err(e) => {
+                // Nobody could talk to the process: it does not outlive ferry.
+                let _ = nix::sys::signal::kill(handle.pid, nix::sys::signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(handle.relay, None);
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
+    Ok(wait_relaying(handle.relay, handle.pid, relay))
+}
+
+/// The caller's terminal, when the bundle's process has a terminal for
+/// ferry to relay. A bundle that cannot be read is left to `create` to
+/// report.
+fn relay_target(bundle: &Path) -> anyhow::Result<Option<std::os::fd::OwnedFd>> {
+    let terminal = ferry::spec::load(bundle)
+        .ok()
+        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()));
+    match terminal {
+        Some(true) => Ok(Some(tty_relay::host_terminal()?)),
+        _ => Ok(None),
+    }
+}
+
+/// Waits for `child` (see [`wait::wait_forwarding`]) while `relay` copies
+/// its terminal, then restores the caller's.
+fn wait_relaying(child: Pid, target: Pid, relay: Option<Relay>) -> i32 {
+    let Some(relay) = relay else {
+        return wait::wait_forwarding(child, target);
+    };
+    let code = wait::wait_forwarding_resizing(child, target, Some(&|| relay.resize()));
+    relay.finish();
+    code
 }
 
 /// "64m" → 67108864; "-1" stays -1.

@@ -14,6 +14,7 @@ mod output;
 mod portable;
 mod query;
 mod serve;
+mod tty_relay;
 mod wait;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -30,6 +30,12 @@ pub fn block_signals() {
 /// Waits for `child`, forwarding signals to `target`; returns the exit code
 /// (128 + signal number when killed).
 pub fn wait_forwarding(child: Pid, target: Pid) -> i32 {
+    wait_forwarding_resizing(child, target, None)
+}
+
+/// As [`wait_forwarding`]; with `resize`, SIGWINCH calls it instead of
+/// being forwarded (a relayed terminal takes the caller's new size).
+pub fn wait_forwarding_resizing(child: Pid, target: Pid, resize: Option<&dyn Fn()>) -> i32 {
     let set = forwarded();
     loop {
         match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
@@ -40,9 +46,12 @@ pub fn wait_forwarding(child: Pid, target: Pid) -> i32 {
         }
         match set.wait() {
             Ok(Signal::SIGCHLD) | Err(_) => {}
-            Ok(sig) => {
-                let _ = kill(target, sig);
-            }
+            Ok(sig) => match (sig, resize) {
+                (Signal::SIGWINCH, Some(resize)) => resize(),
+                _ => {
+                    let _ = kill(target, sig);
+                }
+            },
         }
     }
 }

@@ -24,12 +24,18 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub no_pivot: bool,
+    /// With process.terminal and no console socket: the caller relays the
+    /// terminal itself and gets its master in [`Created::console`]; like
+    /// runc's, that terminal leaves "\n" alone (the caller's adds "\r").
+    pub relay_console: bool,
 }
 
 /// A freshly created container; the caller is the init's parent until it
 /// exits, so foreground `run` can wait for it.
 pub struct Created {
     pub container: Container,
+    /// The terminal's master, for a caller that relays it (`relay_console`).
+    pub console: Option<OwnedFd>,
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> CloneFlags {
@@ -51,7 +57,10 @@ pub(crate) const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     let _span = tracing::info_span!("create", id = %opts.id).entered();
     let plan = Plan::load(&opts.id, &opts.bundle)?;
-    plan.check_console(opts.console_socket.as_deref())?;
+    let relay = plan.terminal && opts.relay_console && opts.console_socket.is_none();
+    if !relay {
+        plan.check_console(opts.console_socket.as_deref())?;
+    }
     let veth = plan.veth()?;
     let ns = Namespaces::of(&plan.spec);
     if veth.is_some() && !ns.new_net {
@@ -74,9 +83,12 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     if let (Some(m), Some(sock)) = (&master, &opts.console_socket) {
         crate::console::send_fd(sock, m, "/dev/console")?;
     }
-    drop(master);
+    let console = master.filter(|_| relay);
+    if let Some(m) = &console {
+        crate::console::clear_onlcr(m)?;
+    }
     let (container, _lock) = claim.finish(root, opts.pid_file.as_deref())?;
-    Ok(Created { container })
+    Ok(Created { container, console })
 }
 
 /// The namespaces of the init: made new (clone flags) or joined.

@@ -1,6 +1,6 @@
 //! `exec`: run another process inside a live container, in its namespaces
 //! and cgroup.
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -10,7 +10,6 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::{sys, Container, Error, Result, Status};
-use crate::console::Pty;
 use crate::process::{self, Failure};
 use crate::sync::{self, Channel, Msg};
 
@@ -23,6 +22,13 @@ pub struct ExecOptions {
     /// subreaper (conmon, for podman), which then reaps it and reads its
     /// exit status, as with `runc exec --detach`.
     pub detach: bool,
+    /// With a terminal and no console socket: the caller relays the
+    /// terminal itself and gets its master in [`ExecHandle::console`]; like
+    /// runc's, that terminal leaves "\n" alone (the caller's adds "\r").
+    pub relay_console: bool,
+    /// Exec into a paused container too: the process starts once the
+    /// container is resumed.
+    pub ignore_paused: bool,
 }
 
 /// Namespaces in the order they must be joined (user first, mount last).
@@ -46,7 +52,7 @@ struct ExecChild<'a> {
     joins: Vec<(PathBuf, CloneFlags)>,
     process: &'a Process,
     env: Vec<String>,
-    pty: Option<&'a Pty>,
+    terminal: Option<Terminal>,
     detach: bool,
     seccomp: Option<LinuxSeccomp>,
 }
@@ -55,12 +61,16 @@ impl Container {
     /// Starts the process; returns once it has exec'ed.
     pub fn exec(&self, opts: &ExecOptions) -> Result<ExecHandle> {
         let _span = tracing::info_span!("exec", id = %self.id()).entered();
-        self.require(
-            &[Status::Created, Status::Running],
+        let status = self.require(
+            &[Status::Created, Status::Running, Status::Paused],
             "exec needs a created or running container",
         )?;
+        if status == Status::Paused && !opts.ignore_paused {
+            return Err(self.wrong_state(status, "cannot exec in a paused container"));
+        }
         check_process(&opts.process)?;
-        let pty = exec_pty(opts)?;
+        let terminal = exec_terminal(opts)?;
+        let wants_terminal = terminal.is_some();
         let cgroup = self.cgroup_or_err()?;
         let init = self.state.pid;
         let child = ExecChild {
@@ -71,7 +81,7 @@ impl Container {
                 .collect(),
             process: &opts.process,
             env: self.exec_env(&opts.process),
-            pty: pty.as_ref(),
+            terminal,
             detach: opts.detach,
             // The container's seccomp filter applies to exec'd processes too.
             seccomp: self
@@ -91,17 +101,27 @@ impl Container {
             ForkResult::Parent { child } => child,
         };
         drop(child_ch);
-        let pid = handshake(&parent_ch, relay, &cgroup).inspect_err(|_| {
+        // In a frozen cgroup the process waits for the thaw, however long.
+        let timeout = (status != Status::Paused).then_some(super::create::INIT_TIMEOUT);
+        let (pid, master) = handshake(&parent_ch, relay, &cgroup, timeout).inspect_err(|_| {
             let _ = nix::sys::signal::kill(relay, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(relay, None);
         })?;
-        if let (Some(p), Some(sock)) = (&pty, &opts.console_socket) {
-            crate::console::send_fd(sock, &p.master, &p.name)?;
+        if wants_terminal && master.is_none() {
+            return Err(Error::Init("exec: the process sent no terminal".into()));
+        }
+        if let (Some(m), Some(sock)) = (&master, &opts.console_socket) {
+            crate::console::send_fd(sock, m, "/dev/ptmx")?;
         }
         if let Some(pf) = &opts.pid_file {
             super::fsutil::write_pid_file(pf, pid.as_raw())?;
         }
-        Ok(ExecHandle { relay, pid })
+        let console = master.filter(|_| opts.console_socket.is_none());
+        Ok(ExecHandle {
+            relay,
+            pid,
+            console,
+        })
     }
 
     /// The container's environment with the process's own variables over it.
@@ -135,27 +155,57 @@ fn check_process(process: &Process) -> Result<()> {
 }
 
 /// The terminal for a process that asks for one, to be handed to the
-/// console socket.
-fn exec_pty(opts: &ExecOptions) -> Result<Option<Pty>> {
+/// console socket or relayed by the caller.
+fn exec_terminal(opts: &ExecOptions) -> Result<Option<Terminal>> {
     let terminal = opts.process.terminal().unwrap_or(false);
+    if terminal && opts.console_socket.is_none() && opts.relay_console {
+        return Ok(Some(Terminal { relayed: true }));
+    }
     crate::console::check(
         terminal,
         opts.console_socket.as_deref(),
         "the exec'd process",
     )?;
-    match terminal {
-        true => Ok(Some(crate::console::open_pty()?)),
-        false => Ok(None),
+    Ok(terminal.then_some(Terminal { relayed: false }))
+}
+
+/// The process's terminal, made in the container's devpts by the process
+/// itself (as runc does), so it has a name there.
+struct Terminal {
+    relayed: bool,
+}
+
+impl Terminal {
+    /// In the container, as a session leader: makes the terminal the
+    /// controlling one and stdio, and sends the master to the parent.
+    fn attach(&self, ch: &Channel, process: &Process) -> process::Result<()> {
+        let fail = |e: String| Failure::new("console", format!("console: {e}"));
+        let root = crate::rootfs::RootDir::open(std::path::Path::new("/"))
+            .map_err(|e| fail(format!("root {e}")))?;
+        let (_, master, slave) = process::tty::open_in(&root)?;
+        process::tty::size(&master, process)?;
+        if self.relayed {
+            crate::console::clear_onlcr(&master).map_err(|e| fail(e.to_string()))?;
+        }
+        process::tty::attach(slave.as_fd())?;
+        ch.send_fd(&Msg::Console, &master)?;
+        Ok(())
     }
 }
 
 /// The parent's side: puts the relay in the cgroup, lets it go on, and
 /// waits until the process in the container has exec'ed (its copy of the
-/// CLOEXEC channel closes). Returns that process's pid.
-fn handshake(ch: &Channel, relay: Pid, cgroup: &crate::cgroups::Cgroup) -> Result<Pid> {
+/// CLOEXEC channel closes). Returns that process's pid and the master of
+/// its terminal, if it has one.
+fn handshake(
+    ch: &Channel,
+    relay: Pid,
+    cgroup: &crate::cgroups::Cgroup,
+    timeout: Option<std::time::Duration>,
+) -> Result<(Pid, Option<OwnedFd>)> {
     // The process answers at once once it joined the namespaces;
     // a stuck one is killed rather than waited for forever.
-    ch.set_recv_timeout(Some(super::create::INIT_TIMEOUT))?;
+    ch.set_recv_timeout(timeout)?;
     // The exec'd process forks again to enter the pid namespace;
     // its cgroup is joined by the first child before anything runs.
     cgroup.add_task(relay.as_raw())?;
@@ -163,19 +213,20 @@ fn handshake(ch: &Channel, relay: Pid, cgroup: &crate::cgroups::Cgroup) -> Resul
         state_json: String::new(),
         cgroup_dirs: Vec::new(),
     })?;
-    let pid = match ch.recv()? {
-        Some(Msg::Pid(pid)) => Pid::from_raw(pid),
-        Some(Msg::Failed(f)) => return Err(f.into()),
-        other => return Err(Error::InitUnexpected(format!("{other:?}"))),
-    };
+    // The relay's pid and the process's terminal come in either order.
+    let (mut pid, mut master) = (None, None);
     loop {
-        match ch.recv()? {
-            None => return Ok(pid),
-            Some(Msg::Warning(w)) => tracing::warn!(pid = pid.as_raw(), "exec: {w}"),
-            Some(Msg::Failed(f)) => return Err(f.into()),
-            other => return Err(Error::InitUnexpected(format!("{other:?}"))),
+        match ch.recv_fd()? {
+            (None, _) => break,
+            (Some(Msg::Pid(p)), _) => pid = Some(Pid::from_raw(p)),
+            (Some(Msg::Console), Some(fd)) => master = Some(fd),
+            (Some(Msg::Warning(w)), _) => tracing::warn!(?pid, "exec: {w}"),
+            (Some(Msg::Failed(f)), _) => return Err(f.into()),
+            (other, _) => return Err(Error::InitUnexpected(format!("{other:?}"))),
         }
     }
+    let pid = pid.ok_or_else(|| Error::Init("exec: the process reported no pid".into()))?;
+    Ok((pid, master))
 }
 
 impl ExecChild<'_> {
@@ -215,9 +266,9 @@ impl ExecChild<'_> {
     /// In the container's namespaces: the terminal, then the steps every
     /// process of the container goes through.
     fn prepare(&self, ch: &Channel) -> process::Result<process::Program> {
-        if let Some(p) = self.pty {
+        if let Some(t) = &self.terminal {
             nix::unistd::setsid().map_err(|e| Failure::sys("session", "setsid", e))?;
-            process::tty::attach(p.slave.as_fd())?;
+            t.attach(ch, self.process)?;
         }
         let ready = process::finish(self.process, self.env.clone(), self.seccomp.as_ref())?;
         for w in ready.warnings {
@@ -265,8 +316,10 @@ fn relay(ch: Channel, child: Pid, detach: bool) -> ! {
 /// direct child that forked it into the pid namespace and exits with its
 /// status, so waiting for `relay` is waiting for `pid` (without `detach`;
 /// with it the relay exits at once).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct ExecHandle {
     pub relay: Pid,
     pub pid: Pid,
+    /// The terminal's master, for a caller that relays it (`relay_console`).
+    pub console: Option<OwnedFd>,
 }

@@ -21,8 +21,12 @@ pub struct Ready {
 }
 
 /// The last steps before exec, run in the container's namespaces and root:
-/// rlimits, the program's lookup (while still privileged), seccomp,
-/// user and capabilities, the working directory, no_new_privs.
+/// rlimits, the program's lookup (while still privileged), seccomp, the
+/// working directory, user and capabilities, no_new_privs.
+///
+/// The working directory is entered while still privileged, so a user
+/// runs in a directory it may not search itself (as with runc); if that
+/// fails, it is tried again as the user (a directory only they may search).
 ///
 /// Without no_new_privs a seccomp filter needs CAP_SYS_ADMIN: it is loaded
 /// before the capabilities go (as runc does); with it, as late as possible,
@@ -43,10 +47,13 @@ pub fn finish(
     if let (Some(s), false) = (seccomp, nnp) {
         crate::seccomp::load(s).map_err(Failure::at("seccomp"))?;
     }
+    let cwd_done = crate::rootfs::chdir_in_root(process.cwd()).is_ok();
     caps.limit_bounding()?;
     user::switch(process.user())?;
+    if !cwd_done {
+        crate::rootfs::chdir_in_root(process.cwd()).map_err(Failure::at("cwd"))?;
+    }
     let warnings = caps.apply()?;
-    crate::rootfs::chdir_in_root(process.cwd()).map_err(Failure::at("cwd"))?;
     if nnp {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| Failure::sys("no_new_privs", "no_new_privs", e))?;

@@ -67,6 +67,22 @@ impl Runc {
     }
 }
 
+/// ferry's and runc's environments with one `sleep 1000` container each,
+/// running from the same bundle.
+pub fn sleeping(tag: &str) -> Option<(super::Env, Runc, String, String)> {
+    if !super::is_root() {
+        return None;
+    }
+    let runc = Runc::new()?;
+    let env = super::Env::new(tag);
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let bundle = bundle.to_str().unwrap();
+    let (f, r) = (env.id("f"), env.id("r"));
+    env.ok(&["run", "-d", "--bundle", bundle, &f]);
+    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
+    Some((env, runc, f, r))
+}
+
 impl Drop for Runc {
     fn drop(&mut self) {
         for id in self.ids.borrow().iter() {
