@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::files::{Limits, TreeReceiver};
-use crate::host::{DestFactory, DestHost, DestInfo, PageServer, SourceInfo};
+use crate::host::{DestFactory, DestHost, PageServer};
+use crate::info::{DestInfo, SourceInfo};
 use crate::mode::{self, PageServerTarget, RestorePlan};
 use crate::proto::{self, Msg, Outcome};
 use crate::tls::Security;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::Features;
+use crate::info::{Features, SourceInfo};
 use crate::tls::TlsPaths;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,12 +137,10 @@ pub const POSTCOPY_NOT_DRIVEN: &str = "post-copy is not run by this version: a l
      measured on even when the lazy_pages feature is reported";
 
 /// Chooses the mode among those both hosts' kernels support *and* the
-/// source host implements (`implemented`, from [`SourceHost::modes`]).
+/// source host implements (`implemented`, from `SourceHost::modes`).
 /// `Auto` picks pre-copy where possible, else stop-copy, and never
 /// post-copy (see [`POSTCOPY_NOT_DRIVEN`]). An explicit mode that cannot run
 /// is an error with the reason: it is never silently replaced.
-///
-/// [`SourceHost::modes`]: crate::host::SourceHost::modes
 pub fn choose_mode(
     req: ModeRequest,
     src: &Features,
@@ -284,7 +282,7 @@ pub struct RestorePlan {
     /// cgroup; the host decides how).
     pub hold: bool,
     /// The source's description (features, extra runtime data).
-    pub source: crate::host::SourceInfo,
+    pub source: SourceInfo,
 }
 
 /// `criu lazy-pages` on the destination (post-copy): it fetches pages from
@@ -465,7 +463,7 @@ impl Default for PreCopyPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Iteration {
     pub pages_written: u64,
-    #[serde(with = "crate::report::ms")]
+    #[serde(with = "crate::serde_fmt::ms")]
     pub duration: Duration,
 }
 

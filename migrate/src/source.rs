@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::files::{self, Manifest, SendOptions};
-use crate::host::{DestInfo, SourceHost, SourceInfo};
+use crate::host::SourceHost;
+pub use crate::info::CommitInfo;
+use crate::info::{DestInfo, SourceInfo};
 use crate::mode::{self, Iteration, Mode, ModeRequest, PageServerTarget, PreCopyPolicy, PAGE_SIZE};
 use crate::proto::{self, Msg, Outcome};
 use crate::report::{Meter, Phase, Progress, Report, Timings};
@@ -79,17 +81,6 @@ pub enum SourceState {
     /// The commit was sent and its outcome is unknown: the container is
     /// left frozen on the source so that it never runs twice.
     InDoubt,
-}
-
-/// What it takes to ask the destination about a migration's commit, for
-/// a runtime that must learn the outcome after this process is gone.
-#[derive(Debug, Clone)]
-pub struct CommitInfo {
-    pub to: SocketAddr,
-    /// The name the destination's certificate must carry.
-    pub server_name: String,
-    pub security: Security,
-    pub migration_id: String,
 }
 
 /// Asks the destination, on fresh connections, what became of the
