@@ -21,14 +21,6 @@ use crate::network::{self, LockMethod, VethConfig};
 /// CRIU's log level for dumps and restores: enough to explain failures.
 pub(crate) const CRIU_LOG_LEVEL: i32 = 4;
 
-/// TLS material for CRIU's page-server connection (PEM files).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 #[derive(Debug, Clone)]
 pub struct CheckpointOptions {
     pub image_path: PathBuf,
@@ -50,7 +42,8 @@ pub struct CheckpointOptions {
     pub status_fd: Option<RawFd>,
     /// Send memory pages to a CRIU page server instead of the image dir.
     pub page_server: Option<(String, u16)>,
-    pub page_server_tls: Option<TlsFiles>,
+    /// TLS material for CRIU's page-server connection (PEM files).
+    pub page_server_tls: Option<migrate::TlsPaths>,
     pub pre_dump: bool,
     pub manage_cgroups_mode: Option<CgMode>,
     pub empty_ns_network: bool,

@@ -11,7 +11,7 @@ use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::FreezerState;
-use crate::container::{CheckpointOptions, PostDump, TlsFiles};
+use crate::container::{CheckpointOptions, PostDump};
 use crate::criu::DumpStats;
 use crate::freeze_guard::{GuardHandle, OnDeath};
 use crate::network::LockMethod;
@@ -303,11 +303,7 @@ impl SourceHost for ContainerSource {
             .page_server
             .as_ref()
             .map(|t| (t.address.clone(), t.port));
-        o.page_server_tls = plan.tls.as_ref().map(|t| TlsFiles {
-            ca: t.ca.clone(),
-            cert: t.cert.clone(),
-            key: t.key.clone(),
-        });
+        o.page_server_tls = plan.tls.clone();
         o.tcp_established = self.opts.tcp_established;
         o.network_lock = self.opts.network_lock;
         let (ev_tx, ev_rx) = mpsc::channel();
