@@ -3,14 +3,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use ferry::archive::Compression;
 use ferry::container::{CheckpointOptions, RestoreOptions};
 use ferry::criu::CgMode;
+use ferry::imports::{ImportOptions, ImportedRestore};
 use ferry::network::LockMethod;
 use ferry::Container;
 use nix::unistd::Pid;
 
+use super::export::{Export, ExportOptions};
 use super::output::warn_all;
-use super::portable::{remove_imported, Export, ImportedRestore};
 use super::{wait, LogFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -216,6 +218,24 @@ fn page_server(s: &str) -> anyhow::Result<(String, u16)> {
     Ok((addr.trim_matches(['[', ']']).to_string(), port))
 }
 
+fn export_options<'a>(a: &CheckpointArgs, file: &'a Path) -> ExportOptions<'a> {
+    let partial = [
+        (a.pre_dump, "--pre-dump"),
+        (a.page_server.is_some(), "--page-server"),
+        (a.lazy_pages, "--lazy-pages"),
+    ];
+    ExportOptions {
+        file,
+        compression: match a.compress {
+            Some(ArchiveCompression::None) => Compression::None,
+            _ => Compression::Zstd,
+        },
+        ignore_rootfs: a.ignore_rootfs,
+        temporary_images: a.image_path.is_none(),
+        partial_dump_flags: partial.iter().filter(|p| p.0).map(|p| p.1).collect(),
+    }
+}
+
 pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow::Result<()> {
     if let Some(fd) = a.status_fd {
         // SAFETY: only probed with F_GETFD.
@@ -225,7 +245,7 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
         }
     }
     let mut export = match &a.export {
-        Some(file) => Some(Export::prepare(a, file)?),
+        Some(file) => Some(Export::prepare(&export_options(a, file))?),
         None => None,
     };
     let image_path = match (&a.image_path, &export) {
@@ -298,7 +318,14 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
         bail!("--no-pivot is not supported by restore: CRIU rebuilds the container's mount namespace with pivot_root (drop the flag)");
     }
     let imported = match &a.import {
-        Some(file) => Some(ImportedRestore::prepare(root, a, file)?),
+        Some(file) => Some(ImportedRestore::prepare(
+            root,
+            &ImportOptions {
+                id: &a.id,
+                archive: file,
+                bundle: a.bundle.as_deref(),
+            },
+        )?),
         None => None,
     };
     let (bundle, images) = match &imported {
@@ -366,7 +393,7 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
     let pid = Pid::from_raw(restored.container.state.pid);
     let code = wait::wait_forwarding(pid, pid);
     let c = Container::load(root, restored.container.id())?;
+    // Removes the bundle an import built too.
     warn_all(&c.delete(true)?);
-    remove_imported(root, &a.id)?;
     Ok(code)
 }

@@ -1,20 +1,12 @@
 //! Commands that report.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use clap::Args;
 use ferry::Container;
 
 use super::lifecycle::IdArg;
 use super::TableFormat;
-
-#[derive(Debug, Args)]
-pub struct SpecArgs {
-    /// Bundle directory to write config.json into.
-    #[arg(short, long, default_value = ".")]
-    pub bundle: PathBuf,
-}
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -61,16 +53,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             Ok(d)
         }
     })
-}
-
-pub fn spec(a: &SpecArgs) -> anyhow::Result<()> {
-    let path = a.bundle.join("config.json");
-    if path.exists() {
-        bail!("{} already exists: remove it first", path.display());
-    }
-    let text = serde_json::to_string_pretty(&ferry::spec::default_spec())?;
-    std::fs::write(&path, text + "\n").with_context(|| format!("{}", path.display()))?;
-    Ok(())
 }
 
 pub fn state(root: &Path, a: &IdArg) -> anyhow::Result<()> {

@@ -543,7 +543,7 @@ impl Container {
             drop(lock);
             // CRIU killed the tree; the container is gone as with runc.
             let root = self.root.clone();
-            Container::load(&root, &id)?.delete(true)?;
+            Container::load(&root, &id)?.delete_keeping_import(true)?;
         }
         Ok(Checkpointed {
             images,
