@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::msg::{EntryHeader, Kind, Name, TreeMsg};
-use super::walk::{cmp_paths, walk, Manifest, Stamp};
+use super::walk::{cmp_paths, walk, Manifest, Stamp, Walked};
 use super::{io_err, FilesError};
 use crate::transport::Channel;
 use crate::wire::{Compression, CHUNK};
@@ -109,7 +109,9 @@ pub fn send_tree(
     opts: &SendOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Manifest, SendStats), FilesError> {
-    let result = send_tree_inner(ch, root, previous, opts, progress);
+    let mut stats = SendStats::default();
+    let result = walk(root, opts, &mut stats.skipped)
+        .and_then(|walked| send_pass(ch, &walked, previous, opts, stats, progress));
     if let Err(e) = &result {
         if !matches!(e, FilesError::Transport(_)) {
             let _ = ch.send(&TreeMsg::Abort {
@@ -120,20 +122,20 @@ pub fn send_tree(
     result
 }
 
-fn send_tree_inner(
+/// Sends what `walked` holds that changed since `previous`.
+fn send_pass(
     ch: &mut Channel,
-    root: &Path,
+    walked: &[Walked],
     previous: Option<&Manifest>,
     opts: &SendOptions,
+    mut stats: SendStats,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Manifest, SendStats), FilesError> {
-    let mut stats = SendStats::default();
-    let walked = walk(root, opts, &mut stats.skipped)?;
     stats.scanned = walked.len() as u64;
     ch.send(&TreeMsg::Begin { pass: opts.pass })?;
 
     let mut manifest = Manifest::default();
-    for w in &walked {
+    for w in walked {
         manifest.entries.insert(w.rel.clone(), w.stamp.clone());
     }
     // Deletions first, deepest first, so directories are empty when their
@@ -155,7 +157,7 @@ fn send_tree_inner(
 
     // First path of each multiply-linked inode, and whether it was sent.
     let mut first_link: HashMap<(u64, u64), (Vec<u8>, bool)> = HashMap::new();
-    for w in &walked {
+    for w in walked {
         let changed = previous.is_none_or(|p| p.entries.get(&w.rel) != Some(&w.stamp));
         let s = &w.stamp;
         if s.kind == Kind::File && w.nlink > 1 {
