@@ -10,7 +10,7 @@ use super::{Shared, State};
 use crate::files::TreeReceiver;
 use crate::host::{DestHost, PageServer};
 use crate::info::{DestInfo, SourceInfo};
-use crate::mode::{self, PageServerTarget, RestorePlan};
+use crate::mode::{self, PageServerTarget, RestorePlan, Route};
 use crate::proto::{self, Msg};
 use crate::transport::Channel;
 use crate::{Error, RootfsMode};
@@ -190,27 +190,22 @@ impl Session<'_> {
             port: 0,
         };
         let tls = self.shared.cfg.security.paths().cloned();
+        let route = Route {
+            src_root: Path::new(""),
+            dst_root: &root,
+            target,
+            listen: &listen,
+            tls: tls.as_ref(),
+        };
         let plan = match iteration {
-            Some(i) if i == self.predumps + 1 => {
-                mode::predump_plans(i, Path::new(""), &root, target, &listen, tls.as_ref()).1
-            }
+            Some(i) if i == self.predumps + 1 => mode::predump_plans(i, route).1,
             Some(i) => {
                 return Err(Error::Refused(format!(
                     "pre-dump iteration {i} out of order (expected {})",
                     self.predumps + 1
                 )))
             }
-            None => {
-                mode::final_dump_plans(
-                    self.predumps,
-                    Path::new(""),
-                    &root,
-                    target,
-                    &listen,
-                    tls.as_ref(),
-                )
-                .1
-            }
+            None => mode::final_dump_plans(self.predumps, route).1,
         };
         std::fs::create_dir(&plan.images_dir).map_err(Error::io("create", &plan.images_dir))?;
         let ps = self

@@ -170,26 +170,12 @@ impl TreeReceiver {
 
     fn count_entry(&mut self) -> Result<(), FilesError> {
         self.entries += 1;
-        if self.entries > self.limits.max_entries {
-            return Err(FilesError::Limit {
-                what: "entry count",
-                value: self.entries,
-                limit: self.limits.max_entries,
-            });
-        }
-        Ok(())
+        within("entry count", self.entries, self.limits.max_entries)
     }
 
     pub(super) fn add_bytes(&mut self, n: u64) -> Result<(), FilesError> {
         self.bytes += n;
-        if self.bytes > self.limits.max_bytes {
-            return Err(FilesError::Limit {
-                what: "total size",
-                value: self.bytes,
-                limit: self.limits.max_bytes,
-            });
-        }
-        Ok(())
+        within("total size", self.bytes, self.limits.max_bytes)
     }
 
     /// Receives one pass (up to the sender's `Finish`). On error the
@@ -244,4 +230,12 @@ impl TreeReceiver {
             first = false;
         }
     }
+}
+
+/// `value` of `what` so far, refused over `limit`.
+fn within(what: &'static str, value: u64, limit: u64) -> Result<(), FilesError> {
+    if value > limit {
+        return Err(FilesError::Limit { what, value, limit });
+    }
+    Ok(())
 }

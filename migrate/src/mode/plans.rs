@@ -139,72 +139,76 @@ pub const FINAL_DIR: &str = "dump";
 /// stays on the source and is not shipped with the images.
 pub const DUMP_LOG: &str = "dump.log";
 
+/// Where the memory of a pre-dump or final dump goes: the images roots on
+/// both hosts, the page server the dump streams to, the address that page
+/// server listens on, and the TLS files of both CRIUs.
+#[derive(Debug, Clone)]
+pub struct Route<'a> {
+    pub src_root: &'a Path,
+    pub dst_root: &'a Path,
+    pub target: PageServerTarget,
+    pub listen: &'a str,
+    pub tls: Option<&'a TlsPaths>,
+}
+
+impl Route<'_> {
+    /// A dump into `<src_root>/dir` streaming to a page server writing
+    /// `<dst_root>/dir`, both relative to the iteration `parent`.
+    fn plans(
+        self,
+        dump: DumpPlan,
+        dir: &str,
+        parent: Option<String>,
+    ) -> (DumpPlan, PageServerPlan) {
+        (
+            DumpPlan {
+                images_dir: self.src_root.join(dir),
+                parent_img: parent.clone(),
+                page_server: Some(self.target),
+                tls: self.tls.cloned(),
+                ..dump
+            },
+            PageServerPlan {
+                images_dir: self.dst_root.join(dir),
+                address: self.listen.to_string(),
+                port: 0,
+                parent_img: parent,
+                tls: self.tls.cloned(),
+                tls_no_cn_verify: self.tls.is_some(),
+            },
+        )
+    }
+}
+
+/// What a dump plan is before [`Route::plans`] fills in where it goes.
+fn dump_of(kind: DumpKind, track_mem: bool, leave_stopped: bool) -> DumpPlan {
+    DumpPlan {
+        kind,
+        images_dir: PathBuf::new(),
+        parent_img: None,
+        track_mem,
+        page_server: None,
+        tls: None,
+        leave_stopped,
+        lazy_pages: false,
+    }
+}
+
 /// The source and destination requests of pre-copy iteration `i`
 /// (1-based): a pre-dump into `<src_root>/pre-i` streaming to a page
 /// server writing `<dst_root>/pre-i`, both with `../pre-(i-1)` as parent.
-pub fn predump_plans(
-    i: u32,
-    src_root: &Path,
-    dst_root: &Path,
-    target: PageServerTarget,
-    listen: &str,
-    tls: Option<&TlsPaths>,
-) -> (DumpPlan, PageServerPlan) {
-    let dir = predump_dir_name(i);
+pub fn predump_plans(i: u32, route: Route) -> (DumpPlan, PageServerPlan) {
     let parent = (i > 1).then(|| format!("../{}", predump_dir_name(i - 1)));
-    (
-        DumpPlan {
-            kind: DumpKind::PreDump,
-            images_dir: src_root.join(&dir),
-            parent_img: parent.clone(),
-            track_mem: true,
-            page_server: Some(target),
-            tls: tls.cloned(),
-            leave_stopped: false,
-            lazy_pages: false,
-        },
-        PageServerPlan {
-            images_dir: dst_root.join(&dir),
-            address: listen.to_string(),
-            port: 0,
-            parent_img: parent,
-            tls: tls.cloned(),
-            tls_no_cn_verify: tls.is_some(),
-        },
-    )
+    let dump = dump_of(DumpKind::PreDump, true, false);
+    route.plans(dump, &predump_dir_name(i), parent)
 }
 
 /// The final dump's requests; `iterations` pre-dumps came before it (0
 /// for stop-copy).
-pub fn final_dump_plans(
-    iterations: u32,
-    src_root: &Path,
-    dst_root: &Path,
-    target: PageServerTarget,
-    listen: &str,
-    tls: Option<&TlsPaths>,
-) -> (DumpPlan, PageServerPlan) {
+pub fn final_dump_plans(iterations: u32, route: Route) -> (DumpPlan, PageServerPlan) {
     let parent = (iterations > 0).then(|| format!("../{}", predump_dir_name(iterations)));
-    (
-        DumpPlan {
-            kind: DumpKind::Dump,
-            images_dir: src_root.join(FINAL_DIR),
-            parent_img: parent.clone(),
-            track_mem: iterations > 0,
-            page_server: Some(target),
-            tls: tls.cloned(),
-            leave_stopped: true,
-            lazy_pages: false,
-        },
-        PageServerPlan {
-            images_dir: dst_root.join(FINAL_DIR),
-            address: listen.to_string(),
-            port: 0,
-            parent_img: parent,
-            tls: tls.cloned(),
-            tls_no_cn_verify: tls.is_some(),
-        },
-    )
+    let dump = dump_of(DumpKind::Dump, iterations > 0, true);
+    route.plans(dump, FINAL_DIR, parent)
 }
 
 /// Post-copy's requests: the source dumps everything but memory and then

@@ -93,17 +93,21 @@ fn tls(host: &str) -> TlsPaths {
     }
 }
 
+/// From `/s` to a page server at `target()` writing `/d`.
+fn route<'a>(listen: &'a str, tls: Option<&'a TlsPaths>) -> Route<'a> {
+    Route {
+        src_root: Path::new("/s"),
+        dst_root: Path::new("/d"),
+        target: target(),
+        listen,
+        tls,
+    }
+}
+
 #[test]
 fn pre_dump_iterations_chain_their_parents() {
     let tls = tls("a");
-    let (d1, p1) = predump_plans(
-        1,
-        Path::new("/s"),
-        Path::new("/d"),
-        target(),
-        "10.0.0.2",
-        Some(&tls),
-    );
+    let (d1, p1) = predump_plans(1, route("10.0.0.2", Some(&tls)));
     assert_eq!(d1.kind, DumpKind::PreDump);
     assert_eq!(d1.images_dir, Path::new("/s/pre-1"));
     assert_eq!(d1.parent_img, None);
@@ -114,13 +118,13 @@ fn pre_dump_iterations_chain_their_parents() {
     assert_eq!(p1.parent_img, None);
     assert!(p1.tls_no_cn_verify);
 
-    let (d3, p3) = predump_plans(3, Path::new("/s"), Path::new("/d"), target(), "x", None);
+    let (d3, p3) = predump_plans(3, route("x", None));
     assert_eq!(d3.images_dir, Path::new("/s/pre-3"));
     assert_eq!(d3.parent_img.as_deref(), Some("../pre-2"));
     assert_eq!(p3.parent_img.as_deref(), Some("../pre-2"));
     assert!(!p3.tls_no_cn_verify && p3.tls.is_none());
 
-    let (f, pf) = final_dump_plans(3, Path::new("/s"), Path::new("/d"), target(), "x", None);
+    let (f, pf) = final_dump_plans(3, route("x", None));
     assert_eq!(f.kind, DumpKind::Dump);
     assert_eq!(f.images_dir, Path::new("/s/dump"));
     assert_eq!(f.parent_img.as_deref(), Some("../pre-3"));
@@ -128,7 +132,7 @@ fn pre_dump_iterations_chain_their_parents() {
     assert_eq!(pf.images_dir, Path::new("/d/dump"));
     assert_eq!(pf.parent_img.as_deref(), Some("../pre-3"));
 
-    let (s, ps) = final_dump_plans(0, Path::new("/s"), Path::new("/d"), target(), "x", None);
+    let (s, ps) = final_dump_plans(0, route("x", None));
     assert_eq!(s.parent_img, None);
     assert!(!s.track_mem && s.leave_stopped);
     assert_eq!(ps.parent_img, None);
