@@ -1,7 +1,7 @@
 //! What the two hosts tell each other about themselves before a migration
 //! starts: the container and CRIU on the source, where things go on the
-//! destination. Both the host traits ([`crate::host`]) and the choice of
-//! mode ([`crate::mode`]) read these.
+//! destination. Both the host traits (`host`) and the choice of
+//! mode (`mode`) read these.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! The one checker for relative paths that come from an untrusted source:
-//! a migration peer's tree transfer ([`crate::files`]) and the entries of a
+//! a migration peer's tree transfer (`files`) and the entries of a
 //! checkpoint archive (ferry's `archive` module).
 //!
 //! A path passes when it is relative, holds no NUL byte, no `..`
