@@ -215,6 +215,11 @@ fn build_bundle(imported: &archive::Imported, file: &Path) -> Result<PathBuf> {
 /// restore killed while CRIU held its cgroup yard (a tmpfs CRIU mounts in
 /// its work directory, here the import's images) leaves that mount.
 pub fn remove(root: &Path, id: &str) -> Result<()> {
+    // The ID names a directory to remove: never one outside the store.
+    crate::id::validate(id).map_err(|source| crate::Error::InvalidId {
+        id: id.to_string(),
+        source,
+    })?;
     let dir = import_dir(root, id);
     crate::fs_remove::unmount_and_remove(&dir).map_err(|source| Error::Remove {
         path: dir.clone(),
