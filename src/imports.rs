@@ -228,3 +228,34 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
     let _ = std::fs::remove_dir(root.join(IMPORTS_DIR));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_takes_only_that_import_and_refuses_ids_that_leave_the_store() {
+        let root = tempfile::tempdir().unwrap();
+        for id in ["a", "b"] {
+            std::fs::create_dir_all(import_dir(root.path(), id).join("bundle/rootfs")).unwrap();
+        }
+        std::fs::create_dir(root.path().join("keep")).unwrap();
+        remove(root.path(), "a").unwrap();
+        assert!(!import_dir(root.path(), "a").exists());
+        assert!(
+            import_dir(root.path(), "b").is_dir(),
+            "another import stays"
+        );
+        for bad in ["..", "../keep", ""] {
+            let e = remove(root.path(), bad).unwrap_err();
+            assert!(matches!(e, Error::Container(_)), "{bad:?}: {e}");
+        }
+        assert!(root.path().join("keep").is_dir());
+        remove(root.path(), "b").unwrap();
+        assert!(
+            !root.path().join(IMPORTS_DIR).exists(),
+            "the empty store goes too"
+        );
+        remove(root.path(), "gone").unwrap();
+    }
+}
