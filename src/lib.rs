@@ -16,6 +16,7 @@ pub mod fs_remove;
 pub mod hooks;
 pub mod id;
 pub mod images;
+pub mod imports;
 pub mod init;
 pub mod migration;
 pub mod network;

@@ -7,109 +7,14 @@
 //! received. The CRIU-level knobs of each request come ready-made in the
 //! plan types of [`crate::mode`] ([`DumpPlan`], [`PageServerPlan`],
 //! [`RestorePlan`]); the host maps them onto its CRIU client.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
+use crate::info::{CommitInfo, DestInfo, SourceInfo};
 use crate::mode::{DumpPlan, Mode, PageServerPlan, RestorePlan};
 
 /// An error from the host, carried with its message.
 pub type HostError = Box<dyn std::error::Error + Send + Sync>;
-
-/// CRIU/kernel features that decide which migration modes are possible
-/// (from CRIU's FEATURE_CHECK).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Features {
-    /// Soft-dirty memory tracking: pre-dump and `track_mem`.
-    pub mem_track: bool,
-    /// userfaultfd lazy pages: post-copy.
-    pub lazy_pages: bool,
-}
-
-/// Bytes carried in JSON as a hex string.
-pub(crate) mod hex {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            None => s.serialize_none(),
-            Some(b) => {
-                let mut out = String::with_capacity(b.len() * 2);
-                for x in b {
-                    out.push_str(&format!("{x:02x}"));
-                }
-                s.serialize_some(&out)
-            }
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        let Some(s) = s else { return Ok(None) };
-        if s.len() % 2 != 0 {
-            return Err(serde::de::Error::custom("odd-length hex string"));
-        }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| {
-                u8::from_str_radix(&s[i..i + 2], 16)
-                    .map_err(|_| serde::de::Error::custom("invalid hex string"))
-            })
-            .collect::<Result<Vec<u8>, _>>()
-            .map(Some)
-    }
-}
-
-/// What the source tells the destination before anything is frozen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceInfo {
-    /// Container ID (the same ID is used on the destination).
-    pub id: String,
-    /// CRIU version, e.g. "4.2.1".
-    pub criu_version: String,
-    /// Kernel release (`uname -r`).
-    pub kernel: String,
-    /// Machine architecture (`uname -m`).
-    pub arch: String,
-    pub features: Features,
-    /// CRIU's CPU description (`cpuinfo.img` from CPUINFO_DUMP), which the
-    /// destination checks with CPUINFO_CHECK.
-    #[serde(with = "hex", default)]
-    pub cpuinfo: Option<Vec<u8>>,
-    /// The bundle directory on the source.
-    pub bundle: PathBuf,
-    /// The container's `config.json`, verbatim.
-    pub config_json: String,
-    /// The root filesystem on the source (absolute).
-    pub rootfs: PathBuf,
-    /// Resident memory of the container's processes (an estimate, for
-    /// progress and disk space checks).
-    pub memory_bytes: u64,
-    /// Anything else the runtime wants to carry to its peer (network
-    /// setup, annotations...). Not interpreted here.
-    #[serde(default)]
-    pub extra: serde_json::Value,
-}
-
-/// What the destination answers to the preflight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DestInfo {
-    pub criu_version: String,
-    pub kernel: String,
-    pub arch: String,
-    pub features: Features,
-    /// Where this migration's images go. Must not exist yet: the
-    /// migration creates it and removes it when done or aborted.
-    pub images_dir: PathBuf,
-    /// The container's bundle directory on the destination. With a
-    /// shipped rootfs, it must not exist or be empty; the migration writes
-    /// `config.json` and `rootfs/` into it.
-    pub bundle_dir: PathBuf,
-    /// Free bytes where images and the rootfs will be written, if known.
-    #[serde(default)]
-    pub free_bytes: Option<u64>,
-}
 
 /// What a dump or pre-dump did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +82,7 @@ pub trait SourceHost: Send {
     /// thawed by a safety net if this process dies (the destination may
     /// already run it); `commit` says how to ask the destination what
     /// became of it. An error stops the migration before the commit.
-    fn commit_pending(&mut self, commit: &crate::source::CommitInfo) -> Result<(), HostError> {
+    fn commit_pending(&mut self, commit: &CommitInfo) -> Result<(), HostError> {
         let _ = commit;
         Ok(())
     }

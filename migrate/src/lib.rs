@@ -80,10 +80,12 @@ pub mod certs;
 pub mod dest;
 pub mod files;
 pub mod host;
+pub mod info;
 pub mod mode;
 pub mod proto;
 pub mod remove;
 pub mod report;
+mod serde_fmt;
 
 pub mod source;
 #[cfg(test)]
@@ -91,12 +93,11 @@ pub mod source;
 mod test_skip;
 pub mod tls;
 pub mod transport;
+pub mod untrusted_path;
 pub mod wire;
 
-pub use host::{
-    DestFactory, DestHost, DestInfo, DumpOutcome, Features, HostError, PageServer, Restored,
-    SourceHost, SourceInfo,
-};
+pub use host::{DestFactory, DestHost, DumpOutcome, HostError, PageServer, Restored, SourceHost};
+pub use info::{DestInfo, Features, SourceInfo};
 pub use mode::{DumpPlan, Mode, ModeRequest, PageServerPlan, RestorePlan};
 pub use report::{Phase, Progress, Report};
 pub use tls::{Security, TlsPaths};

@@ -33,7 +33,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::files::ReceiveStats;
-use crate::host::{DestInfo, SourceInfo};
+use crate::info::{DestInfo, SourceInfo};
 use crate::RootfsMode;
 
 /// Version of the message set (the frame format has its own version).

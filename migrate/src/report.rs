@@ -7,23 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::mode::{Iteration, Mode, NotUsed};
 use crate::wire::Compression;
 
-/// Durations as milliseconds (float) in JSON.
-pub mod ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = f64::deserialize(d)?;
-        if !v.is_finite() || v < 0.0 {
-            return Err(serde::de::Error::custom("invalid duration"));
-        }
-        Ok(Duration::from_secs_f64(v / 1e3))
-    }
-}
+pub use crate::serde_fmt::ms;
 
 /// Phases of a migration, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -275,31 +275,16 @@ pub fn connect(
     server_name: &str,
     security: &Security,
 ) -> Result<Channel, TransportError> {
-    let mut tcp = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
+    let tcp = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
         .map_err(|source| TransportError::Connect { addr, source })?;
     tune(&tcp);
     match security {
-        Security::Insecure => {
-            let clone = tcp
-                .try_clone()
-                .map_err(|e| TransportError::Wire(e.into()))?;
-            Ok(Channel::over_tcp(Box::new(tcp), clone, None))
-        }
+        Security::Insecure => plain(tcp),
         Security::Tls(creds) => {
             let name = tls::server_name(server_name)?;
-            let mut conn = ClientConnection::new(creds.client_config()?, name)
+            let conn = ClientConnection::new(creds.client_config()?, name)
                 .map_err(|e| TransportError::Tls(TlsError::Config(e)))?;
-            let _ = tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-            drive_handshake(&mut conn, &mut tcp, &creds.paths().ca)?;
-            let _ = tcp.set_read_timeout(None);
-            let clone = tcp
-                .try_clone()
-                .map_err(|e| TransportError::Wire(e.into()))?;
-            Ok(Channel::over_tcp(
-                Box::new(StreamOwned::new(conn, tcp)),
-                clone,
-                Some(creds.paths().ca.clone()),
-            ))
+            secured(conn, tcp, creds)
         }
     }
 }
@@ -307,31 +292,49 @@ pub fn connect(
 /// Runs the server side of the handshake on an accepted connection. With
 /// TLS, a peer without a certificate signed by our CA is refused here,
 /// before any message is read.
-pub fn accept(mut tcp: TcpStream, security: &Security) -> Result<Channel, TransportError> {
+pub fn accept(tcp: TcpStream, security: &Security) -> Result<Channel, TransportError> {
     tune(&tcp);
     match security {
-        Security::Insecure => {
-            let clone = tcp
-                .try_clone()
-                .map_err(|e| TransportError::Wire(e.into()))?;
-            Ok(Channel::over_tcp(Box::new(tcp), clone, None))
-        }
+        Security::Insecure => plain(tcp),
         Security::Tls(creds) => {
-            let mut conn = ServerConnection::new(creds.server_config()?)
+            let conn = ServerConnection::new(creds.server_config()?)
                 .map_err(|e| TransportError::Tls(TlsError::Config(e)))?;
-            let _ = tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-            drive_handshake(&mut conn, &mut tcp, &creds.paths().ca)?;
-            let _ = tcp.set_read_timeout(None);
-            let clone = tcp
-                .try_clone()
-                .map_err(|e| TransportError::Wire(e.into()))?;
-            Ok(Channel::over_tcp(
-                Box::new(StreamOwned::new(conn, tcp)),
-                clone,
-                Some(creds.paths().ca.clone()),
-            ))
+            secured(conn, tcp, creds)
         }
     }
+}
+
+/// A channel straight over `tcp` (no TLS).
+fn plain(tcp: TcpStream) -> Result<Channel, TransportError> {
+    let clone = tcp
+        .try_clone()
+        .map_err(|e| TransportError::Wire(e.into()))?;
+    Ok(Channel::over_tcp(Box::new(tcp), clone, None))
+}
+
+/// A channel over `conn` on `tcp` once its handshake (either side's) is
+/// done, bounded by the handshake timeout.
+fn secured<C, S>(
+    mut conn: C,
+    mut tcp: TcpStream,
+    creds: &tls::Credentials,
+) -> Result<Channel, TransportError>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<S>> + Send + 'static,
+    S: rustls::SideData + 'static,
+    StreamOwned<C, TcpStream>: Stream,
+{
+    let _ = tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    drive_handshake(&mut conn, &mut tcp, &creds.paths().ca)?;
+    let _ = tcp.set_read_timeout(None);
+    let clone = tcp
+        .try_clone()
+        .map_err(|e| TransportError::Wire(e.into()))?;
+    Ok(Channel::over_tcp(
+        Box::new(StreamOwned::new(conn, tcp)),
+        clone,
+        Some(creds.paths().ca.clone()),
+    ))
 }
 
 #[cfg(test)]

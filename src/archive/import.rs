@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::space::SpaceBudget;
 use super::stream::{check_trailer, open_stream, stream_err};
@@ -30,42 +30,33 @@ pub struct Imported {
     pub bytes: u64,
 }
 
-/// Checks an entry path and returns it normalized (no `.` components).
+/// Checks an entry path with the one checker for untrusted paths and
+/// returns it normalized (no `.` or empty components).
 pub(super) fn safe_path(raw: &[u8], limits: &Limits) -> Result<PathBuf> {
-    let shown = String::from_utf8_lossy(raw).into_owned();
-    let reject = |reason: &str| Error::UnsafeEntry {
-        path: shown.clone(),
-        reason: reason.to_string(),
+    use migrate::untrusted_path::{check, Refusal, Rules};
+    use std::os::unix::ffi::OsStrExt;
+    let rules = Rules {
+        max_path_len: limits.max_path_bytes,
+        max_name_len: usize::MAX,
+        max_depth: limits.max_depth,
+        skip_dot_and_empty: true,
     };
-    if raw.len() > limits.max_path_bytes {
-        return Err(reject(&format!(
-            "path longer than {} bytes",
-            limits.max_path_bytes
-        )));
-    }
-    if raw.contains(&0) {
-        return Err(reject("NUL byte in path"));
-    }
-    let p = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(raw));
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(reject("'..' path component")),
-            Component::RootDir | Component::Prefix(_) => return Err(reject("absolute path")),
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(reject("empty path"));
-    }
-    if out.components().count() > limits.max_depth {
-        return Err(reject(&format!(
-            "deeper than {} components",
-            limits.max_depth
-        )));
-    }
-    Ok(out)
+    let parts = check(raw, &rules)
+        .and_then(|p| {
+            if p.is_empty() {
+                Err(Refusal::Empty)
+            } else {
+                Ok(p)
+            }
+        })
+        .map_err(|why| Error::UnsafeEntry {
+            path: String::from_utf8_lossy(raw).into_owned(),
+            reason: why.to_string(),
+        })?;
+    Ok(parts
+        .iter()
+        .map(|p| std::ffi::OsStr::from_bytes(p))
+        .collect())
 }
 
 /// What [`unpack`] found.

@@ -3,14 +3,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use ferry::archive::Compression;
 use ferry::container::{CheckpointOptions, RestoreOptions};
 use ferry::criu::CgMode;
+use ferry::imports::{ImportOptions, ImportedRestore};
 use ferry::network::LockMethod;
 use ferry::Container;
 use nix::unistd::Pid;
 
+use super::export::{Export, ExportOptions};
 use super::output::warn_all;
-use super::portable::{remove_imported, Export, ImportedRestore};
 use super::{wait, LogFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +64,53 @@ pub enum EmptyNs {
     Network,
 }
 
+/// CRIU flags `checkpoint` and `restore` share (runc's names).
+#[derive(Debug, Args)]
+pub struct CriuFlags {
+    /// Checkpoint (restore) open TCP connections.
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Allow external unix sockets.
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Allow a shell job (a process attached to a terminal session).
+    #[arg(long)]
+    pub shell_job: bool,
+    /// Checkpoint (restore) file locks.
+    #[arg(long)]
+    pub file_locks: bool,
+    /// How CRIU handles cgroups.
+    #[arg(long, value_enum)]
+    pub manage_cgroups_mode: Option<CgroupsMode>,
+    /// A namespace whose contents are not dumped; on restore ferry sets it
+    /// up instead.
+    #[arg(long, value_enum)]
+    pub empty_ns: Vec<EmptyNs>,
+    /// Deduplicate memory images against the parent as they are written
+    /// (on restore: as they are read).
+    #[arg(long)]
+    pub auto_dedup: bool,
+    /// How the network is held while the container is frozen or restored.
+    #[arg(long, value_enum, default_value = "nftables")]
+    pub network_lock: NetLock,
+}
+
+/// Sets the fields `CheckpointOptions` and `RestoreOptions` share from
+/// [`CriuFlags`].
+macro_rules! set_criu_flags {
+    ($o:expr, $f:expr) => {{
+        let f = $f;
+        $o.tcp_established = f.tcp_established;
+        $o.ext_unix_sk = f.ext_unix_sk;
+        $o.shell_job = f.shell_job;
+        $o.file_locks = f.file_locks;
+        $o.manage_cgroups_mode = f.manage_cgroups_mode.map(CgroupsMode::criu);
+        $o.empty_ns_network = f.empty_ns.contains(&EmptyNs::Network);
+        $o.auto_dedup = f.auto_dedup;
+        $o.network_lock = f.network_lock.into();
+    }};
+}
+
 #[derive(Debug, Args)]
 // podman repeats --leave-running; a repeated flag means the same as once.
 #[command(args_override_self = true)]
@@ -93,24 +142,12 @@ pub struct CheckpointArgs {
     /// Keep the container frozen after the checkpoint.
     #[arg(long)]
     pub leave_stopped: bool,
-    /// Checkpoint open TCP connections.
-    #[arg(long)]
-    pub tcp_established: bool,
     /// Skip in-flight TCP connections.
     #[arg(long)]
     pub tcp_skip_in_flight: bool,
     /// Allow linked-remapped files (open but unlinked).
     #[arg(long)]
     pub link_remap: bool,
-    /// Allow external unix sockets.
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    /// Allow a shell job (a process attached to a terminal session).
-    #[arg(long)]
-    pub shell_job: bool,
-    /// Checkpoint file locks.
-    #[arg(long)]
-    pub file_locks: bool,
     /// Leave memory for a lazy-pages restore (post-copy).
     #[arg(long)]
     pub lazy_pages: bool,
@@ -123,18 +160,8 @@ pub struct CheckpointArgs {
     /// Dump memory only, leaving the container running (needs soft-dirty).
     #[arg(long)]
     pub pre_dump: bool,
-    /// How CRIU handles cgroups.
-    #[arg(long, value_enum)]
-    pub manage_cgroups_mode: Option<CgroupsMode>,
-    /// Do not dump this namespace's contents.
-    #[arg(long, value_enum)]
-    pub empty_ns: Vec<EmptyNs>,
-    /// Deduplicate memory images against the parent as they are written.
-    #[arg(long)]
-    pub auto_dedup: bool,
-    /// How the network is held while the container is frozen.
-    #[arg(long, value_enum, default_value = "nftables")]
-    pub network_lock: NetLock,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     /// Print CRIU's dump statistics.
     #[arg(long)]
     pub stats: bool,
@@ -172,30 +199,14 @@ pub struct RestoreArgs {
     /// Unix socket that receives the terminal master of a terminal container.
     #[arg(long)]
     pub console_socket: Option<PathBuf>,
-    #[arg(long)]
-    pub tcp_established: bool,
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    #[arg(long)]
-    pub shell_job: bool,
-    #[arg(long)]
-    pub file_locks: bool,
-    #[arg(long, value_enum)]
-    pub manage_cgroups_mode: Option<CgroupsMode>,
-    /// Let ferry set up this namespace instead of restoring its contents.
-    #[arg(long, value_enum)]
-    pub empty_ns: Vec<EmptyNs>,
-    #[arg(long)]
-    pub auto_dedup: bool,
     /// Restore memory lazily from a page server (post-copy).
     #[arg(long)]
     pub lazy_pages: bool,
     /// LSM profile for the restored processes (e.g. apparmor:NAME).
     #[arg(long)]
     pub lsm_profile: Option<String>,
-    /// How the network is held while the container is restored.
-    #[arg(long, value_enum, default_value = "nftables")]
-    pub network_lock: NetLock,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     /// Print CRIU's restore statistics.
     #[arg(long)]
     pub stats: bool,
@@ -216,6 +227,24 @@ fn page_server(s: &str) -> anyhow::Result<(String, u16)> {
     Ok((addr.trim_matches(['[', ']']).to_string(), port))
 }
 
+fn export_options<'a>(a: &CheckpointArgs, file: &'a Path) -> ExportOptions<'a> {
+    let partial = [
+        (a.pre_dump, "--pre-dump"),
+        (a.page_server.is_some(), "--page-server"),
+        (a.lazy_pages, "--lazy-pages"),
+    ];
+    ExportOptions {
+        file,
+        compression: match a.compress {
+            Some(ArchiveCompression::None) => Compression::None,
+            _ => Compression::Zstd,
+        },
+        ignore_rootfs: a.ignore_rootfs,
+        temporary_images: a.image_path.is_none(),
+        partial_dump_flags: partial.iter().filter(|p| p.0).map(|p| p.1).collect(),
+    }
+}
+
 pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow::Result<()> {
     if let Some(fd) = a.status_fd {
         // SAFETY: only probed with F_GETFD.
@@ -225,7 +254,7 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
         }
     }
     let mut export = match &a.export {
-        Some(file) => Some(Export::prepare(a, file)?),
+        Some(file) => Some(Export::prepare(&export_options(a, file))?),
         None => None,
     };
     let image_path = match (&a.image_path, &export) {
@@ -238,20 +267,13 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
     o.parent_path = a.parent_path.clone();
     o.leave_running = a.leave_running;
     o.leave_stopped = a.leave_stopped;
-    o.tcp_established = a.tcp_established;
     o.tcp_skip_in_flight = a.tcp_skip_in_flight;
     o.link_remap = a.link_remap;
-    o.ext_unix_sk = a.ext_unix_sk;
-    o.shell_job = a.shell_job;
-    o.file_locks = a.file_locks;
     o.lazy_pages = a.lazy_pages;
     o.status_fd = a.status_fd;
     o.page_server = a.page_server.as_deref().map(page_server).transpose()?;
     o.pre_dump = a.pre_dump;
-    o.manage_cgroups_mode = a.manage_cgroups_mode.map(CgroupsMode::criu);
-    o.empty_ns_network = a.empty_ns.contains(&EmptyNs::Network);
-    o.auto_dedup = a.auto_dedup;
-    o.network_lock = a.network_lock.into();
+    set_criu_flags!(o, &a.criu);
     let c = Container::load(root, &a.id)?;
     if let Some(e) = export.as_mut() {
         e.remember(&c);
@@ -299,7 +321,14 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
         bail!("--no-pivot is not supported by restore: CRIU rebuilds the container's mount namespace with pivot_root (drop the flag)");
     }
     let imported = match &a.import {
-        Some(file) => Some(ImportedRestore::prepare(root, a, file)?),
+        Some(file) => Some(ImportedRestore::prepare(
+            root,
+            &ImportOptions {
+                id: &a.id,
+                archive: file,
+                bundle: a.bundle.as_deref(),
+            },
+        )?),
         None => None,
     };
     let (bundle, images) = match &imported {
@@ -315,16 +344,9 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
     o.work_path = a.work_path.clone();
     o.pid_file = a.pid_file.clone();
     o.console_socket = a.console_socket.clone();
-    o.tcp_established = a.tcp_established;
-    o.ext_unix_sk = a.ext_unix_sk;
-    o.shell_job = a.shell_job;
-    o.file_locks = a.file_locks;
-    o.manage_cgroups_mode = a.manage_cgroups_mode.map(CgroupsMode::criu);
-    o.empty_ns_network = a.empty_ns.contains(&EmptyNs::Network);
-    o.auto_dedup = a.auto_dedup;
     o.lazy_pages = a.lazy_pages;
     o.lsm_profile = a.lsm_profile.clone();
-    o.network_lock = a.network_lock.into();
+    set_criu_flags!(o, &a.criu);
     if !a.detach {
         wait::block_signals();
         if !a.no_subreaper {
@@ -367,7 +389,7 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
     let pid = Pid::from_raw(restored.container.state.pid);
     let code = wait::wait_forwarding(pid, pid);
     let c = Container::load(root, restored.container.id())?;
+    // Removes the bundle an import built too.
     warn_all(&c.delete(true)?);
-    remove_imported(root, &a.id)?;
     Ok(code)
 }

@@ -209,20 +209,16 @@ pub fn kill(root: &Path, a: &KillArgs) -> anyhow::Result<()> {
 
 pub fn delete(root: &Path, a: &DeleteArgs) -> anyhow::Result<()> {
     match Container::load(root, &a.id) {
-        Ok(c) => {
-            let id = c.id().to_string();
-            warn_all(&c.delete(a.force)?);
-            super::portable::remove_imported(root, &id)?;
-        }
+        // Also removes the bundle a `restore --import` built.
+        Ok(c) => warn_all(&c.delete(a.force)?),
         // A creation that died half-way leaves a directory without state.
         Err(ferry::Error::WrongState { id, .. }) if a.force => {
             ferry::container::remove_incomplete(root, &id)?;
-            super::portable::remove_imported(root, &id)?;
         }
         // As runc: forcing the removal of what is already gone succeeds
         // (podman deletes after a checkpoint that removed the container).
         // Only this exact ID is touched, never one that starts with it.
-        Err(e) if a.force && e.is_not_found() => super::portable::remove_imported(root, &a.id)?,
+        Err(e) if a.force && e.is_not_found() => ferry::imports::remove(root, &a.id)?,
         Err(e) => return Err(e.into()),
     }
     Ok(())

@@ -7,13 +7,14 @@ mod advice;
 mod certs;
 mod check;
 mod checkpoint;
+mod export;
 mod inspect;
 mod lifecycle;
 mod migrate;
 mod output;
-mod portable;
 mod query;
 mod serve;
+mod spec;
 mod tty_relay;
 mod wait;
 
@@ -58,7 +59,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a default config.json into the bundle.
-    Spec(query::SpecArgs),
+    Spec(spec::SpecArgs),
     /// Create a container that waits for `start`.
     Create(lifecycle::CreateArgs),
     /// Start a created container.
@@ -127,7 +128,7 @@ pub fn main() -> i32 {
 fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     let root = &cli.root;
     match &cli.command {
-        Command::Spec(a) => query::spec(a).map(|_| 0),
+        Command::Spec(a) => spec::spec(a).map(|_| 0),
         Command::Create(a) => lifecycle::create(root, a).map(|_| 0),
         Command::Start(a) => lifecycle::start(root, a).map(|_| 0),
         Command::Run(a) => lifecycle::run(root, a),

@@ -1,5 +1,5 @@
 //! Commands that report.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -8,13 +8,6 @@ use ferry::Container;
 
 use super::lifecycle::IdArg;
 use super::TableFormat;
-
-#[derive(Debug, Args)]
-pub struct SpecArgs {
-    /// Bundle directory to write config.json into.
-    #[arg(short, long, default_value = ".")]
-    pub bundle: PathBuf,
-}
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -64,16 +57,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             Ok(d)
         }
     })
-}
-
-pub fn spec(a: &SpecArgs) -> anyhow::Result<()> {
-    let path = a.bundle.join("config.json");
-    if path.exists() {
-        bail!("{} already exists: remove it first", path.display());
-    }
-    std::fs::write(&path, ferry::spec::DEFAULT_CONFIG)
-        .with_context(|| format!("{}", path.display()))?;
-    Ok(())
 }
 
 pub fn state(root: &Path, a: &IdArg) -> anyhow::Result<()> {

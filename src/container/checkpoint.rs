@@ -20,14 +20,6 @@ use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, 
 use crate::hooks;
 use crate::network::{self, LockMethod, VethConfig};
 
-/// TLS material for CRIU's page-server connection (PEM files).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 #[derive(Debug, Clone)]
 pub struct CheckpointOptions {
     pub image_path: PathBuf,
@@ -49,7 +41,8 @@ pub struct CheckpointOptions {
     pub status_fd: Option<RawFd>,
     /// Send memory pages to a CRIU page server instead of the image dir.
     pub page_server: Option<(String, u16)>,
-    pub page_server_tls: Option<TlsFiles>,
+    /// TLS material for CRIU's page-server connection (PEM files).
+    pub page_server_tls: Option<migrate::TlsPaths>,
     pub pre_dump: bool,
     pub manage_cgroups_mode: Option<CgMode>,
     pub empty_ns_network: bool,
@@ -521,7 +514,7 @@ impl Container {
             drop(lock);
             // CRIU killed the tree; the container is gone as with runc.
             let (root, id) = (self.root.clone(), self.id().to_string());
-            Container::load(&root, &id)?.delete(true)?
+            Container::load(&root, &id)?.delete_keeping_import(true)?
         } else {
             Vec::new()
         };

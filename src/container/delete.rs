@@ -24,9 +24,19 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 const VETH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Container {
-    /// Removes processes (with `force`), veth, cgroup and state. Returns
-    /// poststop hook failures as warnings.
-    pub fn delete(mut self, force: bool) -> Result<Vec<hooks::Error>> {
+    /// Removes processes (with `force`), veth, cgroup, state and the bundle
+    /// a `restore --import` built. Returns poststop hook failures as
+    /// warnings.
+    pub fn delete(self, force: bool) -> Result<Vec<hooks::Error>> {
+        let (root, id) = (self.root.clone(), self.state.id.clone());
+        let warnings = self.delete_keeping_import(force)?;
+        remove_imported(&root, &id)?;
+        Ok(warnings)
+    }
+
+    /// [`delete`](Self::delete), but an imported bundle stays: a checkpoint
+    /// that ended the container exports it and restores from it again.
+    pub(crate) fn delete_keeping_import(mut self, force: bool) -> Result<Vec<hooks::Error>> {
         let _span = tracing::info_span!("delete", id = %self.id(), force).entered();
         let _lock = self.dir.lock()?;
         // What the file says now, under the lock (a create may have
@@ -225,5 +235,12 @@ pub fn remove_incomplete(root: &std::path::Path, id: &str) -> Result<()> {
         return Err(Error::CreatedMeanwhile(id.to_string()));
     }
     dir.remove()?;
-    Ok(())
+    remove_imported(root, id)
+}
+
+fn remove_imported(root: &std::path::Path, id: &str) -> Result<()> {
+    crate::imports::remove(root, id).map_err(|e| Error::Io {
+        context: format!("container {id}"),
+        source: std::io::Error::other(e),
+    })
 }

@@ -28,7 +28,7 @@ mod restore;
 mod start;
 mod update;
 
-pub use checkpoint::{CheckpointOptions, Checkpointed, PostDump, TlsFiles};
+pub use checkpoint::{CheckpointOptions, Checkpointed, PostDump};
 pub use create::{CreateOptions, Created};
 pub use delete::remove_incomplete;
 pub use events::StatsSnapshot;

@@ -11,7 +11,7 @@ use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::FreezerState;
-use crate::container::{CheckpointOptions, HoldError, PostDump, TlsFiles};
+use crate::container::{CheckpointOptions, HoldError, PostDump};
 use crate::criu::DumpStats;
 use crate::freeze_guard::{GuardHandle, OnDeath};
 use crate::network::LockMethod;
@@ -242,6 +242,135 @@ fn check_stdio(id: &str, pid: i32) -> Result<(), HostError> {
     Ok(())
 }
 
+impl ContainerSource {
+    /// The checkpoint request for `plan`: pages to the destination's page
+    /// server, held at post-dump.
+    fn checkpoint_options(&self, plan: &DumpPlan) -> CheckpointOptions {
+        let mut o = CheckpointOptions::new(&plan.images_dir);
+        o.parent_path = plan.parent_img.as_ref().map(PathBuf::from);
+        o.page_server = plan
+            .page_server
+            .as_ref()
+            .map(|t| (t.address.clone(), t.port));
+        o.page_server_tls = plan.tls.clone();
+        o.tcp_established = self.opts.tcp_established;
+        o.network_lock = self.opts.network_lock;
+        o
+    }
+
+    /// The error of a failed dump, with CRIU's log kept where the user can
+    /// read it (the images directory is removed after a failure).
+    fn dump_failed(&self, plan: &DumpPlan, error: String) -> HostError {
+        let keep = plan
+            .images_dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/tmp"));
+        super::keep_log(
+            error,
+            &plan.images_dir,
+            migrate::mode::DUMP_LOG,
+            keep,
+            &crate::id::file_name(&self.id, "-dump.log"),
+        )
+        .into()
+    }
+}
+
+/// A dump running in its own thread until it is held at post-dump; its
+/// events come on the receiver returned beside it.
+struct Dumping {
+    decision: mpsc::Sender<bool>,
+    thread: JoinHandle<()>,
+    freeze: Arc<Mutex<Freeze>>,
+}
+
+impl Dumping {
+    fn with_events(self, events: mpsc::Receiver<Event<DumpResult>>) -> Held {
+        Held {
+            decision: self.decision,
+            thread: self.thread,
+            events,
+            freeze: self.freeze,
+        }
+    }
+}
+
+fn spawn_dump(
+    c: Container,
+    o: CheckpointOptions,
+) -> Result<(Dumping, mpsc::Receiver<Event<DumpResult>>), HostError> {
+    let (ev_tx, ev_rx) = mpsc::channel();
+    let (dec_tx, dec_rx) = mpsc::channel();
+    let freeze = Arc::new(Mutex::new(Freeze::default()));
+    let shared = freeze.clone();
+    let thread = std::thread::Builder::new()
+        .name("dump".into())
+        .spawn(move || {
+            let mut hold = SourceHold {
+                hold: Hold {
+                    events: ev_tx.clone(),
+                    decision: dec_rx,
+                },
+                freeze: shared,
+            };
+            let r = c.checkpoint_with(&o, Some(&mut hold)).map(|done| {
+                for w in &done.hook_warnings {
+                    tracing::warn!(warning = %w, "poststop hook");
+                }
+                done.stats
+            });
+            let _ = ev_tx.send(Event::Done(r));
+        })?;
+    let dumping = Dumping {
+        decision: dec_tx,
+        thread,
+        freeze,
+    };
+    Ok((dumping, ev_rx))
+}
+
+/// When the container's cgroup started and finished freezing, as seen
+/// while waiting for the dump to be held.
+#[derive(Default)]
+struct FreezeWatch {
+    frozen_at: Option<Instant>,
+    frozen_done: Option<Instant>,
+}
+
+impl FreezeWatch {
+    fn poll(&mut self, cgroup: Option<&crate::cgroups::Cgroup>) {
+        let (Some(cg), None) = (cgroup, self.frozen_done) else {
+            return;
+        };
+        match cg.freezer_state() {
+            Ok(FreezerState::Frozen) => {
+                let now = Instant::now();
+                self.frozen_at.get_or_insert(now);
+                self.frozen_done = Some(now);
+            }
+            Ok(FreezerState::Freezing) => {
+                self.frozen_at.get_or_insert_with(Instant::now);
+            }
+            _ => {}
+        }
+    }
+
+    /// The dump was held at `held`; `called` is when it was asked for.
+    fn outcome(&self, called: Instant, held: Instant) -> DumpOutcome {
+        let frozen = self.frozen_at.unwrap_or(called);
+        let done = self.frozen_done.unwrap_or(frozen);
+        DumpOutcome {
+            frozen_at: Some(frozen),
+            freeze: done.saturating_duration_since(frozen),
+            dump: held.saturating_duration_since(done),
+            memory_transfer: None,
+            pages_written: 0,
+            pages_skipped: 0,
+        }
+    }
+}
+
 impl SourceHost for ContainerSource {
     fn id(&self) -> String {
         self.id.clone()
@@ -299,106 +428,29 @@ impl SourceHost for ContainerSource {
         }
         let c = self.load()?;
         let cgroup = c.cgroup()?;
-        let mut o = CheckpointOptions::new(&plan.images_dir);
-        o.parent_path = plan.parent_img.as_ref().map(PathBuf::from);
-        o.page_server = plan
-            .page_server
-            .as_ref()
-            .map(|t| (t.address.clone(), t.port));
-        o.page_server_tls = plan.tls.as_ref().map(|t| TlsFiles {
-            ca: t.ca.clone(),
-            cert: t.cert.clone(),
-            key: t.key.clone(),
-        });
-        o.tcp_established = self.opts.tcp_established;
-        o.network_lock = self.opts.network_lock;
-        let (ev_tx, ev_rx) = mpsc::channel();
-        let (dec_tx, dec_rx) = mpsc::channel();
-        let freeze = Arc::new(Mutex::new(Freeze::default()));
-        let shared = freeze.clone();
+        let o = self.checkpoint_options(plan);
         let called = Instant::now();
-        let thread = std::thread::Builder::new()
-            .name("dump".into())
-            .spawn(move || {
-                let mut hold = SourceHold {
-                    hold: Hold {
-                        events: ev_tx.clone(),
-                        decision: dec_rx,
-                    },
-                    freeze: shared,
-                };
-                let r = c.checkpoint_with(&o, Some(&mut hold)).map(|done| {
-                    for w in &done.hook_warnings {
-                        tracing::warn!(warning = %w, "poststop hook");
-                    }
-                    done.stats
-                });
-                let _ = ev_tx.send(Event::Done(r));
-            })?;
+        let (held, ev_rx) = spawn_dump(c, o)?;
         // Wait for the hold, noting when the cgroup froze (ferry freezes it
         // itself just before CRIU runs).
-        let mut frozen_at = None;
-        let mut frozen_done: Option<Instant> = None;
+        let mut watch = FreezeWatch::default();
         loop {
             match ev_rx.recv_timeout(Duration::from_millis(1)) {
                 Ok(Event::Held(at, _)) => {
                     self.dumped_at = Some(at);
-                    self.held = Some(Held {
-                        decision: dec_tx,
-                        thread,
-                        events: ev_rx,
-                        freeze,
-                    });
-                    let frozen = frozen_at.unwrap_or(called);
-                    let done = frozen_done.unwrap_or(frozen);
-                    return Ok(DumpOutcome {
-                        frozen_at: Some(frozen),
-                        freeze: done.saturating_duration_since(frozen),
-                        dump: at.saturating_duration_since(done),
-                        memory_transfer: None,
-                        pages_written: 0,
-                        pages_skipped: 0,
-                    });
+                    self.held = Some(held.with_events(ev_rx));
+                    return Ok(watch.outcome(called, at));
                 }
                 Ok(Event::Done(r)) => {
-                    let _ = thread.join();
+                    let _ = held.thread.join();
                     return Err(match r {
-                        Err(e) => {
-                            // The images directory is removed after a failure.
-                            let keep = plan
-                                .images_dir
-                                .parent()
-                                .and_then(Path::parent)
-                                .unwrap_or(Path::new("/tmp"));
-                            super::keep_log(
-                                e.to_string(),
-                                &plan.images_dir,
-                                migrate::mode::DUMP_LOG,
-                                keep,
-                                &crate::id::file_name(&self.id, "-dump.log"),
-                            )
-                            .into()
-                        }
+                        Err(e) => self.dump_failed(plan, e.to_string()),
                         Ok(_) => "the dump finished without stopping at post-dump".into(),
                     });
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let (Some(cg), None) = (&cgroup, frozen_done) {
-                        match cg.freezer_state() {
-                            Ok(FreezerState::Frozen) => {
-                                let now = Instant::now();
-                                frozen_at.get_or_insert(now);
-                                frozen_done = Some(now);
-                            }
-                            Ok(FreezerState::Freezing) => {
-                                frozen_at.get_or_insert_with(Instant::now);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => watch.poll(cgroup.as_ref()),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = thread.join();
+                    let _ = held.thread.join();
                     return Err("the dump thread ended without a result".into());
                 }
             }

@@ -14,14 +14,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::files::{self, Manifest, SendOptions};
-use crate::host::{DestInfo, SourceHost, SourceInfo};
-use crate::mode::{self, Iteration, Mode, ModeRequest, PageServerTarget, PreCopyPolicy, PAGE_SIZE};
-use crate::proto::{self, Msg, Outcome};
+use crate::host::SourceHost;
+pub use crate::info::CommitInfo;
+use crate::info::{DestInfo, SourceInfo};
+use crate::mode::{
+    self, Iteration, Mode, ModeRequest, PageServerTarget, PreCopyPolicy, Route, PAGE_SIZE,
+};
+use crate::proto::{self, Msg};
 use crate::report::{Meter, Phase, Progress, Report, Timings};
 use crate::tls::Security;
 use crate::transport::{self, Channel};
 use crate::wire::Compression;
 use crate::{CancelToken, Error, RootfsMode, Timeouts};
+pub use switchover::ask_outcome;
+
+mod switchover;
 
 /// What `ferry migrate` asks for.
 #[derive(Debug, Clone)]
@@ -79,43 +86,6 @@ pub enum SourceState {
     /// The commit was sent and its outcome is unknown: the container is
     /// left frozen on the source so that it never runs twice.
     InDoubt,
-}
-
-/// What it takes to ask the destination about a migration's commit, for
-/// a runtime that must learn the outcome after this process is gone.
-#[derive(Debug, Clone)]
-pub struct CommitInfo {
-    pub to: SocketAddr,
-    /// The name the destination's certificate must carry.
-    pub server_name: String,
-    pub security: Security,
-    pub migration_id: String,
-}
-
-/// Asks the destination, on fresh connections, what became of the
-/// migration in `info`, until it knows or `deadline` passes.
-pub fn ask_outcome(info: &CommitInfo, reply: Duration, deadline: Duration) -> Option<Outcome> {
-    let deadline = Instant::now() + deadline;
-    while Instant::now() < deadline {
-        let asked = (|| -> Result<Outcome, Error> {
-            let mut ch = transport::connect(info.to, &info.server_name, &info.security)?;
-            ch.set_timeout(Some(reply));
-            ch.send(&Msg::Status {
-                migration_id: info.migration_id.clone(),
-            })?;
-            match ch.recv::<Msg>()? {
-                Msg::StatusIs { outcome } => Ok(outcome),
-                m => Err(unexpected("status-is", &m)),
-            }
-        })();
-        match asked {
-            Ok(Outcome::InProgress) | Err(_) => {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Ok(o) => return Some(o),
-        }
-    }
-    None
 }
 
 /// A failed migration: what went wrong, where, and what became of the
@@ -468,14 +438,7 @@ impl Run<'_> {
             }
             let i = history.len() as u32 + 1;
             let target = self.page_server(Some(i))?;
-            let (plan, _) = mode::predump_plans(
-                i,
-                work,
-                &dest.images_dir,
-                target,
-                "",
-                self.cfg.security.paths(),
-            );
+            let (plan, _) = mode::predump_plans(i, self.route(work, dest, target));
             std::fs::create_dir_all(&plan.images_dir)
                 .map_err(Error::io("create", &plan.images_dir))?;
             let started = Instant::now();
@@ -497,6 +460,23 @@ impl Run<'_> {
         Ok(history.len() as u32)
     }
 
+    /// Where a dump's memory goes: from `work` here to the destination's
+    /// page server at `target`, writing its images directory.
+    fn route<'a>(
+        &'a self,
+        work: &'a Path,
+        dest: &'a DestInfo,
+        target: PageServerTarget,
+    ) -> Route<'a> {
+        Route {
+            src_root: work,
+            dst_root: &dest.images_dir,
+            target,
+            listen: "",
+            tls: self.cfg.security.paths(),
+        }
+    }
+
     fn dump(&mut self, iterations: u32, work: &Path, dest: &DestInfo) -> Result<(), Error> {
         self.phase = Phase::Dump;
         (self.progress)(&Progress {
@@ -507,14 +487,7 @@ impl Run<'_> {
             eta: None,
         });
         let target = self.page_server(None)?;
-        let (plan, _) = mode::final_dump_plans(
-            iterations,
-            work,
-            &dest.images_dir,
-            target,
-            "",
-            self.cfg.security.paths(),
-        );
+        let (plan, _) = mode::final_dump_plans(iterations, self.route(work, dest, target));
         std::fs::create_dir_all(&plan.images_dir).map_err(Error::io("create", &plan.images_dir))?;
         self.check()?;
         let called = Instant::now();
@@ -564,115 +537,6 @@ impl Run<'_> {
         }
         self.report.timings.restore = t.elapsed();
         Ok(())
-    }
-
-    fn switchover(&mut self) -> Result<(), Error> {
-        self.phase(Phase::Switchover);
-        self.check()?;
-        let info = self.commit_info();
-        self.host
-            .commit_pending(&info)
-            .map_err(Error::host("commit-pending"))?;
-        self.send(&Msg::Commit)?;
-        self.commit_sent = true;
-        match self.recv(self.cfg.timeouts.work)? {
-            Msg::Running => {}
-            m => return Err(unexpected("running", &m)),
-        }
-        self.finish_commit();
-        Ok(())
-    }
-
-    /// The destination runs the container: destroy the source.
-    fn finish_commit(&mut self) {
-        if let Some(f) = self.frozen_at {
-            self.report.timings.downtime = f.elapsed();
-        }
-        if let Some(max) = self.cfg.max_downtime {
-            let d = self.report.timings.downtime;
-            if d > max {
-                self.report.warnings.push(format!(
-                    "downtime {:.0} ms exceeded the target of {} ms",
-                    d.as_secs_f64() * 1e3,
-                    max.as_millis()
-                ));
-            }
-        }
-        if let Err(e) = self.host.destroy() {
-            self.report.warnings.push(format!(
-                "the container runs on the destination, but removing it here failed: {e}"
-            ));
-        }
-    }
-
-    /// Undoes what can be undone after `error`. Returns `Ok` when the
-    /// migration turned out to have succeeded (commit confirmed through a
-    /// status query).
-    fn rollback(&mut self, error: Error) -> Result<(), (Error, SourceState)> {
-        // Cancelling cuts the connection, which can make the step in
-        // progress fail in other ways first.
-        let error = if self.cancel.is_cancelled() {
-            Error::Cancelled
-        } else {
-            error
-        };
-        tracing::warn!(phase = %self.phase, %error, "migration failed, rolling back");
-        if self.commit_sent {
-            match self.ask_outcome() {
-                Some(Outcome::Running) => {
-                    self.report.warnings.push(format!(
-                        "the confirmation was lost ({error}); the destination reports the \
-                         container running"
-                    ));
-                    self.finish_commit();
-                    return Ok(());
-                }
-                Some(Outcome::Aborted) => {}
-                _ => {
-                    self.host.in_doubt();
-                    return Err((error, SourceState::InDoubt));
-                }
-            }
-        } else if let Some(ch) = self.ch.as_mut() {
-            // Best effort: the destination may be gone.
-            ch.set_timeout(Some(Duration::from_secs(2)));
-            let _ = ch.send(&Msg::Abort {
-                reason: error.to_string(),
-            });
-        }
-        if !self.dump_called {
-            return Err((error, SourceState::Untouched));
-        }
-        match self.host.resume() {
-            Ok(()) => Err((error, SourceState::Resumed)),
-            Err(e) => Err((error, SourceState::ResumeFailed(e.to_string()))),
-        }
-    }
-
-    fn commit_info(&self) -> CommitInfo {
-        CommitInfo {
-            to: self.cfg.to,
-            server_name: self
-                .cfg
-                .server_name
-                .clone()
-                .unwrap_or_else(|| self.cfg.to.ip().to_string()),
-            security: self.cfg.security.clone(),
-            migration_id: self.migration_id.clone(),
-        }
-    }
-
-    /// Asks the destination what became of this migration, until it
-    /// knows or `status_deadline` passes.
-    fn ask_outcome(&mut self) -> Option<Outcome> {
-        if let Some(c) = self.ch.as_ref().and_then(|c| c.closer()) {
-            c.close();
-        }
-        ask_outcome(
-            &self.commit_info(),
-            self.cfg.timeouts.reply,
-            self.cfg.status_deadline,
-        )
     }
 
     fn cleanup(&mut self) {

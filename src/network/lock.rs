@@ -1,0 +1,137 @@
+//! Holding a container's traffic while it is frozen: every packet through
+//! the host end is dropped (so TCP peers retransmit once it is released).
+use serde::{Deserialize, Serialize};
+
+use super::run::{Ns, Tool};
+use super::{Result, VethConfig};
+
+/// How traffic through the host end is held while a container is frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMethod {
+    Iptables,
+    Nftables,
+    Skip,
+}
+
+const IPTABLES_RULES: [(&str, &str); 4] = [
+    ("INPUT", "-i"),
+    ("FORWARD", "-i"),
+    ("FORWARD", "-o"),
+    ("OUTPUT", "-o"),
+];
+
+/// nft table names allow letters, digits and `_`.
+fn nft_table(cfg: &VethConfig) -> String {
+    let name: String = cfg
+        .host_if
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("ferry_lock_{name}")
+}
+
+/// `program args` in the host end's namespace.
+fn tool<'a>(
+    cfg: &'a VethConfig,
+    ns: Option<i32>,
+    program: &'static str,
+    args: &'a [&'a str],
+) -> Tool<'a> {
+    Tool {
+        interface: &cfg.host_if,
+        ns: Ns(ns),
+        program,
+        args,
+    }
+}
+
+/// `iptables -w OP CHAIN DIR <host end> -j DROP` for each rule of the lock.
+fn iptables(
+    cfg: &VethConfig,
+    ns: Option<i32>,
+    op: &str,
+    mut each: impl FnMut(Tool) -> Result<()>,
+) -> Result<()> {
+    for (chain, dir) in IPTABLES_RULES {
+        let args = ["-w", op, chain, dir, &cfg.host_if, "-j", "DROP"];
+        each(tool(cfg, ns, "iptables", &args))?;
+    }
+    Ok(())
+}
+
+/// Holds every packet through the host end.
+pub fn lock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
+    lock_in(cfg, method, None)
+}
+
+/// Like [`lock`] for a host end in the network namespace of `host_netns_pid`.
+pub fn lock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>) -> Result<()> {
+    cfg.check_host_if()?;
+    match method {
+        LockMethod::Skip => Ok(()),
+        LockMethod::Nftables => {
+            let t = nft_table(cfg);
+            let script = format!(
+                "table inet {t} {{\n chain lock_in {{ type filter hook input priority -300; iifname \"{i}\" drop; }}\n chain lock_fwd {{ type filter hook forward priority -300; iifname \"{i}\" drop; oifname \"{i}\" drop; }}\n chain lock_out {{ type filter hook output priority -300; oifname \"{i}\" drop; }}\n}}\n",
+                i = cfg.host_if
+            );
+            tool(cfg, host_netns_pid, "nft", &["-f", "-"]).run_with_input(Some(&script))
+        }
+        LockMethod::Iptables => iptables(cfg, host_netns_pid, "-I", |t| t.run()),
+    }
+}
+
+/// Releases [`lock`]; releasing a lock that is not there is not an error.
+pub fn unlock(cfg: &VethConfig, method: LockMethod) -> Result<()> {
+    unlock_in(cfg, method, None)
+}
+
+/// Like [`unlock`] for a host end in the network namespace of `host_netns_pid`.
+pub fn unlock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>) -> Result<()> {
+    match method {
+        LockMethod::Skip => Ok(()),
+        LockMethod::Nftables => {
+            if is_locked_in(cfg, method, host_netns_pid) {
+                let t = nft_table(cfg);
+                tool(cfg, host_netns_pid, "nft", &["delete", "table", "inet", &t]).run()?;
+            }
+            Ok(())
+        }
+        LockMethod::Iptables => iptables(cfg, host_netns_pid, "-C", |check| {
+            // A rule inserted twice is removed twice.
+            while check.succeeds().unwrap_or(false) {
+                let mut args = check.args.to_vec();
+                args[1] = "-D";
+                tool(cfg, host_netns_pid, "iptables", &args).run()?;
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// Whether [`lock`] is in place for this pair.
+pub fn is_locked(cfg: &VethConfig, method: LockMethod) -> bool {
+    is_locked_in(cfg, method, None)
+}
+
+/// Like [`is_locked`] for a host end in the network namespace of `host_netns_pid`.
+pub fn is_locked_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>) -> bool {
+    match method {
+        LockMethod::Skip => false,
+        LockMethod::Nftables => {
+            let t = nft_table(cfg);
+            tool(cfg, host_netns_pid, "nft", &["list", "table", "inet", &t])
+                .succeeds()
+                .unwrap_or(false)
+        }
+        LockMethod::Iptables => {
+            let mut all = true;
+            let _ = iptables(cfg, host_netns_pid, "-C", |check| {
+                all &= check.succeeds().unwrap_or(false);
+                Ok(())
+            });
+            all
+        }
+    }
+}
