@@ -414,9 +414,13 @@ fn inspect_podman_exported_checkpoint() {
     .unwrap();
     assert!(tar.wait().unwrap().success());
     guard.containers.push(name.clone());
+    // runc, named: podman prefers crun where both are installed, and crun
+    // refuses the cgroup v1 hybrid layout.
     run(Command::new("podman").args([
         "run",
         "-d",
+        "--runtime",
+        "runc",
         "--name",
         &name,
         "--ulimit",

@@ -532,6 +532,8 @@ mod tests {
             .arg("10")
             .stdin(Stdio::null())
             .stdout(f)
+            // Not the test's own stderr, which may be a file of any mode.
+            .stderr(Stdio::null())
             .spawn()
             .unwrap()
     }
