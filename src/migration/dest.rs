@@ -382,7 +382,7 @@ impl DestHost for Receiver {
         let _ = cg.remove();
         if busy {
             return Err(format!(
-                "cgroup {path} already holds processes on this host (use another --cgroup-parent)"
+                "cgroup {path} already holds processes on this host (the server's cgroup parent must be one no other container uses)"
             )
             .into());
         }
