@@ -95,6 +95,17 @@ pub enum Error {
     /// setup failed, in its own words.
     #[error("container init: {0}")]
     Init(String),
+    /// The init ended before it reported success or failure.
+    #[error("container init: exited during setup")]
+    InitExited,
+    #[error("container init: exec: the process sent no terminal")]
+    ExecNoTerminal,
+    #[error("container init: exec: the process reported no pid")]
+    ExecNoPid,
+    /// The thread running a held restore ended without sending its result
+    /// (it panicked).
+    #[error("the restore thread ended without a result")]
+    RestoreThreadLost,
     /// The process being set up gave up: its step and errno are kept.
     #[error("container init: {0}")]
     Setup(#[from] crate::sync::Failure),

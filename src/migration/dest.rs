@@ -252,9 +252,7 @@ struct Restoring {
 impl Restoring {
     fn release(self, start: bool) -> RestoreResult {
         let _ = self.decision.send(start);
-        let mut result = Err(crate::Error::Init(
-            "the restore thread ended without a result".into(),
-        ));
+        let mut result = Err(crate::Error::RestoreThreadLost);
         for ev in self.events.iter() {
             if let Event::Done(r) = ev {
                 result = r;
