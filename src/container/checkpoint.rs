@@ -246,10 +246,7 @@ impl CheckpointOptions {
             o.ps = Some(ps).into();
         }
         if let Some(t) = &self.page_server_tls {
-            o.set_tls(true);
-            o.set_tls_cacert(t.ca.to_string_lossy().into_owned());
-            o.set_tls_cert(t.cert.to_string_lossy().into_owned());
-            o.set_tls_key(t.key.to_string_lossy().into_owned());
+            crate::criu::set_tls(o, t);
         }
     }
 }

@@ -414,10 +414,7 @@ impl DestHost for Receiver {
             o.set_parent_img(p.clone());
         }
         if let Some(t) = &plan.tls {
-            o.set_tls(true);
-            o.set_tls_cacert(t.ca.display().to_string());
-            o.set_tls_cert(t.cert.display().to_string());
-            o.set_tls_key(t.key.display().to_string());
+            crate::criu::set_tls(&mut o, t);
         }
         o.set_tls_no_cn_verify(plan.tls_no_cn_verify);
         let criu = super::criu()?;
