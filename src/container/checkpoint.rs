@@ -100,7 +100,6 @@ pub trait PostDump {
 #[derive(Debug)]
 pub struct Checkpointed {
     pub images: PathBuf,
-    pub log: PathBuf,
     pub stats: Option<DumpStats>,
     /// The container was removed after the dump (neither left running nor
     /// stopped, and not a pre-dump).
@@ -505,7 +504,6 @@ impl Container {
                 .or_else(|_| criu::read_dump_stats(&dirs.work))
                 .ok()
         };
-        let log = dirs.log();
         let removed = opts.kills();
         let hook_warnings = if removed {
             drop(lock);
@@ -517,7 +515,6 @@ impl Container {
         };
         Ok(Checkpointed {
             images: dirs.images,
-            log,
             stats,
             removed,
             hook_warnings,
