@@ -21,17 +21,13 @@ fn serial() -> Option<MutexGuard<'static, ()>> {
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A counter container writing to `<work>/<name>-data/count`.
 fn counter(env: &Env, name: &str) -> (String, PathBuf, PathBuf) {
     let id = env.id(name);
     let data = env.work.path().join(format!("{name}-data"));
     std::fs::create_dir_all(&data).unwrap();
     let bundle = counter_bundle(env, name, &data);
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    env.run_detached(&bundle, &id);
     let count = data.join("count");
     assert!(wait_until(Duration::from_secs(5), || read_num(&count)
         .unwrap_or(0)
@@ -41,16 +37,6 @@ fn counter(env: &Env, name: &str) -> (String, PathBuf, PathBuf) {
 
 fn counter_bundle(env: &Env, name: &str, data: &Path) -> PathBuf {
     env.bundle(name, &["sh", "-c", COUNTER], |v| add_bind(v, data, "/data"))
-}
-
-/// The counter moves on from at least `from` (it never restarts at 1).
-fn assert_continues(count: &Path, from: u64) {
-    assert!(
-        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
-            > from + 3),
-        "counter stuck at {:?}, expected it to pass {from}",
-        read_num(count)
-    );
 }
 
 /// Names in `dir`, sorted.

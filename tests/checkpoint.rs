@@ -37,20 +37,6 @@ fn counter(env: &Env, name: &str) -> (String, PathBuf, PathBuf) {
     (id, bundle, count)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The counter moves on from at least `from` (it never restarts at 1).
-fn assert_continues(count: &Path, from: u64) {
-    assert!(
-        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
-            > from + 3),
-        "counter stuck at {:?}, expected it to pass {from}",
-        read_num(count)
-    );
-}
-
 #[test]
 fn counter_continues_through_two_checkpoint_restore_cycles() {
     let Some(_g) = serial() else { return };
@@ -102,13 +88,7 @@ fn leave_running_and_two_copies_with_other_bind_sources() {
     let env = Env::new("copies");
     let (id, _bundle, count) = counter(&env, "c");
     let images = env.work.path().join("img");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &["--leave-running"], &id));
     assert_eq!(env.status(&id), "running");
     let at_dump = read_num(&count).unwrap();
     assert_continues(&count, at_dump);
@@ -119,15 +99,7 @@ fn leave_running_and_two_copies_with_other_bind_sources() {
         let data = env.work.path().join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
         let bundle = env.bundle(name, &["true"], |v| add_bind(v, &data, "/data"));
-        env.ok(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            &cid,
-        ]);
+        env.ok(&restore_args(&bundle, &images, &[], &cid));
         copies.push((cid, data.join("count")));
     }
     for (cid, c) in &copies {
@@ -169,22 +141,14 @@ fn pipes_carry_data_after_restore() {
     assert_eq!(line, "got one\n");
 
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.ok(&checkpoint_args(&images, &[], &id));
     let desc: Vec<String> =
         serde_json::from_str(&std::fs::read_to_string(images.join("descriptors.json")).unwrap())
             .unwrap();
     assert!(desc[0].starts_with("pipe:"), "{desc:?}");
     // Restored with new pipes of the restoring caller.
     let mut child = env
-        .cmd(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            &id,
-        ])
+        .cmd(&restore_args(&bundle, &images, &[], &id))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -214,7 +178,7 @@ fn hooks_fire_on_restore() {
     let env = Env::new("hooks");
     let (id, bundle, count) = counter(&env, "c");
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.ok(&checkpoint_args(&images, &[], &id));
     let log = env.work.path().join("hooks.log");
     let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo {name} \"$s\" >> {}", log.display())]});
     let mut v: Value =
@@ -227,15 +191,7 @@ fn hooks_fire_on_restore() {
     });
     std::fs::write(bundle.join("config.json"), v.to_string()).unwrap();
     let at = read_num(&count).unwrap();
-    env.ok(&[
-        "restore",
-        "-d",
-        "--bundle",
-        s(&bundle),
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&restore_args(&bundle, &images, &[], &id));
     let text = std::fs::read_to_string(&log).unwrap();
     let names: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(names, ["prestart", "createRuntime", "poststart"], "{text}");
@@ -264,21 +220,13 @@ fn memory_survives_byte_for_byte() {
         add_bind(v, &data, "/data")
     });
     std::fs::copy(memhog(), bundle.join("rootfs/memhog")).unwrap();
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    env.run_detached(&bundle, &id);
     assert!(wait_until(Duration::from_secs(60), || data
         .join("sum-before")
         .exists()));
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
-    env.ok(&[
-        "restore",
-        "-d",
-        "--bundle",
-        s(&bundle),
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &[], &id));
+    env.ok(&restore_args(&bundle, &images, &[], &id));
     env.ok(&["kill", &id, "USR1"]);
     assert!(wait_until(Duration::from_secs(30), || data
         .join("sum-after")
@@ -311,7 +259,7 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
     env.set_netns(&host.name);
     let id = env.id("srv");
     let bundle = veth_bundle(&env, "b", 1);
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    env.run_detached(&bundle, &id);
     // A long-lived client connection from the host.
     let mut client = host
         .command(&["busybox", "nc", "10.77.1.2", "7000"])
@@ -329,13 +277,7 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
         }
     }));
     let images = env.work.path().join("img");
-    env.ok(&[
-        "checkpoint",
-        "--tcp-established",
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &["--tcp-established"], &id));
     env.ok(&[
         "restore",
         "-d",
@@ -380,20 +322,14 @@ fn unsupported_modes_fail_before_freezing() {
     let features = ferry::criu::Criu::new().unwrap().features().unwrap();
     let images = env.work.path().join("img");
     if !features.mem_track {
-        let err = env.fail(&["checkpoint", "--pre-dump", "--image-path", s(&images), &id]);
+        let err = env.fail(&checkpoint_args(&images, &["--pre-dump"], &id));
         assert!(
             err.contains("pre-dump") && err.contains("soft-dirty"),
             "{err}"
         );
     }
     if !features.lazy_pages {
-        let err = env.fail(&[
-            "checkpoint",
-            "--lazy-pages",
-            "--image-path",
-            s(&images),
-            &id,
-        ]);
+        let err = env.fail(&checkpoint_args(&images, &["--lazy-pages"], &id));
         assert!(err.contains("lazy pages"), "{err}");
     }
     assert_eq!(env.status(&id), "running");
@@ -417,12 +353,12 @@ fn bad_input_gets_one_line_and_loses_nothing() {
     let w = env.work.path();
 
     // Checkpoint of a nonexistent container.
-    let err = env.fail(&["checkpoint", "--image-path", s(&w.join("x")), "nosuch"]);
+    let err = env.fail(&checkpoint_args(&w.join("x"), &[], "nosuch"));
     assert!(err.contains("does not exist"), "{err}");
     // Image path that is a file.
     let file = w.join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let err = env.fail(&["checkpoint", "--image-path", s(&file), &id]);
+    let err = env.fail(&checkpoint_args(&file, &[], &id));
     assert!(err.contains("not a directory"), "{err}");
     // Image path that cannot be written (a read-only bind mount).
     let ro = w.join("ro");
@@ -446,7 +382,7 @@ fn bad_input_gets_one_line_and_loses_nothing() {
         )
         .is_ok();
     if mounted {
-        let err = env.fail(&["checkpoint", "--image-path", s(&ro), &id]);
+        let err = env.fail(&checkpoint_args(&ro, &[], &id));
         assert!(err.contains("not writable"), "{err}");
         let _ = nix::mount::umount2(&ro, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -454,17 +390,7 @@ fn bad_input_gets_one_line_and_loses_nothing() {
     assert_eq!(env.status(&id), "running");
 
     // Restore from a missing dir, an empty dir, another tool's files.
-    let restore = |images: &Path, rid: &str| {
-        env.fail(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(images),
-            rid,
-        ])
-    };
+    let restore = |images: &Path, rid: &str| env.fail(&restore_args(&bundle, images, &[], rid));
     let rid = env.id("r");
     let err = restore(&w.join("missing"), &rid);
     assert!(err.contains("No such file"), "{err}");
@@ -487,13 +413,7 @@ fn bad_input_gets_one_line_and_loses_nothing() {
 
     // A real checkpoint (left running), then damaged copies of it.
     let images = w.join("img");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &["--leave-running"], &id));
     assert_eq!(env.status(&id), "running");
     let copy = |name: &str| {
         let d = w.join(name);
@@ -555,7 +475,7 @@ fn bad_input_gets_one_line_and_loses_nothing() {
     // Stopped container.
     env.ok(&["kill", &id, "KILL"]);
     assert!(wait_until(Duration::from_secs(5), || env.status(&id) == "stopped"));
-    let err = env.fail(&["checkpoint", "--image-path", s(&w.join("y")), &id]);
+    let err = env.fail(&checkpoint_args(&w.join("y"), &[], &id));
     assert!(err.contains("is stopped"), "{err}");
     env.ok(&["delete", &id]);
 }
@@ -569,7 +489,7 @@ fn criu_missing_or_too_old_is_named() {
     let images = env.work.path().join("img");
     let run = |criu: &Path| {
         let out = env
-            .cmd(&["checkpoint", "--image-path", s(&images), &id])
+            .cmd(&checkpoint_args(&images, &[], &id))
             .env("FERRY_CRIU", criu)
             .output()
             .unwrap();
@@ -654,7 +574,7 @@ fn terminal_container_gets_a_pty_back_on_restore() {
     assert!(seen.contains("before-42\r\n"), "{seen:?}");
 
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.ok(&checkpoint_args(&images, &[], &id));
     env.assert_gone(&id);
     drop(f);
 
@@ -662,17 +582,12 @@ fn terminal_container_gets_a_pty_back_on_restore() {
     let listener2 = std::os::unix::net::UnixListener::bind(&sock2).unwrap();
     let err2 = env.work.path().join("restore.err");
     let mut child = env
-        .cmd(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            "--console-socket",
-            s(&sock2),
+        .cmd(&restore_args(
+            &bundle,
+            &images,
+            &["--console-socket", s(&sock2)],
             &id,
-        ])
+        ))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err2).unwrap())
         .spawn()

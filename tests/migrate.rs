@@ -17,16 +17,6 @@ use common::hosts::*;
 use common::*;
 use serde_json::{json, Value};
 
-/// The counter goes on from at least `from` (never restarts at 1).
-fn assert_continues(count: &Path, from: u64) {
-    assert!(
-        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
-            > from + 3),
-        "counter stuck at {:?}, expected it to pass {from}",
-        read_num(count)
-    );
-}
-
 /// One clear line, then whatever else.
 fn failure_line(out: &Output) -> String {
     assert!(!out.status.success(), "unexpectedly succeeded");

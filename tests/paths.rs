@@ -25,10 +25,6 @@ fn serial() -> Option<MutexGuard<'static, ()>> {
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A host directory no one has made: the target of the attacks. It must
 /// not exist before or after; it is removed on drop in case it does.
 struct HostTarget(PathBuf);

@@ -186,6 +186,11 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `run -d` of `bundle` as `id`, asserting success.
+    pub fn run_detached(&self, bundle: &Path, id: &str) -> String {
+        self.ok(&["run", "-d", "--bundle", s(bundle), id])
+    }
+
     /// Runs and asserts failure with a one-line message; returns stderr.
     pub fn fail(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -305,6 +310,48 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
 }
 
 /// Reads a number a container writes into a file.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `checkpoint [extra…] --image-path IMAGES ID`.
+pub fn checkpoint_args<'a>(images: &'a Path, extra: &[&'a str], id: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["checkpoint"];
+    v.extend_from_slice(extra);
+    v.extend(["--image-path", s(images), id]);
+    v
+}
+
+/// `restore -d --bundle BUNDLE --image-path IMAGES [extra…] ID`.
+pub fn restore_args<'a>(
+    bundle: &'a Path,
+    images: &'a Path,
+    extra: &[&'a str],
+    id: &'a str,
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "restore",
+        "-d",
+        "--bundle",
+        s(bundle),
+        "--image-path",
+        s(images),
+    ];
+    v.extend_from_slice(extra);
+    v.push(id);
+    v
+}
+
+/// The counter moves on from at least `from` (it never restarts at 1).
+pub fn assert_continues(count: &Path, from: u64) {
+    assert!(
+        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
+            > from + 3),
+        "counter stuck at {:?}, expected it to pass {from}",
+        read_num(count)
+    );
+}
+
 pub fn read_num(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
