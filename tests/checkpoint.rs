@@ -5,43 +5,16 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 
-/// CRIU takes host-wide locks (iptables, its cgroup yard): one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> Option<MutexGuard<'static, ()>> {
-    if !is_root() {
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// A counter container writing to `<work>/<name>-data/count`.
-fn counter(env: &Env, name: &str) -> (String, PathBuf, PathBuf) {
-    let id = env.id(name);
-    let data = env.work.path().join(format!("{name}-data"));
-    std::fs::create_dir_all(&data).unwrap();
-    let bundle = env.bundle(name, &["sh", "-c", COUNTER], |v| {
-        add_bind(v, &data, "/data")
-    });
-    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
-    let count = data.join("count");
-    assert!(wait_until(Duration::from_secs(5), || read_num(&count)
-        .unwrap_or(0)
-        >= 3));
-    (id, bundle, count)
-}
-
 #[test]
 fn counter_continues_through_two_checkpoint_restore_cycles() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("cycle");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let mut last = 0;
     for round in 0..2 {
         let images = env.work.path().join(format!("img{round}"));
@@ -84,9 +57,9 @@ fn counter_continues_through_two_checkpoint_restore_cycles() {
 
 #[test]
 fn leave_running_and_two_copies_with_other_bind_sources() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("copies");
-    let (id, _bundle, count) = counter(&env, "c");
+    let (id, _bundle, count) = env.counter("c");
     let images = env.work.path().join("img");
     env.ok(&checkpoint_args(&images, &["--leave-running"], &id));
     assert_eq!(env.status(&id), "running");
@@ -123,7 +96,7 @@ fn leave_running_and_two_copies_with_other_bind_sources() {
 
 #[test]
 fn pipes_carry_data_after_restore() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("pipes");
     let id = env.id("echo");
     let bundle = env.bundle(
@@ -174,9 +147,9 @@ fn pipes_carry_data_after_restore() {
 
 #[test]
 fn hooks_fire_on_restore() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("hooks");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let images = env.work.path().join("img");
     env.ok(&checkpoint_args(&images, &[], &id));
     let log = env.work.path().join("hooks.log");
@@ -210,7 +183,7 @@ fn hooks_fire_on_restore() {
 
 #[test]
 fn memory_survives_byte_for_byte() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("mem");
     let id = env.id("c");
     let data = env.work.path().join("data");
@@ -253,7 +226,7 @@ fn veth_bundle(env: &Env, name: &str, net: u8) -> PathBuf {
 
 #[test]
 fn veth_server_answers_after_restore_and_established_connection_survives() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let host = NetNs::new("veth");
     let env = Env::new("veth");
     env.set_netns(&host.name);
@@ -316,9 +289,9 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
 
 #[test]
 fn unsupported_modes_fail_before_freezing() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("modes");
-    let (id, _bundle, count) = counter(&env, "c");
+    let (id, _bundle, count) = env.counter("c");
     let features = ferry::criu::Criu::new().unwrap().features().unwrap();
     let images = env.work.path().join("img");
     if !features.mem_track {
@@ -346,9 +319,9 @@ fn snapshot(env: &Env, id: &str) -> (String, Vec<PathBuf>) {
 
 #[test]
 fn bad_input_gets_one_line_and_loses_nothing() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("bad");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let before = snapshot(&env, &id);
     let w = env.work.path();
 
@@ -482,9 +455,9 @@ fn bad_input_gets_one_line_and_loses_nothing() {
 
 #[test]
 fn criu_missing_or_too_old_is_named() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("criu");
-    let (id, _bundle, _count) = counter(&env, "c");
+    let (id, _bundle, _count) = env.counter("c");
     let before = snapshot(&env, &id);
     let images = env.work.path().join("img");
     let run = |criu: &Path| {
@@ -536,7 +509,7 @@ fn read_until(f: &mut std::fs::File, want: &str) -> String {
 
 #[test]
 fn terminal_container_gets_a_pty_back_on_restore() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("tty");
     let id = env.id("c");
     let bundle = env.bundle("b", &["sh"], |v| v["process"]["terminal"] = json!(true));

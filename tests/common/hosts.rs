@@ -380,9 +380,7 @@ impl World {
         let bundle = self.bundle(name, &["sh", "-c", COUNTER], &data, |_| {});
         self.a.start(&id, &bundle);
         let count = data.join("count");
-        assert!(wait_until(Duration::from_secs(5), || read_num(&count)
-            .unwrap_or(0)
-            >= 3));
+        wait_counting(&count);
         (id, count)
     }
 

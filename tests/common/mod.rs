@@ -186,6 +186,24 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A running counter container writing to `<work>/<name>-data/count`;
+    /// returns (id, bundle, count file).
+    pub fn counter(&self, name: &str) -> (String, PathBuf, PathBuf) {
+        let id = self.id(name);
+        let data = self.work.path().join(format!("{name}-data"));
+        std::fs::create_dir_all(&data).unwrap();
+        let bundle = self.counter_bundle(name, &data);
+        self.run_detached(&bundle, &id);
+        let count = data.join("count");
+        wait_counting(&count);
+        (id, bundle, count)
+    }
+
+    /// A bundle counting into `data` (bound on /data).
+    pub fn counter_bundle(&self, name: &str, data: &Path) -> PathBuf {
+        self.bundle(name, &["sh", "-c", COUNTER], |v| add_bind(v, data, "/data"))
+    }
+
     /// `run -d` of `bundle` as `id`, asserting success.
     pub fn run_detached(&self, bundle: &Path, id: &str) -> String {
         self.ok(&["run", "-d", "--bundle", s(bundle), id])
@@ -340,6 +358,24 @@ pub fn restore_args<'a>(
     v.extend_from_slice(extra);
     v.push(id);
     v
+}
+
+/// CRIU takes host-wide locks (iptables, its cgroup yard): the tests of a
+/// binary that run it hold this, one at a time. `None` when not root (the
+/// test returns).
+pub fn criu_lock() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if !is_root() {
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Waits until a counter container has counted to 3 in `count`.
+pub fn wait_counting(count: &Path) {
+    assert!(wait_until(Duration::from_secs(5), || read_num(count)
+        .unwrap_or(0)
+        >= 3));
 }
 
 /// The counter moves on from at least `from` (it never restarts at 1).
