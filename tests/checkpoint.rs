@@ -30,18 +30,8 @@ fn counter_continues_through_two_checkpoint_restore_cycles() {
             "counter moved while checkpointed"
         );
         // Stats as JSON with --log-format json.
-        let out = env.ok(&[
-            "--log-format",
-            "json",
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            "--stats",
-            &id,
-        ]);
+        let json = ["--stats", "--log-format", "json"];
+        let out = env.ok(&restore_args(&bundle, &images, &json, &id));
         let stats: Value = serde_json::from_str(out.trim()).unwrap();
         assert!(stats["restore_time_us"].as_u64().unwrap() > 0, "{stats}");
         assert_eq!(env.status(&id), "running");

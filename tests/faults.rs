@@ -197,15 +197,7 @@ fn killed_restore_never_touches_the_bundle_and_delete_force_removes_everything()
     let mut cut_short = 0;
     for ms in DELAYS_MS {
         let id = env.id(&format!("r{ms}"));
-        let args = [
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            &id,
-        ];
+        let args = restore_args(&bundle, &images, &[], &id);
         killed += kill_after(spawn(&env, &args), ms) as usize;
         let ctx = format!("restore killed after {ms} ms");
         let st = check_after_kill(
