@@ -255,11 +255,27 @@ fn limits_tasks_freeze_stats_and_remove() {
     );
 
     let stats = cg.stats().expect("stats");
-    assert!(stats.cpu_usage_ns > 0, "{stats:?}");
-    assert!(stats.memory_usage > 0, "{stats:?}");
-    assert!(stats.pids_current >= 1, "{stats:?}");
-    assert_eq!(stats.memory_limit, 64 << 20, "{stats:?}");
-    assert_eq!(stats.pids_limit, 32, "{stats:?}");
+    assert!(stats.cpu.usage.total > 0, "{stats:?}");
+    assert!(stats.memory.usage.usage > 0, "{stats:?}");
+    assert!(!stats.memory.raw.is_empty(), "{stats:?}");
+    assert!(stats.pids.current >= 1, "{stats:?}");
+    assert_eq!(stats.memory.usage.limit, 64 << 20, "{stats:?}");
+    assert_eq!(stats.pids.limit, 32, "{stats:?}");
+    // Both versions report swap as memory+swap, as configured.
+    if desc.unified
+        || desc.dirs["memory"]
+            .join("memory.memsw.limit_in_bytes")
+            .exists()
+    {
+        assert_eq!(stats.memory.swap.limit, 128 << 20, "{stats:?}");
+        assert!(
+            stats.memory.swap.usage >= stats.memory.usage.usage,
+            "{stats:?}"
+        );
+    }
+    // The quota (50 ms per 100 ms) is enforced in periods the kernel counts.
+    assert!(stats.cpu.throttling.periods > 0, "{stats:?}");
+    assert!(!stats.cpuset.cpus.is_empty(), "{stats:?}");
 
     // A non-empty cgroup cannot be removed; the error names the directory.
     let err = cg.remove().expect_err("remove of a busy cgroup");
@@ -355,7 +371,7 @@ fn descriptor_json_round_trip_loads_the_same_cgroup() {
     loaded
         .apply(&resources(serde_json::json!({ "pids": { "limit": 7 } })))
         .expect("apply via loaded handle");
-    assert_eq!(cg.stats().unwrap().pids_limit, 7);
+    assert_eq!(cg.stats().unwrap().pids.limit, 7);
 
     let mut child = guard.children.pop().unwrap();
     child.kill().unwrap();

@@ -145,15 +145,7 @@ pub(super) fn read_file(path: &Path) -> Result<String> {
     })
 }
 
-pub(super) fn read_u64(path: &Path) -> Result<u64> {
-    let text = read_file(path)?;
-    parse_u64_or_max(&text).ok_or_else(|| Error::Cgroup {
-        path: path.display().to_string(),
-        message: format!("expected a number or \"max\", found {:?}", text.trim()),
-    })
-}
-
-fn parse_u64_or_max(text: &str) -> Option<u64> {
+pub(super) fn parse_u64_or_max(text: &str) -> Option<u64> {
     let t = text.trim();
     if t == "max" {
         Some(u64::MAX)
