@@ -1,0 +1,119 @@
+//! A container with a cgroup namespace of its own: its cgroup is `/` to
+//! it, the cgroup mount shows its subtree, and on cgroup v2 (delegated
+//! with nsdelegate) it manages that subtree itself: sub-cgroups, moving
+//! its processes, enabling controllers. Runs in the v2 guest too
+//! (scripts/test-guest.sh, group cgroup-v2).
+mod common;
+
+use common::*;
+
+/// A bundle whose process prints what the test checks, with a cgroup
+/// namespace and (unlike runc's default) a writable cgroup mount.
+fn bundle(env: &Env, script: &str) -> std::path::PathBuf {
+    env.bundle("b", &["sh", "-c", script], |v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(serde_json::json!({"type": "cgroup"}));
+        for m in v["mounts"].as_array_mut().unwrap() {
+            if m["type"] == "cgroup" {
+                let opts = m["options"].as_array_mut().unwrap();
+                opts.retain(|o| o != "ro");
+                opts.push("rw".into());
+            }
+        }
+    })
+}
+
+fn v2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+#[test]
+fn own_cgroup_is_the_root_in_its_namespace() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new("cgns");
+    let id = env.id("c");
+    let b = bundle(
+        &env,
+        "cat /proc/self/cgroup; echo ---; cat /proc/self/mountinfo",
+    );
+    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), &id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cgroup, mountinfo) = text.split_once("---\n").unwrap();
+    // Every hierarchy (the one of v2, each of v1) says "/".
+    assert!(!cgroup.trim().is_empty());
+    for line in cgroup.lines() {
+        assert!(line.ends_with(":/"), "{line} in\n{cgroup}");
+    }
+    // The cgroup mount is at /sys/fs/cgroup and, on v2, its root is the
+    // namespace's root.
+    let mount = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/sys/fs/cgroup"))
+        .unwrap_or_else(|| panic!("no /sys/fs/cgroup in\n{mountinfo}"));
+    if v2() {
+        assert_eq!(mount.split_whitespace().nth(3), Some("/"), "{mount}");
+        assert!(mount.contains(" - cgroup2 "), "{mount}");
+    }
+    env.assert_gone(&id);
+}
+
+#[test]
+fn container_manages_its_delegated_subtree() {
+    if !is_root() {
+        return;
+    }
+    if !v2() {
+        skip("needs pure cgroup v2 (runs in the guest: scripts/test-guest.sh cgroup-v2)");
+        return;
+    }
+    let env = Env::new("cgdel");
+    let id = env.id("c");
+    // The init (the only process) moves itself into a child, then, with
+    // the root empty, enables pids for the children and limits one.
+    let script = "set -e; cd /sys/fs/cgroup; cat cgroup.procs; mkdir child; \
+        echo $$ > child/cgroup.procs; cat /proc/self/cgroup; \
+        echo +pids > cgroup.subtree_control; cat child/cgroup.controllers; \
+        echo 5 > child/pids.max; cat child/pids.max; echo ok";
+    let b = bundle(&env, script);
+    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), &id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    // Its cgroup listed only itself (pid 1 in its pid namespace).
+    assert_eq!(lines[0], "1", "{text}");
+    assert_eq!(lines[1], "0::/child", "{text}");
+    assert!(lines[2].split_whitespace().any(|c| c == "pids"), "{text}");
+    assert_eq!(lines[3], "5", "{text}");
+    assert_eq!(lines[4], "ok", "{text}");
+    // The sub-cgroup it made went with the container.
+    env.assert_gone(&id);
+}
+
+#[test]
+fn read_only_cgroup_mount_refuses_sub_cgroups() {
+    if !is_root() || !v2() {
+        return;
+    }
+    let env = Env::new("cgro");
+    let id = env.id("c");
+    let b = env.bundle("b", &["sh", "-c", "mkdir /sys/fs/cgroup/child"], |v| {
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(serde_json::json!({"type": "cgroup"}));
+    });
+    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), &id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    env.assert_gone(&id);
+}
