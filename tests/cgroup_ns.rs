@@ -77,7 +77,7 @@ fn container_manages_its_delegated_subtree() {
     let id = env.id("c");
     // The init (the only process) moves itself into a child, then, with
     // the root empty, enables pids for the children and limits one.
-    let script = "set -e; cd /sys/fs/cgroup; cat cgroup.procs; mkdir child; \
+    let script = "set -e; cd /sys/fs/cgroup; procs=$(cat cgroup.procs); echo $procs; mkdir child; \
         echo $$ > child/cgroup.procs; cat /proc/self/cgroup; \
         echo +pids > cgroup.subtree_control; cat child/cgroup.controllers; \
         echo 5 > child/pids.max; cat child/pids.max; echo ok";
@@ -90,8 +90,8 @@ fn container_manages_its_delegated_subtree() {
         String::from_utf8_lossy(&out.stderr)
     );
     let lines: Vec<&str> = text.lines().collect();
-    // Its cgroup listed only itself (pid 1 in its pid namespace).
-    assert_eq!(lines[0], "1", "{text}");
+    // Its cgroup listed only itself (pid 1 in its pid namespace) and cat.
+    assert_eq!(lines[0].split_whitespace().next(), Some("1"), "{text}");
     assert_eq!(lines[1], "0::/child", "{text}");
     assert!(lines[2].split_whitespace().any(|c| c == "pids"), "{text}");
     assert_eq!(lines[3], "5", "{text}");
@@ -100,20 +100,50 @@ fn container_manages_its_delegated_subtree() {
     env.assert_gone(&id);
 }
 
+/// `ferry check` tries each cgroup feature where containers go and lists
+/// the controllers a container's cgroup really gets; it leaves no cgroup.
 #[test]
-fn read_only_cgroup_mount_refuses_sub_cgroups() {
-    if !is_root() || !v2() {
+fn check_measures_what_a_containers_cgroup_can_do() {
+    if !is_root() {
         return;
     }
-    let env = Env::new("cgro");
-    let id = env.id("c");
-    let b = env.bundle("b", &["sh", "-c", "mkdir /sys/fs/cgroup/child"], |v| {
-        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
-        ns.push(serde_json::json!({"type": "cgroup"}));
-    });
-    let out = env.run(&["run", "--bundle", b.to_str().unwrap(), &id]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Read-only file system"), "{err}");
-    env.assert_gone(&id);
+    let out = std::process::Command::new(ferry_bin())
+        .args(["check", "--format", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let controllers: Vec<&str> = v["cgroup_controllers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for c in ["memory", "pids", "cpu"] {
+        assert!(controllers.contains(&c), "{c} missing: {controllers:?}");
+    }
+    let caps = v["capabilities"].as_array().unwrap();
+    for name in ["cgroup-freezer", "cgroup-devices", "cgroup-namespace"] {
+        let c = caps.iter().find(|c| c["name"] == name).unwrap();
+        assert_eq!(c["status"], "works", "{c}");
+    }
+    let ns = caps
+        .iter()
+        .find(|c| c["name"] == "cgroup-namespace")
+        .unwrap();
+    if v2() {
+        // The guest mounts cgroup2 with nsdelegate, as systemd does.
+        assert!(
+            ns["detail"].as_str().unwrap().contains("nsdelegate"),
+            "{ns}"
+        );
+    }
+    // The probe's cgroup is gone.
+    let left: Vec<_> = cgroup_dirs("ferry")
+        .into_iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("check-"))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

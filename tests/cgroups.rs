@@ -533,6 +533,8 @@ fn resources_map_as_runc_does() {
     }
     let hugetlb_here = v2 || Path::new("/sys/fs/cgroup/hugetlb").is_dir();
     if let (Some(size), true) = (sizes.first(), hugetlb_here) {
+        // The kernel rounds a limit down to whole pages: 4 MiB of the
+        // smallest size.
         res["hugepageLimits"] = serde_json::json!([{ "pageSize": size, "limit": 4 << 20 }]);
     }
     let cg = Cgroup::create(&format!("/{name}"), Some(&resources(res.clone()))).expect("create");

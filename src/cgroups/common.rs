@@ -182,6 +182,30 @@ pub(super) fn unique_dirs(dirs: &BTreeMap<String, PathBuf>) -> Vec<PathBuf> {
     set.into_iter().cloned().collect()
 }
 
+/// Removes the cgroups below `dir`, deepest first, as a container that
+/// manages its own subtree (cgroup namespace, nsdelegate) leaves them:
+/// `dir` itself can only go once they are gone. Only directories of the
+/// same filesystem, only by rmdir (which the kernel refuses for a cgroup
+/// that still has processes or children); failures show in what is left.
+pub(super) fn remove_children(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() && meta.dev() == top.dev() {
+            remove_children(&e.path());
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
 /// The highest ancestor of `dir` (or `dir` itself) that does not exist yet.
 pub(super) fn topmost_missing(dir: &Path) -> Option<PathBuf> {
     if dir.exists() {

@@ -40,7 +40,9 @@ use cgroups_rs::CgroupPid;
 use oci_spec::runtime::LinuxResources;
 use serde::Serialize;
 
-use common::{read_file, remove_created, topmost_missing, unique_dirs, CgroupManager};
+use common::{
+    read_file, remove_children, remove_created, topmost_missing, unique_dirs, CgroupManager,
+};
 pub use descriptor::{mount_subdir, CgroupDescriptor};
 use error::backend;
 pub use error::{Error, Result};
@@ -192,6 +194,9 @@ impl Cgroup {
         let left = || -> Vec<PathBuf> { all.iter().filter(|d| d.exists()).cloned().collect() };
         let mut delay = Duration::from_millis(5);
         for attempt in 0..5 {
+            for dir in &all {
+                remove_children(dir);
+            }
             // cgroups-rs retries busy directories itself on v1; its errors
             // are judged by what is left afterwards.
             let _ = self.inner().delete();

@@ -245,19 +245,29 @@ pub(super) fn parse_list(text: &str) -> Vec<u16> {
     out
 }
 
-/// The huge page sizes the kernel offers, named as runc names them
+/// The huge page sizes the kernel offers, smallest first, named as runc names them
 /// (`hugepages-2048kB` → `2MB`), which is also how the hugetlb files are
 /// named (`hugetlb.2MB.current`).
 pub fn hugepage_sizes() -> Vec<String> {
     let Ok(rd) = fs::read_dir("/sys/kernel/mm/hugepages") else {
         return Vec::new();
     };
-    let mut sizes: Vec<String> = rd
+    let mut sizes: Vec<(u64, String)> = rd
         .flatten()
-        .filter_map(|e| size_name(e.file_name().to_str()?))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((kilobytes(&name)?, size_name(&name)?))
+        })
         .collect();
     sizes.sort();
-    sizes
+    sizes.into_iter().map(|(_, name)| name).collect()
+}
+
+fn kilobytes(dir: &str) -> Option<u64> {
+    dir.strip_prefix("hugepages-")?
+        .strip_suffix("kB")?
+        .parse()
+        .ok()
 }
 
 fn size_name(dir: &str) -> Option<String> {
