@@ -524,7 +524,7 @@ fn resources_map_as_runc_does() {
     let sizes = ferry::cgroups::hugepage_sizes();
     let v2 = ferry::cgroups::CgroupLayout::host().is_v2();
     let mut res = serde_json::json!({
-        "memory": { "limit": 67108864, "swap": 67108864, "kernel": 1048576 },
+        "memory": { "limit": 67108864, "swap": 67108864, "kernel": 1048576, "reservation": -1 },
         "pids": { "limit": 0 },
         "cpu": { "shares": 2048, "period": 50000 }
     });
@@ -543,6 +543,7 @@ fn resources_map_as_runc_does() {
     if v2 {
         let d = &desc.dirs["unified"];
         assert_eq!(read(&d.join("memory.max")), "67108864");
+        assert_eq!(read(&d.join("memory.low")), "max");
         // swap == limit: no swap at all.
         if d.join("memory.swap.max").exists() {
             assert_eq!(read(&d.join("memory.swap.max")), "0");

@@ -103,9 +103,19 @@ fn memory(b: &dyn CgroupManager, m: &LinuxMemory) -> Result<()> {
     }
     let ctl = b.handle().controller::<MemController>("memory")?;
     let dir = ctl.path();
-    set(dir, "memory.reservation", m.reservation(), |v| {
-        ctl.set_soft_limit(v)
-    })?;
+    match m.reservation() {
+        // v2's memory.low takes "max" for no limit, not -1.
+        Some(-1) if b.handle().desc.is_v2() => {
+            write_beneath(dir, "memory.low", "max").map_err(|e| Error::Refused {
+                path: dir.to_path_buf(),
+                setting: "memory.reservation".into(),
+                value: "-1".into(),
+                detail: e.to_string(),
+                hint: "see the kernel's cgroup-v2 documentation for memory.low",
+            })?
+        }
+        r => set(dir, "memory.reservation", r, |v| ctl.set_soft_limit(v))?,
+    }
     match m.swap() {
         None => set(dir, "memory.limit", m.limit(), |v| ctl.set_limit(v))?,
         Some(swap) => b.set_limit_and_swap(ctl, m.limit(), swap)?,
