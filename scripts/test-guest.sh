@@ -17,8 +17,8 @@ log() { echo "test-guest: $*" >&2; }
 # container start costs seconds, so whole binaries that only repeat host-side logic stay on
 # the host suite.
 declare -A GROUPS_=(
-  [cgroup-v2]="cgroups;runtime deny_all_devices lifecycle_create_start_kill_delete pause_and_resume exec_ps_events_and_update;criu_client"
-  [checkpoint]="checkpoint counter_continues leave_running_and_two_copies memory_survives_byte_for_byte"
+  [cgroup-v2]="cgroups;cgroup_ns;runc_parity events_stats_have_runcs_fields_and_units;runtime deny_all_devices lifecycle_create_start_kill_delete pause_and_resume exec_ps_events_and_update;criu_client"
+  [checkpoint]="checkpoint counter_continues leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
   [migrate]="migrate counter_moves_to_b_and_back"
   [podman]="podman"
 )

@@ -255,11 +255,27 @@ fn limits_tasks_freeze_stats_and_remove() {
     );
 
     let stats = cg.stats().expect("stats");
-    assert!(stats.cpu_usage_ns > 0, "{stats:?}");
-    assert!(stats.memory_usage > 0, "{stats:?}");
-    assert!(stats.pids_current >= 1, "{stats:?}");
-    assert_eq!(stats.memory_limit, 64 << 20, "{stats:?}");
-    assert_eq!(stats.pids_limit, 32, "{stats:?}");
+    assert!(stats.cpu.usage.total > 0, "{stats:?}");
+    assert!(stats.memory.usage.usage > 0, "{stats:?}");
+    assert!(!stats.memory.raw.is_empty(), "{stats:?}");
+    assert!(stats.pids.current >= 1, "{stats:?}");
+    assert_eq!(stats.memory.usage.limit, 64 << 20, "{stats:?}");
+    assert_eq!(stats.pids.limit, 32, "{stats:?}");
+    // Both versions report swap as memory+swap, as configured.
+    if desc.unified
+        || desc.dirs["memory"]
+            .join("memory.memsw.limit_in_bytes")
+            .exists()
+    {
+        assert_eq!(stats.memory.swap.limit, 128 << 20, "{stats:?}");
+        assert!(
+            stats.memory.swap.usage >= stats.memory.usage.usage,
+            "{stats:?}"
+        );
+    }
+    // The quota (50 ms per 100 ms) is enforced in periods the kernel counts.
+    assert!(stats.cpu.throttling.periods > 0, "{stats:?}");
+    assert!(!stats.cpuset.cpus.is_empty(), "{stats:?}");
 
     // A non-empty cgroup cannot be removed; the error names the directory.
     let err = cg.remove().expect_err("remove of a busy cgroup");
@@ -355,7 +371,7 @@ fn descriptor_json_round_trip_loads_the_same_cgroup() {
     loaded
         .apply(&resources(serde_json::json!({ "pids": { "limit": 7 } })))
         .expect("apply via loaded handle");
-    assert_eq!(cg.stats().unwrap().pids_limit, 7);
+    assert_eq!(cg.stats().unwrap().pids.limit, 7);
 
     let mut child = guard.children.pop().unwrap();
     child.kill().unwrap();
@@ -375,8 +391,8 @@ fn refused_resource_is_a_clear_error_and_leaves_nothing() {
         (serde_json::json!({ "cpu": { "quota": 500 } }), "cpu.quota"),
         (serde_json::json!({ "cpu": { "cpus": "9999" } }), "cpu.cpus"),
         (
-            serde_json::json!({ "memory": { "kernel": 1048576 } }),
-            "memory.kernel",
+            serde_json::json!({ "hugepageLimits": [{ "pageSize": "3MB", "limit": 0 }] }),
+            "hugepageLimits",
         ),
     ] {
         let name = unique();
@@ -493,4 +509,90 @@ fn device_program_is_enforced_by_the_kernel() {
         rc, 0,
         "replaced device program not in force (exit code = check)"
     );
+}
+
+/// runc's mapping of `linux.resources` on each version: kernel memory
+/// ignored, pids 0 left alone, hugetlb per page size, and on v2 the
+/// shares-to-weight conversion, `cpu.max`, memory+swap as swap alone and
+/// `unified` keys written as is but only inside the cgroup.
+#[test]
+fn resources_map_as_runc_does() {
+    require_root!();
+    let name = unique();
+    let mut guard = Guard::new();
+    guard.names.push(name.clone());
+    let sizes = ferry::cgroups::hugepage_sizes();
+    let v2 = ferry::cgroups::CgroupLayout::host().is_v2();
+    let mut res = serde_json::json!({
+        "memory": { "limit": 67108864, "swap": 67108864, "kernel": 1048576, "reservation": -1 },
+        "pids": { "limit": 0 },
+        "cpu": { "shares": 2048, "period": 50000 }
+    });
+    if v2 {
+        res["unified"] = serde_json::json!({ "memory.high": "50331648", "pids.max": "9" });
+    }
+    let hugetlb_here = v2 || Path::new("/sys/fs/cgroup/hugetlb").is_dir();
+    if let (Some(size), true) = (sizes.first(), hugetlb_here) {
+        // The kernel rounds a limit down to whole pages: 4 MiB of the
+        // smallest size.
+        res["hugepageLimits"] = serde_json::json!([{ "pageSize": size, "limit": 4 << 20 }]);
+    }
+    let cg = Cgroup::create(&format!("/{name}"), Some(&resources(res.clone()))).expect("create");
+    guard.desc = Some(cg.descriptor().clone());
+    let desc = cg.descriptor().clone();
+    if v2 {
+        let d = &desc.dirs["unified"];
+        assert_eq!(read(&d.join("memory.max")), "67108864");
+        assert_eq!(read(&d.join("memory.low")), "max");
+        // swap == limit: no swap at all.
+        if d.join("memory.swap.max").exists() {
+            assert_eq!(read(&d.join("memory.swap.max")), "0");
+        }
+        assert_eq!(read(&d.join("cpu.weight")), "79");
+        // A period alone leaves the quota unlimited.
+        assert_eq!(read(&d.join("cpu.max")), "max 50000");
+        assert_eq!(read(&d.join("memory.high")), "50331648");
+        assert_eq!(read(&d.join("pids.max")), "9");
+        if let Some(size) = sizes.first() {
+            assert_eq!(read(&d.join(format!("hugetlb.{size}.max"))), "4194304");
+        }
+        // Now a quota alone keeps the period.
+        cg.apply(&resources(serde_json::json!({ "cpu": { "quota": 20000 } })))
+            .expect("quota");
+        assert_eq!(read(&d.join("cpu.max")), "20000 50000");
+        // Shares outside what v1 accepts have no weight.
+        let err = cg
+            .apply(&resources(serde_json::json!({ "cpu": { "shares": 1 } })))
+            .expect_err("shares 1")
+            .to_string();
+        assert!(err.contains("cpu.shares 1 is outside"), "{err}");
+        // Keys that would leave the directory, or name no controller file.
+        for (key, needle) in [
+            ("../cgroup.procs", "no slashes"),
+            ("..", "CONTROLLER.PARAMETER"),
+            ("memory.no_such_file", "no file"),
+        ] {
+            let r = resources(serde_json::json!({ "unified": { key: "1" } }));
+            let err = cg.apply(&r).expect_err(key).to_string();
+            eprintln!("{key}: {err}");
+            assert!(err.contains(needle), "{key}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    } else {
+        assert_eq!(
+            read(&desc.dirs["memory"].join("memory.limit_in_bytes")),
+            "67108864"
+        );
+        assert_eq!(read(&desc.dirs["cpu"].join("cpu.shares")), "2048");
+        if let (Some(size), true) = (sizes.first(), hugetlb_here) {
+            let f = desc.dirs["hugetlb"].join(format!("hugetlb.{size}.limit_in_bytes"));
+            assert_eq!(read(&f), "4194304");
+        }
+    }
+    // pids 0 left the default.
+    let pids_dir = desc.dirs.get("pids").or(desc.dirs.get("unified")).unwrap();
+    if !v2 {
+        assert_eq!(read(&pids_dir.join("pids.max")), "max");
+    }
+    cg.remove().unwrap();
 }

@@ -583,3 +583,123 @@ fn terminal_container_gets_a_pty_back_on_restore() {
     env.ok(&["delete", "--force", &id]);
     env.assert_gone(&id);
 }
+
+/// The cgroup a restored init is in, per /proc/<pid>/cgroup, must be the
+/// one recorded for its container (every hierarchy of it).
+fn assert_in_own_cgroup(env: &Env, cid: &str) {
+    let pid = env.state(cid)["pid"].as_i64().unwrap();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let dirs = env.cgroup_dirs(cid);
+    let mut seen = 0;
+    // Every line: "id:controllers:path" below the container's directories.
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (ctrls, path) = (f.nth(1).unwrap(), f.next().unwrap());
+        // A hybrid host's cgroup2 has no controllers; ferry leaves it be.
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        if ctrls.is_empty() && !v2 {
+            continue;
+        }
+        if dirs
+            .iter()
+            .any(|d| path != "/" && d.ends_with(path.trim_start_matches('/')))
+        {
+            seen += 1;
+        } else {
+            panic!("{cid}: init {pid} is in {line:?}, not in one of {dirs:?}\n{text}");
+        }
+    }
+    assert!(seen > 0, "{text}");
+}
+
+/// The memory limit the kernel enforces on `cid`'s cgroup.
+fn memory_limit(env: &Env, cid: &str) -> u64 {
+    env.cgroup_dirs(cid)
+        .iter()
+        .find_map(|d| {
+            read_num(&d.join("memory.max")).or_else(|| read_num(&d.join("memory.limit_in_bytes")))
+        })
+        .unwrap()
+}
+
+#[test]
+fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
+    let Some(_g) = serial() else { return };
+    let env = Env::new("cgmodes");
+    let id = env.id("c");
+    let data = env.work.path().join("c-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let bundle = env.bundle("c", &["sh", "-c", COUNTER], |v| {
+        add_bind(v, &data, "/data");
+        v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 64u64 << 20});
+    });
+    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    assert!(wait_until(Duration::from_secs(5), || read_num(
+        &data.join("count")
+    )
+    .unwrap_or(0)
+        >= 3));
+    let images = env.work.path().join("img");
+    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.assert_gone(&id);
+    // full and strict would restore the dumped freezer state (frozen) into
+    // the cgroup CRIU restores from: refused, with nothing left behind.
+    for mode in ["full", "strict"] {
+        let cid = env.id(mode);
+        let b = env.bundle(mode, &["true"], |v| add_bind(v, &data, "/data"));
+        let err = env.fail(&[
+            "restore",
+            "-d",
+            "--manage-cgroups-mode",
+            mode,
+            "--bundle",
+            s(&b),
+            "--image-path",
+            s(&images),
+            &cid,
+        ]);
+        assert!(
+            err.contains("freeze itself") && err.contains("soft"),
+            "{err}"
+        );
+        env.assert_gone(&cid);
+    }
+    // soft is CRIU's default, what a restore without the flag gets.
+    for mode in ["soft", "ignore"] {
+        let mut copies = Vec::new();
+        for (n, mib) in [(1, 48u64), (2, 80)] {
+            let name = format!("{mode}{n}");
+            let cid = env.id(&name);
+            let cdata = env.work.path().join(format!("{name}-data"));
+            std::fs::create_dir_all(&cdata).unwrap();
+            let b = env.bundle(&name, &["true"], |v| {
+                add_bind(v, &cdata, "/data");
+                v["linux"]["resources"]["memory"] = serde_json::json!({"limit": mib << 20});
+            });
+            env.ok(&[
+                "restore",
+                "-d",
+                "--manage-cgroups-mode",
+                mode,
+                "--bundle",
+                s(&b),
+                "--image-path",
+                s(&images),
+                &cid,
+            ]);
+            copies.push((cid, mib, cdata.join("count")));
+        }
+        for (cid, mib, count) in &copies {
+            assert_eq!(env.status(cid), "running", "{mode}");
+            assert_in_own_cgroup(&env, cid);
+            assert_eq!(memory_limit(&env, cid), mib << 20, "{mode}: {cid}");
+            // It goes on from the dumped number, in its own /data.
+            assert_continues(count, read_num(count).unwrap_or(0));
+            assert!(read_num(count).unwrap() > 3, "{mode}: {cid} restarted");
+        }
+        for (cid, ..) in &copies {
+            env.ok(&["delete", "--force", cid]);
+            env.assert_gone(cid);
+        }
+    }
+}

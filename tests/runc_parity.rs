@@ -159,3 +159,130 @@ fn spec_writes_runcs_default_config() {
         .unwrap();
     assert!(!again.status.success());
 }
+
+/// Every key path of a JSON value (objects walked, arrays as leaves).
+fn key_paths(v: &serde_json::Value, at: &str, out: &mut std::collections::BTreeSet<String>) {
+    if let serde_json::Value::Object(m) = v {
+        for (k, child) in m {
+            let p = format!("{at}.{k}");
+            out.insert(p.clone());
+            key_paths(child, &p, out);
+        }
+    }
+}
+
+#[test]
+fn events_stats_have_runcs_fields_and_units() {
+    if !is_root() {
+        return;
+    }
+    let Some(runc) = Runc::new() else {
+        return;
+    };
+    let env = Env::new("stats");
+    // Limits of every kind, so both report the same limits; a shell that
+    // reads a file, so both have counted some cpu time and memory.
+    let bundle = env.bundle(
+        "b",
+        &["sh", "-c", "cat /bin/busybox >/dev/null; sleep 1000"],
+        |v| {
+            v["linux"]["resources"]["memory"] =
+                serde_json::json!({"limit": 67108864, "swap": 134217728});
+            v["linux"]["resources"]["pids"] = serde_json::json!({"limit": 40});
+            v["linux"]["resources"]["cpu"] = serde_json::json!({"quota": 50000, "period": 100000});
+        },
+    );
+    let bundle = bundle.to_str().unwrap();
+    let (f, r) = (env.id("f"), env.id("r"));
+    env.ok(&["run", "-d", "--bundle", bundle, &f]);
+    runc.ok(&["run", "-d", "--bundle", bundle, &r]);
+    let parse = |t: String| -> serde_json::Value { serde_json::from_str(t.trim()).unwrap() };
+    // Wait until both inits have read the file and sleep.
+    let busy = |v: &serde_json::Value| v["data"]["cpu"]["usage"]["total"].as_u64() > Some(0);
+    let (mut ours, mut theirs) = (serde_json::Value::Null, serde_json::Value::Null);
+    assert!(wait_until(Duration::from_secs(10), || {
+        ours = parse(env.ok(&["events", "--stats", &f]));
+        theirs = parse(runc.ok(&["events", "--stats", &r]));
+        busy(&ours) && busy(&theirs)
+    }));
+    eprintln!("ferry: {ours}\nrunc:  {theirs}");
+    assert_eq!(
+        (ours["type"].as_str(), theirs["type"].as_str()),
+        (Some("stats"), Some("stats"))
+    );
+    assert_eq!(ours["id"], f.as_str());
+    let (o, t) = (&ours["data"], &theirs["data"]);
+
+    // The same fields, but for those runc leaves out when zero (two
+    // containers' counters differ): blkio entries, peaks, throttled time.
+    let (mut po, mut pt) = (Default::default(), Default::default());
+    key_paths(o, "", &mut po);
+    key_paths(t, "", &mut pt);
+    let omitempty = [
+        "total",
+        "percpu",
+        "percpu_kernel",
+        "percpu_user",
+        "usage",
+        "max",
+        "cache",
+        "periods",
+        "throttledPeriods",
+        "throttledTime",
+    ];
+    // runc 1.1 reads no cpuset files on v2; ferry reports the effective
+    // cpus and mems there too.
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let ours_only_v2 = [".cpuset.cpus", ".cpuset.mems"];
+    for p in po.symmetric_difference(&pt) {
+        let last = p.rsplit('.').next().unwrap();
+        let v2_extra = v2 && po.contains(p) && ours_only_v2.contains(&p.as_str());
+        assert!(
+            v2_extra || p.starts_with(".blkio") || omitempty.contains(&last),
+            "{p} only in {}",
+            if po.contains(p) { "ferry's" } else { "runc's" }
+        );
+    }
+    // Same limits, same units, same cpuset, same memory.stat keys.
+    assert_eq!(o["memory"]["usage"]["limit"], 64u64 << 20);
+    assert_eq!(o["memory"]["usage"]["limit"], t["memory"]["usage"]["limit"]);
+    assert_eq!(o["memory"]["swap"]["limit"], t["memory"]["swap"]["limit"]);
+    assert_eq!(o["pids"], t["pids"]);
+    assert_eq!(o["pids"]["limit"], 40);
+    let mut cpuset = o["cpuset"].clone();
+    if v2 {
+        assert!(!cpuset["cpus"].as_array().unwrap().is_empty(), "{cpuset}");
+        for k in ["cpus", "mems"] {
+            cpuset.as_object_mut().unwrap().remove(k);
+        }
+    }
+    assert_eq!(cpuset, t["cpuset"]);
+    assert_eq!(o["hugetlb"], t["hugetlb"]);
+    assert_eq!(o["intel_rdt"], t["intel_rdt"]);
+    assert_eq!(o["network_interfaces"], t["network_interfaces"]);
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v["memory"]["raw"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert!(!keys(o).is_empty());
+    assert_eq!(keys(o), keys(t));
+    // Nanoseconds and bytes: a shell that read a megabyte file used well
+    // over a microsecond and has more than a page charged, on both.
+    for v in [o, t] {
+        assert!(v["cpu"]["usage"]["total"].as_u64().unwrap() > 1_000, "{v}");
+        assert!(
+            v["memory"]["usage"]["usage"].as_u64().unwrap() > 4096,
+            "{v}"
+        );
+    }
+    if let Some(per) = t["cpu"]["usage"]["percpu"].as_array() {
+        assert_eq!(
+            o["cpu"]["usage"]["percpu"].as_array().unwrap().len(),
+            per.len()
+        );
+    }
+}

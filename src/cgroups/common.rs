@@ -145,15 +145,7 @@ pub(super) fn read_file(path: &Path) -> Result<String> {
     })
 }
 
-pub(super) fn read_u64(path: &Path) -> Result<u64> {
-    let text = read_file(path)?;
-    parse_u64_or_max(&text).ok_or_else(|| Error::Cgroup {
-        path: path.display().to_string(),
-        message: format!("expected a number or \"max\", found {:?}", text.trim()),
-    })
-}
-
-fn parse_u64_or_max(text: &str) -> Option<u64> {
+pub(super) fn parse_u64_or_max(text: &str) -> Option<u64> {
     let t = text.trim();
     if t == "max" {
         Some(u64::MAX)
@@ -162,10 +154,56 @@ fn parse_u64_or_max(text: &str) -> Option<u64> {
     }
 }
 
+/// Writes `value` to the file `name` of `dir`, opened by the kernel
+/// beneath `dir` (no symlinks, no `..`, no other mount): a name from a
+/// config cannot reach a file outside the cgroup.
+pub(super) fn write_beneath(dir: &Path, name: &str, value: &str) -> io::Result<()> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let d = fs::File::open(dir)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = openat2(&d, name, how).map_err(io::Error::from)?;
+    let n = nix::unistd::write(&fd, value.as_bytes()).map_err(io::Error::from)?;
+    if n != value.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+    }
+    Ok(())
+}
+
 /// Each directory once (v1 hierarchies may share one, as cpu,cpuacct do).
 pub(super) fn unique_dirs(dirs: &BTreeMap<String, PathBuf>) -> Vec<PathBuf> {
     let set: BTreeSet<&PathBuf> = dirs.values().collect();
     set.into_iter().cloned().collect()
+}
+
+/// Removes the cgroups below `dir`, deepest first, as a container that
+/// manages its own subtree (cgroup namespace, nsdelegate) leaves them:
+/// `dir` itself can only go once they are gone. Only directories of the
+/// same filesystem, only by rmdir (which the kernel refuses for a cgroup
+/// that still has processes or children); failures show in what is left.
+pub(super) fn remove_children(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() && meta.dev() == top.dev() {
+            remove_children(&e.path());
+            let _ = fs::remove_dir(e.path());
+        }
+    }
 }
 
 /// The highest ancestor of `dir` (or `dir` itself) that does not exist yet.

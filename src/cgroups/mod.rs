@@ -25,6 +25,7 @@ mod error;
 mod layout;
 mod resources;
 mod reuse;
+mod stats;
 mod v1;
 mod v2;
 
@@ -37,13 +38,19 @@ use std::time::Duration;
 
 use cgroups_rs::CgroupPid;
 use oci_spec::runtime::LinuxResources;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use common::{read_file, remove_created, topmost_missing, unique_dirs, CgroupManager};
+use common::{
+    read_file, remove_children, remove_created, topmost_missing, unique_dirs, CgroupManager,
+};
 pub use descriptor::{mount_subdir, CgroupDescriptor};
 use error::backend;
 pub use error::{Error, Result};
 pub use layout::{memberships, CgroupLayout, Membership};
+pub use stats::{
+    hugepage_sizes, Blkio, BlkioEntry, Cpu, CpuSet, CpuUsage, Hugetlb, Memory, MemoryEntry, Pids,
+    Stats, Throttling,
+};
 pub use v2::devices_bpf;
 
 /// Key of the single directory on a pure cgroup v2 host.
@@ -54,19 +61,6 @@ pub enum FreezerState {
     Thawed,
     Freezing,
     Frozen,
-}
-
-/// Usage counters. A limit of "max" (unlimited) is reported as `u64::MAX`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Stats {
-    pub cpu_usage_ns: u64,
-    pub cpu_user_ns: u64,
-    pub cpu_system_ns: u64,
-    pub memory_usage: u64,
-    pub memory_max_usage: u64,
-    pub memory_limit: u64,
-    pub pids_current: u64,
-    pub pids_limit: u64,
 }
 
 /// A container's cgroup: its directories, through the backend of the
@@ -200,6 +194,9 @@ impl Cgroup {
         let left = || -> Vec<PathBuf> { all.iter().filter(|d| d.exists()).cloned().collect() };
         let mut delay = Duration::from_millis(5);
         for attempt in 0..5 {
+            for dir in &all {
+                remove_children(dir);
+            }
             // cgroups-rs retries busy directories itself on v1; its errors
             // are judged by what is left afterwards.
             let _ = self.inner().delete();

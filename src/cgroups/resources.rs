@@ -7,12 +7,13 @@ use cgroups_rs::fs::cpuset::CpuSetController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Controller, MaxValue};
-use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
+use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, LinuxResources};
 
-use super::common::{CgroupManager, Handle};
+use super::common::{write_beneath, CgroupManager, Handle};
 use super::devices;
 use super::error::{refused, set};
-use super::Result;
+use super::stats::hugepage_sizes;
+use super::{Error, Result, UNIFIED_KEY};
 
 /// Applies memory, cpu, cpuset, pids, devices and unified settings.
 /// Settings that cannot be applied here are an error, never skipped.
@@ -28,6 +29,9 @@ pub(super) fn apply(b: &dyn CgroupManager, r: &LinuxResources) -> Result<()> {
     }
     if let Some(p) = r.pids() {
         pids(h, p)?;
+    }
+    if let Some(limits) = r.hugepage_limits().as_deref().filter(|l| !l.is_empty()) {
+        hugetlb(h, limits)?;
     }
     if let Some(rules) = r.devices().as_deref().filter(|d| !d.is_empty()) {
         b.set_devices(&devices::with_defaults(h, rules)?)?;
@@ -45,21 +49,11 @@ fn check(h: &Handle, r: &LinuxResources) -> Result<()> {
     let c = r.cpu().as_ref();
     h.refuse_any(&[
         (r.block_io().is_some(), "linux.resources.blockIO", by_ferry),
-        (
-            r.hugepage_limits().as_ref().is_some_and(|v| !v.is_empty()),
-            "linux.resources.hugepageLimits",
-            by_ferry,
-        ),
         (r.network().is_some(), "linux.resources.network", by_ferry),
         (
             r.rdma().as_ref().is_some_and(|v| !v.is_empty()),
             "linux.resources.rdma",
             by_ferry,
-        ),
-        (
-            m.is_some_and(|m| m.kernel().is_some()),
-            "linux.resources.memory.kernel",
-            "(kernel memory limits are deprecated by the kernel)",
         ),
         (
             m.is_some_and(|m| m.kernel_tcp().is_some()),
@@ -95,6 +89,11 @@ fn check(h: &Handle, r: &LinuxResources) -> Result<()> {
 }
 
 fn memory(b: &dyn CgroupManager, m: &LinuxMemory) -> Result<()> {
+    if m.kernel().is_some() {
+        // As runc 1.1: the kernel deprecated these limits (and dropped
+        // them from v1 in 6.x; v2 never had them).
+        tracing::warn!("linux.resources.memory.kernel is ignored: kernels no longer limit kernel memory on its own");
+    }
     if m.limit().is_none()
         && m.reservation().is_none()
         && m.swap().is_none()
@@ -104,9 +103,19 @@ fn memory(b: &dyn CgroupManager, m: &LinuxMemory) -> Result<()> {
     }
     let ctl = b.handle().controller::<MemController>("memory")?;
     let dir = ctl.path();
-    set(dir, "memory.reservation", m.reservation(), |v| {
-        ctl.set_soft_limit(v)
-    })?;
+    match m.reservation() {
+        // v2's memory.low takes "max" for no limit, not -1.
+        Some(-1) if b.handle().desc.is_v2() => {
+            write_beneath(dir, "memory.low", "max").map_err(|e| Error::Refused {
+                path: dir.to_path_buf(),
+                setting: "memory.reservation".into(),
+                value: "-1".into(),
+                detail: e.to_string(),
+                hint: "see the kernel's cgroup-v2 documentation for memory.low",
+            })?
+        }
+        r => set(dir, "memory.reservation", r, |v| ctl.set_soft_limit(v))?,
+    }
     match m.swap() {
         None => set(dir, "memory.limit", m.limit(), |v| ctl.set_limit(v))?,
         Some(swap) => b.set_limit_and_swap(ctl, m.limit(), swap)?,
@@ -136,14 +145,61 @@ fn cpu(b: &dyn CgroupManager, c: &LinuxCpu) -> Result<()> {
     Ok(())
 }
 
+/// 0 leaves the limit as it is (as runc), below 0 is no limit.
 fn pids(h: &Handle, p: &LinuxPids) -> Result<()> {
-    let ctl = h.controller::<PidController>("pids")?;
     let limit = p.limit();
-    let v = if limit <= 0 {
+    if limit == 0 {
+        return Ok(());
+    }
+    let ctl = h.controller::<PidController>("pids")?;
+    let v = if limit < 0 {
         MaxValue::Max
     } else {
         MaxValue::Value(limit)
     };
     ctl.set_pid_max(v)
         .map_err(|e| refused(ctl.path(), "pids.limit", limit, e))
+}
+
+/// `hugetlb.<size>.max` (v2) or `.limit_in_bytes` (v1) per page size,
+/// which must be one the kernel offers (so it names an existing file).
+fn hugetlb(h: &Handle, limits: &[LinuxHugepageLimit]) -> Result<()> {
+    let (dir, suffix) = if h.desc.is_v2() {
+        (h.desc.dirs.get(UNIFIED_KEY), "max")
+    } else {
+        (h.desc.dirs.get("hugetlb"), "limit_in_bytes")
+    };
+    let dir = dir.ok_or_else(|| {
+        h.unsupported(
+            "linux.resources.hugepageLimits",
+            "here (no hugetlb controller for the cgroup)",
+        )
+    })?;
+    let sizes = hugepage_sizes();
+    for l in limits {
+        let size = l.page_size();
+        if !sizes.iter().any(|s| s == size) {
+            return Err(h.invalid(format!(
+                "linux.resources.hugepageLimits: page size {size:?} is not one this kernel offers ({})",
+                if sizes.is_empty() { "none".to_string() } else { sizes.join(", ") }
+            )));
+        }
+        let file = format!("hugetlb.{size}.{suffix}");
+        let value = l.limit().to_string();
+        write_beneath(dir, &file, &value).map_err(|e| {
+            let detail = if e.kind() == std::io::ErrorKind::NotFound {
+                "the hugetlb controller is not enabled for this cgroup".to_string()
+            } else {
+                e.to_string()
+            };
+            Error::Refused {
+                path: dir.clone(),
+                setting: format!("hugepageLimits.{size}"),
+                value,
+                detail,
+                hint: "a limit in bytes, a multiple of the page size",
+            }
+        })?;
+    }
+    Ok(())
 }

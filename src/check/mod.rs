@@ -19,6 +19,9 @@
 //!   (made by ferry's own certificate code, as `ferry certs` makes them)
 //!   must answer a TLS ClientHello with a TLS record. A CRIU built without
 //!   GnuTLS silently ignores `--tls`.
+//! - `cgroup-freezer`, `cgroup-devices`, `cgroup-namespace`: tried in a
+//!   throwaway cgroup where containers go (`cgroups.rs`), which also
+//!   yields the controllers a container gets here.
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::criu::{Criu, Features};
 
+mod cgroups;
 mod lazy;
 mod page_server;
 mod tls;
@@ -68,6 +72,9 @@ pub struct Report {
     pub criu: CriuInfo,
     pub kernel: Kernel,
     pub cgroups: CgroupLayout,
+    /// The controllers a container's cgroup gets here (measured).
+    #[serde(default)]
+    pub cgroup_controllers: Vec<String>,
     /// Network lock methods CRIU can use here, in preference order.
     pub network_lock_methods: Vec<String>,
     pub capabilities: Vec<Capability>,
@@ -87,8 +94,10 @@ pub const POST_COPY: &str = "post-copy";
 pub const NETWORK_LOCK: &str = "network-lock";
 pub const TLS: &str = "tls";
 
+pub use cgroups::{CGROUP_DEVICES, CGROUP_FREEZER, CGROUP_NAMESPACE};
+
 /// Every capability, in the order the report lists them.
-const CAPABILITIES: [&str; 7] = [
+const CAPABILITIES: [&str; 10] = [
     CHECKPOINT_RESTORE,
     TCP_ESTABLISHED,
     PAGE_SERVER,
@@ -96,6 +105,9 @@ const CAPABILITIES: [&str; 7] = [
     POST_COPY,
     NETWORK_LOCK,
     TLS,
+    CGROUP_FREEZER,
+    CGROUP_DEVICES,
+    CGROUP_NAMESPACE,
 ];
 
 fn cap(name: &str, works: bool, detail: impl Into<String>) -> Capability {
@@ -161,9 +173,19 @@ fn on_path(name: &str) -> Option<PathBuf> {
 pub fn run() -> Report {
     let kernel = kernel();
     let cgroups = CgroupLayout::host();
+    let (cgroup_controllers, cgroup_caps) = cgroups::probe();
     let criu = match Criu::new() {
         Ok(c) => c,
-        Err(e) => return without_criu(kernel, cgroups, e.to_string()),
+        Err(e) => {
+            let mut r = without_criu(kernel, cgroups, e.to_string());
+            r.cgroup_controllers = cgroup_controllers;
+            r.capabilities
+                .retain(|c| !cgroup_caps.iter().any(|m| m.name == c.name));
+            r.capabilities.extend(cgroup_caps);
+            r.capabilities
+                .sort_by_key(|c| CAPABILITIES.iter().position(|o| *o == c.name));
+            return r;
+        }
     };
     let mut info = CriuInfo {
         path: Some(criu.binary.clone()),
@@ -190,12 +212,14 @@ pub fn run() -> Report {
     info.features = features;
     caps.extend(copy_modes);
     caps.push(tls::capability(&criu));
+    caps.extend(cgroup_caps);
 
     caps.sort_by_key(|c| CAPABILITIES.iter().position(|o| *o == c.name));
     Report {
         criu: info,
         kernel,
         cgroups,
+        cgroup_controllers,
         network_lock_methods: methods,
         capabilities: caps,
     }
@@ -212,6 +236,7 @@ fn without_criu(kernel: Kernel, cgroups: CgroupLayout, reason: String) -> Report
         },
         kernel,
         cgroups,
+        cgroup_controllers: Vec::new(),
         network_lock_methods: Vec::new(),
         capabilities: CAPABILITIES
             .iter()

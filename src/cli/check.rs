@@ -39,6 +39,10 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<i32> {
             }
             s += &format!("kernel:   {} ({})\n", r.kernel.release, r.kernel.version);
             s += &format!("cgroups:  {:?}\n", r.cgroups).to_lowercase();
+            s += &format!(
+                "          a container's cgroup gets: {}\n",
+                r.cgroup_controllers.join(" ")
+            );
             for cap in &r.capabilities {
                 let status = match cap.status {
                     Status::Works => "works",

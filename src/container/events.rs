@@ -14,43 +14,19 @@ pub struct StatsSnapshot {
     pub data: StatsData,
 }
 
+/// runc's `types.Stats`: the cgroup's counters, Intel RDT (which ferry
+/// does not manage: always empty, as runc shows it without RDT) and the
+/// container's network interfaces (`null` without any, as runc).
 #[derive(Debug, Serialize)]
 pub struct StatsData {
-    pub cpu: CpuStats,
-    pub memory: MemoryStats,
-    pub pids: PidsStats,
-    pub network_interfaces: Vec<InterfaceStats>,
+    #[serde(flatten)]
+    pub cgroup: Stats,
+    pub intel_rdt: IntelRdt,
+    pub network_interfaces: Option<Vec<InterfaceStats>>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct CpuStats {
-    pub usage: CpuUsage,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CpuUsage {
-    pub total: u64,
-    pub user: u64,
-    pub kernel: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct MemoryStats {
-    pub usage: MemoryUsage,
-}
-
-#[derive(Debug, Serialize)]
-pub struct MemoryUsage {
-    pub usage: u64,
-    pub max: u64,
-    pub limit: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PidsStats {
-    pub current: u64,
-    pub limit: u64,
-}
+#[derive(Debug, Default, Serialize)]
+pub struct IntelRdt {}
 
 impl Container {
     pub fn stats(&self) -> Result<StatsSnapshot> {
@@ -59,32 +35,16 @@ impl Container {
             return Err(self.wrong_state(status, "a stopped container has no statistics"));
         }
         let s: Stats = self.cgroup_or_err()?.stats()?;
-        let mut network_interfaces = Vec::new();
-        if let Some(v) = &self.state.veth {
-            network_interfaces.push(crate::network::host_stats(v)?);
-        }
+        let network_interfaces = match &self.state.veth {
+            Some(v) => Some(vec![crate::network::host_stats(v)?]),
+            None => None,
+        };
         Ok(StatsSnapshot {
             kind: "stats",
             id: self.state.id.clone(),
             data: StatsData {
-                cpu: CpuStats {
-                    usage: CpuUsage {
-                        total: s.cpu_usage_ns,
-                        user: s.cpu_user_ns,
-                        kernel: s.cpu_system_ns,
-                    },
-                },
-                memory: MemoryStats {
-                    usage: MemoryUsage {
-                        usage: s.memory_usage,
-                        max: s.memory_max_usage,
-                        limit: s.memory_limit,
-                    },
-                },
-                pids: PidsStats {
-                    current: s.pids_current,
-                    limit: s.pids_limit,
-                },
+                cgroup: s,
+                intel_rdt: IntelRdt::default(),
                 network_interfaces,
             },
         })

@@ -137,6 +137,10 @@ pub enum Error {
         rootfs: PathBuf,
         source: crate::rootfs::resolve::Error,
     },
+    /// CRIU writes the dumped freezer state (FROZEN: the container is frozen
+    /// for its dump) into the cgroup it restores into, where it runs itself.
+    #[error("restore --manage-cgroups-mode {mode}: CRIU would write the checkpoint's freezer state (frozen for the dump) into the new cgroup, which CRIU itself is in, and freeze itself; use soft (the default) or ignore: the limits come from the restore bundle in every mode")]
+    CgroupModeFreezes { mode: &'static str },
     #[error("a checkpoint cannot both leave the container running and leave it stopped")]
     LeaveRunningAndStopped,
     #[error("{what} {path} is not a directory: pass a directory path")]

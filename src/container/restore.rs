@@ -394,6 +394,11 @@ impl Container {
         hold: Option<&mut dyn RestoreHold>,
     ) -> Result<Restored> {
         let _span = tracing::info_span!("restore", id = %opts.id).entered();
+        match opts.manage_cgroups_mode {
+            Some(CgMode::FULL) => return Err(Error::CgroupModeFreezes { mode: "full" }),
+            Some(CgMode::STRICT) => return Err(Error::CgroupModeFreezes { mode: "strict" }),
+            _ => {}
+        }
         let plan = Plan::load(&opts.id, &opts.bundle)?;
         let images = check_images(&opts.image_path)?;
         let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;

@@ -32,7 +32,7 @@ impl Container {
     /// more than it (v1 answers EBUSY once reclaim fails; v2 OOM-kills).
     fn explain_memory(&self, cgroup: &Cgroup, r: &LinuxResources) -> Option<Error> {
         let limit = r.memory().as_ref()?.limit().filter(|l| *l >= 0)?;
-        let usage = cgroup.stats().ok()?.memory_usage;
+        let usage = cgroup.stats().ok()?.memory.usage.usage;
         (usage > limit as u64).then(|| Error::MemoryBelowUsage {
             id: self.id().to_string(),
             limit,

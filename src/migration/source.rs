@@ -194,8 +194,8 @@ fn settle_argv(ferry: &Path, root: &Path, id: &str, c: &CommitInfo) -> Vec<OsStr
 fn memory_bytes(c: &Container) -> u64 {
     if let Ok(Some(cg)) = c.cgroup() {
         if let Ok(s) = cg.stats() {
-            if s.memory_usage > 0 {
-                return s.memory_usage;
+            if s.memory.usage.usage > 0 {
+                return s.memory.usage.usage;
             }
         }
     }

@@ -3,6 +3,7 @@
 //! v1 and hybrid hosts.
 mod freezer;
 mod resources;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use cgroups_rs::fs::cgroup::Cgroup as RsCgroup;
 use cgroups_rs::fs::hierarchies::V1 as V1Hierarchy;
 use cgroups_rs::fs::Hierarchy;
 
-use super::common::{read_u64, CgroupManager, Handle};
+use super::common::{CgroupManager, Handle};
 use super::descriptor::Mount;
 use super::layout::CgroupLayout;
 use super::{CgroupDescriptor, Error, Result, Stats};
@@ -124,22 +125,6 @@ impl CgroupManager for V1 {
     }
 
     fn stats(&self) -> Result<Stats> {
-        let dirs = &self.h.desc.dirs;
-        let mut s = Stats::default();
-        if let Some(d) = dirs.get("cpuacct") {
-            s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"))?;
-            s.cpu_user_ns = read_u64(&d.join("cpuacct.usage_user"))?;
-            s.cpu_system_ns = read_u64(&d.join("cpuacct.usage_sys"))?;
-        }
-        if let Some(d) = dirs.get("memory") {
-            s.memory_usage = read_u64(&d.join("memory.usage_in_bytes"))?;
-            s.memory_max_usage = read_u64(&d.join("memory.max_usage_in_bytes"))?;
-            s.memory_limit = read_u64(&d.join("memory.limit_in_bytes"))?;
-        }
-        if let Some(d) = dirs.get("pids") {
-            s.pids_current = read_u64(&d.join("pids.current"))?;
-            s.pids_limit = read_u64(&d.join("pids.max"))?;
-        }
-        Ok(s)
+        stats::read(&self.h.desc.dirs)
     }
 }

@@ -3,15 +3,15 @@
 pub mod devices_bpf;
 mod freezer;
 mod resources;
+mod stats;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use cgroups_rs::fs::cgroup::Cgroup as RsCgroup;
 use cgroups_rs::fs::hierarchies::V2 as V2Hierarchy;
 use cgroups_rs::fs::Hierarchy;
 
-use super::common::{read_file, read_u64, CgroupManager, Handle};
+use super::common::{CgroupManager, Handle};
 use super::descriptor::Mount;
 use super::layout::CgroupLayout;
 use super::{CgroupDescriptor, Error, Result, Stats, UNIFIED_KEY};
@@ -85,46 +85,6 @@ impl CgroupManager for V2 {
     }
 
     fn stats(&self) -> Result<Stats> {
-        let dir = self.dir();
-        let mut s = Stats::default();
-        let kv = parse_flat_keyed(&read_file(&dir.join("cpu.stat"))?);
-        s.cpu_usage_ns = kv.get("usage_usec").copied().unwrap_or(0) * 1000;
-        s.cpu_user_ns = kv.get("user_usec").copied().unwrap_or(0) * 1000;
-        s.cpu_system_ns = kv.get("system_usec").copied().unwrap_or(0) * 1000;
-        if dir.join("memory.current").exists() {
-            s.memory_usage = read_u64(&dir.join("memory.current"))?;
-            s.memory_limit = read_u64(&dir.join("memory.max"))?;
-            let peak = dir.join("memory.peak");
-            if peak.exists() {
-                s.memory_max_usage = read_u64(&peak)?;
-            }
-        }
-        if dir.join("pids.current").exists() {
-            s.pids_current = read_u64(&dir.join("pids.current"))?;
-            s.pids_limit = read_u64(&dir.join("pids.max"))?;
-        }
-        Ok(s)
-    }
-}
-
-/// A flat keyed file (`key value` lines, as `cpu.stat`).
-fn parse_flat_keyed(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flat_keyed() {
-        let kv = parse_flat_keyed("usage_usec 10\nuser_usec 7\nsystem_usec 3\n");
-        assert_eq!(kv["usage_usec"], 10);
-        assert_eq!(kv["system_usec"], 3);
+        stats::read(&self.dir())
     }
 }

@@ -2,16 +2,16 @@
 //! combined quota/period, device rules as an eBPF program, and
 //! `linux.resources.unified`.
 use std::collections::HashMap;
-use std::fs;
+use std::io;
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::Controller;
 use oci_spec::runtime::{LinuxCpu, LinuxResources};
 
-use super::super::common::Resources;
+use super::super::common::{read_file, write_beneath, Resources};
 use super::super::devices::Rule;
-use super::super::error::{refused, set};
+use super::super::error::set;
 use super::super::{Error, Result};
 use super::{devices_bpf, V2};
 
@@ -36,43 +36,80 @@ impl Resources for V2 {
     }
 
     /// OCI's `swap` is memory+swap; v2's `memory.swap.max` is swap alone,
-    /// so the limit is needed to convert it.
+    /// converted as runc converts it (`swap_only`). Without swap
+    /// accounting in the kernel, "no limit" and "no swap" are what the
+    /// container gets anyway; any other value is refused.
     fn set_limit_and_swap(&self, ctl: &MemController, lim: Option<i64>, swap: i64) -> Result<()> {
         let dir = ctl.path();
-        let Some(limit) = lim else {
-            return Err(self.h.unsupported(
-                "linux.resources.memory.swap without memory.limit",
-                "on cgroup v2 (swap is memory+swap; give the limit too)",
-            ));
-        };
-        set(dir, "memory.limit", Some(limit), |v| ctl.set_limit(v))?;
-        let swap_only = if swap < 0 || limit < 0 {
-            -1
-        } else if swap < limit {
-            return Err(self.h.invalid(format!(
-                "memory.swap ({swap}) is smaller than memory.limit ({limit}); swap counts memory plus swap, make it >= the limit"
-            )));
-        } else {
-            swap - limit
-        };
-        // Reported as configured (memory+swap).
-        ctl.set_memswap_limit(swap_only)
-            .map_err(|e| refused(dir, "memory.swap", swap, e))
+        let swap_max = swap_only(swap, lim.unwrap_or(0)).map_err(|why| {
+            self.h
+                .invalid(format!("linux.resources.memory.swap: {why}"))
+        })?;
+        if let Some(v) = swap_max {
+            let v = if v < 0 {
+                "max".to_string()
+            } else {
+                v.to_string()
+            };
+            if let Err(e) = write_beneath(dir, "memory.swap.max", &v) {
+                let off = e.kind() == io::ErrorKind::NotFound;
+                if !(off && (v == "max" || v == "0")) {
+                    let detail = if off {
+                        "the kernel does not account swap (boot with swapaccount=1)".into()
+                    } else {
+                        e.to_string()
+                    };
+                    return Err(Error::Refused {
+                        path: dir.to_path_buf(),
+                        setting: "memory.swap".into(),
+                        value: swap.to_string(),
+                        detail,
+                        hint: "the limit must be above current usage, and memory+swap >= memory",
+                    });
+                }
+            }
+        }
+        set(dir, "memory.limit", lim, |v| ctl.set_limit(v))
     }
 
+    /// Shares become `cpu.weight` as runc converts them; quota and period
+    /// become `cpu.max` ("max" for a quota of -1; a period alone keeps
+    /// the quota in force).
     fn set_cpu(&self, ctl: &CpuController, c: &LinuxCpu) -> Result<()> {
         let dir = ctl.path();
-        set(dir, "cpu.shares", c.shares(), |v| {
-            ctl.set_shares(shares_to_weight(v))
-        })?;
-        if c.quota().is_some() || c.period().is_some() {
-            ctl.set_cfs_quota_and_period(c.quota(), c.period())
-                .map_err(|e| {
-                    let value = format!("{:?}/{:?}", c.quota(), c.period());
-                    refused(dir, "cpu.quota/period", value, e)
-                })?;
+        if let Some(shares) = c.shares().filter(|s| *s != 0) {
+            let weight = shares_to_weight(shares).ok_or_else(|| {
+                self.h.invalid(format!(
+                    "linux.resources.cpu.shares {shares} is outside 2..262144"
+                ))
+            })?;
+            set(dir, "cpu.shares", Some(weight), |v| ctl.set_shares(v))?;
         }
-        Ok(())
+        let quota = c.quota().filter(|q| *q != 0);
+        let period = c.period().filter(|p| *p != 0);
+        if quota.is_none() && period.is_none() {
+            return Ok(());
+        }
+        let quota = match quota {
+            Some(q) if q > 0 => q.to_string(),
+            Some(_) => "max".to_string(),
+            None => read_file(&dir.join("cpu.max"))?
+                .split_whitespace()
+                .next()
+                .unwrap_or("max")
+                .to_string(),
+        };
+        let line = match period {
+            Some(p) => format!("{quota} {p}"),
+            None => quota,
+        };
+        write_beneath(dir, "cpu.max", &line).map_err(|e| Error::Refused {
+            path: dir.to_path_buf(),
+            setting: "cpu.quota/period".into(),
+            value: line.clone(),
+            detail: e.to_string(),
+            hint: "quota must be -1 or at least 1000 us, period between 1000 us and 1 s",
+        })
     }
 
     fn set_devices(&self, rules: &[Rule]) -> Result<()> {
@@ -84,34 +121,91 @@ impl Resources for V2 {
         })
     }
 
-    /// Writes each entry to the file it names.
+    /// Writes each entry to the file it names, as is. A name must be
+    /// `<controller>.<parameter>` of this cgroup's directory (opened
+    /// beneath it by the kernel), and the controller enabled for it.
     fn set_unified(&self, u: &HashMap<String, String>) -> Result<()> {
         let dir = self.dir();
-        for (k, v) in u {
-            if k.is_empty() || k.contains('/') || k.starts_with('.') {
-                return Err(self.h.invalid(format!(
-                    "linux.resources.unified key {k:?} is not a cgroup file name"
-                )));
-            }
-            fs::write(dir.join(k), v).map_err(|source| Error::Refused {
+        let mut keys: Vec<&String> = u.keys().collect();
+        keys.sort();
+        for k in keys {
+            let v = &u[k];
+            let controller = unified_controller(k).map_err(|why| {
+                self.h
+                    .invalid(format!("linux.resources.unified key {k:?}: {why}"))
+            })?;
+            let Err(e) = write_beneath(&dir, k, v) else {
+                continue;
+            };
+            let enabled = read_file(&dir.join("cgroup.controllers"))?
+                .split_whitespace()
+                .any(|c| c == controller);
+            let detail = match e.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+                    if controller != "cgroup" && !enabled =>
+                {
+                    format!("controller {controller:?} is not enabled for this cgroup (add it to the parent's cgroup.subtree_control)")
+                }
+                io::ErrorKind::NotFound => format!("no file {k} in the cgroup"),
+                _ => e.to_string(),
+            };
+            return Err(Error::Refused {
                 path: dir.clone(),
                 setting: format!("unified.{k}"),
                 value: v.clone(),
-                detail: source.to_string(),
+                detail,
                 hint: "see the kernel's cgroup-v2 documentation for the file",
-            })?;
+            });
         }
         Ok(())
     }
 }
 
-/// Converts cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000).
-fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 100;
+/// The controller a `linux.resources.unified` key belongs to: the part
+/// before the first dot of a plain file name.
+fn unified_controller(key: &str) -> std::result::Result<&str, &'static str> {
+    if key.contains('/') || key.contains('\0') {
+        return Err("must be a file name of the cgroup (no slashes)");
     }
-    let s = shares.clamp(2, 262_144);
-    1 + ((s - 2) * 9999) / 262_142
+    match key.split_once('.') {
+        Some((c, p)) if !c.is_empty() && !p.is_empty() => Ok(c),
+        _ => Err("must be in the form CONTROLLER.PARAMETER"),
+    }
+}
+
+/// cgroup v1 `cpu.shares` (2..262144) as v2 `cpu.weight` (1..10000),
+/// runc's conversion; `None` outside the range v1 accepts.
+fn shares_to_weight(shares: u64) -> Option<u64> {
+    (2..=262_144)
+        .contains(&shares)
+        .then(|| 1 + ((shares - 2) * 9999) / 262_142)
+}
+
+/// `memory.swap.max` for OCI's memory+swap `swap` and `limit` (0 = not
+/// given, -1 = no limit), as runc computes it: `None` leaves it alone,
+/// -1 is "max".
+fn swap_only(swap: i64, limit: i64) -> std::result::Result<Option<i64>, String> {
+    // No memory limit and no swap given: both unlimited, as on v1.
+    if limit == -1 && swap == 0 {
+        return Ok(Some(-1));
+    }
+    if swap == 0 {
+        return Ok(None);
+    }
+    if swap == -1 {
+        return Ok(Some(-1));
+    }
+    if limit == 0 || limit == -1 {
+        return Err(format!(
+            "{swap} needs a memory limit too (swap counts memory plus swap); set linux.resources.memory.limit"
+        ));
+    }
+    if swap < limit || limit < 0 {
+        return Err(format!(
+            "{swap} is smaller than memory.limit ({limit}); swap counts memory plus swap, make it >= the limit"
+        ));
+    }
+    Ok(Some(swap - limit))
 }
 
 #[cfg(test)]
@@ -120,8 +214,31 @@ mod tests {
 
     #[test]
     fn shares_become_weights() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(2), Some(1));
+        assert_eq!(shares_to_weight(1024), Some(39));
+        assert_eq!(shares_to_weight(262_144), Some(10_000));
+        assert_eq!(shares_to_weight(1), None);
+        assert_eq!(shares_to_weight(262_145), None);
+    }
+
+    #[test]
+    fn swap_is_converted_as_runc_does() {
+        assert_eq!(swap_only(0, -1), Ok(Some(-1)));
+        assert_eq!(swap_only(0, 64), Ok(None));
+        assert_eq!(swap_only(-1, 64), Ok(Some(-1)));
+        assert_eq!(swap_only(128, 64), Ok(Some(64)));
+        assert_eq!(swap_only(64, 64), Ok(Some(0)));
+        assert!(swap_only(32, 64).is_err());
+        assert!(swap_only(128, 0).is_err());
+        assert!(swap_only(128, -1).is_err());
+    }
+
+    #[test]
+    fn unified_keys() {
+        assert_eq!(unified_controller("memory.high"), Ok("memory"));
+        assert_eq!(unified_controller("cgroup.max.depth"), Ok("cgroup"));
+        for bad in ["../x.max", "memory", ".max", "memory.", "a/b.c", ".."] {
+            assert!(unified_controller(bad).is_err(), "{bad}");
+        }
     }
 }
