@@ -13,7 +13,7 @@ use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::freezer::FreezerController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::Controller;
-use oci_spec::runtime::{LinuxCpu, LinuxResources};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxResources};
 
 use super::devices::Rule;
 use super::error::backend;
@@ -45,6 +45,11 @@ pub(super) trait Resources {
     fn set_devices(&self, rules: &[Rule]) -> Result<()>;
     /// Writes `linux.resources.unified` (file name → value).
     fn set_unified(&self, u: &HashMap<String, String>) -> Result<()>;
+    /// Writes `linux.resources.memory.kernelTCP` (v1 only; v2 refuses it
+    /// in its check).
+    fn set_kernel_tcp(&self, limit: i64) -> Result<()>;
+    /// Writes `linux.resources.blockIO`: weights and throttles.
+    fn set_block_io(&self, b: &LinuxBlockIo) -> Result<()>;
 }
 
 /// Freezing, which each version requests and observes its own way.

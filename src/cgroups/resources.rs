@@ -7,7 +7,9 @@ use cgroups_rs::fs::cpuset::CpuSetController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Controller, MaxValue};
-use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
+use oci_spec::runtime::{
+    LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, LinuxThrottleDevice,
+};
 
 use super::common::{CgroupManager, Handle};
 use super::devices;
@@ -29,6 +31,9 @@ pub(super) fn apply(b: &dyn CgroupManager, r: &LinuxResources) -> Result<()> {
     if let Some(p) = r.pids() {
         pids(h, p)?;
     }
+    if let Some(bio) = r.block_io() {
+        b.set_block_io(bio)?;
+    }
     if let Some(rules) = r.devices().as_deref().filter(|d| !d.is_empty()) {
         b.set_devices(&devices::with_defaults(h, rules)?)?;
     }
@@ -44,7 +49,6 @@ fn check(h: &Handle, r: &LinuxResources) -> Result<()> {
     let m = r.memory().as_ref();
     let c = r.cpu().as_ref();
     h.refuse_any(&[
-        (r.block_io().is_some(), "linux.resources.blockIO", by_ferry),
         (
             r.hugepage_limits().as_ref().is_some_and(|v| !v.is_empty()),
             "linux.resources.hugepageLimits",
@@ -59,12 +63,7 @@ fn check(h: &Handle, r: &LinuxResources) -> Result<()> {
         (
             m.is_some_and(|m| m.kernel().is_some()),
             "linux.resources.memory.kernel",
-            "(kernel memory limits are deprecated by the kernel)",
-        ),
-        (
-            m.is_some_and(|m| m.kernel_tcp().is_some()),
-            "linux.resources.memory.kernelTCP",
-            by_ferry,
+            "(the kernel ignores kernel memory limits: memory.kmem.limit_in_bytes has no effect)",
         ),
         (
             m.is_some_and(|m| m.disable_oom_killer() == Some(true)),
@@ -95,6 +94,9 @@ fn check(h: &Handle, r: &LinuxResources) -> Result<()> {
 }
 
 fn memory(b: &dyn CgroupManager, m: &LinuxMemory) -> Result<()> {
+    if let Some(tcp) = m.kernel_tcp() {
+        b.set_kernel_tcp(tcp)?;
+    }
     if m.limit().is_none()
         && m.reservation().is_none()
         && m.swap().is_none()
@@ -146,4 +148,42 @@ fn pids(h: &Handle, p: &LinuxPids) -> Result<()> {
     };
     ctl.set_pid_max(v)
         .map_err(|e| refused(ctl.path(), "pids.limit", limit, e))
+}
+
+/// The four throttles of `linux.resources.blockIO`: the setting's name,
+/// the v1 file and the v2 `io.max` key, and the devices it lists.
+pub(super) fn throttles(
+    b: &LinuxBlockIo,
+) -> [(
+    &'static str,
+    &'static str,
+    &'static str,
+    &[LinuxThrottleDevice],
+); 4] {
+    [
+        (
+            "blockIO.throttleReadBpsDevice",
+            "blkio.throttle.read_bps_device",
+            "rbps",
+            b.throttle_read_bps_device().as_deref().unwrap_or(&[]),
+        ),
+        (
+            "blockIO.throttleWriteBpsDevice",
+            "blkio.throttle.write_bps_device",
+            "wbps",
+            b.throttle_write_bps_device().as_deref().unwrap_or(&[]),
+        ),
+        (
+            "blockIO.throttleReadIOPSDevice",
+            "blkio.throttle.read_iops_device",
+            "riops",
+            b.throttle_read_iops_device().as_deref().unwrap_or(&[]),
+        ),
+        (
+            "blockIO.throttleWriteIOPSDevice",
+            "blkio.throttle.write_iops_device",
+            "wiops",
+            b.throttle_write_iops_device().as_deref().unwrap_or(&[]),
+        ),
+    ]
 }
