@@ -17,7 +17,7 @@ use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxResources};
 
 use super::devices::Rule;
 use super::error::backend;
-use super::{CgroupDescriptor, Error, FreezerState, Result, Stats, UNIFIED_KEY};
+use super::{CgroupDescriptor, Error, FreezerState, Notifier, Result, Stats, UNIFIED_KEY};
 
 /// How long a freeze waits for the kernel to report FROZEN.
 pub(super) const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +29,8 @@ pub(super) const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) trait CgroupManager: Resources + Freezer + Send + Sync {
     fn handle(&self) -> &Handle;
     fn stats(&self) -> Result<Stats>;
+    /// OOM (and, where the version has them, memory-pressure) notifications.
+    fn notifier(&self) -> Result<Notifier>;
 }
 
 /// The settings whose files or meaning differ between versions.
