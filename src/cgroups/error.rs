@@ -100,13 +100,17 @@ pub(super) fn set<T: Copy + std::fmt::Display>(
 /// Writes `value` to the cgroup file `dir/file`; a refusal names
 /// `setting` (as linux.resources spells it) and the value.
 pub(super) fn write_setting(dir: &Path, file: &str, setting: &str, value: &str) -> Result<()> {
-    std::fs::write(dir.join(file), value).map_err(|source| Error::Refused {
+    std::fs::write(dir.join(file), value).map_err(|e| refusal(dir, file, setting, value, e))
+}
+
+fn refusal(dir: &Path, file: &str, setting: &str, value: &str, e: io::Error) -> Error {
+    Error::Refused {
         path: dir.join(file),
         setting: setting.to_string(),
         value: value.to_string(),
-        detail: source.to_string(),
+        detail: e.to_string(),
         hint: hint(setting),
-    })
+    }
 }
 
 /// Writes `first` then `second` (file, setting, value), in the order runc
@@ -123,10 +127,13 @@ pub(super) fn write_pair(
     if let Some((file, setting, value)) = &first {
         match std::fs::write(dir.join(file), value) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc_einval()) && second.is_some() => {
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => {
+                if second.is_none() {
+                    return Err(refusal(dir, file, setting, value, e));
+                }
                 retry = first.clone()
             }
-            Err(_) => write_setting(dir, file, setting, value)?,
+            Err(e) => return Err(refusal(dir, file, setting, value, e)),
         }
     }
     if let Some((file, setting, value)) = &second {
@@ -136,10 +143,6 @@ pub(super) fn write_pair(
         Some((file, setting, value)) => write_setting(dir, file, setting, &value),
         None => Ok(()),
     }
-}
-
-fn libc_einval() -> i32 {
-    nix::errno::Errno::EINVAL as i32
 }
 
 fn hint(setting: &str) -> &'static str {
