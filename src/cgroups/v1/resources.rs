@@ -45,12 +45,12 @@ impl Resources for V1 {
         }
     }
 
-    /// Shares are read back (the kernel clamps them silently); period and
-    /// quota, and the realtime period and runtime, are written in runc's
-    /// order (see [`write_pair`]).
+    /// As runc: a 0 leaves the value as it is; shares are read back (the
+    /// kernel clamps them silently); period and quota, and the realtime
+    /// period and runtime, are written in runc's order (see [`write_pair`]).
     fn set_cpu(&self, ctl: &CpuController, c: &LinuxCpu) -> Result<()> {
         let dir = ctl.path();
-        if let Some(shares) = c.shares() {
+        if let Some(shares) = c.shares().filter(|v| *v != 0) {
             set(dir, "cpu.shares", Some(shares), |v| ctl.set_shares(v))?;
             let got = read_u64(&dir.join("cpu.shares"))?;
             if got != shares {
@@ -62,16 +62,20 @@ impl Resources for V1 {
         }
         let period = c
             .period()
+            .filter(|v| *v != 0)
             .map(|v| ("cpu.cfs_period_us", "cpu.period", v.to_string()));
         let quota = c
             .quota()
+            .filter(|v| *v != 0)
             .map(|v| ("cpu.cfs_quota_us", "cpu.quota", v.to_string()));
         write_pair(dir, period, quota)?;
         let rt_period = c
             .realtime_period()
+            .filter(|v| *v != 0)
             .map(|v| ("cpu.rt_period_us", "cpu.realtimePeriod", v.to_string()));
         let rt_runtime = c
             .realtime_runtime()
+            .filter(|v| *v != 0)
             .map(|v| ("cpu.rt_runtime_us", "cpu.realtimeRuntime", v.to_string()));
         write_pair(dir, rt_period, rt_runtime)
     }
