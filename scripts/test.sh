@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Usage: scripts/test.sh        (as root)
 #
-# Installs the dependencies, builds every target and runs the whole test
-# suite: the host suite, then the stock-kernel guest suite
+# Installs the dependencies, builds every target, checks formatting and
+# clippy's lints (warnings are errors) and runs the whole test suite: the host suite, then the stock-kernel guest suite
 # (scripts/test-guest.sh: pure cgroup v2, soft-dirty tracking, one QEMU guest
 # per group). Exits non-zero if anything fails.
 #
@@ -32,6 +32,10 @@ scripts/install-deps.sh
 
 log "building all targets"
 cargo build --workspace --all-targets "${locked[@]}"
+
+log "checking formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets "${locked[@]}" --quiet -- -D warnings
 
 log "running tests"
 out=$(mktemp /tmp/ferry-test.XXXXXX)

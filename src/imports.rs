@@ -39,7 +39,7 @@ pub enum Error {
         path: PathBuf,
         source: archive::Error,
     },
-    #[error("{} holds no root filesystem (it was exported with --ignore-rootfs): pass --bundle DIR with the container's config.json and rootfs", .0.display())]
+    #[error("{} holds no root filesystem", .0.display())]
     NoRootfs(PathBuf),
     #[error("{}: {source}", archive::SPEC_FILE)]
     SpecJson { source: serde_json::Error },

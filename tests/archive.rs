@@ -3,55 +3,11 @@
 mod common;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// CRIU takes host-wide locks (iptables, its cgroup yard): one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> Option<MutexGuard<'static, ()>> {
-    if !is_root() {
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A counter container writing to `<work>/<name>-data/count`.
-fn counter(env: &Env, name: &str) -> (String, PathBuf, PathBuf) {
-    let id = env.id(name);
-    let data = env.work.path().join(format!("{name}-data"));
-    std::fs::create_dir_all(&data).unwrap();
-    let bundle = counter_bundle(env, name, &data);
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
-    let count = data.join("count");
-    assert!(wait_until(Duration::from_secs(5), || read_num(&count)
-        .unwrap_or(0)
-        >= 3));
-    (id, bundle, count)
-}
-
-fn counter_bundle(env: &Env, name: &str, data: &Path) -> PathBuf {
-    env.bundle(name, &["sh", "-c", COUNTER], |v| add_bind(v, data, "/data"))
-}
-
-/// The counter moves on from at least `from` (it never restarts at 1).
-fn assert_continues(count: &Path, from: u64) {
-    assert!(
-        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
-            > from + 3),
-        "counter stuck at {:?}, expected it to pass {from}",
-        read_num(count)
-    );
-}
 
 /// Names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
@@ -89,9 +45,9 @@ fn inspect_json(path: &Path) -> Value {
 
 #[test]
 fn export_import_round_trip_into_a_built_and_into_another_bundle() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("arc");
-    let (id, _bundle, count) = counter(&env, "c");
+    let (id, _bundle, count) = env.counter("c");
     let out_dir = env.work.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let archive = out_dir.join("c.tar.zst");
@@ -169,7 +125,7 @@ fn export_import_round_trip_into_a_built_and_into_another_bundle() {
 
     let data2 = env.work.path().join("other-data");
     std::fs::create_dir(&data2).unwrap();
-    let other = counter_bundle(&env, "other", &data2);
+    let other = env.counter_bundle("other", &data2);
     let r2 = env.id("r2");
     env.ok(&[
         "restore",
@@ -197,9 +153,9 @@ fn export_import_round_trip_into_a_built_and_into_another_bundle() {
 
 #[test]
 fn ignore_rootfs_leaves_the_rootfs_out_and_needs_a_bundle() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("norootfs");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let archive = env.work.path().join("c.tar");
     env.ok(&[
         "checkpoint",
@@ -283,9 +239,9 @@ fn rewrite(
 
 #[test]
 fn malformed_archives_are_refused_and_nothing_is_written() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("badarc");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let dir = env.work.path().join("arcs");
     std::fs::create_dir(&dir).unwrap();
     let good_zst = dir.join("good.tar.zst");
@@ -403,9 +359,9 @@ fn malformed_archives_are_refused_and_nothing_is_written() {
 
 #[test]
 fn export_refuses_modes_without_local_images_and_unwritable_destinations() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("exbad");
-    let (id, _bundle, _count) = counter(&env, "c");
+    let (id, _bundle, _count) = env.counter("c");
     let w = env.work.path();
     let err = env.fail(&[
         "checkpoint",

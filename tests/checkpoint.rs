@@ -5,57 +5,16 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 
-/// CRIU takes host-wide locks (iptables, its cgroup yard): one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> Option<MutexGuard<'static, ()>> {
-    if !is_root() {
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// A counter container writing to `<work>/<name>-data/count`.
-fn counter(env: &Env, name: &str) -> (String, PathBuf, PathBuf) {
-    let id = env.id(name);
-    let data = env.work.path().join(format!("{name}-data"));
-    std::fs::create_dir_all(&data).unwrap();
-    let bundle = env.bundle(name, &["sh", "-c", COUNTER], |v| {
-        add_bind(v, &data, "/data")
-    });
-    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
-    let count = data.join("count");
-    assert!(wait_until(Duration::from_secs(5), || read_num(&count)
-        .unwrap_or(0)
-        >= 3));
-    (id, bundle, count)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The counter moves on from at least `from` (it never restarts at 1).
-fn assert_continues(count: &Path, from: u64) {
-    assert!(
-        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
-            > from + 3),
-        "counter stuck at {:?}, expected it to pass {from}",
-        read_num(count)
-    );
-}
-
 #[test]
 fn counter_continues_through_two_checkpoint_restore_cycles() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("cycle");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let mut last = 0;
     for round in 0..2 {
         let images = env.work.path().join(format!("img{round}"));
@@ -71,18 +30,8 @@ fn counter_continues_through_two_checkpoint_restore_cycles() {
             "counter moved while checkpointed"
         );
         // Stats as JSON with --log-format json.
-        let out = env.ok(&[
-            "--log-format",
-            "json",
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            "--stats",
-            &id,
-        ]);
+        let json = ["--stats", "--log-format", "json"];
+        let out = env.ok(&restore_args(&bundle, &images, &json, &id));
         let stats: Value = serde_json::from_str(out.trim()).unwrap();
         assert!(stats["restore_time_us"].as_u64().unwrap() > 0, "{stats}");
         assert_eq!(env.status(&id), "running");
@@ -98,17 +47,11 @@ fn counter_continues_through_two_checkpoint_restore_cycles() {
 
 #[test]
 fn leave_running_and_two_copies_with_other_bind_sources() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("copies");
-    let (id, _bundle, count) = counter(&env, "c");
+    let (id, _bundle, count) = env.counter("c");
     let images = env.work.path().join("img");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &["--leave-running"], &id));
     assert_eq!(env.status(&id), "running");
     let at_dump = read_num(&count).unwrap();
     assert_continues(&count, at_dump);
@@ -119,15 +62,7 @@ fn leave_running_and_two_copies_with_other_bind_sources() {
         let data = env.work.path().join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
         let bundle = env.bundle(name, &["true"], |v| add_bind(v, &data, "/data"));
-        env.ok(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            &cid,
-        ]);
+        env.ok(&restore_args(&bundle, &images, &[], &cid));
         copies.push((cid, data.join("count")));
     }
     for (cid, c) in &copies {
@@ -151,7 +86,7 @@ fn leave_running_and_two_copies_with_other_bind_sources() {
 
 #[test]
 fn pipes_carry_data_after_restore() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("pipes");
     let id = env.id("echo");
     let bundle = env.bundle(
@@ -169,22 +104,14 @@ fn pipes_carry_data_after_restore() {
     assert_eq!(line, "got one\n");
 
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.ok(&checkpoint_args(&images, &[], &id));
     let desc: Vec<String> =
         serde_json::from_str(&std::fs::read_to_string(images.join("descriptors.json")).unwrap())
             .unwrap();
     assert!(desc[0].starts_with("pipe:"), "{desc:?}");
     // Restored with new pipes of the restoring caller.
     let mut child = env
-        .cmd(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            &id,
-        ])
+        .cmd(&restore_args(&bundle, &images, &[], &id))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,11 +137,11 @@ fn pipes_carry_data_after_restore() {
 
 #[test]
 fn hooks_fire_on_restore() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("hooks");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.ok(&checkpoint_args(&images, &[], &id));
     let log = env.work.path().join("hooks.log");
     let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo {name} \"$s\" >> {}", log.display())]});
     let mut v: Value =
@@ -227,15 +154,7 @@ fn hooks_fire_on_restore() {
     });
     std::fs::write(bundle.join("config.json"), v.to_string()).unwrap();
     let at = read_num(&count).unwrap();
-    env.ok(&[
-        "restore",
-        "-d",
-        "--bundle",
-        s(&bundle),
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&restore_args(&bundle, &images, &[], &id));
     let text = std::fs::read_to_string(&log).unwrap();
     let names: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(names, ["prestart", "createRuntime", "poststart"], "{text}");
@@ -254,7 +173,7 @@ fn hooks_fire_on_restore() {
 
 #[test]
 fn memory_survives_byte_for_byte() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("mem");
     let id = env.id("c");
     let data = env.work.path().join("data");
@@ -264,21 +183,13 @@ fn memory_survives_byte_for_byte() {
         add_bind(v, &data, "/data")
     });
     std::fs::copy(memhog(), bundle.join("rootfs/memhog")).unwrap();
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    env.run_detached(&bundle, &id);
     assert!(wait_until(Duration::from_secs(60), || data
         .join("sum-before")
         .exists()));
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
-    env.ok(&[
-        "restore",
-        "-d",
-        "--bundle",
-        s(&bundle),
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &[], &id));
+    env.ok(&restore_args(&bundle, &images, &[], &id));
     env.ok(&["kill", &id, "USR1"]);
     assert!(wait_until(Duration::from_secs(30), || data
         .join("sum-after")
@@ -305,13 +216,13 @@ fn veth_bundle(env: &Env, name: &str, net: u8) -> PathBuf {
 
 #[test]
 fn veth_server_answers_after_restore_and_established_connection_survives() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let host = NetNs::new("veth");
     let env = Env::new("veth");
     env.set_netns(&host.name);
     let id = env.id("srv");
     let bundle = veth_bundle(&env, "b", 1);
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    env.run_detached(&bundle, &id);
     // A long-lived client connection from the host.
     let mut client = host
         .command(&["busybox", "nc", "10.77.1.2", "7000"])
@@ -329,13 +240,7 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
         }
     }));
     let images = env.work.path().join("img");
-    env.ok(&[
-        "checkpoint",
-        "--tcp-established",
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &["--tcp-established"], &id));
     env.ok(&[
         "restore",
         "-d",
@@ -374,26 +279,20 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
 
 #[test]
 fn unsupported_modes_fail_before_freezing() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("modes");
-    let (id, _bundle, count) = counter(&env, "c");
+    let (id, _bundle, count) = env.counter("c");
     let features = ferry::criu::Criu::new().unwrap().features().unwrap();
     let images = env.work.path().join("img");
     if !features.mem_track {
-        let err = env.fail(&["checkpoint", "--pre-dump", "--image-path", s(&images), &id]);
+        let err = env.fail(&checkpoint_args(&images, &["--pre-dump"], &id));
         assert!(
             err.contains("pre-dump") && err.contains("soft-dirty"),
             "{err}"
         );
     }
     if !features.lazy_pages {
-        let err = env.fail(&[
-            "checkpoint",
-            "--lazy-pages",
-            "--image-path",
-            s(&images),
-            &id,
-        ]);
+        let err = env.fail(&checkpoint_args(&images, &["--lazy-pages"], &id));
         assert!(err.contains("lazy pages"), "{err}");
     }
     assert_eq!(env.status(&id), "running");
@@ -410,19 +309,19 @@ fn snapshot(env: &Env, id: &str) -> (String, Vec<PathBuf>) {
 
 #[test]
 fn bad_input_gets_one_line_and_loses_nothing() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("bad");
-    let (id, bundle, count) = counter(&env, "c");
+    let (id, bundle, count) = env.counter("c");
     let before = snapshot(&env, &id);
     let w = env.work.path();
 
     // Checkpoint of a nonexistent container.
-    let err = env.fail(&["checkpoint", "--image-path", s(&w.join("x")), "nosuch"]);
+    let err = env.fail(&checkpoint_args(&w.join("x"), &[], "nosuch"));
     assert!(err.contains("does not exist"), "{err}");
     // Image path that is a file.
     let file = w.join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let err = env.fail(&["checkpoint", "--image-path", s(&file), &id]);
+    let err = env.fail(&checkpoint_args(&file, &[], &id));
     assert!(err.contains("not a directory"), "{err}");
     // Image path that cannot be written (a read-only bind mount).
     let ro = w.join("ro");
@@ -446,7 +345,7 @@ fn bad_input_gets_one_line_and_loses_nothing() {
         )
         .is_ok();
     if mounted {
-        let err = env.fail(&["checkpoint", "--image-path", s(&ro), &id]);
+        let err = env.fail(&checkpoint_args(&ro, &[], &id));
         assert!(err.contains("not writable"), "{err}");
         let _ = nix::mount::umount2(&ro, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -454,17 +353,7 @@ fn bad_input_gets_one_line_and_loses_nothing() {
     assert_eq!(env.status(&id), "running");
 
     // Restore from a missing dir, an empty dir, another tool's files.
-    let restore = |images: &Path, rid: &str| {
-        env.fail(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(images),
-            rid,
-        ])
-    };
+    let restore = |images: &Path, rid: &str| env.fail(&restore_args(&bundle, images, &[], rid));
     let rid = env.id("r");
     let err = restore(&w.join("missing"), &rid);
     assert!(err.contains("No such file"), "{err}");
@@ -487,13 +376,7 @@ fn bad_input_gets_one_line_and_loses_nothing() {
 
     // A real checkpoint (left running), then damaged copies of it.
     let images = w.join("img");
-    env.ok(&[
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &["--leave-running"], &id));
     assert_eq!(env.status(&id), "running");
     let copy = |name: &str| {
         let d = w.join(name);
@@ -555,21 +438,21 @@ fn bad_input_gets_one_line_and_loses_nothing() {
     // Stopped container.
     env.ok(&["kill", &id, "KILL"]);
     assert!(wait_until(Duration::from_secs(5), || env.status(&id) == "stopped"));
-    let err = env.fail(&["checkpoint", "--image-path", s(&w.join("y")), &id]);
+    let err = env.fail(&checkpoint_args(&w.join("y"), &[], &id));
     assert!(err.contains("is stopped"), "{err}");
     env.ok(&["delete", &id]);
 }
 
 #[test]
 fn criu_missing_or_too_old_is_named() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("criu");
-    let (id, _bundle, _count) = counter(&env, "c");
+    let (id, _bundle, _count) = env.counter("c");
     let before = snapshot(&env, &id);
     let images = env.work.path().join("img");
     let run = |criu: &Path| {
         let out = env
-            .cmd(&["checkpoint", "--image-path", s(&images), &id])
+            .cmd(&checkpoint_args(&images, &[], &id))
             .env("FERRY_CRIU", criu)
             .output()
             .unwrap();
@@ -616,7 +499,7 @@ fn read_until(f: &mut std::fs::File, want: &str) -> String {
 
 #[test]
 fn terminal_container_gets_a_pty_back_on_restore() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("tty");
     let id = env.id("c");
     let bundle = env.bundle("b", &["sh"], |v| v["process"]["terminal"] = json!(true));
@@ -654,7 +537,7 @@ fn terminal_container_gets_a_pty_back_on_restore() {
     assert!(seen.contains("before-42\r\n"), "{seen:?}");
 
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    env.ok(&checkpoint_args(&images, &[], &id));
     env.assert_gone(&id);
     drop(f);
 
@@ -662,17 +545,12 @@ fn terminal_container_gets_a_pty_back_on_restore() {
     let listener2 = std::os::unix::net::UnixListener::bind(&sock2).unwrap();
     let err2 = env.work.path().join("restore.err");
     let mut child = env
-        .cmd(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            "--console-socket",
-            s(&sock2),
+        .cmd(&restore_args(
+            &bundle,
+            &images,
+            &["--console-socket", s(&sock2)],
             &id,
-        ])
+        ))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err2).unwrap())
         .spawn()

@@ -12,16 +12,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::invariants::{assert_nothing_left, criu_tables, mounts_below, TreeSnapshot};
-use common::{is_root, Env, NetNs};
+use common::{checkpoint_args, is_root, restore_args, s, Env, NetNs};
 use serde_json::json;
 
 /// From before ferry has done anything to past the end of the operation.
 const DELAYS_MS: [u64; 11] = [0, 5, 10, 20, 40, 60, 90, 120, 180, 250, 400];
 const VETH: &str = "fyfault0";
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Starts a ferry command without waiting for it.
 fn spawn(env: &Env, args: &[&str]) -> Child {
@@ -115,7 +111,7 @@ fn veth_world(tag: &str) -> (NetNs, Env, PathBuf) {
 
 fn warm_up(env: &Env, bundle: &Path) -> TreeSnapshot {
     let id = env.id("warm");
-    env.ok(&["run", "-d", "--bundle", s(bundle), &id]);
+    env.run_detached(bundle, &id);
     env.ok(&["delete", "--force", &id]);
     TreeSnapshot::take(&bundle.join("rootfs"))
 }
@@ -164,7 +160,7 @@ fn killed_create_run_and_start_leave_nothing_after_delete_force() {
     // A delete --force killed half-way is finished by the next one.
     for ms in [0, 2, 5, 10, 20, 40] {
         let id = env.id(&format!("del{ms}"));
-        env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+        env.run_detached(&bundle, &id);
         killed += kill_after(spawn(&env, &["delete", "--force", &id]), ms) as usize;
         let ctx = format!("delete --force killed after {ms} ms");
         check_after_kill(
@@ -194,22 +190,14 @@ fn killed_restore_never_touches_the_bundle_and_delete_force_removes_everything()
     let rootfs = bundle.join("rootfs");
     let before = warm_up(&env, &bundle);
     let src = env.id("src");
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &src]);
+    env.run_detached(&bundle, &src);
     let images = env.work.path().join("img");
-    env.ok(&["checkpoint", "--image-path", s(&images), &src]);
+    env.ok(&checkpoint_args(&images, &[], &src));
     let mut killed = 0;
     let mut cut_short = 0;
     for ms in DELAYS_MS {
         let id = env.id(&format!("r{ms}"));
-        let args = [
-            "restore",
-            "-d",
-            "--bundle",
-            s(&bundle),
-            "--image-path",
-            s(&images),
-            &id,
-        ];
+        let args = restore_args(&bundle, &images, &[], &id);
         killed += kill_after(spawn(&env, &args), ms) as usize;
         let ctx = format!("restore killed after {ms} ms");
         let st = check_after_kill(
@@ -238,15 +226,7 @@ fn killed_restore_never_touches_the_bundle_and_delete_force_removes_everything()
     assert!(cut_short >= 2, "only {cut_short} restores were cut short");
     // The images and the bundle still make a working container.
     let id = env.id("final");
-    env.ok(&[
-        "restore",
-        "-d",
-        "--bundle",
-        s(&bundle),
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&restore_args(&bundle, &images, &[], &id));
     assert_eq!(env.status(&id), "running");
     env.ok(&["delete", "--force", &id]);
     assert_nothing_left(&env, &id, Some((&ns, Some(VETH))), "final restore");
@@ -273,10 +253,10 @@ fn aborted_checkpoints_leave_no_criu_lock_table() {
     for (i, ms) in [20u64, 50, 80, 110, 150, 200, 260].into_iter().enumerate() {
         for concurrent in ["kill", "delete"] {
             let id = env.id(&format!("{concurrent}{ms}"));
-            env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+            env.run_detached(&bundle, &id);
             let images = env.work.path().join(format!("img-{concurrent}-{i}"));
             let mut ckpt = env
-                .cmd(&["checkpoint", "--image-path", s(&images), &id])
+                .cmd(&checkpoint_args(&images, &[], &id))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -303,13 +283,12 @@ fn aborted_checkpoints_leave_no_criu_lock_table() {
     assert!(aborted >= 2, "only {aborted} checkpoints were aborted");
     // A checkpoint that succeeds leaves no table either (no TCP to hold).
     let id = env.id("clean");
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
-    env.ok(&[
-        "checkpoint",
-        "--image-path",
-        s(&env.work.path().join("img-clean")),
+    env.run_detached(&bundle, &id);
+    env.ok(&checkpoint_args(
+        &env.work.path().join("img-clean"),
+        &[],
         &id,
-    ]);
+    ));
     assert_eq!(criu_tables(&ns), Vec::<String>::new());
     assert_nothing_left(&env, &id, Some((&ns, None)), "successful checkpoint");
 }
@@ -484,7 +463,7 @@ fn delete_force_unmounts_what_is_below_the_state_dir_and_keeps_its_files() {
     let env = Env::new("fmount");
     let bundle = env.bundle("b", &["sleep", "3600"], |_| {});
     let id = env.id("m");
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    env.run_detached(&bundle, &id);
     // Something mounted into the state dir, as a killed restore leaves
     // its rootfs bind: the same filesystem, so only the mount id tells.
     let data = env.work.path().join("precious");
@@ -544,7 +523,7 @@ fn criu_killed_while_it_holds_the_network_leaves_a_container_that_still_talks() 
             continue;
         }
         let id = env.id(&format!("{method}{attempt}"));
-        env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+        env.run_detached(&bundle, &id);
         let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
         let ping = || {
             ns.exec(&["ping", "-c", "1", "-W", "1", "10.123.0.2"])
@@ -555,15 +534,7 @@ fn criu_killed_while_it_holds_the_network_leaves_a_container_that_still_talks() 
         let images = env.work.path().join(format!("img-{method}"));
         let mut ckpt = spawn(
             &env,
-            &[
-                "checkpoint",
-                "--leave-running",
-                "--network-lock",
-                method,
-                "--image-path",
-                s(&images),
-                &id,
-            ],
+            &checkpoint_args(&images, &["--leave-running", "--network-lock", method], &id),
         );
         // Kill CRIU (the child of the ferry this test started) while its
         // lock is in place, so it cannot remove it.
@@ -622,7 +593,7 @@ fn killed_restore_from_an_archive_leaves_no_imported_bundle_after_delete_force()
     let rootfs = bundle.join("rootfs");
     let before = warm_up(&env, &bundle);
     let src = env.id("src");
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &src]);
+    env.run_detached(&bundle, &src);
     let archive = env.work.path().join("c.tar.zst");
     env.ok(&["checkpoint", "--export", s(&archive), &src]);
     let imports = env.root.path().join("@imports");
@@ -658,16 +629,10 @@ fn resume_after_a_leave_stopped_checkpoint_releases_criu_network_lock() {
     }
     let (ns, env, bundle) = veth_world("fstopped");
     let id = env.id("c");
-    env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    env.run_detached(&bundle, &id);
     let pid = env.state(&id)["pid"].as_i64().unwrap() as i32;
     let images = env.work.path().join("img");
-    env.ok(&[
-        "checkpoint",
-        "--leave-stopped",
-        "--image-path",
-        s(&images),
-        &id,
-    ]);
+    env.ok(&checkpoint_args(&images, &["--leave-stopped"], &id));
     assert_eq!(env.status(&id), "paused");
     // CRIU leaves its lock while the tree is stopped...
     assert!(criu_lock_in(pid), "no CRIU lock after --leave-stopped");

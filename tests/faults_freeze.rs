@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::hosts::{append, s, serial, World};
+use common::hosts::{append, serial, World};
+use common::s;
 use common::*;
 
 /// When to kill the command.

@@ -17,16 +17,6 @@ use common::hosts::*;
 use common::*;
 use serde_json::{json, Value};
 
-/// The counter goes on from at least `from` (never restarts at 1).
-fn assert_continues(count: &Path, from: u64) {
-    assert!(
-        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
-            > from + 3),
-        "counter stuck at {:?}, expected it to pass {from}",
-        read_num(count)
-    );
-}
-
 /// One clear line, then whatever else.
 fn failure_line(out: &Output) -> String {
     assert!(!out.status.success(), "unexpectedly succeeded");
@@ -290,17 +280,35 @@ fn killed_serve_mid_transfer_resumes_a() {
     let out = child.wait_with_output().unwrap();
     let line = failure_line(&out);
     assert!(line.contains("resumed on this host"), "{line}");
-    assert_eq!(w.a.status(&id).as_deref(), Some("running"));
-    w.a.ok(&["kill", &id, "USR1"]);
-    assert!(wait_until(Duration::from_secs(10), || data
-        .join("sum-after")
-        .exists()));
-    assert_eq!(read_text(&data.join("sum-after")), sum);
+    assert_memory_intact_on_a(&w, &id, &data, &sum);
     // B: no container; a restarted server sweeps the dead one's images.
     assert!(w.b.containers().is_empty());
     let (pki, shared) = (w.pki.clone(), w.work.path().to_path_buf());
     w.b.serve(&pki, "b", &shared);
     w.b.assert_clean(&id);
+}
+
+/// A runs the memhog container on, its memory as it was (`sum`).
+fn assert_memory_intact_on_a(w: &World, id: &str, data: &Path, sum: &str) {
+    assert_eq!(w.a.status(id).as_deref(), Some("running"));
+    w.a.ok(&["kill", id, "USR1"]);
+    assert!(wait_until(Duration::from_secs(10), || data
+        .join("sum-after")
+        .exists()));
+    assert_eq!(read_text(&data.join("sum-after")), sum);
+}
+
+/// B removes the images of an aborted migration within `secs` seconds.
+fn wait_images_gone_from_b(w: &World, secs: u64) {
+    assert!(
+        wait_until(Duration::from_secs(secs), || {
+            walk(&w.b.bundles().join(".incoming"))
+                .iter()
+                .all(|p| p.is_dir())
+        }),
+        "B kept the images: {}",
+        w.b.serve_log()
+    );
 }
 
 #[test]
@@ -331,24 +339,11 @@ fn cut_link_mid_transfer_resumes_a() {
     let out = child.wait_with_output().unwrap();
     let line = failure_line(&out);
     assert!(line.contains("resumed on this host"), "{line}");
-    assert_eq!(w.a.status(&id).as_deref(), Some("running"));
-    w.a.ok(&["kill", &id, "USR1"]);
-    assert!(wait_until(Duration::from_secs(10), || data
-        .join("sum-after")
-        .exists()));
-    assert_eq!(read_text(&data.join("sum-after")), sum);
+    assert_memory_intact_on_a(&w, &id, &data, &sum);
     // With the link back, B cleans up (the source's abort or its own
     // dead-peer timeout).
     w.b.ns.exec(&["ip", "link", "set", &link, "up"]);
-    assert!(
-        wait_until(Duration::from_secs(45), || {
-            walk(&w.b.bundles().join(".incoming"))
-                .iter()
-                .all(|p| p.is_dir())
-        }),
-        "B kept the images: {}",
-        w.b.serve_log()
-    );
+    wait_images_gone_from_b(&w, 45);
     w.b.assert_clean(&id);
     assert!(w.b.containers().is_empty());
 }
@@ -436,15 +431,7 @@ fn ctrl_c_mid_transfer_resumes_a_and_sigterm_on_serve_cleans_b() {
     assert!(line.contains("cancelled"), "{line}");
     assert!(line.contains("resumed on this host"), "{line}");
     assert_eq!(w.a.status(&id).as_deref(), Some("running"));
-    assert!(
-        wait_until(Duration::from_secs(30), || walk(
-            &w.b.bundles().join(".incoming")
-        )
-        .iter()
-        .all(|p| p.is_dir())),
-        "B kept the images: {}",
-        w.b.serve_log()
-    );
+    wait_images_gone_from_b(&w, 30);
     w.b.assert_clean(&id);
 
     // SIGTERM to serve during a transfer: it aborts, cleans up and exits.
@@ -456,10 +443,5 @@ fn ctrl_c_mid_transfer_resumes_a_and_sigterm_on_serve_cleans_b() {
     assert!(line.contains("resumed on this host"), "{line}");
     w.b.assert_clean(&id);
     assert!(w.b.containers().is_empty());
-    assert_eq!(w.a.status(&id).as_deref(), Some("running"));
-    w.a.ok(&["kill", &id, "USR1"]);
-    assert!(wait_until(Duration::from_secs(10), || data
-        .join("sum-after")
-        .exists()));
-    assert_eq!(read_text(&data.join("sum-after")), sum);
+    assert_memory_intact_on_a(&w, &id, &data, &sum);
 }

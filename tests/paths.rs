@@ -9,25 +9,10 @@ mod common;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-/// CRIU takes host-wide locks: one checkpoint test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> Option<MutexGuard<'static, ()>> {
-    if !is_root() {
-        return None;
-    }
-    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A host directory no one has made: the target of the attacks. It must
 /// not exist before or after; it is removed on drop in case it does.
@@ -386,7 +371,7 @@ fn linked_bundle(env: &Env, name: &str, data: &Path) -> PathBuf {
 
 #[test]
 fn bind_through_a_symlink_checkpoints_and_restores() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("linkcr");
     let data = env.work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -431,7 +416,7 @@ fn bind_through_a_symlink_checkpoints_and_restores() {
 
 #[test]
 fn hostile_restore_mount_points_are_refused() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("rstlink");
     let target = HostTarget::new("restore");
     let p = target.x();

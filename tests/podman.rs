@@ -158,10 +158,6 @@ impl Drop for Podman {
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn podman_runs_and_checkpoints_a_counter_through_ferry() {
     let Some(mut p) = Podman::new() else { return };

@@ -16,10 +16,6 @@ fn criu_serial() -> MutexGuard<'static, ()> {
     CRIU.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn sleeper(env: &Env, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
     env.bundle(name, &["sleep", "1000"], edit)
 }

@@ -33,20 +33,6 @@ pub enum TransportError {
     Timeout(Duration),
 }
 
-impl TransportError {
-    /// The connection is gone or unusable (as opposed to a refusal with a
-    /// reason).
-    pub fn is_connection_lost(&self) -> bool {
-        matches!(
-            self,
-            TransportError::Wire(WireError::Closed)
-                | TransportError::Wire(WireError::Truncated { .. })
-                | TransportError::Wire(WireError::Io(_))
-                | TransportError::Timeout(_)
-        )
-    }
-}
-
 /// An established, authenticated (or explicitly insecure) connection.
 pub struct Channel {
     stream: Box<dyn Stream>,
@@ -88,10 +74,6 @@ impl Channel {
             sent: 0,
             received: 0,
         }
-    }
-
-    pub fn is_tls(&self) -> bool {
-        self.ca.is_some()
     }
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {

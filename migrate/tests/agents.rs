@@ -364,6 +364,11 @@ impl World {
         c
     }
 
+    /// A migration of `src` to the server at `to` with [`World::config`].
+    fn migrate(&self, src: &mut FakeSource, to: std::net::SocketAddr) -> Outcome {
+        migrate_with(src, &self.config(to))
+    }
+
     fn behave(&self, b: DestBehaviour) {
         *self.factory.behaviour.lock().unwrap() = b;
     }
@@ -388,6 +393,13 @@ impl World {
 
 fn no_progress() -> impl FnMut(&Progress) {
     |_| {}
+}
+
+type Outcome = Result<migrate::Report, Box<source::Failure>>;
+
+/// A migration of `src` with `cfg`, no progress report and no cancel.
+fn migrate_with(src: &mut FakeSource, cfg: &SourceConfig) -> Outcome {
+    source::migrate(src, cfg, &mut no_progress(), &CancelToken::new())
 }
 
 #[test]
@@ -481,13 +493,7 @@ fn restore_failure_on_the_destination_resumes_the_source() {
     });
     let serving = w.serve();
     let mut src = w.source("c2");
-    let f = source::migrate(
-        &mut src,
-        &w.config(serving.addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let f = w.migrate(&mut src, serving.addr).unwrap_err();
     serving.idle();
     assert_eq!(f.source, SourceState::Resumed);
     assert_eq!(f.phase, migrate::Phase::Restore);
@@ -518,7 +524,7 @@ fn connection_cut_mid_transfer_resumes_the_source_and_cleans_the_destination() {
     }));
     let mut cfg = w.config(proxy.addr);
     cfg.compression = migrate::wire::Compression::None;
-    let f = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new()).unwrap_err();
+    let f = migrate_with(&mut src, &cfg).unwrap_err();
     assert_eq!(proxy.cuts(), 1);
     assert_eq!(f.source, SourceState::Resumed, "{f}");
     assert_eq!(f.phase, migrate::Phase::RootfsDelta, "{f}");
@@ -546,8 +552,7 @@ fn bad_credentials_are_refused_before_anything_is_touched() {
         let mut src = w.source(&format!("c4-{name}"));
         let mut cfg = w.config(serving.addr);
         cfg.security = security;
-        let f =
-            source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new()).unwrap_err();
+        let f = migrate_with(&mut src, &cfg).unwrap_err();
         assert_eq!(f.source, SourceState::Untouched, "{name}: {f}");
         assert_eq!(f.phase, migrate::Phase::Connect, "{name}: {f}");
         assert!(
@@ -574,26 +579,14 @@ fn bad_credentials_are_refused_before_anything_is_touched() {
     cfg.timeouts.idle = Duration::from_secs(5);
     let rogue_dest = Serving::start(cfg, w.factory.clone());
     let mut src = w.source("c4-rogue-dest");
-    let f = source::migrate(
-        &mut src,
-        &w.config(rogue_dest.addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let f = w.migrate(&mut src, rogue_dest.addr).unwrap_err();
     assert!(f.to_string().contains("peer certificate rejected"), "{f}");
     assert!(calls(&w.src_log).is_empty());
     assert!(calls(&w.dst_log).is_empty());
     w.assert_dest_clean();
     // The honest source still gets through.
     let mut src = w.source("c4-good");
-    source::migrate(
-        &mut src,
-        &w.config(serving.addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap();
+    w.migrate(&mut src, serving.addr).unwrap();
 }
 
 #[test]
@@ -602,13 +595,7 @@ fn failed_dump_resumes_and_aborts_the_destination() {
     let serving = w.serve();
     let mut src = w.source("c5");
     src.fail_dump = true;
-    let f = source::migrate(
-        &mut src,
-        &w.config(serving.addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let f = w.migrate(&mut src, serving.addr).unwrap_err();
     serving.idle();
     assert_eq!(f.source, SourceState::Resumed);
     assert!(
@@ -651,7 +638,7 @@ fn explicit_unavailable_mode_is_refused_before_freezing() {
     let mut src = w.source("c7");
     let mut cfg = w.config(serving.addr);
     cfg.mode = migrate::ModeRequest::PreCopy;
-    let f = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new()).unwrap_err();
+    let f = migrate_with(&mut src, &cfg).unwrap_err();
     serving.idle();
     assert_eq!(f.source, SourceState::Untouched);
     assert!(
@@ -677,9 +664,7 @@ fn one_migration_per_id_but_several_ids_at_once() {
     // First migration of "same" blocks in the destination's restore.
     let mut first = w.source("same");
     let cfg = w.config(addr);
-    let t = thread::spawn(move || {
-        source::migrate(&mut first, &cfg, &mut no_progress(), &CancelToken::new())
-    });
+    let t = thread::spawn(move || migrate_with(&mut first, &cfg));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !calls(&w.dst_log).contains(&"restore".to_string()) {
         assert!(Instant::now() < deadline);
@@ -688,25 +673,13 @@ fn one_migration_per_id_but_several_ids_at_once() {
     // A second one for the same ID is refused; the first is untouched.
     let dup_dir = w.src_dir.join("dup");
     let mut dup = FakeSource::new("same", &dup_dir, Default::default());
-    let f = source::migrate(
-        &mut dup,
-        &w.config(addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let f = w.migrate(&mut dup, addr).unwrap_err();
     assert!(f.to_string().contains("already in progress"), "{f}");
     assert_eq!(f.source, SourceState::Untouched);
     // Another ID goes through meanwhile (its restore is gated too).
     w.behave(DestBehaviour::default());
     let mut other = w.source("other");
-    source::migrate(
-        &mut other,
-        &w.config(addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap();
+    w.migrate(&mut other, addr).unwrap();
     gate_tx.send(()).unwrap();
     t.join().unwrap().unwrap();
     serving.idle();
@@ -724,13 +697,7 @@ fn shutdown_of_the_destination_mid_migration_rolls_back_both_sides() {
         let serving = s.lock().unwrap().take().unwrap();
         serving.stop();
     }));
-    let f = source::migrate(
-        &mut src,
-        &w.config(addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let f = w.migrate(&mut src, addr).unwrap_err();
     assert_eq!(f.source, SourceState::Resumed, "{f}");
     assert_eq!(calls(&w.src_log), ["preflight", "dump", "resume"]);
     assert_eq!(calls(&w.dst_log).last().unwrap(), "abort");
@@ -749,13 +716,7 @@ fn lost_commit_is_aborted_and_the_source_resumes() {
         ..Default::default()
     });
     let mut src = w.source("c9");
-    let f = source::migrate(
-        &mut src,
-        &w.config(proxy.addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let f = w.migrate(&mut src, proxy.addr).unwrap_err();
     serving.idle();
     assert_eq!(proxy.cuts(), 1);
     assert_eq!(f.source, SourceState::Resumed, "{f}");
@@ -793,7 +754,7 @@ fn unanswerable_commit_leaves_the_source_to_the_operator() {
     let mut src = w.source("c13");
     let mut cfg = w.config(proxy.addr);
     cfg.status_deadline = Duration::from_secs(1);
-    let f = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new()).unwrap_err();
+    let f = migrate_with(&mut src, &cfg).unwrap_err();
     serving.idle();
     assert_eq!(f.source, SourceState::InDoubt, "{f}");
     // Told before the commit went out, and told that it stays frozen;
@@ -822,13 +783,7 @@ fn lost_running_confirmation_is_recovered_by_asking() {
         ..Default::default()
     });
     let mut src = w.source("c10");
-    let report = source::migrate(
-        &mut src,
-        &w.config(proxy.addr),
-        &mut no_progress(),
-        &CancelToken::new(),
-    )
-    .unwrap();
+    let report = w.migrate(&mut src, proxy.addr).unwrap();
     serving.idle();
     assert!(started.load(Ordering::SeqCst));
     assert_eq!(proxy.cuts(), 1);
@@ -855,7 +810,7 @@ fn shared_rootfs_must_exist_on_the_destination() {
     let mut cfg = w.config(serving.addr);
     cfg.rootfs = RootfsMode::Shared;
     // Same machine: the path exists, so this works and nothing is shipped.
-    let r = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new()).unwrap();
+    let r = migrate_with(&mut src, &cfg).unwrap();
     assert_eq!(r.bytes.rootfs_precopy, 0);
     serving.idle();
     let cfg_json: serde_json::Value =
@@ -869,7 +824,7 @@ fn shared_rootfs_must_exist_on_the_destination() {
     std::fs::remove_dir_all(&src.rootfs).unwrap();
     let mut src = FakeSource::new("c12", &w.src_dir.join("c12"), w.src_log.clone());
     std::fs::remove_dir_all(&src.rootfs).unwrap();
-    let f = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new()).unwrap_err();
+    let f = migrate_with(&mut src, &cfg).unwrap_err();
     assert!(
         f.to_string().contains("is not a directory on this host"),
         "{f}"
@@ -886,8 +841,7 @@ fn pre_copy_iterates_until_the_downtime_fits_then_dumps_with_the_parent_chain() 
     let mut cfg = w.config(serving.addr);
     cfg.rootfs = RootfsMode::Shared;
     cfg.max_downtime = Some(Duration::from_millis(30));
-    let report = source::migrate(&mut src, &cfg, &mut no_progress(), &CancelToken::new())
-        .unwrap_or_else(|f| panic!("{f}"));
+    let report = migrate_with(&mut src, &cfg).unwrap_or_else(|f| panic!("{f}"));
     serving.idle();
     // 97, 48, then 24 pages: 24 ms fits the 30 ms target.
     assert_eq!(

@@ -78,6 +78,17 @@ fn client(addr: SocketAddr, name: &str, security: &Security) -> Result<(), Trans
     Ok(())
 }
 
+/// A client's refused attempt against `addr`; returns its error.
+fn refused(addr: SocketAddr, security: &Security) -> String {
+    client(addr, "127.0.0.1", security).unwrap_err().to_string()
+}
+
+/// A certificate for 127.0.0.1 from the good CA that expired two hours ago.
+fn expired(pki: &Pki) -> TlsPaths {
+    let two_hours = Validity::expired(Duration::from_secs(7200));
+    pki.host("old", &pki.ca, &["127.0.0.1"], two_hours)
+}
+
 fn contains(e: &str, what: &str) {
     assert!(e.contains(what), "expected {what:?} in: {e}");
 }
@@ -95,9 +106,7 @@ fn server_with_untrusted_certificate_is_refused_by_the_client() {
     let pki = Pki::new();
     let rogue = pki.host("rogue", &pki.other_ca, &["127.0.0.1"], Validity::days(1));
     let (addr, server) = serve_once(Security::tls(&rogue).unwrap());
-    let e = client(addr, "127.0.0.1", &Security::tls(&pki.good("src")).unwrap())
-        .unwrap_err()
-        .to_string();
+    let e = refused(addr, &Security::tls(&pki.good("src")).unwrap());
     contains(&e, "peer certificate rejected");
     contains(&e, "not signed by the trusted CA");
     let s = server.join().unwrap().unwrap_err();
@@ -112,9 +121,7 @@ fn client_with_untrusted_certificate_is_refused_by_the_server() {
     // accepts the server and the refusal comes from the server).
     let mut rogue = pki.host("rogue", &pki.other_ca, &["127.0.0.1"], Validity::days(1));
     rogue.ca = pki.ca.cert.clone();
-    let e = client(addr, "127.0.0.1", &unchecked(&rogue))
-        .unwrap_err()
-        .to_string();
+    let e = refused(addr, &unchecked(&rogue));
     contains(&e, "the peer refused our certificate: unknown CA");
     let s = server.join().unwrap().unwrap_err();
     contains(&s, "peer certificate rejected");
@@ -124,21 +131,14 @@ fn client_with_untrusted_certificate_is_refused_by_the_server() {
 #[test]
 fn expired_client_certificate_is_refused() {
     let pki = Pki::new();
-    let old = pki.host(
-        "old",
-        &pki.ca,
-        &["127.0.0.1"],
-        Validity::expired(Duration::from_secs(7200)),
-    );
+    let old = expired(&pki);
     // Our own loader already refuses it...
     let e = Security::tls(&old).unwrap_err().to_string();
     contains(&e, "our certificate");
     contains(&e, "has expired");
     // ...and so does the peer when the check is skipped.
     let (addr, server) = serve_once(Security::tls(&pki.good("dst")).unwrap());
-    let e = client(addr, "127.0.0.1", &unchecked(&old))
-        .unwrap_err()
-        .to_string();
+    let e = refused(addr, &unchecked(&old));
     contains(
         &e,
         "the peer refused our certificate: our certificate has expired",
@@ -150,16 +150,9 @@ fn expired_client_certificate_is_refused() {
 #[test]
 fn expired_server_certificate_is_refused() {
     let pki = Pki::new();
-    let old = pki.host(
-        "old",
-        &pki.ca,
-        &["127.0.0.1"],
-        Validity::expired(Duration::from_secs(7200)),
-    );
+    let old = expired(&pki);
     let (addr, server) = serve_once(unchecked(&old));
-    let e = client(addr, "127.0.0.1", &Security::tls(&pki.good("src")).unwrap())
-        .unwrap_err()
-        .to_string();
+    let e = refused(addr, &Security::tls(&pki.good("src")).unwrap());
     contains(&e, "peer certificate rejected: the certificate has expired");
     let s = server.join().unwrap().unwrap_err();
     contains(&s, "our certificate has expired");
@@ -204,9 +197,7 @@ fn client_configured_with_the_wrong_ca() {
     contains(&e, "cannot be used with CA");
     contains(&e, "other-ca");
     let (addr, server) = serve_once(Security::tls(&pki.good("dst")).unwrap());
-    let e = client(addr, "127.0.0.1", &unchecked(&p))
-        .unwrap_err()
-        .to_string();
+    let e = refused(addr, &unchecked(&p));
     contains(&e, "not signed by the trusted CA");
     contains(&e, &pki.other_ca.cert.display().to_string());
     let s = server.join().unwrap().unwrap_err();
@@ -218,9 +209,7 @@ fn server_certificate_for_another_address_is_refused() {
     let pki = Pki::new();
     let elsewhere = pki.host("elsewhere", &pki.ca, &["192.0.2.7"], Validity::days(1));
     let (addr, server) = serve_once(Security::tls(&elsewhere).unwrap());
-    let e = client(addr, "127.0.0.1", &Security::tls(&pki.good("src")).unwrap())
-        .unwrap_err()
-        .to_string();
+    let e = refused(addr, &Security::tls(&pki.good("src")).unwrap());
     contains(&e, "not valid for the name or address");
     assert!(server.join().unwrap().is_err());
 }

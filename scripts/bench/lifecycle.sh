@@ -2,19 +2,21 @@
 # Usage: scripts/bench/lifecycle.sh        (as root)
 #
 # Times `run -d` + `delete -f` of the same busybox bundle (a `sleep`
-# container) with ferry (release build) and runc, alternating the two in one
-# run, and prints the median wall time of each and the ratio ferry/runc.
+# container) with ferry (release build), crun and runc, rotating their order in
+# one run, and prints the median wall time of each and ferry's ratio to each.
 #
 # Environment:
 #   N       measured iterations per runtime (default 20)
 #   WARMUP  unmeasured rounds per runtime before that (default 2)
 #   RUNC    runc binary (default /usr/sbin/runc, Debian's package)
+#   CRUN    crun binary (default /usr/bin/crun, Debian's package)
 #   FERRY   ferry binary (default: `cargo build --release`, then its output)
 set -euo pipefail
 
 N=${N:-20}
 WARMUP=${WARMUP:-2}
 RUNC=${RUNC:-/usr/sbin/runc}
+CRUN=${CRUN:-/usr/bin/crun}
 
 log() { echo "lifecycle: $*" >&2; }
 
@@ -36,6 +38,7 @@ fi
 tmp=$(mktemp -d /tmp/ferry-bench.XXXXXX)
 ferry_root=$tmp/ferry-root
 runc_root=$tmp/runc-root
+crun_root=$tmp/crun-root
 prefix=bench$$
 
 cleanup() {
@@ -45,6 +48,9 @@ cleanup() {
   done
   for id in $("$RUNC" --root "$runc_root" list -q 2>/dev/null); do
     "$RUNC" --root "$runc_root" delete -f "$id" >/dev/null 2>&1 || true
+  done
+  for id in $("$CRUN" --root "$crun_root" list -q 2>/dev/null); do
+    "$CRUN" --root "$crun_root" delete -f "$id" >/dev/null 2>&1 || true
   done
   rm -rf "$tmp"
 }
@@ -91,32 +97,45 @@ median_ms() {
     END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m / 1000 }'
 }
 
-: >"$tmp/ferry.txt"
-: >"$tmp/runc.txt"
+declare -A bin=([ferry]=$FERRY [crun]=$CRUN [runc]=$RUNC)
+declare -A root=([ferry]=$ferry_root [crun]=$crun_root [runc]=$runc_root)
+runtimes=(ferry runc)
+# crun runs where it can: 1.8 refuses a hybrid host with any controller on
+# the unified hierarchy. Where it cannot, say why and compare without it.
+if [ ! -x "$CRUN" ]; then
+  log "crun: $CRUN not found (scripts/install-deps.sh installs it): compared without it"
+elif "$CRUN" --root "$crun_root" run -d --bundle "$bundle" "$prefix-crun-probe" </dev/null >/dev/null 2>"$tmp/err"; then
+  "$CRUN" --root "$crun_root" delete -f "$prefix-crun-probe" >/dev/null 2>&1
+  runtimes=(ferry crun runc)
+  log "crun:  $CRUN ($("$CRUN" --version | head -n1))"
+else
+  log "crun cannot run a container on this host ($(tr '\n' ' ' <"$tmp/err")): compared without it"
+fi
+for rt in "${runtimes[@]}"; do : >"$tmp/$rt.txt"; done
 log "ferry: $FERRY ($("$FERRY" --version))"
 log "runc:  $RUNC ($("$RUNC" --version | head -n1))"
-log "$WARMUP warm-up + $N measured rounds, alternating ferry and runc"
+log "$WARMUP warm-up + $N measured rounds, the runtimes' order rotating each round"
 for ((i = 1; i <= WARMUP + N; i++)); do
-  # Alternate which runtime goes first so neither always follows the other.
-  if ((i % 2)); then order=(ferry runc); else order=(runc ferry); fi
+  # Rotate which runtime goes first so none always follows another.
+  k=$((i % ${#runtimes[@]}))
+  order=("${runtimes[@]:k}" "${runtimes[@]:0:k}")
   for rt in "${order[@]}"; do
-    if [ "$rt" = ferry ]; then
-      cycle ferry "$FERRY" "$ferry_root" "$prefix-ferry-$i"
-    else
-      cycle runc "$RUNC" "$runc_root" "$prefix-runc-$i"
-    fi
+    cycle "$rt" "${bin[$rt]}" "${root[$rt]}" "$prefix-$rt-$i"
     ((i > WARMUP)) && echo "$run_us $del_us $((run_us + del_us))" >>"$tmp/$rt.txt"
   done
 done
 
 col() { awk -v c="$1" '{ print $c }' "$tmp/$2.txt" | median_ms; }
-f_run=$(col 1 ferry) f_del=$(col 2 ferry) f_tot=$(col 3 ferry)
-r_run=$(col 1 runc) r_del=$(col 2 runc) r_tot=$(col 3 runc)
-ratio=$(awk -v f="$f_tot" -v r="$r_tot" 'BEGIN { printf "%.2f", f / r }')
+ratio() { awk -v f="$1" -v r="$2" 'BEGIN { printf "%.2f", f / r }'; }
 
 echo
 echo "run -d + delete -f of a busybox sleep container, median of $N ($(nproc) cores, $(uname -r))"
 printf '%-8s %12s %12s %12s\n' "" "run -d" "delete -f" "total"
-printf '%-8s %9s ms %9s ms %9s ms\n' ferry "$f_run" "$f_del" "$f_tot"
-printf '%-8s %9s ms %9s ms %9s ms\n' runc "$r_run" "$r_del" "$r_tot"
-echo "ratio ferry/runc (total): ${ratio}x"
+for rt in "${runtimes[@]}"; do
+  printf '%-8s %9s ms %9s ms %9s ms\n' "$rt" "$(col 1 "$rt")" "$(col 2 "$rt")" "$(col 3 "$rt")"
+done
+f_tot=$(col 3 ferry)
+if [ -s "$tmp/crun.txt" ]; then
+  echo "ratio ferry/crun (total): $(ratio "$f_tot" "$(col 3 crun)")x"
+fi
+echo "ratio ferry/runc (total): $(ratio "$f_tot" "$(col 3 runc)")x"

@@ -113,11 +113,6 @@ pub(super) fn unpack(
         // what is kept beside each.
         name_bytes += name.len() as u64 + ENTRY_OVERHEAD_BYTES;
         within(name_bytes, MAX_NAME_BYTES, "bytes of entry names")?;
-        let kind = entry.header().entry_type();
-        let reject = |reason: &str| Error::UnsafeEntry {
-            path: name.clone(),
-            reason: reason.to_string(),
-        };
         if out.entries == 1 {
             if let Mode::Import(_) = mode {
                 if name != METADATA_FILE {
@@ -125,58 +120,102 @@ pub(super) fn unpack(
                 }
             }
         }
-        match kind {
-            tar::EntryType::Directory => {
-                if !seen.insert(rel.clone()) {
-                    return Err(Error::Duplicate { path: name });
-                }
-                budget.charge(0)?;
-                let target = dest.join(&rel);
-                std::fs::create_dir_all(&target)
-                    .map_err(Error::io(format!("cannot create {}", target.display())))?;
-                continue;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {}
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                return Err(reject(
-                    "links are not allowed outside rootfs-diff.tar (they could point outside the archive)",
-                ))
-            }
-            tar::EntryType::XGlobalHeader => continue,
-            other => return Err(reject(&format!("{other:?} entries are not allowed"))),
+        let kind = classify(entry.header().entry_type(), &name)?;
+        if kind == Kind::Skip {
+            continue;
         }
         if !seen.insert(rel.clone()) {
             return Err(Error::Duplicate { path: name });
         }
-        let size = entry.size();
-        let is_json = charge_sizes(&mut out, &name, size, limits)?;
-        let write = match mode {
-            Mode::Import(_) => true,
-            Mode::Inspect => inspect_wants(&name),
+        if kind == Kind::Dir {
+            budget.charge(0)?;
+            let target = dest.join(&rel);
+            std::fs::create_dir_all(&target)
+                .map_err(Error::io(format!("cannot create {}", target.display())))?;
+            continue;
+        }
+        let file = FileEntry {
+            name,
+            size: entry.size(),
+            target: dest.join(&rel),
         };
-        let file = if write {
-            budget.charge(size)?;
-            Some(create_file(&dest.join(&rel))?)
-        } else {
-            None
-        };
-        let mut keep = is_json.then(Vec::new);
-        let crc = copy_entry(&mut entry, &name, size, file.as_ref(), keep.as_mut())?;
-        if let (Mode::Import(_), Some(f)) = (&mode, file.as_ref()) {
-            f.sync_all()
-                .map_err(Error::io(format!("cannot write {name}")))?;
-        }
-        if let (METADATA_FILE, Mode::Import(check)) = (name.as_str(), &mode) {
-            let meta: Metadata = parse_json(METADATA_FILE, &keep.unwrap_or_default())?;
-            check(&meta)?;
-        }
-        if name != MANIFEST_FILE {
-            out.order.push(name.clone());
-        }
-        out.files.insert(name, (size, crc));
+        unpack_file(&mut entry, file, limits, &mode, &mut budget, &mut out)?;
     }
     check_trailer(archive.into_inner())?;
     Ok(out)
+}
+
+/// How an archive entry is unpacked.
+#[derive(PartialEq)]
+enum Kind {
+    Dir,
+    File,
+    /// Metadata of the tar format itself.
+    Skip,
+}
+
+/// Only directories and regular files are unpacked; anything else refuses
+/// the archive.
+fn classify(kind: tar::EntryType, name: &str) -> Result<Kind> {
+    let reject = |reason: &str| Error::UnsafeEntry {
+        path: name.to_string(),
+        reason: reason.to_string(),
+    };
+    match kind {
+        tar::EntryType::Directory => Ok(Kind::Dir),
+        tar::EntryType::Regular | tar::EntryType::Continuous => Ok(Kind::File),
+        tar::EntryType::Symlink | tar::EntryType::Link => Err(reject(
+            "links are not allowed outside rootfs-diff.tar (they could point outside the archive)",
+        )),
+        tar::EntryType::XGlobalHeader => Ok(Kind::Skip),
+        other => Err(reject(&format!("{other:?} entries are not allowed"))),
+    }
+}
+
+/// A regular file entry: its name in the archive, size, and where it goes.
+struct FileEntry {
+    name: String,
+    size: u64,
+    target: PathBuf,
+}
+
+/// Copies one regular file out (inspect drains what it does not want),
+/// checks the metadata as it arrives, and records size and checksum.
+fn unpack_file(
+    entry: &mut impl Read,
+    file: FileEntry,
+    limits: &Limits,
+    mode: &Mode,
+    budget: &mut SpaceBudget,
+    out: &mut Unpacked,
+) -> Result<()> {
+    let FileEntry { name, size, target } = file;
+    let is_json = charge_sizes(out, &name, size, limits)?;
+    let write = match mode {
+        Mode::Import(_) => true,
+        Mode::Inspect => inspect_wants(&name),
+    };
+    let file = if write {
+        budget.charge(size)?;
+        Some(create_file(&target)?)
+    } else {
+        None
+    };
+    let mut keep = is_json.then(Vec::new);
+    let crc = copy_entry(entry, &name, size, file.as_ref(), keep.as_mut())?;
+    if let (Mode::Import(_), Some(f)) = (mode, file.as_ref()) {
+        f.sync_all()
+            .map_err(Error::io(format!("cannot write {name}")))?;
+    }
+    if let (METADATA_FILE, Mode::Import(check)) = (name.as_str(), mode) {
+        let meta: Metadata = parse_json(METADATA_FILE, &keep.unwrap_or_default())?;
+        check(&meta)?;
+    }
+    if name != MANIFEST_FILE {
+        out.order.push(name.clone());
+    }
+    out.files.insert(name, (size, crc));
+    Ok(())
 }
 
 /// [`Error::Limit`] when `n` exceeds `limit`.

@@ -217,7 +217,7 @@ pub enum Error {
     Missing(String),
     #[error("archive entry {path:?} does not match {MANIFEST_FILE}: {detail}")]
     ManifestMismatch { path: String, detail: String },
-    #[error("not enough space to unpack the archive in {}: it needs {needed_what}, and {available} there (nothing was left behind); free space there or import under another --root", path.display())]
+    #[error("not enough space to unpack the archive in {}: it needs {needed_what}, and {available} there (nothing was left behind)", path.display())]
     NoSpace {
         path: PathBuf,
         /// "at least N bytes": what was charged when the limit was hit.

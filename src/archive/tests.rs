@@ -343,44 +343,17 @@ fn meta_json(arch: &str, criu: &str) -> Vec<u8> {
 
 #[test]
 fn path_escapes_are_rejected() {
+    use tar::EntryType::{Char, Link, Regular, Symlink};
     let meta = meta_json(std::env::consts::ARCH, "4.2.1");
+    const DOTDOT: &str = "'..' path component";
+    const LINKS: &str = "links are not allowed";
     let cases: [(&[u8], tar::EntryType, &[u8], &str); 6] = [
-        (
-            b"../escaped",
-            tar::EntryType::Regular,
-            b"",
-            "'..' path component",
-        ),
-        (
-            b"checkpoint/../../escaped",
-            tar::EntryType::Regular,
-            b"",
-            "'..' path component",
-        ),
-        (
-            b"/tmp/ferry-escaped-abs",
-            tar::EntryType::Regular,
-            b"",
-            "absolute path",
-        ),
-        (
-            b"checkpoint/link",
-            tar::EntryType::Symlink,
-            b"/etc",
-            "links are not allowed",
-        ),
-        (
-            b"checkpoint/hard",
-            tar::EntryType::Link,
-            b"../../etc/passwd",
-            "links are not allowed",
-        ),
-        (
-            b"checkpoint/dev",
-            tar::EntryType::Char,
-            b"",
-            "Char entries are not allowed",
-        ),
+        (b"../escaped", Regular, b"", DOTDOT),
+        (b"checkpoint/../../escaped", Regular, b"", DOTDOT),
+        (b"/tmp/ferry-escaped-abs", Regular, b"", "absolute path"),
+        (b"checkpoint/link", Symlink, b"/etc", LINKS),
+        (b"checkpoint/hard", Link, b"../../etc/passwd", LINKS),
+        (b"checkpoint/dev", Char, b"", "Char entries are not allowed"),
     ];
     for (name, kind, link, reason) in cases {
         let bytes = raw_tar(&[

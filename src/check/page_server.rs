@@ -1,7 +1,7 @@
 //! Starting a page server on 127.0.0.1 and stopping it again.
+use migrate::TlsPaths;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 
 use super::{cap, temp_dir, Capability, PAGE_SERVER};
 use crate::criu::{Criu, Opts};
@@ -34,18 +34,11 @@ pub(super) fn kill(pid: i32) {
     }
 }
 
-/// TLS files for a page server.
-pub(super) struct TlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 /// Starts a page server on 127.0.0.1 (with `tls`, a TLS one), runs `probe`
 /// against its port, and stops it. Returns the port and the probe's answer.
 pub(super) fn with_page_server<T>(
     criu: &Criu,
-    tls: Option<&TlsFiles>,
+    tls: Option<&TlsPaths>,
     probe: impl FnOnce(u16) -> T,
 ) -> Result<(u16, T), String> {
     let dir = temp_dir("ferry-check")?;
@@ -59,10 +52,7 @@ pub(super) fn with_page_server<T>(
     ps.set_port(0);
     o.ps = Some(ps).into();
     if let Some(t) = tls {
-        o.set_tls(true);
-        o.set_tls_cacert(t.ca.display().to_string());
-        o.set_tls_cert(t.cert.display().to_string());
-        o.set_tls_key(t.key.display().to_string());
+        crate::criu::set_tls(&mut o, t);
         o.set_tls_no_cn_verify(true);
     }
     let server = criu

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use migrate::certs::{generate_ca, generate_host, Validity};
+use migrate::TlsPaths;
 
-use super::page_server::{with_page_server, TlsFiles};
+use super::page_server::with_page_server;
 use super::{cap, temp_dir, Capability, TLS};
 use crate::criu::Criu;
 
@@ -21,23 +22,18 @@ pub(super) fn capability(criu: &Criu) -> Capability {
 
 /// A throwaway CA and a certificate for 127.0.0.1 signed by it, made the
 /// way `ferry certs` makes them.
-fn test_certificate(dir: &Path) -> Result<TlsFiles, String> {
+fn test_certificate(dir: &Path) -> Result<TlsPaths, String> {
     let failed =
         |e: migrate::certs::CertError| format!("not measured: cannot make a test certificate: {e}");
     let ca = generate_ca(&dir.join("ca"), "ferry-check CA", Validity::days(1)).map_err(failed)?;
-    let host = generate_host(
+    generate_host(
         &ca,
         dir,
         "ferry-check",
         &["127.0.0.1".into()],
         Validity::days(1),
     )
-    .map_err(failed)?;
-    Ok(TlsFiles {
-        ca: host.ca,
-        cert: host.cert,
-        key: host.key,
-    })
+    .map_err(failed)
 }
 
 /// A TLS 1.2 ClientHello (ECDHE-ECDSA, ECDHE-RSA and RSA AES-GCM suites,

@@ -35,12 +35,12 @@ pub fn init_logging(cli: &Cli) {
 /// runc's `{"level","msg","time"}` shape for callers such as conmon).
 pub fn report_error(cli: &Cli, err: &anyhow::Error) {
     let mut msg = if cli.debug {
-        format!("{err:#}")
+        with_causes(err)
     } else {
         err.to_string()
     };
     if let Some(fix) = super::advice::advice(cli, err) {
-        msg = format!("{msg}: {fix}");
+        msg.push_str(&fix);
     }
     eprintln!("ferry: {msg}");
     if let Some(path) = &cli.log {
@@ -61,6 +61,24 @@ pub fn report_error(cli: &Cli, err: &anyhow::Error) {
             let _ = writeln!(f, "{line}");
         }
     }
+}
+
+/// The message and its causes, joined with ": ". Many errors already show
+/// their source in their own message (and still return it from `source()`):
+/// a cause whose text is already there is not repeated.
+fn with_causes(err: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 pub fn warn_all<E: std::fmt::Display>(warnings: &[E]) {
@@ -95,6 +113,30 @@ pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Shown {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let inner = std::io::Error::other("disk on fire");
+        let err = anyhow::Error::new(Shown {
+            path: "/x",
+            source: inner,
+        })
+        .context("restoring c1");
+        assert_eq!(
+            super::with_causes(&err),
+            "restoring c1: cannot read /x: disk on fire"
+        );
+        // A cause not in the message is still shown.
+        let err = anyhow::Error::new(std::io::Error::other("no room")).context("writing /y");
+        assert_eq!(super::with_causes(&err), "writing /y: no room");
+    }
+
     #[test]
     fn columns_align_as_runc_does() {
         let rows = [

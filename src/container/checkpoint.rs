@@ -100,7 +100,6 @@ pub trait PostDump {
 #[derive(Debug)]
 pub struct Checkpointed {
     pub images: PathBuf,
-    pub log: PathBuf,
     pub stats: Option<DumpStats>,
     /// The container was removed after the dump (neither left running nor
     /// stopped, and not a pre-dump).
@@ -246,10 +245,7 @@ impl CheckpointOptions {
             o.ps = Some(ps).into();
         }
         if let Some(t) = &self.page_server_tls {
-            o.set_tls(true);
-            o.set_tls_cacert(t.ca.to_string_lossy().into_owned());
-            o.set_tls_cert(t.cert.to_string_lossy().into_owned());
-            o.set_tls_key(t.key.to_string_lossy().into_owned());
+            crate::criu::set_tls(o, t);
         }
     }
 }
@@ -508,7 +504,6 @@ impl Container {
                 .or_else(|_| criu::read_dump_stats(&dirs.work))
                 .ok()
         };
-        let log = dirs.log();
         let removed = opts.kills();
         let hook_warnings = if removed {
             drop(lock);
@@ -520,7 +515,6 @@ impl Container {
         };
         Ok(Checkpointed {
             images: dirs.images,
-            log,
             stats,
             removed,
             hook_warnings,

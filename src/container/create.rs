@@ -319,7 +319,7 @@ impl InitSetup<'_> {
         match msg {
             Some(Msg::Failed(f)) => f.into(),
             Some(other) => Error::InitUnexpected(format!("{other:?}")),
-            None => self.lost_with(Error::Init("exited during setup".into())),
+            None => self.lost_with(Error::InitExited),
         }
     }
 }

@@ -108,7 +108,7 @@ impl Container {
             let _ = waitpid(relay, None);
         })?;
         if wants_terminal && master.is_none() {
-            return Err(Error::Init("exec: the process sent no terminal".into()));
+            return Err(Error::ExecNoTerminal);
         }
         if let (Some(m), Some(sock)) = (&master, &opts.console_socket) {
             crate::console::send_fd(sock, m, "/dev/ptmx")?;
@@ -225,7 +225,7 @@ fn handshake(
             (other, _) => return Err(Error::InitUnexpected(format!("{other:?}"))),
         }
     }
-    let pid = pid.ok_or_else(|| Error::Init("exec: the process reported no pid".into()))?;
+    let pid = pid.ok_or(Error::ExecNoPid)?;
     Ok((pid, master))
 }
 

@@ -150,23 +150,20 @@ fn masked(spec: &Spec, keep: impl Fn(&str) -> bool) -> Vec<External> {
 
 /// Dump side: each external is declared by key (value = key, as runc does).
 pub fn dump_map(ext: &[External]) -> Vec<Ext_mount_map> {
-    ext.iter()
-        .map(|e| {
-            let mut m = Ext_mount_map::new();
-            m.set_key(e.key.clone());
-            m.set_val(e.key.clone());
-            m
-        })
-        .collect()
+    mount_map(ext, |e| e.key.clone())
 }
 
 /// Restore side: each key maps to the host source.
 pub fn restore_map(ext: &[External]) -> Vec<Ext_mount_map> {
+    mount_map(ext, |e| e.source.to_string_lossy().into_owned())
+}
+
+fn mount_map(ext: &[External], val: impl Fn(&External) -> String) -> Vec<Ext_mount_map> {
     ext.iter()
         .map(|e| {
             let mut m = Ext_mount_map::new();
             m.set_key(e.key.clone());
-            m.set_val(e.source.to_string_lossy().into_owned());
+            m.set_val(val(e));
             m
         })
         .collect()

@@ -47,13 +47,13 @@ pub const DEFAULT_ROOT: &str = "/run/ferry";
 pub enum Error {
     #[error("invalid container ID {id:?}: {source}")]
     InvalidId { id: String, source: IdError },
-    #[error("container {0} does not exist (`ferry list` shows the containers)")]
+    #[error("container {0} does not exist")]
     NotFound(String),
     /// No container has this ID, but some IDs start with it: IDs are
     /// never abbreviated, so a command cannot reach the wrong container.
     #[error("container {id} does not exist (IDs are exact, never abbreviated; IDs that start with it: {})", .longer.join(", "))]
     NotFoundLonger { id: String, longer: Vec<String> },
-    #[error("container {0} already exists: pick another ID or `ferry delete {0}` first")]
+    #[error("container {0} already exists")]
     Exists(String),
     #[error("container {id} is {status}: {hint}")]
     WrongState {
@@ -96,6 +96,17 @@ pub enum Error {
     /// setup failed, in its own words.
     #[error("container init: {0}")]
     Init(String),
+    /// The init ended before it reported success or failure.
+    #[error("container init: exited during setup")]
+    InitExited,
+    #[error("container init: exec: the process sent no terminal")]
+    ExecNoTerminal,
+    #[error("container init: exec: the process reported no pid")]
+    ExecNoPid,
+    /// The thread running a held restore ended without sending its result
+    /// (it panicked).
+    #[error("the restore thread ended without a result")]
+    RestoreThreadLost,
     /// The process being set up gave up: its step and errno are kept.
     #[error("container init: {0}")]
     Setup(#[from] crate::sync::Failure),

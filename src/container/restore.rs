@@ -88,7 +88,6 @@ pub trait RestoreHold {
 #[derive(Debug)]
 pub struct Restored {
     pub container: Container,
-    pub log: PathBuf,
     pub stats: Option<criu::RestoreStats>,
     pub hook_warnings: Vec<hooks::Error>,
 }
@@ -442,7 +441,6 @@ impl Container {
         );
         Ok(Restored {
             container,
-            log: dirs.log(),
             stats,
             hook_warnings,
         })

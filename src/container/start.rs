@@ -17,7 +17,7 @@ impl Container {
         let _lock = self.dir.lock()?;
         self.require(
             &[Status::Created],
-            "only a created container can be started (`ferry run` creates and starts)",
+            "only a created container can be started",
         )?;
         // Open our end of exec.done first so the init's exec cannot be missed.
         let done = nix::fcntl::open(

@@ -47,6 +47,14 @@ pub struct Features {
     pub pidfd_store: bool,
 }
 
+/// Makes CRIU's page-server connection TLS with these files.
+pub fn set_tls(o: &mut Opts, tls: &migrate::TlsPaths) {
+    o.set_tls(true);
+    o.set_tls_cacert(tls.ca.display().to_string());
+    o.set_tls_cert(tls.cert.display().to_string());
+    o.set_tls_key(tls.key.display().to_string());
+}
+
 /// A page server CRIU started in the background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageServer {

@@ -252,9 +252,7 @@ struct Restoring {
 impl Restoring {
     fn release(self, start: bool) -> RestoreResult {
         let _ = self.decision.send(start);
-        let mut result = Err(crate::Error::Init(
-            "the restore thread ended without a result".into(),
-        ));
+        let mut result = Err(crate::Error::RestoreThreadLost);
         for ev in self.events.iter() {
             if let Event::Done(r) = ev {
                 result = r;
@@ -382,7 +380,7 @@ impl DestHost for Receiver {
         let _ = cg.remove();
         if busy {
             return Err(format!(
-                "cgroup {path} already holds processes on this host (use another --cgroup-parent)"
+                "cgroup {path} already holds processes on this host (the server's cgroup parent must be one no other container uses)"
             )
             .into());
         }
@@ -416,10 +414,7 @@ impl DestHost for Receiver {
             o.set_parent_img(p.clone());
         }
         if let Some(t) = &plan.tls {
-            o.set_tls(true);
-            o.set_tls_cacert(t.ca.display().to_string());
-            o.set_tls_cert(t.cert.display().to_string());
-            o.set_tls_key(t.key.display().to_string());
+            crate::criu::set_tls(&mut o, t);
         }
         o.set_tls_no_cn_verify(plan.tls_no_cn_verify);
         let criu = super::criu()?;

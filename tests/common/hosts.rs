@@ -27,10 +27,6 @@ pub fn serial() -> Option<MutexGuard<'static, ()>> {
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-pub fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A file opened for appending, for a child's stdout/stderr (a detached
 /// container inherits it; CRIU reattaches append-mode files anywhere).
 pub fn append(p: &Path) -> std::fs::File {
@@ -384,9 +380,7 @@ impl World {
         let bundle = self.bundle(name, &["sh", "-c", COUNTER], &data, |_| {});
         self.a.start(&id, &bundle);
         let count = data.join("count");
-        assert!(wait_until(Duration::from_secs(5), || read_num(&count)
-            .unwrap_or(0)
-            >= 3));
+        wait_counting(&count);
         (id, count)
     }
 

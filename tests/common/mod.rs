@@ -186,6 +186,29 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A running counter container writing to `<work>/<name>-data/count`;
+    /// returns (id, bundle, count file).
+    pub fn counter(&self, name: &str) -> (String, PathBuf, PathBuf) {
+        let id = self.id(name);
+        let data = self.work.path().join(format!("{name}-data"));
+        std::fs::create_dir_all(&data).unwrap();
+        let bundle = self.counter_bundle(name, &data);
+        self.run_detached(&bundle, &id);
+        let count = data.join("count");
+        wait_counting(&count);
+        (id, bundle, count)
+    }
+
+    /// A bundle counting into `data` (bound on /data).
+    pub fn counter_bundle(&self, name: &str, data: &Path) -> PathBuf {
+        self.bundle(name, &["sh", "-c", COUNTER], |v| add_bind(v, data, "/data"))
+    }
+
+    /// `run -d` of `bundle` as `id`, asserting success.
+    pub fn run_detached(&self, bundle: &Path, id: &str) -> String {
+        self.ok(&["run", "-d", "--bundle", s(bundle), id])
+    }
+
     /// Runs and asserts failure with a one-line message; returns stderr.
     pub fn fail(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -305,6 +328,66 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
 }
 
 /// Reads a number a container writes into a file.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `checkpoint [extra…] --image-path IMAGES ID`.
+pub fn checkpoint_args<'a>(images: &'a Path, extra: &[&'a str], id: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["checkpoint"];
+    v.extend_from_slice(extra);
+    v.extend(["--image-path", s(images), id]);
+    v
+}
+
+/// `restore -d --bundle BUNDLE --image-path IMAGES [extra…] ID`.
+pub fn restore_args<'a>(
+    bundle: &'a Path,
+    images: &'a Path,
+    extra: &[&'a str],
+    id: &'a str,
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "restore",
+        "-d",
+        "--bundle",
+        s(bundle),
+        "--image-path",
+        s(images),
+    ];
+    v.extend_from_slice(extra);
+    v.push(id);
+    v
+}
+
+/// CRIU takes host-wide locks (iptables, its cgroup yard): the tests of a
+/// binary that run it hold this, one at a time. `None` when not root (the
+/// test returns).
+pub fn criu_lock() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if !is_root() {
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Waits until a counter container has counted to 3 in `count`.
+pub fn wait_counting(count: &Path) {
+    assert!(wait_until(Duration::from_secs(5), || read_num(count)
+        .unwrap_or(0)
+        >= 3));
+}
+
+/// The counter moves on from at least `from` (it never restarts at 1).
+pub fn assert_continues(count: &Path, from: u64) {
+    assert!(
+        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
+            > from + 3),
+        "counter stuck at {:?}, expected it to pass {from}",
+        read_num(count)
+    );
+}
+
 pub fn read_num(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }

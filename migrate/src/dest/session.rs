@@ -235,7 +235,7 @@ impl Session<'_> {
         let rootfs = match self.rootfs_mode {
             RootfsMode::Ship => {
                 let rx = self.rootfs_rx.take().ok_or_else(|| {
-                    Error::Refused("--rootfs ship, but no rootfs was sent".into())
+                    Error::Refused("the rootfs was to be shipped, but none was sent".into())
                 })?;
                 let target = rx.commit()?;
                 self.created.push(target.clone());
@@ -298,7 +298,7 @@ pub(super) fn check_shared_rootfs(rootfs: &Path, allowed: &[PathBuf]) -> Result<
         Ok(r) if r.is_dir() => r,
         _ => {
             return Err(Error::Incompatible(format!(
-                "--rootfs shared, but {} is not a directory on this host",
+                "the shared rootfs {} is not a directory on this host",
                 rootfs.display()
             )))
         }
@@ -310,7 +310,7 @@ pub(super) fn check_shared_rootfs(rootfs: &Path, allowed: &[PathBuf]) -> Result<
     });
     if !ok {
         return Err(Error::Refused(format!(
-            "--rootfs shared: {} is not under a directory this destination allows for shared \
+            "the shared rootfs {} is not under a directory this destination allows for shared \
              root filesystems{}",
             rootfs.display(),
             if allowed.is_empty() {

@@ -1,9 +1,9 @@
 //! Shipping a directory tree (a container's rootfs, a CRIU images
-//! directory) over a [`Channel`], in passes.
+//! directory) over a [`Channel`](crate::transport::Channel), in passes.
 //!
 //! The sender walks the tree without following symlinks and streams one
 //! entry at a time: a control message describing the entry, and for a
-//! regular file its content in [`CHUNK`]-sized data
+//! regular file its content in [`CHUNK`](crate::wire::CHUNK)-sized data
 //! frames, so memory use does not depend on file sizes. It preserves mode,
 //! ownership, modification time, symlinks, hard links, fifos and device
 //! nodes (extended attributes are not shipped). Sockets are skipped.

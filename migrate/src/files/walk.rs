@@ -115,14 +115,8 @@ pub(super) fn walk(
     // Stack of directories to list: (relative path, absolute path).
     let mut stack: Vec<(Vec<u8>, PathBuf)> = vec![(Vec::new(), root.to_path_buf())];
     while let Some((rel_dir, abs_dir)) = stack.pop() {
-        let mut names: Vec<std::ffi::OsString> = fs::read_dir(&abs_dir)
-            .map_err(io_err("list", abs_dir.as_os_str().as_bytes()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err("list", abs_dir.as_os_str().as_bytes()))?;
-        names.sort();
         let mut subdirs = Vec::new();
-        for name in names {
+        for name in list_sorted(&abs_dir)? {
             let mut rel = rel_dir.clone();
             if !rel.is_empty() {
                 rel.push(b'/');
@@ -132,25 +126,8 @@ pub(super) fn walk(
                 continue;
             }
             let abs = abs_dir.join(&name);
-            let md = match fs::symlink_metadata(&abs) {
-                Ok(md) => md,
-                // Gone since listed (the tree may be live): the next pass
-                // sees it or not.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("stat", abs.as_os_str().as_bytes())(e)),
-            };
-            let Some(kind) = kind_of(&md) else {
-                *skipped += 1;
+            let Some(Found { md, kind, target }) = stat_entry(&abs, skipped)? else {
                 continue;
-            };
-            let target = if kind == Kind::Symlink {
-                match fs::read_link(&abs) {
-                    Ok(t) => Some(t.into_os_string().into_vec()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err("readlink", abs.as_os_str().as_bytes())(e)),
-                }
-            } else {
-                None
             };
             if kind == Kind::Dir && !(opts.one_file_system && md.dev() != root_dev) {
                 subdirs.push((rel.clone(), abs.clone()));
@@ -169,6 +146,50 @@ pub(super) fn walk(
     }
     out[1..].sort_by(|a, b| cmp_paths(&a.rel, &b.rel));
     Ok(out)
+}
+
+/// The names in `dir`, sorted.
+fn list_sorted(dir: &Path) -> Result<Vec<std::ffi::OsString>, FilesError> {
+    let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
+        .map_err(io_err("list", dir.as_os_str().as_bytes()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err("list", dir.as_os_str().as_bytes()))?;
+    names.sort();
+    Ok(names)
+}
+
+/// An entry found by [`stat_entry`].
+struct Found {
+    md: fs::Metadata,
+    kind: Kind,
+    /// A symlink's target.
+    target: Option<Vec<u8>>,
+}
+
+/// What `abs` is: its metadata, kind and (for a symlink) target. `None`
+/// when it is gone since listed (the tree may be live: the next pass sees
+/// it or not) or of a kind not sent (counted in `skipped`).
+fn stat_entry(abs: &Path, skipped: &mut u64) -> Result<Option<Found>, FilesError> {
+    let md = match fs::symlink_metadata(abs) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("stat", abs.as_os_str().as_bytes())(e)),
+    };
+    let Some(kind) = kind_of(&md) else {
+        *skipped += 1;
+        return Ok(None);
+    };
+    let target = if kind == Kind::Symlink {
+        match fs::read_link(abs) {
+            Ok(t) => Some(t.into_os_string().into_vec()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("readlink", abs.as_os_str().as_bytes())(e)),
+        }
+    } else {
+        None
+    };
+    Ok(Some(Found { md, kind, target }))
 }
 
 /// Orders paths so that a directory comes right before its contents.
