@@ -624,7 +624,7 @@ fn memory_limit(env: &Env, cid: &str) -> u64 {
 
 #[test]
 fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
-    let Some(_g) = serial() else { return };
+    let Some(_g) = criu_lock() else { return };
     let env = Env::new("cgmodes");
     let id = env.id("c");
     let data = env.work.path().join("c-data");

@@ -9,6 +9,8 @@ done
 # The kernel asks for modules through this helper (tun, nf_tables, veth, ...).
 echo "$modprobe" >/proc/sys/kernel/modprobe
 "$modprobe" tun 2>/dev/null
+# Loop devices are the guest's only block devices (for io.max and io.weight tests).
+"$modprobe" loop 2>/dev/null
 # Container storage cannot live on the root overlay (overlay over overlayfs is refused):
 # give podman a tmpfs of its own.
 mkdir -p /var/lib/containers && mount -t tmpfs -o mode=700 tmpfs /var/lib/containers

@@ -13,11 +13,11 @@ use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::freezer::FreezerController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::Controller;
-use oci_spec::runtime::{LinuxCpu, LinuxResources};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxResources};
 
 use super::devices::Rule;
 use super::error::backend;
-use super::{CgroupDescriptor, Error, FreezerState, Result, Stats, UNIFIED_KEY};
+use super::{CgroupDescriptor, Error, FreezerState, Notifier, Result, Stats, UNIFIED_KEY};
 
 /// How long a freeze waits for the kernel to report FROZEN.
 pub(super) const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +29,8 @@ pub(super) const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) trait CgroupManager: Resources + Freezer + Send + Sync {
     fn handle(&self) -> &Handle;
     fn stats(&self) -> Result<Stats>;
+    /// OOM (and, where the version has them, memory-pressure) notifications.
+    fn notifier(&self) -> Result<Notifier>;
 }
 
 /// The settings whose files or meaning differ between versions.
@@ -45,6 +47,11 @@ pub(super) trait Resources {
     fn set_devices(&self, rules: &[Rule]) -> Result<()>;
     /// Writes `linux.resources.unified` (file name → value).
     fn set_unified(&self, u: &HashMap<String, String>) -> Result<()>;
+    /// Writes `linux.resources.memory.kernelTCP` (v1 only; v2 refuses it
+    /// in its check).
+    fn set_kernel_tcp(&self, limit: i64) -> Result<()>;
+    /// Writes `linux.resources.blockIO`: weights and throttles.
+    fn set_block_io(&self, b: &LinuxBlockIo) -> Result<()>;
 }
 
 /// Freezing, which each version requests and observes its own way.
@@ -142,6 +149,14 @@ pub(super) fn read_file(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         op: "read".into(),
         source,
+    })
+}
+
+pub(super) fn read_u64(path: &Path) -> Result<u64> {
+    let text = read_file(path)?;
+    parse_u64_or_max(&text).ok_or_else(|| Error::Cgroup {
+        path: path.display().to_string(),
+        message: format!("expected a number or \"max\", found {:?}", text.trim()),
     })
 }
 

@@ -74,22 +74,12 @@ pub(super) fn refused(
     value: impl std::fmt::Display,
     e: cgroups_rs::fs::error::Error,
 ) -> Error {
-    let hint = match setting {
-        "cpu.quota" => "quota must be -1 or at least 1000 us",
-        "cpu.period" => "period must be between 1000 us and 1 s",
-        "cpu.shares" => "shares must be 2..262144",
-        "memory.limit" | "memory.swap" => {
-            "the limit must be above current usage, and memory+swap >= memory"
-        }
-        "cpu.cpus" | "cpu.mems" => "list CPUs/nodes that exist and the parent cgroup allows",
-        _ => "see the kernel's cgroup documentation",
-    };
     Error::Refused {
         path: path.to_path_buf(),
         setting: setting.to_string(),
         value: value.to_string(),
         detail: describe(&e),
-        hint,
+        hint: hint(setting),
     }
 }
 
@@ -104,6 +94,79 @@ pub(super) fn set<T: Copy + std::fmt::Display>(
     match value {
         Some(v) => write(v).map_err(|e| refused(dir, setting, v, e)),
         None => Ok(()),
+    }
+}
+
+/// Writes `value` to the cgroup file `dir/file`; a refusal names
+/// `setting` (as linux.resources spells it) and the value.
+pub(super) fn write_setting(dir: &Path, file: &str, setting: &str, value: &str) -> Result<()> {
+    std::fs::write(dir.join(file), value).map_err(|e| refusal(dir, file, setting, value, e))
+}
+
+fn refusal(dir: &Path, file: &str, setting: &str, value: &str, e: io::Error) -> Error {
+    Error::Refused {
+        path: dir.join(file),
+        setting: setting.to_string(),
+        value: value.to_string(),
+        detail: e.to_string(),
+        hint: hint(setting),
+    }
+}
+
+/// Writes `first` then `second` (file, setting, value), in the order runc
+/// uses for pairs the kernel checks against each other (cfs period and
+/// quota, rt period and runtime): when the kernel refuses `first` with
+/// EINVAL because the current `second` does not fit it, `second` is written
+/// and `first` retried, so every step stays within the parent's limits.
+pub(super) fn write_pair(
+    dir: &Path,
+    first: Option<(&str, &str, String)>,
+    second: Option<(&str, &str, String)>,
+) -> Result<()> {
+    let mut retry = None;
+    if let Some((file, setting, value)) = &first {
+        match std::fs::write(dir.join(file), value) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => {
+                if second.is_none() {
+                    return Err(refusal(dir, file, setting, value, e));
+                }
+                retry = first.clone()
+            }
+            Err(e) => return Err(refusal(dir, file, setting, value, e)),
+        }
+    }
+    if let Some((file, setting, value)) = &second {
+        write_setting(dir, file, setting, value)?;
+    }
+    match retry {
+        Some((file, setting, value)) => write_setting(dir, file, setting, &value),
+        None => Ok(()),
+    }
+}
+
+fn hint(setting: &str) -> &'static str {
+    match setting {
+        "cpu.quota" => "quota must be -1 or at least 1000 us, and fit the parent's quota",
+        "cpu.period" => "period must be between 1000 us and 1 s",
+        "cpu.realtimePeriod" | "cpu.realtimeRuntime" => {
+            "runtime must be <= period and fit the parent's realtime runtime"
+        }
+        "cpu.shares" => "shares must be 2..262144",
+        "memory.limit" | "memory.swap" => {
+            "the limit must be above current usage, and memory+swap >= memory"
+        }
+        "cpu.cpus" | "cpu.mems" => "list CPUs/nodes that exist and the parent cgroup allows",
+        s if s.starts_with("blockIO.weightDevice") => {
+            "weights are 1..1000, for a device whose I/O scheduler is bfq (/sys/dev/block/MAJ:MIN/queue/scheduler)"
+        }
+        s if s.starts_with("blockIO.") && s.contains("eight") => {
+            "weights are 10..1000 (BFQ: 1..1000)"
+        }
+        s if s.starts_with("blockIO.throttle") => {
+            "name a whole block device that exists (major:minor of a disk)"
+        }
+        _ => "see the kernel's cgroup documentation",
     }
 }
 

@@ -23,6 +23,7 @@ mod descriptor;
 mod devices;
 mod error;
 mod layout;
+mod notify;
 mod resources;
 mod reuse;
 mod stats;
@@ -47,6 +48,7 @@ pub use descriptor::{mount_subdir, CgroupDescriptor};
 use error::backend;
 pub use error::{Error, Result};
 pub use layout::{memberships, CgroupLayout, Membership};
+pub use notify::{Notification, Notifier, PressureLevel};
 pub use stats::{
     hugepage_sizes, Blkio, BlkioEntry, Cpu, CpuSet, CpuUsage, Hugetlb, Memory, MemoryEntry, Pids,
     Stats, Throttling,
@@ -184,6 +186,12 @@ impl Cgroup {
 
     pub fn stats(&self) -> Result<Stats> {
         self.backend.stats()
+    }
+
+    /// Registers for OOM and memory-pressure notifications (as runc's
+    /// NotifyOOM and NotifyMemoryPressure); [`Notifier::wait`] reports them.
+    pub fn notifier(&self) -> Result<Notifier> {
+        self.backend.notifier()
     }
 
     /// Removes every directory of the cgroup (retrying briefly while the

@@ -7,7 +7,10 @@ use cgroups_rs::fs::cpuset::CpuSetController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Controller, MaxValue};
-use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, LinuxResources};
+use oci_spec::runtime::{
+    LinuxBlockIo, LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, LinuxResources,
+    LinuxThrottleDevice,
+};
 
 use super::common::{write_beneath, CgroupManager, Handle};
 use super::devices;
@@ -33,6 +36,9 @@ pub(super) fn apply(b: &dyn CgroupManager, r: &LinuxResources) -> Result<()> {
     if let Some(limits) = r.hugepage_limits().as_deref().filter(|l| !l.is_empty()) {
         hugetlb(h, limits)?;
     }
+    if let Some(bio) = r.block_io() {
+        b.set_block_io(bio)?;
+    }
     if let Some(rules) = r.devices().as_deref().filter(|d| !d.is_empty()) {
         b.set_devices(&devices::with_defaults(h, rules)?)?;
     }
@@ -48,16 +54,10 @@ fn check(h: &Handle, r: &LinuxResources) -> Result<()> {
     let m = r.memory().as_ref();
     let c = r.cpu().as_ref();
     h.refuse_any(&[
-        (r.block_io().is_some(), "linux.resources.blockIO", by_ferry),
         (r.network().is_some(), "linux.resources.network", by_ferry),
         (
             r.rdma().as_ref().is_some_and(|v| !v.is_empty()),
             "linux.resources.rdma",
-            by_ferry,
-        ),
-        (
-            m.is_some_and(|m| m.kernel_tcp().is_some()),
-            "linux.resources.memory.kernelTCP",
             by_ferry,
         ),
         (
@@ -93,6 +93,9 @@ fn memory(b: &dyn CgroupManager, m: &LinuxMemory) -> Result<()> {
         // As runc 1.1: the kernel deprecated these limits (and dropped
         // them from v1 in 6.x; v2 never had them).
         tracing::warn!("linux.resources.memory.kernel is ignored: kernels no longer limit kernel memory on its own");
+    }
+    if let Some(tcp) = m.kernel_tcp() {
+        b.set_kernel_tcp(tcp)?;
     }
     if m.limit().is_none()
         && m.reservation().is_none()
@@ -202,4 +205,42 @@ fn hugetlb(h: &Handle, limits: &[LinuxHugepageLimit]) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// The four throttles of `linux.resources.blockIO`: the setting's name,
+/// the v1 file and the v2 `io.max` key, and the devices it lists.
+pub(super) fn throttles(
+    b: &LinuxBlockIo,
+) -> [(
+    &'static str,
+    &'static str,
+    &'static str,
+    &[LinuxThrottleDevice],
+); 4] {
+    [
+        (
+            "blockIO.throttleReadBpsDevice",
+            "blkio.throttle.read_bps_device",
+            "rbps",
+            b.throttle_read_bps_device().as_deref().unwrap_or(&[]),
+        ),
+        (
+            "blockIO.throttleWriteBpsDevice",
+            "blkio.throttle.write_bps_device",
+            "wbps",
+            b.throttle_write_bps_device().as_deref().unwrap_or(&[]),
+        ),
+        (
+            "blockIO.throttleReadIOPSDevice",
+            "blkio.throttle.read_iops_device",
+            "riops",
+            b.throttle_read_iops_device().as_deref().unwrap_or(&[]),
+        ),
+        (
+            "blockIO.throttleWriteIOPSDevice",
+            "blkio.throttle.write_iops_device",
+            "wiops",
+            b.throttle_write_iops_device().as_deref().unwrap_or(&[]),
+        ),
+    ]
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use ferry::container::{CreateOptions, ExecOptions};
 use ferry::Container;
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxPids, LinuxResources, Process};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, Process};
 
 use super::output::warn_all;
 use super::tty_relay::{self, Relay};
@@ -115,18 +115,40 @@ pub struct UpdateArgs {
     /// Memory plus swap limit (-1 for unlimited).
     #[arg(long)]
     pub memory_swap: Option<String>,
-    #[arg(long)]
+    /// CPU shares (relative weight); runc spells it --cpu-share.
+    #[arg(long, alias = "cpu-share")]
     pub cpu_shares: Option<u64>,
     #[arg(long)]
     pub cpu_quota: Option<i64>,
     #[arg(long)]
     pub cpu_period: Option<u64>,
+    /// Realtime scheduler period in microseconds (cgroup v1).
+    #[arg(long)]
+    pub cpu_rt_period: Option<u64>,
+    /// Realtime runtime in microseconds per period (cgroup v1).
+    #[arg(long)]
+    pub cpu_rt_runtime: Option<i64>,
     #[arg(long)]
     pub cpuset_cpus: Option<String>,
     #[arg(long)]
     pub cpuset_mems: Option<String>,
     #[arg(long)]
     pub pids_limit: Option<i64>,
+    /// Block I/O weight, 10..1000.
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+    /// Kernel TCP buffer memory limit in bytes (cgroup v1).
+    #[arg(long)]
+    pub kernel_memory_tcp: Option<String>,
+    /// Refused: the kernel ignores kernel memory limits.
+    #[arg(long)]
+    pub kernel_memory: Option<String>,
+    /// Refused: Intel RDT (resctrl) is not managed by ferry.
+    #[arg(long)]
+    pub l3_cache_schema: Option<String>,
+    /// Refused: Intel RDT (resctrl) is not managed by ferry.
+    #[arg(long)]
+    pub mem_bw_schema: Option<String>,
 }
 
 /// `relay_console`: the caller stays in the foreground and relays a
@@ -385,6 +407,12 @@ fn parse_bytes(s: &str) -> anyhow::Result<i64> {
 }
 
 pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
+    if a.kernel_memory.is_some() {
+        bail!("--kernel-memory is not supported: the kernel ignores kernel memory limits (memory.kmem.limit_in_bytes has no effect since Linux 5.16); drop the flag");
+    }
+    if a.l3_cache_schema.is_some() || a.mem_bw_schema.is_some() {
+        bail!("--l3-cache-schema/--mem-bw-schema are not supported: ferry does not manage Intel RDT (resctrl); drop the flag");
+    }
     let mut res: LinuxResources = match &a.resources {
         Some(p) => {
             let text = if p.as_os_str() == "-" {
@@ -392,11 +420,16 @@ pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
             } else {
                 std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?
             };
-            serde_json::from_str(&text).context("malformed resources JSON")?
+            let parsed = serde_json::from_str(&text).context("malformed resources JSON")?;
+            zero_is_unchanged(parsed)
         }
         None => LinuxResources::default(),
     };
-    if a.memory.is_some() || a.memory_swap.is_some() || a.memory_reservation.is_some() {
+    if a.memory.is_some()
+        || a.memory_swap.is_some()
+        || a.memory_reservation.is_some()
+        || a.kernel_memory_tcp.is_some()
+    {
         let mut m = res.memory().unwrap_or_default();
         if let Some(v) = &a.memory {
             m.set_limit(Some(parse_bytes(v)?));
@@ -407,11 +440,16 @@ pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
         if let Some(v) = &a.memory_reservation {
             m.set_reservation(Some(parse_bytes(v)?));
         }
+        if let Some(v) = &a.kernel_memory_tcp {
+            m.set_kernel_tcp(Some(parse_bytes(v)?));
+        }
         res.set_memory(Some(m));
     }
     if a.cpu_shares.is_some()
         || a.cpu_quota.is_some()
         || a.cpu_period.is_some()
+        || a.cpu_rt_period.is_some()
+        || a.cpu_rt_runtime.is_some()
         || a.cpuset_cpus.is_some()
         || a.cpuset_mems.is_some()
     {
@@ -424,6 +462,12 @@ pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
         }
         if a.cpu_period.is_some() {
             cpu.set_period(a.cpu_period);
+        }
+        if a.cpu_rt_period.is_some() {
+            cpu.set_realtime_period(a.cpu_rt_period);
+        }
+        if a.cpu_rt_runtime.is_some() {
+            cpu.set_realtime_runtime(a.cpu_rt_runtime);
         }
         if a.cpuset_cpus.is_some() {
             cpu.set_cpus(a.cpuset_cpus.clone());
@@ -438,16 +482,76 @@ pub fn update(root: &Path, a: &UpdateArgs) -> anyhow::Result<()> {
         p.set_limit(limit);
         res.set_pids(Some(p));
     }
+    if let Some(w) = a.blkio_weight {
+        let mut b = res.block_io().clone().unwrap_or_default();
+        b.set_weight(Some(w));
+        res.set_block_io(Some(b));
+    }
     if res == LinuxResources::default() {
-        bail!("nothing to update: give --memory, --cpu-*, --pids-limit or --resources");
+        bail!("nothing to update: give --memory, --cpu-*, --cpuset-*, --pids-limit, --blkio-weight or --resources with a value that is not 0");
     }
     Container::load(root, &a.id)?.update(&res)?;
     Ok(())
 }
 
+/// runc's `update -r` format: a 0 (or "") means "leave as it is", so the
+/// template runc prints can be filled in partly.
+fn zero_is_unchanged(mut r: LinuxResources) -> LinuxResources {
+    fn nz<T: Default + PartialEq>(v: Option<T>) -> Option<T> {
+        v.filter(|v| *v != T::default())
+    }
+    if let Some(mut m) = r.memory() {
+        m.set_limit(nz(m.limit()));
+        m.set_reservation(nz(m.reservation()));
+        m.set_swap(nz(m.swap()));
+        m.set_kernel(nz(m.kernel()));
+        m.set_kernel_tcp(nz(m.kernel_tcp()));
+        let empty = m == LinuxMemory::default();
+        r.set_memory((!empty).then_some(m));
+    }
+    if let Some(mut c) = r.cpu().clone() {
+        c.set_shares(nz(c.shares()));
+        c.set_quota(nz(c.quota()));
+        c.set_period(nz(c.period()));
+        c.set_realtime_runtime(nz(c.realtime_runtime()));
+        c.set_realtime_period(nz(c.realtime_period()));
+        c.set_cpus(nz(c.cpus().clone()));
+        c.set_mems(nz(c.mems().clone()));
+        let empty = c == LinuxCpu::default();
+        r.set_cpu((!empty).then_some(c));
+    }
+    if let Some(mut b) = r.block_io().clone() {
+        b.set_weight(nz(b.weight()));
+        b.set_leaf_weight(nz(b.leaf_weight()));
+        let empty = b == LinuxBlockIo::default();
+        r.set_block_io((!empty).then_some(b));
+    }
+    if r.pids().is_some_and(|p| p.limit() == 0) {
+        r.set_pids(None);
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
+
+    #[test]
+    fn zeros_in_runcs_template_leave_values_unchanged() {
+        let r: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 0, "reservation": 0, "swap": 0},
+            "cpu": {"shares": 0, "quota": 0, "period": 0, "realtimeRuntime": 0,
+                    "realtimePeriod": 0, "cpus": "0", "mems": ""},
+            "blockIO": {"weight": 0},
+            "pids": {"limit": 0}
+        }))
+        .unwrap();
+        let r = super::zero_is_unchanged(r);
+        assert!(r.memory().is_none() && r.block_io().is_none() && r.pids().is_none());
+        let c = r.cpu().clone().unwrap();
+        assert_eq!(c.cpus().as_deref(), Some("0"));
+        assert!(c.mems().is_none() && c.shares().is_none() && c.quota().is_none());
+    }
 
     #[test]
     fn sizes() {

@@ -1,6 +1,6 @@
 //! Commands that report.
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -151,13 +151,28 @@ pub fn events(root: &Path, a: &EventsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&c.stats()?)?);
         return Ok(());
     }
-    // Stream a snapshot per interval until the container stops.
+    // A snapshot per interval and each notification as it comes, until
+    // the container stops (checked at least every second).
+    let mut notifier = c.notifier()?;
+    let mut next = Instant::now();
     loop {
-        match c.stats() {
-            Ok(s) => println!("{}", serde_json::to_string(&s)?),
-            Err(ferry::Error::WrongState { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        if Instant::now() >= next {
+            match c.stats() {
+                Ok(s) => println!("{}", serde_json::to_string(&s)?),
+                Err(ferry::Error::WrongState { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            next = Instant::now() + a.interval;
         }
-        std::thread::sleep(a.interval);
+        let wait = next.saturating_duration_since(Instant::now());
+        let Some(notes) = notifier.wait(wait.min(Duration::from_secs(1)))? else {
+            return Ok(());
+        };
+        for n in notes {
+            println!("{}", serde_json::to_string(&c.event(n))?);
+        }
+        if c.status() == ferry::container::Status::Stopped {
+            return Ok(());
+        }
     }
 }

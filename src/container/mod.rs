@@ -19,6 +19,7 @@ mod fsutil;
 mod image_dir;
 mod kill;
 mod list;
+mod notify;
 mod oom;
 mod pause;
 mod pid_ns;

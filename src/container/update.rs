@@ -1,5 +1,7 @@
 //! `update`: change cgroup resources of a live container.
-use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
+use oci_spec::runtime::{
+    LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources, LinuxThrottleDevice, LinuxWeightDevice,
+};
 
 use super::{Container, Error, Result, Status};
 use crate::cgroups::Cgroup;
@@ -55,6 +57,12 @@ fn merge(mut old: LinuxResources, new: &LinuxResources) -> LinuxResources {
     if new.pids().is_some() {
         old.set_pids(*new.pids());
     }
+    if let Some(b) = new.block_io() {
+        old.set_block_io(Some(merge_block_io(
+            old.block_io().clone().unwrap_or_default(),
+            b,
+        )));
+    }
     if let Some(rules) = new.devices().as_ref().filter(|r| !r.is_empty()) {
         let mut all = old.devices().clone().unwrap_or_default();
         all.extend(rules.iter().cloned());
@@ -80,6 +88,9 @@ fn merge_memory(mut old: LinuxMemory, new: &LinuxMemory) -> LinuxMemory {
     }
     if new.swappiness().is_some() {
         old.set_swappiness(new.swappiness());
+    }
+    if new.kernel_tcp().is_some() {
+        old.set_kernel_tcp(new.kernel_tcp());
     }
     old
 }
@@ -109,6 +120,59 @@ fn merge_cpu(mut old: LinuxCpu, new: &LinuxCpu) -> LinuxCpu {
     old
 }
 
+/// Weights replace; a device's weight or throttle replaces the entry for
+/// the same device (the kernel keeps one per device), others stay.
+fn merge_block_io(mut old: LinuxBlockIo, new: &LinuxBlockIo) -> LinuxBlockIo {
+    if new.weight().is_some() {
+        old.set_weight(new.weight());
+    }
+    if new.leaf_weight().is_some() {
+        old.set_leaf_weight(new.leaf_weight());
+    }
+    let key = |d: &LinuxWeightDevice| (d.major(), d.minor());
+    old.set_weight_device(by_device(old.weight_device(), new.weight_device(), key));
+    let key = |d: &LinuxThrottleDevice| (d.major(), d.minor());
+    let t = by_device(
+        old.throttle_read_bps_device(),
+        new.throttle_read_bps_device(),
+        key,
+    );
+    old.set_throttle_read_bps_device(t);
+    let t = by_device(
+        old.throttle_write_bps_device(),
+        new.throttle_write_bps_device(),
+        key,
+    );
+    old.set_throttle_write_bps_device(t);
+    let t = by_device(
+        old.throttle_read_iops_device(),
+        new.throttle_read_iops_device(),
+        key,
+    );
+    old.set_throttle_read_iops_device(t);
+    let t = by_device(
+        old.throttle_write_iops_device(),
+        new.throttle_write_iops_device(),
+        key,
+    );
+    old.set_throttle_write_iops_device(t);
+    old
+}
+
+fn by_device<T: Clone>(
+    old: &Option<Vec<T>>,
+    new: &Option<Vec<T>>,
+    key: impl Fn(&T) -> (i64, i64),
+) -> Option<Vec<T>> {
+    let Some(new) = new else {
+        return old.clone();
+    };
+    let mut all: Vec<T> = old.clone().unwrap_or_default();
+    all.retain(|o| !new.iter().any(|n| key(n) == key(o)));
+    all.extend(new.iter().cloned());
+    Some(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +198,19 @@ mod tests {
             (c.shares(), c.quota(), c.period()),
             (Some(512), Some(50000), Some(100000))
         );
+    }
+
+    #[test]
+    fn block_io_devices_replace_by_device() {
+        let old = res(serde_json::json!({"blockIO": {"weight": 100,
+            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1}, {"major": 8, "minor": 16, "rate": 2}]}}));
+        let new = res(serde_json::json!({"blockIO": {
+            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 3}]}}));
+        let b = merge(old, &new).block_io().clone().unwrap();
+        assert_eq!(b.weight(), Some(100));
+        let t = b.throttle_read_bps_device().clone().unwrap();
+        let rates: Vec<(i64, u64)> = t.iter().map(|d| (d.minor(), d.rate())).collect();
+        assert_eq!(rates, vec![(16, 2), (0, 3)]);
     }
 
     #[test]

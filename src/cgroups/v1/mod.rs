@@ -2,6 +2,7 @@
 //! `name=systemd`), each with its own directory for the container, used on
 //! v1 and hybrid hosts.
 mod freezer;
+mod notify;
 mod resources;
 mod stats;
 
@@ -15,7 +16,7 @@ use cgroups_rs::fs::Hierarchy;
 use super::common::{CgroupManager, Handle};
 use super::descriptor::Mount;
 use super::layout::CgroupLayout;
-use super::{CgroupDescriptor, Error, Result, Stats};
+use super::{CgroupDescriptor, Error, Notifier, Result, Stats};
 
 pub(super) use freezer::frozen;
 
@@ -122,6 +123,13 @@ fn parent_paths(
 impl CgroupManager for V1 {
     fn handle(&self) -> &Handle {
         &self.h
+    }
+
+    fn notifier(&self) -> Result<Notifier> {
+        match self.h.desc.dirs.get("memory") {
+            Some(dir) => Ok(Notifier::new(Box::new(notify::V1Notify::new(dir)?))),
+            None => Ok(Notifier::none()),
+        }
     }
 
     fn stats(&self) -> Result<Stats> {

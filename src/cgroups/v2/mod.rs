@@ -2,6 +2,7 @@
 //! container, used on pure v2 hosts.
 pub mod devices_bpf;
 mod freezer;
+mod notify;
 mod resources;
 mod stats;
 
@@ -14,7 +15,7 @@ use cgroups_rs::fs::Hierarchy;
 use super::common::{CgroupManager, Handle};
 use super::descriptor::Mount;
 use super::layout::CgroupLayout;
-use super::{CgroupDescriptor, Error, Result, Stats, UNIFIED_KEY};
+use super::{CgroupDescriptor, Error, Notifier, Result, Stats, UNIFIED_KEY};
 
 pub(super) use freezer::frozen;
 
@@ -82,6 +83,16 @@ impl V2 {
 impl CgroupManager for V2 {
     fn handle(&self) -> &Handle {
         &self.h
+    }
+
+    /// OOM kills only: v2 has no `memory.pressure_level` (runc reports none
+    /// either).
+    fn notifier(&self) -> Result<Notifier> {
+        let dir = self.dir();
+        if !dir.join("memory.events").exists() {
+            return Ok(Notifier::none());
+        }
+        Ok(Notifier::new(Box::new(notify::V2Notify::new(&dir)?)))
     }
 
     fn stats(&self) -> Result<Stats> {

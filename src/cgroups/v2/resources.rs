@@ -1,17 +1,20 @@
 //! v2 settings that differ from v1: swap on its own, cpu weight and a
-//! combined quota/period, device rules as an eBPF program, and
-//! `linux.resources.unified`.
+//! combined quota/period, device rules as an eBPF program, block I/O in
+//! `io.*`, and `linux.resources.unified`.
 use std::collections::HashMap;
+use std::fs;
 use std::io;
+use std::path::Path;
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::Controller;
-use oci_spec::runtime::{LinuxCpu, LinuxResources};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxResources};
 
 use super::super::common::{read_file, write_beneath, Resources};
 use super::super::devices::Rule;
-use super::super::error::set;
+use super::super::error::{set, write_setting};
+use super::super::resources::throttles;
 use super::super::{Error, Result};
 use super::{devices_bpf, V2};
 
@@ -32,7 +35,18 @@ impl Resources for V2 {
                 "linux.resources.cpu.realtimeRuntime/realtimePeriod",
                 "on cgroup v2",
             ),
-        ])
+            (
+                r.memory()
+                    .as_ref()
+                    .is_some_and(|m| m.kernel_tcp().is_some()),
+                "linux.resources.memory.kernelTCP",
+                "on cgroup v2 (socket memory is part of memory.max there)",
+            ),
+        ])?;
+        match r.block_io() {
+            Some(b) => self.check_block_io(b),
+            None => Ok(()),
+        }
     }
 
     /// OCI's `swap` is memory+swap; v2's `memory.swap.max` is swap alone,
@@ -121,6 +135,41 @@ impl Resources for V2 {
         })
     }
 
+    fn set_kernel_tcp(&self, _limit: i64) -> Result<()> {
+        // Refused by check.
+        Ok(())
+    }
+
+    /// As runc: the weight goes to `io.bfq.weight` as is when BFQ is there,
+    /// else to `io.weight` converted; device weights to `io.bfq.weight`;
+    /// throttles to `io.max` as `major:minor key=rate`.
+    fn set_block_io(&self, b: &LinuxBlockIo) -> Result<()> {
+        let dir = self.dir();
+        let bfq = dir.join(BFQ).exists();
+        if let Some(w) = b.weight().filter(|w| *w != 0) {
+            if bfq {
+                write_setting(&dir, BFQ, "blockIO.weight", &w.to_string())?;
+            } else {
+                let v = blkio_to_io_weight(w).to_string();
+                write_setting(&dir, "io.weight", "blockIO.weight", &v)?;
+            }
+        }
+        for wd in b.weight_device().as_deref().unwrap_or(&[]) {
+            if let Some(w) = wd.weight().filter(|w| *w != 0) {
+                let dev = format!("{}:{}", wd.major(), wd.minor());
+                let setting = format!("blockIO.weightDevice[{dev}].weight");
+                write_setting(&dir, BFQ, &setting, &format!("{dev} {w}"))?;
+            }
+        }
+        for (setting, _, key, devices) in throttles(b) {
+            for t in devices {
+                let value = format!("{}:{} {key}={}", t.major(), t.minor(), t.rate());
+                write_setting(&dir, "io.max", setting, &value)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes each entry to the file it names, as is. A name must be
     /// `<controller>.<parameter>` of this cgroup's directory (opened
     /// beneath it by the kernel), and the controller enabled for it.
@@ -159,6 +208,56 @@ impl Resources for V2 {
         }
         Ok(())
     }
+}
+
+impl V2 {
+    /// Refuses the blockIO settings v2 or this kernel cannot apply, before
+    /// anything is written. runc drops leaf weights, and per-device weights
+    /// without BFQ, without a word; ferry says so.
+    fn check_block_io(&self, b: &LinuxBlockIo) -> Result<()> {
+        let dir = self.dir();
+        let devs = b.weight_device().as_deref().unwrap_or(&[]);
+        let set = |w: Option<u16>| w.is_some_and(|w| w != 0);
+        let dev_weight = devs.iter().any(|d| set(d.weight()));
+        let leaf = set(b.leaf_weight()) || devs.iter().any(|d| set(d.leaf_weight()));
+        let throttle = throttles(b).iter().any(|(.., d)| !d.is_empty());
+        let bfq = dir.join(BFQ);
+        self.h.refuse_any(&[
+            (
+                leaf,
+                "linux.resources.blockIO.leafWeight",
+                "on cgroup v2 (it has no leaf weights)",
+            ),
+            (
+                set(b.weight()) && !bfq.exists() && !dir.join("io.weight").exists(),
+                "linux.resources.blockIO.weight",
+                "here (neither io.bfq.weight nor io.weight exists: enable the io controller and BFQ or io cost)",
+            ),
+            (
+                dev_weight && !bfq_device_weights(&bfq),
+                "linux.resources.blockIO.weightDevice",
+                "here (per-device weights need io.bfq.weight of a kernel >= 5.4 with BFQ)",
+            ),
+            (
+                throttle && !dir.join("io.max").exists(),
+                "linux.resources.blockIO.throttle*",
+                "here (no io.max: the io controller is not enabled for this cgroup)",
+            ),
+        ])
+    }
+}
+
+const BFQ: &str = "io.bfq.weight";
+
+/// Whether `io.bfq.weight` takes per-device weights (kernel >= 5.4): it
+/// then reads `default N` rather than a bare number (runc's test).
+fn bfq_device_weights(bfq: &Path) -> bool {
+    fs::read_to_string(bfq).is_ok_and(|t| t.trim().parse::<u64>().is_err())
+}
+
+/// runc's conversion of a blkio weight (10..1000) to io.weight (1..10000).
+fn blkio_to_io_weight(w: u16) -> u64 {
+    1 + (u64::from(w).saturating_sub(10)) * 9999 / 990
 }
 
 /// The controller a `linux.resources.unified` key belongs to: the part
@@ -211,6 +310,13 @@ fn swap_only(swap: i64, limit: i64) -> std::result::Result<Option<i64>, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blkio_weights_convert_as_runc_does() {
+        assert_eq!(blkio_to_io_weight(10), 1);
+        assert_eq!(blkio_to_io_weight(500), 4950);
+        assert_eq!(blkio_to_io_weight(1000), 10_000);
+    }
 
     #[test]
     fn shares_become_weights() {
