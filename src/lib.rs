@@ -6,6 +6,7 @@
 //! (`criu`), and the generated CRIU protocol types (`proto`).
 
 pub mod archive;
+pub mod beneath;
 pub mod cgroups;
 pub mod check;
 pub mod console;

@@ -7,11 +7,11 @@
 //! `kernel.msg*`, `kernel.sem*`, `fs.mqueue.*`) an IPC namespace;
 //! `kernel.hostname`/`kernel.domainname` a UTS namespace. Everything else
 //! (`vm.*`, `kernel.printk_ratelimit`, ...) is global to the host and refused.
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
@@ -207,23 +207,13 @@ pub fn apply(spec: &Spec) -> Result<(), String> {
     keys.sort();
     for (key, value) in keys {
         check_key(&key).map_err(|e| format!("linux.sysctl: {e}"))?;
-        let how = OpenHow::new()
-            .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                    | ResolveFlag::RESOLVE_NO_XDEV,
-            );
-        let fd = nix::fcntl::openat2(dir.as_fd(), &relative_path(&key), how).map_err(|e| {
+        crate::beneath::write(&dir, &relative_path(&key), &value).map_err(|e| {
             if e == nix::errno::Errno::ENOENT {
                 format!("sysctl {key}: no such setting in the container's namespaces")
             } else {
-                format!("sysctl {key}: {e}")
+                format!("sysctl {key} = {value:?}: {e}")
             }
         })?;
-        nix::unistd::write(&fd, value.as_bytes())
-            .map_err(|e| format!("sysctl {key} = {value:?}: {e}"))?;
     }
     Ok(())
 }

@@ -173,22 +173,8 @@ pub(super) fn parse_u64_or_max(text: &str) -> Option<u64> {
 /// beneath `dir` (no symlinks, no `..`, no other mount): a name from a
 /// config cannot reach a file outside the cgroup.
 pub(super) fn write_beneath(dir: &Path, name: &str, value: &str) -> io::Result<()> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     let d = fs::File::open(dir)?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV,
-        );
-    let fd = openat2(&d, name, how).map_err(io::Error::from)?;
-    let n = nix::unistd::write(&fd, value.as_bytes()).map_err(io::Error::from)?;
-    if n != value.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
-    }
-    Ok(())
+    crate::beneath::write(&d, name, value).map_err(io::Error::from)
 }
 
 /// Each directory once (v1 hierarchies may share one, as cpu,cpuacct do).
