@@ -647,17 +647,12 @@ fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
     for mode in ["full", "strict"] {
         let cid = env.id(mode);
         let b = env.bundle(mode, &["true"], |v| add_bind(v, &data, "/data"));
-        let err = env.fail(&[
-            "restore",
-            "-d",
-            "--manage-cgroups-mode",
-            mode,
-            "--bundle",
-            s(&b),
-            "--image-path",
-            s(&images),
+        let err = env.fail(&restore_args(
+            &b,
+            &images,
+            &["--manage-cgroups-mode", mode],
             &cid,
-        ]);
+        ));
         assert!(
             err.contains("freeze itself") && err.contains("soft"),
             "{err}"
@@ -676,17 +671,12 @@ fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
                 add_bind(v, &cdata, "/data");
                 v["linux"]["resources"]["memory"] = serde_json::json!({"limit": mib << 20});
             });
-            env.ok(&[
-                "restore",
-                "-d",
-                "--manage-cgroups-mode",
-                mode,
-                "--bundle",
-                s(&b),
-                "--image-path",
-                s(&images),
+            env.ok(&restore_args(
+                &b,
+                &images,
+                &["--manage-cgroups-mode", mode],
                 &cid,
-            ]);
+            ));
             copies.push((cid, mib, cdata.join("count")));
         }
         for (cid, mib, count) in &copies {
