@@ -459,15 +459,7 @@ fn hostile_restore_mount_points_are_refused() {
                 .unwrap()
             }
         }
-        let err = env.fail(&[
-            "restore",
-            "-d",
-            "--bundle",
-            s(&fresh),
-            "--image-path",
-            s(&images),
-            &rid,
-        ]);
+        let err = env.fail(&restore_args(&fresh, &images, &[], &rid));
         assert!(err.contains(s(&p)), "{tag}: the path is not named: {err}");
         assert!(
             err.contains("symbolic links") || err.contains("symlink"),
@@ -483,15 +475,7 @@ fn hostile_restore_mount_points_are_refused() {
     std::fs::create_dir_all(inside(&rootfs, &p)).unwrap();
     std::fs::remove_dir_all(rootfs.join("dev")).unwrap();
     symlink(&target.0, rootfs.join("dev")).unwrap();
-    let err = env.fail(&[
-        "restore",
-        "-d",
-        "--bundle",
-        s(&fresh),
-        "--image-path",
-        s(&images),
-        &rid,
-    ]);
+    let err = env.fail(&restore_args(&fresh, &images, &[], &rid));
     assert!(
         err.contains("/dev: is or passes through a symlink"),
         "{err}"

@@ -401,30 +401,14 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `ferry --root ROOT ARGS` (a root other than the Env's), its output in
-/// append-only files: a restored container inherits them, and a pipe would
-/// never reach EOF.
+/// `ferry --root ROOT ARGS` (a root other than the Env's), its output
+/// captured as [`Env::run`] captures it.
 fn ferry_in(root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let err = tempfile::NamedTempFile::new().unwrap();
-    let append = |f: &tempfile::NamedTempFile| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(f.path())
-            .unwrap()
-    };
-    let ok = Command::new(ferry_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(append(&out))
-        .stderr(append(&err))
-        .status()
-        .unwrap()
-        .success();
-    let read = |f: &tempfile::NamedTempFile| std::fs::read_to_string(f.path()).unwrap();
-    (ok, read(&out), read(&err))
+    let mut c = Command::new(ferry_bin());
+    c.arg("--root").arg(root).args(args);
+    let out = capture(c);
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.success(), text(out.stdout), text(out.stderr))
 }
 
 /// Deletes a container under another root when dropped.

@@ -152,27 +152,9 @@ impl Env {
         c
     }
 
-    /// Runs ferry with stdout/stderr captured in files, not pipes: a detached
-    /// container inherits them, and a pipe would then never reach EOF.
-    /// The files are opened append-only, as log files usually are: CRIU
-    /// restores such an external file onto another without a size check.
+    /// Runs ferry with its output captured (see [`capture`]).
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = tempfile::NamedTempFile::new().unwrap();
-        let err = tempfile::NamedTempFile::new().unwrap();
-        let append = |f: &tempfile::NamedTempFile| {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(f.path())
-                .unwrap()
-        };
-        let mut c = self.cmd(args);
-        c.stdout(append(&out)).stderr(append(&err));
-        let status = c.status().unwrap();
-        Output {
-            status,
-            stdout: read_all(out.reopen().unwrap()),
-            stderr: read_all(err.reopen().unwrap()),
-        }
+        capture(self.cmd(args))
     }
 
     /// Runs and asserts success; returns stdout.
@@ -405,12 +387,28 @@ pub fn add_bind(v: &mut Value, host: &Path, dest: &str) {
     }));
 }
 
-fn read_all(mut f: std::fs::File) -> Vec<u8> {
-    use std::io::{Read, Seek};
-    let mut v = Vec::new();
-    f.seek(std::io::SeekFrom::Start(0)).unwrap();
-    f.read_to_end(&mut v).unwrap();
-    v
+/// Runs `c` with stdout/stderr captured in files, not pipes: a detached
+/// container inherits them, and a pipe would then never reach EOF. The
+/// files are opened append-only, as log files usually are: CRIU restores
+/// such an external file onto another without a size check.
+pub fn capture(mut c: Command) -> Output {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let append = |f: &tempfile::NamedTempFile| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(f.path())
+            .unwrap()
+    };
+    c.stdin(Stdio::null())
+        .stdout(append(&out))
+        .stderr(append(&err));
+    let status = c.status().unwrap();
+    Output {
+        status,
+        stdout: std::fs::read(out.path()).unwrap(),
+        stderr: std::fs::read(err.path()).unwrap(),
+    }
 }
 
 /// A network namespace made for one test ("a host"), deleted on drop.

@@ -34,22 +34,9 @@ impl Runc {
                 self.ids.borrow_mut().push(id.to_string());
             }
         }
-        let out = tempfile::NamedTempFile::new().unwrap();
-        let err = tempfile::NamedTempFile::new().unwrap();
-        let status = Command::new("runc")
-            .arg("--root")
-            .arg(self.root.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.reopen().unwrap())
-            .stderr(err.reopen().unwrap())
-            .status()
-            .unwrap();
-        Output {
-            status,
-            stdout: std::fs::read(out.path()).unwrap(),
-            stderr: std::fs::read(err.path()).unwrap(),
-        }
+        let mut c = Command::new("runc");
+        c.arg("--root").arg(self.root.path()).args(args);
+        super::capture(c)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
