@@ -440,7 +440,9 @@ fn runs(dirs: &[PathBuf]) -> bool {
 /// `sleep` (and `mv`) every 50 ms, while a tree CRIU restored and holds (on
 /// B, until it is committed or killed) changes nothing. Only the counter's
 /// own children count: during a restore CRIU runs in the container's cgroup
-/// and forks helpers of its own there.
+/// and forks helpers of its own there. Two new children are needed: a tree
+/// CRIU is still restoring gains the one child that was in flight at the
+/// dump, and only a running counter makes more.
 fn settled_runs(dirs: &[PathBuf]) -> bool {
     let pid = |p: &String| p.split_whitespace().next().map(String::from);
     let first: Vec<String> = live_procs(dirs).iter().filter_map(pid).collect();
@@ -448,13 +450,17 @@ fn settled_runs(dirs: &[PathBuf]) -> bool {
         let comm = p.split_whitespace().nth(2).unwrap_or_default();
         comm == "sleep" || comm == "mv"
     };
-    // A child of the counter that was not there before.
+    // Children of the counter that were not there before.
+    let mut seen = std::collections::BTreeSet::new();
     let active = wait_until(Duration::from_secs(2), || {
-        live_procs(dirs)
-            .iter()
-            .filter(|p| counter_child(p))
-            .filter_map(pid)
-            .any(|p| !first.contains(&p))
+        seen.extend(
+            live_procs(dirs)
+                .iter()
+                .filter(|p| counter_child(p))
+                .filter_map(pid)
+                .filter(|p| !first.contains(p)),
+        );
+        seen.len() >= 2
     });
     active && runs(dirs)
 }
