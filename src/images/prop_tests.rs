@@ -391,6 +391,25 @@ proptest! {
     }
 }
 
+/// A message field whose length runs past the input is accepted by the
+/// decoder (it reads to the end), so the estimate must cover it too.
+#[test]
+fn a_truncated_trailing_message_is_estimated() {
+    use protobuf::Message as _;
+    use protobuf::MessageFull as _;
+    let mut bytes = vec![0x08, 2, 0x62, 0x80, 0x80, 0x04];
+    bytes.extend_from_slice(&[0x0a, 0x7f]);
+    bytes.extend_from_slice(&[b'x'; 0x7f]);
+    for b in [&[0x08u8, 2, 0x62, 8][..], &bytes[..]] {
+        if Inventory_entry::parse_from_bytes(b).is_ok() {
+            assert!(
+                image::decoded_cost(b, &Inventory_entry::descriptor(), 0).is_some(),
+                "{b:02x?}"
+            );
+        }
+    }
+}
+
 /// A group the decoder skips, after the mappings, must not hide them from
 /// the estimate.
 #[test]

@@ -112,7 +112,10 @@ pub(crate) fn decoded_cost(
             }
             _ => return None,
         };
-        let end = i.checked_add(usize::try_from(len).ok()?)?;
+        // The decoder accepts a top-level message field whose declared
+        // length runs past the input (it stops at the end), so the body
+        // is clamped rather than refused: an upper estimate either way.
+        let end = i.checked_add(usize::try_from(len).ok()?)?.min(bytes.len());
         let body = bytes.get(i..end)?;
         i = end;
         let Some(f) = field else {
