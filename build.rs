@@ -12,6 +12,7 @@ fn main() {
             "proto/images/memory.proto",
             "proto/images/files.proto",
             "proto/images/namespaces.proto",
+            "proto/images/cgroup.proto",
         ])
         .cargo_out_dir("criu_proto")
         .run_from_script();

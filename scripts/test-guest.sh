@@ -42,6 +42,27 @@ for g in "${ORDER[@]}"; do
   script=$(mktemp "$PWD/target/guest-group.XXXXXX")
   {
     echo 'set -u; rc=0'
+    # A binary that hangs is stopped after BINARY_TIMEOUT seconds, after printing every
+    # process and the test's kernel stacks, so the hang can be diagnosed from the log.
+    cat <<'WATCHDOG'
+bounded() {
+  "$@" & local pid=$!
+  (
+    sleep "$BINARY_TIMEOUT" & s=$!
+    trap 'kill $s 2>/dev/null; exit 0' TERM
+    wait $s
+    echo "test-guest: $1 still running after $BINARY_TIMEOUT s; processes and kernel stacks:"
+    ps -eo pid,ppid,stat,wchan:32,etime,args
+    for t in /proc/$pid/task/*; do echo "== $t $(cat $t/comm)"; cat $t/stack; done
+    for p in $(pgrep -f 'ferry|criu'); do echo "== $p: $(tr '\0' ' ' </proc/$p/cmdline)"; cat /proc/$p/stack; done
+    kill -9 $pid
+  ) & local dog=$!
+  wait $pid; local r=$?
+  kill $dog 2>/dev/null; wait $dog 2>/dev/null
+  return $r
+}
+WATCHDOG
+    printf 'BINARY_TIMEOUT=%q\n' "${FERRY_GUEST_BINARY_TIMEOUT:-600}"
     echo 'echo "guest: $(uname -r), $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup"'
     IFS=';' read -ra list <<<"$entries"
     for e in "${list[@]}"; do
@@ -50,7 +71,7 @@ for g in "${ORDER[@]}"; do
       [ -n "$exe" ] || { log "no test binary ${words[0]}"; exit 2; }
       printf 'echo "     Running %s in the guest"\n' "${words[0]}"
       # A filter that selects nothing would pass silently: that is a failure.
-      printf 'out=$(mktemp); %q --test-threads=2 %s 2>&1 | tee "$out"; r=${PIPESTATUS[0]}\n' "$exe" "${words[*]:1}"
+      printf 'out=$(mktemp); bounded %q --test-threads=2 %s 2>&1 | tee "$out"; r=${PIPESTATUS[0]}\n' "$exe" "${words[*]:1}"
       printf 'grep -q "^running 0 tests" "$out" && { echo "test-guest: %s selected no test"; r=1; }; rm -f "$out"; ((r == 0)) || rc=1\n' "$e"
     done
     echo 'exit $rc'

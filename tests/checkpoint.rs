@@ -642,27 +642,30 @@ fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
     let images = env.work.path().join("img");
     env.ok(&["checkpoint", "--image-path", s(&images), &id]);
     env.assert_gone(&id);
-    // full and strict would restore the dumped freezer state (frozen) into
-    // the cgroup CRIU restores from: refused, with nothing left behind.
-    for mode in ["full", "strict"] {
-        let cid = env.id(mode);
-        let b = env.bundle(mode, &["true"], |v| add_bind(v, &data, "/data"));
-        let err = env.fail(&restore_args(
-            &b,
-            &images,
-            &["--manage-cgroups-mode", mode],
-            &cid,
-        ));
-        assert!(
-            err.contains("freeze itself") && err.contains("soft"),
-            "{err}"
-        );
-        env.assert_gone(&cid);
-    }
-    // soft is CRIU's default, what a restore without the flag gets.
-    for mode in ["soft", "ignore"] {
+    // strict aborts on the new container's cgroup, which always exists
+    // (CRIU restores into it): refused up front, nothing left behind.
+    let cid = env.id("strict");
+    let b = env.bundle("strict", &["true"], |v| add_bind(v, &data, "/data"));
+    let err = env.fail(&restore_args(
+        &b,
+        &images,
+        &["--manage-cgroups-mode", "strict"],
+        &cid,
+    ));
+    assert!(err.contains("strict") && err.contains("full"), "{err}");
+    env.assert_gone(&cid);
+    // soft is CRIU's default, what a restore without the flag gets; full
+    // also restores the checkpoint's own settings: on v1 its 64 MiB limit
+    // (CRIU restores no v2 memory settings: the bundle's stays).
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    for mode in ["soft", "ignore", "full"] {
         let mut copies = Vec::new();
-        for (n, mib) in [(1, 48u64), (2, 80)] {
+        let sizes: &[(u32, u64)] = if mode == "full" {
+            &[(1, 48)]
+        } else {
+            &[(1, 48), (2, 80)]
+        };
+        for &(n, mib) in sizes {
             let name = format!("{mode}{n}");
             let cid = env.id(&name);
             let cdata = env.work.path().join(format!("{name}-data"));
@@ -682,7 +685,12 @@ fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
         for (cid, mib, count) in &copies {
             assert_eq!(env.status(cid), "running", "{mode}");
             assert_in_own_cgroup(&env, cid);
-            assert_eq!(memory_limit(&env, cid), mib << 20, "{mode}: {cid}");
+            let want = if mode == "full" && !v2 {
+                64 << 20
+            } else {
+                mib << 20
+            };
+            assert_eq!(memory_limit(&env, cid), want, "{mode}: {cid}");
             // It goes on from the dumped number, in its own /data.
             assert_continues(count, read_num(count).unwrap_or(0));
             assert!(read_num(count).unwrap() > 3, "{mode}: {cid} restarted");
@@ -692,4 +700,25 @@ fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
             env.assert_gone(cid);
         }
     }
+    // A container paused when it was checkpointed: on v1 the images record
+    // the freeze, which full would write into the cgroup CRIU runs in (v2
+    // records no freezer state).
+    if v2 {
+        return;
+    }
+    let pid_ = env.id("paused");
+    env.ok(&["run", "-d", "--bundle", s(&bundle), &pid_]);
+    env.ok(&["pause", &pid_]);
+    let pimages = env.work.path().join("img-paused");
+    env.ok(&["checkpoint", "--image-path", s(&pimages), &pid_]);
+    let cid = env.id("pfull");
+    let b = env.bundle("pfull", &["true"], |v| add_bind(v, &data, "/data"));
+    let err = env.fail(&restore_args(
+        &b,
+        &pimages,
+        &["--manage-cgroups-mode", "full"],
+        &cid,
+    ));
+    assert!(err.contains("paused") && err.contains("soft"), "{err}");
+    env.assert_gone(&cid);
 }

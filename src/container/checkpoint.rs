@@ -195,6 +195,14 @@ impl NotifyHandler for DumpHandler<'_, '_> {
             }
             Notify::NetworkUnlock => self.unlock().map_err(criu::HandlerError::new)?,
             Notify::PostDump => {
+                // ferry froze the tree, not its user: the images record
+                // it running, so that a restore that writes the recorded
+                // freezer state back (cgroup modes full and strict) does
+                // not freeze the new container, and CRIU with it.
+                if self.freeze.is_some() {
+                    crate::images::cgroups::record_running(self.images)
+                        .map_err(criu::HandlerError::new)?;
+                }
                 if let Some(p) = self.post_dump.as_mut() {
                     let guard = self.guard.borrow().as_ref().map(FreezeGuard::handle);
                     p.post_dump(self.images, guard)

@@ -140,7 +140,9 @@ pub enum Error {
     },
     /// CRIU writes the dumped freezer state (FROZEN: the container is frozen
     /// for its dump) into the cgroup it restores into, where it runs itself.
-    #[error("restore --manage-cgroups-mode {mode}: CRIU would write the checkpoint's freezer state (frozen for the dump) into the new cgroup, which CRIU itself is in, and freeze itself; use soft (the default) or ignore: the limits come from the restore bundle in every mode")]
+    #[error("restore --manage-cgroups-mode strict: strict restores every cgroup of the checkpoint and aborts if one exists, and the new container's cgroup always exists (CRIU restores into it); use full to restore the checkpoint's cgroup settings too, or soft (the default)")]
+    CgroupModeStrict,
+    #[error("restore --manage-cgroups-mode {mode}: the checkpoint recorded a frozen cgroup (the container was paused when it was checkpointed), which CRIU would write into the new cgroup it runs in and freeze itself; restore with --manage-cgroups-mode soft (the default) or ignore, then resume")]
     CgroupModeFreezes { mode: &'static str },
     #[error("a checkpoint cannot both leave the container running and leave it stopped")]
     LeaveRunningAndStopped,

@@ -380,6 +380,22 @@ fn restore_tree(
         .ok_or(Error::RestoreWithoutPid)
 }
 
+/// `strict` fails on any cgroup of the image that exists, and the new
+/// container's cgroup always does (CRIU runs in it, as under runc): refused
+/// up front. `full` writes the recorded freezer state back into that
+/// cgroup: refused for images that recorded a frozen one.
+fn check_cgroup_mode(mode: Option<CgMode>, images: &Path) -> Result<()> {
+    let name = match mode {
+        Some(CgMode::FULL) => "full",
+        Some(CgMode::STRICT) => return Err(Error::CgroupModeStrict),
+        _ => return Ok(()),
+    };
+    if crate::images::cgroups::recorded_frozen(images).map_err(super::ImagesError::Damaged)? {
+        return Err(Error::CgroupModeFreezes { mode: name });
+    }
+    Ok(())
+}
+
 impl Container {
     /// Restores a container (see [`RestoreOptions`]).
     pub fn restore(root: &Path, opts: &RestoreOptions) -> Result<Restored> {
@@ -394,13 +410,9 @@ impl Container {
         hold: Option<&mut dyn RestoreHold>,
     ) -> Result<Restored> {
         let _span = tracing::info_span!("restore", id = %opts.id).entered();
-        match opts.manage_cgroups_mode {
-            Some(CgMode::FULL) => return Err(Error::CgroupModeFreezes { mode: "full" }),
-            Some(CgMode::STRICT) => return Err(Error::CgroupModeFreezes { mode: "strict" }),
-            _ => {}
-        }
         let plan = Plan::load(&opts.id, &opts.bundle)?;
         let images = check_images(&opts.image_path)?;
+        check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
         let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;
         plan.check_console(opts.console_socket.as_deref())?;
         let veth = plan.veth()?;

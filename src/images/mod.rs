@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub mod cgroups;
 mod describe;
 mod files;
 mod memory;

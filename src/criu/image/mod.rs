@@ -40,6 +40,7 @@ pub const MNTS_MAGIC: u32 = 0x5556_3928;
 pub const UTSNS_MAGIC: u32 = 0x5447_3203;
 pub const STATS_MAGIC: u32 = 0x5709_3306;
 pub const IRMAP_CACHE_MAGIC: u32 = 0x5700_4059;
+pub const CGROUP_MAGIC: u32 = 0x5938_3330;
 
 /// No single protobuf entry ferry decodes is anywhere near this; a larger
 /// length word means a corrupt (or hostile) file.
@@ -146,6 +147,7 @@ pub fn image_name(magic: u32) -> &'static str {
         UTSNS_MAGIC => "utsns",
         STATS_MAGIC => "stats",
         IRMAP_CACHE_MAGIC => "irmap-cache",
+        CGROUP_MAGIC => "cgroup",
         _ => "image",
     }
 }
