@@ -271,6 +271,33 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
     // ferry's host-side lock was released after dump and restore.
     let tables = host.exec(&["nft", "list", "tables"]);
     assert!(!String::from_utf8_lossy(&tables.stdout).contains("ferry_lock"));
+    // Dumped established again, restored with --tcp-close (podman's
+    // `restore --tcp-close`): the connection is gone, the server is not.
+    // The mount context CRI-O passes goes to CRIU (no mount here has one).
+    let images2 = env.work.path().join("img2");
+    env.ok(&checkpoint_args(&images2, &["--tcp-established"], &id));
+    env.ok(&restore_args(
+        &bundle,
+        &images2,
+        &[
+            "--tcp-close",
+            "--lsm-mount-context",
+            "system_u:object_r:container_file_t:s0",
+        ],
+        &id,
+    ));
+    let _ = writeln!(cin, "closed?");
+    line.clear();
+    let read = cout.read_line(&mut line);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the connection survived --tcp-close: {read:?} {line:?}"
+    );
+    let out = host
+        .command(&["sh", "-c", "echo fresh2 | busybox nc -w 2 10.77.1.2 7000"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fresh2\n");
     let _ = client.kill();
     let _ = client.wait();
     env.ok(&["delete", "--force", &id]);
@@ -721,4 +748,20 @@ fn copies_get_their_own_cgroup_and_limits_in_each_cgroup_mode() {
     ));
     assert!(err.contains("paused") && err.contains("soft"), "{err}");
     env.assert_gone(&cid);
+}
+
+/// How CRI-O decides what a runtime can do: `checkpoint --help` must
+/// succeed, and `restore --lsm-mount-context` without a value must fail
+/// saying the flag needs one.
+#[test]
+fn cri_o_probes_see_checkpoint_and_mount_context_support() {
+    let env = Env::new("probes");
+    env.ok(&["checkpoint", "--help"]);
+    let out = env.run(&["restore", "--lsm-mount-context"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--lsm-mount-context") && err.contains("value is required"),
+        "{err}"
+    );
 }

@@ -205,6 +205,13 @@ pub struct RestoreArgs {
     /// LSM profile for the restored processes (e.g. apparmor:NAME).
     #[arg(long)]
     pub lsm_profile: Option<String>,
+    /// SELinux context for the restored mounts that carry a `context=`
+    /// option (CRI-O's restore into a pod).
+    #[arg(long, value_name = "CONTEXT")]
+    pub lsm_mount_context: Option<String>,
+    /// Restore TCP connections dumped with --tcp-established closed.
+    #[arg(long, conflicts_with = "tcp_established")]
+    pub tcp_close: bool,
     #[command(flatten)]
     pub criu: CriuFlags,
     /// Print CRIU's restore statistics.
@@ -346,6 +353,8 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
     o.console_socket = a.console_socket.clone();
     o.lazy_pages = a.lazy_pages;
     o.lsm_profile = a.lsm_profile.clone();
+    o.lsm_mount_context = a.lsm_mount_context.clone();
+    o.tcp_close = a.tcp_close;
     set_criu_flags!(o, &a.criu);
     if !a.detach {
         wait::block_signals();

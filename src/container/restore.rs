@@ -42,6 +42,12 @@ pub struct RestoreOptions {
     pub auto_dedup: bool,
     pub lazy_pages: bool,
     pub lsm_profile: Option<String>,
+    /// SELinux context CRIU puts on the restored mounts that carry one
+    /// (`context=` mount option), as CRI-O asks for restores into pods.
+    pub lsm_mount_context: Option<String>,
+    /// Restore established TCP connections closed instead of repairing
+    /// them (for images dumped with `--tcp-established`).
+    pub tcp_close: bool,
     pub network_lock: LockMethod,
     /// Cgroup path to use instead of config.json's `linux.cgroupsPath`
     /// (or the default), e.g. below another parent on a migration target.
@@ -70,6 +76,8 @@ impl RestoreOptions {
             auto_dedup: false,
             lazy_pages: false,
             lsm_profile: None,
+            lsm_mount_context: None,
+            tcp_close: false,
             network_lock: LockMethod::Nftables,
             cgroup_path: None,
         }
@@ -316,6 +324,12 @@ fn restore_opts(
     }
     if let Some(p) = &opts.lsm_profile {
         o.set_lsm_profile(p.clone());
+    }
+    if let Some(c) = &opts.lsm_mount_context {
+        o.set_lsm_mount_context(c.clone());
+    }
+    if opts.tcp_close {
+        o.set_tcp_close(true);
     }
     o.set_notify_scripts(true);
     o
