@@ -24,7 +24,7 @@ PKGS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-co
   protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
   libnftables-dev libgnutls28-dev uuid-dev libseccomp-dev iproute2 nftables iptables jq busybox-static
   runc crun podman conmon golang-github-containers-common xz-utils procps util-linux
-  iputils-ping psmisc zstd)
+  iputils-ping psmisc zstd containerd)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -107,7 +107,7 @@ pub enum Command {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(go_runc_args(std::env::args_os().collect()));
     output::init_logging(&cli);
     let result = if cli.systemd_cgroup {
         Err(anyhow::anyhow!(
@@ -123,6 +123,29 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// containerd's runc client passes `-no-subreaper` to `restore` with one
+/// dash, as Go's flag parsing allows. `restore` takes nothing after the
+/// container ID, so in a restore command line it can only be that flag.
+fn go_runc_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    // The global options before the subcommand, with their values.
+    while i < args.len() {
+        match args[i].to_str() {
+            Some("--root" | "--log" | "--log-format") => i += 2,
+            Some(a) if a.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    if args.get(i).and_then(|a| a.to_str()) == Some("restore") {
+        for a in &mut args[i + 1..] {
+            if a == "-no-subreaper" {
+                *a = "--no-subreaper".into();
+            }
+        }
+    }
+    args
 }
 
 fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
@@ -150,5 +173,39 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Serve(a) => serve::serve(root, a).map(|_| 0),
         Command::Certs(a) => certs::certs(a).map(|_| 0),
         Command::SettleCommit(a) => migrate::settle_commit(root, a).map(|_| 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(|s| s.into()).collect()
+    }
+
+    #[test]
+    fn go_runcs_single_dash_no_subreaper_is_the_restore_flag() {
+        let got = go_runc_args(args(&[
+            "ferry",
+            "--root",
+            "/r",
+            "--log",
+            "l.json",
+            "--log-format",
+            "json",
+            "restore",
+            "--detach",
+            "-no-subreaper",
+            "--bundle",
+            "b",
+            "id",
+        ]));
+        assert_eq!(got[9], "--no-subreaper");
+        let cli = Cli::try_parse_from(got).unwrap();
+        assert!(matches!(cli.command, Command::Restore(ref r) if r.no_subreaper && r.detach));
+        // Only in restore: an exec'd process may take such an argument.
+        let exec = args(&["ferry", "exec", "id", "prog", "-no-subreaper"]);
+        assert_eq!(go_runc_args(exec.clone()), exec);
     }
 }

@@ -31,12 +31,16 @@ pub fn parse_signal(s: &str) -> Option<KillSignal> {
     name.parse().ok().map(KillSignal::Signal)
 }
 
+/// runc's words for a kill of a stopped container, which engines match
+/// (containerd's shim treats it as "process already finished").
+const NOT_RUNNING: &str = "container not running, there is no process to signal";
+
 impl Container {
     pub fn kill(&self, signal: KillSignal, all: bool) -> Result<()> {
         let _span = tracing::info_span!("kill", id = %self.id(), ?signal, all).entered();
         let status = self.status();
         if status == Status::Stopped {
-            return Err(self.wrong_state(status, "there is no process to signal"));
+            return Err(self.wrong_state(status, NOT_RUNNING));
         }
         let signal = match signal {
             // The init was just found alive (same pid, same start time).
@@ -65,7 +69,7 @@ impl Container {
         // SAFETY: the kernel just gave us this descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         if !crate::proc::is_alive(pid, self.state.pid_start_time) {
-            return Err(self.wrong_state(Status::Stopped, "there is no process to signal"));
+            return Err(self.wrong_state(Status::Stopped, NOT_RUNNING));
         }
         // SAFETY: pidfd_send_signal on our descriptor, no siginfo.
         let r = unsafe {
