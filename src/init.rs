@@ -35,6 +35,10 @@ pub struct Init {
     pub new_userns: bool,
     pub new_cgroupns: bool,
     pub new_utsns: bool,
+    /// Fds from 3 on passed to the program (`--preserve-fds`).
+    pub preserve_fds: u32,
+    /// The session keyring to join (none with `--no-new-keyring`).
+    pub keyring: Option<process::Keyring>,
 }
 
 /// What the parent sends with its go-ahead.
@@ -82,7 +86,7 @@ impl Init {
     /// Everything up to the exec; returns the program and the state the
     /// startContainer hooks get.
     fn setup(&mut self) -> Result<(process::Program, String)> {
-        process::enter()?;
+        process::enter(self.preserve_fds)?;
         let go = self.namespaces()?;
         setsid().map_err(|e| Failure::sys("session", "setsid", e))?;
         if self.new_utsns {
@@ -110,7 +114,12 @@ impl Init {
         rootfs::finish(&self.spec).map_err(Failure::at("rootfs"))?;
         let p = self.spec.process().clone().unwrap_or_default();
         let seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        let ready = process::finish(&p, process::environment(&p), seccomp.as_ref())?;
+        let ready = process::finish(
+            &p,
+            process::environment(&p),
+            seccomp.as_ref(),
+            self.keyring.as_ref(),
+        )?;
         for w in ready.warnings {
             self.channel.send(&Msg::Warning(w))?;
         }

@@ -3,5 +3,8 @@
 mod cli;
 
 fn main() {
+    // Before ferry opens anything: which fds the caller passed (what
+    // `--preserve-fds` may hand on).
+    ferry::process::fds::record_inherited();
     std::process::exit(cli::main());
 }

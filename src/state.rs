@@ -94,6 +94,10 @@ pub struct State {
     /// tells `delete --force` what to remove.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
+    /// Created with `--no-new-keyring`: exec'd processes keep the
+    /// caller's session keyring too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_keyring: bool,
 }
 
 impl State {
@@ -122,6 +126,7 @@ impl State {
             config: config.clone(),
             started: false,
             creating: true,
+            no_new_keyring: false,
         }
     }
 
@@ -372,6 +377,7 @@ mod tests {
             config: Spec::default(),
             started: false,
             creating: true,
+            no_new_keyring: false,
         };
         dir.save(&state).unwrap();
         let back = dir.load().unwrap().unwrap();

@@ -2,6 +2,7 @@
 //! (Debian's, the reference) and ferry on the same bundle, compared (as root).
 mod common;
 
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::runc::{sleeping, Runc};
@@ -285,4 +286,109 @@ fn events_stats_have_runcs_fields_and_units() {
             per.len()
         );
     }
+}
+
+/// The `_ses.<id>` session keyrings the kernel lists.
+fn session_keyrings() -> String {
+    std::fs::read_to_string("/proc/keys")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" _ses."))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The permission word and name of `_ses.<id>`, if the kernel lists it.
+fn keyring_of(id: &str) -> Option<(String, String)> {
+    session_keyrings().lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(8).map(|n| n.trim_end_matches(':')) == Some(&format!("_ses.{id}")))
+            .then(|| (f[3].to_string(), f[8].to_string()))
+    })
+}
+
+#[test]
+fn each_container_gets_its_own_session_keyring_as_with_runc() {
+    let Some((env, runc, f, r)) = sleeping("keyring") else {
+        return;
+    };
+    let (ours, theirs) = (keyring_of(&f), keyring_of(&r));
+    let keys = session_keyrings();
+    assert!(ours.is_some(), "no _ses.{f} keyring: {keys}");
+    assert!(theirs.is_some(), "no _ses.{r} keyring: {keys}");
+    // Made searchable the same way.
+    assert_eq!(ours.unwrap().0, theirs.unwrap().0, "{keys}");
+    // --no-new-keyring keeps the caller's.
+    let bundle = env.bundle("nk", &["sleep", "1000"], |_| {});
+    let g = env.id("g");
+    env.ok(&[
+        "run",
+        "-d",
+        "--no-new-keyring",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        &g,
+    ]);
+    assert_eq!(keyring_of(&g), None, "{}", session_keyrings());
+    stop(&env, &runc, &f, &r);
+}
+
+#[test]
+fn preserve_fds_passes_the_callers_fds_as_runc_does() {
+    if !is_root() {
+        return;
+    }
+    let Some(runc) = Runc::new() else {
+        return;
+    };
+    let env = Env::new("pfds");
+    let file = env.work.path().join("fd3");
+    std::fs::write(&file, "from-fd-3\n").unwrap();
+    let bundle = env.bundle(
+        "b",
+        &["sh", "-c", "cat <&3; { cat <&4; } 2>&1 || true"],
+        |_| {},
+    );
+    let (f, r) = (env.id("f"), env.id("r"));
+    // `sh` opens fd 3 on the file for the runtime it starts.
+    let with_fd3 = |runtime: &[&str], id: &str| -> Output {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#""$@" 3<"$FD3""#)
+            .arg("sh")
+            .args(runtime)
+            .args(["run", "--preserve-fds", "1", "--bundle"])
+            .arg(&bundle)
+            .arg(id)
+            .env("FD3", &file)
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let ferry = ferry_bin();
+    let root = env.root.path().to_str().unwrap();
+    let ours = with_fd3(&[ferry.to_str().unwrap(), "--root", root], &f);
+    let theirs = with_fd3(&["runc", "--root", runc.root().to_str().unwrap()], &r);
+    assert!(ours.status.success(), "{}", text(&ours.stderr));
+    assert!(theirs.status.success(), "{}", text(&theirs.stderr));
+    let (o, t) = (text(&ours.stdout), text(&theirs.stdout));
+    assert!(o.starts_with("from-fd-3\n"), "{o}");
+    // fd 4 was not preserved: the program does not have it, in both.
+    assert!(o.contains("Bad file descriptor"), "{o}");
+    assert_eq!(o, t);
+    // Asked to pass an fd it was not given: refused before anything runs.
+    let g = env.id("g");
+    let out = Command::new(&ferry)
+        .args(["--root", root, "run", "--preserve-fds", "2", "--bundle"])
+        .arg(&bundle)
+        .arg(&g)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--preserve-fds 2: fd 3 was not passed"),
+        "{err}"
+    );
+    env.assert_gone(&g);
 }

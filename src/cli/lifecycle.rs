@@ -33,6 +33,13 @@ pub struct CreateArgs {
     /// chroot instead of pivot_root (for a ramdisk root).
     #[arg(long)]
     pub no_pivot: bool,
+    /// Pass N more fds (3 to 2+N) to the container's program.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
+    /// Keep the caller's session keyring instead of a new one for the
+    /// container.
+    #[arg(long)]
+    pub no_new_keyring: bool,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +106,9 @@ pub struct ExecArgs {
     /// resumed).
     #[arg(long)]
     pub ignore_paused: bool,
+    /// Pass N more fds (3 to 2+N) to the process.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preserve_fds: u32,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +171,8 @@ fn create_options(a: &CreateArgs, relay_console: bool) -> CreateOptions {
         console_socket: a.console_socket.clone(),
         no_pivot: a.no_pivot,
         relay_console,
+        preserve_fds: a.preserve_fds,
+        no_new_keyring: a.no_new_keyring,
     }
 }
 
@@ -340,6 +352,7 @@ pub fn exec(root: &Path, a: &ExecArgs) -> anyhow::Result<i32> {
             detach: a.detach,
             relay_console: relays,
             ignore_paused: a.ignore_paused,
+            preserve_fds: a.preserve_fds,
         })
         .map_err(|e| match e {
             ferry::Error::WrongState {

@@ -14,7 +14,7 @@ use crate::cgroups::CgroupDescriptor;
 use crate::hooks::{self, Kind};
 use crate::init::Init;
 use crate::network::{self, VethConfig};
-use crate::state::{StateDir, EXEC_DONE, EXEC_FIFO};
+use crate::state::{State, StateDir, EXEC_DONE, EXEC_FIFO};
 use crate::sync::{self, Msg};
 
 #[derive(Debug, Clone, Default)]
@@ -28,6 +28,12 @@ pub struct CreateOptions {
     /// terminal itself and gets its master in [`Created::console`]; like
     /// runc's, that terminal leaves "\n" alone (the caller's adds "\r").
     pub relay_console: bool,
+    /// Fds from 3 on that the container's program gets (runc's
+    /// `--preserve-fds`); each must have been passed to ferry.
+    pub preserve_fds: u32,
+    /// Keep the caller's session keyring instead of a new one per
+    /// container (runc's `--no-new-keyring`).
+    pub no_new_keyring: bool,
 }
 
 /// A freshly created container; the caller is the init's parent until it
@@ -66,10 +72,15 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     if veth.is_some() && !ns.new_net {
         return Err(Error::VethNeedsNetns);
     }
-    let mut claim = plan.claim(root, plan.cgroup(None)?, |s| s)?;
+    crate::process::fds::check_preserved(opts.preserve_fds).map_err(Error::PreserveFds)?;
+    let no_new_keyring = opts.no_new_keyring;
+    let mut claim = plan.claim(root, plan.cgroup(None)?, |s| State {
+        no_new_keyring,
+        ..s
+    })?;
     let fifos = make_fifos(&claim.dir)?;
     claim.create_cgroup(plan.resources())?;
-    let (pid, channel) = spawn_init(&plan, &claim, &ns, fifos, opts.no_pivot)?;
+    let (pid, channel) = spawn_init(&plan, &claim, &ns, fifos, opts)?;
     claim.rollback.pid = Some(pid.as_raw());
     claim.state.set_init(pid.as_raw());
     claim.save()?;
@@ -165,7 +176,7 @@ fn spawn_init(
     claim: &Claim,
     ns: &Namespaces,
     (exec_fifo, exec_done): (OwnedFd, OwnedFd),
-    no_pivot: bool,
+    opts: &CreateOptions,
 ) -> Result<(Pid, sync::Channel)> {
     // setns on a pid namespace applies to the caller's next children: the
     // guard puts ours back once the init is cloned (or on any error).
@@ -183,7 +194,7 @@ fn spawn_init(
     let init = Init {
         spec: plan.spec.clone(),
         rootfs: plan.rootfs.clone(),
-        no_pivot,
+        no_pivot: opts.no_pivot,
         channel: child_ch,
         exec_fifo,
         exec_done,
@@ -192,6 +203,11 @@ fn spawn_init(
         new_userns: ns.new_user,
         new_cgroupns: ns.new_cgroup,
         new_utsns: ns.new_uts,
+        preserve_fds: opts.preserve_fds,
+        keyring: (!opts.no_new_keyring).then(|| crate::process::Keyring {
+            name: crate::process::keyring::name(&opts.id),
+            in_userns: ns.new_user || ns.join.iter().any(|(f, _)| *f == CloneFlags::CLONE_NEWUSER),
+        }),
     };
     let mut init = Some(init);
     let mut stack = vec![0u8; 1 << 20];

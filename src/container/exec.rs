@@ -29,6 +29,8 @@ pub struct ExecOptions {
     /// Exec into a paused container too: the process starts once the
     /// container is resumed.
     pub ignore_paused: bool,
+    /// Fds from 3 on that the process gets (runc's `--preserve-fds`).
+    pub preserve_fds: u32,
 }
 
 /// Namespaces in the order they must be joined (user first, mount last).
@@ -55,6 +57,8 @@ struct ExecChild<'a> {
     terminal: Option<Terminal>,
     detach: bool,
     seccomp: Option<LinuxSeccomp>,
+    preserve_fds: u32,
+    keyring: Option<process::Keyring>,
 }
 
 impl Container {
@@ -69,6 +73,7 @@ impl Container {
             return Err(self.wrong_state(status, "cannot exec in a paused container"));
         }
         check_process(&opts.process)?;
+        crate::process::fds::check_preserved(opts.preserve_fds).map_err(Error::PreserveFds)?;
         let terminal = exec_terminal(opts)?;
         let wants_terminal = terminal.is_some();
         let cgroup = self.cgroup_or_err()?;
@@ -90,6 +95,17 @@ impl Container {
                 .linux()
                 .as_ref()
                 .and_then(|l| l.seccomp().clone()),
+            preserve_fds: opts.preserve_fds,
+            // The container's session keyring, joined by name.
+            keyring: (!self.state.no_new_keyring).then(|| process::Keyring {
+                name: process::keyring::name(self.id()),
+                in_userns: self.state.config.linux().as_ref().is_some_and(|l| {
+                    l.namespaces().as_ref().is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+                    })
+                }),
+            }),
         };
         let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
         // SAFETY: single-threaded; the child execs or exits.
@@ -248,7 +264,7 @@ impl ExecChild<'_> {
     /// Waits for the go-ahead, joins the namespaces and forks, so the
     /// child starts in the container's pid namespace.
     fn enter(&self, ch: &Channel) -> process::Result<ForkResult> {
-        process::enter()?;
+        process::enter(self.preserve_fds)?;
         match ch.recv()? {
             Some(Msg::Go { .. }) => {}
             other => {
@@ -270,7 +286,12 @@ impl ExecChild<'_> {
             nix::unistd::setsid().map_err(|e| Failure::sys("session", "setsid", e))?;
             t.attach(ch, self.process)?;
         }
-        let ready = process::finish(self.process, self.env.clone(), self.seccomp.as_ref())?;
+        let ready = process::finish(
+            self.process,
+            self.env.clone(),
+            self.seccomp.as_ref(),
+            self.keyring.as_ref(),
+        )?;
         for w in ready.warnings {
             ch.send(&Msg::Warning(w))?;
         }

@@ -131,6 +131,8 @@ pub enum Error {
         crate::network::VETH_ANNOTATION
     )]
     VethNeedsNetns,
+    #[error("{0}")]
+    PreserveFds(String),
     #[error("veth {name}: an interface with this name already exists on the host; change the {} annotation in {config}", crate::network::VETH_ANNOTATION)]
     VethExists { name: String, config: PathBuf },
     #[error("rootfs {rootfs}: mount point {source}; CRIU would follow it outside the rootfs: make it the directory or file the checkpoint had")]

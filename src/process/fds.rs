@@ -2,30 +2,71 @@
 use super::{Failure, Result};
 
 /// Every inherited fd above stderr gets CLOEXEC so nothing leaks into the
-/// user program; ferry's own fds already have it. Kernels before 5.11 lack
-/// CLOSE_RANGE_CLOEXEC: there each fd listed in /proc/self/fd is marked.
-pub fn mark_cloexec() -> Result<()> {
+/// user program, except the `preserve` fds from 3 on that the caller asked
+/// to pass (`--preserve-fds`), which lose it; ferry's own fds already have
+/// it. Kernels before 5.11 lack CLOSE_RANGE_CLOEXEC: there each fd listed
+/// in /proc/self/fd is marked.
+pub fn mark_cloexec(preserve: u32) -> Result<()> {
+    let first = 3 + preserve;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
     let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            first,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    if r == 0 {
-        return Ok(());
+    if r != 0 {
+        let why = std::io::Error::last_os_error();
+        let fds = open_fds().map_err(|e| {
+            Failure::io(
+                "fds",
+                format!("close_range failed ({why}), so inherited descriptors would leak into the container, and /proc/self/fd cannot be listed"),
+                &e,
+            )
+        })?;
+        let fds: Vec<i32> = fds.into_iter().filter(|fd| *fd >= first as i32).collect();
+        set_cloexec(&fds)?;
     }
-    let why = std::io::Error::last_os_error();
-    let fds = open_fds().map_err(|e| {
-        Failure::io(
-            "fds",
-            format!("close_range failed ({why}), so inherited descriptors would leak into the container, and /proc/self/fd cannot be listed"),
-            &e,
-        )
-    })?;
-    set_cloexec(&fds)
+    for fd in 3..first as i32 {
+        // SAFETY: only the descriptor flags change.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Failure::io(
+                "fds",
+                format!("passing fd {fd} (--preserve-fds {preserve})"),
+                &e,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fds from 3 on that were open when this process started, recorded
+/// before ferry opens any of its own: what `--preserve-fds` may pass.
+static INHERITED: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+
+/// Records the inherited fds; call first thing in `main`.
+pub fn record_inherited() {
+    let open = (3..1024)
+        // SAFETY: F_GETFD only reads the descriptor flags.
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
+        .collect();
+    let _ = INHERITED.set(open);
+}
+
+/// Checks that fds 3..3+`n` were all passed to this process (so none of
+/// ferry's own can take their numbers and leak into the container).
+pub fn check_preserved(n: u32) -> std::result::Result<(), String> {
+    let inherited = INHERITED.get().map(Vec::as_slice).unwrap_or_default();
+    match (3..3 + n as i32).find(|fd| !inherited.contains(fd)) {
+        None => Ok(()),
+        Some(fd) => Err(format!(
+            "--preserve-fds {n}: fd {fd} was not passed to ferry (pass fds 3 to {} open)",
+            2 + n
+        )),
+    }
 }
 
 /// The descriptors above stderr, from /proc/self/fd.

@@ -6,6 +6,7 @@
 //! the parent over the sync channel.
 pub mod caps;
 pub mod fds;
+pub mod keyring;
 pub mod program;
 pub mod setup;
 pub mod tty;
@@ -13,6 +14,6 @@ mod user;
 
 pub use crate::sync::Failure;
 pub use program::{environment, resolve_program, Program};
-pub use setup::{enter, finish, Ready};
+pub use setup::{enter, finish, Keyring, Ready};
 
 pub type Result<T> = std::result::Result<T, Failure>;

@@ -8,9 +8,18 @@ use super::{fds, program, user, Failure, Program, Result};
 /// First thing in a freshly forked or cloned child: signals ferry blocked
 /// must not stay blocked in the container, and no inherited descriptor may
 /// survive the exec.
-pub fn enter() -> Result<()> {
+/// `preserve` fds from 3 on are passed to the program (`--preserve-fds`).
+pub fn enter(preserve: u32) -> Result<()> {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    fds::mark_cloexec()
+    fds::mark_cloexec(preserve)
+}
+
+/// The session keyring a container's processes join (none with
+/// `--no-new-keyring`).
+pub struct Keyring {
+    pub name: String,
+    /// In a user namespace the keyring is made searchable by others.
+    pub in_userns: bool,
 }
 
 /// A process one exec away from the user program.
@@ -21,7 +30,7 @@ pub struct Ready {
 }
 
 /// The last steps before exec, run in the container's namespaces and root:
-/// rlimits, the program's lookup (while still privileged), seccomp, the
+/// the session keyring, rlimits, the program's lookup (while still privileged), seccomp, the
 /// working directory, user and capabilities, no_new_privs.
 ///
 /// The working directory is entered while still privileged, so a user
@@ -35,7 +44,11 @@ pub fn finish(
     process: &Process,
     env: Vec<String>,
     seccomp: Option<&LinuxSeccomp>,
+    keyring: Option<&Keyring>,
 ) -> Result<Ready> {
+    if let Some(k) = keyring {
+        super::keyring::join(&k.name, k.in_userns)?;
+    }
     apply_rlimits(process)?;
     let args = process.args().clone().unwrap_or_default();
     let Some(arg0) = args.first() else {
