@@ -166,8 +166,11 @@ fn freezer_state(dirs: &[PathBuf]) -> Option<String> {
 
 /// Waits (the guard acts once ferry and CRIU are gone) until the
 /// container is neither frozen nor held by CRIU; returns the freezer state.
+/// A CRIU that was acknowledged before ferry died dumps on until its next
+/// notification fails, which on a loaded machine takes seconds: the wait
+/// is generous (it ends as soon as the container runs).
 fn settled_freezer(dirs: &[PathBuf]) -> Option<String> {
-    wait_until(Duration::from_secs(8), || !stopped(dirs));
+    wait_until(Duration::from_secs(30), || !stopped(dirs));
     freezer_state(dirs)
 }
 
