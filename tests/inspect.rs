@@ -624,3 +624,98 @@ fn check_json_agrees_with_criu() {
         "{text}"
     );
 }
+
+fn inspect_memory(images: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(ferry())
+        .arg("inspect")
+        .arg(images)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// checkpointctl's memparse: where a text or a pattern sits in a process's
+/// dumped memory, with context, and a hexdump of it all.
+#[test]
+fn inspect_memory_finds_text_and_patterns_with_context() {
+    let _s = serial();
+    let work = tempfile::tempdir().unwrap();
+    let images = dump_tree(work.path());
+    let v = inspect_json(&images, false);
+    let pid = v["processes"][0]["pid"].as_u64().unwrap().to_string();
+    let json = |args: &[&str]| -> Vec<Value> {
+        let out = inspect_memory(&images, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The environment block holds FERRY_INSPECT_MARK=tree-42.
+    let text = json(&[
+        "--memory",
+        &pid,
+        "--search",
+        "tree-42",
+        "--context",
+        "19",
+        "--format",
+        "json",
+    ]);
+    assert!(!text.is_empty());
+    assert!(text.iter().all(|m| m["match"] == "tree-42"), "{text:?}");
+    assert!(
+        text.iter().any(|m| m["before"] == "FERRY_INSPECT_MARK="),
+        "{text:?}"
+    );
+    // The same places through a regular expression.
+    let re = json(&[
+        "--memory",
+        &pid,
+        "--search-regex",
+        "tree-[0-9]+",
+        "--context",
+        "19",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(re, text);
+    // Nothing where nothing is.
+    assert!(json(&[
+        "--memory",
+        &pid,
+        "--search",
+        "no-such-text-9c1d",
+        "--format",
+        "json"
+    ])
+    .is_empty());
+    // The text view marks the match.
+    let out = inspect_memory(
+        &images,
+        &["--memory", &pid, "--search", "tree-42", "--context", "3"],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.lines().any(|l| l.contains("  RK=[tree-42].")),
+        "{shown}"
+    );
+    // The hexdump covers the dumped pages: xxd-style lines.
+    let out = inspect_memory(&images, &["--memory", &pid]);
+    let dump = String::from_utf8_lossy(&out.stdout);
+    let first = dump.lines().next().unwrap();
+    assert_eq!(first.len(), 16 + 2 + 47 + 2 + 18, "{first:?}");
+    let pages = v["processes"][0]["memory"]["dumped_bytes"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(dump.lines().count() as u64, pages / 16);
+    // A process that is not in the checkpoint: one line saying so.
+    let out = inspect_memory(&images, &["--memory", "999999", "--search", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("process 999999 is not in this checkpoint"),
+        "{err}"
+    );
+}

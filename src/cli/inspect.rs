@@ -28,6 +28,19 @@ pub struct InspectArgs {
     /// Also show each process's environment.
     #[arg(long)]
     pub env: bool,
+    /// Show the dumped memory of this process (a hexdump), or with
+    /// --search/--search-regex where a pattern occurs in it.
+    #[arg(long, value_name = "PID")]
+    pub memory: Option<u32>,
+    /// With --memory: the addresses where this text occurs.
+    #[arg(long, requires = "memory", conflicts_with = "search_regex")]
+    pub search: Option<String>,
+    /// With --memory: the addresses where this regular expression matches.
+    #[arg(long, value_name = "RE", requires = "memory")]
+    pub search_regex: Option<String>,
+    /// Bytes of memory shown on each side of a match.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "memory")]
+    pub context: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,6 +80,9 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         _scratch = Some(tmp);
         (info.images_dir.clone(), Some(info))
     };
+    if let Some(pid) = args.memory {
+        return memory(args, &dir, pid);
+    }
     let images = ImageDir::open(&dir)
         .and_then(|d| d.summary(args.env))
         .map_err(|e| anyhow::anyhow!("cannot decode the CRIU images: {e}"))?;
@@ -93,6 +109,110 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write the report"),
     }
+}
+
+/// Most matches listed.
+const MAX_MATCHES: usize = 10_000;
+
+/// `--memory PID`: a hexdump of the process's dumped memory, or the
+/// matches of `--search`/`--search-regex` with `--context` bytes around.
+fn memory(args: &InspectArgs, dir: &std::path::Path, pid: u32) -> anyhow::Result<()> {
+    use ferry::images::Pattern;
+    let images =
+        ImageDir::open(dir).map_err(|e| anyhow::anyhow!("cannot decode the CRIU images: {e}"))?;
+    if !images
+        .process_tree()
+        .map_err(|e| anyhow::anyhow!("cannot decode the CRIU images: {e}"))?
+        .iter()
+        .any(|p| p.pid == pid)
+    {
+        anyhow::bail!(
+            "process {pid} is not in this checkpoint (`ferry inspect` lists its processes)"
+        );
+    }
+    let pattern = match (&args.search, &args.search_regex) {
+        (Some(t), _) => Some(Pattern::Text(t.as_bytes().to_vec())),
+        (None, Some(re)) => Some(Pattern::Regex(
+            regex::bytes::RegexBuilder::new(re)
+                .size_limit(1 << 20)
+                .build()
+                .with_context(|| format!("--search-regex {re:?}"))?,
+        )),
+        (None, None) => None,
+    };
+    if args.context > ferry::images::MAX_MATCH_BYTES {
+        anyhow::bail!(
+            "--context {}: at most {} bytes",
+            args.context,
+            ferry::images::MAX_MATCH_BYTES
+        );
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = match pattern {
+        Some(p) => {
+            let found = images
+                .search_memory(pid, &p, args.context, MAX_MATCHES)
+                .map_err(|e| anyhow::anyhow!("cannot read the memory of {pid}: {e}"))?;
+            match args.format {
+                InspectFormat::Json => {
+                    serde_json::to_writer_pretty(&mut out, &found)?;
+                    writeln!(out)
+                }
+                InspectFormat::Tree => found.iter().try_for_each(|m| {
+                    writeln!(
+                        out,
+                        "{:#014x}  {}[{}]{}",
+                        m.address,
+                        printable(&m.before),
+                        printable(&m.matched),
+                        printable(&m.after)
+                    )
+                }),
+            }
+        }
+        None => {
+            let mut result = Ok(());
+            images
+                .dump_memory(pid, |base, bytes| {
+                    result = hexdump(&mut out, base, bytes);
+                    result.is_ok()
+                })
+                .map_err(|e| anyhow::anyhow!("cannot read the memory of {pid}: {e}"))?;
+            result
+        }
+    };
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write the memory"),
+    }
+}
+
+/// Bytes as text, with `.` for what does not print.
+fn printable(b: &[u8]) -> String {
+    b.iter()
+        .map(|&c| {
+            if (0x20..0x7f).contains(&c) {
+                c as char
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+/// `xxd`-style lines: address, 16 bytes in hex, the same as text.
+fn hexdump(out: &mut impl std::io::Write, base: u64, bytes: &[u8]) -> std::io::Result<()> {
+    for (i, line) in bytes.chunks(16).enumerate() {
+        let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(
+            out,
+            "{:016x}  {:<47}  |{}|",
+            base + 16 * i as u64,
+            hex.join(" "),
+            printable(line)
+        )?;
+    }
+    Ok(())
 }
 
 fn human(bytes: u64) -> String {

@@ -15,20 +15,20 @@ pub(super) const PE_PRESENT: u32 = 1 << 2;
 
 /// A pagemap entry with where its pages sit in the pages image.
 #[derive(Debug, Clone, Copy)]
-struct PageRun {
-    vaddr: u64,
-    nr_pages: u64,
-    flags: u32,
+pub(super) struct PageRun {
+    pub(super) vaddr: u64,
+    pub(super) nr_pages: u64,
+    pub(super) flags: u32,
     /// Offset in `pages-N.img`, for present runs.
-    file_offset: u64,
+    pub(super) file_offset: u64,
     /// Offset of the entry in the pagemap image, for errors.
     entry_at: u64,
 }
 
-struct Pagemap {
+pub(super) struct Pagemap {
     path: PathBuf,
-    pages_id: u32,
-    runs: Vec<PageRun>,
+    pub(super) pages_id: u32,
+    pub(super) runs: Vec<PageRun>,
 }
 
 impl ImageDir {
@@ -36,7 +36,7 @@ impl ImageDir {
         read_one(&self.file(&format!("mm-{pid}.img")), MM_MAGIC, "mm entry")
     }
 
-    fn pagemap(&self, pid: u32) -> Result<Pagemap> {
+    pub(super) fn pagemap(&self, pid: u32) -> Result<Pagemap> {
         let path = self.file(&format!("pagemap-{pid}.img"));
         let mut r = EntryReader::open(&path, PAGEMAP_MAGIC)?;
         let head: Pagemap_head = r.next("pagemap head")?.ok_or_else(|| {

@@ -22,9 +22,11 @@ mod describe;
 mod files;
 mod memory;
 mod namespaces;
+mod search;
 
 pub use crate::criu::image::{ErrorKind, ImageError, Result};
 pub use describe::{fstype_name, FileKind};
+pub use search::{MemoryMatch, Pattern, MAX_MATCH_BYTES};
 
 use crate::criu::image::*;
 use crate::proto::inventory::Inventory_entry;
