@@ -719,3 +719,163 @@ fn inspect_memory_finds_text_and_patterns_with_context() {
         "{err}"
     );
 }
+
+/// The children of `pid`, from /proc.
+fn children(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Dumps the tree rooted at `pid` into `images`, leaving it running.
+fn dump_running(pid: i32, images: &Path) {
+    std::fs::create_dir_all(images).unwrap();
+    let dir = File::open(images).unwrap();
+    let mut o = Opts::new();
+    o.set_images_dir_fd(dir.as_raw_fd());
+    o.set_log_file("dump.log".into());
+    o.set_pid(pid);
+    o.set_leave_running(true);
+    criu().dump(o, &mut AckAll, &[]).unwrap();
+}
+
+/// Two checkpoints of one tree that forked a process and opened a file
+/// in between: `--diff` says exactly that.
+#[test]
+fn inspect_diff_names_what_changed_between_two_checkpoints() {
+    let _s = serial();
+    let work = tempfile::tempdir().unwrap();
+    let (first, second, go, stay) = (
+        work.path().join("first.txt"),
+        work.path().join("second.txt"),
+        work.path().join("go"),
+        work.path().join("stay"),
+    );
+    std::fs::write(&first, "1").unwrap();
+    std::fs::write(&second, "2").unwrap();
+    for f in [&go, &stay] {
+        nix::unistd::mkfifo(f.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    // The shell waits in open(2) of a fifo, with no short-lived children
+    // coming and going between the checkpoints.
+    let script = format!(
+        "exec 7<{}; sleep 1000 & read x <{}; exec 8<{}; sleep 1000 & read y <{}",
+        first.display(),
+        go.display(),
+        second.display(),
+        stay.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let tree = Tree {
+        pid: child.id() as i32,
+    };
+    std::mem::forget(child);
+    let wait_children = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && children(tree.pid).len() < n {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        children(tree.pid)
+    };
+    let before: Vec<u32> = wait_children(1);
+    let a = work.path().join("a");
+    dump_running(tree.pid, &a);
+    std::fs::write(&go, "go\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut added = Vec::new();
+    while Instant::now() < deadline {
+        let now = children(tree.pid);
+        added = now
+            .iter()
+            .filter(|p| !before.contains(p))
+            .copied()
+            .collect();
+        let comm_is_sleep_1000 = |p: &u32| {
+            std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default() == b"sleep\x001000\x00"
+        };
+        added.retain(comm_is_sleep_1000);
+        if !added.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(added.len(), 1, "the second sleep did not start");
+    let b = work.path().join("b");
+    dump_running(tree.pid, &b);
+    drop(tree);
+
+    let out = Command::new(ferry())
+        .arg("inspect")
+        .arg(&a)
+        .arg("--diff")
+        .arg(&b)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        d["processes_added"],
+        serde_json::json!([{"pid": added[0], "comm": "sleep"}]),
+        "{d:#}"
+    );
+    assert_eq!(d["processes_removed"], serde_json::json!([]), "{d:#}");
+    let sh = d["processes_changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["comm"] == "sh")
+        .unwrap_or_else(|| panic!("sh unchanged: {d:#}"));
+    assert_eq!(
+        sh["files_opened"],
+        serde_json::json!([{"fd": 8, "type": "file", "description": second.display().to_string()}]),
+        "{d:#}"
+    );
+    assert_eq!(sh["files_closed"], serde_json::json!([]), "{d:#}");
+    assert_eq!(d["mounts_added"], serde_json::json!([]));
+    // The text view, and a checkpoint against itself.
+    let out = Command::new(ferry())
+        .arg("inspect")
+        .arg(&a)
+        .arg("--diff")
+        .arg(&b)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("+ process {} sleep", added[0])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("    + fd 8 {}", second.display())),
+        "{text}"
+    );
+    let same = Command::new(ferry())
+        .arg("inspect")
+        .arg(&a)
+        .arg("--diff")
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&same.stdout).contains("no change"));
+}

@@ -38,6 +38,10 @@ pub struct InspectArgs {
     /// With --memory: the addresses where this regular expression matches.
     #[arg(long, value_name = "RE", requires = "memory")]
     pub search_regex: Option<String>,
+    /// What changed from PATH to this checkpoint (processes, their
+    /// command lines, memory and open files, mounts).
+    #[arg(long, value_name = "OTHER", conflicts_with = "memory")]
+    pub diff: Option<PathBuf>,
     /// Bytes of memory shown on each side of a match.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "memory")]
     pub context: usize,
@@ -51,35 +55,44 @@ struct Report {
     images: Summary,
 }
 
-pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(&args.path)
-        .with_context(|| format!("cannot inspect {}", args.path.display()))?;
-    // Keeps the unpacked archive until the report is printed.
-    let mut _scratch = None;
-    let (dir, info) = if meta.is_dir() {
-        if args
-            .path
+/// The CRIU images behind `path` (an archive is unpacked into a scratch
+/// directory, kept until the returned guard drops).
+fn open_images(
+    path: &std::path::Path,
+) -> anyhow::Result<(
+    PathBuf,
+    Option<archive::ArchiveInfo>,
+    Option<tempfile::TempDir>,
+)> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot inspect {}", path.display()))?;
+    if meta.is_dir() {
+        if path
             .join(archive::IMAGES_DIR)
             .join("inventory.img")
             .is_file()
         {
             // An unpacked or imported archive.
-            let info = archive::describe_dir(&args.path, &Limits::default())
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.path.display()))?;
-            (info.images_dir.clone(), Some(info))
-        } else {
-            (args.path.clone(), None)
+            let info = archive::describe_dir(path, &Limits::default())
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            return Ok((info.images_dir.clone(), Some(info), None));
         }
-    } else {
-        let file = std::fs::File::open(&args.path)
-            .with_context(|| format!("cannot open {}", args.path.display()))?;
-        let tmp = tempfile::Builder::new().prefix("ferry-inspect").tempdir()?;
-        let dest = tmp.path().join("archive");
-        let info = archive::unpack_for_inspect(file, &dest, &Limits::default())
-            .map_err(|e| anyhow::anyhow!("cannot read archive {}: {e}", args.path.display()))?;
-        _scratch = Some(tmp);
-        (info.images_dir.clone(), Some(info))
-    };
+        return Ok((path.to_path_buf(), None, None));
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let tmp = tempfile::Builder::new().prefix("ferry-inspect").tempdir()?;
+    let dest = tmp.path().join("archive");
+    let info = archive::unpack_for_inspect(file, &dest, &Limits::default())
+        .map_err(|e| anyhow::anyhow!("cannot read archive {}: {e}", path.display()))?;
+    Ok((info.images_dir.clone(), Some(info), Some(tmp)))
+}
+
+pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let (dir, info, _scratch) = open_images(&args.path)?;
+    if let Some(other) = &args.diff {
+        return diff(args, &dir, other);
+    }
     if let Some(pid) = args.memory {
         return memory(args, &dir, pid);
     }
@@ -109,6 +122,73 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write the report"),
     }
+}
+
+/// `--diff OTHER`: what changed from `args.path` (images in `dir`) to
+/// OTHER.
+fn diff(args: &InspectArgs, dir: &std::path::Path, other: &std::path::Path) -> anyhow::Result<()> {
+    let (other_dir, _, _scratch) = open_images(other)?;
+    let summary = |d: &std::path::Path| {
+        ImageDir::open(d)
+            .and_then(|i| i.summary(false))
+            .map_err(|e| anyhow::anyhow!("cannot decode the CRIU images: {e}"))
+    };
+    let d = ferry::images::diff::diff(&summary(dir)?, &summary(&other_dir)?);
+    let text = match args.format {
+        InspectFormat::Json => serde_json::to_string_pretty(&d)? + "\n",
+        InspectFormat::Tree => render_diff(&d, &args.path, other),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("cannot write the report"),
+    }
+}
+
+fn render_diff(
+    d: &ferry::images::diff::SummaryDiff,
+    a: &std::path::Path,
+    b: &std::path::Path,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{} -> {}", a.display(), b.display());
+    if d.is_empty() {
+        let _ = writeln!(s, "no change in processes, open files, memory or mounts");
+        return s;
+    }
+    for p in &d.processes_added {
+        let _ = writeln!(s, "+ process {} {}", p.pid, p.comm);
+    }
+    for p in &d.processes_removed {
+        let _ = writeln!(s, "- process {} {}", p.pid, p.comm);
+    }
+    for p in &d.processes_changed {
+        let _ = writeln!(s, "~ process {} {}", p.process.pid, p.process.comm);
+        if let Some(c) = &p.comm {
+            let _ = writeln!(s, "    name: {} -> {}", c.from, c.to);
+        }
+        if let Some(c) = &p.cmdline {
+            let show =
+                |v: &Option<Vec<String>>| v.as_ref().map(|a| a.join(" ")).unwrap_or_default();
+            let _ = writeln!(s, "    cmdline: {} -> {}", show(&c.from), show(&c.to));
+        }
+        if let Some(c) = &p.dumped_bytes {
+            let _ = writeln!(s, "    memory dumped: {} -> {}", human(c.from), human(c.to));
+        }
+        for f in &p.files_opened {
+            let _ = writeln!(s, "    + fd {} {}", f.fd, f.description);
+        }
+        for f in &p.files_closed {
+            let _ = writeln!(s, "    - fd {} {}", f.fd, f.description);
+        }
+    }
+    for m in &d.mounts_added {
+        let _ = writeln!(s, "+ mount {} ({})", m.mountpoint, m.fstype);
+    }
+    for m in &d.mounts_removed {
+        let _ = writeln!(s, "- mount {} ({})", m.mountpoint, m.fstype);
+    }
+    s
 }
 
 /// Most matches listed.

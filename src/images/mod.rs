@@ -19,6 +19,7 @@ use serde::Serialize;
 
 pub mod cgroups;
 mod describe;
+pub mod diff;
 mod files;
 mod memory;
 mod namespaces;
