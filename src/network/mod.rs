@@ -30,12 +30,15 @@ use std::path::PathBuf;
 
 mod config;
 mod lock;
+mod netlink;
+mod own_netns;
 mod run;
 mod stats;
 mod veth;
 
 pub use config::VethConfig;
 pub use lock::{is_locked, is_locked_in, lock, lock_in, unlock, unlock_in, LockMethod};
+pub use own_netns::{Changed, OwnNetns};
 pub use stats::{host_stats, host_stats_in, InterfaceStats};
 pub use veth::{configure_host, create, create_in, link_exists_on_host, remove, remove_in};
 
@@ -54,6 +57,14 @@ pub enum Error {
         command: String,
         detail: String,
     },
+    /// A netlink request to the kernel failed.
+    #[error("network namespace of process {pid}: {what}: {source}")]
+    Netlink {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading interface counters failed.
     #[error("veth {interface}: read {}: {source}", path.display())]
     Stats {
@@ -71,4 +82,27 @@ fn link_err(cfg: &VethConfig, message: String) -> Error {
         interface: cfg.host_if.clone(),
         message,
     }
+}
+
+/// Whether the network namespace of `pid` holds only what ferry made for
+/// a container with `veth` (see [`OwnNetns`]); `Err(why)` inside when the
+/// container changed it.
+pub fn inspect_own_netns(
+    pid: i32,
+    veth: Option<&VethConfig>,
+) -> Result<std::result::Result<OwnNetns, Changed>> {
+    own_netns::inspect(pid, veth).map_err(|source| Error::Netlink {
+        pid,
+        what: "inspecting it",
+        source,
+    })
+}
+
+/// Brings `lo` up in the network namespace of `pid`.
+pub fn loopback_up(pid: i32) -> Result<()> {
+    netlink::loopback_up(pid).map_err(|source| Error::Netlink {
+        pid,
+        what: "bringing lo up",
+        source,
+    })
 }
