@@ -20,12 +20,15 @@
 //! `address` are errors. Nothing is routed: the pair is a point-to-point link
 //! between the host end and the container.
 //!
-//! The work is done with iproute2 (`ip`), nftables (`nft`) and iptables,
+//! The pair is made and configured over netlink (`netlink`), with no process
+//! started: a restore does it while the tree waits. Removal, the traffic
+//! lock and probes use iproute2 (`ip`), nftables (`nft`) and iptables,
 //! each started through one runner (`run`) that enters the network
 //! namespace with `nsenter --net=/proc/<pid>/ns/net`, ties the tool's life
 //! to ferry's and turns a failure into [`Error::Command`] with the tool's
 //! own stderr. The parts: the annotation (`config`), the pair itself
-//! (`veth`), holding its traffic (`lock`) and its counters (`stats`).
+//! (`veth`), holding its traffic (`lock`), its counters (`stats`), and
+//! whether a namespace holds only what ferry made (`own_netns`).
 use std::path::PathBuf;
 
 mod config;
