@@ -241,6 +241,10 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
     }));
     let images = env.work.path().join("img");
     env.ok(&checkpoint_args(&images, &["--tcp-established"], &id));
+    // The namespace holds only what ferry made: ferry, not CRIU, keeps it.
+    assert!(images.join("ferry-netns.json").exists());
+    let log = std::fs::read_to_string(images.join("dump.log")).unwrap();
+    assert!(!log.contains("ip route save"), "CRIU dumped the netns");
     env.ok(&[
         "restore",
         "-d",
@@ -764,4 +768,158 @@ fn cri_o_probes_see_checkpoint_and_mount_context_support() {
         err.contains("--lsm-mount-context") && err.contains("value is required"),
         "{err}"
     );
+}
+
+/// A container that changed its own network namespace (an address, a
+/// route, a firewall table) has it dumped and restored by CRIU, changes
+/// included; one that did not has it rebuilt by ferry, `lo` as it was.
+#[test]
+fn changed_network_namespace_falls_back_to_criu() {
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("netchg");
+    let script = "ip link set lo up && ip addr add 10.55.0.1/32 dev lo && \
+                  ip route add 10.56.0.0/24 dev lo && touch /tmp/ready && \
+                  while :; do sleep 0.1; done";
+    let bundle = env.bundle("b", &["sh", "-c", script], |v| {
+        for set in ["bounding", "effective", "permitted"] {
+            v["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_NET_ADMIN"));
+        }
+    });
+    let id = env.id("chg");
+    env.run_detached(&bundle, &id);
+    let rootfs = bundle.join("rootfs");
+    assert!(wait_until(Duration::from_secs(5), || rootfs
+        .join("tmp/ready")
+        .exists()));
+    let images = env.work.path().join("img");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    assert!(!images.join("ferry-netns.json").exists());
+    let log = std::fs::read_to_string(images.join("dump.log")).unwrap();
+    assert!(log.contains("ip route save"), "CRIU did not dump the netns");
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    let addr = env.ok(&["exec", &id, "ip", "addr", "show", "lo"]);
+    assert!(
+        addr.contains("10.55.0.1/32") && addr.contains("UP"),
+        "{addr}"
+    );
+    let route = env.ok(&["exec", &id, "ip", "route"]);
+    assert!(route.contains("10.56.0.0/24"), "{route}");
+    env.ok(&["delete", "--force", &id]);
+
+    // A firewall table the container did not make itself is found too.
+    let (id, bundle, _count) = env.counter("fw");
+    let pid = env.state(&id)["pid"].as_i64().unwrap().to_string();
+    let ns = format!("--net=/proc/{pid}/ns/net");
+    let nft = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(&ns)
+            .arg("nft")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(nft(&["add", "table", "inet", "ferry_test_keep"])
+        .status
+        .success());
+    let images = env.work.path().join("img-fw");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    assert!(!images.join("ferry-netns.json").exists());
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    let pid = env.state(&id)["pid"].as_i64().unwrap().to_string();
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["nft", "list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&out.stdout);
+    assert!(tables.contains("ferry_test_keep"), "{tables}");
+    env.ok(&["delete", "--force", &id]);
+
+    // Untouched: ferry keeps the namespace, and lo stays down as made.
+    let (id, bundle, count) = env.counter("own");
+    let images = env.work.path().join("img-own");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    assert!(images.join("ferry-netns.json").exists());
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    assert_continues(&count, read_num(&count).unwrap());
+    let lo = env.ok(&["exec", &id, "ip", "link", "show", "lo"]);
+    assert!(!lo.contains(",UP"), "{lo}");
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
+/// tmpfs mounts that hold only what ferry made come back from ferry's list
+/// of them (device nodes, symlinks, modes, masked paths read-only); one the
+/// container wrote files to is archived by CRIU, contents kept.
+#[test]
+fn tmpfs_mounts_come_back_with_nodes_and_user_files() {
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("tmpfs");
+    let script = "echo kept > /dev/shm/data && mkdir /dev/shm/d && echo deep > /dev/shm/d/f && \\
+                  touch /tmp/ready && while :; do sleep 0.1; done";
+    let bundle = env.bundle("b", &["sh", "-c", script], |_| {});
+    let id = env.id("t");
+    env.run_detached(&bundle, &id);
+    let rootfs = bundle.join("rootfs");
+    assert!(wait_until(Duration::from_secs(5), || rootfs
+        .join("tmp/ready")
+        .exists()));
+    let listing =
+        "find /dev /sys/fs/cgroup /proc/acpi -xdev -exec stat -c '%n %F %a %u %g %t %T' {} +";
+    let before = env.ok(&["exec", &id, "sh", "-c", listing]);
+    assert!(
+        before.contains("/dev/null character special file 666 0 0 1 3"),
+        "{before}"
+    );
+    let images = env.work.path().join("img");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    // ferry lists /dev; CRIU archives only /dev/shm, which holds data.
+    let list = std::fs::read_to_string(images.join("ferry-tmpfs.json")).unwrap();
+    assert!(list.contains(r#""key":"/dev""#), "{list}");
+    assert!(!list.contains(r#""key":"/dev/shm""#), "{list}");
+    let archives: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmpfs-dev"))
+        .collect();
+    assert_eq!(archives.len(), 1, "CRIU archived more than /dev/shm");
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    let after = env.ok(&["exec", &id, "sh", "-c", listing]);
+    // Same entries (a new tmpfs lists them in another order).
+    let sorted = |s: &str| {
+        let mut l: Vec<String> = s.lines().map(String::from).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(sorted(&before), sorted(&after));
+    let data = env.ok(&["exec", &id, "cat", "/dev/shm/data", "/dev/shm/d/f"]);
+    assert_eq!(data, "kept\ndeep\n");
+    // The nodes work, the masked directory stays read-only.
+    let zeros = env.ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "head -c 5 /dev/zero | wc -c; echo x > /dev/null",
+    ]);
+    assert_eq!(zeros.trim(), "5");
+    let out = env.run(&["exec", &id, "touch", "/proc/acpi/x"]);
+    assert!(!out.status.success());
+    let mounts = env.ok(&["exec", &id, "cat", "/proc/self/mountinfo"]);
+    let dev = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/dev"))
+        .unwrap();
+    assert!(dev.contains(" - tmpfs ") && dev.contains("nosuid"), "{dev}");
+    // No staging mount is left on the host.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains(&format!("{id}/tmpfs-")),
+        "staging mount left"
+    );
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
 }

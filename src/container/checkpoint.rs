@@ -13,6 +13,8 @@ use super::criu_opts::{self, criu_flags_of, CriuDirs, CriuFlags};
 use super::externals;
 use super::fsutil::writable_dir;
 use super::image_dir::{mark_incomplete, remove_marker};
+use super::netns_image;
+use super::tmpfs_image;
 use super::{Container, Error, HoldError, Result, Status};
 use crate::cgroups::Cgroup;
 use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
@@ -124,6 +126,37 @@ struct DumpHandler<'a, 'p> {
     /// Where CRIU's own network lock is recorded before CRIU makes it.
     criu_lock: CriuLockRecorder<'a>,
     guard: &'a RefCell<Option<FreezeGuard>>,
+    /// The network namespace ferry keeps instead of CRIU, checked again
+    /// once the tree is frozen (at CRIU's network lock).
+    own_netns: Option<OwnNetnsCheck<'a>>,
+    /// The listed tmpfs mounts, checked again once the tree is frozen.
+    tmpfs: &'a [tmpfs_image::Tmpfs],
+    tmpfs_verified: bool,
+}
+
+/// A recorded namespace (see [`netns_image`]) and whether the frozen tree
+/// was found still holding it.
+struct OwnNetnsCheck<'a> {
+    recorded: &'a network::OwnNetns,
+    pid: i32,
+    verified: bool,
+}
+
+impl OwnNetnsCheck<'_> {
+    fn verify(&mut self, veth: Option<&VethConfig>) -> std::result::Result<(), criu::HandlerError> {
+        if self.verified {
+            return Ok(());
+        }
+        if !netns_image::still_own(self.pid, veth, self.recorded)
+            .map_err(criu::HandlerError::new)?
+        {
+            return Err(criu::HandlerError::from(
+                "the container changed its network namespace while it was being checkpointed; run the checkpoint again".to_string(),
+            ));
+        }
+        self.verified = true;
+        Ok(())
+    }
 }
 
 /// Records the CRIU run's network lock in the state directory (at
@@ -188,6 +221,11 @@ impl NotifyHandler for DumpHandler<'_, '_> {
                 }
             }
             Notify::NetworkLock => {
+                // Frozen now, and CRIU has not locked anything yet.
+                if let Some(c) = self.own_netns.as_mut() {
+                    c.verify(self.veth)?;
+                }
+                self.verify_tmpfs()?;
                 if let Some(v) = self.veth {
                     network::lock(v, self.method).map_err(criu::HandlerError::new)?;
                     self.locked = true;
@@ -195,6 +233,10 @@ impl NotifyHandler for DumpHandler<'_, '_> {
             }
             Notify::NetworkUnlock => self.unlock().map_err(criu::HandlerError::new)?,
             Notify::PostDump => {
+                if let Some(c) = self.own_netns.as_mut() {
+                    c.verify(self.veth)?;
+                }
+                self.verify_tmpfs()?;
                 // ferry froze the tree, not its user: the images record
                 // it running, so that a restore that writes the recorded
                 // freezer state back (cgroup modes full and strict) does
@@ -216,6 +258,24 @@ impl NotifyHandler for DumpHandler<'_, '_> {
 }
 
 impl DumpHandler<'_, '_> {
+    /// The listed tmpfs mounts still hold what the list says (the
+    /// container may have written to one before it was frozen).
+    fn verify_tmpfs(&mut self) -> std::result::Result<(), criu::HandlerError> {
+        if self.tmpfs_verified || self.tmpfs.is_empty() {
+            return Ok(());
+        }
+        let pid = self.criu_lock.init_pid;
+        let now = tmpfs_image::collect(pid).map_err(criu::HandlerError::new)?;
+        if let Some(t) = self.tmpfs.iter().find(|t| !now.contains(t)) {
+            return Err(criu::HandlerError::from(format!(
+                "the container wrote to {} while it was being checkpointed; run the checkpoint again",
+                t.key
+            )));
+        }
+        self.tmpfs_verified = true;
+        Ok(())
+    }
+
     fn unlock(&mut self) -> network::Result<()> {
         if let (true, Some(v)) = (self.locked, self.veth) {
             network::unlock(v, self.method)?;
@@ -283,6 +343,11 @@ struct Dump<'a> {
     /// incomplete until the dump's outcome is final. (With a hold, the
     /// caller takes the images at the hold and owns their fate.)
     marked: bool,
+    /// The network namespace holds only what ferry made: ferry, not CRIU,
+    /// keeps it.
+    own_netns: Option<network::OwnNetns>,
+    /// tmpfs mounts ferry makes again from a list (see [`tmpfs_image`]).
+    tmpfs: Vec<tmpfs_image::Tmpfs>,
 }
 
 /// What a dump's CRIU call left for [`Dump::settle`].
@@ -306,7 +371,12 @@ impl Dump<'_> {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        let ext_mnt = externals::dump_map(&c.dump_externals()?);
+        let mut ext = c.dump_externals()?;
+        ext.extend(self.tmpfs.iter().map(|t| externals::External {
+            key: t.key.clone(),
+            source: t.key.clone().into(),
+        }));
+        let ext_mnt = externals::dump_map(&ext);
         let mut o = criu_opts::base(
             &self.dirs,
             &state.rootfs,
@@ -318,6 +388,9 @@ impl Dump<'_> {
         if let Some(f) = self.cgroup.descriptor().freezer_dir() {
             o.set_freeze_cgroup(f.to_string_lossy().into_owned());
         }
+        let memberships = crate::cgroups::memberships(Some(state.pid as u32))?;
+        o.cgroup_dump_controller =
+            criu_opts::own_cgroup_controllers(self.cgroup.descriptor(), &memberships);
         o.set_leave_running(opts.leave_running || opts.pre_dump);
         if opts.leave_stopped {
             o.set_leave_stopped(true);
@@ -340,6 +413,13 @@ impl Dump<'_> {
         if !opts.pre_dump {
             externals::write_descriptors(&self.dirs.images, &state.stdio)?;
             externals::write_stdio_files(&self.dirs.images, &stdio_files)?;
+        }
+        if let Some(own) = &self.own_netns {
+            o.set_empty_ns(libc::CLONE_NEWNET as u32);
+            netns_image::write(&self.dirs.images, own)?;
+        }
+        if !self.tmpfs.is_empty() {
+            tmpfs_image::write(&self.dirs.images, &self.tmpfs)?;
         }
         Ok(o)
     }
@@ -385,6 +465,13 @@ impl Dump<'_> {
                 shares_netns: shares_netns(&c.state.config),
             },
             guard: &guard,
+            own_netns: self.own_netns.as_ref().map(|recorded| OwnNetnsCheck {
+                recorded,
+                pid: c.state.pid,
+                verified: false,
+            }),
+            tmpfs: &self.tmpfs,
+            tmpfs_verified: false,
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
         let kind = if opts.pre_dump {
@@ -497,6 +584,20 @@ impl Container {
             dirs,
             was_paused: status == Status::Paused,
             marked: post_dump.is_none(),
+            own_netns: if opts.pre_dump || opts.empty_ns_network {
+                None
+            } else {
+                netns_image::own_netns(
+                    &self.state.config,
+                    self.state.pid,
+                    self.state.veth.as_ref(),
+                )?
+            },
+            tmpfs: if opts.pre_dump {
+                Vec::new()
+            } else {
+                tmpfs_image::collect(self.state.pid)?
+            },
         };
         let o = dump.criu_opts()?;
         if dump.marked {

@@ -128,3 +128,67 @@ pub(crate) fn lock_method(m: LockMethod) -> criu::NetworkLock {
         LockMethod::Skip => criu::NetworkLock::SKIP,
     }
 }
+
+/// The hierarchies (as `/proc/<pid>/cgroup` names them) in which `pid`
+/// sits in a cgroup of the container's own: the only ones CRIU is to dump.
+/// Without this list CRIU dumps every hierarchy the tree is in, with all
+/// the cgroups below the tree's: on a hybrid host the container sits in the
+/// unified root, and that is every cgroup of the host's unified hierarchy.
+pub(crate) fn own_cgroup_controllers(
+    cgroup: &crate::cgroups::CgroupDescriptor,
+    memberships: &[crate::cgroups::Membership],
+) -> Vec<String> {
+    let own = |name: &str| {
+        let key = if name.is_empty() { "unified" } else { name };
+        cgroup.dirs.contains_key(key)
+    };
+    memberships
+        .iter()
+        .filter(|m| m.controllers.split(',').any(own))
+        .map(|m| m.controllers.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroups::{CgroupDescriptor, Membership};
+
+    fn member(controllers: &str, path: &str) -> Membership {
+        Membership {
+            controllers: controllers.into(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn only_the_containers_own_hierarchies_are_dumped() {
+        let dirs = ["cpu", "cpuacct", "memory", "name=systemd"]
+            .iter()
+            .map(|c| (c.to_string(), format!("/sys/fs/cgroup/{c}/ferry/x").into()))
+            .collect();
+        let hybrid = CgroupDescriptor {
+            path: "ferry/x".into(),
+            unified: false,
+            dirs,
+        };
+        let m = [
+            member("cpu,cpuacct", "/ferry/x"),
+            member("memory", "/ferry/x"),
+            member("name=systemd", "/ferry/x"),
+            member("", "/"),
+        ];
+        assert_eq!(
+            own_cgroup_controllers(&hybrid, &m),
+            ["cpu,cpuacct", "memory", "name=systemd"]
+        );
+        let v2 = CgroupDescriptor {
+            path: "ferry/x".into(),
+            unified: true,
+            dirs: [("unified".to_string(), "/sys/fs/cgroup/ferry/x".into())]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(own_cgroup_controllers(&v2, &[member("", "/ferry/x")]), [""]);
+    }
+}

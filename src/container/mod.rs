@@ -19,6 +19,7 @@ mod fsutil;
 mod image_dir;
 mod kill;
 mod list;
+mod netns_image;
 mod notify;
 mod oom;
 mod pause;
@@ -27,6 +28,7 @@ mod plan;
 mod ps;
 mod restore;
 mod start;
+mod tmpfs_image;
 mod update;
 
 pub use checkpoint::{CheckpointOptions, Checkpointed, PostDump};

@@ -14,7 +14,9 @@ use nix::mount::{mount, MsFlags};
 use super::criu_opts::{self, criu_flags_of, CriuDirs, CriuFlags};
 use super::externals::{self, External};
 use super::image_dir::{check_images, check_mountpoints};
+use super::netns_image;
 use super::plan::{Claim, Plan};
+use super::tmpfs_image;
 use super::{io, sys, Container, Error, HoldError, Result};
 use crate::criu::{self, CgMode, Criu, Notify, NotifyHandler, Opts, ReqType, Request};
 use crate::hooks::{self, Kind};
@@ -113,6 +115,9 @@ struct RestoreHandler<'a, 'h> {
     console_socket: Option<&'a Path>,
     pid: Option<i32>,
     veth_made: bool,
+    /// Bring `lo` up in the new namespace (ferry keeps a namespace without
+    /// a veth, whose `lo` was up).
+    lo_up: bool,
     hold: Option<&'h mut dyn RestoreHold>,
 }
 
@@ -136,6 +141,8 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
                 if let (true, Some(v)) = (self.create_veth, self.veth) {
                     network::create(v, pid).map_err(|x| e(&x))?;
                     self.veth_made = true;
+                } else if self.lo_up {
+                    network::loopback_up(pid).map_err(|x| e(&x))?;
                 }
                 let hooks = self.state.config.hooks().as_ref();
                 let json = self.state.creating_json(pid);
@@ -253,6 +260,40 @@ fn restore_externals(plan: &Plan, claim: &Claim, images: &Path) -> Result<Vec<Ex
     Ok(ext)
 }
 
+/// tmpfs mounts made by ferry below the state directory for CRIU to bind
+/// into the container; unmounted from there when dropped.
+struct StagedTmpfs(Vec<PathBuf>);
+
+impl Drop for StagedTmpfs {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Err(e) = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(error = %e, path = %p.display(), "cannot unmount a staged tmpfs");
+            }
+            if let Err(e) = std::fs::remove_dir(p) {
+                tracing::warn!(error = %e, path = %p.display(), "cannot remove a staged tmpfs's mount point");
+            }
+        }
+    }
+}
+
+/// Makes the tmpfs mounts the images list (see [`tmpfs_image`]) and maps
+/// each to its mount point in the container.
+fn stage_tmpfs(images: &Path, dir: &StateDir, ext: &mut Vec<External>) -> Result<StagedTmpfs> {
+    let mut staged = StagedTmpfs(Vec::new());
+    for (i, t) in tmpfs_image::read(images)?.iter().enumerate() {
+        let at = dir.file(&format!("tmpfs-{i}"));
+        std::fs::create_dir(&at).map_err(io(format!("creating {}", at.display())))?;
+        staged.0.push(at.clone());
+        tmpfs_image::make(t, &at)?;
+        ext.push(External {
+            key: t.key.clone(),
+            source: at,
+        });
+    }
+    Ok(staged)
+}
+
 /// Bind-mounts the rootfs below the state directory (CRIU wants the root
 /// to be a mount point); the rollback unmounts it.
 fn bind_root(rootfs: &Path, claim: &mut Claim) -> Result<PathBuf> {
@@ -337,6 +378,7 @@ fn restore_opts(
 
 /// Runs CRIU's restore with criu itself in the container's cgroup;
 /// returns the restored init's pid. The rollback learns what CRIU made.
+#[allow(clippy::too_many_arguments)] // the handler's parts, each from elsewhere
 fn restore_tree(
     criu: &Criu,
     o: Opts,
@@ -344,6 +386,7 @@ fn restore_tree(
     keep: &[RawFd],
     claim: &mut Claim,
     opts: &RestoreOptions,
+    lo_up: bool,
     hold: Option<&mut dyn RestoreHold>,
 ) -> Result<i32> {
     let veth = claim.state.veth.as_ref();
@@ -357,6 +400,7 @@ fn restore_tree(
         console_socket: opts.console_socket.as_deref(),
         pid: None,
         veth_made: false,
+        lo_up,
         hold,
     };
     let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
@@ -426,10 +470,29 @@ impl Container {
         let _span = tracing::info_span!("restore", id = %opts.id).entered();
         let plan = Plan::load(&opts.id, &opts.bundle)?;
         let images = check_images(&opts.image_path)?;
+        // A namespace ferry kept (see netns_image) is made again by ferry.
+        let own_netns = netns_image::read(&images)?;
+        let with_own_netns;
+        let opts = match &own_netns {
+            Some(_) if !opts.empty_ns_network => {
+                with_own_netns = RestoreOptions {
+                    empty_ns_network: true,
+                    ..opts.clone()
+                };
+                &with_own_netns
+            }
+            _ => opts,
+        };
         check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
         let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;
         plan.check_console(opts.console_socket.as_deref())?;
-        let veth = plan.veth()?;
+        let mut veth = plan.veth()?;
+        if let (Some(v), Some(own)) = (veth.as_mut(), &own_netns) {
+            if v.mac.is_none() {
+                v.mac.clone_from(&own.mac);
+            }
+        }
+        let lo_up = own_netns.as_ref().is_some_and(|o| o.lo_up);
         check_veth_free(&plan, veth.as_ref())?;
         let recorded = RecordedStdio::read(&dirs.images)?;
         let criu = Criu::new()?;
@@ -441,7 +504,9 @@ impl Container {
         let mut claim = plan.claim(root, cgroup, |s| s.restoring(veth.clone()))?;
         claim.rollback.veth_lock = Some(opts.network_lock);
         claim.create_cgroup(plan.resources())?;
-        let ext = restore_externals(&plan, &claim, &dirs.images)?;
+        let mut ext = restore_externals(&plan, &claim, &dirs.images)?;
+        // Unmounted (from the host) once CRIU has bound them in, or failed.
+        let staged = stage_tmpfs(&dirs.images, &claim.dir, &mut ext)?;
         let criu_root = bind_root(&plan.rootfs, &mut claim)?;
         // CRIU mounts its cgroup yard in its work directory; recorded so
         // that `delete --force` can unmount it after a killed restore.
@@ -454,8 +519,11 @@ impl Container {
         let stdio_fds = stdio.each_ref().map(AsRawFd::as_raw_fd);
         let inherit = recorded.inherit(&stdio_fds);
         let o = restore_opts(opts, &plan, &dirs, &criu_root, &ext, veth.as_ref(), inherit);
-        let pid = restore_tree(&criu, o, &dirs.work, &stdio_fds, &mut claim, opts, hold)?;
+        let pid = restore_tree(
+            &criu, o, &dirs.work, &stdio_fds, &mut claim, opts, lo_up, hold,
+        )?;
 
+        drop(staged);
         claim.rollback.pid = Some(pid);
         claim.rollback.veth = veth.clone();
         claim.state.pid = pid;

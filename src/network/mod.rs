@@ -20,22 +20,28 @@
 //! `address` are errors. Nothing is routed: the pair is a point-to-point link
 //! between the host end and the container.
 //!
-//! The work is done with iproute2 (`ip`), nftables (`nft`) and iptables,
+//! The pair is made and configured over netlink (`netlink`), with no process
+//! started: a restore does it while the tree waits. Removal, the traffic
+//! lock and probes use iproute2 (`ip`), nftables (`nft`) and iptables,
 //! each started through one runner (`run`) that enters the network
 //! namespace with `nsenter --net=/proc/<pid>/ns/net`, ties the tool's life
 //! to ferry's and turns a failure into [`Error::Command`] with the tool's
 //! own stderr. The parts: the annotation (`config`), the pair itself
-//! (`veth`), holding its traffic (`lock`) and its counters (`stats`).
+//! (`veth`), holding its traffic (`lock`), its counters (`stats`), and
+//! whether a namespace holds only what ferry made (`own_netns`).
 use std::path::PathBuf;
 
 mod config;
 mod lock;
+mod netlink;
+mod own_netns;
 mod run;
 mod stats;
 mod veth;
 
 pub use config::VethConfig;
 pub use lock::{is_locked, is_locked_in, lock, lock_in, unlock, unlock_in, LockMethod};
+pub use own_netns::{Changed, OwnNetns};
 pub use stats::{host_stats, host_stats_in, InterfaceStats};
 pub use veth::{configure_host, create, create_in, link_exists_on_host, remove, remove_in};
 
@@ -54,6 +60,14 @@ pub enum Error {
         command: String,
         detail: String,
     },
+    /// A netlink request to the kernel failed.
+    #[error("network namespace of process {pid}: {what}: {source}")]
+    Netlink {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Reading interface counters failed.
     #[error("veth {interface}: read {}: {source}", path.display())]
     Stats {
@@ -71,4 +85,27 @@ fn link_err(cfg: &VethConfig, message: String) -> Error {
         interface: cfg.host_if.clone(),
         message,
     }
+}
+
+/// Whether the network namespace of `pid` holds only what ferry made for
+/// a container with `veth` (see [`OwnNetns`]); `Err(why)` inside when the
+/// container changed it.
+pub fn inspect_own_netns(
+    pid: i32,
+    veth: Option<&VethConfig>,
+) -> Result<std::result::Result<OwnNetns, Changed>> {
+    own_netns::inspect(pid, veth).map_err(|source| Error::Netlink {
+        pid,
+        what: "inspecting it",
+        source,
+    })
+}
+
+/// Brings `lo` up in the network namespace of `pid`.
+pub fn loopback_up(pid: i32) -> Result<()> {
+    netlink::loopback_up(pid).map_err(|source| Error::Netlink {
+        pid,
+        what: "bringing lo up",
+        source,
+    })
 }

@@ -1,6 +1,7 @@
 //! The veth pair: made, configured (addresses, MAC, up) and removed.
+use super::netlink;
 use super::run::{netns_path, Ns, Tool};
-use super::{link_err, Result, VethConfig};
+use super::{link_err, Error, Result, VethConfig};
 
 /// `ip ARGS` in `ns`, failures naming the pair's host end.
 fn ip(cfg: &VethConfig, ns: Ns, args: &[&str]) -> Result<()> {
@@ -41,53 +42,78 @@ pub fn create_in(cfg: &VethConfig, pid: i32, host_netns_pid: Option<i32>) -> Res
         ));
     }
     let host = Ns(host_netns_pid);
-    if link_exists(&cfg.host_if, host)? {
+    let nl = |what: &'static str| {
+        move |source: std::io::Error| link_err(cfg, format!("{what} (netlink): {source}"))
+    };
+    // Over netlink: no process is started (this runs while a restore
+    // holds the tree).
+    let hfd = match host_netns_pid {
+        Some(p) => netlink::socket_in(p, libc::NETLINK_ROUTE),
+        None => netlink::socket_here(libc::NETLINK_ROUTE),
+    }
+    .map_err(nl("opening netlink"))?;
+    if netlink::index_of(&hfd, &cfg.host_if).is_ok() {
         return Err(link_err(
             cfg,
             "an interface with this name already exists on the host side; pick another host name or remove it".into(),
         ));
     }
-    let pid_s = pid.to_string();
+    let peer_ns = std::fs::File::open(&ct_ns).map_err(nl("opening its network namespace"))?;
+    let mac = cfg.mac.as_deref().map(parse_mac).transpose()?;
     // The peer is created directly inside the container's namespace, so its
     // name never clashes with host interfaces.
-    ip(
-        cfg,
-        host,
-        &[
-            "link",
-            "add",
-            &cfg.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &cfg.container_if,
-            "netns",
-            &pid_s,
-        ],
-    )?;
-    if let Err(e) = configure(cfg, pid, host) {
+    netlink::add_veth(&hfd, &cfg.host_if, &cfg.container_if, &peer_ns, mac)
+        .map_err(nl("creating the veth pair"))?;
+    if let Err(e) = configure(cfg, pid, &hfd) {
         let _ = ip(cfg, host, &["link", "del", "dev", &cfg.host_if]);
         return Err(e);
     }
     Ok(())
 }
 
-fn configure(cfg: &VethConfig, pid: i32, host: Ns) -> Result<()> {
-    let ct = Ns(Some(pid));
-    let c = cfg.container_if.as_str();
-    if let Some(mac) = &cfg.mac {
-        ip(cfg, ct, &["link", "set", "dev", c, "address", mac])?;
+fn parse_mac(mac: &str) -> Result<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6 {
+        return Err(Error::Annotation(format!("bad MAC address {mac}")));
     }
-    if let Some(a) = &cfg.address {
-        ip(cfg, ct, &["addr", "add", a, "dev", c])?;
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16)
+            .map_err(|_| Error::Annotation(format!("bad MAC address {mac}")))?;
     }
-    ip(cfg, ct, &["link", "set", "dev", c, "up"])?;
-    ip(cfg, ct, &["link", "set", "dev", "lo", "up"])?;
-    if let Some(a) = &cfg.host_address {
-        ip(cfg, host, &["addr", "add", a, "dev", &cfg.host_if])?;
-    }
-    ip(cfg, host, &["link", "set", "dev", &cfg.host_if, "up"])?;
+    Ok(out)
+}
+
+fn parse_cidr(a: &str) -> Result<(std::net::IpAddr, u8)> {
+    let bad = || Error::Annotation(format!("bad address {a}"));
+    let (ip, prefix) = a.split_once('/').ok_or_else(bad)?;
+    Ok((
+        ip.parse().map_err(|_| bad())?,
+        prefix.parse().map_err(|_| bad())?,
+    ))
+}
+
+/// Addresses and links up: the container end and `lo` in the namespace of
+/// `pid`, the host end through `hfd`.
+fn configure(cfg: &VethConfig, pid: i32, hfd: &std::os::fd::OwnedFd) -> Result<()> {
+    let nl = |what: String| {
+        move |source: std::io::Error| link_err(cfg, format!("{what} (netlink): {source}"))
+    };
+    let ct = netlink::socket_in(pid, libc::NETLINK_ROUTE)
+        .map_err(nl(format!("opening netlink in process {pid}'s namespace")))?;
+    let addr = cfg.address.as_deref().map(parse_cidr).transpose()?;
+    netlink::address_and_up(&ct, &cfg.container_if, addr).map_err(nl(format!(
+        "setting address {} on {} and bringing it up",
+        cfg.address.as_deref().unwrap_or("(none)"),
+        cfg.container_if
+    )))?;
+    netlink::address_and_up(&ct, "lo", None).map_err(nl("bringing lo up".into()))?;
+    let host_addr = cfg.host_address.as_deref().map(parse_cidr).transpose()?;
+    netlink::address_and_up(hfd, &cfg.host_if, host_addr).map_err(nl(format!(
+        "setting address {} on {} and bringing it up",
+        cfg.host_address.as_deref().unwrap_or("(none)"),
+        cfg.host_if
+    )))?;
     Ok(())
 }
 

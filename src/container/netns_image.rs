@@ -1,0 +1,148 @@
+//! A network namespace ferry rebuilds instead of CRIU: when a container's
+//! namespace holds only what ferry made (see [`network::OwnNetns`]), the
+//! dump leaves it out (CRIU's empty-ns mode: no `ip route save`,
+//! `iptables-save`, `nft` runs) and records here what the restore needs to
+//! make it again: `lo`'s state and the veth's MAC address. Any change the
+//! container made (an interface, address, route, rule, firewall table)
+//! makes CRIU dump the namespace as before.
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::{io, Error, ImagesError, Result};
+use crate::network::{self, OwnNetns, VethConfig};
+
+/// Written into the image dir when ferry, not CRIU, keeps the namespace.
+pub const OWN_NETNS_FILE: &str = "ferry-netns.json";
+
+/// Why the configuration alone rules the shortcut out, if it does: the
+/// namespace is not one ferry made, or its sysctls (which CRIU keeps and
+/// ferry cannot see changed) may differ from the kernel's defaults.
+fn ruled_out(spec: &Spec) -> Option<&'static str> {
+    let linux = spec.linux().as_ref()?;
+    let own = linux.namespaces().as_ref().is_some_and(|n| {
+        n.iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
+    });
+    if !own {
+        return Some("the container has no network namespace of its own");
+    }
+    if linux
+        .sysctl()
+        .as_ref()
+        .is_some_and(|s| s.keys().any(|k| k.starts_with("net.")))
+    {
+        return Some("the configuration sets net.* sysctls");
+    }
+    let sys_ro = linux
+        .readonly_paths()
+        .as_ref()
+        .is_some_and(|p| p.iter().any(|p| p == "/proc/sys"));
+    if !sys_ro {
+        return Some("/proc/sys is writable in the container");
+    }
+    None
+}
+
+/// What to record for the container `pid` made from `spec`: `None` when
+/// CRIU is to dump the namespace (the reason is traced).
+pub fn own_netns(spec: &Spec, pid: i32, veth: Option<&VethConfig>) -> Result<Option<OwnNetns>> {
+    if let Some(why) = ruled_out(spec) {
+        tracing::debug!(why, "CRIU dumps the network namespace");
+        return Ok(None);
+    }
+    match network::inspect_own_netns(pid, veth)? {
+        // ferry brings lo up with a veth: down means the container changed it.
+        Ok(own) if veth.is_some() && !own.lo_up => {
+            tracing::info!("lo is down: CRIU dumps the network namespace");
+            Ok(None)
+        }
+        Ok(own) => Ok(Some(own)),
+        Err(why) => {
+            tracing::info!(
+                why,
+                "the container changed its network namespace: CRIU dumps it"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Checks, with the tree frozen, that the namespace is still as recorded.
+pub fn still_own(pid: i32, veth: Option<&VethConfig>, recorded: &OwnNetns) -> Result<bool> {
+    Ok(network::inspect_own_netns(pid, veth)?.as_ref() == Ok(recorded))
+}
+
+pub fn write(images: &Path, own: &OwnNetns) -> Result<()> {
+    let path = images.join(OWN_NETNS_FILE);
+    let text = serde_json::to_string(own).expect("plain fields serialize");
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+}
+
+/// Largest [`OWN_NETNS_FILE`] read (it holds two short fields; an imported
+/// image dir may hold a hostile one).
+const MAX_BYTES: u64 = 4096;
+
+/// The recorded namespace, `None` in images where CRIU kept it.
+pub fn read(images: &Path) -> Result<Option<OwnNetns>> {
+    use std::io::Read;
+    let path = images.join(OWN_NETNS_FILE);
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    let mut text = String::new();
+    f.take(MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io(format!("reading {}", path.display())))?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(io(format!("reading {}", path.display()))(
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {MAX_BYTES} bytes"),
+            ),
+        ));
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| Error::from(ImagesError::DamagedFile { path, source }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_qualifies_and_changes_rule_it_out() {
+        let spec = crate::spec::default_spec();
+        assert_eq!(ruled_out(&spec), None);
+        let mut s = spec.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_readonly_paths(Some(vec![]));
+        s.set_linux(Some(linux));
+        assert!(ruled_out(&s).unwrap().contains("/proc/sys"));
+        let mut s = spec.clone();
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_sysctl(Some(
+            [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+        ));
+        s.set_linux(Some(linux));
+        assert!(ruled_out(&s).unwrap().contains("net.*"));
+    }
+
+    #[test]
+    fn recorded_namespace_round_trips_and_damage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        let own = OwnNetns {
+            lo_up: true,
+            mac: Some("02:42:0a:4d:01:02".into()),
+        };
+        write(dir.path(), &own).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(own));
+        std::fs::write(dir.path().join(OWN_NETNS_FILE), "{").unwrap();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(OWN_NETNS_FILE), "{err}");
+    }
+}

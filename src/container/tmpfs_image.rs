@@ -1,0 +1,396 @@
+//! tmpfs mounts that hold only directories, device nodes, symlinks and
+//! empty files (`/dev`, masked directories, the v1 cgroup tmpfs: what
+//! ferry made): the dump lists their entries in the image dir instead of
+//! CRIU archiving each with `tar --gzip` (a process per mount, on both
+//! sides), and the restore makes the same tmpfs from the list and hands it
+//! to CRIU as an external mount. A tmpfs holding data (the user's files)
+//! is left to CRIU.
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{io, Error, ImagesError, Result};
+
+/// Written into the image dir: the tmpfs mounts ferry makes again.
+pub const TMPFS_FILE: &str = "ferry-tmpfs.json";
+/// Most entries listed per tmpfs (more: CRIU archives it).
+const MAX_ENTRIES: usize = 4096;
+/// Largest [`TMPFS_FILE`] read from an image dir.
+const MAX_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Dir,
+    /// An empty regular file (a mount point for a file bind, as a rule).
+    File,
+    Char(u64),
+    Block(u64),
+    Fifo,
+    Symlink(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative to the mount's root, in plain components.
+    pub path: String,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One tmpfs: where it is mounted in the container (CRIU's key for it),
+/// its mount flags and filesystem options, and its entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tmpfs {
+    pub key: String,
+    pub flags: u64,
+    pub options: String,
+    pub root_mode: u32,
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub entries: Vec<Entry>,
+}
+
+/// A tmpfs mount of `/proc/<pid>/mountinfo`: mount point (as the
+/// container sees it), mount flags, superblock options.
+fn tmpfs_mounts(pid: i32) -> std::io::Result<Vec<(String, u64, String)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 6 || r.len() < 3 || r[0] != "tmpfs" || l[3] != "/" {
+            continue;
+        }
+        let mut flags = 0u64;
+        for f in l[5].split(',') {
+            flags |= match f {
+                "ro" => libc::MS_RDONLY,
+                "nosuid" => libc::MS_NOSUID,
+                "nodev" => libc::MS_NODEV,
+                "noexec" => libc::MS_NOEXEC,
+                _ => 0,
+            };
+        }
+        // Mount points with spaces are escaped (\040): such a key is not
+        // worth the trouble; CRIU keeps those.
+        if l[4].contains('\\') {
+            continue;
+        }
+        let options: Vec<&str> = r[2]
+            .split(',')
+            // The root's mode, owner and group are taken from the root
+            // itself (a chmod after mounting shows there, not here).
+            .filter(|o| {
+                !["rw", "ro", "inode64"].contains(o)
+                    && !["mode=", "uid=", "gid="].iter().any(|p| o.starts_with(p))
+            })
+            .collect();
+        out.push((l[4].to_string(), flags, options.join(",")));
+    }
+    Ok(out)
+}
+
+fn stat_at(dir: &impl AsFd, name: &CString) -> std::io::Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, NUL-terminated name, stat buffer.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_fd().as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
+    // SAFETY: valid fd and name; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Lists the entries below `dir` (on device `dev`), or `None` when it holds
+/// anything a list cannot carry (data, hard links, too many entries).
+fn list(dir: OwnedFd, dev: u64, prefix: &str, out: &mut Vec<Entry>) -> std::io::Result<bool> {
+    let names: Vec<CString> = {
+        let d = nix::dir::Dir::from_fd(dir.try_clone()?).map_err(std::io::Error::from)?;
+        let mut names = Vec::new();
+        let mut d = d;
+        for e in d.iter() {
+            let e = e.map_err(std::io::Error::from)?;
+            let n = e.file_name().to_owned();
+            if n.as_bytes() != b"." && n.as_bytes() != b".." {
+                names.push(n);
+            }
+        }
+        names
+    };
+    for name in names {
+        if out.len() >= MAX_ENTRIES {
+            return Ok(false);
+        }
+        let st = stat_at(&dir, &name)?;
+        let Ok(n) = name.to_str() else {
+            return Ok(false);
+        };
+        let path = format!("{prefix}{n}");
+        let fmt = st.st_mode & libc::S_IFMT;
+        let other_mount = st.st_dev != dev;
+        let kind = match fmt {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFREG if st.st_size == 0 && (st.st_nlink == 1 || other_mount) => Kind::File,
+            libc::S_IFCHR => Kind::Char(st.st_rdev),
+            libc::S_IFBLK => Kind::Block(st.st_rdev),
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(dir.as_fd(), name.as_c_str())
+                    .map_err(std::io::Error::from)?;
+                match target.to_str() {
+                    Some(t) => Kind::Symlink(t.to_string()),
+                    None => return Ok(false),
+                }
+            }
+            _ => return Ok(false),
+        };
+        out.push(Entry {
+            path: path.clone(),
+            kind: kind.clone(),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        });
+        // A mount below this one is a mount point here, nothing more.
+        if kind == Kind::Dir && !other_mount {
+            let sub = open_dir_at(&dir, &name)?;
+            if !list(sub, dev, &format!("{path}/"), out)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The tmpfs mounts of the container `pid` that a list can carry, each
+/// with its list.
+pub fn collect(pid: i32) -> Result<Vec<Tmpfs>> {
+    let mounts = tmpfs_mounts(pid).map_err(io(format!("reading /proc/{pid}/mountinfo")))?;
+    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
+    let root = crate::rootfs::RootDir::open(&proc_root).map_err(|source| Error::Rootfs {
+        rootfs: proc_root.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (key, flags, options) in mounts {
+        // Resolved in the container's root by the kernel, no symlink
+        // followed: a mount point is where mountinfo says.
+        let dir = match root
+            .resolve_no_symlinks(Path::new(&key))
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno.unwrap_or(libc::EINVAL)))
+            .and_then(|p| open_dir_at(&p, &CString::from(c".")))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(key, error = %e, "tmpfs left to CRIU");
+                continue;
+            }
+        };
+        let st = stat_at(&dir, &CString::default()).map_err(io(format!("stat of {key}")))?;
+        let mut entries = Vec::new();
+        if list(dir, st.st_dev, "", &mut entries).map_err(io(format!("listing {key}")))? {
+            out.push(Tmpfs {
+                key,
+                flags,
+                options,
+                root_mode: st.st_mode & 0o7777,
+                root_uid: st.st_uid,
+                root_gid: st.st_gid,
+                entries,
+            });
+        } else {
+            tracing::debug!(key, "tmpfs holds data: CRIU archives it");
+        }
+    }
+    Ok(out)
+}
+
+pub fn write(images: &Path, list: &[Tmpfs]) -> Result<()> {
+    let path = images.join(TMPFS_FILE);
+    let text = serde_json::to_string(list).expect("plain fields serialize");
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+}
+
+/// The listed tmpfs mounts (none in images where CRIU kept them all).
+pub fn read(images: &Path) -> Result<Vec<Tmpfs>> {
+    use std::io::Read;
+    let path = images.join(TMPFS_FILE);
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    let mut text = String::new();
+    f.take(MAX_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io(format!("reading {}", path.display())))?;
+    let damaged = |msg: String| {
+        io(format!("reading {}", path.display()))(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            msg,
+        ))
+    };
+    if text.len() as u64 > MAX_BYTES {
+        return Err(damaged(format!("larger than {MAX_BYTES} bytes")));
+    }
+    let list: Vec<Tmpfs> = serde_json::from_str(&text).map_err(|source| {
+        Error::from(ImagesError::DamagedFile {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    for t in &list {
+        if !t.key.starts_with('/') || t.entries.len() > MAX_ENTRIES {
+            return Err(damaged(format!("bad tmpfs entry {}", t.key)));
+        }
+        for e in &t.entries {
+            if !plain(&e.path) {
+                return Err(damaged(format!("bad path {:?} in tmpfs {}", e.path, t.key)));
+            }
+        }
+    }
+    Ok(list)
+}
+
+/// A relative path of normal components only (an image dir is untrusted).
+fn plain(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}
+
+/// Mounts a tmpfs like `t` at `at` (an empty directory of ferry's) and
+/// makes its entries. Parents come before children in the list.
+pub fn make(t: &Tmpfs, at: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let flags = MsFlags::from_bits_truncate(t.flags & !libc::MS_RDONLY);
+    let data = format!(
+        "mode={:o},uid={},gid={}{}{}",
+        t.root_mode,
+        t.root_uid,
+        t.root_gid,
+        if t.options.is_empty() { "" } else { "," },
+        t.options
+    );
+    mount(Some("tmpfs"), at, Some("tmpfs"), flags, Some(data.as_str()))
+        .map_err(super::sys(format!("mounting tmpfs at {}", at.display())))?;
+    let dir = nix::fcntl::open(
+        at,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(super::sys(format!("opening {}", at.display())))?;
+    for e in &t.entries {
+        make_entry(&dir, e)
+            .map_err(|err| io(format!("making {} in the tmpfs for {}", e.path, t.key))(err))?;
+    }
+    if t.flags & libc::MS_RDONLY != 0 {
+        mount(
+            None::<&str>,
+            at,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(super::sys(format!("making {} read-only", at.display())))?;
+    }
+    Ok(())
+}
+
+fn make_entry(dir: &OwnedFd, e: &Entry) -> std::io::Result<()> {
+    // Within a new tmpfs of ferry's, made in list order: no component is a
+    // symlink the list did not make before (and symlinks are never
+    // followed: AT_SYMLINK_NOFOLLOW, O_NOFOLLOW on the last component
+    // through the checks below).
+    let name = CString::new(e.path.as_bytes())?;
+    let fd = dir.as_raw_fd();
+    let mode = e.mode as libc::mode_t;
+    // SAFETY: valid fd and NUL-terminated names.
+    let r = unsafe {
+        match &e.kind {
+            Kind::Dir => libc::mkdirat(fd, name.as_ptr(), mode),
+            Kind::File => {
+                let f = libc::openat(
+                    fd,
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    mode,
+                );
+                if f >= 0 {
+                    libc::close(f);
+                    0
+                } else {
+                    -1
+                }
+            }
+            Kind::Char(dev) => libc::mknodat(fd, name.as_ptr(), libc::S_IFCHR | mode, *dev),
+            Kind::Block(dev) => libc::mknodat(fd, name.as_ptr(), libc::S_IFBLK | mode, *dev),
+            Kind::Fifo => libc::mknodat(fd, name.as_ptr(), libc::S_IFIFO | mode, 0),
+            Kind::Symlink(target) => {
+                let t = CString::new(target.as_bytes())?;
+                libc::symlinkat(t.as_ptr(), fd, name.as_ptr())
+            }
+        }
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    unsafe {
+        if libc::fchownat(fd, name.as_ptr(), e.uid, e.gid, libc::AT_SYMLINK_NOFOLLOW) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The umask cut the mode (and setuid bits need setting after chown).
+        if !matches!(e.kind, Kind::Symlink(_)) && libc::fchmodat(fd, name.as_ptr(), mode, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_relative_paths_are_made() {
+        assert!(plain("pts"));
+        assert!(plain("a/b"));
+        for bad in ["", "/etc", "..", "a/../b", "a//b", "./a"] {
+            assert!(!plain(bad), "{bad}");
+        }
+    }
+}
