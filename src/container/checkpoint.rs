@@ -15,7 +15,9 @@ use super::fsutil::writable_dir;
 use super::image_dir::{mark_incomplete, remove_marker};
 use super::{Container, Error, HoldError, Result, Status};
 use crate::cgroups::Cgroup;
-use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
+use crate::criu::{
+    self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, PreDumpMode, ReqType, Request,
+};
 use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target};
 use crate::hooks;
 use crate::network::{self, LockMethod, VethConfig};
@@ -44,6 +46,15 @@ pub struct CheckpointOptions {
     /// TLS material for CRIU's page-server connection (PEM files).
     pub page_server_tls: Option<migrate::TlsPaths>,
     pub pre_dump: bool,
+    /// How a pre-dump collects pages (CRIU's default: splice, which keeps
+    /// the tree frozen while it copies them; VM_READ reads them after the
+    /// tree runs again).
+    pub pre_dump_mode: Option<PreDumpMode>,
+    /// A SOCK_DGRAM unix socket of this process, kept open across the
+    /// pre-dumps and the dump of one series: CRIU keeps pidfds of the tree
+    /// in it and fails a later iteration whose pids were reused by other
+    /// processes (pidfd_store_sk).
+    pub pidfd_store: Option<RawFd>,
     pub manage_cgroups_mode: Option<CgMode>,
     pub empty_ns_network: bool,
     pub auto_dedup: bool,
@@ -69,6 +80,8 @@ impl CheckpointOptions {
             page_server: None,
             page_server_tls: None,
             pre_dump: false,
+            pre_dump_mode: None,
+            pidfd_store: None,
             manage_cgroups_mode: None,
             empty_ns_network: false,
             auto_dedup: false,
@@ -323,6 +336,12 @@ impl Dump<'_> {
         if opts.pre_dump {
             o.set_track_mem(true);
         }
+        if let Some(m) = opts.pre_dump_mode {
+            o.set_pre_dump_mode(m);
+        }
+        if let Some(sk) = opts.pidfd_store {
+            o.set_pidfd_store_sk(sk);
+        }
         if let Some(fd) = opts.status_fd {
             o.set_status_fd(fd);
         }
@@ -462,6 +481,9 @@ impl Container {
         if opts.leave_running && opts.leave_stopped {
             return Err(Error::LeaveRunningAndStopped);
         }
+        if opts.pre_dump_mode.is_some() && !opts.pre_dump {
+            return Err(Error::PreDumpModeWithoutPreDump);
+        }
         let lock = self.dir.lock()?;
         // A lock recorded by a dump whose ferry was killed.
         super::delete::remove_criu_lock(&self.dir);
@@ -497,13 +519,10 @@ impl Container {
         let run = dump.run(&criu, o, post_dump);
         dump.settle(run)?;
         let Dump { dirs, .. } = dump;
-        let stats = if opts.pre_dump {
-            None
-        } else {
-            criu::read_dump_stats(&dirs.images)
-                .or_else(|_| criu::read_dump_stats(&dirs.work))
-                .ok()
-        };
+        // A pre-dump writes its statistics too (its pages, its frozen time).
+        let stats = criu::read_dump_stats(&dirs.images)
+            .or_else(|_| criu::read_dump_stats(&dirs.work))
+            .ok();
         let removed = opts.kills();
         let hook_warnings = if removed {
             drop(lock);
