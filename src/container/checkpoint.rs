@@ -380,8 +380,12 @@ impl Dump<'_> {
                 Ok(())
             };
         let log = self.dirs.log();
+        // Not for a pre-dump: CRIU puts the cgroup back in the state it
+        // found it in when it lets the tree go, before it writes the pages,
+        // so a cgroup ferry froze would stay frozen for the whole transfer.
+        // Frozen by CRIU, it runs again as soon as the pages are collected.
         let mut handler = DumpHandler {
-            freeze: (!self.was_paused).then_some(&self.cgroup),
+            freeze: (!self.was_paused && !opts.pre_dump).then_some(&self.cgroup),
             frozen: false,
             veth: c.state.veth.as_ref(),
             method: opts.network_lock,
