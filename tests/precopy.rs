@@ -100,9 +100,9 @@ fn pages(it: &Value) -> u64 {
 fn pre_copy_moves_a_rewriting_workload_with_a_small_final_round() {
     let Some(_g) = serial() else { return };
     let mut w = World::new("p", 21);
-    // 256 MiB rewriting 1 MiB/s (the rounds of a larger hog take minutes
-    // under emulation).
-    let (id, data) = hog(&mut w, "hog", 256, 1024);
+    // 128 MiB rewriting 1 MiB/s. Measured in the emulated guest: round 1
+    // of a 256 MiB hog alone takes about a minute, and the test several.
+    let (id, data) = hog(&mut w, "hog", 128, 1024);
     let before = read_num(&data.join("count")).unwrap();
     let args = ["--mode", "pre-copy", "--pre-dump-mode", "read"];
     // A pre-dump mode without pre-copy would be ignored: refused.
@@ -128,10 +128,13 @@ fn pre_copy_moves_a_rewriting_workload_with_a_small_final_round() {
     assert_eq!(r["mode"], "pre-copy", "{r}");
     let rounds = r["pre_copy"].as_array().unwrap();
     assert!(rounds.len() >= 2, "{r}");
-    // Round 1 sends everything, the next ones only what was rewritten.
+    // Round 1 sends everything, the next ones only what was rewritten
+    // meanwhile (under emulation round 1 takes long enough for a quarter
+    // of the memory to be rewritten).
     let first = pages(&rounds[0]);
-    assert!(first >= 256 * 256, "{r}");
-    assert!(pages(&rounds[1]) < first / 4, "{r}");
+    assert!(first >= 128 * 256, "{r}");
+    assert!(pages(&rounds[1]) < first / 2, "{r}");
+    assert!(pages(rounds.last().unwrap()) < first / 4, "{r}");
     // The final dump is a small part of the memory.
     let last = r["pages"]["written"].as_u64().unwrap();
     assert!(last < first / 4, "final dump of {last} pages: {r}");
@@ -154,9 +157,9 @@ fn pre_copy_moves_a_rewriting_workload_with_a_small_final_round() {
 fn auto_with_a_workload_outrunning_the_link() {
     let Some(_g) = serial() else { return };
     let mut w = World::new("q", 22);
-    // 64 MiB rewritten 16 times a second (as fast as the CPU allows under
+    // 32 MiB rewritten 16 times a second (as fast as the CPU allows under
     // emulation): every round finds it all dirty.
-    let (id, data) = hog(&mut w, "hog", 64, 64 * 1024 * 16);
+    let (id, data) = hog(&mut w, "hog", 32, 32 * 1024 * 16);
     let before = read_num(&data.join("count")).unwrap();
     let r = w.migrate_ok(&w.a, &w.b, &id, &[]);
     show(&r);
@@ -180,7 +183,7 @@ fn auto_with_a_workload_outrunning_the_link() {
     // The freeze stays bounded: the final dump sends at most the memory
     // (plus the rest of the process), not a backlog of rounds.
     let last = r["pages"]["written"].as_u64().unwrap();
-    assert!(last <= 64 * 256 + 4096, "{r}");
+    assert!(last <= 32 * 256 + 4096, "{r}");
     assert_hog_intact(&w.b, &id, &data, before);
 }
 
