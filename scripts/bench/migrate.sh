@@ -28,6 +28,7 @@
 #           pre-copy among MODES, else 0)
 #   FERRY   ferry binary (default: `cargo build --release`, then its output)
 #   PODMAN  set to 0 to skip the podman baseline
+#   RAW_MIB MiB sent to measure the raw TCP rate (default 1024; 128 in the guest)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,11 +42,13 @@ if [ "${1:-}" = --guest ]; then
   "$repo/scripts/guest/install.sh" || exit 1
   exec "$repo/scripts/guest/run.sh" -m 4G -- env FERRY="$FERRY" \
     SIZES="${SIZES:-64 256}" MODES="${MODES:-stop-copy pre-copy}" PODMAN="${PODMAN:-0}" \
+    RAW_MIB="${RAW_MIB:-128}" \
     ${DIRTY:+DIRTY="$DIRTY"} bash "$repo/scripts/bench/migrate.sh"
 fi
 
 SIZES=${SIZES:-64 256 1024}
 MODES=${MODES:-stop-copy}
+RAW_MIB=${RAW_MIB:-1024}
 PODMAN=${PODMAN:-1}
 case " $MODES " in
   *" pre-copy "*) DIRTY=${DIRTY:-1024} ;;
@@ -164,7 +167,7 @@ vmhwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
 
 # --- raw TCP throughput over the link ------------------------------------
 raw_mib_s() {
-  local port=5301 bytes=$((1024 * 1024 * 1024))
+  local port=5301 bytes=$((RAW_MIB * 1024 * 1024))
   in_b python3 - "$addr_b" $port "$bytes" >"$tmp/raw.out" <<'PY' &
 import socket, sys, time
 addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

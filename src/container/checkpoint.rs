@@ -415,7 +415,9 @@ impl Dump<'_> {
             &mut arm,
         );
         let unlocked = handler.unlock();
-        let frozen = handler.frozen;
+        // A pre-dump's cgroup was frozen by CRIU, which thaws it unless it
+        // dies first: thawed in any case (a no-op when it is).
+        let frozen = handler.frozen || (opts.pre_dump && !self.was_paused);
         let keep_frozen = handler.post_dump.as_ref().is_some_and(|p| p.keep_frozen());
         DumpRun {
             result,

@@ -7,8 +7,9 @@
 //! rate (pages a round found changed, per second since the round before
 //! it started). The final dump, which runs frozen, will send what the
 //! container dirties from the start of the last round until the freeze:
-//! the dirty rate times the last round's duration. After round 1 there is
-//! no dirty rate yet, so everything is assumed to change again.
+//! the dirty rate times the last round's duration and the gap between
+//! rounds. After round 1 there is no dirty rate yet, so everything is
+//! assumed to change again.
 //!
 //! Iteration stops at the first of:
 //! 1. the predicted final transfer fits the downtime target;
@@ -110,19 +111,22 @@ pub fn link_rate(history: &[Iteration]) -> Option<f64> {
 }
 
 /// Pages the final dump would send if iteration stopped now: the dirty
-/// rate seen by the last round times that round's duration (after round 1,
-/// everything that round sent).
+/// rate seen by the last round times the time from that round's start to
+/// the freeze (its duration plus the gap between rounds, as last measured:
+/// starting the next page server, confirming the round); after round 1,
+/// everything that round sent.
 pub fn predict_pages(history: &[Iteration]) -> Option<u64> {
     let last = history.last()?;
     let [.., prev, _] = history else {
         return Some(last.pages_written);
     };
-    let since = last.started.saturating_sub(prev.started).as_secs_f64();
-    if since <= 0.0 {
+    let since = last.started.saturating_sub(prev.started);
+    if since.is_zero() {
         return Some(last.pages_written);
     }
-    let dirty_rate = last.pages_written as f64 / since;
-    Some((dirty_rate * last.duration.as_secs_f64()).ceil() as u64)
+    let gap = since.saturating_sub(prev.duration);
+    let dirty_rate = last.pages_written as f64 / since.as_secs_f64();
+    Some((dirty_rate * (last.duration + gap).as_secs_f64()).ceil() as u64)
 }
 
 /// Predicted time to send `pages` at `rate` pages per second.

@@ -237,6 +237,16 @@ fn the_prediction_is_the_dirty_rate_times_the_last_round() {
 }
 
 #[test]
+fn the_gap_between_rounds_counts_towards_the_final_dump() {
+    // Round 2 started 3 s after round 1, which took 2 s: 1 s between
+    // rounds. 3000 pages in 3 s, so 1000 pages/s dirty; round 2 took 500
+    // ms, plus the 1 s gap before the freeze: 1500 pages.
+    let mut h = vec![it(65536, 0, 2000), it(3000, 3000, 500)];
+    assert!(precopy_next(&mut h, &policy(10)).is_ok());
+    assert_eq!(h[1].predicted_pages, 1500);
+}
+
+#[test]
 fn a_rate_1_mib_workload_converges_in_few_rounds_to_a_small_freeze() {
     // 256 MiB, 1 MiB/s dirtied (256 pages/s), a 100 MiB/s link.
     let (h, why) = simulate(65536, 256.0, 25600.0, &policy(30));
