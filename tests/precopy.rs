@@ -211,6 +211,19 @@ fn local_pre_dump_then_dump_against_it_restores() {
     std::fs::create_dir_all(&pre).unwrap();
     std::fs::create_dir_all(&full).unwrap();
     let pre_args = ["checkpoint", "--pre-dump", "--pre-dump-mode", "read"];
+    // A pre-dump mode without a pre-dump would be ignored: refused.
+    let out = env.run(&[
+        "checkpoint",
+        "--pre-dump-mode",
+        "read",
+        "--image-path",
+        s(&pre),
+        &id,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pre-dump"), "{err}");
+    assert_eq!(env.status(&id), "running");
     if !tracks_dirty_memory() {
         let mut a = pre_args.to_vec();
         a.extend(["--image-path", s(&pre), &id]);
