@@ -37,17 +37,36 @@ fn counter_moves_to_b_and_back() {
     let (id, count) = w.counter("c");
     let before = read_num(&count).unwrap();
     let r = w.migrate_ok(&w.a, &w.b, &id, &[]);
-    // The default mode runs on every host: stop-copy, and the report says
-    // why not pre-copy (no soft-dirty tracking here; on a stock kernel,
-    // which has it, because the source does not implement pre-dump yet).
-    assert_eq!(r["mode"], "stop-copy", "{r}");
-    let pre = r["not_used"]
+    // The default mode: pre-copy where the kernel tracks dirty memory,
+    // else stop-copy, and the report says why not the other.
+    let tracks = ferry::criu::Criu::new()
+        .unwrap()
+        .features()
+        .unwrap()
+        .mem_track;
+    let (chosen, other) = if tracks {
+        ("pre-copy", "stop-copy")
+    } else {
+        ("stop-copy", "pre-copy")
+    };
+    assert_eq!(r["mode"], chosen, "{r}");
+    let not = r["not_used"]
         .as_array()
-        .and_then(|v| v.iter().find(|n| n["mode"] == "pre-copy"))
-        .unwrap_or_else(|| panic!("no reason given for not using pre-copy: {r}"));
-    let why = pre["reason"].as_str().unwrap_or_default();
+        .and_then(|v| v.iter().find(|n| n["mode"] == other))
+        .unwrap_or_else(|| panic!("no reason given for not using {other}: {r}"));
+    let why = not["reason"].as_str().unwrap_or_default();
+    if tracks {
+        assert!(why.contains("shortens the downtime"), "{r}");
+        assert!(r["pre_copy_stop"].as_str().is_some(), "{r}");
+    } else {
+        assert!(why.contains("soft-dirty"), "{r}");
+    }
     assert!(
-        why.contains("soft-dirty") || why.contains("does not implement pre-dump"),
+        r["not_used"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["mode"] == "post-copy"),
         "{r}"
     );
     assert_eq!(r["tls"], true);

@@ -285,6 +285,50 @@ fn podman_runs_and_checkpoints_a_counter_through_ferry() {
     }
 }
 
+/// `podman container checkpoint --pre-checkpoint`, then
+/// `--with-previous`, then `restore`: podman asks ferry for a pre-dump and
+/// then a dump against it (`--parent-path`). Where the kernel does not
+/// track dirty memory, the pre-checkpoint is refused and the container
+/// runs on.
+#[test]
+fn podman_pre_checkpoint_then_checkpoint_with_previous() {
+    let Some(mut p) = Podman::new() else { return };
+    let a = p.name("pre");
+    p.counter(&a);
+    assert!(p.wait_count(&a, 3), "counter did not start");
+    let tracks = ferry::criu::Criu::new()
+        .and_then(|c| c.features())
+        .map(|f| f.mem_track)
+        .unwrap_or(false);
+    if !tracks {
+        let out = p.run(&["container", "checkpoint", "--pre-checkpoint", &a]);
+        assert!(!out.status.success(), "pre-checkpoint without soft-dirty");
+        assert_eq!(p.status(&a), "running");
+        let at = p.count(&a);
+        assert!(p.wait_count(&a, at + 2));
+        return;
+    }
+    p.ok(&["container", "checkpoint", "--pre-checkpoint", &a]);
+    assert_eq!(p.status(&a), "running");
+    let at_pre = p.count(&a);
+    assert!(p.wait_count(&a, at_pre + 2), "stopped after the pre-dump");
+    p.ok(&["container", "checkpoint", "--with-previous", &a]);
+    assert_eq!(p.status(&a), "exited");
+    let at_dump = p.count(&a);
+    p.ok(&["container", "restore", &a]);
+    assert_eq!(p.status(&a), "running");
+    assert!(p.wait_count(&a, at_dump + 3), "counter did not continue");
+    let out = p.run(&["logs", &a]);
+    let all: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(
+        all.windows(2).all(|w| w[1] == w[0] + 1),
+        "counter restarted or skipped: {all:?}"
+    );
+}
+
 #[test]
 fn podman_rm_force_of_a_running_container_and_kill_with_signal() {
     let Some(mut p) = Podman::new() else { return };

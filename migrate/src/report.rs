@@ -151,15 +151,56 @@ impl Report {
             human_bytes(self.bytes.rootfs_precopy),
             human_bytes(self.bytes.rootfs_delta)
         ));
-        if let Some(s) = &self.pre_copy_stop {
-            out.push(format!(
-                "pre-copy: {} iterations, stopped: {s}",
-                self.pre_copy.len()
-            ));
-        }
+        out.extend(self.pre_copy_lines());
         for w in &self.warnings {
             out.push(format!("warning: {w}"));
         }
+        out
+    }
+}
+
+impl Report {
+    /// One line per pre-copy round, then the final dump against its
+    /// prediction and why iteration stopped.
+    pub fn pre_copy_lines(&self) -> Vec<String> {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let Some(stop) = &self.pre_copy_stop else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = self
+            .pre_copy
+            .iter()
+            .enumerate()
+            .map(|(n, i)| {
+                format!(
+                    "pre-copy round {}: {} pages ({}) in {} (transfer {}, frozen {}); \
+                     predicted final: {} pages, {}",
+                    n + 1,
+                    i.pages_written,
+                    human_bytes(i.bytes),
+                    ms(i.duration),
+                    ms(i.transfer),
+                    ms(i.frozen),
+                    i.predicted_pages,
+                    i.predicted_downtime
+                        .map(ms)
+                        .unwrap_or_else(|| "unknown".into())
+                )
+            })
+            .collect();
+        out.push(format!(
+            "final dump: {} pages, memory transfer {} (predicted {}), downtime {}",
+            self.pages.written,
+            ms(self.timings.memory_transfer),
+            self.predicted_downtime
+                .map(ms)
+                .unwrap_or_else(|| "unknown".into()),
+            ms(self.timings.downtime)
+        ));
+        out.push(format!(
+            "pre-copy stopped after {} rounds: {stop}",
+            self.pre_copy.len()
+        ));
         out
     }
 }
@@ -305,6 +346,11 @@ pub struct Report {
     pub pre_copy: Vec<Iteration>,
     /// Why pre-copy stopped iterating.
     pub pre_copy_stop: Option<String>,
+    /// The final dump's memory transfer as pre-copy predicted it when it
+    /// stopped iterating (compare `timings.memory_transfer` and
+    /// `timings.downtime`).
+    #[serde(with = "crate::serde_fmt::ms_opt", default)]
+    pub predicted_downtime: Option<Duration>,
     /// The restored container's pid on the destination.
     pub dest_pid: Option<i32>,
     /// Things that went wrong without failing the migration.
@@ -341,5 +387,84 @@ mod tests {
         assert_eq!(v["downtime"], 123.456);
         let back: Timings = serde_json::from_value(v).unwrap();
         assert_eq!(back.downtime, Duration::from_micros(123_456));
+    }
+
+    #[test]
+    fn every_pre_copy_round_and_the_stop_reason_are_reported() {
+        let mut h = vec![
+            Iteration::measured(
+                65536,
+                Duration::ZERO,
+                Duration::from_secs(2),
+                None,
+                Duration::from_millis(40),
+            ),
+            Iteration::measured(
+                512,
+                Duration::from_secs(2),
+                Duration::from_millis(100),
+                Some(Duration::from_millis(20)),
+                Duration::from_millis(3),
+            ),
+        ];
+        let policy = Default::default();
+        crate::mode::precopy_next(&mut h[..1], &policy).unwrap();
+        let stop = crate::mode::precopy_next(&mut h, &policy).unwrap_err();
+        let r = Report {
+            id: "c1".into(),
+            migration_id: "m".into(),
+            destination: "10.0.0.2:7070".into(),
+            mode: Some(Mode::PreCopy),
+            mode_reason: "auto".into(),
+            not_used: Vec::new(),
+            rootfs: crate::RootfsMode::Shared,
+            compression: Compression::None,
+            tls: true,
+            timings: Timings {
+                downtime: Duration::from_millis(90),
+                memory_transfer: Duration::from_millis(4),
+                ..Timings::default()
+            },
+            bytes: Default::default(),
+            pages: Pages {
+                written: 30,
+                ..Default::default()
+            },
+            predicted_downtime: h[1].predicted_downtime,
+            pre_copy: h,
+            pre_copy_stop: Some(stop),
+            dest_pid: None,
+            warnings: Vec::new(),
+        };
+        let lines = r.summary();
+        let text = lines.join("\n");
+        assert!(
+            text.contains("pre-copy round 1: 65536 pages (256.0 MiB) in 2000.0 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("predicted final: 65536 pages, 2000.0 ms"),
+            "{text}"
+        );
+        assert!(text.contains("pre-copy round 2: 512 pages"), "{text}");
+        // 512 pages in the 2 s since round 1 began, round 2 took 100 ms.
+        assert!(text.contains("predicted final: 26 pages"), "{text}");
+        assert!(
+            text.contains("final dump: 30 pages, memory transfer 4.0 ms (predicted "),
+            "{text}"
+        );
+        assert!(text.contains("downtime 90.0 ms"), "{text}");
+        assert!(
+            text.contains("pre-copy stopped after 2 rounds: the final dump is predicted"),
+            "{text}"
+        );
+        // And in JSON, every round with its prediction.
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["pre_copy"][1]["predicted_pages"], 26);
+        assert_eq!(v["pre_copy"][0]["frozen"], 40.0);
+        assert!(v["predicted_downtime"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["pre_copy"][0]["predicted_pages"], 65536);
+        let back: Report = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), v);
     }
 }

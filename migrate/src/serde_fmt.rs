@@ -51,3 +51,24 @@ pub mod ms {
         Ok(Duration::from_secs_f64(v / 1e3))
     }
 }
+
+/// Optional durations as milliseconds (float) or null in JSON.
+pub mod ms_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::ms::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<f64>::deserialize(d)? {
+            None => Ok(None),
+            Some(v) if v.is_finite() && v >= 0.0 => Ok(Some(Duration::from_secs_f64(v / 1e3))),
+            Some(_) => Err(serde::de::Error::custom("invalid duration")),
+        }
+    }
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/bench/migrate.sh        (as root)
+# Usage: scripts/bench/migrate.sh [--guest]        (as root)
 #
 # Live migration between two "hosts" (network namespaces joined by a veth
 # pair, addresses only inside them), for memhog containers holding 64 MiB,
@@ -14,14 +14,46 @@
 #   - the raw throughput of one plain TCP stream over the same link.
 # Prints a table and ratios. Everything it creates is removed on exit.
 #
+# With several MODES, each size is migrated once per mode and the downtime
+# and heartbeat-gap ratios against stop-copy are printed. Pre-copy needs a
+# kernel that tracks dirty memory: `--guest` runs the whole benchmark in the
+# stock-kernel guest (scripts/guest/run.sh) with MODES="stop-copy pre-copy",
+# SIZES="64 256" and no podman unless set otherwise. Under the guest's
+# emulation absolute times mean little; the ratios are what to read.
+#
 # Environment:
 #   SIZES   MiB sizes (default "64 256 1024")
+#   MODES   ferry migrate --mode values (default "stop-copy")
+#   DIRTY   KiB/s the workload rewrites while it runs (default 1024 with
+#           pre-copy among MODES, else 0)
 #   FERRY   ferry binary (default: `cargo build --release`, then its output)
 #   PODMAN  set to 0 to skip the podman baseline
+#   RAW_MIB MiB sent to measure the raw TCP rate (default 1024; 128 in the guest)
 set -euo pipefail
 
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+if [ "${1:-}" = --guest ]; then
+  if [ -z "${FERRY:-}" ]; then
+    locked=()
+    [ -f "$repo/Cargo.lock" ] && locked=(--locked)
+    (cd "$repo" && cargo build --release "${locked[@]}" --quiet)
+    FERRY=${CARGO_TARGET_DIR:-$repo/target}/release/ferry
+  fi
+  "$repo/scripts/guest/install.sh" || exit 1
+  exec "$repo/scripts/guest/run.sh" -m 4G -- env FERRY="$FERRY" \
+    SIZES="${SIZES:-64 256}" MODES="${MODES:-stop-copy pre-copy}" PODMAN="${PODMAN:-0}" \
+    RAW_MIB="${RAW_MIB:-128}" \
+    ${DIRTY:+DIRTY="$DIRTY"} bash "$repo/scripts/bench/migrate.sh"
+fi
+
 SIZES=${SIZES:-64 256 1024}
+MODES=${MODES:-stop-copy}
+RAW_MIB=${RAW_MIB:-1024}
 PODMAN=${PODMAN:-1}
+case " $MODES " in
+  *" pre-copy "*) DIRTY=${DIRTY:-1024} ;;
+  *) DIRTY=${DIRTY:-0} ;;
+esac
 
 log() { echo "migrate-bench: $*" >&2; }
 
@@ -30,7 +62,6 @@ for t in jq python3 cc nsenter ip; do
   command -v "$t" >/dev/null || { log "$t not found (run scripts/install-deps.sh)"; exit 1; }
 done
 
-repo=$(cd "$(dirname "$0")/../.." && pwd)
 if [ -z "${FERRY:-}" ]; then
   log "building ferry (release)"
   locked=()
@@ -109,13 +140,13 @@ cc -static -O2 -o "$tmp/memhog" "$repo/tests/support/memhog.c"
 "$repo/scripts/make-rootfs.sh" "$tmp/rootfs" >/dev/null
 cp "$tmp/memhog" "$tmp/rootfs/memhog"
 
-# A bundle running memhog SIZE with /data bound to DATA.
+# A bundle running memhog SIZE (rewriting $DIRTY KiB/s) with /data bound to DATA.
 make_bundle() { # DIR SIZE DATA
   mkdir -p "$1" "$3"
   cp -a "$tmp/rootfs" "$1/rootfs"
   "$FERRY" spec --bundle "$1"
-  jq --arg size "$2" --arg data "$3" '
-    .process.terminal = false | .process.args = ["/memhog", $size, "/data"]
+  jq --arg size "$2" --arg data "$3" --arg dirty "$DIRTY" '
+    .process.terminal = false | .process.args = ["/memhog", $size, "/data", $dirty]
     | .root.readonly = false
     | .mounts += [{"destination": "/data", "type": "bind", "source": $data,
                    "options": ["rbind", "rw"]}]' "$1/config.json" >"$1/config.json.new"
@@ -136,7 +167,7 @@ vmhwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
 
 # --- raw TCP throughput over the link ------------------------------------
 raw_mib_s() {
-  local port=5301 bytes=$((1024 * 1024 * 1024))
+  local port=5301 bytes=$((RAW_MIB * 1024 * 1024))
   in_b python3 - "$addr_b" $port "$bytes" >"$tmp/raw.out" <<'PY' &
 import socket, sys, time
 addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -187,13 +218,16 @@ start_serve() {
   [ -n "$port" ] || { log "ferry serve did not start: $(cat "$tmp/serve.err")"; exit 1; }
 }
 
-declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK P_DOWN P_GAP P_OK
+declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK F_ROUNDS P_DOWN P_GAP P_OK
+for mode in $MODES; do
 for size in $SIZES; do
-  log "ferry: $size MiB"
+  k=$mode/$size
+  log "ferry $mode: $size MiB"
   : >"$tmp/serve.out"
   start_serve
-  id=hog$size
+  id=hog$size-$mode
   b=$tmp/ferry-$size
+  rm -rf "$tmp/ferry-data-$size"
   make_bundle "$b" "$size" "$tmp/ferry-data-$size"
   fa run -d --bundle "$b" "$id" </dev/null >>"$tmp/ctr.log" 2>&1
   wait_file "$tmp/ferry-data-$size/maxgap" 120
@@ -201,7 +235,7 @@ for size in $SIZES; do
   sum_before=$(cat "$tmp/ferry-data-$size/sum-before")
   # ferry migrate, its VmHWM sampled until it exits.
   nsenter --net=/run/netns/$nsa "$FERRY" --root "$tmp/root-a" \
-    migrate "$id" --to $addr_b:"$port" --work-dir "$tmp/work-a" --json "${tls_a[@]}" >"$tmp/report-$size.json" 2>"$tmp/migrate-$size.err" &
+    migrate "$id" --mode "$mode" --to $addr_b:"$port" --work-dir "$tmp/work-a" --json "${tls_a[@]}" >"$tmp/report-$mode-$size.json" 2>"$tmp/migrate-$mode-$size.err" &
   mpid=$!
   src_rss=0
   while kill -0 $mpid 2>/dev/null; do
@@ -210,28 +244,33 @@ for size in $SIZES; do
     sleep 0.02
   done
   if ! wait $mpid; then
-    log "ferry migrate $size MiB failed: $(cat "$tmp/migrate-$size.err")"
-    F_OK[$size]=0
+    log "ferry migrate $size MiB failed: $(cat "$tmp/migrate-$mode-$size.err")"
+    F_OK[$k]=0
     stop_serve
     fa delete -f "$id" >/dev/null 2>&1 || true
     continue
   fi
-  F_OK[$size]=1
-  F_DST_RSS[$size]=$(vmhwm_kib "$serve_pid")
-  F_SRC_RSS[$size]=$src_rss
-  r=$tmp/report-$size.json
-  F_DOWN[$size]=$(jq '.timings.downtime' "$r")
-  F_TOTAL[$size]=$(jq '.timings.total' "$r")
-  F_PHASES[$size]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
-  F_MEMRATE[$size]=$(jq '(.bytes.memory / 1048576) / (.timings.memory_transfer / 1000)' "$r")
+  F_OK[$k]=1
+  F_DST_RSS[$k]=$(vmhwm_kib "$serve_pid")
+  F_SRC_RSS[$k]=$src_rss
+  r=$tmp/report-$mode-$size.json
+  F_DOWN[$k]=$(jq '.timings.downtime' "$r")
+  F_TOTAL[$k]=$(jq '.timings.total' "$r")
+  F_PHASES[$k]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
+  F_MEMRATE[$k]=$(jq '(.bytes.memory / 1048576) / ((.timings.memory_transfer + .timings.pre_dump) / 1000)' "$r")
+  F_ROUNDS[$k]=$(jq -r 'if (.pre_copy | length) > 0 then
+      "rounds " + ([.pre_copy[] | "\(.pages_written)p/\(.duration)ms/frozen \(.frozen)ms"] | join(", "))
+      + "; final \(.pages.written)p, predicted \(.predicted_downtime) ms; stopped: \(.pre_copy_stop)"
+    else "" end' "$r")
   sleep 0.3
-  F_GAP[$size]=$(awk '{printf "%.1f", $1 / 1000}' "$tmp/ferry-data-$size/maxgap")
+  F_GAP[$k]=$(awk '{printf "%.1f", $1 / 1000}' "$tmp/ferry-data-$size/maxgap")
   fb kill "$id" USR1
   wait_file "$tmp/ferry-data-$size/sum-after" 20
-  [ "$(cat "$tmp/ferry-data-$size/sum-after")" = "$sum_before" ] || { log "memory checksum differs after migration ($size MiB)"; F_OK[$size]=0; }
+  [ "$(cat "$tmp/ferry-data-$size/sum-after")" = "$sum_before" ] || { log "memory checksum differs after migration ($size MiB)"; F_OK[$k]=0; }
   fb delete -f "$id" >/dev/null
   stop_serve
   rm -rf "$b" "$tmp/bundles-b"
+done
 done
 
 # --- podman baseline -----------------------------------------------------
@@ -267,31 +306,49 @@ fi
 # --- table ---------------------------------------------------------------
 echo
 printf 'raw TCP over the veth link: %.0f MiB/s\n\n' "$raw"
-printf '%-8s %12s %12s %12s %14s %10s %10s %12s %12s %10s\n' \
-  size "ferry down" "ferry total" "ferry gap" "memory MiB/s" "src RSS" "dst RSS" "podman down" "podman gap" "down/podman"
+printf '%-18s %12s %12s %12s %14s %10s %10s %12s %12s %10s\n' \
+  "mode/size" "ferry down" "ferry total" "ferry gap" "memory MiB/s" "src RSS" "dst RSS" "podman down" "podman gap" "down/podman"
+for mode in $MODES; do
 for size in $SIZES; do
-  if [ "${F_OK[$size]:-0}" != 1 ]; then
-    printf '%-8s %12s\n' "${size}M" "failed"
+  k=$mode/$size
+  if [ "${F_OK[$k]:-0}" != 1 ]; then
+    printf '%-18s %12s\n' "$k" "failed"
     continue
   fi
   pd=${P_DOWN[$size]:-}
   ratio=-
-  [ -n "$pd" ] && [ "${P_OK[$size]:-0}" = 1 ] && ratio=$(awk -v a="${F_DOWN[$size]}" -v b="$pd" 'BEGIN {printf "%.2f", a / b}')
-  printf '%-8s %10.1fms %10.1fms %10.1fms %14.0f %8.1fMB %8.1fMB %10sms %10sms %10s\n' \
-    "${size}M" "${F_DOWN[$size]}" "${F_TOTAL[$size]}" "${F_GAP[$size]}" "${F_MEMRATE[$size]}" \
-    "$(awk -v k="${F_SRC_RSS[$size]}" 'BEGIN {print k / 1024}')" \
-    "$(awk -v k="${F_DST_RSS[$size]}" 'BEGIN {print k / 1024}')" \
+  [ -n "$pd" ] && [ "${P_OK[$size]:-0}" = 1 ] && ratio=$(awk -v a="${F_DOWN[$k]}" -v b="$pd" 'BEGIN {printf "%.2f", a / b}')
+  printf '%-18s %10.1fms %10.1fms %10.1fms %14.0f %8.1fMB %8.1fMB %10sms %10sms %10s\n' \
+    "$k" "${F_DOWN[$k]}" "${F_TOTAL[$k]}" "${F_GAP[$k]}" "${F_MEMRATE[$k]}" \
+    "$(awk -v k="${F_SRC_RSS[$k]}" 'BEGIN {print k / 1024}')" \
+    "$(awk -v k="${F_DST_RSS[$k]}" 'BEGIN {print k / 1024}')" \
     "${pd:--}" "${P_GAP[$size]:--}" "$ratio"
 done
-echo
-for size in $SIZES; do
-  [ "${F_OK[$size]:-0}" = 1 ] || continue
-  echo "${size}M ferry phases: ${F_PHASES[$size]}"
 done
 echo
+for mode in $MODES; do
 for size in $SIZES; do
-  [ "${F_OK[$size]:-0}" = 1 ] || continue
-  awk -v s="$size" -v d="${F_DOWN[$size]}" -v g="${F_GAP[$size]}" -v m="${F_MEMRATE[$size]}" -v r="$raw" 'BEGIN {
-    printf "%sM: reported downtime / heartbeat gap = %.2f; memory phase at %.0f%% of raw TCP\n",
+  k=$mode/$size
+  [ "${F_OK[$k]:-0}" = 1 ] || continue
+  echo "$k ferry phases: ${F_PHASES[$k]}"
+  [ -n "${F_ROUNDS[$k]:-}" ] && echo "$k pre-copy: ${F_ROUNDS[$k]}"
+done
+done
+echo
+for mode in $MODES; do
+for size in $SIZES; do
+  k=$mode/$size
+  [ "${F_OK[$k]:-0}" = 1 ] || continue
+  awk -v s="$k" -v d="${F_DOWN[$k]}" -v g="${F_GAP[$k]}" -v m="${F_MEMRATE[$k]}" -v r="$raw" 'BEGIN {
+    printf "%s: reported downtime / heartbeat gap = %.2f; memory phases at %.0f%% of raw TCP\n",
       s, d / g, 100 * m / r }'
+done
+done
+for size in $SIZES; do
+  s=stop-copy/$size p=pre-copy/$size
+  [ "${F_OK[$s]:-0}" = 1 ] && [ "${F_OK[$p]:-0}" = 1 ] || continue
+  awk -v z="$size" -v ds="${F_DOWN[$s]}" -v dp="${F_DOWN[$p]}" -v gs="${F_GAP[$s]}" -v gp="${F_GAP[$p]}" \
+    -v ts="${F_TOTAL[$s]}" -v tp="${F_TOTAL[$p]}" 'BEGIN {
+    printf "%sM pre-copy / stop-copy: downtime %.2f, heartbeat gap %.2f, total %.2f\n",
+      z, dp / ds, gp / gs, tp / ts }'
 done

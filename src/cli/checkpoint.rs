@@ -58,6 +58,25 @@ impl From<NetLock> for LockMethod {
     }
 }
 
+/// How a pre-dump collects memory (CRIU's `--pre-dump-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreDumpModeArg {
+    /// vmsplice pages into pipes while the tree is frozen (CRIU's default).
+    Splice,
+    /// Read pages with process_vm_readv after the tree runs again: a
+    /// shorter freeze.
+    Read,
+}
+
+impl PreDumpModeArg {
+    pub fn criu(self) -> ferry::criu::PreDumpMode {
+        match self {
+            PreDumpModeArg::Splice => ferry::criu::PreDumpMode::SPLICE,
+            PreDumpModeArg::Read => ferry::criu::PreDumpMode::VM_READ,
+        }
+    }
+}
+
 /// Namespaces `--empty-ns` accepts (runc accepts only the network one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EmptyNs {
@@ -160,6 +179,10 @@ pub struct CheckpointArgs {
     /// Dump memory only, leaving the container running (needs soft-dirty).
     #[arg(long)]
     pub pre_dump: bool,
+    /// How the pre-dump collects memory: splice (frozen while copying) or
+    /// read (copied after the container runs again).
+    #[arg(long, value_enum, requires = "pre_dump")]
+    pub pre_dump_mode: Option<PreDumpModeArg>,
     #[command(flatten)]
     pub criu: CriuFlags,
     /// Print CRIU's dump statistics.
@@ -280,6 +303,7 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
     o.status_fd = a.status_fd;
     o.page_server = a.page_server.as_deref().map(page_server).transpose()?;
     o.pre_dump = a.pre_dump;
+    o.pre_dump_mode = a.pre_dump_mode.map(PreDumpModeArg::criu);
     set_criu_flags!(o, &a.criu);
     let c = Container::load(root, &a.id)?;
     if let Some(e) = export.as_mut() {

@@ -13,7 +13,7 @@ use migrate::wire::Compression;
 use migrate::{CancelToken, ModeRequest, RootfsMode, Security, TlsPaths};
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 
-use super::checkpoint::NetLock;
+use super::checkpoint::{NetLock, PreDumpModeArg};
 
 /// Credentials shared by `migrate` and `serve`.
 #[derive(Debug, Args)]
@@ -147,6 +147,11 @@ pub struct MigrateArgs {
     /// How the network is held while the container is frozen.
     #[arg(long, value_enum, default_value = "nftables")]
     pub network_lock: NetLock,
+    /// How pre-copy rounds collect memory: splice (CRIU's default, frozen
+    /// while copying) or read (copied after the container runs again).
+    /// Needs --mode pre-copy.
+    #[arg(long, value_enum)]
+    pub pre_dump_mode: Option<PreDumpModeArg>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -182,6 +187,12 @@ pub fn on_termination(set: SigSet, stop: impl Fn() + Send + 'static) {
 }
 
 pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
+    if a.pre_dump_mode.is_some() && a.mode != ModeRequest::PreCopy {
+        bail!(
+            "--pre-dump-mode applies to pre-copy rounds only: add --mode pre-copy or drop \
+             --pre-dump-mode"
+        );
+    }
     let signals = block_termination();
     let security = a.tls.security()?;
     let mut host = ContainerSource::new(
@@ -191,6 +202,7 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
             tcp_established: a.tcp_established,
             network_lock: a.network_lock.into(),
             settle_with: std::env::current_exe().ok(),
+            pre_dump_mode: a.pre_dump_mode.map(PreDumpModeArg::criu),
         },
     )?;
     let work = a

@@ -17,7 +17,9 @@ use super::netns_image;
 use super::tmpfs_image;
 use super::{Container, Error, HoldError, Result, Status};
 use crate::cgroups::Cgroup;
-use crate::criu::{self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, ReqType, Request};
+use crate::criu::{
+    self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, PreDumpMode, ReqType, Request,
+};
 use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target};
 use crate::hooks;
 use crate::network::{self, LockMethod, VethConfig};
@@ -46,6 +48,15 @@ pub struct CheckpointOptions {
     /// TLS material for CRIU's page-server connection (PEM files).
     pub page_server_tls: Option<migrate::TlsPaths>,
     pub pre_dump: bool,
+    /// How a pre-dump collects pages (CRIU's default: splice, which keeps
+    /// the tree frozen while it copies them; VM_READ reads them after the
+    /// tree runs again).
+    pub pre_dump_mode: Option<PreDumpMode>,
+    /// A SOCK_DGRAM unix socket of this process, kept open across the
+    /// pre-dumps and the dump of one series: CRIU keeps pidfds of the tree
+    /// in it and fails a later iteration whose pids were reused by other
+    /// processes (pidfd_store_sk).
+    pub pidfd_store: Option<RawFd>,
     pub manage_cgroups_mode: Option<CgMode>,
     pub empty_ns_network: bool,
     pub auto_dedup: bool,
@@ -71,6 +82,8 @@ impl CheckpointOptions {
             page_server: None,
             page_server_tls: None,
             pre_dump: false,
+            pre_dump_mode: None,
+            pidfd_store: None,
             manage_cgroups_mode: None,
             empty_ns_network: false,
             auto_dedup: false,
@@ -404,6 +417,12 @@ impl Dump<'_> {
         if opts.pre_dump {
             o.set_track_mem(true);
         }
+        if let Some(m) = opts.pre_dump_mode {
+            o.set_pre_dump_mode(m);
+        }
+        if let Some(sk) = opts.pidfd_store {
+            o.set_pidfd_store_sk(sk);
+        }
         if let Some(fd) = opts.status_fd {
             o.set_status_fd(fd);
         }
@@ -449,8 +468,12 @@ impl Dump<'_> {
                 Ok(())
             };
         let log = self.dirs.log();
+        // Not for a pre-dump: CRIU puts the cgroup back in the state it
+        // found it in when it lets the tree go, before it writes the pages,
+        // so a cgroup ferry froze would stay frozen for the whole transfer.
+        // Frozen by CRIU, it runs again as soon as the pages are collected.
         let mut handler = DumpHandler {
-            freeze: (!self.was_paused).then_some(&self.cgroup),
+            freeze: (!self.was_paused && !opts.pre_dump).then_some(&self.cgroup),
             frozen: false,
             veth: c.state.veth.as_ref(),
             method: opts.network_lock,
@@ -487,7 +510,9 @@ impl Dump<'_> {
             &mut arm,
         );
         let unlocked = handler.unlock();
-        let frozen = handler.frozen;
+        // A pre-dump's cgroup was frozen by CRIU, which thaws it unless it
+        // dies first: thawed in any case (a no-op when it is).
+        let frozen = handler.frozen || (opts.pre_dump && !self.was_paused);
         let keep_frozen = handler.post_dump.as_ref().is_some_and(|p| p.keep_frozen());
         DumpRun {
             result,
@@ -557,6 +582,9 @@ impl Container {
         if opts.leave_running && opts.leave_stopped {
             return Err(Error::LeaveRunningAndStopped);
         }
+        if opts.pre_dump_mode.is_some() && !opts.pre_dump {
+            return Err(Error::PreDumpModeWithoutPreDump);
+        }
         let lock = self.dir.lock()?;
         // A lock recorded by a dump whose ferry was killed.
         super::delete::remove_criu_lock(&self.dir);
@@ -606,13 +634,10 @@ impl Container {
         let run = dump.run(&criu, o, post_dump);
         dump.settle(run)?;
         let Dump { dirs, .. } = dump;
-        let stats = if opts.pre_dump {
-            None
-        } else {
-            criu::read_dump_stats(&dirs.images)
-                .or_else(|_| criu::read_dump_stats(&dirs.work))
-                .ok()
-        };
+        // A pre-dump writes its statistics too (its pages, its frozen time).
+        let stats = criu::read_dump_stats(&dirs.images)
+            .or_else(|_| criu::read_dump_stats(&dirs.work))
+            .ok();
         let removed = opts.kills();
         let hook_warnings = if removed {
             drop(lock);

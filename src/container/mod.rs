@@ -150,6 +150,8 @@ pub enum Error {
     CgroupModeFreezes { mode: &'static str },
     #[error("a checkpoint cannot both leave the container running and leave it stopped")]
     LeaveRunningAndStopped,
+    #[error("a pre-dump mode applies to pre-dumps only: add --pre-dump or drop --pre-dump-mode")]
+    PreDumpModeWithoutPreDump,
     #[error("{what} {path} is not a directory: pass a directory path")]
     NotADirectory { what: &'static str, path: PathBuf },
     #[error("cannot create {what} {path}: {source}")]

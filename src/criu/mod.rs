@@ -22,7 +22,7 @@ mod version;
 
 pub use crate::proto::rpc::{
     Criu_cg_mode as CgMode, Criu_network_lock_method as NetworkLock, Criu_opts as Opts,
-    Criu_req_type as ReqType, Criu_resp as Response,
+    Criu_pre_dump_mode as PreDumpMode, Criu_req_type as ReqType, Criu_resp as Response,
 };
 pub use client::check_version;
 pub use errors::{Error, Failure, Result};

@@ -1,18 +1,19 @@
 //! A ferry container as the sending end of a migration.
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use migrate::mode::DumpKind;
+use migrate::mode::{DumpKind, Mode};
 use migrate::source::CommitInfo;
 use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::FreezerState;
 use crate::container::{CheckpointOptions, HoldError, PostDump};
-use crate::criu::DumpStats;
+use crate::criu::{DumpStats, PreDumpMode};
 use crate::freeze_guard::{GuardHandle, OnDeath};
 use crate::network::LockMethod;
 use crate::{Container, Status};
@@ -28,6 +29,8 @@ pub struct SourceOptions {
     /// the destination and resume or remove the container. Without it the
     /// container stays frozen for the operator.
     pub settle_with: Option<PathBuf>,
+    /// How pre-copy rounds collect pages (`None`: CRIU's default, splice).
+    pub pre_dump_mode: Option<PreDumpMode>,
 }
 
 impl Default for SourceOptions {
@@ -36,6 +39,7 @@ impl Default for SourceOptions {
             tcp_established: false,
             network_lock: LockMethod::Nftables,
             settle_with: None,
+            pre_dump_mode: None,
         }
     }
 }
@@ -97,6 +101,10 @@ pub struct ContainerSource {
     pub stats: Option<DumpStats>,
     /// When the post-dump hold was reached.
     pub dumped_at: Option<Instant>,
+    /// CRIU can keep pidfds across pre-copy rounds (seen at preflight).
+    pidfd_store_supported: bool,
+    /// The pidfd store of this migration's rounds and final dump.
+    pidfd_store: Option<OwnedFd>,
 }
 
 impl ContainerSource {
@@ -113,6 +121,8 @@ impl ContainerSource {
             held: None,
             stats: None,
             dumped_at: None,
+            pidfd_store_supported: false,
+            pidfd_store: None,
         })
     }
 
@@ -124,9 +134,11 @@ impl ContainerSource {
     /// dump finished (after the commit).
     pub fn complete_report(&self, r: &mut migrate::Report) {
         if let Some(s) = &self.stats {
+            // Pre-copy rounds counted their own pages already; the held
+            // dump's figures arrive only now.
             r.pages.written = s.pages_written;
-            r.pages.skipped = s.pages_skipped_parent;
-            r.bytes.memory = s.pages_written * migrate::mode::PAGE_SIZE;
+            r.pages.skipped += s.pages_skipped_parent;
+            r.bytes.memory = (r.pages.pre_dumped + s.pages_written) * migrate::mode::PAGE_SIZE;
             r.timings.memory_transfer = Duration::from_micros(s.memwrite_time_us as u64);
         }
     }
@@ -255,12 +267,35 @@ impl ContainerSource {
         o.page_server_tls = plan.tls.clone();
         o.tcp_established = self.opts.tcp_established;
         o.network_lock = self.opts.network_lock;
+        o.pidfd_store = self.pidfd_store.as_ref().map(AsRawFd::as_raw_fd);
         o
+    }
+
+    /// The pidfd store for this migration's pre-dumps, made at the first
+    /// one (where CRIU has it): with it a round whose processes died and
+    /// whose pids were taken by others fails instead of dumping strangers.
+    fn pidfd_store(&mut self) -> Result<(), HostError> {
+        if self.pidfd_store_supported && self.pidfd_store.is_none() {
+            use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+            let sk = socket(
+                AddressFamily::Unix,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(|e| format!("cannot create the pidfd store socket: {e}"))?;
+            self.pidfd_store = Some(sk);
+        }
+        Ok(())
     }
 
     /// The error of a failed dump, with CRIU's log kept where the user can
     /// read it (the images directory is removed after a failure).
     fn dump_failed(&self, plan: &DumpPlan, error: String) -> HostError {
+        self.criu_failed(plan, error, migrate::mode::DUMP_LOG, "-dump.log")
+    }
+
+    fn criu_failed(&self, plan: &DumpPlan, error: String, log: &str, kept: &str) -> HostError {
         let keep = plan
             .images_dir
             .parent()
@@ -269,9 +304,9 @@ impl ContainerSource {
         super::keep_log(
             error,
             &plan.images_dir,
-            migrate::mode::DUMP_LOG,
+            log,
             keep,
-            &crate::id::file_name(&self.id, "-dump.log"),
+            &crate::id::file_name(&self.id, kept),
         )
         .into()
     }
@@ -404,6 +439,7 @@ impl SourceHost for ContainerSource {
         let extra = Extra {
             tcp_established: self.opts.tcp_established,
         };
+        self.pidfd_store_supported = criu.features()?.pidfd_store;
         Ok(SourceInfo {
             id: self.id.clone(),
             criu_version: criu.version()?.to_string(),
@@ -419,9 +455,50 @@ impl SourceHost for ContainerSource {
         })
     }
 
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::StopCopy, Mode::PreCopy]
+    }
+
+    /// One pre-copy round: a pre-dump streaming the pages written since
+    /// the last round to the destination's page server. The container is
+    /// frozen only while CRIU collects the pages (with
+    /// `PreDumpMode::VM_READ`, not even while it copies them).
+    fn pre_dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
+        if plan.kind != DumpKind::PreDump || !plan.track_mem || plan.lazy_pages {
+            return Err("a pre-copy round must be a pre-dump that tracks memory".into());
+        }
+        if self.held.is_some() {
+            return Err("a dump of this container is already held".into());
+        }
+        self.pidfd_store()?;
+        let c = self.load()?;
+        let mut o = self.checkpoint_options(plan);
+        o.pre_dump = true;
+        o.pre_dump_mode = self.opts.pre_dump_mode;
+        let called = Instant::now();
+        let done = c
+            .checkpoint(&o)
+            .map_err(|e| self.criu_failed(plan, e.to_string(), "pre-dump.log", "-pre-dump.log"))?;
+        let s = done.stats.ok_or_else(|| {
+            format!(
+                "CRIU wrote no statistics for the pre-dump in {}: the round's pages are unknown",
+                plan.images_dir.display()
+            )
+        })?;
+        let us = |v: u32| Duration::from_micros(u64::from(v));
+        Ok(DumpOutcome {
+            frozen_at: Some(called),
+            freeze: us(s.freezing_time_us),
+            dump: us(s.frozen_time_us),
+            memory_transfer: Some(us(s.memwrite_time_us)),
+            pages_written: s.pages_written,
+            pages_skipped: s.pages_skipped_parent,
+        })
+    }
+
     fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
         if plan.kind != DumpKind::Dump || plan.lazy_pages {
-            return Err("ferry migrates with a final dump only (stop-copy)".into());
+            return Err("the final dump of a migration must be a plain dump".into());
         }
         if self.held.is_some() {
             return Err("a dump of this container is already held".into());

@@ -151,7 +151,7 @@ impl Host {
         self.serve = Some(child);
         let mut port = None;
         assert!(
-            wait_until(Duration::from_secs(10), || {
+            wait_until(Duration::from_secs(30), || {
                 port = std::fs::read_to_string(&out).ok().and_then(|t| {
                     t.lines()
                         .find_map(|l| l.strip_prefix("listening on "))

@@ -163,32 +163,133 @@ fn post_copy_requests() {
     );
 }
 
-fn it(pages: u64, ms: u64) -> Iteration {
-    Iteration {
-        pages_written: pages,
-        duration: Duration::from_millis(ms),
+/// A round of `pages` that started at `at` ms and took `ms`, all of it
+/// transferring.
+fn it(pages: u64, at: u64, ms: u64) -> Iteration {
+    let d = Duration::from_millis(ms);
+    Iteration::measured(
+        pages,
+        Duration::from_millis(at),
+        d,
+        Some(d),
+        Duration::from_millis(5),
+    )
+}
+
+/// Rounds of a workload dirtying `dirty` pages/s over a link of `link`
+/// pages/s with `total` pages, run until the rule stops; returns the rounds
+/// and why they stopped.
+fn simulate(total: u64, dirty: f64, link: f64, p: &PreCopyPolicy) -> (Vec<Iteration>, String) {
+    let mut h: Vec<Iteration> = Vec::new();
+    let mut at = 0.0;
+    let mut pages = total;
+    loop {
+        if let Err(why) = precopy_next(&mut h, p) {
+            return (h, why);
+        }
+        let secs = pages as f64 / link + 0.01;
+        h.push(it(pages, (at * 1e3) as u64, (secs * 1e3) as u64));
+        at += secs;
+        pages = ((dirty * secs) as u64).min(total);
+    }
+}
+
+fn policy(ms: u64) -> PreCopyPolicy {
+    PreCopyPolicy {
+        max_downtime: Duration::from_millis(ms),
+        ..PreCopyPolicy::default()
     }
 }
 
 #[test]
-fn pre_copy_stops_when_the_downtime_fits_or_progress_stalls() {
+fn defaults_are_at_least_p_hauls_bounds() {
+    let p = PreCopyPolicy::default();
+    assert_eq!(p.max_iterations, 8);
+    assert_eq!(p.min_pages, 64);
+    assert!(p.min_shrink <= 1.1);
+}
+
+#[test]
+fn the_first_round_predicts_that_everything_changes() {
+    let mut h = vec![it(65536, 0, 2000)];
+    assert!(precopy_next(&mut h, &policy(100)).is_ok());
+    assert_eq!(h[0].predicted_pages, 65536);
+    assert_eq!(h[0].predicted_downtime, Some(Duration::from_millis(2000)));
+    // A small container fits at once.
+    let mut h = vec![it(500, 0, 20)];
+    let e = precopy_next(&mut h, &policy(100)).unwrap_err();
+    assert!(e.contains("within the downtime target of 100 ms"), "{e}");
+}
+
+#[test]
+fn the_prediction_is_the_dirty_rate_times_the_last_round() {
+    // Round 2 found 2000 pages changed in the 2 s since round 1 started
+    // (1000 pages/s); it took 500 ms, so ~500 pages are dirty again.
+    let mut h = vec![it(65536, 0, 2000), it(2000, 2000, 500)];
+    // 18.5 ms misses a 10 ms target: another round.
+    assert!(precopy_next(&mut h, &policy(10)).is_ok());
+    assert_eq!(h[1].predicted_pages, 500);
+    // 67536 pages in 2.5 s: 27014 pages/s, so 500 pages take ~18.5 ms.
+    let t = h[1].predicted_downtime.unwrap().as_secs_f64() * 1e3;
+    assert!((18.0..19.0).contains(&t), "{t}");
+    let e = precopy_next(&mut h, &policy(20)).unwrap_err();
+    assert!(e.contains("500 pages in 19 ms"), "{e}");
+}
+
+#[test]
+fn the_gap_between_rounds_counts_towards_the_final_dump() {
+    // Round 2 started 3 s after round 1, which took 2 s: 1 s between
+    // rounds. 3000 pages in 3 s, so 1000 pages/s dirty; round 2 took 500
+    // ms, plus the 1 s gap before the freeze: 1500 pages.
+    let mut h = vec![it(65536, 0, 2000), it(3000, 3000, 500)];
+    assert!(precopy_next(&mut h, &policy(10)).is_ok());
+    assert_eq!(h[1].predicted_pages, 1500);
+}
+
+#[test]
+fn a_rate_1_mib_workload_converges_in_few_rounds_to_a_small_freeze() {
+    // 256 MiB, 1 MiB/s dirtied (256 pages/s), a 100 MiB/s link.
+    let (h, why) = simulate(65536, 256.0, 25600.0, &policy(30));
+    assert!(h.len() >= 2 && h.len() <= 3, "{h:?}");
+    assert!(why.contains("within the downtime target of 30 ms"), "{why}");
+    assert!(h
+        .windows(2)
+        .all(|w| w[1].pages_written < w[0].pages_written));
+    let last = h.last().unwrap();
+    assert!(last.predicted_downtime.unwrap() <= Duration::from_millis(30));
+}
+
+#[test]
+fn a_workload_dirtying_faster_than_the_link_stops_at_once() {
+    // Dirties 2x what the link carries: round 2 sends all of it again.
+    let (h, why) = simulate(65536, 51200.0, 25600.0, &policy(30));
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert!(why.contains("not converging: round 2"), "{why}");
+    // The freeze that follows is bounded by the memory size.
+    assert!(h[1].predicted_pages <= 2 * 65536, "{h:?}");
+}
+
+#[test]
+fn few_pages_left_stop_even_over_a_slow_link() {
+    // 10 pages/s dirty, 1000 pages/s link, a 1 ms target that never fits.
+    let (h, why) = simulate(4096, 10.0, 1000.0, &policy(1));
+    assert!(
+        why.contains("predicted for the final dump (at most 64)"),
+        "{why}"
+    );
+    assert!(h.last().unwrap().predicted_pages <= 64, "{h:?}");
+}
+
+#[test]
+fn slow_steady_shrinking_stops_at_the_round_limit() {
+    // Each round halves (dirty rate half the link): never fits 1 ms and
+    // never stalls, so the cap ends it.
     let p = PreCopyPolicy {
         max_iterations: 5,
-        max_downtime: Duration::from_millis(100),
-        min_shrink: 0.8,
+        min_pages: 0,
+        ..policy(0)
     };
-    assert!(precopy_next(&[], &p).is_ok());
-    // 65536 pages in 2 s: the same again would take 2 s.
-    assert!(precopy_next(&[it(65536, 2000)], &p).is_ok());
-    // 2000 pages at that rate: ~61 ms, fits.
-    let e = precopy_next(&[it(65536, 2000), it(2000, 61)], &p).unwrap_err();
-    assert!(e.contains("fits the downtime target of 100 ms"), "{e}");
-    // Barely shrinking.
-    let e = precopy_next(&[it(65536, 2000), it(60000, 1800)], &p).unwrap_err();
-    assert!(e.contains("stopped converging"), "{e}");
-    // Shrinking well but slowly: goes on until the cap.
-    let h: Vec<_> = (0..5).map(|i| it(65536 >> i, 2000 >> i)).collect();
-    assert!(precopy_next(&h[..4], &p).is_ok());
-    let e = precopy_next(&h, &p).unwrap_err();
-    assert!(e.contains("maximum of 5"), "{e}");
+    let (h, why) = simulate(1 << 30, 500.0, 1000.0, &p);
+    assert_eq!(h.len(), 5, "{h:?}");
+    assert!(why.contains("maximum of 5 pre-copy rounds"), "{why}");
 }

@@ -155,6 +155,7 @@ pub fn migrate(
             pages: Default::default(),
             pre_copy: Vec::new(),
             pre_copy_stop: None,
+            predicted_downtime: None,
             dest_pid: None,
             warnings: Vec::new(),
         },
@@ -433,7 +434,7 @@ impl Run<'_> {
         }
         let mut history: Vec<Iteration> = Vec::new();
         let stop = loop {
-            if let Err(why) = mode::precopy_next(&history, &policy) {
+            if let Err(why) = mode::precopy_next(&mut history, &policy) {
                 break why;
             }
             let i = history.len() as u32 + 1;
@@ -443,17 +444,22 @@ impl Run<'_> {
                 .map_err(Error::io("create", &plan.images_dir))?;
             let started = Instant::now();
             let out = self.host.pre_dump(&plan).map_err(Error::host("pre-dump"))?;
-            let it = Iteration {
-                pages_written: out.pages_written,
-                duration: out.memory_transfer.unwrap_or_else(|| started.elapsed()),
-            };
+            let it = Iteration::measured(
+                out.pages_written,
+                started.duration_since(t),
+                started.elapsed(),
+                out.memory_transfer,
+                out.freeze + out.dump,
+            );
             self.dump_done(out.pages_written)?;
             self.report.pages.pre_dumped += out.pages_written;
             self.report.pages.skipped += out.pages_skipped;
             self.report.bytes.memory += out.pages_written * PAGE_SIZE;
             history.push(it);
+            self.report.pre_copy = history.clone();
             self.check()?;
         };
+        self.report.predicted_downtime = history.last().and_then(|i| i.predicted_downtime);
         self.report.pre_copy = history.clone();
         self.report.pre_copy_stop = Some(stop);
         self.report.timings.pre_dump = t.elapsed();
