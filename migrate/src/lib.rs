@@ -82,6 +82,7 @@ pub mod files;
 pub mod host;
 pub mod info;
 pub mod mode;
+pub mod page_stream;
 pub mod proto;
 pub mod remove;
 pub mod report;

@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use migrate::mode::DumpKind;
+use migrate::page_stream::PageStream;
 use migrate::source::CommitInfo;
 use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
@@ -93,6 +94,8 @@ pub struct ContainerSource {
     id: String,
     opts: SourceOptions,
     held: Option<Held>,
+    /// The connection to the destination's page server, relayed to CRIU.
+    stream: Option<PageStream>,
     /// CRIU's statistics of the final dump, once it finished (commit).
     pub stats: Option<DumpStats>,
     /// When the post-dump hold was reached.
@@ -111,6 +114,7 @@ impl ContainerSource {
             id: c.id().to_string(),
             opts,
             held: None,
+            stream: None,
             stats: None,
             dumped_at: None,
         })
@@ -138,6 +142,7 @@ impl Drop for ContainerSource {
         if let Some(h) = self.held.take() {
             let _ = h.release(false);
         }
+        self.stream = None;
     }
 }
 
@@ -244,8 +249,13 @@ fn check_stdio(id: &str, pid: i32) -> Result<(), HostError> {
 
 impl ContainerSource {
     /// The checkpoint request for `plan`: pages to the destination's page
-    /// server, held at post-dump.
-    fn checkpoint_options(&self, plan: &DumpPlan) -> CheckpointOptions {
+    /// server over `stream` (ferry's connection, handed to CRIU), held at
+    /// post-dump.
+    fn checkpoint_options(
+        &self,
+        plan: &DumpPlan,
+        stream: Option<&PageStream>,
+    ) -> CheckpointOptions {
         let mut o = CheckpointOptions::new(&plan.images_dir);
         o.parent_path = plan.parent_img.as_ref().map(PathBuf::from);
         o.page_server = plan
@@ -253,14 +263,42 @@ impl ContainerSource {
             .as_ref()
             .map(|t| (t.address.clone(), t.port));
         o.page_server_tls = plan.tls.clone();
+        o.page_server_fd = stream.and_then(PageStream::criu_fd);
         o.tcp_established = self.opts.tcp_established;
         o.network_lock = self.opts.network_lock;
         o
     }
 
+    /// Connects to the destination's page server, when the plan streams
+    /// pages (with the plan's TLS files; the destination's certificate
+    /// must name the address).
+    fn connect_page_stream(plan: &DumpPlan) -> Result<Option<PageStream>, HostError> {
+        let Some(t) = &plan.page_server else {
+            return Ok(None);
+        };
+        let ip: std::net::IpAddr = t
+            .address
+            .parse()
+            .map_err(|_| format!("page server address {:?} is not an IP address", t.address))?;
+        let addr = std::net::SocketAddr::new(ip, t.port);
+        Ok(Some(migrate::page_stream::connect(
+            addr,
+            &t.address,
+            plan.tls.as_ref(),
+        )?))
+    }
+
     /// The error of a failed dump, with CRIU's log kept where the user can
-    /// read it (the images directory is removed after a failure).
-    fn dump_failed(&self, plan: &DumpPlan, error: String) -> HostError {
+    /// read it (the images directory is removed after a failure). A broken
+    /// page stream is named first: it is why CRIU could not send.
+    fn dump_failed(&mut self, plan: &DumpPlan, mut error: String) -> HostError {
+        if let Some(s) = self.stream.take() {
+            if s.is_finished() {
+                if let Err(e) = s.finish(Duration::ZERO) {
+                    error = format!("{e}; {error}");
+                }
+            }
+        }
         let keep = plan
             .images_dir
             .parent()
@@ -428,7 +466,8 @@ impl SourceHost for ContainerSource {
         }
         let c = self.load()?;
         let cgroup = c.cgroup()?;
-        let o = self.checkpoint_options(plan);
+        self.stream = Self::connect_page_stream(plan)?;
+        let o = self.checkpoint_options(plan, self.stream.as_ref());
         let called = Instant::now();
         let (held, ev_rx) = spawn_dump(c, o)?;
         // Wait for the hold, noting when the cgroup froze (ferry freezes it
@@ -451,6 +490,7 @@ impl SourceHost for ContainerSource {
                 Err(mpsc::RecvTimeoutError::Timeout) => watch.poll(cgroup.as_ref()),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = held.thread.join();
+                    self.stream = None;
                     return Err("the dump thread ended without a result".into());
                 }
             }
@@ -464,10 +504,13 @@ impl SourceHost for ContainerSource {
                 tracing::warn!(%e, "freeze guard");
             }
             // CRIU resumes the tree and reports the dump as failed.
-            if h.release(false).is_ok() {
+            let released = h.release(false);
+            self.stream = None;
+            if released.is_ok() {
                 return Err("CRIU finished the dump although it was told to roll back".into());
             }
         }
+        self.stream = None;
         // After a failed dump ferry has already thawed the container.
         let c = self.load()?;
         match c.status() {
@@ -494,6 +537,7 @@ impl SourceHost for ContainerSource {
             tracing::warn!(%e, "freeze guard");
         }
         self.stats = h.release(true)?;
+        self.stream = None;
         Ok(())
     }
 
@@ -519,6 +563,7 @@ impl SourceHost for ContainerSource {
             }
             let _ = h.release(false);
         }
+        self.stream = None;
     }
 }
 
