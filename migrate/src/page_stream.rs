@@ -487,7 +487,7 @@ impl Relay {
 
     fn pump(&mut self) -> Result<RelayStats, PageStreamError> {
         loop {
-            while self.step()? {}
+            while !self.done() && self.step()? {}
             if self.done() {
                 if self.remote_eof {
                     let _ = self.local.shutdown(Shutdown::Write);
@@ -657,7 +657,8 @@ impl Relay {
         let st = c
             .process_new_packets()
             .map_err(|e| PageStreamError::Protocol(format!("TLS: {e}")))?;
-        if !st.peer_has_closed() {
+        // Once our side has ended, the peer may hang up without a word.
+        if !st.peer_has_closed() && !self.local_eof {
             return Err(PageStreamError::Truncated);
         }
         if st.plaintext_bytes_to_read() == 0 {

@@ -4,10 +4,12 @@
 # Live migration between two "hosts" (network namespaces joined by a veth
 # pair, addresses only inside them), for memhog containers holding 64 MiB,
 # 256 MiB and 1 GiB of random data:
-#   - ferry migrate (stop-copy, mutual TLS, pages over CRIU's TLS page
-#     server): downtime and total from --json, memory-phase throughput,
-#     peak RSS of `ferry migrate` and of `ferry serve` (VmHWM), and the
-#     largest heartbeat gap the workload itself saw (maxgap, every 10 ms);
+#   - ferry migrate (stop-copy, mutual TLS, pages over ferry's page stream
+#     into CRIU's page server): downtime and total from --json, memory-phase
+#     throughput (CRIU's time writing pages, and the whole dump after the
+#     freeze, which also waits for the page server to confirm), peak RSS of
+#     `ferry migrate` and of `ferry serve` (VmHWM), and the largest
+#     heartbeat gap the workload itself saw (maxgap, every 10 ms);
 #   - podman's baseline: `podman container checkpoint --export` + copy +
 #     `podman container restore --import` (Debian's podman with runc and the
 #     same CRIU), with the workload's maxgap;
@@ -187,7 +189,7 @@ start_serve() {
   [ -n "$port" ] || { log "ferry serve did not start: $(cat "$tmp/serve.err")"; exit 1; }
 }
 
-declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK P_DOWN P_GAP P_OK
+declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_DUMPRATE F_SRC_RSS F_DST_RSS F_OK P_DOWN P_GAP P_OK
 for size in $SIZES; do
   log "ferry: $size MiB"
   : >"$tmp/serve.out"
@@ -224,6 +226,7 @@ for size in $SIZES; do
   F_TOTAL[$size]=$(jq '.timings.total' "$r")
   F_PHASES[$size]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
   F_MEMRATE[$size]=$(jq '(.bytes.memory / 1048576) / (.timings.memory_transfer / 1000)' "$r")
+  F_DUMPRATE[$size]=$(jq '(.bytes.memory / 1048576) / (.timings.dump / 1000)' "$r")
   sleep 0.3
   F_GAP[$size]=$(awk '{printf "%.1f", $1 / 1000}' "$tmp/ferry-data-$size/maxgap")
   fb kill "$id" USR1
@@ -291,7 +294,8 @@ done
 echo
 for size in $SIZES; do
   [ "${F_OK[$size]:-0}" = 1 ] || continue
-  awk -v s="$size" -v d="${F_DOWN[$size]}" -v g="${F_GAP[$size]}" -v m="${F_MEMRATE[$size]}" -v r="$raw" 'BEGIN {
-    printf "%sM: reported downtime / heartbeat gap = %.2f; memory phase at %.0f%% of raw TCP\n",
-      s, d / g, 100 * m / r }'
+  awk -v s="$size" -v d="${F_DOWN[$size]}" -v g="${F_GAP[$size]}" -v m="${F_MEMRATE[$size]}" \
+    -v w="${F_DUMPRATE[$size]}" -v r="$raw" 'BEGIN {
+    printf "%sM: reported downtime / heartbeat gap = %.2f; memory phase at %.0f%% of raw TCP (%.0f MiB/s); whole dump at %.0f%% (%.0f MiB/s)\n",
+      s, d / g, 100 * m / r, m, 100 * w / r, w }'
 done
