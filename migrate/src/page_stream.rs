@@ -37,6 +37,9 @@ pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(8);
 const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Bytes moved per read.
 const BLOCK: usize = 1 << 20;
+/// A read from CRIU at least this large carries pages (its requests and
+/// answers are a few dozen bytes).
+pub const BULK: usize = 64 << 10;
 /// Send buffer of each end of the local socket pair: a few blocks, so
 /// CRIU and the relay rarely wait for each other.
 const LOCAL_BUFFER: libc::c_int = 4 << 20;
@@ -96,6 +99,10 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> PageStreamError {
 pub struct RelayStats {
     pub up: u64,
     pub down: u64,
+    /// From CRIU's first byte to its last large write (at least
+    /// [`BULK`]): on the source, the time CRIU took to stream its pages
+    /// (what is still in flight then is at most a few MiB of buffers).
+    pub elapsed: Duration,
 }
 
 /// A user timeout and keepalives, so a dead peer or a cut link is noticed
@@ -430,6 +437,9 @@ struct Relay {
     /// Our end of the wire was closed for writing.
     sent_eof: bool,
     stats: RelayStats,
+    /// When the first byte came from CRIU, and the last large read.
+    first_up: Option<Instant>,
+    last_bulk: Option<Instant>,
 }
 
 impl Relay {
@@ -457,11 +467,18 @@ impl Relay {
             remote_eof: false,
             sent_eof: false,
             stats: RelayStats::default(),
+            first_up: None,
+            last_bulk: None,
         })
     }
 
     fn run(mut self) -> Result<RelayStats, PageStreamError> {
-        let r = self.pump();
+        let r = self.pump().map(|mut s| {
+            if let (Some(a), Some(b)) = (self.first_up, self.last_bulk) {
+                s.elapsed = b.saturating_duration_since(a);
+            }
+            s
+        });
         if r.is_err() {
             // CRIU must see the failure at once: it is blocked on its end.
             let _ = self.local.shutdown(Shutdown::Both);
@@ -563,6 +580,11 @@ impl Relay {
                 c.send_close_notify();
             }
             return Ok(true);
+        }
+        let now = Instant::now();
+        self.first_up.get_or_insert(now);
+        if n >= BULK {
+            self.last_bulk = Some(now);
         }
         self.stats.up += n as u64;
         match &mut self.tls {

@@ -100,6 +100,9 @@ pub struct ContainerSource {
     pub stats: Option<DumpStats>,
     /// When the post-dump hold was reached.
     pub dumped_at: Option<Instant>,
+    /// The memory transfer as the page stream timed it (CRIU's first byte
+    /// to its last page), when the stream ended before the hold.
+    streamed: Option<Duration>,
 }
 
 impl ContainerSource {
@@ -117,6 +120,7 @@ impl ContainerSource {
             stream: None,
             stats: None,
             dumped_at: None,
+            streamed: None,
         })
     }
 
@@ -131,7 +135,10 @@ impl ContainerSource {
             r.pages.written = s.pages_written;
             r.pages.skipped = s.pages_skipped_parent;
             r.bytes.memory = s.pages_written * migrate::mode::PAGE_SIZE;
-            r.timings.memory_transfer = Duration::from_micros(s.memwrite_time_us as u64);
+            // CRIU's own figure stops once the pages are in its socket.
+            r.timings.memory_transfer = self
+                .streamed
+                .unwrap_or(Duration::from_micros(s.memwrite_time_us as u64));
         }
     }
 }
@@ -286,6 +293,30 @@ impl ContainerSource {
             &t.address,
             plan.tls.as_ref(),
         )?))
+    }
+
+    /// How long CRIU streamed pages, once the page server has written
+    /// everything and hung up (it does on the dump's disconnect, moments
+    /// before the hold; the container is frozen, so wait only briefly).
+    fn stream_time(&mut self) -> Option<Duration> {
+        let s = self.stream.as_ref()?;
+        let deadline = Instant::now() + Duration::from_millis(50);
+        while !s.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !s.is_finished() {
+            return None;
+        }
+        match self.stream.take()?.finish(Duration::ZERO) {
+            Ok(st) => {
+                tracing::debug!(bytes = st.up, elapsed = ?st.elapsed, "page stream finished");
+                (st.up >= migrate::page_stream::BULK as u64).then_some(st.elapsed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "page stream");
+                None
+            }
+        }
     }
 
     /// The error of a failed dump, with CRIU's log kept where the user can
@@ -478,7 +509,10 @@ impl SourceHost for ContainerSource {
                 Ok(Event::Held(at, _)) => {
                     self.dumped_at = Some(at);
                     self.held = Some(held.with_events(ev_rx));
-                    return Ok(watch.outcome(called, at));
+                    let mut out = watch.outcome(called, at);
+                    self.streamed = self.stream_time();
+                    out.memory_transfer = self.streamed;
+                    return Ok(out);
                 }
                 Ok(Event::Done(r)) => {
                     let _ = held.thread.join();

@@ -84,6 +84,7 @@ fn pages_cross_intact_over_tls_and_both_relays_end_by_themselves() {
     let s = s.unwrap();
     let d = d.unwrap();
     assert_eq!((s.up, s.down), (len as u64, 4));
+    assert!(s.elapsed > Duration::ZERO, "the pages were not timed");
     assert_eq!((d.up, d.down), (4, len as u64));
 }
 
