@@ -272,7 +272,9 @@ pub fn connect(
 
 /// Destination side: listens on `ip` (port chosen by the kernel), accepts
 /// one source within `accept_timeout` (TLS with `tls`: it must present a
-/// certificate of the operator CA) and relays.
+/// certificate of the operator CA; others are turned away and the wait
+/// goes on, so a stranger knocking first cannot take the source's place)
+/// and relays.
 pub fn listen(
     ip: IpAddr,
     tls: Option<&TlsPaths>,
@@ -288,18 +290,32 @@ pub fn listen(
     let creds = tls.map(Credentials::load_unchecked).transpose()?;
     let (criu, local) = local_pair()?;
     spawn(criu, port, move |stop| {
-        let mut tcp = accept(&listener, &stop, accept_timeout)?;
-        drop(listener);
-        tune(&tcp);
-        let conn = match creds {
-            None => None,
-            Some(creds) => {
-                let mut c =
-                    ServerConnection::new(creds.server_config()?).map_err(TlsError::Config)?;
-                handshake(&mut c, &mut tcp, &creds.paths().ca)?;
-                Some(Connection::Server(c))
+        let deadline = Instant::now() + accept_timeout;
+        let mut refused = None;
+        let (tcp, conn) = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut tcp = match accept(&listener, &stop, left) {
+                Ok(tcp) => tcp,
+                // Say why the one who came was refused, if anyone came.
+                Err(PageStreamError::NoPeer(_)) => {
+                    return Err(refused.unwrap_or(PageStreamError::NoPeer(accept_timeout)))
+                }
+                Err(e) => return Err(e),
+            };
+            tune(&tcp);
+            let Some(creds) = &creds else {
+                break (tcp, None);
+            };
+            let mut c = ServerConnection::new(creds.server_config()?).map_err(TlsError::Config)?;
+            match handshake(&mut c, &mut tcp, &creds.paths().ca) {
+                Ok(()) => break (tcp, Some(Connection::Server(c))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "page stream: refused a connection");
+                    refused = Some(e);
+                }
             }
         };
+        drop(listener);
         Relay::new(local, tcp, conn, stop)?.run()
     })
 }

@@ -97,23 +97,41 @@ fn pages_cross_intact_in_plaintext() {
 }
 
 #[test]
-fn a_source_with_a_certificate_of_another_ca_is_refused() {
+fn a_stranger_knocking_first_is_refused_and_the_source_still_gets_through() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, b) = pki(dir.path());
+    let (a, b) = pki(dir.path());
     let (rogue, _) = pki(&dir.path().join("rogue"));
     let mut dst = listen(LOOPBACK, Some(&b), Duration::from_secs(10)).unwrap();
     let mut server = criu_end(&mut dst);
     let addr = SocketAddr::new(LOOPBACK, dst.port());
     let e = connect(addr, "127.0.0.1", Some(&rogue)).unwrap_err();
     assert!(matches!(e, PageStreamError::Tls(_)), "{e}");
-    // The page server's end sees the stream end; nothing came through.
+    // Nothing of it reached the page server, which still waits for the
+    // source.
+    let mut src = connect(addr, "127.0.0.1", Some(&a)).unwrap();
+    let mut client = criu_end(&mut src);
+    client.write_all(b"pages").unwrap();
+    drop(client);
+    src.close_criu_end();
+    let mut got = [0u8; 5];
+    server.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pages");
+}
+
+#[test]
+fn only_strangers_came_the_page_server_ends_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, b) = pki(dir.path());
+    let (rogue, _) = pki(&dir.path().join("rogue"));
+    let mut dst = listen(LOOPBACK, Some(&b), Duration::from_secs(1)).unwrap();
+    let mut server = criu_end(&mut dst);
+    let addr = SocketAddr::new(LOOPBACK, dst.port());
+    assert!(connect(addr, "127.0.0.1", Some(&rogue)).is_err());
     let mut buf = Vec::new();
     server.read_to_end(&mut buf).unwrap();
     assert!(buf.is_empty());
-    assert!(matches!(
-        dst.finish(Duration::from_secs(5)),
-        Err(PageStreamError::Tls(_))
-    ));
+    let r = dst.finish(Duration::from_secs(5));
+    assert!(matches!(r, Err(PageStreamError::Tls(_))), "{r:?}");
 }
 
 #[test]
