@@ -227,8 +227,10 @@ where
         .name("page-stream".into())
         .spawn(move || {
             let r = work(stop_rx);
-            if let Err(e) = &r {
-                tracing::warn!(error = %e, "page stream ended");
+            match &r {
+                Err(PageStreamError::Stopped) => {}
+                Err(e) => tracing::warn!(error = %e, "page stream failed"),
+                Ok(s) => tracing::debug!(up = s.up, down = s.down, "page stream ended"),
             }
             r
         })
