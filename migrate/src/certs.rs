@@ -8,8 +8,8 @@
 //! host is the client when it sends a container and the server when it
 //! receives one; their SANs must list every address and name peers use to
 //! reach the host. The IP address matters even when peers use a name: the
-//! source's page stream checks the destination's certificate against the
-//! page server's address.
+//! dumping CRIU checks the page server's certificate against the address
+//! it connects to.
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

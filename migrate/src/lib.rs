@@ -52,16 +52,15 @@
 //!
 //! # Memory pages
 //!
-//! Pages go from the source's CRIU into the destination's CRIU page server
-//! on a separate TCP connection, during the dump: nothing is written on the
-//! source's disk. That connection belongs to the hosts, not to CRIU
-//! ([`page_stream`]): the source connects, the destination accepts, each
-//! with a dead-peer timeout of seconds and, unless insecure, mutual TLS 1.3
-//! with the same PEM files as the control channel (the source checks the
-//! destination's certificate against the page server's address); each
-//! CRIU gets one end of a local socket pair (`ps.fd`) and a relay thread
-//! carries it. The plans' `tls` fields name the files for hosts that let
-//! CRIU connect and encrypt itself (as `tests/criu.rs` does).
+//! Pages go from the source's CRIU straight into the destination's CRIU
+//! page server on a separate TCP connection, during the dump: nothing is
+//! written on the source's disk. With TLS, both CRIUs use their own
+//! GnuTLS page-server TLS with the same PEM files as the control channel
+//! (`tls`, `tls_cacert`, `tls_cert`, `tls_key`), so pages are encrypted
+//! and both ends are authenticated against the operator CA. The page
+//! server sets `tls_no_cn_verify` because CRIU would otherwise match the
+//! client's certificate against the server's own listen address; the
+//! source still checks the destination's name.
 //!
 //! # Guarantees
 //!
@@ -83,7 +82,6 @@ pub mod files;
 pub mod host;
 pub mod info;
 pub mod mode;
-pub mod page_stream;
 pub mod proto;
 pub mod remove;
 pub mod report;

@@ -11,7 +11,7 @@
 //!   [pre-copy: PageServer{Some(i)} ... DumpDone ... per iteration]
 //!   PageServer{None} ────────────────────▶  DestHost::start_page_server
 //!         ◀─────────────────────────────── PageServerReady{port}
-//!   SourceHost::dump (pages: CRIU ─▶ relay ══TLS══▶ relay ─▶ CRIU page server)
+//!   SourceHost::dump (pages: CRIU ══TLS══▶ CRIU page server)
 //!   DumpDone ────────────────────────────▶  DestHost::finish_page_server
 //!         ◀─────────────────────────────── DumpOk
 //!   [Rootfs{pass 2} + delta] ────────────▶

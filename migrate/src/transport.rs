@@ -188,12 +188,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// that is only waiting, instead of after TCP's default quarter of an hour.
 pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) fn setsockopt_int(
-    tcp: &TcpStream,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) {
+fn setsockopt_int(tcp: &TcpStream, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
     use std::os::fd::AsRawFd;
     // SAFETY: setsockopt on a socket we own, with a c_int option value.
     unsafe {
@@ -218,7 +213,7 @@ fn tune(tcp: &TcpStream) {
     setsockopt_int(tcp, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, dead * 1000);
 }
 
-pub(crate) fn drive_handshake<C, S>(
+fn drive_handshake<C, S>(
     conn: &mut C,
     tcp: &mut TcpStream,
     ca: &std::path::Path,

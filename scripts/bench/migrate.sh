@@ -4,12 +4,10 @@
 # Live migration between two "hosts" (network namespaces joined by a veth
 # pair, addresses only inside them), for memhog containers holding 64 MiB,
 # 256 MiB and 1 GiB of random data:
-#   - ferry migrate (stop-copy, mutual TLS, pages over ferry's page stream
-#     into CRIU's page server): downtime and total from --json, memory-phase
-#     throughput (CRIU's time writing pages, and the whole dump after the
-#     freeze, which also waits for the page server to confirm), peak RSS of
-#     `ferry migrate` and of `ferry serve` (VmHWM), and the largest
-#     heartbeat gap the workload itself saw (maxgap, every 10 ms);
+#   - ferry migrate (stop-copy, mutual TLS, pages over CRIU's TLS page
+#     server): downtime and total from --json, memory-phase throughput,
+#     peak RSS of `ferry migrate` and of `ferry serve` (VmHWM), and the
+#     largest heartbeat gap the workload itself saw (maxgap, every 10 ms);
 #   - podman's baseline: `podman container checkpoint --export` + copy +
 #     `podman container restore --import` (Debian's podman with runc and the
 #     same CRIU), with the workload's maxgap;
@@ -220,7 +218,7 @@ start_serve() {
   [ -n "$port" ] || { log "ferry serve did not start: $(cat "$tmp/serve.err")"; exit 1; }
 }
 
-declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_DUMPRATE F_SRC_RSS F_DST_RSS F_OK F_ROUNDS P_DOWN P_GAP P_OK
+declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK F_ROUNDS P_DOWN P_GAP P_OK
 for mode in $MODES; do
 for size in $SIZES; do
   k=$mode/$size
@@ -260,7 +258,6 @@ for size in $SIZES; do
   F_TOTAL[$k]=$(jq '.timings.total' "$r")
   F_PHASES[$k]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
   F_MEMRATE[$k]=$(jq '(.bytes.memory / 1048576) / ((.timings.memory_transfer + .timings.pre_dump) / 1000)' "$r")
-  F_DUMPRATE[$k]=$(jq '(.pages.written * 4096 / 1048576) / (.timings.dump / 1000)' "$r")
   F_ROUNDS[$k]=$(jq -r 'if (.pre_copy | length) > 0 then
       "rounds " + ([.pre_copy[] | "\(.pages_written)p/\(.duration)ms/frozen \(.frozen)ms"] | join(", "))
       + "; final \(.pages.written)p, predicted \(.predicted_downtime) ms; stopped: \(.pre_copy_stop)"
@@ -342,10 +339,9 @@ for mode in $MODES; do
 for size in $SIZES; do
   k=$mode/$size
   [ "${F_OK[$k]:-0}" = 1 ] || continue
-  awk -v s="$k" -v d="${F_DOWN[$k]}" -v g="${F_GAP[$k]}" -v m="${F_MEMRATE[$k]}" \
-    -v w="${F_DUMPRATE[$k]}" -v r="$raw" 'BEGIN {
-    printf "%s: reported downtime / heartbeat gap = %.2f; memory phases at %.0f%% of raw TCP (%.0f MiB/s); final dump at %.0f%% (%.0f MiB/s)\n",
-      s, d / g, 100 * m / r, m, 100 * w / r, w }'
+  awk -v s="$k" -v d="${F_DOWN[$k]}" -v g="${F_GAP[$k]}" -v m="${F_MEMRATE[$k]}" -v r="$raw" 'BEGIN {
+    printf "%s: reported downtime / heartbeat gap = %.2f; memory phases at %.0f%% of raw TCP\n",
+      s, d / g, 100 * m / r }'
 done
 done
 for size in $SIZES; do

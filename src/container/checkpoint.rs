@@ -47,9 +47,6 @@ pub struct CheckpointOptions {
     pub page_server: Option<(String, u16)>,
     /// TLS material for CRIU's page-server connection (PEM files).
     pub page_server_tls: Option<migrate::TlsPaths>,
-    /// A connected socket to the page server, which CRIU uses instead of
-    /// connecting itself (`ps.fd`; it runs no TLS of its own on it).
-    pub page_server_fd: Option<RawFd>,
     pub pre_dump: bool,
     /// How a pre-dump collects pages (CRIU's default: splice, which keeps
     /// the tree frozen while it copies them; VM_READ reads them after the
@@ -84,7 +81,6 @@ impl CheckpointOptions {
             status_fd: None,
             page_server: None,
             page_server_tls: None,
-            page_server_fd: None,
             pre_dump: false,
             pre_dump_mode: None,
             pidfd_store: None,
@@ -327,17 +323,9 @@ impl CheckpointOptions {
             let mut ps = crate::proto::rpc::Criu_page_server_info::new();
             ps.set_address(addr.clone());
             ps.set_port(i32::from(*port));
-            if let Some(fd) = self.page_server_fd {
-                ps.set_fd(fd);
-            }
             o.ps = Some(ps).into();
         }
-        // CRIU skips its TLS handshake on a socket it is handed.
-        if let Some(t) = self
-            .page_server_tls
-            .as_ref()
-            .filter(|_| self.page_server_fd.is_none())
-        {
+        if let Some(t) = &self.page_server_tls {
             crate::criu::set_tls(o, t);
         }
     }

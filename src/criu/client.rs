@@ -22,10 +22,6 @@ fn inherited(fds: InheritFds, req: &Request) -> Vec<RawFd> {
     let mut keep: Vec<RawFd> = fds.to_vec();
     if let Some(o) = &req.opts {
         keep.extend(o.inherit_fd.iter().map(|i| i.fd()));
-        // A connected page-server socket is used at its number in criu.
-        if let Some(ps) = o.ps.as_ref().filter(|ps| ps.has_fd()) {
-            keep.push(ps.fd());
-        }
     }
     keep.sort_unstable();
     keep.dedup();

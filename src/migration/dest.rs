@@ -192,7 +192,6 @@ impl DestFactory for Incoming {
             veth: None,
             cgroup_dirs: Vec::new(),
             page_server: None,
-            page_stream: None,
             page_server_record: None,
             restoring: None,
             state_existed: false,
@@ -273,8 +272,6 @@ pub struct Receiver {
     /// The cgroup directories the container will get (checked free).
     cgroup_dirs: Vec<PathBuf>,
     page_server: Option<i32>,
-    /// The source's connection, relayed to the page server.
-    page_stream: Option<migrate::page_stream::PageStream>,
     /// Where the running page server is recorded.
     page_server_record: Option<PathBuf>,
     restoring: Option<Restoring>,
@@ -296,7 +293,6 @@ impl Receiver {
             }
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
-        self.page_stream = None;
         self.forget_page_server();
     }
 
@@ -326,9 +322,6 @@ impl Receiver {
         left
     }
 }
-
-/// How long the page server waits for the source to connect.
-const PAGE_STREAM_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Written into a bundle this server received a container into.
 const RECEIVED: &str = ".ferry-received";
@@ -409,35 +402,23 @@ impl DestHost for Receiver {
         })
     }
 
-    /// Starts CRIU's page server on a socket ferry owns: ferry listens
-    /// (TLS with the plan's files), accepts the source and relays the
-    /// stream to CRIU through a local socket pair (`ps.fd`), so the
-    /// connection has ferry's dead-peer timeout and encryption.
     fn start_page_server(&mut self, plan: &PageServerPlan) -> Result<PageServer, HostError> {
         self.stop_page_server();
         let images = std::fs::File::open(&plan.images_dir)?;
-        let ip: std::net::IpAddr = plan.address.parse().map_err(|_| {
-            format!(
-                "page server address {:?} is not an IP address",
-                plan.address
-            )
-        })?;
-        let mut stream =
-            migrate::page_stream::listen(ip, plan.tls.as_ref(), PAGE_STREAM_ACCEPT_TIMEOUT)?;
-        let fd = stream
-            .criu_fd()
-            .ok_or("the page stream has no socket for CRIU")?;
         let mut o = super::dir_opts(&images, "page-server.log");
         let mut ps = crate::proto::rpc::Criu_page_server_info::new();
         ps.set_address(plan.address.clone());
-        ps.set_port(i32::from(stream.port()));
-        ps.set_fd(fd);
+        ps.set_port(i32::from(plan.port));
         o.ps = Some(ps).into();
         if let Some(p) = &plan.parent_img {
             o.set_parent_img(p.clone());
         }
+        if let Some(t) = &plan.tls {
+            crate::criu::set_tls(&mut o, t);
+        }
+        o.set_tls_no_cn_verify(plan.tls_no_cn_verify);
         let criu = super::criu()?;
-        let mut session = crate::criu::Session::spawn_in_own_group(&criu.binary, &[fd])?;
+        let mut session = crate::criu::Session::spawn_in_own_group(&criu.binary, &[])?;
         let group = session.pid().ok_or("criu exited at once")? as i32;
         // Recorded for the next server, should this one be killed.
         let record = self
@@ -448,10 +429,6 @@ impl DestHost for Receiver {
         self.page_server_record = Some(record);
         let s = session.page_server(o)?;
         drop(session);
-        // The page server holds its own copy: when it exits, the relay
-        // sees the end of the stream.
-        stream.close_criu_end();
-        self.page_stream = Some(stream);
         self.page_server = Some(s.pid);
         Ok(PageServer {
             port: s.port as u16,
@@ -460,18 +437,12 @@ impl DestHost for Receiver {
     }
 
     fn finish_page_server(&mut self, ps: &PageServer, timeout: Duration) -> Result<(), HostError> {
-        let deadline = std::time::Instant::now() + timeout;
         if let Some(pid) = ps.pid {
             migrate::host::wait_pid_gone(pid, timeout)?;
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         }
         self.page_server = None;
         self.forget_page_server();
-        if let Some(s) = self.page_stream.take() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let moved = s.finish(left)?;
-            tracing::debug!(bytes = moved.down, "page stream finished");
-        }
         Ok(())
     }
 

@@ -7,7 +7,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use migrate::mode::{DumpKind, Mode};
-use migrate::page_stream::PageStream;
 use migrate::source::CommitInfo;
 use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
 
@@ -98,8 +97,6 @@ pub struct ContainerSource {
     id: String,
     opts: SourceOptions,
     held: Option<Held>,
-    /// The connection to the destination's page server, relayed to CRIU.
-    stream: Option<PageStream>,
     /// CRIU's statistics of the final dump, once it finished (commit).
     pub stats: Option<DumpStats>,
     /// When the post-dump hold was reached.
@@ -108,9 +105,6 @@ pub struct ContainerSource {
     pidfd_store_supported: bool,
     /// The pidfd store of this migration's rounds and final dump.
     pidfd_store: Option<OwnedFd>,
-    /// The memory transfer as the page stream timed it (CRIU's first byte
-    /// to its last page), when the stream ended before the hold.
-    streamed: Option<Duration>,
 }
 
 impl ContainerSource {
@@ -125,12 +119,10 @@ impl ContainerSource {
             id: c.id().to_string(),
             opts,
             held: None,
-            stream: None,
             stats: None,
             dumped_at: None,
             pidfd_store_supported: false,
             pidfd_store: None,
-            streamed: None,
         })
     }
 
@@ -147,10 +139,7 @@ impl ContainerSource {
             r.pages.written = s.pages_written;
             r.pages.skipped += s.pages_skipped_parent;
             r.bytes.memory = (r.pages.pre_dumped + s.pages_written) * migrate::mode::PAGE_SIZE;
-            // CRIU's own figure stops once the pages are in its socket.
-            r.timings.memory_transfer = self
-                .streamed
-                .unwrap_or(Duration::from_micros(s.memwrite_time_us as u64));
+            r.timings.memory_transfer = Duration::from_micros(s.memwrite_time_us as u64);
         }
     }
 }
@@ -161,7 +150,6 @@ impl Drop for ContainerSource {
         if let Some(h) = self.held.take() {
             let _ = h.release(false);
         }
-        self.stream = None;
     }
 }
 
@@ -268,13 +256,8 @@ fn check_stdio(id: &str, pid: i32) -> Result<(), HostError> {
 
 impl ContainerSource {
     /// The checkpoint request for `plan`: pages to the destination's page
-    /// server over `stream` (ferry's connection, handed to CRIU), held at
-    /// post-dump.
-    fn checkpoint_options(
-        &self,
-        plan: &DumpPlan,
-        stream: Option<&PageStream>,
-    ) -> CheckpointOptions {
+    /// server, held at post-dump.
+    fn checkpoint_options(&self, plan: &DumpPlan) -> CheckpointOptions {
         let mut o = CheckpointOptions::new(&plan.images_dir);
         o.parent_path = plan.parent_img.as_ref().map(PathBuf::from);
         o.page_server = plan
@@ -282,7 +265,6 @@ impl ContainerSource {
             .as_ref()
             .map(|t| (t.address.clone(), t.port));
         o.page_server_tls = plan.tls.clone();
-        o.page_server_fd = stream.and_then(PageStream::criu_fd);
         o.tcp_established = self.opts.tcp_established;
         o.network_lock = self.opts.network_lock;
         o.pidfd_store = self.pidfd_store.as_ref().map(AsRawFd::as_raw_fd);
@@ -307,60 +289,9 @@ impl ContainerSource {
         Ok(())
     }
 
-    /// Connects to the destination's page server, when the plan streams
-    /// pages (with the plan's TLS files; the destination's certificate
-    /// must name the address).
-    fn connect_page_stream(plan: &DumpPlan) -> Result<Option<PageStream>, HostError> {
-        let Some(t) = &plan.page_server else {
-            return Ok(None);
-        };
-        let ip: std::net::IpAddr = t
-            .address
-            .parse()
-            .map_err(|_| format!("page server address {:?} is not an IP address", t.address))?;
-        let addr = std::net::SocketAddr::new(ip, t.port);
-        Ok(Some(migrate::page_stream::connect(
-            addr,
-            &t.address,
-            plan.tls.as_ref(),
-        )?))
-    }
-
-    /// How long CRIU streamed pages, once the page server has written
-    /// everything and hung up (it does on the dump's disconnect, moments
-    /// before the hold; the container is frozen, so wait only briefly).
-    fn stream_time(&mut self) -> Option<Duration> {
-        let s = self.stream.as_ref()?;
-        let deadline = Instant::now() + Duration::from_millis(50);
-        while !s.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if !s.is_finished() {
-            return None;
-        }
-        match self.stream.take()?.finish(Duration::ZERO) {
-            Ok(st) => {
-                tracing::debug!(bytes = st.up, elapsed = ?st.elapsed, "page stream finished");
-                (st.up >= migrate::page_stream::BULK as u64).then_some(st.elapsed)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "page stream");
-                None
-            }
-        }
-    }
-
     /// The error of a failed dump, with CRIU's log kept where the user can
-    /// read it (the images directory is removed after a failure). A broken
-    /// page stream is named first: it is why CRIU could not send.
-    fn dump_failed(&mut self, plan: &DumpPlan, mut error: String) -> HostError {
-        if let Some(s) = self.stream.take() {
-            if s.is_finished() {
-                if let Err(e) = s.finish(Duration::ZERO) {
-                    error = format!("{e}; {error}");
-                }
-            }
-        }
+    /// read it (the images directory is removed after a failure).
+    fn dump_failed(&self, plan: &DumpPlan, error: String) -> HostError {
         self.criu_failed(plan, error, migrate::mode::DUMP_LOG, "-dump.log")
     }
 
@@ -541,21 +472,13 @@ impl SourceHost for ContainerSource {
         }
         self.pidfd_store()?;
         let c = self.load()?;
-        let stream = Self::connect_page_stream(plan)?;
-        let mut o = self.checkpoint_options(plan, stream.as_ref());
+        let mut o = self.checkpoint_options(plan);
         o.pre_dump = true;
         o.pre_dump_mode = self.opts.pre_dump_mode;
         let called = Instant::now();
-        let done = c.checkpoint(&o);
-        // The round's pages are through once the page server hung up.
-        let streamed = stream.map(|s| s.finish(migrate::page_stream::DEAD_PEER_TIMEOUT));
-        let done = match (done, streamed) {
-            (Err(e), Some(Err(se))) => Err(format!("{se}; {e}")),
-            (Err(e), _) => Err(e.to_string()),
-            (Ok(_), Some(Err(se))) => Err(format!("the pre-dump's page stream failed: {se}")),
-            (Ok(d), _) => Ok(d),
-        }
-        .map_err(|e| self.criu_failed(plan, e, "pre-dump.log", "-pre-dump.log"))?;
+        let done = c
+            .checkpoint(&o)
+            .map_err(|e| self.criu_failed(plan, e.to_string(), "pre-dump.log", "-pre-dump.log"))?;
         let s = done.stats.ok_or_else(|| {
             format!(
                 "CRIU wrote no statistics for the pre-dump in {}: the round's pages are unknown",
@@ -582,8 +505,7 @@ impl SourceHost for ContainerSource {
         }
         let c = self.load()?;
         let cgroup = c.cgroup()?;
-        self.stream = Self::connect_page_stream(plan)?;
-        let o = self.checkpoint_options(plan, self.stream.as_ref());
+        let o = self.checkpoint_options(plan);
         let called = Instant::now();
         let (held, ev_rx) = spawn_dump(c, o)?;
         // Wait for the hold, noting when the cgroup froze (ferry freezes it
@@ -594,10 +516,7 @@ impl SourceHost for ContainerSource {
                 Ok(Event::Held(at, _)) => {
                     self.dumped_at = Some(at);
                     self.held = Some(held.with_events(ev_rx));
-                    let mut out = watch.outcome(called, at);
-                    self.streamed = self.stream_time();
-                    out.memory_transfer = self.streamed;
-                    return Ok(out);
+                    return Ok(watch.outcome(called, at));
                 }
                 Ok(Event::Done(r)) => {
                     let _ = held.thread.join();
@@ -609,7 +528,6 @@ impl SourceHost for ContainerSource {
                 Err(mpsc::RecvTimeoutError::Timeout) => watch.poll(cgroup.as_ref()),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = held.thread.join();
-                    self.stream = None;
                     return Err("the dump thread ended without a result".into());
                 }
             }
@@ -623,13 +541,10 @@ impl SourceHost for ContainerSource {
                 tracing::warn!(%e, "freeze guard");
             }
             // CRIU resumes the tree and reports the dump as failed.
-            let released = h.release(false);
-            self.stream = None;
-            if released.is_ok() {
+            if h.release(false).is_ok() {
                 return Err("CRIU finished the dump although it was told to roll back".into());
             }
         }
-        self.stream = None;
         // After a failed dump ferry has already thawed the container.
         let c = self.load()?;
         match c.status() {
@@ -656,7 +571,6 @@ impl SourceHost for ContainerSource {
             tracing::warn!(%e, "freeze guard");
         }
         self.stats = h.release(true)?;
-        self.stream = None;
         Ok(())
     }
 
@@ -682,7 +596,6 @@ impl SourceHost for ContainerSource {
             }
             let _ = h.release(false);
         }
-        self.stream = None;
     }
 }
 
