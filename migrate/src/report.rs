@@ -22,6 +22,8 @@ pub enum Phase {
     Images,
     Restore,
     Switchover,
+    /// Post-copy: the destination runs, pages still coming.
+    Pages,
     Done,
 }
 
@@ -37,6 +39,7 @@ impl Phase {
             Phase::Images => "images",
             Phase::Restore => "restore",
             Phase::Switchover => "switchover",
+            Phase::Pages => "post-copy pages",
             Phase::Done => "done",
         }
     }
@@ -151,6 +154,13 @@ impl Report {
             human_bytes(self.bytes.rootfs_precopy),
             human_bytes(self.bytes.rootfs_delta)
         ));
+        if self.mode == Some(crate::Mode::PostCopy) {
+            out.push(format!(
+                "post-copy: the destination stopped depending on this host {} after it \
+                 started running the container",
+                ms(t.post_copy)
+            ));
+        }
         if let Some(s) = &self.pre_copy_stop {
             out.push(format!(
                 "pre-copy: {} iterations, stopped: {s}",
@@ -255,6 +265,10 @@ pub struct Timings {
     /// From the source container stopping to the destination's running.
     #[serde(with = "ms")]
     pub downtime: Duration,
+    /// Post-copy: from the destination running to its last page arriving,
+    /// when it stopped depending on the source.
+    #[serde(with = "ms", default)]
+    pub post_copy: Duration,
     #[serde(with = "ms")]
     pub total: Duration,
 }
