@@ -205,7 +205,9 @@ fn post_copy_moves_memory_and_runs_at_once() {
     let Some(_g) = serial() else { return };
     let mut w = World::new("pc", 12);
     if !postcopy_works(&w) {
-        eprintln!("skipped: post-copy does not work here (see `ferry check`); refusal tested above");
+        eprintln!(
+            "skipped: post-copy does not work here (see `ferry check`); refusal tested above"
+        );
         return;
     }
     let (id, data) = memhog_container(&mut w, "hog", 64);
@@ -213,6 +215,7 @@ fn post_copy_moves_memory_and_runs_at_once() {
     let r = w.migrate_ok(&w.a, &w.b, &id, POST);
     assert_eq!(r["mode"], "post-copy", "{r}");
     assert!(r["timings"]["post_copy"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["pages"]["lazy"].as_u64().unwrap() >= 64 * 256, "{r}");
     // Every page arrived: the checksum over all 64 MiB is the same.
     assert_memory_intact(&w.b, &id, &data, &sum);
     assert!(w.a.status(&id).is_none());
@@ -234,7 +237,9 @@ fn failures_during_the_pages_phase_resume_the_source() {
     let Some(_g) = serial() else { return };
     let mut w = World::new("pf", 13);
     if !postcopy_works(&w) {
-        eprintln!("skipped: post-copy does not work here (see `ferry check`); refusal tested above");
+        eprintln!(
+            "skipped: post-copy does not work here (see `ferry check`); refusal tested above"
+        );
         return;
     }
     let (id, data) = memhog_container(&mut w, "hog", 256);
@@ -266,7 +271,11 @@ fn failures_during_the_pages_phase_resume_the_source() {
     wait_pages_phase(&w, &id, &mut child);
     let nft = "add table inet pcut; add chain inet pcut in { type filter hook input priority -10; policy drop; }; add chain inet pcut out { type filter hook output priority -10; policy drop; }";
     let cut = w.b.ns.exec(&["nft", nft]);
-    assert!(cut.status.success(), "{}", String::from_utf8_lossy(&cut.stderr));
+    assert!(
+        cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cut.stderr)
+    );
     let out = child.wait_with_output().unwrap();
     assert!(failure_line(&out).contains("resumed on this host"));
     w.b.ns.exec(&["nft", "delete table inet pcut"]);

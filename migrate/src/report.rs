@@ -298,6 +298,10 @@ pub struct Pages {
     pub pre_dumped: u64,
     /// Unchanged since the last iteration, not sent again.
     pub skipped: u64,
+    /// Post-copy: left out of the dump and served to the destination on
+    /// demand and in the background.
+    #[serde(default)]
+    pub lazy: u64,
 }
 
 /// What happened, for the CLI's summary and `--json`.

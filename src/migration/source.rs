@@ -140,7 +140,8 @@ impl ContainerSource {
         if let Some(s) = &self.stats {
             r.pages.written = s.pages_written;
             r.pages.skipped = s.pages_skipped_parent;
-            r.bytes.memory = s.pages_written * migrate::mode::PAGE_SIZE;
+            r.pages.lazy = s.pages_lazy;
+            r.bytes.memory = (s.pages_written + s.pages_lazy) * migrate::mode::PAGE_SIZE;
             r.timings.memory_transfer = Duration::from_micros(s.memwrite_time_us as u64);
         }
     }
@@ -608,14 +609,22 @@ impl SourceHost for ContainerSource {
                 super::lazy::stop_criu(tid);
             }
         }
-        // The dump reports its end (a failure: its criu was killed).
+        let Held {
+            decision,
+            thread,
+            events,
+            ..
+        } = h;
+        // A hold still waiting at post-dump is declined; the dump then
+        // reports its end (a failure: its criu was killed).
+        drop(decision);
         let mut result = Err("the dump thread ended without a result".to_string());
-        for ev in h.events.iter() {
+        for ev in events.iter() {
             if let Event::Done(r) = ev {
                 result = r.map_err(|e| e.to_string());
             }
         }
-        let _ = h.thread.join();
+        let _ = thread.join();
         l.result = Some(result);
     }
 

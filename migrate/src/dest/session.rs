@@ -101,20 +101,23 @@ impl Session<'_> {
                         .map_err(Error::host("waiting for the page server"))?;
                     ch.send(&Msg::DumpOk)?;
                 }
+                // Post-copy's lazy dump sends no pages before its images.
                 Msg::Images
-                    if self.final_dumped && self.page_server.is_none() && !self.images_done =>
+                    if (self.final_dumped || self.predumps == 0)
+                        && self.page_server.is_none()
+                        && !self.images_done =>
                 {
                     let stats = self.receive_images(ch)?;
                     ch.send(&Msg::TreeOk { stats })?;
                 }
-                Msg::Restore if self.images_done && !self.restored => {
+                Msg::Restore if self.images_done && self.final_dumped && !self.restored => {
                     let pid = self.restore()?;
                     ch.send(&Msg::Restored { pid })?;
                 }
                 Msg::LazyRestore {
                     port,
                     link_timeout_ms,
-                } if self.images_done && !self.restored => {
+                } if self.images_done && !self.final_dumped && !self.restored => {
                     let pid = self.lazy_restore(port, link_timeout_ms)?;
                     ch.send(&Msg::Restored { pid })?;
                 }
@@ -241,6 +244,10 @@ impl Session<'_> {
 
     fn receive_images(&mut self, ch: &mut Channel) -> Result<crate::files::ReceiveStats, Error> {
         let dir = self.dest().images_dir.join(mode::FINAL_DIR);
+        if !self.final_dumped {
+            // Post-copy: no page server made it.
+            std::fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
+        }
         let mut rx = TreeReceiver::new(&dir, self.shared.cfg.limits)?;
         let stats = rx.receive(ch, &mut |_| {})?;
         rx.commit_merge()?;
