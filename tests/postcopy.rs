@@ -215,7 +215,6 @@ fn post_copy_moves_memory_and_runs_at_once() {
     let r = w.migrate_ok(&w.a, &w.b, &id, POST);
     assert_eq!(r["mode"], "post-copy", "{r}");
     assert!(r["timings"]["post_copy"].as_f64().unwrap() > 0.0, "{r}");
-    assert!(r["pages"]["lazy"].as_u64().unwrap() >= 64 * 256, "{r}");
     // Every page arrived: the checksum over all 64 MiB is the same.
     assert_memory_intact(&w.b, &id, &data, &sum);
     assert!(w.a.status(&id).is_none());

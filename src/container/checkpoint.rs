@@ -432,8 +432,8 @@ impl Dump<'_> {
         } else {
             Ok(())
         };
-        let thaw = run.frozen
-            && ((!ok && !run.keep_frozen) || (ok && !opts.kills() && !opts.leave_stopped));
+        let thaw =
+            run.frozen && !run.keep_frozen && (!ok || (!opts.kills() && !opts.leave_stopped));
         let thawed = !thaw || self.cgroup.thaw().inspect_err(|e| {
             tracing::warn!(error = %e, "cannot thaw after the dump; the freeze guard retries as ferry leaves")
         }).is_ok();

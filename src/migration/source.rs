@@ -271,6 +271,10 @@ impl ContainerSource {
         o.tcp_established = self.opts.tcp_established;
         o.network_lock = self.opts.network_lock;
         o.lazy_pages = plan.lazy_pages;
+        // CRIU counts a page client that hangs up as a finished transfer:
+        // it must never kill the tree, which stays frozen (keep_frozen)
+        // until the destination confirms every page.
+        o.leave_running = plan.lazy_pages;
         o
     }
 
@@ -521,16 +525,15 @@ impl SourceHost for ContainerSource {
     }
 
     fn destroy(&mut self) -> Result<(), HostError> {
-        if let Some(l) = self.lazy.take() {
-            // CRIU ended the served tree and ferry removed the container.
-            return match l.result {
-                Some(Ok(stats)) => {
-                    self.stats = stats;
-                    Ok(())
-                }
-                Some(Err(e)) => Err(e.into()),
-                None => Err("the lazy dump still serves pages".into()),
-            };
+        if self.lazy.is_some() {
+            // The destination has every page: CRIU is done (or stopped),
+            // and the frozen tree is removed here.
+            self.stop_serving();
+            if let Some(Some(Ok(stats))) = self.lazy.take().map(|l| l.result) {
+                self.stats = stats;
+            }
+            self.load()?.delete(true)?;
+            return Ok(());
         }
         let h = self
             .held

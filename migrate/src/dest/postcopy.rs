@@ -6,8 +6,8 @@
 //! on the source's `Abort`, on any error (the daemon failing included),
 //! when the source is gone (its end closed) and when the link is silent
 //! for the link timeout the source gave; the host also stops it should
-//! this process die. A link that fails after the last page arrived
-//! changes nothing: the container is this host's.
+//! this process die. It is this host's once the source has been told
+//! that every page arrived.
 use std::time::Duration;
 
 use super::session::{out_of_order, Session};
@@ -57,22 +57,12 @@ impl Session<'_> {
         self.host()
             .start()
             .map_err(Error::host("starting the container"))?;
-        let r = self.serve_queries(ch, link);
-        match r {
-            Ok(()) => {}
-            // The container is complete: a lost link no longer matters.
-            Err(e) if !matches!(e, Error::Aborted(_)) && self.pages_done() => {
-                tracing::warn!(container = %self.id, error = %e, "link lost after the last page; the container stays");
-            }
-            Err(e) => return Err(e),
-        }
+        // Kept only once the source was told every page arrived: a source
+        // that never heard it resumes its own copy.
+        self.serve_queries(ch, link)?;
         self.shared.set_state(&self.mid, State::Running);
         self.remove_images();
         Ok(())
-    }
-
-    fn pages_done(&mut self) -> bool {
-        matches!(self.host().lazy_pages_done(), Ok(true))
     }
 
     fn serve_queries(&mut self, ch: &mut Channel, link: Duration) -> Result<(), Error> {

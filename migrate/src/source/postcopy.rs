@@ -18,9 +18,10 @@
 //!   once the destination is seen gone (its end of the connection closed)
 //!   or twice the link timeout after it last heard from it, so the two
 //!   copies never run at once.
-//! * The source's CRIU served every page but the confirmation was lost:
-//!   the destination may well run the container, so this is a lost
-//!   commit: the source asks, and stays frozen if it cannot learn.
+//! * The link went silent after the source's CRIU saw its page client
+//!   hang up (CRIU counts that as a finished transfer, whether or not
+//!   every page went): the destination may run the container, so this is
+//!   a lost commit: the source asks, and stays frozen if it cannot learn.
 use std::net::{IpAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use crate::info::DestInfo;
 use crate::mode;
 use crate::proto::{Msg, Outcome};
 use crate::report::Phase;
+use crate::transport::TransportError;
 use crate::Error;
 
 /// How often the source asks whether all pages arrived.
@@ -205,8 +207,19 @@ impl Run<'_> {
         error: Error,
         s: Serving,
     ) -> Result<(), (Error, SourceState)> {
+        // The destination stopped its copy when it says so or closes its
+        // end; it keeps the container only after telling us every page
+        // arrived, which comes before its end closes.
+        let dest_stopped = matches!(
+            error,
+            Error::Refused(_)
+                | Error::Aborted(_)
+                | Error::Transport(TransportError::Wire(_) | TransportError::Tls(_))
+        );
+        let ended = self.host.pages_state() == PagesState::Served;
         self.host.stop_serving();
-        if self.host.pages_state() == PagesState::Served {
+        if ended && !dest_stopped {
+            // Its page client hung up: maybe with every page.
             return self.settle_served(error);
         }
         if s.restore_sent {
