@@ -261,6 +261,16 @@ fn failures_during_the_pages_phase_resume_the_source() {
     w.b.stop_serve(nix::sys::signal::Signal::SIGKILL);
     let out = child.wait_with_output().unwrap();
     assert!(failure_line(&out).contains("resumed on this host"));
+    // B's guard killed the copy; with `serve` dead its record stays,
+    // stopped, for `ferry delete`.
+    assert!(
+        wait_until(Duration::from_secs(30), || w.b.status(&id).as_deref()
+            != Some("running")),
+        "B's copy still runs without its pages"
+    );
+    if w.b.status(&id).is_some() {
+        w.b.ok(&["delete", "-f", &id]);
+    }
     let (pki, shared) = (w.pki.clone(), w.work.path().to_path_buf());
     w.b.serve(&pki, "b", &shared);
     assert_rolled_back(&w, &id, &data, &sum);
