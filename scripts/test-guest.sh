@@ -14,13 +14,13 @@ log() { echo "test-guest: $*" >&2; }
 # The selection covers what differs on such a host: cgroup v2 (device program, freezer,
 # limits and stats, update; blockIO and OOM events beside runc), CRIU on v2
 # (checkpoint, restore, copies, the 256 MiB checksum) the default migration mode on a kernel
-# that tracks dirty memory, and podman driving ferry. Under emulation a
+# that tracks dirty memory, post-copy (lazy pages work there), and podman driving ferry. Under emulation a
 # container start costs seconds, so whole binaries that only repeat host-side logic stay on
 # the host suite.
 declare -A GROUPS_=(
   [cgroup-v2]="cgroups;cgroup_ns;runc_parity events_stats_have_runcs_fields_and_units;runtime deny_all_devices lifecycle_create_start_kill_delete pause_and_resume exec_ps_events_and_update;criu_client;runc_cgroups block_io events"
   [checkpoint]="checkpoint counter_continues leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
-  [migrate]="migrate counter_moves_to_b_and_back;precopy"
+  [migrate]="migrate counter_moves_to_b_and_back;precopy;postcopy"
   [podman]="podman"
 )
 ORDER=(cgroup-v2 checkpoint migrate podman)

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::info::{CommitInfo, DestInfo, SourceInfo};
-use crate::mode::{DumpPlan, Mode, PageServerPlan, RestorePlan};
+use crate::mode::{DumpPlan, LazyPagesPlan, Mode, PageServerPlan, RestorePlan};
 
 /// An error from the host, carried with its message.
 pub type HostError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +32,18 @@ pub struct DumpOutcome {
     pub pages_written: u64,
     /// Pages found unchanged since the parent (pre-copy) and not sent.
     pub pages_skipped: u64,
+}
+
+/// Post-copy on the source: how serving the pages stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PagesState {
+    /// CRIU still serves pages.
+    Serving,
+    /// CRIU's lazy dump ended well: the destination's lazy-pages daemon
+    /// fetched every page.
+    Served,
+    /// Serving failed (or was never started).
+    Failed(String),
 }
 
 /// The running container on the source host.
@@ -76,6 +88,24 @@ pub trait SourceHost: Send {
 
     /// Commit: remove the (frozen) source container and its resources.
     fn destroy(&mut self) -> Result<(), HostError>;
+
+    /// Post-copy: lets the lazy dump held by `dump` (`plan.lazy_pages`) go
+    /// on, so that CRIU serves the pages on `plan.page_server`; returns
+    /// once it listens. The container stays frozen here. `resume` then
+    /// stops CRIU and thaws the container; `destroy` follows
+    /// [`PagesState::Served`].
+    fn serve_pages(&mut self) -> Result<(), HostError> {
+        Err("this runtime does not serve lazy pages".into())
+    }
+
+    /// Post-copy: stops serving pages (a rollback); the container stays
+    /// frozen until `resume`.
+    fn stop_serving(&mut self) {}
+
+    /// Post-copy: how serving the pages stands (does not block).
+    fn pages_state(&mut self) -> PagesState {
+        PagesState::Failed("this runtime does not serve lazy pages".into())
+    }
 
     /// The commit is about to be sent: from here on, until `destroy` or
     /// `resume`, the container must neither run here again nor be
@@ -143,6 +173,23 @@ pub trait DestHost: Send {
 
     /// Lets the restored container run (the source is then destroyed).
     fn start(&mut self) -> Result<(), HostError>;
+
+    /// Post-copy, before `restore` (with `plan.lazy_pages`): starts CRIU's
+    /// lazy-pages daemon, which fetches pages from the source as `plan`
+    /// says, and returns once the restore can connect to it.
+    fn start_lazy_pages(&mut self, plan: &LazyPagesPlan) -> Result<(), HostError> {
+        let _ = plan;
+        Err("this runtime does not restore with lazy pages".into())
+    }
+
+    /// Post-copy, after `start`: `Ok(true)` once every page has arrived
+    /// (the container no longer needs the source), `Ok(false)` while
+    /// pages are still coming, an error if fetching them failed. Until it
+    /// answers `Ok(true)`, `abort` must stop the running container, and
+    /// the host must stop it should this process die.
+    fn lazy_pages_done(&mut self) -> Result<bool, HostError> {
+        Err("this runtime does not restore with lazy pages".into())
+    }
 
     /// Removes every trace of this container on this host.
     fn abort(&mut self) -> Result<(), HostError>;

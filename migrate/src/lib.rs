@@ -96,7 +96,9 @@ pub mod transport;
 pub mod untrusted_path;
 pub mod wire;
 
-pub use host::{DestFactory, DestHost, DumpOutcome, HostError, PageServer, Restored, SourceHost};
+pub use host::{
+    DestFactory, DestHost, DumpOutcome, HostError, PageServer, PagesState, Restored, SourceHost,
+};
 pub use info::{DestInfo, Features, SourceInfo};
 pub use mode::{DumpPlan, Mode, ModeRequest, PageServerPlan, RestorePlan};
 pub use report::{Phase, Progress, Report};

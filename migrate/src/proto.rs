@@ -25,6 +25,24 @@
 //!   SourceHost::destroy
 //! ```
 //!
+//! Post-copy replaces the page server and the commit with:
+//!
+//! ```text
+//!   SourceHost::dump (lazy: images only, held frozen)
+//!   [Rootfs{pass 2}] + Images ───────────▶  staging dir
+//!   SourceHost::serve_pages (CRIU serves pages on the source)
+//!   LazyRestore{port, link_timeout_ms} ──▶  DestHost::start_lazy_pages (from the
+//!                                            control peer's address), restore (held)
+//!         ◀─────────────────────────────── Restored{pid}
+//!   Commit ──────────────────────────────▶  DestHost::start: runs, pages on demand
+//!         ◀─────────────────────────────── Running
+//!   PagesQuery ──────────────────────────▶  (every few hundred ms; also the heartbeat)
+//!         ◀─────────────────────────────── PagesStatus{done: false}
+//!   ...                                     lazy-pages daemon fetched every page
+//!         ◀─────────────────────────────── PagesStatus{done: true}
+//!   SourceHost::finish_pages, destroy
+//! ```
+//!
 //! Either side may send `Abort`/`Error` instead of its next message; the
 //! source then resumes its container and the destination aborts. A
 //! source that lost the connection after sending `Commit` asks a fresh
@@ -107,6 +125,20 @@ pub enum Msg {
     Error {
         reason: String,
     },
+    /// Post-copy: restore lazily, the pages coming from the source's CRIU
+    /// on `port` at the address this connection comes from. Either side
+    /// that hears nothing from the other for `link_timeout_ms` gives up.
+    LazyRestore {
+        port: u16,
+        link_timeout_ms: u64,
+    },
+    /// Post-copy: have all pages arrived? (Also the source's heartbeat.)
+    PagesQuery,
+    /// `done`: every page arrived; the destination no longer depends on
+    /// the source.
+    PagesStatus {
+        done: bool,
+    },
     /// On a fresh connection: what became of a migration.
     Status {
         migration_id: String,
@@ -136,6 +168,9 @@ impl Msg {
             Msg::Running => "running",
             Msg::Abort { .. } => "abort",
             Msg::Error { .. } => "error",
+            Msg::LazyRestore { .. } => "lazy-restore",
+            Msg::PagesQuery => "pages-query",
+            Msg::PagesStatus { .. } => "pages-status",
             Msg::Status { .. } => "status",
             Msg::StatusIs { .. } => "status-is",
         }

@@ -22,6 +22,8 @@ pub enum Phase {
     Images,
     Restore,
     Switchover,
+    /// Post-copy: the destination runs, pages still coming.
+    Pages,
     Done,
 }
 
@@ -37,6 +39,7 @@ impl Phase {
             Phase::Images => "images",
             Phase::Restore => "restore",
             Phase::Switchover => "switchover",
+            Phase::Pages => "post-copy pages",
             Phase::Done => "done",
         }
     }
@@ -152,6 +155,13 @@ impl Report {
             human_bytes(self.bytes.rootfs_delta)
         ));
         out.extend(self.pre_copy_lines());
+        if self.mode == Some(crate::Mode::PostCopy) {
+            out.push(format!(
+                "post-copy: the destination stopped depending on this host {} after it \
+                 started running the container",
+                ms(t.post_copy)
+            ));
+        }
         for w in &self.warnings {
             out.push(format!("warning: {w}"));
         }
@@ -296,6 +306,10 @@ pub struct Timings {
     /// From the source container stopping to the destination's running.
     #[serde(with = "ms")]
     pub downtime: Duration,
+    /// Post-copy: from the destination running to its last page arriving,
+    /// when it stopped depending on the source.
+    #[serde(with = "ms", default)]
+    pub post_copy: Duration,
     #[serde(with = "ms")]
     pub total: Duration,
 }
@@ -325,6 +339,10 @@ pub struct Pages {
     pub pre_dumped: u64,
     /// Unchanged since the last iteration, not sent again.
     pub skipped: u64,
+    /// Post-copy: left out of the dump and served to the destination on
+    /// demand and in the background.
+    #[serde(default)]
+    pub lazy: u64,
 }
 
 /// What happened, for the CLI's summary and `--json`.

@@ -351,6 +351,22 @@ fn copy_modes(criu: &Criu) -> (Option<Features>, [Capability; 2]) {
     (Some(f), [pre_copy, post_copy])
 }
 
+/// Whether post-copy's lazy dump works here, measured with a throwaway
+/// process; the error is the measured reason.
+pub fn lazy_pages_work(criu: &Criu) -> Result<(), String> {
+    let f = criu
+        .features()
+        .map_err(|e| format!("feature check failed: {e}"))?;
+    if !f.lazy_pages {
+        return Err(
+            "the kernel lacks non-cooperative userfaultfd (FEATURE_CHECK lazy_pages)".into(),
+        );
+    }
+    lazy::try_lazy_dump(criu).map(|_| ()).map_err(|r| {
+        format!("FEATURE_CHECK lazy_pages says supported, but a lazy-pages dump fails: {r}")
+    })
+}
+
 /// A fresh temp dir for one check.
 fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
     tempfile::Builder::new()

@@ -122,6 +122,16 @@ pub struct MigrateArgs {
     /// auto, stop-copy, pre-copy or post-copy.
     #[arg(long, default_value = "auto")]
     pub mode: ModeRequest,
+    /// Post-copy only, required with it: accept that until the last page
+    /// arrives the container depends on both hosts, and that a failure
+    /// then resumes it here and loses what it did on the destination.
+    #[arg(long)]
+    pub accept_postcopy_risk: bool,
+    /// Post-copy: seconds without word from the other host after which
+    /// the destination stops its copy and this host resumes the container
+    /// (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub postcopy_link_timeout: Option<u64>,
     /// ship (copy the bundle's rootfs) or shared (same path on both hosts).
     #[arg(long, default_value = "shared")]
     pub rootfs: RootfsMode,
@@ -186,6 +196,30 @@ pub fn on_termination(set: SigSet, stop: impl Fn() + Send + 'static) {
     });
 }
 
+/// Post-copy's preconditions on this host, before anything is contacted.
+fn check_postcopy(a: &MigrateArgs) -> anyhow::Result<()> {
+    let post = a.mode == ModeRequest::PostCopy;
+    if !post {
+        if a.accept_postcopy_risk || a.postcopy_link_timeout.is_some() {
+            bail!(
+                "--accept-postcopy-risk and --postcopy-link-timeout only apply to --mode post-copy"
+            );
+        }
+        return Ok(());
+    }
+    if !a.accept_postcopy_risk {
+        bail!("{}", migrate::mode::POSTCOPY_RISK);
+    }
+    if !(1..=600).contains(&a.postcopy_link_timeout.unwrap_or(10)) {
+        bail!("--postcopy-link-timeout must be 1 to 600 seconds");
+    }
+    let criu = ferry::criu::Criu::new()?;
+    if let Err(why) = ferry::check::lazy_pages_work(&criu) {
+        bail!("post-copy migration is not possible on this host: {why}; use --mode stop-copy");
+    }
+    Ok(())
+}
+
 pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
     if a.pre_dump_mode.is_some() && a.mode != ModeRequest::PreCopy {
         bail!(
@@ -194,6 +228,7 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
         );
     }
     let signals = block_termination();
+    check_postcopy(a)?;
     let security = a.tls.security()?;
     let mut host = ContainerSource::new(
         root,
@@ -217,6 +252,10 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
     cfg.compression = a.compress;
     cfg.max_downtime = a.max_downtime.map(Duration::from_millis);
     cfg.keep_images = a.keep_images;
+    cfg.accept_postcopy_risk = a.accept_postcopy_risk;
+    if let Some(t) = a.postcopy_link_timeout {
+        cfg.postcopy_link_timeout = Duration::from_secs(t);
+    }
     let cancel = CancelToken::new();
     let c = cancel.clone();
     on_termination(signals, move || c.cancel());

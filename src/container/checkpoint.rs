@@ -327,6 +327,12 @@ impl CheckpointOptions {
         }
         if let Some(t) = &self.page_server_tls {
             crate::criu::set_tls(o, t);
+            // A lazy dump is the page server: CRIU would match the
+            // client's certificate against its own listen address. The
+            // chain is still checked against the CA.
+            if self.lazy_pages {
+                o.set_tls_no_cn_verify(true);
+            }
         }
     }
 }
@@ -546,8 +552,8 @@ impl Dump<'_> {
         } else {
             Ok(())
         };
-        let thaw = run.frozen
-            && ((!ok && !run.keep_frozen) || (ok && !opts.kills() && !opts.leave_stopped));
+        let thaw =
+            run.frozen && !run.keep_frozen && (!ok || (!opts.kills() && !opts.leave_stopped));
         let thawed = !thaw || self.cgroup.thaw().inspect_err(|e| {
             tracing::warn!(error = %e, "cannot thaw after the dump; the freeze guard retries as ferry leaves")
         }).is_ok();

@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use migrate::mode::LazyPagesPlan;
 use migrate::{
     DestFactory, DestHost, DestInfo, HostError, PageServer, PageServerPlan, RestorePlan, Restored,
     SourceInfo,
@@ -195,6 +196,8 @@ impl DestFactory for Incoming {
             page_server_record: None,
             restoring: None,
             state_existed: false,
+            lazy: None,
+            running_lazy: None,
         }))
     }
 }
@@ -278,6 +281,11 @@ pub struct Receiver {
     /// A state directory of this ID existed when the restore began (an ID
     /// clash): it is not ours to remove.
     state_existed: bool,
+    /// Post-copy: CRIU's lazy-pages daemon.
+    lazy: Option<super::lazy::Daemon>,
+    /// Post-copy: the container runs while pages are still coming; the
+    /// guard kills it should this process die.
+    running_lazy: Option<crate::freeze_guard::FreezeGuard>,
 }
 
 impl Receiver {
@@ -447,8 +455,8 @@ impl DestHost for Receiver {
     }
 
     fn restore(&mut self, plan: &RestorePlan) -> Result<Restored, HostError> {
-        if plan.lazy_pages {
-            return Err("lazy-pages restores are not supported".into());
+        if plan.lazy_pages && self.lazy.is_none() {
+            return Err("a lazy restore needs the lazy-pages daemon first".into());
         }
         let extra: Extra = serde_json::from_value(plan.source.extra.clone()).unwrap_or_default();
         let spec: oci_spec::runtime::Spec = serde_json::from_str(&plan.source.config_json)?;
@@ -456,6 +464,7 @@ impl DestHost for Receiver {
         o.cgroup_path = Some(self.opts.cgroup_path(&self.id, &spec));
         o.tcp_established = extra.tcp_established;
         o.network_lock = self.opts.network_lock;
+        o.lazy_pages = plan.lazy_pages;
         self.state_existed = self.state_dir().path.exists();
         let root = self.opts.root.clone();
         let (ev_tx, ev_rx) = mpsc::channel();
@@ -510,12 +519,61 @@ impl DestHost for Receiver {
             tracing::warn!(container = %self.id, warning = %w, "poststart hook");
         }
         self.reaper.add(restored.container.state.pid);
+        if self.lazy.is_some() {
+            // Without its pages the container must not outlive this
+            // process: the guard kills it should ferry die first.
+            let cg = restored
+                .container
+                .cgroup()?
+                .ok_or("the container has no cgroup")?;
+            let g = crate::freeze_guard::FreezeGuard::arm(&crate::freeze_guard::Target {
+                freezer: crate::freeze_guard::Freezer::of(&cg)?,
+                on_death: crate::freeze_guard::OnDeath::Kill,
+                id: &self.id,
+                criu: None,
+                dump: None,
+            });
+            match g {
+                Ok(g) => self.running_lazy = Some(g),
+                Err(e) => {
+                    let _ = restored.container.delete(true);
+                    return Err(e.into());
+                }
+            }
+        }
         // Marks the bundle as this server's, for when the container leaves.
         let _ = std::fs::write(restored.container.state.bundle.join(RECEIVED), b"");
         Ok(())
     }
 
+    fn start_lazy_pages(&mut self, plan: &LazyPagesPlan) -> Result<(), HostError> {
+        let criu = super::criu()?;
+        self.lazy = Some(super::lazy::Daemon::spawn(&criu.binary, plan)?);
+        Ok(())
+    }
+
+    fn lazy_pages_done(&mut self) -> Result<bool, HostError> {
+        let d = self.lazy.as_mut().ok_or("no lazy-pages daemon")?;
+        let done = d.done()?;
+        if done {
+            if let Some(g) = self.running_lazy.take() {
+                g.disarm()?;
+            }
+        }
+        Ok(done)
+    }
+
     fn abort(&mut self) -> Result<(), HostError> {
+        if let Some(g) = self.running_lazy.take() {
+            // Pages are missing: the container cannot go on here.
+            if let Ok(c) = Container::load(&self.opts.root, &self.id) {
+                c.delete(true)?;
+            }
+            let _ = g.disarm();
+        }
+        if let Some(mut d) = self.lazy.take() {
+            d.stop();
+        }
         self.stop_page_server();
         if let Some(r) = self.restoring.take() {
             if r.release(false).is_ok() {

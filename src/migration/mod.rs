@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::criu::{Criu, Opts};
 
 pub mod dest;
+mod lazy;
 pub mod source;
 
 /// What a CRIU call in a worker thread reports to the agent.
@@ -80,11 +81,15 @@ fn criu() -> Result<Criu, migrate::HostError> {
     Ok(c)
 }
 
+/// What this host can do for a migration. Post-copy counts only where a
+/// lazy dump was measured to work (CRIU reports the feature on kernels
+/// where the dump still fails).
 fn features(c: &Criu) -> Result<migrate::Features, migrate::HostError> {
     let f = c.features()?;
+    let lazy = f.lazy_pages && crate::check::lazy_pages_work(c).is_ok();
     Ok(migrate::Features {
         mem_track: f.mem_track,
-        lazy_pages: f.lazy_pages,
+        lazy_pages: lazy,
     })
 }
 

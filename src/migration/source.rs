@@ -6,9 +6,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use migrate::mode::{DumpKind, Mode};
+use migrate::mode::DumpKind;
 use migrate::source::CommitInfo;
-use migrate::{DumpOutcome, DumpPlan, HostError, SourceHost, SourceInfo};
+use migrate::{DumpOutcome, DumpPlan, HostError, Mode, PagesState, SourceHost, SourceInfo};
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::FreezerState;
@@ -53,6 +53,8 @@ struct Freeze {
     guard: Option<GuardHandle>,
     /// The commit's outcome is unknown: the rollback must not thaw.
     keep_frozen: bool,
+    /// The thread running the dump (its child is the dump's criu).
+    tid: Option<i32>,
 }
 
 /// A dump held at CRIU's post-dump notification.
@@ -105,6 +107,17 @@ pub struct ContainerSource {
     pidfd_store_supported: bool,
     /// The pidfd store of this migration's rounds and final dump.
     pidfd_store: Option<OwnedFd>,
+    /// Post-copy: the lazy dump's state.
+    lazy: Option<Lazy>,
+}
+
+/// A lazy dump (post-copy) after its post-dump hold.
+struct Lazy {
+    status: super::lazy::StatusPipe,
+    /// The hold was released: CRIU serves pages.
+    serving: bool,
+    /// How the dump ended, once it did.
+    result: Option<Result<Option<DumpStats>, String>>,
 }
 
 impl ContainerSource {
@@ -123,6 +136,7 @@ impl ContainerSource {
             dumped_at: None,
             pidfd_store_supported: false,
             pidfd_store: None,
+            lazy: None,
         })
     }
 
@@ -138,7 +152,9 @@ impl ContainerSource {
             // dump's figures arrive only now.
             r.pages.written = s.pages_written;
             r.pages.skipped += s.pages_skipped_parent;
-            r.bytes.memory = (r.pages.pre_dumped + s.pages_written) * migrate::mode::PAGE_SIZE;
+            r.pages.lazy = s.pages_lazy;
+            r.bytes.memory =
+                (r.pages.pre_dumped + s.pages_written + s.pages_lazy) * migrate::mode::PAGE_SIZE;
             r.timings.memory_transfer = Duration::from_micros(s.memwrite_time_us as u64);
         }
     }
@@ -268,6 +284,11 @@ impl ContainerSource {
         o.tcp_established = self.opts.tcp_established;
         o.network_lock = self.opts.network_lock;
         o.pidfd_store = self.pidfd_store.as_ref().map(AsRawFd::as_raw_fd);
+        o.lazy_pages = plan.lazy_pages;
+        // CRIU counts a page client that hangs up as a finished transfer:
+        // it must never kill the tree, which stays frozen (keep_frozen)
+        // until the destination confirms every page.
+        o.leave_running = plan.lazy_pages;
         o
     }
 
@@ -337,11 +358,20 @@ fn spawn_dump(
 ) -> Result<(Dumping, mpsc::Receiver<Event<DumpResult>>), HostError> {
     let (ev_tx, ev_rx) = mpsc::channel();
     let (dec_tx, dec_rx) = mpsc::channel();
-    let freeze = Arc::new(Mutex::new(Freeze::default()));
+    // A lazy dump that fails while serving resumes the tree in CRIU's
+    // eyes; the freeze stays until the rollback knows the destination's
+    // copy is stopped.
+    let freeze = Arc::new(Mutex::new(Freeze {
+        keep_frozen: o.lazy_pages,
+        ..Freeze::default()
+    }));
     let shared = freeze.clone();
     let thread = std::thread::Builder::new()
         .name("dump".into())
         .spawn(move || {
+            if let Ok(mut f) = shared.lock() {
+                f.tid = Some(nix::unistd::gettid().as_raw());
+            }
             let mut hold = SourceHold {
                 hold: Hold {
                     events: ev_tx.clone(),
@@ -455,10 +485,6 @@ impl SourceHost for ContainerSource {
         })
     }
 
-    fn modes(&self) -> &'static [Mode] {
-        &[Mode::StopCopy, Mode::PreCopy]
-    }
-
     /// One pre-copy round: a pre-dump streaming the pages written since
     /// the last round to the destination's page server. The container is
     /// frozen only while CRIU collects the pages (with
@@ -497,15 +523,27 @@ impl SourceHost for ContainerSource {
     }
 
     fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
-        if plan.kind != DumpKind::Dump || plan.lazy_pages {
-            return Err("the final dump of a migration must be a plain dump".into());
+        if plan.kind != DumpKind::Dump {
+            return Err(
+                "the final dump of a migration must be a dump (stop-copy, pre-copy or post-copy)"
+                    .into(),
+            );
         }
         if self.held.is_some() {
             return Err("a dump of this container is already held".into());
         }
         let c = self.load()?;
         let cgroup = c.cgroup()?;
-        let o = self.checkpoint_options(plan);
+        let mut o = self.checkpoint_options(plan);
+        if plan.lazy_pages {
+            let status = super::lazy::StatusPipe::new()?;
+            o.status_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&status.write));
+            self.lazy = Some(Lazy {
+                status,
+                serving: false,
+                result: None,
+            });
+        }
         let called = Instant::now();
         let (held, ev_rx) = spawn_dump(c, o)?;
         // Wait for the hold, noting when the cgroup froze (ferry freezes it
@@ -535,6 +573,10 @@ impl SourceHost for ContainerSource {
     }
 
     fn resume(&mut self) -> Result<(), HostError> {
+        if self.lazy.is_some() {
+            self.stop_serving();
+            self.lazy = None;
+        }
         if let Some(h) = self.held.take() {
             // Best effort: the rollback thaws in any case.
             if let Err(e) = h.on_death(OnDeath::Thaw, None) {
@@ -560,6 +602,16 @@ impl SourceHost for ContainerSource {
     }
 
     fn destroy(&mut self) -> Result<(), HostError> {
+        if self.lazy.is_some() {
+            // The destination has every page: CRIU is done (or stopped),
+            // and the frozen tree is removed here.
+            self.stop_serving();
+            if let Some(Some(Ok(stats))) = self.lazy.take().map(|l| l.result) {
+                self.stats = stats;
+            }
+            self.load()?.delete(true)?;
+            return Ok(());
+        }
         let h = self
             .held
             .take()
@@ -572,6 +624,88 @@ impl SourceHost for ContainerSource {
         }
         self.stats = h.release(true)?;
         Ok(())
+    }
+
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::StopCopy, Mode::PreCopy, Mode::PostCopy]
+    }
+
+    fn serve_pages(&mut self) -> Result<(), HostError> {
+        let (Some(l), Some(h)) = (self.lazy.as_mut(), self.held.as_ref()) else {
+            return Err("no lazy dump is held".into());
+        };
+        let _ = h.decision.send(true);
+        l.serving = true;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = match self.lazy.as_ref() {
+                Some(l) => l.status.wait(Duration::from_millis(50))?,
+                None => false,
+            };
+            if ready {
+                return Ok(());
+            }
+            if let PagesState::Failed(e) = self.pages_state() {
+                return Err(e.into());
+            }
+        }
+        Err("CRIU did not start serving pages within 30 s".into())
+    }
+
+    fn pages_state(&mut self) -> PagesState {
+        let Some(l) = self.lazy.as_mut() else {
+            return PagesState::Failed("no lazy dump".into());
+        };
+        if l.result.is_none() {
+            if let Some(h) = self.held.as_ref() {
+                while let Ok(ev) = h.events.try_recv() {
+                    if let Event::Done(r) = ev {
+                        l.result = Some(r.map_err(|e| e.to_string()));
+                    }
+                }
+            }
+            if l.result.is_some() {
+                if let Some(h) = self.held.take() {
+                    let _ = h.thread.join();
+                }
+            }
+        }
+        match &l.result {
+            None if l.serving => PagesState::Serving,
+            None => PagesState::Failed("pages are not served yet".into()),
+            Some(Ok(_)) => PagesState::Served,
+            Some(Err(e)) => PagesState::Failed(e.clone()),
+        }
+    }
+
+    fn stop_serving(&mut self) {
+        let Some(l) = self.lazy.as_mut() else { return };
+        if l.result.is_some() {
+            return;
+        }
+        let Some(h) = self.held.take() else { return };
+        if let Ok(f) = h.freeze.lock() {
+            if let Some(tid) = f.tid {
+                super::lazy::stop_criu(tid);
+            }
+        }
+        let Held {
+            decision,
+            thread,
+            events,
+            ..
+        } = h;
+        // A hold still waiting at post-dump is declined; the dump then
+        // reports its end (a failure: its criu was killed).
+        drop(decision);
+        let mut result = Err("the dump thread ended without a result".to_string());
+        for ev in events.iter() {
+            if let Event::Done(r) = ev {
+                result = r.map_err(|e| e.to_string());
+            }
+        }
+        let _ = thread.join();
+        l.result = Some(result);
     }
 
     fn commit_pending(&mut self, commit: &CommitInfo) -> Result<(), HostError> {

@@ -350,6 +350,8 @@ fn receive(
         final_dumped: false,
         images_done: false,
         restored: false,
+        peer: Some(peer),
+        lazy: None,
     };
     let result = s.run(&mut ch);
     match result {
@@ -372,6 +374,7 @@ fn receive(
     }
 }
 
+mod postcopy;
 mod session;
 #[cfg(test)]
 mod tests;

@@ -32,9 +32,13 @@ pub(super) struct Session<'a> {
     pub(super) final_dumped: bool,
     pub(super) images_done: bool,
     pub(super) restored: bool,
+    /// The source's address (post-copy fetches pages from it).
+    pub(super) peer: Option<SocketAddr>,
+    /// Post-copy: the link timeout the source asked for.
+    pub(super) lazy: Option<std::time::Duration>,
 }
 
-fn out_of_order(m: &Msg) -> Error {
+pub(super) fn out_of_order(m: &Msg) -> Error {
     Error::Unexpected {
         expected: "the next step of the migration",
         got: m.name().to_string(),
@@ -42,11 +46,11 @@ fn out_of_order(m: &Msg) -> Error {
 }
 
 impl Session<'_> {
-    fn host(&mut self) -> &mut dyn DestHost {
+    pub(super) fn host(&mut self) -> &mut dyn DestHost {
         self.host.as_deref_mut().expect("host made at hello")
     }
 
-    fn dest(&self) -> &DestInfo {
+    pub(super) fn dest(&self) -> &DestInfo {
         self.dest.as_ref().expect("after preflight")
     }
 
@@ -63,7 +67,11 @@ impl Session<'_> {
         })?;
         loop {
             // After the restore, the source answers at once.
-            ch.set_timeout(Some(if self.restored { t.reply } else { t.idle }));
+            ch.set_timeout(Some(match (self.restored, self.lazy) {
+                (true, Some(link)) => link,
+                (true, None) => t.reply,
+                _ => t.idle,
+            }));
             let m: Msg = ch.recv()?;
             match m {
                 Msg::Preflight { info, rootfs } if self.dest.is_none() => {
@@ -93,15 +101,29 @@ impl Session<'_> {
                         .map_err(Error::host("waiting for the page server"))?;
                     ch.send(&Msg::DumpOk)?;
                 }
+                // Post-copy's lazy dump sends no pages before its images.
                 Msg::Images
-                    if self.final_dumped && self.page_server.is_none() && !self.images_done =>
+                    if (self.final_dumped || self.predumps == 0)
+                        && self.page_server.is_none()
+                        && !self.images_done =>
                 {
                     let stats = self.receive_images(ch)?;
                     ch.send(&Msg::TreeOk { stats })?;
                 }
-                Msg::Restore if self.images_done && !self.restored => {
+                Msg::Restore if self.images_done && self.final_dumped && !self.restored => {
                     let pid = self.restore()?;
                     ch.send(&Msg::Restored { pid })?;
+                }
+                Msg::LazyRestore {
+                    port,
+                    link_timeout_ms,
+                } if self.images_done && !self.final_dumped && !self.restored => {
+                    let pid = self.lazy_restore(port, link_timeout_ms)?;
+                    ch.send(&Msg::Restored { pid })?;
+                }
+                Msg::Commit if self.restored && self.lazy.is_some() => {
+                    let link = self.lazy.expect("checked");
+                    return self.post_copy(ch, link);
                 }
                 Msg::Commit if self.restored => {
                     self.shared.set_state(&self.mid, State::Committing);
@@ -222,6 +244,10 @@ impl Session<'_> {
 
     fn receive_images(&mut self, ch: &mut Channel) -> Result<crate::files::ReceiveStats, Error> {
         let dir = self.dest().images_dir.join(mode::FINAL_DIR);
+        if !self.final_dumped {
+            // Post-copy: no page server made it.
+            std::fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
+        }
         let mut rx = TreeReceiver::new(&dir, self.shared.cfg.limits)?;
         let stats = rx.receive(ch, &mut |_| {})?;
         rx.commit_merge()?;
@@ -229,7 +255,7 @@ impl Session<'_> {
         Ok(stats)
     }
 
-    fn restore(&mut self) -> Result<i32, Error> {
+    pub(super) fn restore(&mut self) -> Result<i32, Error> {
         let dest = self.dest().clone();
         let info = self.source.clone().expect("after preflight");
         let rootfs = match self.rootfs_mode {
@@ -252,7 +278,7 @@ impl Session<'_> {
             images_dir: dest.images_dir.join(mode::FINAL_DIR),
             bundle_dir: dest.bundle_dir.clone(),
             rootfs,
-            lazy_pages: false,
+            lazy_pages: self.lazy.is_some(),
             hold: true,
             source: info,
         };
@@ -261,7 +287,7 @@ impl Session<'_> {
         Ok(r.pid)
     }
 
-    fn remove_images(&mut self) {
+    pub(super) fn remove_images(&mut self) {
         if let Some(d) = &self.dest {
             if let Err(e) = crate::remove::remove_tree(&d.images_dir) {
                 warn!(dir = %d.images_dir.display(), error = %e, "cannot remove images");

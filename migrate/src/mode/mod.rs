@@ -9,7 +9,8 @@
 //!   soft-dirty memory tracking (`mem_track`) on the source.
 //! * **post-copy**: dump without memory (`lazy_pages`), restore at once,
 //!   pages fetched on demand from the source. Needs userfaultfd
-//!   (`lazy_pages`) on both sides.
+//!   (`lazy_pages`) on both sides, the operator's consent, and is never
+//!   chosen by `auto` (see `source::postcopy` for the failure outcomes).
 //!
 //! The plan types ([`DumpPlan`], [`PageServerPlan`], [`RestorePlan`],
 //! [`LazyPagesPlan`]) are what a host maps onto its CRIU client; their
@@ -108,8 +109,14 @@ pub fn precopy_unavailable(src: &Features, implemented: &[Mode]) -> Option<Strin
     })
 }
 
-/// Why post-copy cannot run with these features, if it cannot.
-pub fn postcopy_unavailable(src: &Features, dst: &Features) -> Option<String> {
+/// Why post-copy cannot run with these features and this source host's
+/// implementation, if it cannot. A host reports `lazy_pages` only where a
+/// lazy dump was measured to work, not merely where CRIU names the feature.
+pub fn postcopy_unavailable(
+    src: &Features,
+    dst: &Features,
+    implemented: &[Mode],
+) -> Option<String> {
     if !src.lazy_pages || !dst.lazy_pages {
         let side = match (src.lazy_pages, dst.lazy_pages) {
             (false, false) => "neither host",
@@ -117,31 +124,33 @@ pub fn postcopy_unavailable(src: &Features, dst: &Features) -> Option<String> {
             _ => "the destination",
         };
         let verb = if side == "neither host" {
-            "has"
+            "can serve"
         } else {
-            "lacks"
+            "cannot serve"
         };
         return Some(format!(
-            "{side} {verb} userfaultfd lazy-pages support (CRIU feature lazy_pages)"
+            "{side} {verb} lazy pages (CRIU's lazy_pages feature with a lazy dump that              works; `ferry check` there shows what was measured)"
         ));
     }
-    Some(POSTCOPY_NOT_DRIVEN.to_string())
+    (!implemented.contains(&Mode::PostCopy))
+        .then(|| "this runtime's source host does not drive post-copy".to_string())
 }
 
-/// Post-copy is planned (see [`postcopy_plans`]) but not run: after the
-/// switchover the container's memory would live on both hosts until every
-/// page arrived, so a lost link would lose the container — the opposite of
-/// the transactional switchover every other mode keeps — and lazy dumps
-/// fail on the kernels it was tried on (`page-pipe: tee: Operation not
-/// permitted`) even where CRIU reports the feature.
-pub const POSTCOPY_NOT_DRIVEN: &str = "post-copy is not run by this version: a link lost after \
-     the switchover would lose the container, and CRIU's lazy dump fails on the kernels it was \
-     measured on even when the lazy_pages feature is reported";
+/// Why `auto` never picks post-copy.
+pub const POSTCOPY_NOT_AUTO: &str = "never chosen by auto: until the last page arrives the \
+     container depends on both hosts, and a failure then resumes it here, losing its work on the \
+     destination (ask for it with --mode post-copy --accept-postcopy-risk)";
+
+/// Why post-copy needs the operator's explicit consent.
+pub const POSTCOPY_RISK: &str = "post-copy needs --accept-postcopy-risk: the container runs on \
+     the destination before its memory has arrived, and if the link or either host fails before \
+     the last page does, the destination's copy is stopped and the container resumes here from \
+     the switchover, losing everything it did on the destination";
 
 /// Chooses the mode among those both hosts' kernels support *and* the
 /// source host implements (`implemented`, from `SourceHost::modes`).
 /// `Auto` picks pre-copy where possible, else stop-copy, and never
-/// post-copy (see [`POSTCOPY_NOT_DRIVEN`]). An explicit mode that cannot run
+/// post-copy (see [`POSTCOPY_NOT_AUTO`]). An explicit mode that cannot run
 /// is an error with the reason: it is never silently replaced.
 pub fn choose_mode(
     req: ModeRequest,
@@ -150,7 +159,7 @@ pub fn choose_mode(
     implemented: &[Mode],
 ) -> Result<ModeChoice, String> {
     let pre = precopy_unavailable(src, implemented);
-    let post = postcopy_unavailable(src, dst);
+    let post = postcopy_unavailable(src, dst, implemented);
     let explicit = |mode: Mode, why: Option<String>| match why {
         Some(reason) => Err(format!("{mode} migration is not possible: {reason}")),
         None => Ok(ModeChoice {
@@ -164,13 +173,11 @@ pub fn choose_mode(
         ModeRequest::PreCopy => explicit(Mode::PreCopy, pre),
         ModeRequest::PostCopy => explicit(Mode::PostCopy, post),
         ModeRequest::Auto => {
-            let mut not_used = Vec::new();
-            if let Some(reason) = post {
-                not_used.push(NotUsed {
-                    mode: Mode::PostCopy,
-                    reason,
-                });
-            }
+            let not_used = vec![NotUsed {
+                mode: Mode::PostCopy,
+                reason: post.unwrap_or_else(|| POSTCOPY_NOT_AUTO.to_string()),
+            }];
+            let mut not_used = not_used;
             match pre {
                 None => Ok(ModeChoice {
                     mode: Mode::PreCopy,

@@ -31,9 +31,41 @@ fn auto_falls_back_to_stop_copy_and_says_why() {
     assert_eq!(c.not_used[0].mode, Mode::PreCopy);
     assert!(c.not_used[0].reason.contains("soft-dirty"), "{c:?}");
     assert_eq!(c.not_used[1].mode, Mode::PostCopy);
-    assert!(c.not_used[1].reason.contains("lose the container"), "{c:?}");
+    assert!(
+        c.not_used[1].reason.contains("does not drive post-copy"),
+        "{c:?}"
+    );
     let c = choose_mode(ModeRequest::Auto, &NONE, &NONE, PRE).unwrap();
     assert!(c.not_used[1].reason.contains("neither host"), "{c:?}");
+}
+
+/// A source host that drives post-copy too.
+const ALL_MODES: &[Mode] = &[Mode::StopCopy, Mode::PreCopy, Mode::PostCopy];
+
+#[test]
+fn auto_never_picks_post_copy_even_where_it_works() {
+    for f in [ALL, HERE] {
+        let c = choose_mode(ModeRequest::Auto, &f, &f, ALL_MODES).unwrap();
+        assert_ne!(c.mode, Mode::PostCopy);
+        let post = c
+            .not_used
+            .iter()
+            .find(|n| n.mode == Mode::PostCopy)
+            .unwrap();
+        assert!(post.reason.contains("never chosen by auto"), "{c:?}");
+        assert!(post.reason.contains("--accept-postcopy-risk"), "{c:?}");
+    }
+}
+
+#[test]
+fn post_copy_runs_only_where_both_hosts_serve_lazy_pages_and_the_source_drives_it() {
+    let c = choose_mode(ModeRequest::PostCopy, &HERE, &HERE, ALL_MODES).unwrap();
+    assert_eq!((c.mode, c.reason.as_str()), (Mode::PostCopy, "requested"));
+    let e = choose_mode(ModeRequest::PostCopy, &HERE, &HERE, PRE).unwrap_err();
+    assert!(e.contains("does not drive post-copy"), "{e}");
+    let e = choose_mode(ModeRequest::PostCopy, &NONE, &ALL, ALL_MODES).unwrap_err();
+    assert!(e.contains("the source cannot serve lazy pages"), "{e}");
+    assert!(e.contains("ferry check"), "{e}");
 }
 
 #[test]
@@ -63,7 +95,7 @@ fn explicit_unavailable_modes_are_refused_not_replaced() {
     let e = choose_mode(ModeRequest::PreCopy, &HERE, &HERE, PRE).unwrap_err();
     assert!(e.starts_with("pre-copy migration is not possible"), "{e}");
     let e = choose_mode(ModeRequest::PostCopy, &ALL, &NONE, PRE).unwrap_err();
-    assert!(e.contains("the destination lacks userfaultfd"), "{e}");
+    assert!(e.contains("the destination cannot serve lazy pages"), "{e}");
     assert_eq!(
         choose_mode(ModeRequest::StopCopy, &NONE, &NONE, STOP)
             .unwrap()

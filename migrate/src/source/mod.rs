@@ -28,6 +28,7 @@ use crate::wire::Compression;
 use crate::{CancelToken, Error, RootfsMode, Timeouts};
 pub use switchover::ask_outcome;
 
+mod postcopy;
 mod switchover;
 
 /// What `ferry migrate` asks for.
@@ -53,6 +54,12 @@ pub struct SourceConfig {
     /// How long to keep asking about a migration whose commit was sent
     /// but not confirmed.
     pub status_deadline: Duration,
+    /// The operator accepts post-copy's risk (`--accept-postcopy-risk`):
+    /// post-copy is refused without it.
+    pub accept_postcopy_risk: bool,
+    /// Post-copy: either side that hears nothing from the other for this
+    /// long gives up (the destination stops its copy, the source resumes).
+    pub postcopy_link_timeout: Duration,
 }
 
 impl SourceConfig {
@@ -70,6 +77,8 @@ impl SourceConfig {
             timeouts: Timeouts::default(),
             precopy: PreCopyPolicy::default(),
             status_deadline: Duration::from_secs(30),
+            accept_postcopy_risk: false,
+            postcopy_link_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -164,6 +173,7 @@ pub fn migrate(
         frozen_at: None,
         commit_sent: false,
         memory_estimate: 0,
+        serving: None,
     };
     run.report.migration_id = run.migration_id.clone();
     let result = run.steps();
@@ -213,6 +223,8 @@ struct Run<'a> {
     commit_sent: bool,
     /// Resident memory the source reported (the dump's expected size).
     memory_estimate: u64,
+    /// Post-copy, once the destination may run a copy.
+    serving: Option<postcopy::Serving>,
 }
 
 impl Run<'_> {
@@ -265,6 +277,9 @@ impl Run<'_> {
     }
 
     fn steps(&mut self) -> Result<(), Error> {
+        if self.cfg.mode == ModeRequest::PostCopy && !self.cfg.accept_postcopy_risk {
+            return Err(Error::ModeUnavailable(mode::POSTCOPY_RISK.into()));
+        }
         self.connect()?;
         let (info, dest) = self.preflight()?;
         let manifest = match self.cfg.rootfs {
@@ -278,6 +293,9 @@ impl Run<'_> {
         ));
         std::fs::create_dir_all(&work).map_err(Error::io("create", &work))?;
         self.work = Some(work.clone());
+        if self.report.mode == Some(Mode::PostCopy) {
+            return self.post_copy(&work, &dest, &info.rootfs, manifest);
+        }
         let iterations = if self.report.mode == Some(Mode::PreCopy) {
             self.pre_copy(&work, &dest)?
         } else {

@@ -87,6 +87,9 @@ impl Run<'_> {
             error
         };
         tracing::warn!(phase = %self.phase, %error, "migration failed, rolling back");
+        if let Some(s) = self.serving.take() {
+            return self.postcopy_rollback(error, s);
+        }
         if self.commit_sent {
             match self.ask_outcome() {
                 Some(Outcome::Running) => {
@@ -134,7 +137,7 @@ impl Run<'_> {
 
     /// Asks the destination what became of this migration, until it
     /// knows or `status_deadline` passes.
-    fn ask_outcome(&mut self) -> Option<Outcome> {
+    pub(super) fn ask_outcome(&mut self) -> Option<Outcome> {
         if let Some(c) = self.ch.as_ref().and_then(|c| c.closer()) {
             c.close();
         }
