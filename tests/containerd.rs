@@ -22,7 +22,19 @@ struct Containerd {
     /// Where the shim tells ferry to keep its state (`--root`).
     ferry_root: PathBuf,
     ids: Vec<String>,
+    /// The directories containerd makes under /run that did not exist
+    /// before this test started it (removed when empty).
+    made_dirs: Vec<&'static str>,
 }
+
+/// What containerd 1.6 makes under /run whatever its configuration (shim
+/// sockets, fifos, the runc shim's roots), deepest first.
+const RUN_DIRS: [&str; 4] = [
+    "/run/containerd/runc",
+    "/run/containerd/s",
+    "/run/containerd/fifo",
+    "/run/containerd",
+];
 
 fn have(tool: &str) -> bool {
     Command::new("sh")
@@ -75,6 +87,10 @@ impl Containerd {
             ),
         )
         .unwrap();
+        let made_dirs = RUN_DIRS
+            .into_iter()
+            .filter(|p| !Path::new(p).exists())
+            .collect();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let daemon = Command::new("containerd")
             .arg("--config")
@@ -92,6 +108,7 @@ impl Containerd {
             image: format!("localhost/ferry-ctrd-t{}:1", std::process::id()),
             namespace,
             ids: Vec::new(),
+            made_dirs,
         };
         assert!(
             wait_until(Duration::from_secs(20), || c
@@ -241,6 +258,10 @@ impl Drop for Containerd {
                 .output();
         }
         let _ = std::fs::remove_dir(&self.ferry_root);
+        // Only empty ones go (rmdir), and only those this test caused.
+        for d in &self.made_dirs {
+            let _ = std::fs::remove_dir(d);
+        }
         // Snapshots may still be mounted below the root: unmount before the
         // temporary directory goes (never delete through a mount point).
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
