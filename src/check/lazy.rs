@@ -115,19 +115,30 @@ pub(super) fn try_lazy_dump(criu: &Criu) -> Result<String, String> {
     result
 }
 
-/// `sleep 600` in a session of its own (the dumped tree must be one).
+/// `sleep 600` in a session of its own (the dumped tree must be one),
+/// killed by the kernel if ferry dies before it does (a killed `ferry
+/// check` or migration preflight must leave no process behind).
 fn spawn_sleeper() -> Result<Child, String> {
     let mut cmd = Command::new("sleep");
     cmd.arg("600")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; the dumped tree must be its own session.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: setsid, prctl and getppid are async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid()
                 .map(drop)
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // ferry died before the death signal was armed.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
         });
     }
     cmd.spawn().map_err(|e| format!("cannot start sleep: {e}"))
