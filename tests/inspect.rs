@@ -53,12 +53,9 @@ impl Drop for Tree {
 
 const MARK: &str = "FERRY_INSPECT_MARK=tree-42";
 
-/// `sh` holding `file` open on fd 7, with a `sleep` child.
-fn spawn_tree(file: &Path) -> Tree {
-    let script = format!(
-        "exec 7<{}; sleep 1000 & while :; do sleep 1; done",
-        file.display()
-    );
+/// `sh -c script` in a session of its own (with the inspect mark in its
+/// environment), killed with its group when the `Tree` drops.
+fn spawn_script(script: &str) -> Tree {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(script)
@@ -79,6 +76,16 @@ fn spawn_tree(file: &Path) -> Tree {
         pid: child.id() as i32,
     };
     std::mem::forget(child);
+    tree
+}
+
+/// `sh` holding `file` open on fd 7, with a `sleep` child.
+fn spawn_tree(file: &Path) -> Tree {
+    let script = format!(
+        "exec 7<{}; sleep 1000 & while :; do sleep 1; done",
+        file.display()
+    );
+    let tree = spawn_script(&script);
     // Wait for the sleep child.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -767,25 +774,7 @@ fn inspect_diff_names_what_changed_between_two_checkpoints() {
         second.display(),
         stay.display()
     );
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    let tree = Tree {
-        pid: child.id() as i32,
-    };
-    std::mem::forget(child);
+    let tree = spawn_script(&script);
     let wait_children = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && children(tree.pid).len() < n {

@@ -49,25 +49,7 @@ fn postcopy_works(w: &World) -> bool {
 
 /// A memhog container of `mib` MiB on A; returns (id, data dir).
 fn memhog_container(w: &mut World, name: &str, mib: u32) -> (String, PathBuf) {
-    let id = w.id(name);
-    let data = w.work.path().join(format!("{name}-data"));
-    std::fs::create_dir_all(&data).unwrap();
-    let m = mib.to_string();
-    let bundle = w.bundle(name, &["/memhog", &m, "/data"], &data, |_| {});
-    std::fs::copy(memhog(), bundle.join("rootfs/memhog")).unwrap();
-    w.a.start(&id, &bundle);
-    assert!(
-        wait_until(Duration::from_secs(60), || data.join("maxgap").exists()),
-        "memhog did not start"
-    );
-    (id, data)
-}
-
-fn read_text(p: &Path) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    w.memhog(name, mib, &[], "maxgap", Duration::from_secs(60))
 }
 
 /// `host` runs `id` with the memory it had (`sum`).

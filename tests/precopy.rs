@@ -27,25 +27,8 @@ fn tracks_dirty_memory() -> bool {
 /// A memhog container of `mib` MiB on A rewriting `dirty_kib` KiB/s;
 /// returns (id, data dir).
 fn hog(w: &mut World, name: &str, mib: u32, dirty_kib: u32) -> (String, PathBuf) {
-    let id = w.id(name);
-    let data = w.work.path().join(format!("{name}-data"));
-    std::fs::create_dir_all(&data).unwrap();
-    let (m, d) = (mib.to_string(), dirty_kib.to_string());
-    let bundle = w.bundle(name, &["/memhog", &m, "/data", &d], &data, |_| {});
-    std::fs::copy(memhog(), bundle.join("rootfs/memhog")).unwrap();
-    w.a.start(&id, &bundle);
-    assert!(
-        wait_until(Duration::from_secs(120), || data.join("count").exists()),
-        "memhog did not start"
-    );
-    (id, data)
-}
-
-fn read_text(p: &Path) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    let d = dirty_kib.to_string();
+    w.memhog(name, mib, &[&d], "count", Duration::from_secs(120))
 }
 
 /// The memory of the hog on `host` equals what it was filled with, and

@@ -384,6 +384,33 @@ impl World {
         (id, count)
     }
 
+    /// A memhog container on A running `/memhog ARGS /data...` (size in
+    /// MiB first, then memhog's other arguments), started once it wrote
+    /// `ready` in its data dir (within `timeout`); returns (id, data dir).
+    pub fn memhog(
+        &mut self,
+        name: &str,
+        mib: u32,
+        more: &[&str],
+        ready: &str,
+        timeout: Duration,
+    ) -> (String, PathBuf) {
+        let id = self.id(name);
+        let data = self.work.path().join(format!("{name}-data"));
+        std::fs::create_dir_all(&data).unwrap();
+        let m = mib.to_string();
+        let mut args = vec!["/memhog", &m, "/data"];
+        args.extend_from_slice(more);
+        let bundle = self.bundle(name, &args, &data, |_| {});
+        std::fs::copy(memhog(), bundle.join("rootfs/memhog")).unwrap();
+        self.a.start(&id, &bundle);
+        assert!(
+            wait_until(timeout, || data.join(ready).exists()),
+            "memhog did not start"
+        );
+        (id, data)
+    }
+
     /// `ferry migrate` from `from` to `to`'s server with `from`'s
     /// certificate (`creds` overrides it).
     pub fn migrate(

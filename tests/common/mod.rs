@@ -370,6 +370,14 @@ pub fn assert_continues(count: &Path, from: u64) {
     );
 }
 
+/// A file's text without surrounding whitespace ("" if unreadable).
+pub fn read_text(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 pub fn read_num(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
