@@ -923,3 +923,59 @@ fn tmpfs_mounts_come_back_with_nodes_and_user_files() {
     env.ok(&["delete", "--force", &id]);
     env.assert_gone(&id);
 }
+
+/// `ferry inspect` of a ferry checkpoint names the root's real filesystem
+/// (CRIU's image says `unsupported` for ext4, xfs, ...) and the host files
+/// the init's stdio was open on, instead of CRIU's external keys.
+#[test]
+fn inspect_names_the_root_filesystem_and_the_stdio_outside() {
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("inspect-root");
+    let (id, bundle, _count) = env.counter("c");
+    let images = env.work.path().join("img");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    let host = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "--target"])
+        .arg(bundle.join("rootfs"))
+        .output()
+        .unwrap();
+    let host_fstype = String::from_utf8(host.stdout).unwrap().trim().to_string();
+    assert!(!host_fstype.is_empty());
+    let out = env.ok(&["inspect", "--format", "json", s(&images)]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let root = v["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountpoint"] == "/")
+        .unwrap_or_else(|| panic!("no root mount: {v}"));
+    assert_eq!(root["fstype"], host_fstype.as_str(), "{root}");
+    // The counter's stdio is the caller's files (Env's /dev/null and log
+    // files), which the container cannot see: named by the paths recorded.
+    let recorded: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(images.join("descriptors.json")).unwrap())
+            .unwrap();
+    let files = v["processes"][0]["files"].as_array().unwrap();
+    assert_eq!(recorded.len(), 3);
+    for (fd, path) in recorded.iter().enumerate() {
+        let f = files.iter().find(|f| f["fd"] == fd).unwrap();
+        let d = f["description"].as_str().unwrap();
+        let want = format!("{path} (outside the container: file[");
+        assert!(
+            path.starts_with('/') && d.starts_with(&want),
+            "fd {fd}: {d}"
+        );
+    }
+    // Without ferry's record, CRIU's own label stays.
+    std::fs::remove_file(images.join("ferry-root.json")).unwrap();
+    let out = env.ok(&["inspect", "--format", "json", s(&images)]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let root = v["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountpoint"] == "/")
+        .unwrap()
+        .clone();
+    assert_eq!(root["fstype"], "unsupported", "{root}");
+}

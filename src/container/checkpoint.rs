@@ -15,7 +15,7 @@ use super::fsutil::writable_dir;
 use super::image_dir::{mark_incomplete, remove_marker};
 use super::netns_image;
 use super::tmpfs_image;
-use super::{Container, Error, HoldError, Result, Status};
+use super::{io, Container, Error, HoldError, Result, Status};
 use crate::cgroups::Cgroup;
 use crate::criu::{
     self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, PreDumpMode, ReqType, Request,
@@ -438,6 +438,15 @@ impl Dump<'_> {
         if !opts.pre_dump {
             externals::write_descriptors(&self.dirs.images, &state.stdio)?;
             externals::write_stdio_files(&self.dirs.images, &stdio_files)?;
+            if let Some(root) = crate::images::root_fs::of_process(state.pid) {
+                crate::images::root_fs::write(&self.dirs.images, &root).map_err(io(format!(
+                    "writing {}",
+                    self.dirs
+                        .images
+                        .join(crate::images::root_fs::ROOT_FS_FILE)
+                        .display()
+                )))?;
+            }
         }
         if let Some(own) = &self.own_netns {
             o.set_empty_ns(libc::CLONE_NEWNET as u32);

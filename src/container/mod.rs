@@ -36,7 +36,7 @@ pub use create::{CreateOptions, Created};
 pub use delete::remove_incomplete;
 pub use events::StatsSnapshot;
 pub use exec::{ExecHandle, ExecOptions};
-pub use externals::DESCRIPTORS_FILE;
+pub use externals::{read_descriptors, read_stdio_files, DESCRIPTORS_FILE};
 pub use image_dir::check_images;
 pub use kill::{parse_signal, KillSignal};
 pub use list::list;

@@ -52,11 +52,18 @@ impl ImageDir {
         else {
             return Ok(Vec::new());
         };
+        let outside = self.outside_files();
         let mut out: Vec<OpenFile> = entries
             .iter()
             .map(|fd| {
                 let (kind, description) = match files.get(&fd.id()) {
-                    Some(f) => describe::describe(f),
+                    Some(f) => {
+                        let (kind, d) = describe::describe(f);
+                        match outside.get(&d) {
+                            Some(path) => (kind, format!("{path} (outside the container: {d})")),
+                            None => (kind, d),
+                        }
+                    }
                     None => (
                         FileKind::from_type(fd.type_()),
                         format!("(no entry {} in files.img)", fd.id()),
@@ -71,6 +78,25 @@ impl ImageDir {
             .collect();
         out.sort_by_key(|f| f.fd);
         Ok(out)
+    }
+
+    /// Files CRIU could only mark external (`file[MNT:INO]`: the init's stdio
+    /// open on a host file such as the caller's /dev/null), by key, with the
+    /// path the checkpointing side recorded for them. Empty for images of
+    /// other tools, or when the records are damaged: they only label.
+    fn outside_files(&self) -> HashMap<String, String> {
+        let (Ok(keys), Ok(paths)) = (
+            crate::container::read_stdio_files(&self.path),
+            crate::container::read_descriptors(&self.path),
+        ) else {
+            return HashMap::new();
+        };
+        keys.into_iter()
+            .filter_map(|(fd, key)| {
+                let path = paths.get(usize::try_from(fd).ok()?)?;
+                (!path.chars().any(char::is_control)).then(|| (key, path.clone()))
+            })
+            .collect()
     }
 
     /// The executable, working and root directories of process `pid`.

@@ -23,6 +23,7 @@ pub mod diff;
 mod files;
 mod memory;
 mod namespaces;
+pub mod root_fs;
 mod search;
 
 pub use crate::criu::image::{ErrorKind, ImageError, Result};

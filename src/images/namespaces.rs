@@ -44,6 +44,9 @@ impl ImageDir {
         else {
             return Ok(Vec::new());
         };
+        // CRIU calls a root on a filesystem it cannot restore (ext4, xfs,
+        // ...) `unsupported`; the dumping side recorded its real type.
+        let root_fs = super::root_fs::read(&self.path);
         Ok(entries
             .iter()
             .map(|m| Mount {
@@ -54,6 +57,12 @@ impl ImageDir {
                     .fsname
                     .clone()
                     .filter(|s| !s.is_empty())
+                    .or_else(|| {
+                        root_fs
+                            .as_ref()
+                            .filter(|_| m.mountpoint() == "/" && m.fstype() == 0)
+                            .map(|r| r.fstype.clone())
+                    })
                     .unwrap_or_else(|| fstype_name(m.fstype()).to_string()),
                 source: m.source().to_string(),
                 root: m.root().to_string(),

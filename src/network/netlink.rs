@@ -215,8 +215,13 @@ fn ifinfo(index: i32, flags: u32, change: u32) -> Vec<u8> {
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
 const NLM_F_CREATE_EXCL: u16 = 0x400 | 0x200;
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
+// rtnetlink attribute types (linux/if_link.h, linux/if_addr.h), for this
+// module's requests and own_netns's reading of dumps.
+pub(super) const IFLA_ADDRESS: u16 = 1;
+pub(super) const IFLA_IFNAME: u16 = 3;
+pub(super) const IFLA_MTU: u16 = 4;
+pub(super) const IFA_ADDRESS: u16 = 1;
+pub(super) const IFA_LOCAL: u16 = 2;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;

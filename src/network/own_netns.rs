@@ -5,14 +5,11 @@
 //! `ip`, `iptables-save` and `nft` runs on both sides).
 use serde::{Deserialize, Serialize};
 
-use super::netlink::{self, attrs, dump};
+use super::netlink::{
+    self, attrs, dump, IFA_ADDRESS, IFA_LOCAL, IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU,
+};
 use super::VethConfig;
 
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
 const RTPROT_KERNEL: u8 = 2;
 /// A veth's MTU unless someone changed it.
 const DEFAULT_MTU: u32 = 1500;
