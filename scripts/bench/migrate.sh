@@ -14,18 +14,21 @@
 #   - the raw throughput of one plain TCP stream over the same link.
 # Prints a table and ratios. Everything it creates is removed on exit.
 #
-# With several MODES, each size is migrated once per mode and the downtime
-# and heartbeat-gap ratios against stop-copy are printed. Pre-copy needs a
-# kernel that tracks dirty memory: `--guest` runs the whole benchmark in the
-# stock-kernel guest (scripts/guest/run.sh) with MODES="stop-copy pre-copy",
-# SIZES="64 256" and no podman unless set otherwise. Under the guest's
-# emulation absolute times mean little; the ratios are what to read.
+# With several MODES, each size and rewrite rate is migrated once per mode
+# and the downtime and heartbeat-gap ratios against stop-copy are printed.
+# Pre-copy needs a kernel that tracks dirty memory and post-copy one with
+# userfaultfd: `--guest` runs the whole benchmark in the stock-kernel guest
+# (scripts/guest/run.sh) with MODES="stop-copy pre-copy post-copy",
+# SIZES=256, DIRTY="0 5120" (idle, then 5 MiB/s rewritten) and no podman
+# unless set otherwise. Under the guest's emulation absolute times mean
+# little; the ratios are what to read.
 #
 # Environment:
 #   SIZES   MiB sizes (default "64 256 1024")
-#   MODES   ferry migrate --mode values (default "stop-copy")
-#   DIRTY   KiB/s the workload rewrites while it runs (default 1024 with
-#           pre-copy among MODES, else 0)
+#   MODES   ferry migrate --mode values (default "stop-copy"); post-copy is
+#           given --accept-postcopy-risk (the workload is thrown away)
+#   DIRTY   KiB/s rates the workload rewrites while it runs, each measured
+#           (default 1024 with pre-copy among MODES, else 0)
 #   FERRY   ferry binary (default: `cargo build --release`, then its output)
 #   PODMAN  set to 0 to skip the podman baseline
 #   RAW_MIB MiB sent to measure the raw TCP rate (default 1024; 128 in the guest)
@@ -41,9 +44,8 @@ if [ "${1:-}" = --guest ]; then
   fi
   "$repo/scripts/guest/install.sh" || exit 1
   exec "$repo/scripts/guest/run.sh" -m 4G -- env FERRY="$FERRY" \
-    SIZES="${SIZES:-64 256}" MODES="${MODES:-stop-copy pre-copy}" PODMAN="${PODMAN:-0}" \
-    RAW_MIB="${RAW_MIB:-128}" \
-    ${DIRTY:+DIRTY="$DIRTY"} bash "$repo/scripts/bench/migrate.sh"
+    SIZES="${SIZES:-256}" MODES="${MODES:-stop-copy pre-copy post-copy}" PODMAN="${PODMAN:-0}" \
+    RAW_MIB="${RAW_MIB:-128}" DIRTY="${DIRTY:-0 5120}" bash "$repo/scripts/bench/migrate.sh"
 fi
 
 SIZES=${SIZES:-64 256 1024}
@@ -141,11 +143,11 @@ cc -static -O2 -o "$tmp/memhog" "$repo/tests/support/memhog.c"
 cp "$tmp/memhog" "$tmp/rootfs/memhog"
 
 # A bundle running memhog SIZE (rewriting $DIRTY KiB/s) with /data bound to DATA.
-make_bundle() { # DIR SIZE DATA
+make_bundle() { # DIR SIZE DATA DIRTY
   mkdir -p "$1" "$3"
   cp -a "$tmp/rootfs" "$1/rootfs"
   "$FERRY" spec --bundle "$1"
-  jq --arg size "$2" --arg data "$3" --arg dirty "$DIRTY" '
+  jq --arg size "$2" --arg data "$3" --arg dirty "$4" '
     .process.terminal = false | .process.args = ["/memhog", $size, "/data", $dirty]
     | .root.readonly = false
     | .mounts += [{"destination": "/data", "type": "bind", "source": $data,
@@ -219,23 +221,31 @@ start_serve() {
 }
 
 declare -A F_PHASES F_DOWN F_TOTAL F_GAP F_MEMRATE F_SRC_RSS F_DST_RSS F_OK F_ROUNDS P_DOWN P_GAP P_OK
+# Every key is MODE/SIZE/DIRTY; DIRTY is omitted when only one rate runs.
+keys=()
+for dirty in $DIRTY; do
 for mode in $MODES; do
 for size in $SIZES; do
   k=$mode/$size
-  log "ferry $mode: $size MiB"
+  [ "$(wc -w <<<"$DIRTY")" -gt 1 ] && k=$k/${dirty}K
+  keys+=("$k")
+  f=${k//\//-}
+  log "ferry $k: $size MiB, $dirty KiB/s rewritten"
   : >"$tmp/serve.out"
   start_serve
-  id=hog$size-$mode
+  id=hog-$f
   b=$tmp/ferry-$size
-  rm -rf "$tmp/ferry-data-$size"
-  make_bundle "$b" "$size" "$tmp/ferry-data-$size"
+  data=$tmp/ferry-data-$f
+  make_bundle "$b" "$size" "$data" "$dirty"
   fa run -d --bundle "$b" "$id" </dev/null >>"$tmp/ctr.log" 2>&1
-  wait_file "$tmp/ferry-data-$size/maxgap" 120
+  wait_file "$data/maxgap" 120
   sleep 0.5
-  sum_before=$(cat "$tmp/ferry-data-$size/sum-before")
+  sum_before=$(cat "$data/sum-before")
+  risk=()
+  [ "$mode" = post-copy ] && risk=(--accept-postcopy-risk)
   # ferry migrate, its VmHWM sampled until it exits.
   nsenter --net=/run/netns/$nsa "$FERRY" --root "$tmp/root-a" \
-    migrate "$id" --mode "$mode" --to $addr_b:"$port" --work-dir "$tmp/work-a" --json "${tls_a[@]}" >"$tmp/report-$mode-$size.json" 2>"$tmp/migrate-$mode-$size.err" &
+    migrate "$id" --mode "$mode" "${risk[@]}" --to $addr_b:"$port" --work-dir "$tmp/work-a" --json "${tls_a[@]}" >"$tmp/report-$f.json" 2>"$tmp/migrate-$f.err" &
   mpid=$!
   src_rss=0
   while kill -0 $mpid 2>/dev/null; do
@@ -244,7 +254,7 @@ for size in $SIZES; do
     sleep 0.02
   done
   if ! wait $mpid; then
-    log "ferry migrate $size MiB failed: $(cat "$tmp/migrate-$mode-$size.err")"
+    log "ferry migrate $k failed: $(cat "$tmp/migrate-$f.err")"
     F_OK[$k]=0
     stop_serve
     fa delete -f "$id" >/dev/null 2>&1 || true
@@ -253,23 +263,27 @@ for size in $SIZES; do
   F_OK[$k]=1
   F_DST_RSS[$k]=$(vmhwm_kib "$serve_pid")
   F_SRC_RSS[$k]=$src_rss
-  r=$tmp/report-$mode-$size.json
+  r=$tmp/report-$f.json
   F_DOWN[$k]=$(jq '.timings.downtime' "$r")
   F_TOTAL[$k]=$(jq '.timings.total' "$r")
-  F_PHASES[$k]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"' "$r")
-  F_MEMRATE[$k]=$(jq '(.bytes.memory / 1048576) / ((.timings.memory_transfer + .timings.pre_dump) / 1000)' "$r")
+  F_PHASES[$k]=$(jq -r '.timings | "freeze \(.freeze) ms, dump \(.dump) ms (memory \(.memory_transfer) ms), images \(.image_transfer) ms, restore \(.restore) ms; preflight \(.preflight) ms"
+    + if .post_copy > 0 then "; pages after the switchover \(.post_copy) ms" else "" end' "$r")
+  # Post-copy moves its pages after the switchover, at the faults' pace:
+  # no memory-phase rate to compare with the link.
+  F_MEMRATE[$k]=$(jq 'if .pages.lazy > 0 then 0 else (.bytes.memory / 1048576) / ((.timings.memory_transfer + .timings.pre_dump) / 1000) end' "$r")
   F_ROUNDS[$k]=$(jq -r 'if (.pre_copy | length) > 0 then
       "rounds " + ([.pre_copy[] | "\(.pages_written)p/\(.duration)ms/frozen \(.frozen)ms"] | join(", "))
       + "; final \(.pages.written)p, predicted \(.predicted_downtime) ms; stopped: \(.pre_copy_stop)"
     else "" end' "$r")
   sleep 0.3
-  F_GAP[$k]=$(awk '{printf "%.1f", $1 / 1000}' "$tmp/ferry-data-$size/maxgap")
+  F_GAP[$k]=$(awk '{printf "%.1f", $1 / 1000}' "$data/maxgap")
   fb kill "$id" USR1
-  wait_file "$tmp/ferry-data-$size/sum-after" 20
-  [ "$(cat "$tmp/ferry-data-$size/sum-after")" = "$sum_before" ] || { log "memory checksum differs after migration ($size MiB)"; F_OK[$k]=0; }
+  wait_file "$data/sum-after" 20
+  [ "$(cat "$data/sum-after")" = "$sum_before" ] || { log "memory checksum differs after migration ($k)"; F_OK[$k]=0; }
   fb delete -f "$id" >/dev/null
   stop_serve
-  rm -rf "$b" "$tmp/bundles-b"
+  rm -rf "$b" "$tmp/bundles-b" "$data"
+done
 done
 done
 
@@ -306,49 +320,44 @@ fi
 # --- table ---------------------------------------------------------------
 echo
 printf 'raw TCP over the veth link: %.0f MiB/s\n\n' "$raw"
-printf '%-18s %12s %12s %12s %14s %10s %10s %12s %12s %10s\n' \
+printf '%-22s %12s %12s %12s %14s %10s %10s %12s %12s %10s\n' \
   "mode/size" "ferry down" "ferry total" "ferry gap" "memory MiB/s" "src RSS" "dst RSS" "podman down" "podman gap" "down/podman"
-for mode in $MODES; do
-for size in $SIZES; do
-  k=$mode/$size
+for k in "${keys[@]}"; do
+  size=$(cut -d/ -f2 <<<"$k")
   if [ "${F_OK[$k]:-0}" != 1 ]; then
-    printf '%-18s %12s\n' "$k" "failed"
+    printf '%-22s %12s\n' "$k" "failed"
     continue
   fi
   pd=${P_DOWN[$size]:-}
   ratio=-
   [ -n "$pd" ] && [ "${P_OK[$size]:-0}" = 1 ] && ratio=$(awk -v a="${F_DOWN[$k]}" -v b="$pd" 'BEGIN {printf "%.2f", a / b}')
-  printf '%-18s %10.1fms %10.1fms %10.1fms %14.0f %8.1fMB %8.1fMB %10sms %10sms %10s\n' \
+  printf '%-22s %10.1fms %10.1fms %10.1fms %14.0f %8.1fMB %8.1fMB %10sms %10sms %10s\n' \
     "$k" "${F_DOWN[$k]}" "${F_TOTAL[$k]}" "${F_GAP[$k]}" "${F_MEMRATE[$k]}" \
     "$(awk -v k="${F_SRC_RSS[$k]}" 'BEGIN {print k / 1024}')" \
     "$(awk -v k="${F_DST_RSS[$k]}" 'BEGIN {print k / 1024}')" \
     "${pd:--}" "${P_GAP[$size]:--}" "$ratio"
 done
-done
 echo
-for mode in $MODES; do
-for size in $SIZES; do
-  k=$mode/$size
+for k in "${keys[@]}"; do
   [ "${F_OK[$k]:-0}" = 1 ] || continue
   echo "$k ferry phases: ${F_PHASES[$k]}"
   [ -n "${F_ROUNDS[$k]:-}" ] && echo "$k pre-copy: ${F_ROUNDS[$k]}"
 done
-done
 echo
-for mode in $MODES; do
-for size in $SIZES; do
-  k=$mode/$size
+for k in "${keys[@]}"; do
   [ "${F_OK[$k]:-0}" = 1 ] || continue
   awk -v s="$k" -v d="${F_DOWN[$k]}" -v g="${F_GAP[$k]}" -v m="${F_MEMRATE[$k]}" -v r="$raw" 'BEGIN {
-    printf "%s: reported downtime / heartbeat gap = %.2f; memory phases at %.0f%% of raw TCP\n",
-      s, d / g, 100 * m / r }'
+    printf "%s: reported downtime / heartbeat gap = %.2f", s, d / g
+    if (m > 0) printf "; memory phases at %.0f%% of raw TCP", 100 * m / r
+    printf "\n" }'
 done
-done
-for size in $SIZES; do
-  s=stop-copy/$size p=pre-copy/$size
-  [ "${F_OK[$s]:-0}" = 1 ] && [ "${F_OK[$p]:-0}" = 1 ] || continue
-  awk -v z="$size" -v ds="${F_DOWN[$s]}" -v dp="${F_DOWN[$p]}" -v gs="${F_GAP[$s]}" -v gp="${F_GAP[$p]}" \
-    -v ts="${F_TOTAL[$s]}" -v tp="${F_TOTAL[$p]}" 'BEGIN {
-    printf "%sM pre-copy / stop-copy: downtime %.2f, heartbeat gap %.2f, total %.2f\n",
-      z, dp / ds, gp / gs, tp / ts }'
+# Each mode against stop-copy of the same size and rate.
+for k in "${keys[@]}"; do
+  case $k in stop-copy/*) continue ;; esac
+  s=stop-copy/${k#*/}
+  [ "${F_OK[$s]:-0}" = 1 ] && [ "${F_OK[$k]:-0}" = 1 ] || continue
+  awk -v k="$k" -v ds="${F_DOWN[$s]}" -v dp="${F_DOWN[$k]}" -v gs="${F_GAP[$s]}" -v gp="${F_GAP[$k]}" \
+    -v ts="${F_TOTAL[$s]}" -v tp="${F_TOTAL[$k]}" 'BEGIN {
+    printf "%s / stop-copy: downtime %.2f, heartbeat gap %.2f, total %.2f\n",
+      k, dp / ds, gp / gs, tp / ts }'
 done
