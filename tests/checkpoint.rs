@@ -851,16 +851,29 @@ fn changed_network_namespace_falls_back_to_criu() {
     env.assert_gone(&id);
 }
 
-/// tmpfs mounts that hold only what ferry made come back from ferry's list
-/// of them (device nodes, symlinks, modes, masked paths read-only); one the
-/// container wrote files to is archived by CRIU, contents kept.
+/// tmpfs mounts come back from ferry's list of them (device nodes,
+/// symlinks, modes, masked paths read-only) and the user's files in them
+/// from ferry's uncompressed copy (content, mode, owner, mtime); a tmpfs
+/// the list cannot carry (a hard link in it) is archived by CRIU, contents
+/// kept.
 #[test]
 fn tmpfs_mounts_come_back_with_nodes_and_user_files() {
     let Some(_g) = criu_lock() else { return };
     let env = Env::new("tmpfs");
     let script = "echo kept > /dev/shm/data && mkdir /dev/shm/d && echo deep > /dev/shm/d/f && \\
+                  head -c 3000000 /dev/urandom > /dev/shm/big && chmod 604 /dev/shm/big && \\
+                  chown 12:34 /dev/shm/big && touch -d '2001-02-03 04:05:06' /dev/shm/data && \\
+                  mkdir /tmp/own && mount -t tmpfs -o size=1m own /tmp/own && \\
+                  echo linked > /tmp/own/a && ln /tmp/own/a /tmp/own/b && \\
                   touch /tmp/ready && while :; do sleep 0.1; done";
-    let bundle = env.bundle("b", &["sh", "-c", script], |_| {});
+    // For the chown and the container's own tmpfs mount.
+    let bundle = env.bundle("b", &["sh", "-c", script], |v| {
+        for set in ["bounding", "effective", "permitted"] {
+            let caps = v["process"]["capabilities"][set].as_array_mut().unwrap();
+            caps.push("CAP_SYS_ADMIN".into());
+            caps.push("CAP_CHOWN".into());
+        }
+    });
     let id = env.id("t");
     env.run_detached(&bundle, &id);
     let rootfs = bundle.join("rootfs");
@@ -869,6 +882,12 @@ fn tmpfs_mounts_come_back_with_nodes_and_user_files() {
         .exists()));
     let listing =
         "find /dev /sys/fs/cgroup /proc/acpi -xdev -exec stat -c '%n %F %a %u %g %t %T' {} +";
+    let files = "stat -c '%n %s %a %u %g %Y' /dev/shm/data /dev/shm/big; md5sum /dev/shm/big";
+    let files_before = env.ok(&["exec", &id, "sh", "-c", files]);
+    assert!(
+        files_before.contains("/dev/shm/data 5 644 0 0 981173106"),
+        "{files_before}"
+    );
     let before = env.ok(&["exec", &id, "sh", "-c", listing]);
     assert!(
         before.contains("/dev/null character special file 666 0 0 1 3"),
@@ -876,16 +895,22 @@ fn tmpfs_mounts_come_back_with_nodes_and_user_files() {
     );
     let images = env.work.path().join("img");
     env.ok(&checkpoint_args(&images, &[], &id));
-    // ferry lists /dev; CRIU archives only /dev/shm, which holds data.
+    // ferry lists /dev and /dev/shm (its files' content copied as it is);
+    // CRIU archives only /tmp/own, which holds a hard link.
     let list = std::fs::read_to_string(images.join("ferry-tmpfs.json")).unwrap();
     assert!(list.contains(r#""key":"/dev""#), "{list}");
-    assert!(!list.contains(r#""key":"/dev/shm""#), "{list}");
+    assert!(list.contains(r#""key":"/dev/shm""#), "{list}");
+    assert!(!list.contains(r#""key":"/tmp/own""#), "{list}");
+    let data_len = std::fs::metadata(images.join("ferry-tmpfs.data"))
+        .unwrap()
+        .len();
+    assert_eq!(data_len, 3_000_000 + 5 + 5, "uncompressed content");
     let archives: Vec<_> = std::fs::read_dir(&images)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("tmpfs-dev"))
         .collect();
-    assert_eq!(archives.len(), 1, "CRIU archived more than /dev/shm");
+    assert_eq!(archives.len(), 1, "CRIU archived more than /tmp/own");
     env.ok(&restore_args(&bundle, &images, &[], &id));
     let after = env.ok(&["exec", &id, "sh", "-c", listing]);
     // Same entries (a new tmpfs lists them in another order).
@@ -897,6 +922,9 @@ fn tmpfs_mounts_come_back_with_nodes_and_user_files() {
     assert_eq!(sorted(&before), sorted(&after));
     let data = env.ok(&["exec", &id, "cat", "/dev/shm/data", "/dev/shm/d/f"]);
     assert_eq!(data, "kept\ndeep\n");
+    assert_eq!(env.ok(&["exec", &id, "sh", "-c", files]), files_before);
+    let linked = "cat /tmp/own/b; stat -c %h /tmp/own/a";
+    assert_eq!(env.ok(&["exec", &id, "sh", "-c", linked]), "linked\n2\n");
     // The nodes work, the masked directory stays read-only.
     let zeros = env.ok(&[
         "exec",

@@ -271,20 +271,35 @@ impl NotifyHandler for DumpHandler<'_, '_> {
 }
 
 impl DumpHandler<'_, '_> {
-    /// The listed tmpfs mounts still hold what the list says (the
-    /// container may have written to one before it was frozen).
+    /// Lists the tmpfs mounts declared external again, now that the tree
+    /// is frozen, and copies their files' content: what the images keep.
+    /// One the list can no longer carry (the container made a hard link
+    /// or a socket in it before the freeze) fails the checkpoint.
     fn verify_tmpfs(&mut self) -> std::result::Result<(), criu::HandlerError> {
         if self.tmpfs_verified || self.tmpfs.is_empty() {
             return Ok(());
         }
         let pid = self.criu_lock.init_pid;
-        let now = tmpfs_image::collect(pid).map_err(criu::HandlerError::new)?;
-        if let Some(t) = self.tmpfs.iter().find(|t| !now.contains(t)) {
+        let mut sink = tmpfs_image::DataSink::create(self.images).map_err(|e| {
+            criu::HandlerError::from(format!(
+                "cannot write {}: {e}",
+                self.images.join(tmpfs_image::TMPFS_DATA_FILE).display()
+            ))
+        })?;
+        let listed = |key: &str| self.tmpfs.iter().any(|t| t.key == key);
+        let now =
+            tmpfs_image::collect(pid, listed, Some(&mut sink)).map_err(criu::HandlerError::new)?;
+        if let Some(t) = self
+            .tmpfs
+            .iter()
+            .find(|t| !now.iter().any(|n| n.key == t.key))
+        {
             return Err(criu::HandlerError::from(format!(
-                "the container wrote to {} while it was being checkpointed; run the checkpoint again",
+                "the container changed {} while it was being checkpointed (a hard link, a socket, or too many entries); run the checkpoint again",
                 t.key
             )));
         }
+        tmpfs_image::write(self.images, &now).map_err(criu::HandlerError::new)?;
         self.tmpfs_verified = true;
         Ok(())
     }
@@ -639,7 +654,7 @@ impl Container {
             tmpfs: if opts.pre_dump {
                 Vec::new()
             } else {
-                tmpfs_image::collect(self.state.pid)?
+                tmpfs_image::collect(self.state.pid, |_| true, None)?
             },
         };
         let o = dump.criu_opts()?;

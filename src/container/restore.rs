@@ -281,11 +281,12 @@ impl Drop for StagedTmpfs {
 /// each to its mount point in the container.
 fn stage_tmpfs(images: &Path, dir: &StateDir, ext: &mut Vec<External>) -> Result<StagedTmpfs> {
     let mut staged = StagedTmpfs(Vec::new());
+    let data = tmpfs_image::open_data(images)?;
     for (i, t) in tmpfs_image::read(images)?.iter().enumerate() {
         let at = dir.file(&format!("tmpfs-{i}"));
         std::fs::create_dir(&at).map_err(io(format!("creating {}", at.display())))?;
         staged.0.push(at.clone());
-        tmpfs_image::make(t, &at)?;
+        tmpfs_image::make(t, &at, data.as_ref())?;
         ext.push(External {
             key: t.key.clone(),
             source: at,

@@ -1,11 +1,20 @@
-//! tmpfs mounts that hold only directories, device nodes, symlinks and
-//! empty files (`/dev`, masked directories, the v1 cgroup tmpfs: what
-//! ferry made): the dump lists their entries in the image dir instead of
-//! CRIU archiving each with `tar --gzip` (a process per mount, on both
-//! sides), and the restore makes the same tmpfs from the list and hands it
-//! to CRIU as an external mount. A tmpfs holding data (the user's files)
-//! is left to CRIU.
+//! tmpfs mounts of the container (`/dev`, masked directories, the v1
+//! cgroup tmpfs, `/dev/shm`, a tmpfs `/tmp`): the dump lists their entries
+//! in the image dir and copies the content of their regular files, as it
+//! is, into one data file, instead of CRIU archiving each mount with
+//! `tar --gzip` (a process per mount on both sides, and gzip's tens of
+//! MB/s for the user's data); the restore makes the same tmpfs from the
+//! list and hands it to CRIU as an external mount. A tmpfs the list cannot
+//! carry (hard links, sockets, names that are not UTF-8, more than
+//! [`MAX_ENTRIES`] entries) is left to CRIU.
+//!
+//! The list is taken before the dump (to tell CRIU which mounts are
+//! external) and again once the tree is frozen; only the second one, with
+//! the data copied then, is written: a container writing to its tmpfs
+//! until the freeze is checkpointed as it was at the freeze.
 use std::ffi::CString;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +24,9 @@ use super::{io, Error, ImagesError, Result};
 
 /// Written into the image dir: the tmpfs mounts ferry makes again.
 pub const TMPFS_FILE: &str = "ferry-tmpfs.json";
+/// Written into the image dir: the content of their regular files, one
+/// after another ([`Kind::Data`] says where).
+pub const TMPFS_DATA_FILE: &str = "ferry-tmpfs.data";
 /// Most entries listed per tmpfs (more: CRIU archives it).
 const MAX_ENTRIES: usize = 4096;
 /// Largest [`TMPFS_FILE`] read from an image dir.
@@ -25,6 +37,13 @@ pub enum Kind {
     Dir,
     /// An empty regular file (a mount point for a file bind, as a rule).
     File,
+    /// A regular file with content: `len` bytes at `offset` of
+    /// [`TMPFS_DATA_FILE`], and its modification time.
+    Data {
+        offset: u64,
+        len: u64,
+        mtime: (i64, i64),
+    },
     Char(u64),
     Block(u64),
     Fifo,
@@ -114,6 +133,22 @@ fn stat_at(dir: &impl AsFd, name: &CString) -> std::io::Result<libc::stat> {
     Ok(st)
 }
 
+fn open_file_at(dir: &impl AsFd, name: &CString) -> std::io::Result<File> {
+    // SAFETY: valid fd and name; the result is checked.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_fd().as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
     // SAFETY: valid fd and name; the result is checked.
     let fd = unsafe {
@@ -130,9 +165,49 @@ fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Where the content of listed files goes while the tree is frozen; before
+/// the freeze there is none, and files are listed with their size only.
+pub struct DataSink {
+    file: File,
+    len: u64,
+}
+
+impl DataSink {
+    pub fn create(images: &Path) -> std::io::Result<DataSink> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(images.join(TMPFS_DATA_FILE))?;
+        Ok(DataSink { file, len: 0 })
+    }
+
+    /// Appends `len` bytes of `src`; its offset.
+    fn append(&mut self, src: File, len: u64) -> std::io::Result<u64> {
+        use std::io::Read;
+        let offset = self.len;
+        // std's copy uses copy_file_range/sendfile between files.
+        let copied = std::io::copy(&mut src.take(len), &mut self.file)?;
+        if copied != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{copied} of {len} bytes read"),
+            ));
+        }
+        self.len += len;
+        Ok(offset)
+    }
+}
+
 /// Lists the entries below `dir` (on device `dev`), or `None` when it holds
-/// anything a list cannot carry (data, hard links, too many entries).
-fn list(dir: OwnedFd, dev: u64, prefix: &str, out: &mut Vec<Entry>) -> std::io::Result<bool> {
+/// anything a list cannot carry (hard links, sockets, too many entries).
+fn list(
+    dir: OwnedFd,
+    dev: u64,
+    prefix: &str,
+    out: &mut Vec<Entry>,
+    mut sink: Option<&mut DataSink>,
+) -> std::io::Result<bool> {
     let names: Vec<CString> = {
         let d = nix::dir::Dir::from_fd(dir.try_clone()?).map_err(std::io::Error::from)?;
         let mut names = Vec::new();
@@ -160,6 +235,18 @@ fn list(dir: OwnedFd, dev: u64, prefix: &str, out: &mut Vec<Entry>) -> std::io::
         let kind = match fmt {
             libc::S_IFDIR => Kind::Dir,
             libc::S_IFREG if st.st_size == 0 && (st.st_nlink == 1 || other_mount) => Kind::File,
+            libc::S_IFREG if st.st_nlink == 1 && !other_mount => {
+                let len = st.st_size as u64;
+                let offset = match sink.as_deref_mut() {
+                    Some(sink) => sink.append(open_file_at(&dir, &name)?, len)?,
+                    None => 0,
+                };
+                Kind::Data {
+                    offset,
+                    len,
+                    mtime: (st.st_mtime, st.st_mtime_nsec),
+                }
+            }
             libc::S_IFCHR => Kind::Char(st.st_rdev),
             libc::S_IFBLK => Kind::Block(st.st_rdev),
             libc::S_IFIFO => Kind::Fifo,
@@ -183,7 +270,7 @@ fn list(dir: OwnedFd, dev: u64, prefix: &str, out: &mut Vec<Entry>) -> std::io::
         // A mount below this one is a mount point here, nothing more.
         if kind == Kind::Dir && !other_mount {
             let sub = open_dir_at(&dir, &name)?;
-            if !list(sub, dev, &format!("{path}/"), out)? {
+            if !list(sub, dev, &format!("{path}/"), out, sink.as_deref_mut())? {
                 return Ok(false);
             }
         }
@@ -191,9 +278,14 @@ fn list(dir: OwnedFd, dev: u64, prefix: &str, out: &mut Vec<Entry>) -> std::io::
     Ok(true)
 }
 
-/// The tmpfs mounts of the container `pid` that a list can carry, each
-/// with its list.
-pub fn collect(pid: i32) -> Result<Vec<Tmpfs>> {
+/// The tmpfs mounts of the container `pid` that a list can carry (of
+/// those mounted where `wanted` says), each with its list; with `sink`,
+/// their files' content is copied into it.
+pub fn collect(
+    pid: i32,
+    wanted: impl Fn(&str) -> bool,
+    mut sink: Option<&mut DataSink>,
+) -> Result<Vec<Tmpfs>> {
     let mounts = tmpfs_mounts(pid).map_err(io(format!("reading /proc/{pid}/mountinfo")))?;
     let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
     let root = crate::rootfs::RootDir::open(&proc_root).map_err(|source| Error::Rootfs {
@@ -201,7 +293,7 @@ pub fn collect(pid: i32) -> Result<Vec<Tmpfs>> {
         source,
     })?;
     let mut out = Vec::new();
-    for (key, flags, options) in mounts {
+    for (key, flags, options) in mounts.into_iter().filter(|(k, _, _)| wanted(k)) {
         // Resolved in the container's root by the kernel, no symlink
         // followed: a mount point is where mountinfo says.
         let dir = match root
@@ -217,7 +309,9 @@ pub fn collect(pid: i32) -> Result<Vec<Tmpfs>> {
         };
         let st = stat_at(&dir, &CString::default()).map_err(io(format!("stat of {key}")))?;
         let mut entries = Vec::new();
-        if list(dir, st.st_dev, "", &mut entries).map_err(io(format!("listing {key}")))? {
+        if list(dir, st.st_dev, "", &mut entries, sink.as_deref_mut())
+            .map_err(io(format!("listing {key}")))?
+        {
             out.push(Tmpfs {
                 key,
                 flags,
@@ -228,7 +322,10 @@ pub fn collect(pid: i32) -> Result<Vec<Tmpfs>> {
                 entries,
             });
         } else {
-            tracing::debug!(key, "tmpfs holds data: CRIU archives it");
+            tracing::debug!(
+                key,
+                "tmpfs holds what a list cannot carry: CRIU archives it"
+            );
         }
     }
     Ok(out)
@@ -288,9 +385,21 @@ fn plain(p: &str) -> bool {
             .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
 }
 
+/// The data file of `images` (None when no listed file has content), to
+/// pass to [`make`].
+pub fn open_data(images: &Path) -> Result<Option<File>> {
+    let path = images.join(TMPFS_DATA_FILE);
+    match File::open(&path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+    }
+}
+
 /// Mounts a tmpfs like `t` at `at` (an empty directory of ferry's) and
-/// makes its entries. Parents come before children in the list.
-pub fn make(t: &Tmpfs, at: &Path) -> Result<()> {
+/// makes its entries, file content from `content`. Parents come before
+/// children in the list.
+pub fn make(t: &Tmpfs, at: &Path, mut content: Option<&File>) -> Result<()> {
     use nix::mount::{mount, MsFlags};
     let flags = MsFlags::from_bits_truncate(t.flags & !libc::MS_RDONLY);
     let data = format!(
@@ -310,7 +419,7 @@ pub fn make(t: &Tmpfs, at: &Path) -> Result<()> {
     )
     .map_err(super::sys(format!("opening {}", at.display())))?;
     for e in &t.entries {
-        make_entry(&dir, e)
+        make_entry(&dir, e, content.as_mut())
             .map_err(|err| io(format!("making {} in the tmpfs for {}", e.path, t.key))(err))?;
     }
     if t.flags & libc::MS_RDONLY != 0 {
@@ -326,7 +435,7 @@ pub fn make(t: &Tmpfs, at: &Path) -> Result<()> {
     Ok(())
 }
 
-fn make_entry(dir: &OwnedFd, e: &Entry) -> std::io::Result<()> {
+fn make_entry(dir: &OwnedFd, e: &Entry, data: Option<&mut &File>) -> std::io::Result<()> {
     // Within a new tmpfs of ferry's, made in list order: no component is a
     // symlink the list did not make before (and symlinks are never
     // followed: AT_SYMLINK_NOFOLLOW, O_NOFOLLOW on the last component
@@ -359,6 +468,31 @@ fn make_entry(dir: &OwnedFd, e: &Entry) -> std::io::Result<()> {
             Kind::Char(dev) => libc::mknodat(fd, name.as_ptr(), libc::S_IFCHR | mode, *dev),
             Kind::Block(dev) => libc::mknodat(fd, name.as_ptr(), libc::S_IFBLK | mode, *dev),
             Kind::Fifo => libc::mknodat(fd, name.as_ptr(), libc::S_IFIFO | mode, 0),
+            Kind::Data { offset, len, .. } => {
+                let f = libc::openat(
+                    fd,
+                    name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
+                    mode,
+                );
+                if f < 0 {
+                    -1
+                } else {
+                    let mut out = File::from_raw_fd(f);
+                    let Some(data) = data else {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{TMPFS_DATA_FILE} is missing"),
+                        ));
+                    };
+                    copy_range(data, *offset, *len, &mut out)?;
+                    0
+                }
+            }
             Kind::Symlink(target) => {
                 let t = CString::new(target.as_bytes())?;
                 libc::symlinkat(t.as_ptr(), fd, name.as_ptr())
@@ -377,6 +511,36 @@ fn make_entry(dir: &OwnedFd, e: &Entry) -> std::io::Result<()> {
         if !matches!(e.kind, Kind::Symlink(_)) && libc::fchmodat(fd, name.as_ptr(), mode, 0) != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        if let Kind::Data { mtime, .. } = e.kind {
+            let times = [
+                libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                libc::timespec {
+                    tv_sec: mtime.0,
+                    tv_nsec: mtime.1,
+                },
+            ];
+            if libc::utimensat(fd, name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes at `offset` of `data` to `out`; the data file is
+/// untrusted: a range past its end is an error, not a short file.
+fn copy_range(data: &mut &File, offset: u64, len: u64, out: &mut File) -> std::io::Result<()> {
+    use std::io::Read;
+    data.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut data.take(len), out)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{TMPFS_DATA_FILE} ends before byte {}", offset + len),
+        ));
     }
     Ok(())
 }
@@ -384,6 +548,23 @@ fn make_entry(dir: &OwnedFd, e: &Entry) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_past_the_data_files_end_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("d"), b"0123456789").unwrap();
+        let data = File::open(dir.path().join("d")).unwrap();
+        let copy = |offset, len| {
+            let mut out = File::create(dir.path().join("out")).unwrap();
+            copy_range(&mut &data, offset, len, &mut out)
+                .map(|()| std::fs::read(dir.path().join("out")).unwrap())
+        };
+        assert_eq!(copy(2, 3).unwrap(), b"234");
+        assert_eq!(copy(0, 10).unwrap(), b"0123456789");
+        for (offset, len) in [(8, 3), (11, 1), (u64::MAX, 1)] {
+            assert!(copy(offset, len).is_err(), "{offset} {len}");
+        }
+    }
 
     #[test]
     fn only_plain_relative_paths_are_made() {
