@@ -32,6 +32,8 @@
 #   FERRY   ferry binary (default: `cargo build --release`, then its output)
 #   PODMAN  set to 0 to skip the podman baseline
 #   RAW_MIB MiB sent to measure the raw TCP rate (default 1024; 128 in the guest)
+#   SHM_MIB MiB of random data the workload first writes to /dev/shm, a file
+#           the migration must carry besides the heap (default 0)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -45,13 +47,16 @@ if [ "${1:-}" = --guest ]; then
   "$repo/scripts/guest/install.sh" || exit 1
   exec "$repo/scripts/guest/run.sh" -m 4G -- env FERRY="$FERRY" \
     SIZES="${SIZES:-256}" MODES="${MODES:-stop-copy pre-copy post-copy}" PODMAN="${PODMAN:-0}" \
-    RAW_MIB="${RAW_MIB:-128}" DIRTY="${DIRTY:-0 5120}" bash "$repo/scripts/bench/migrate.sh"
+    RAW_MIB="${RAW_MIB:-128}" DIRTY="${DIRTY:-0 5120}" SHM_MIB="${SHM_MIB:-0}" bash "$repo/scripts/bench/migrate.sh"
 fi
 
 SIZES=${SIZES:-64 256 1024}
 MODES=${MODES:-stop-copy}
 RAW_MIB=${RAW_MIB:-1024}
 PODMAN=${PODMAN:-1}
+SHM_MIB=${SHM_MIB:-0}
+# The workload: SHM_MIB of random data in /dev/shm, then memhog.
+shm_then='[ "$0" = 0 ] || head -c $(($0 * 1048576)) /dev/urandom >/dev/shm/blob && exec /memhog "$@"'
 case " $MODES " in
   *" pre-copy "*) DIRTY=${DIRTY:-1024} ;;
   *) DIRTY=${DIRTY:-0} ;;
@@ -147,8 +152,8 @@ make_bundle() { # DIR SIZE DATA DIRTY
   mkdir -p "$1" "$3"
   cp -a "$tmp/rootfs" "$1/rootfs"
   "$FERRY" spec --bundle "$1"
-  jq --arg size "$2" --arg data "$3" --arg dirty "$4" '
-    .process.terminal = false | .process.args = ["/memhog", $size, "/data", $dirty]
+  jq --arg size "$2" --arg data "$3" --arg dirty "$4" --arg shm "$SHM_MIB" --arg shm_then "$shm_then" '
+    .process.terminal = false | .process.args = ["sh", "-c", $shm_then, $shm, $size, "/data", $dirty]
     | .root.readonly = false
     | .mounts += [{"destination": "/data", "type": "bind", "source": $data,
                    "options": ["rbind", "rw"]}]' "$1/config.json" >"$1/config.json.new"
@@ -298,7 +303,7 @@ if [ "$PODMAN" = 1 ]; then
     podman_names+=("$name" "$name-r")
     podman run -d --name "$name" --runtime runc --network none \
       --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
-      -v "$data:/data" "$image" /memhog "$size" /data >/dev/null
+      -v "$data:/data" "$image" sh -c "$shm_then" "$SHM_MIB" "$size" /data >/dev/null
     wait_file "$data/maxgap" 120
     sleep 0.5
     mkdir -p "$tmp/podman-a" "$tmp/podman-b"
