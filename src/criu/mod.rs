@@ -18,6 +18,7 @@ mod notify;
 mod request;
 pub mod stats;
 mod swrk;
+pub mod uncork;
 mod version;
 
 pub use crate::proto::rpc::{
