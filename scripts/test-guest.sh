@@ -23,7 +23,7 @@ declare -A GROUPS_=(
   [checkpoint]="checkpoint counter_continues leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
   [migrate]="migrate counter_moves_to_b_and_back;precopy;postcopy"
   [podman]="podman"
-  [systemd]="systemd_cgroup"
+  [systemd]="systemd_cgroup a_scope_with restore_makes podman_with"
 )
 # Groups whose guest boots systemd as PID 1 (run.sh -s): the systemd cgroup driver, alone
 # and under podman's --cgroup-manager systemd.

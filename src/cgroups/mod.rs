@@ -203,7 +203,15 @@ impl Cgroup {
     }
 
     pub fn thaw(&self) -> Result<()> {
+        if self.unstarted() {
+            return Ok(());
+        }
         self.backend.handle().thaw()
+    }
+
+    /// A systemd scope not started yet: no directory, no process.
+    fn unstarted(&self) -> bool {
+        self.unstarted.lock().expect("not poisoned").is_some()
     }
 
     /// The state as the kernel reports it (not the requested one).
@@ -214,6 +222,9 @@ impl Cgroup {
     /// Every process in the cgroup (union over all controller directories).
     pub fn pids(&self) -> Result<Vec<i32>> {
         let mut set = BTreeSet::new();
+        if self.unstarted() {
+            return Ok(Vec::new());
+        }
         for dir in unique_dirs(&self.descriptor().dirs) {
             let file = dir.join("cgroup.procs");
             for line in read_file(&file)?.lines() {
@@ -245,8 +256,7 @@ impl Cgroup {
     /// kernel still reports it busy); directories already gone are fine.
     /// The cgroup must be empty. A systemd scope is stopped first.
     pub fn remove(&self) -> Result<()> {
-        let unstarted = self.unstarted.lock().expect("not poisoned").is_some();
-        if let (Some(scope), false) = (&self.descriptor().systemd, unstarted) {
+        if let (Some(scope), false) = (&self.descriptor().systemd, self.unstarted()) {
             systemd::stop(scope)?;
         }
         let all = unique_dirs(&self.descriptor().dirs);
