@@ -327,4 +327,21 @@ mod path_prop_tests {
             }
         }
     }
+
+    #[test]
+    fn the_driver_is_recorded_and_older_states_read_as_cgroupfs() {
+        let old =
+            r#"{"path":"ferry/c1","unified":true,"dirs":{"unified":"/sys/fs/cgroup/ferry/c1"}}"#;
+        let d: CgroupDescriptor = serde_json::from_str(old).unwrap();
+        assert_eq!(d.systemd, None);
+        assert!(!serde_json::to_string(&d).unwrap().contains("systemd"));
+        let scope = systemd::Scope::parse("machine.slice:libpod:ab").unwrap();
+        let d = CgroupDescriptor {
+            systemd: Some(scope.clone()),
+            ..d
+        };
+        let back: CgroupDescriptor =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back.systemd, Some(scope));
+    }
 }
