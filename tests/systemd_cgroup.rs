@@ -128,6 +128,8 @@ fn a_scope_with_the_limits_as_properties_and_in_the_cgroupfs_and_delete_stops_it
         v["linux"]["resources"]["memory"] = json!({"limit": 64 << 20});
         v["linux"]["resources"]["pids"] = json!({"limit": 42});
         v["linux"]["resources"]["cpu"] = json!({"quota": 50000, "period": 100000});
+        v["linux"]["resources"]["unified"] =
+            json!({"memory.high": "33554432", "cpu.weight": "300"});
     });
     env.ok(&["--systemd-cgroup", "create", "--bundle", s(&bundle), &id]);
     let dir = scope_dir("system.slice", &unit);
@@ -143,6 +145,8 @@ fn a_scope_with_the_limits_as_properties_and_in_the_cgroupfs_and_delete_stops_it
             "ActiveState",
             "Delegate",
             "MemoryMax",
+            "MemoryHigh",
+            "CPUWeight",
             "TasksMax",
             "CPUQuotaPerSecUSec",
             "ControlGroup",
@@ -152,6 +156,8 @@ fn a_scope_with_the_limits_as_properties_and_in_the_cgroupfs_and_delete_stops_it
     assert_eq!(p["Delegate"], "yes", "{p:?}");
     assert_eq!(p["MemoryMax"], (64u64 << 20).to_string(), "{p:?}");
     assert_eq!(p["TasksMax"], "42", "{p:?}");
+    assert_eq!(p["MemoryHigh"], "33554432", "{p:?}");
+    assert_eq!(p["CPUWeight"], "300", "{p:?}");
     assert_eq!(p["CPUQuotaPerSecUSec"], "500ms", "{p:?}");
     assert_eq!(p["ControlGroup"], format!("/system.slice/{unit}"), "{p:?}");
     assert_eq!(
@@ -160,6 +166,28 @@ fn a_scope_with_the_limits_as_properties_and_in_the_cgroupfs_and_delete_stops_it
     );
     assert_eq!(read_text(&dir.join("pids.max")), "42");
     assert_eq!(read_text(&dir.join("cpu.max")), "50000 100000");
+    // systemd rewrites the cgroup files of what it accounts on a reload:
+    // the limits survive because it knows them.
+    let files = [
+        "memory.max",
+        "memory.high",
+        "pids.max",
+        "cpu.max",
+        "cpu.weight",
+    ];
+    let before: Vec<String> = files.iter().map(|f| read_text(&dir.join(f))).collect();
+    assert_eq!(before[1], "33554432");
+    assert_eq!(before[4], "300");
+    let st = Command::new("systemctl")
+        .arg("daemon-reload")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let after: Vec<String> = files.iter().map(|f| read_text(&dir.join(f))).collect();
+    assert_eq!(
+        after, before,
+        "limits changed by a daemon-reload ({files:?})"
+    );
     let pid = env.state(&id)["pid"].as_i64().unwrap();
     assert_eq!(read_text(&dir.join("cgroup.procs")), pid.to_string());
 

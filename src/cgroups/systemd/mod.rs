@@ -84,8 +84,10 @@ pub fn start(scope: &Scope, pid: i32, r: Option<&LinuxResources>) -> Result<(), 
         ("MemoryAccounting", Value::Bool(true)),
         ("CPUAccounting", Value::Bool(true)),
         ("TasksAccounting", Value::Bool(true)),
-        ("IOAccounting", Value::Bool(true)),
     ];
+    // No IOAccounting: systemd would rewrite io.weight on every reload
+    // unless IOWeight is set (blockIO.weight); Delegate=yes gives the scope
+    // the io controller in any case.
     p.extend(r.map(props::from_resources).unwrap_or_default());
     match m.start_transient(&scope.unit, &p) {
         Err(Error::UnitExists { unit }) => {

@@ -1,12 +1,13 @@
 //! The limits of `linux.resources` that systemd knows as unit properties
-//! (as runc's v2 systemd driver sets them). systemd writes its own values
-//! into a unit's cgroup again on `daemon-reload`; a limit it was not told
-//! about would be reset then. The cgroupfs writes that follow cover every
-//! setting, these included.
+//! (as runc's v2 systemd driver sets them), `unified` keys included (they
+//! win over the same limit given otherwise). systemd writes its own values
+//! into a unit's cgroup again on `daemon-reload`, for every controller it
+//! accounts: a limit it was not told about would be reset then. The
+//! cgroupfs writes that follow cover every setting, these included.
 use oci_spec::runtime::LinuxResources;
 use zbus::zvariant::Value;
 
-use crate::cgroups::v2::resources::{shares_to_weight, swap_only};
+use crate::cgroups::v2::resources::{blkio_to_io_weight, shares_to_weight, swap_only};
 
 /// systemd's "infinity" for the `t` (u64) properties.
 const INFINITY: u64 = u64::MAX;
@@ -67,7 +68,87 @@ pub fn from_resources(r: &LinuxResources) -> Vec<Property> {
             p.push(("TasksMax", Value::U64(INFINITY)));
         }
     }
+    if let Some(w) = r
+        .block_io()
+        .as_ref()
+        .and_then(|b| b.weight())
+        .filter(|w| *w != 0)
+    {
+        p.push(("IOWeight", Value::U64(blkio_to_io_weight(w))));
+    }
+    let mut keys: Vec<_> = r.unified().iter().flatten().collect();
+    keys.sort();
+    for (key, value) in keys {
+        for prop in from_unified(key, value.trim()) {
+            p.retain(|(n, _)| *n != prop.0);
+            p.push(prop);
+        }
+    }
     p
+}
+
+/// The properties for one `linux.resources.unified` key (none for keys
+/// systemd has no property for, or values that do not parse: the cgroupfs
+/// write then says what is wrong).
+fn from_unified(key: &str, value: &str) -> Vec<Property> {
+    let limit = |v: &str| -> Option<u64> {
+        if v == "max" {
+            Some(INFINITY)
+        } else {
+            v.parse().ok()
+        }
+    };
+    let one = |name: &'static str, v: Option<u64>| -> Vec<Property> {
+        v.map(|v| vec![(name, Value::U64(v))]).unwrap_or_default()
+    };
+    match key {
+        "memory.min" => one("MemoryMin", limit(value)),
+        "memory.low" => one("MemoryLow", limit(value)),
+        "memory.high" => one("MemoryHigh", limit(value)),
+        "memory.max" => one("MemoryMax", limit(value)),
+        "memory.swap.max" => one("MemorySwapMax", limit(value)),
+        "pids.max" => one("TasksMax", limit(value)),
+        "cpu.weight" => one("CPUWeight", value.parse().ok()),
+        "io.weight" => one(
+            "IOWeight",
+            value
+                .strip_prefix("default ")
+                .unwrap_or(value)
+                .trim()
+                .parse()
+                .ok(),
+        ),
+        "cpuset.cpus" => range_to_bits(value)
+            .map(|b| vec![("AllowedCPUs", Value::from(b))])
+            .unwrap_or_default(),
+        "cpuset.mems" => range_to_bits(value)
+            .map(|b| vec![("AllowedMemoryNodes", Value::from(b))])
+            .unwrap_or_default(),
+        "cpu.max" => {
+            let mut f = value.split_whitespace();
+            let (Some(quota), period) = (f.next(), f.next()) else {
+                return Vec::new();
+            };
+            let Ok(period) = period.map_or(Ok(100_000), str::parse::<u64>) else {
+                return Vec::new();
+            };
+            if period == 0 {
+                return Vec::new();
+            }
+            let per_sec = match quota {
+                "max" => INFINITY,
+                q => match q.parse() {
+                    Ok(q) => quota_per_sec(q, period),
+                    Err(_) => return Vec::new(),
+                },
+            };
+            vec![
+                ("CPUQuotaPerSecUSec", Value::U64(per_sec)),
+                ("CPUQuotaPeriodUSec", Value::U64(period)),
+            ]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Quota per second of CPU time; systemd keeps it as a whole percentage,
@@ -163,6 +244,44 @@ mod tests {
         assert_eq!(get(&p, "MemoryMax"), Some(&Value::U64(u64::MAX)));
         assert_eq!(get(&p, "TasksMax"), Some(&Value::U64(u64::MAX)));
         assert!(from_resources(&LinuxResources::default()).is_empty());
+    }
+
+    #[test]
+    fn unified_keys_become_properties_and_win() {
+        let r = LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(64 << 20)
+                    .build()
+                    .unwrap(),
+            )
+            .unified(
+                [
+                    ("memory.max", "max"),
+                    ("memory.high", "33554432"),
+                    ("cpu.max", "25000 50000"),
+                    ("cpu.weight", "300"),
+                    ("io.weight", "default 200"),
+                    ("pids.max", "7"),
+                    ("memory.oom.group", "1"),
+                    ("cpu.weight.nice", "x"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>(),
+            )
+            .build()
+            .unwrap();
+        let p = from_resources(&r);
+        assert_eq!(get(&p, "MemoryMax"), Some(&Value::U64(u64::MAX)));
+        assert_eq!(p.iter().filter(|(n, _)| *n == "MemoryMax").count(), 1);
+        assert_eq!(get(&p, "MemoryHigh"), Some(&Value::U64(32 << 20)));
+        assert_eq!(get(&p, "CPUQuotaPerSecUSec"), Some(&Value::U64(500_000)));
+        assert_eq!(get(&p, "CPUQuotaPeriodUSec"), Some(&Value::U64(50_000)));
+        assert_eq!(get(&p, "CPUWeight"), Some(&Value::U64(300)));
+        assert_eq!(get(&p, "IOWeight"), Some(&Value::U64(200)));
+        assert_eq!(get(&p, "TasksMax"), Some(&Value::U64(7)));
+        assert_eq!(p.len(), 7, "{p:?}");
     }
 
     #[test]

@@ -256,7 +256,7 @@ fn bfq_device_weights(bfq: &Path) -> bool {
 }
 
 /// runc's conversion of a blkio weight (10..1000) to io.weight (1..10000).
-fn blkio_to_io_weight(w: u16) -> u64 {
+pub(in crate::cgroups) fn blkio_to_io_weight(w: u16) -> u64 {
     1 + (u64::from(w).saturating_sub(10)) * 9999 / 990
 }
 
