@@ -191,13 +191,25 @@ fn a_scope_with_the_limits_as_properties_and_in_the_cgroupfs_and_delete_stops_it
     let pid = env.state(&id)["pid"].as_i64().unwrap();
     assert_eq!(read_text(&dir.join("cgroup.procs")), pid.to_string());
 
-    // A second container may not take the same scope.
-    let id2 = env.id("c2");
-    let bundle2 = env.bundle("b2", &["true"], |v| {
-        v["linux"]["cgroupsPath"] = json!(format!("system.slice:ferry:{id}"));
-    });
-    env.fail(&["--systemd-cgroup", "create", "--bundle", s(&bundle2), &id2]);
-    assert_eq!(show(&unit, &["ActiveState"])["ActiveState"], "active");
+    // A second container may not take the same unit: not in the same
+    // slice (its directory holds processes), nor in another (unit names
+    // are systemd-wide); the first one's unit is left alone.
+    for (n, slice) in ["system.slice", "machine.slice"].iter().enumerate() {
+        let id2 = env.id(&format!("c2{n}"));
+        let bundle2 = env.bundle(&format!("b2{n}"), &["true"], |v| {
+            v["linux"]["cgroupsPath"] = json!(format!("{slice}:ferry:{id}"));
+        });
+        let err = env.fail(&["--systemd-cgroup", "create", "--bundle", s(&bundle2), &id2]);
+        let says = if n == 0 {
+            "already holds"
+        } else {
+            "already exists and is active"
+        };
+        assert!(err.contains(says), "{err}");
+        assert!(!env.root.path().join(&id2).exists());
+        assert_eq!(show(&unit, &["ActiveState"])["ActiveState"], "active");
+        assert_eq!(read_text(&dir.join("cgroup.procs")), pid.to_string());
+    }
 
     // update sets the unit property and the cgroupfs file; later commands
     // need no flag (the driver is recorded).
