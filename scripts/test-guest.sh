@@ -14,7 +14,8 @@ log() { echo "test-guest: $*" >&2; }
 # The selection covers what differs on such a host: cgroup v2 (device program, freezer,
 # limits and stats, update; blockIO and OOM events beside runc), CRIU on v2
 # (checkpoint, restore, copies, the 256 MiB checksum) the default migration mode on a kernel
-# that tracks dirty memory, post-copy (lazy pages work there), and podman driving ferry. Under emulation a
+# that tracks dirty memory, post-copy (lazy pages work there), podman driving ferry, and the
+# systemd cgroup driver under a systemd PID 1. Under emulation a
 # container start costs seconds, so whole binaries that only repeat host-side logic stay on
 # the host suite.
 declare -A GROUPS_=(
@@ -22,8 +23,12 @@ declare -A GROUPS_=(
   [checkpoint]="checkpoint counter_continues leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
   [migrate]="migrate counter_moves_to_b_and_back;precopy;postcopy"
   [podman]="podman"
+  [systemd]="systemd_cgroup a_scope_with restore_makes podman_with"
 )
-ORDER=(cgroup-v2 checkpoint migrate podman)
+# Groups whose guest boots systemd as PID 1 (run.sh -s): the systemd cgroup driver, alone
+# and under podman's --cgroup-manager systemd.
+declare -A GUEST_OPTS=([systemd]="-s")
+ORDER=(cgroup-v2 checkpoint migrate podman systemd)
 [ $# -gt 0 ] && ORDER=("$@")
 
 scripts/guest/install.sh || exit 1
@@ -78,7 +83,7 @@ WATCHDOG
   } >"$script"
   log "group $g: booting a guest"
   start=$(date +%s)
-  GUEST_ENV="CI FERRY_REQUIRE_ALL RUST_BACKTRACE" scripts/guest/run.sh -m 4G -- bash "$script"
+  GUEST_ENV="CI FERRY_REQUIRE_ALL RUST_BACKTRACE" scripts/guest/run.sh -m 4G ${GUEST_OPTS[$g]:-} -- bash "$script"
   rc=$?
   rm -f "$script"
   log "group $g: exit $rc after $(($(date +%s) - start)) s"

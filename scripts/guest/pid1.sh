@@ -2,10 +2,40 @@
 # PID 1 of the guest after switch_root: run the command the host wrote into the run
 # directory, with stdout/stderr on the virtio ports the host reads, record its exit status,
 # power off.
+#
+# With ferry.systemd=1 on the kernel command line, PID 1 becomes systemd instead, started on a
+# unit of its own (ferry-guest.service) that runs this script again with `run` once the system
+# bus is up: only D-Bus and that unit are started (no udev, journald or getty), which keeps the
+# boot short under emulation.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+systemd=0
 for x in $(</proc/cmdline); do
-  case $x in ferry.rundir=*) rundir=${x#*=} ;; ferry.modprobe=*) modprobe=${x#*=} ;; esac
+  case $x in
+  ferry.rundir=*) rundir=${x#*=} ;;
+  ferry.modprobe=*) modprobe=${x#*=} ;;
+  ferry.systemd=*) systemd=${x#*=} ;;
+  esac
 done
+
+run_cmd() {
+  local out=/dev/console err=/dev/console p rc
+  for p in /sys/class/virtio-ports/*; do
+    case $(<"$p/name") in guest.out) out=/dev/${p##*/} ;; guest.err) err=/dev/${p##*/} ;; esac
+  done
+  echo "guest: command starts at uptime $(cut -d' ' -f1 /proc/uptime)s" >/dev/console
+  bash "$rundir/cmd" </dev/null >"$out" 2>"$err"
+  rc=$?
+  echo "$rc" >"$rundir/rc"
+  echo "guest: command exited $rc at uptime $(cut -d' ' -f1 /proc/uptime)s" >/dev/console
+  sync
+  echo o >/proc/sysrq-trigger
+  sleep 10
+}
+
+if [ "${1:-}" = run ]; then
+  run_cmd
+  exit 1
+fi
 # The kernel asks for modules through this helper (tun, nf_tables, veth, ...).
 echo "$modprobe" >/proc/sys/kernel/modprobe
 "$modprobe" tun 2>/dev/null
@@ -16,15 +46,26 @@ echo "$modprobe" >/proc/sys/kernel/modprobe
 mkdir -p /var/lib/containers && mount -t tmpfs -o mode=700 tmpfs /var/lib/containers
 hostname ferry-guest
 ip link set lo up
-out=/dev/console err=/dev/console
-for p in /sys/class/virtio-ports/*; do
-  case $(<"$p/name") in guest.out) out=/dev/${p##*/} ;; guest.err) err=/dev/${p##*/} ;; esac
-done
-echo "guest: command starts at uptime $(cut -d' ' -f1 /proc/uptime)s" >/dev/console
-bash "$rundir/cmd" </dev/null >"$out" 2>"$err"
-rc=$?
-echo "$rc" >"$rundir/rc"
-echo "guest: command exited $rc at uptime $(cut -d' ' -f1 /proc/uptime)s" >/dev/console
-sync
-echo o >/proc/sysrq-trigger
-sleep 10
+if [ "$systemd" = 1 ]; then
+  # Runtime units (/run is the guest's tmpfs): D-Bus without the default dependencies that
+  # would pull in sysinit.target, and the unit that runs the command.
+  u=/run/systemd/system
+  mkdir -p "$u/dbus.service.d" "$u/dbus.socket.d"
+  printf '[Unit]\nDefaultDependencies=no\n' >"$u/dbus.service.d/ferry-guest.conf"
+  printf '[Unit]\nDefaultDependencies=no\n' >"$u/dbus.socket.d/ferry-guest.conf"
+  cat >"$u/ferry-guest.service" <<UNIT
+[Unit]
+Description=ferry guest command
+DefaultDependencies=no
+Requires=dbus.service
+After=dbus.service
+
+[Service]
+Type=oneshot
+TimeoutStartSec=infinity
+Environment=PATH=$PATH HOME=$HOME LANG=$LANG
+ExecStart=/bin/bash $0 run
+UNIT
+  exec /lib/systemd/systemd --unit=ferry-guest.service --log-target=console --log-level=warning --show-status=no
+fi
+run_cmd

@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
-# run.sh [-m MEM] [-c CPUS] [-t SECONDS] -- CMD [ARG...]
+# run.sh [-m MEM] [-c CPUS] [-t SECONDS] [-s] -- CMD [ARG...]
 #
 # Runs CMD as root in a fresh QEMU guest booted from Debian's stock kernel (scripts/guest/
 # install.sh fetches it): pure cgroup2, soft-dirty tracking, userfaultfd. The guest's root is
 # this machine's / read-only under a throwaway tmpfs overlay; the project folder is shared
 # read-write at its own path (build outputs, test results). CMD's stdout and stderr stream
 # back; the exit status is CMD's, or 125 when the guest itself failed. Variables named in
-# GUEST_ENV ("A B") are passed in.
+# GUEST_ENV ("A B") are passed in. With -s, systemd is the guest's PID 1 with the system bus
+# running, and CMD runs as a unit of it (pid1.sh).
 #
 # Hardware KVM is used only when kvm_intel or kvm_amd is loaded: a /dev/kvm backed by another
 # module (kvm_pvm, on some cloud VMs) cannot run a stock kernel, so QEMU emulates (TCG) there,
 # about 6 s to boot and CPU-bound work many times slower: fine for functional tests and for
 # ratios measured inside one guest run, never for absolute times.
 set -uo pipefail
-MEM=3G CPUS=2 TIMEOUT=1200
-while getopts m:c:t: o; do
-  case $o in m) MEM=$OPTARG ;; c) CPUS=$OPTARG ;; t) TIMEOUT=$OPTARG ;; *) exit 2 ;; esac
+MEM=3G CPUS=2 TIMEOUT=1200 SYSTEMD=0
+while getopts m:c:t:s o; do
+  case $o in m) MEM=$OPTARG ;; c) CPUS=$OPTARG ;; t) TIMEOUT=$OPTARG ;; s) SYSTEMD=1 ;; *) exit 2 ;; esac
 done
 shift $((OPTIND - 1))
 [ "${1:-}" = -- ] && shift
-[ $# -gt 0 ] || { echo "usage: $0 [-m MEM] [-c CPUS] [-t SECONDS] -- CMD [ARG...]" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 [-m MEM] [-c CPUS] [-t SECONDS] [-s] -- CMD [ARG...]" >&2; exit 2; }
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 SHARE=$(cd "$HERE/../.." && pwd)
@@ -63,7 +64,7 @@ touch "$RUN/stdout" "$RUN/stderr"
 timeout -k 5 "$TIMEOUT" "$DIR/bin/qemu-system-x86_64" "${accel[@]}" -m "$MEM" -smp "$CPUS" \
   -nodefaults -no-user-config -nographic -no-reboot -nic none -bios qboot.rom \
   -kernel "$DIR/vmlinux" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 ferry.share=$SHARE ferry.pid1=$HERE/pid1.sh ferry.rundir=$RUN ferry.modprobe=$DIR/bin/modprobe" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 ferry.share=$SHARE ferry.pid1=$HERE/pid1.sh ferry.rundir=$RUN ferry.modprobe=$DIR/bin/modprobe ferry.systemd=$SYSTEMD" \
   -serial "file:$RUN/console.log" \
   -fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \

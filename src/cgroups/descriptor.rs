@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::layout::{self, CgroupLayout};
-use super::{v1, v2, Error, Result, UNIFIED_KEY};
+use super::{systemd, v1, v2, Driver, Error, Result, UNIFIED_KEY};
 
 /// Where a container's cgroup lives, resolved once at create time so later
 /// commands (run from any cgroup) find the same directories.
@@ -19,6 +19,10 @@ pub struct CgroupDescriptor {
     pub unified: bool,
     /// Controller name (or "unified") → absolute directory.
     pub dirs: BTreeMap<String, PathBuf>,
+    /// The transient systemd scope the directory belongs to (systemd
+    /// driver); absent for cgroups ferry makes itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<systemd::Scope>,
 }
 
 /// One mounted hierarchy as seen by the caller.
@@ -44,6 +48,29 @@ impl CgroupDescriptor {
             path: path.to_string(),
             unified,
             dirs,
+            systemd: None,
+        })
+    }
+
+    /// Resolves `path` for `driver`: with systemd, a `slice:prefix:name`
+    /// path naming a scope whose directory systemd will make (pure v2 hosts
+    /// with a system bus only). Creates nothing.
+    pub fn resolve_for(driver: Driver, path: &str) -> Result<CgroupDescriptor> {
+        if driver == Driver::Cgroupfs {
+            return CgroupDescriptor::resolve(path);
+        }
+        let scope = systemd::Scope::parse(path)?;
+        systemd::check_bus()?;
+        if !CgroupLayout::host().is_v2() {
+            return Err(systemd::Error::NotV2.into());
+        }
+        let root = v2::mounts()[0].mount_point.clone();
+        let dir = systemd::scope_dir(&root, &scope);
+        Ok(CgroupDescriptor {
+            path: path.to_string(),
+            unified: true,
+            dirs: BTreeMap::from([(UNIFIED_KEY.to_string(), dir)]),
+            systemd: Some(scope),
         })
     }
 
@@ -299,5 +326,22 @@ mod path_prop_tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_driver_is_recorded_and_older_states_read_as_cgroupfs() {
+        let old =
+            r#"{"path":"ferry/c1","unified":true,"dirs":{"unified":"/sys/fs/cgroup/ferry/c1"}}"#;
+        let d: CgroupDescriptor = serde_json::from_str(old).unwrap();
+        assert_eq!(d.systemd, None);
+        assert!(!serde_json::to_string(&d).unwrap().contains("systemd"));
+        let scope = systemd::Scope::parse("machine.slice:libpod:ab").unwrap();
+        let d = CgroupDescriptor {
+            systemd: Some(scope.clone()),
+            ..d
+        };
+        let back: CgroupDescriptor =
+            serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back.systemd, Some(scope));
     }
 }

@@ -47,6 +47,9 @@ pub enum Error {
         why: String,
         fix: &'static str,
     },
+    /// The systemd driver failed (no systemd, bad path, a bus call).
+    #[error(transparent)]
+    Systemd(Box<super::systemd::Error>),
     /// The kernel did not finish freezing in time; the cgroup was thawed again.
     #[error("cgroup {}: not frozen after {waited_ms} ms (kernel state {state:?}), thawed it again; a task may be stuck in uninterruptible sleep", path.display())]
     FreezeTimeout {
@@ -57,6 +60,12 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<super::systemd::Error> for Error {
+    fn from(e: super::systemd::Error) -> Error {
+        Error::Systemd(Box::new(e))
+    }
+}
 
 /// A cgroups-rs operation `op` on `path` failed.
 pub(super) fn backend(path: &Path, op: &str, e: cgroups_rs::fs::error::Error) -> Error {

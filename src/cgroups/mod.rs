@@ -18,6 +18,10 @@
 //! v2 host there is one directory, keyed `unified`. Each version is a
 //! backend of its own (`v1/`, `v2/`) behind one trait (`CgroupManager`);
 //! this module and the files beside it hold what both do alike.
+//!
+//! With the systemd driver ([`Driver::Systemd`], `systemd/`) the directory
+//! is a transient scope systemd makes when the first process joins; the
+//! v2 backend then works in it as in any other.
 mod common;
 mod descriptor;
 mod devices;
@@ -27,6 +31,7 @@ mod notify;
 mod resources;
 mod reuse;
 mod stats;
+pub mod systemd;
 mod v1;
 mod v2;
 
@@ -34,6 +39,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
@@ -65,10 +71,23 @@ pub enum FreezerState {
     Frozen,
 }
 
+/// Who makes a container's cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Driver {
+    /// ferry, through the cgroupfs.
+    #[default]
+    Cgroupfs,
+    /// systemd, as a transient scope (`--systemd-cgroup`).
+    Systemd,
+}
+
 /// A container's cgroup: its directories, through the backend of the
 /// version they belong to.
 pub struct Cgroup {
     backend: Box<dyn CgroupManager>,
+    /// systemd driver: the resources to apply once the scope is started by
+    /// the first [`Cgroup::add_task`]; `None` once it runs.
+    unstarted: Mutex<Option<Option<LinuxResources>>>,
 }
 
 impl std::fmt::Debug for Cgroup {
@@ -89,11 +108,17 @@ impl Cgroup {
     }
 
     /// Like [`Cgroup::create`] for directories already resolved (so a
-    /// caller can record them before any exists).
+    /// caller can record them before any exists). A systemd scope is only
+    /// made, with `resources`, when the first process joins.
     pub fn create_from(
         desc: CgroupDescriptor,
         resources: Option<&LinuxResources>,
     ) -> Result<Cgroup> {
+        if desc.systemd.is_some() {
+            let cg = Cgroup::load(&desc)?;
+            *cg.unstarted.lock().expect("not poisoned") = Some(resources.cloned());
+            return Ok(cg);
+        }
         // Remember what did not exist yet so a failure removes only that.
         let fresh: Vec<(PathBuf, PathBuf)> = unique_dirs(&desc.dirs)
             .into_iter()
@@ -123,7 +148,10 @@ impl Cgroup {
         } else {
             Box::new(v1::V1::load(desc)?)
         };
-        Ok(Cgroup { backend })
+        Ok(Cgroup {
+            backend,
+            unstarted: Mutex::new(None),
+        })
     }
 
     pub fn descriptor(&self) -> &CgroupDescriptor {
@@ -131,10 +159,26 @@ impl Cgroup {
     }
 
     /// Moves the whole process `pid` (all its threads) into the cgroup.
+    /// The first process of a systemd scope starts it.
     pub fn add_task(&self, pid: i32) -> Result<()> {
         let h = self.backend.handle();
         if pid <= 0 {
             return Err(h.invalid(format!("cannot add pid {pid}: not a process id")));
+        }
+        if let Some(scope) = &self.descriptor().systemd {
+            let mut unstarted = self.unstarted.lock().expect("not poisoned");
+            if let Some(resources) = unstarted.take() {
+                if let Err(e) = systemd::start(scope, pid, resources.as_ref()) {
+                    *unstarted = Some(resources);
+                    return Err(e.into());
+                }
+                // The unit is up: a failure from here on leaves it for
+                // the caller's remove() to stop.
+                if let Some(r) = &resources {
+                    resources::apply(self.backend.as_ref(), r)?;
+                }
+                return Ok(());
+            }
         }
         self.inner()
             .add_task_by_tgid(CgroupPid::from(pid as u64))
@@ -145,6 +189,9 @@ impl Cgroup {
     /// settings. Settings that cannot be applied here are an error, never
     /// skipped.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        if let Some(scope) = &self.descriptor().systemd {
+            systemd::set(scope, r)?;
+        }
         resources::apply(self.backend.as_ref(), r)
     }
 
@@ -156,7 +203,15 @@ impl Cgroup {
     }
 
     pub fn thaw(&self) -> Result<()> {
+        if self.unstarted() {
+            return Ok(());
+        }
         self.backend.handle().thaw()
+    }
+
+    /// A systemd scope not started yet: no directory, no process.
+    fn unstarted(&self) -> bool {
+        self.unstarted.lock().expect("not poisoned").is_some()
     }
 
     /// The state as the kernel reports it (not the requested one).
@@ -167,6 +222,9 @@ impl Cgroup {
     /// Every process in the cgroup (union over all controller directories).
     pub fn pids(&self) -> Result<Vec<i32>> {
         let mut set = BTreeSet::new();
+        if self.unstarted() {
+            return Ok(Vec::new());
+        }
         for dir in unique_dirs(&self.descriptor().dirs) {
             let file = dir.join("cgroup.procs");
             for line in read_file(&file)?.lines() {
@@ -196,8 +254,11 @@ impl Cgroup {
 
     /// Removes every directory of the cgroup (retrying briefly while the
     /// kernel still reports it busy); directories already gone are fine.
-    /// The cgroup must be empty.
+    /// The cgroup must be empty. A systemd scope is stopped first.
     pub fn remove(&self) -> Result<()> {
+        if let (Some(scope), false) = (&self.descriptor().systemd, self.unstarted()) {
+            systemd::stop(scope)?;
+        }
         let all = unique_dirs(&self.descriptor().dirs);
         let left = || -> Vec<PathBuf> { all.iter().filter(|d| d.exists()).cloned().collect() };
         let mut delay = Duration::from_millis(5);

@@ -73,6 +73,7 @@ mod tests {
     fn desc(dirs: &[(&str, &Path)]) -> CgroupDescriptor {
         CgroupDescriptor {
             path: "/t".into(),
+            systemd: None,
             unified: false,
             dirs: dirs
                 .iter()

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use ferry::archive::Compression;
+use ferry::cgroups::Driver;
 use ferry::container::{CheckpointOptions, RestoreOptions};
 use ferry::criu::CgMode;
 use ferry::imports::{ImportOptions, ImportedRestore};
@@ -347,7 +348,12 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
     Ok(())
 }
 
-pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Result<i32> {
+pub fn restore(
+    root: &Path,
+    a: &RestoreArgs,
+    format: LogFormat,
+    driver: Driver,
+) -> anyhow::Result<i32> {
     if a.no_pivot {
         bail!("--no-pivot is not supported by restore: CRIU rebuilds the container's mount namespace with pivot_root (drop the flag)");
     }
@@ -372,6 +378,7 @@ pub fn restore(root: &Path, a: &RestoreArgs, format: LogFormat) -> anyhow::Resul
         ),
     };
     let mut o = RestoreOptions::new(&a.id, &bundle, &images);
+    o.cgroup_driver = driver;
     o.work_path = a.work_path.clone();
     o.pid_file = a.pid_file.clone();
     o.console_socket = a.console_socket.clone();

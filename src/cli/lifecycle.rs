@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use ferry::cgroups::Driver;
 use ferry::container::{CreateOptions, ExecOptions};
 use ferry::Container;
 use nix::unistd::Pid;
@@ -163,7 +164,7 @@ pub struct UpdateArgs {
 
 /// `relay_console`: the caller stays in the foreground and relays a
 /// terminal the container has (when there is no console socket).
-fn create_options(a: &CreateArgs, relay_console: bool) -> CreateOptions {
+fn create_options(a: &CreateArgs, relay_console: bool, driver: Driver) -> CreateOptions {
     CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
@@ -173,11 +174,12 @@ fn create_options(a: &CreateArgs, relay_console: bool) -> CreateOptions {
         relay_console,
         preserve_fds: a.preserve_fds,
         no_new_keyring: a.no_new_keyring,
+        cgroup_driver: driver,
     }
 }
 
-pub fn create(root: &Path, a: &CreateArgs) -> anyhow::Result<()> {
-    Container::create(root, &create_options(a, false))?;
+pub fn create(root: &Path, a: &CreateArgs, driver: Driver) -> anyhow::Result<()> {
+    Container::create(root, &create_options(a, false, driver))?;
     Ok(())
 }
 
@@ -187,7 +189,7 @@ pub fn start(root: &Path, a: &IdArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(root: &Path, a: &RunArgs) -> anyhow::Result<i32> {
+pub fn run(root: &Path, a: &RunArgs, driver: Driver) -> anyhow::Result<i32> {
     if !a.detach {
         wait::block_signals();
     }
@@ -197,7 +199,7 @@ pub fn run(root: &Path, a: &RunArgs) -> anyhow::Result<i32> {
     } else {
         relay_target(&a.create.bundle)?
     };
-    let created = Container::create(root, &create_options(&a.create, host.is_some()))?;
+    let created = Container::create(root, &create_options(&a.create, host.is_some(), driver))?;
     let mut c = created.container;
     let discard = |e: anyhow::Error| {
         if let Ok(c) = Container::load(root, &a.create.id) {

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry::cgroups::Driver;
 
 mod advice;
 mod certs;
@@ -49,7 +50,9 @@ pub struct Cli {
     /// Verbose logs and error detail.
     #[arg(long, global = true)]
     pub debug: bool,
-    /// Manage cgroups through systemd (not supported: ferry writes cgroupfs).
+    /// Have systemd make the cgroups of new containers (create, run,
+    /// restore) as transient scopes, cgroupsPath being slice:prefix:name;
+    /// other commands use the driver each container was made with.
     #[arg(long, global = true)]
     pub systemd_cgroup: bool,
     #[command(subcommand)]
@@ -109,13 +112,7 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse_from(go_runc_args(std::env::args_os().collect()));
     output::init_logging(&cli);
-    let result = if cli.systemd_cgroup {
-        Err(anyhow::anyhow!(
-            "--systemd-cgroup is not supported: ferry manages cgroups through cgroupfs (drop the flag, or for podman set cgroup_manager = \"cgroupfs\")"
-        ))
-    } else {
-        dispatch(&cli)
-    };
+    let result = dispatch(&cli);
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -150,11 +147,16 @@ fn go_runc_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 
 fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
     let root = &cli.root;
+    let driver = if cli.systemd_cgroup {
+        Driver::Systemd
+    } else {
+        Driver::Cgroupfs
+    };
     match &cli.command {
         Command::Spec(a) => spec::spec(a).map(|_| 0),
-        Command::Create(a) => lifecycle::create(root, a).map(|_| 0),
+        Command::Create(a) => lifecycle::create(root, a, driver).map(|_| 0),
         Command::Start(a) => lifecycle::start(root, a).map(|_| 0),
-        Command::Run(a) => lifecycle::run(root, a),
+        Command::Run(a) => lifecycle::run(root, a, driver),
         Command::State(a) => query::state(root, a).map(|_| 0),
         Command::List(a) => query::list(root, a).map(|_| 0),
         Command::Kill(a) => lifecycle::kill(root, a).map(|_| 0),
@@ -166,10 +168,13 @@ fn dispatch(cli: &Cli) -> anyhow::Result<i32> {
         Command::Events(a) => query::events(root, a).map(|_| 0),
         Command::Update(a) => lifecycle::update(root, a).map(|_| 0),
         Command::Checkpoint(a) => checkpoint::checkpoint(root, a, cli.log_format).map(|_| 0),
-        Command::Restore(a) => checkpoint::restore(root, a, cli.log_format),
+        Command::Restore(a) => checkpoint::restore(root, a, cli.log_format, driver),
         Command::Check(a) => check::check(a),
         Command::Inspect(a) => inspect::inspect(a).map(|_| 0),
         Command::Migrate(a) => migrate::migrate(root, a).map(|_| 0),
+        Command::Serve(_) if cli.systemd_cgroup => Err(anyhow::anyhow!(
+            "serve --systemd-cgroup: migrated containers get cgroups from ferry, not systemd; drop the flag"
+        )),
         Command::Serve(a) => serve::serve(root, a).map(|_| 0),
         Command::Certs(a) => certs::certs(a).map(|_| 0),
         Command::SettleCommit(a) => migrate::settle_commit(root, a).map(|_| 0),

@@ -34,6 +34,8 @@ pub struct CreateOptions {
     /// Keep the caller's session keyring instead of a new one per
     /// container (runc's `--no-new-keyring`).
     pub no_new_keyring: bool,
+    /// Who makes the container's cgroup (ferry, or systemd as a scope).
+    pub cgroup_driver: crate::cgroups::Driver,
 }
 
 /// A freshly created container; the caller is the init's parent until it
@@ -74,7 +76,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     }
     crate::process::fds::check_preserved(opts.preserve_fds).map_err(Error::PreserveFds)?;
     let no_new_keyring = opts.no_new_keyring;
-    let mut claim = plan.claim(root, plan.cgroup(None)?, |s| State {
+    let mut claim = plan.claim(root, plan.cgroup(None, opts.cgroup_driver)?, |s| State {
         no_new_keyring,
         ..s
     })?;

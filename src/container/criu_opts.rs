@@ -169,6 +169,7 @@ mod tests {
             .collect();
         let hybrid = CgroupDescriptor {
             path: "ferry/x".into(),
+            systemd: None,
             unified: false,
             dirs,
         };
@@ -184,6 +185,7 @@ mod tests {
         );
         let v2 = CgroupDescriptor {
             path: "ferry/x".into(),
+            systemd: None,
             unified: true,
             dirs: [("unified".to_string(), "/sys/fs/cgroup/ferry/x".into())]
                 .into_iter()

@@ -318,6 +318,7 @@ mod tests {
         spec.set_mounts(Some(mounts));
         let desc = CgroupDescriptor {
             path: "ferry/x".into(),
+            systemd: None,
             unified: false,
             dirs: [
                 (

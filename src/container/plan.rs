@@ -16,7 +16,7 @@ use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::fsutil::write_pid_file;
 use super::{io, Container, Error, Result};
-use crate::cgroups::{Cgroup, CgroupDescriptor};
+use crate::cgroups::{self, Cgroup, CgroupDescriptor, Driver};
 use crate::network::{self, LockMethod, VethConfig};
 use crate::state::{State, StateDir};
 
@@ -95,18 +95,21 @@ impl Plan {
             .and_then(|l| l.resources().as_ref())
     }
 
-    /// The container's cgroup: at `path` if given, else at config.json's
-    /// `linux.cgroupsPath`, else at the default.
-    pub fn cgroup(&self, path: Option<&str>) -> Result<CgroupDescriptor> {
+    /// The container's cgroup made by `driver`: at `path` if given, else at
+    /// config.json's `linux.cgroupsPath`, else at the driver's default.
+    pub fn cgroup(&self, path: Option<&str>, driver: Driver) -> Result<CgroupDescriptor> {
         let path = path.map(str::to_string).unwrap_or_else(|| {
             self.spec
                 .linux()
                 .as_ref()
                 .and_then(|l| l.cgroups_path().as_ref())
                 .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|| default_cgroup_path(&self.id))
+                .unwrap_or_else(|| match driver {
+                    Driver::Cgroupfs => default_cgroup_path(&self.id),
+                    Driver::Systemd => cgroups::systemd::default_path(&self.id),
+                })
         });
-        Ok(CgroupDescriptor::resolve(&path)?)
+        Ok(CgroupDescriptor::resolve_for(driver, &path)?)
     }
 
     /// Claims the container's ID under `root` and records its first state

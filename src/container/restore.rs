@@ -54,6 +54,8 @@ pub struct RestoreOptions {
     /// Cgroup path to use instead of config.json's `linux.cgroupsPath`
     /// (or the default), e.g. below another parent on a migration target.
     pub cgroup_path: Option<String>,
+    /// Who makes the container's cgroup (ferry, or systemd as a scope).
+    pub cgroup_driver: crate::cgroups::Driver,
 }
 
 impl RestoreOptions {
@@ -82,6 +84,7 @@ impl RestoreOptions {
             tcp_close: false,
             network_lock: LockMethod::Nftables,
             cgroup_path: None,
+            cgroup_driver: crate::cgroups::Driver::Cgroupfs,
         }
     }
 }
@@ -501,7 +504,7 @@ impl Container {
 
         // CRIU and the tree it restores run in the container's cgroup; the
         // rootfs bind is below the state directory.
-        let cgroup = plan.cgroup(opts.cgroup_path.as_deref())?;
+        let cgroup = plan.cgroup(opts.cgroup_path.as_deref(), opts.cgroup_driver)?;
         let mut claim = plan.claim(root, cgroup, |s| s.restoring(veth.clone()))?;
         claim.rollback.veth_lock = Some(opts.network_lock);
         claim.create_cgroup(plan.resources())?;

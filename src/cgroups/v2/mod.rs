@@ -3,7 +3,7 @@
 pub mod devices_bpf;
 mod freezer;
 mod notify;
-mod resources;
+pub(super) mod resources;
 mod stats;
 
 use std::path::PathBuf;

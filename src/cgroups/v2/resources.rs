@@ -256,7 +256,7 @@ fn bfq_device_weights(bfq: &Path) -> bool {
 }
 
 /// runc's conversion of a blkio weight (10..1000) to io.weight (1..10000).
-fn blkio_to_io_weight(w: u16) -> u64 {
+pub(in crate::cgroups) fn blkio_to_io_weight(w: u16) -> u64 {
     1 + (u64::from(w).saturating_sub(10)) * 9999 / 990
 }
 
@@ -274,7 +274,7 @@ fn unified_controller(key: &str) -> std::result::Result<&str, &'static str> {
 
 /// cgroup v1 `cpu.shares` (2..262144) as v2 `cpu.weight` (1..10000),
 /// runc's conversion; `None` outside the range v1 accepts.
-fn shares_to_weight(shares: u64) -> Option<u64> {
+pub(in crate::cgroups) fn shares_to_weight(shares: u64) -> Option<u64> {
     (2..=262_144)
         .contains(&shares)
         .then(|| 1 + ((shares - 2) * 9999) / 262_142)
@@ -283,7 +283,10 @@ fn shares_to_weight(shares: u64) -> Option<u64> {
 /// `memory.swap.max` for OCI's memory+swap `swap` and `limit` (0 = not
 /// given, -1 = no limit), as runc computes it: `None` leaves it alone,
 /// -1 is "max".
-fn swap_only(swap: i64, limit: i64) -> std::result::Result<Option<i64>, String> {
+pub(in crate::cgroups) fn swap_only(
+    swap: i64,
+    limit: i64,
+) -> std::result::Result<Option<i64>, String> {
     // No memory limit and no swap given: both unlimited, as on v1.
     if limit == -1 && swap == 0 {
         return Ok(Some(-1));
