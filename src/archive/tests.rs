@@ -78,6 +78,7 @@ fn host() -> Host {
 
 fn spec(src: &Src, compression: Compression, rootfs: bool) -> ExportSpec {
     ExportSpec {
+        rootfs_image: None,
         images_dir: src.images.clone(),
         descriptors: Some(src.descriptors.clone()),
         config: src.config.clone(),

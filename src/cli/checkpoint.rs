@@ -157,6 +157,11 @@ pub struct CheckpointArgs {
     /// Leave the root filesystem out of the --export archive or image.
     #[arg(long)]
     pub ignore_rootfs: bool,
+    /// The container image this container's rootfs comes from (as podman
+    /// names it): recorded in the archive's config.dump and the image's
+    /// annotations, where `podman container restore` looks for it.
+    #[arg(long, value_name = "IMAGE")]
+    pub rootfs_image: Option<String>,
     /// A previous pre-dump, relative to the image path.
     #[arg(long)]
     pub parent_path: Option<PathBuf>,
@@ -281,6 +286,7 @@ fn export_options<'a>(a: &CheckpointArgs, target: &'a Target) -> ExportOptions<'
             _ => Compression::Zstd,
         },
         ignore_rootfs: a.ignore_rootfs,
+        rootfs_image: a.rootfs_image.clone(),
         temporary_images: a.image_path.is_none(),
         partial_dump_flags: partial.iter().filter(|p| p.0).map(|p| p.1).collect(),
     }
@@ -302,8 +308,13 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
         )),
         (None, None) => None,
     };
-    if a.ignore_rootfs && target.is_none() {
-        bail!("--ignore-rootfs applies to --export or --export-image: give one of them");
+    for (given, flag) in [
+        (a.ignore_rootfs, "--ignore-rootfs"),
+        (a.rootfs_image.is_some(), "--rootfs-image"),
+    ] {
+        if given && target.is_none() {
+            bail!("{flag} applies to --export or --export-image: give one of them");
+        }
     }
     let mut export = match &target {
         Some(t) => Some(Export::prepare(&export_options(a, t))?),

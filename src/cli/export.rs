@@ -51,6 +51,8 @@ pub struct ExportOptions<'a> {
     pub target: &'a Target,
     pub compression: Compression,
     pub ignore_rootfs: bool,
+    /// `--rootfs-image`.
+    pub rootfs_image: Option<String>,
     /// No image directory was given: the images go to a temporary one.
     pub temporary_images: bool,
     /// Flags given that keep memory pages out of the image directory
@@ -75,6 +77,7 @@ pub struct Export {
     images: Option<tempfile::TempDir>,
     compression: Compression,
     ignore_rootfs: bool,
+    rootfs_image: Option<String>,
     /// Container ID, OCI config and rootfs, taken before the dump.
     source: Option<(String, oci_spec::runtime::Spec, PathBuf)>,
 }
@@ -139,6 +142,7 @@ impl Export {
             images,
             compression: o.compression,
             ignore_rootfs: o.ignore_rootfs,
+            rootfs_image: o.rootfs_image.clone(),
             source: None,
         })
     }
@@ -190,6 +194,7 @@ impl Export {
             dump_stats,
             rootfs: (!self.ignore_rootfs).then_some(rootfs),
             compression: self.compression,
+            rootfs_image: self.rootfs_image.clone(),
         };
         match (&self.target, &self.tmp) {
             (Target::File(_), Some(tmp)) => {
@@ -204,7 +209,11 @@ impl Export {
                 // The layer is the plain tar; the image compresses it.
                 spec.compression = Compression::None;
                 let image = ImageSpec {
-                    annotations: oci_image::checkpoint_annotations(&spec.metadata, &id, None),
+                    annotations: oci_image::checkpoint_annotations(
+                        &spec.metadata,
+                        &id,
+                        self.rootfs_image.as_deref(),
+                    ),
                     created: Some(spec.metadata.checkpoint_time.clone()),
                 };
                 let mut skipped = Vec::new();
