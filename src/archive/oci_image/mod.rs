@@ -409,6 +409,18 @@ mod tests {
     }
 
     #[test]
+    fn blobs_reached_through_a_symlink_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let r: ImageRef = format!("oci:{}/dir", d.path().display()).parse().unwrap();
+        write_image(&r, &spec(), small_layer).unwrap();
+        let dir = d.path().join("dir");
+        std::fs::rename(dir.join("blobs"), d.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), dir.join("blobs")).unwrap();
+        let err = open_image(&r, d.path()).unwrap_err().to_string();
+        assert!(err.contains("cannot read blob"), "{err}");
+    }
+
+    #[test]
     fn a_failed_write_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
         for r in [

@@ -2,9 +2,8 @@
 //! names, bounded JSON, blobs named by well-formed digests, sizes and
 //! SHA-256 (and the layer's diff ID) verified before the layer is used.
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -14,16 +13,13 @@ use super::*;
 /// Opens a blob of the layout in `dir` without following a symlink.
 fn open_blob(dir: &Path, digest: &str) -> Result<File> {
     let path = blob_path(dir, digest)?;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::MissingBlob {
-                digest: digest.into(),
-            },
-            _ => io_err(format!("cannot read blob {digest}"))(e),
-        })
+    let rel = path.strip_prefix(dir).unwrap_or(&path);
+    open_beneath(dir, rel).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::MissingBlob {
+            digest: digest.into(),
+        },
+        _ => io_err(format!("cannot read blob {digest}"))(e),
+    })
 }
 
 /// Reads a small JSON blob whole, checking its size and digest.
@@ -74,15 +70,36 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> 
     })
 }
 
-fn read_small_file(path: &Path, what: &str) -> Result<Vec<u8>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotImage(format!("{what} is missing")),
-            _ => io_err(format!("cannot read {what}"))(e),
-        })?;
+/// Opens `rel` for reading beneath the layout `dir`, resolved by the
+/// kernel: no symlink (a `blobs` that points elsewhere too), no other
+/// mount, nothing outside `dir`.
+fn open_beneath(dir: &Path, rel: &Path) -> io::Result<File> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let d = File::open(dir)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = openat2(&d, rel, how).map_err(io::Error::from)?;
+    let f = File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+fn read_small_file(dir: &Path, name: &str, what: &str) -> Result<Vec<u8>> {
+    let f = open_beneath(dir, Path::new(name)).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NotImage(format!("{what} is missing")),
+        _ => io_err(format!("cannot read {what}"))(e),
+    })?;
     let mut bytes = Vec::new();
     f.take(MAX_JSON + 1)
         .read_to_end(&mut bytes)
@@ -160,7 +177,7 @@ pub fn open_image(source: &ImageRef, scratch: &Path) -> Result<Verified> {
     };
     let layout: Layout = parse(
         LAYOUT_FILE,
-        &read_small_file(&dir.join(LAYOUT_FILE), LAYOUT_FILE)?,
+        &read_small_file(&dir, LAYOUT_FILE, LAYOUT_FILE)?,
     )?;
     if layout.version != "1.0.0" {
         return Err(Error::NotImage(format!(
@@ -168,10 +185,7 @@ pub fn open_image(source: &ImageRef, scratch: &Path) -> Result<Verified> {
             layout.version
         )));
     }
-    let index: Index = parse(
-        INDEX_FILE,
-        &read_small_file(&dir.join(INDEX_FILE), INDEX_FILE)?,
-    )?;
+    let index: Index = parse(INDEX_FILE, &read_small_file(&dir, INDEX_FILE, INDEX_FILE)?)?;
     if index.schema_version != 2 {
         return Err(Error::NotImage(format!(
             "{INDEX_FILE} has schemaVersion {}",
