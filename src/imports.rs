@@ -24,6 +24,12 @@ pub fn import_dir(root: &Path, id: &str) -> PathBuf {
     root.join(IMPORTS_DIR).join(id)
 }
 
+/// Where an oci-archive is unpacked while an import for `id` reads it
+/// (hidden, beside the import).
+fn image_scratch(root: &Path, id: &str) -> PathBuf {
+    root.join(IMPORTS_DIR).join(format!(".{id}.oci-image"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -158,7 +164,11 @@ impl ImportedRestore {
             }
         }
         let dest = import_dir(root, o.id);
-        let imported = match import_source(o.source, &dest, &root.join(IMPORTS_DIR)) {
+        let scratch = image_scratch(root, o.id);
+        // What a killed restore of this ID left: the ID is free (checked
+        // above), so nothing else uses it.
+        let _ = crate::fs_remove::remove_tree(&scratch);
+        let imported = match import_source(o.source, &dest, &scratch) {
             Ok(i) => i,
             Err(e) => {
                 remove_empty(&made);
@@ -349,6 +359,11 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
     let dir = import_dir(root, id);
     crate::fs_remove::unmount_and_remove(&dir).map_err(|source| Error::Remove {
         path: dir.clone(),
+        source,
+    })?;
+    let scratch = image_scratch(root, id);
+    crate::fs_remove::remove_tree(&scratch).map_err(|source| Error::Remove {
+        path: scratch.clone(),
         source,
     })?;
     let _ = std::fs::remove_dir(root.join(IMPORTS_DIR));

@@ -383,7 +383,7 @@ mod tests {
         ] {
             let r: ImageRef = r.parse().unwrap();
             let w = write_image(&r, &spec(), small_layer).unwrap();
-            let v = open_image(&r, d.path()).unwrap();
+            let v = open_image(&r, &d.path().join(".scratch")).unwrap();
             assert_eq!(v.layer, w.layer);
             assert_eq!(v.annotations["io.podman.annotations.checkpoint.name"], "c");
             assert_eq!(v.annotations[REF_NAME], "v1");
@@ -392,12 +392,17 @@ mod tests {
             let mut text = String::new();
             e.read_to_string(&mut text).unwrap();
             assert_eq!(text, "world");
+            drop(e);
+            drop(a);
+            drop(v);
             // Another tag is not there.
             let other = ImageRef {
                 tag: Some("v2".into()),
                 ..r.clone()
             };
-            let err = open_image(&other, d.path()).unwrap_err().to_string();
+            let err = open_image(&other, &d.path().join(".scratch"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("none is tagged \"v2\""), "{err}");
         }
         let mut names: Vec<_> = std::fs::read_dir(d.path())
@@ -416,7 +421,9 @@ mod tests {
         let dir = d.path().join("dir");
         std::fs::rename(dir.join("blobs"), d.path().join("elsewhere")).unwrap();
         std::os::unix::fs::symlink(d.path().join("elsewhere"), dir.join("blobs")).unwrap();
-        let err = open_image(&r, d.path()).unwrap_err().to_string();
+        let err = open_image(&r, &d.path().join(".scratch"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot read blob"), "{err}");
     }
 

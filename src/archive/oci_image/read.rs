@@ -130,7 +130,7 @@ pub struct Verified {
     /// The layout (for an oci-archive, where it was unpacked).
     dir: PathBuf,
     /// Removed on drop: an oci-archive's unpacked layout.
-    _staging: Option<tempfile::TempDir>,
+    _staging: Option<Scratch>,
     pub layer: Descriptor,
     /// The annotations of the manifest (the index entry's added where the
     /// manifest lacks them).
@@ -151,8 +151,21 @@ impl Verified {
     }
 }
 
+/// The directory an oci-archive's layout is unpacked into, removed when
+/// dropped. It is the caller's to name, so that what a killed process left
+/// there can be found and removed later.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = crate::fs_remove::remove_tree(&self.0);
+    }
+}
+
 /// Opens and verifies the checkpoint image at `source`: for an oci-archive
-/// the layout is first unpacked into a hidden directory in `scratch`.
+/// the layout is first unpacked into `scratch`, which must not exist (it
+/// is created, and removed again with the returned [`Verified`]).
 pub fn open_image(source: &ImageRef, scratch: &Path) -> Result<Verified> {
     let (dir, staging) = match source.transport {
         Transport::Dir => {
@@ -165,14 +178,13 @@ pub fn open_image(source: &ImageRef, scratch: &Path) -> Result<Verified> {
             (source.path.clone(), None)
         }
         Transport::Archive => {
-            let t = tempfile::Builder::new()
-                .prefix(".oci-image-")
-                .tempdir_in(scratch)
-                .map_err(io_err(format!("cannot write in {}", scratch.display())))?;
             let f = File::open(&source.path)
                 .map_err(io_err(format!("cannot read {}", source.path.display())))?;
-            unpack_layout(BufReader::with_capacity(1 << 20, f), t.path())?;
-            (t.path().to_path_buf(), Some(t))
+            std::fs::create_dir(scratch)
+                .map_err(io_err(format!("cannot create {}", scratch.display())))?;
+            let t = Scratch(scratch.to_path_buf());
+            unpack_layout(BufReader::with_capacity(1 << 20, f), &t.0)?;
+            (t.0.clone(), Some(t))
         }
     };
     let layout: Layout = parse(
