@@ -381,8 +381,13 @@ mod tests {
             std::fs::create_dir_all(import_dir(root.path(), id).join("bundle/rootfs")).unwrap();
         }
         std::fs::create_dir(root.path().join("keep")).unwrap();
+        std::fs::create_dir_all(image_scratch(root.path(), "a").join("blobs")).unwrap();
         remove(root.path(), "a").unwrap();
         assert!(!import_dir(root.path(), "a").exists());
+        assert!(
+            !image_scratch(root.path(), "a").exists(),
+            "a killed image read's copy goes too"
+        );
         assert!(
             import_dir(root.path(), "b").is_dir(),
             "another import stays"
