@@ -359,9 +359,9 @@ fn unpack_layout(input: impl Read, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates `dest` from the image's layer: a ferry archive goes through
-/// [`crate::archive::import_for`]; another engine's layout (podman's
-/// `--create-image`) through [`crate::archive::import_engine`].
+/// Creates `dest` from the image's layer through
+/// [`crate::archive::import_any`]: ferry's archive with all its checks, or
+/// another engine's layout (podman's `--create-image`).
 pub fn import_layer(
     v: &Verified,
     dest: &Path,
