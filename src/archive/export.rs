@@ -255,10 +255,6 @@ fn write_rootfs_tar<W: Write>(rootfs: &Path, w: W, skipped: &mut Vec<PathBuf>) -
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
-    // The root's own entry first: an engine that applies the tar over its
-    // image's rootfs (podman) gives the root this mode, and CRIU checks the
-    // mode of the root it restores into.
-    b.append_dir("./", rootfs)?;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let full = rootfs.join(&rel);
