@@ -12,7 +12,8 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use crate::archive::{self, Limits, RootfsMode};
+use crate::archive::oci_image::{self, ImageRef};
+use crate::archive::{self, Layout, Limits, RootfsMode};
 use crate::fs_remove::RemoveError;
 
 /// Directory under the state root holding imported archives.
@@ -21,6 +22,12 @@ pub const IMPORTS_DIR: &str = "@imports";
 /// Where an import for container `id` is unpacked.
 pub fn import_dir(root: &Path, id: &str) -> PathBuf {
     root.join(IMPORTS_DIR).join(id)
+}
+
+/// Where an oci-archive is unpacked while an import for `id` reads it
+/// (hidden, beside the import).
+fn image_scratch(root: &Path, id: &str) -> PathBuf {
+    root.join(IMPORTS_DIR).join(format!(".{id}.oci-image"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +46,23 @@ pub enum Error {
         path: PathBuf,
         source: archive::Error,
     },
+    #[error("cannot restore from {image}: {source}")]
+    Image {
+        image: String,
+        source: oci_image::Error,
+    },
     #[error("{} holds no root filesystem", .0.display())]
     NoRootfs(PathBuf),
+    #[error("{} is another engine's checkpoint (podman or CRI-O): its rootfs-diff.tar holds only the changes to the container image's root filesystem; pass --bundle DIR with a config.json and that image's root filesystem (the changes are applied to it)", .0.display())]
+    EngineNeedsBundle(PathBuf),
+    #[error("{} needs the bind mount {destination} (from {source_path}), which the bundle's config.json does not have: add a bind mount with that destination", archive.display())]
+    MissingBindMount {
+        archive: PathBuf,
+        destination: String,
+        source_path: String,
+    },
+    #[error("cannot apply the checkpoint's root filesystem changes to {}: {reason}", rootfs.display())]
+    ApplyDiff { rootfs: PathBuf, reason: String },
     #[error("{}: {source}", archive::SPEC_FILE)]
     SpecJson { source: serde_json::Error },
     #[error("{} in {} has no root object", archive::SPEC_FILE, .0.display())]
@@ -67,13 +89,32 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { op, path, source }
 }
 
+/// Where a checkpoint is imported from.
+#[derive(Debug, Clone)]
+pub enum ImportSource {
+    /// A checkpoint archive (ferry's, podman's or CRI-O's).
+    Archive(PathBuf),
+    /// A checkpoint image (`oci:` or `oci-archive:`).
+    Image(ImageRef),
+}
+
+impl ImportSource {
+    /// The file or directory named.
+    pub fn path(&self) -> &Path {
+        match self {
+            ImportSource::Archive(p) => p,
+            ImportSource::Image(r) => &r.path,
+        }
+    }
+}
+
 /// What to import for which container.
 #[derive(Debug, Clone, Copy)]
 pub struct ImportOptions<'a> {
     /// The container to restore (its exact ID).
     pub id: &'a str,
-    /// The archive written by `checkpoint --export`.
-    pub archive: &'a Path,
+    /// The archive or image.
+    pub source: &'a ImportSource,
     /// A bundle of the caller's; without it the archive's config and
     /// rootfs become the bundle.
     pub bundle: Option<&'a Path>,
@@ -107,10 +148,14 @@ impl ImportedRestore {
                 return Err(Error::NoConfig(b.to_path_buf()));
             }
         }
-        let f = File::open(o.archive).map_err(|source| Error::Read {
-            path: o.archive.to_path_buf(),
-            source,
-        })?;
+        let archive_path = o.source.path().to_path_buf();
+        if let ImportSource::Archive(p) = o.source {
+            // Named before anything is created.
+            File::open(p).map_err(|source| Error::Read {
+                path: p.clone(),
+                source,
+            })?;
+        }
         let mut made = Vec::new();
         for d in [root.to_path_buf(), root.join(IMPORTS_DIR)] {
             if !d.exists() {
@@ -119,15 +164,15 @@ impl ImportedRestore {
             }
         }
         let dest = import_dir(root, o.id);
-        let reader = BufReader::with_capacity(1 << 20, f);
-        let imported = match archive::import(reader, &dest, &Limits::default()) {
+        let scratch = image_scratch(root, o.id);
+        // What a killed restore of this ID left: the ID is free (checked
+        // above), so nothing else uses it.
+        let _ = crate::fs_remove::remove_tree(&scratch);
+        let imported = match import_source(o.source, &dest, &scratch) {
             Ok(i) => i,
-            Err(source) => {
+            Err(e) => {
                 remove_empty(&made);
-                return Err(Error::Import {
-                    path: o.archive.to_path_buf(),
-                    source,
-                });
+                return Err(e);
             }
         };
         let mut me = ImportedRestore {
@@ -137,9 +182,19 @@ impl ImportedRestore {
             own_bundle: o.bundle.is_none(),
             made,
         };
+        let engine = imported.layout == Layout::Engine;
+        let ready = match (o.bundle, engine) {
+            (None, true) => Err(Error::EngineNeedsBundle(archive_path.clone())),
+            (Some(b), true) => apply_engine_changes(&imported, b, &archive_path),
+            _ => Ok(()),
+        };
+        if let Err(e) = ready {
+            me.discard();
+            return Err(e);
+        }
         match o.bundle {
             Some(b) => me.bundle = b.to_path_buf(),
-            None => match build_bundle(&imported, o.archive) {
+            None => match build_bundle(&imported, &archive_path) {
                 Ok(b) => me.bundle = b,
                 Err(e) => {
                     me.discard();
@@ -167,6 +222,87 @@ impl ImportedRestore {
         let _ = crate::fs_remove::unmount_and_remove(&self.dir);
         remove_empty(&self.made);
     }
+}
+
+/// Validates and unpacks `source` into `dest`.
+fn import_source(source: &ImportSource, dest: &Path, scratch: &Path) -> Result<archive::Imported> {
+    let limits = Limits::default();
+    let host = archive::Host::detect().map_err(|e| Error::Import {
+        path: source.path().to_path_buf(),
+        source: e,
+    })?;
+    match source {
+        ImportSource::Archive(p) => {
+            let f = File::open(p).map_err(|source| Error::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let reader = BufReader::with_capacity(1 << 20, f);
+            archive::import_any(reader, dest, &limits, &host).map_err(|source| Error::Import {
+                path: p.clone(),
+                source,
+            })
+        }
+        ImportSource::Image(r) => {
+            let image = |source| Error::Image {
+                image: r.to_string(),
+                source,
+            };
+            let verified = oci_image::open_image(r, scratch).map_err(image)?;
+            oci_image::import_layer(&verified, dest, &limits, &host).map_err(image)
+        }
+    }
+}
+
+/// Another engine's checkpoint restored into the caller's bundle: every
+/// bind mount CRI-O listed must be in its config, then the rootfs changes
+/// are applied to its rootfs as the engine applies them to a new
+/// container's (`rootfs-diff.tar` unpacked, `deleted.files` removed, both
+/// resolved inside the rootfs by the kernel).
+fn apply_engine_changes(imported: &archive::Imported, bundle: &Path, file: &Path) -> Result<()> {
+    let config = bundle.join("config.json");
+    let text = std::fs::read(&config).map_err(io("read", &config))?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|source| Error::SpecJson { source })?;
+    let mounts: Vec<&str> = spec
+        .get("mounts")
+        .and_then(|m| m.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.get("destination").and_then(|d| d.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for m in &imported.bind_mounts {
+        if !mounts.contains(&m.destination.as_str()) {
+            return Err(Error::MissingBindMount {
+                archive: file.to_path_buf(),
+                destination: m.destination.clone(),
+                source_path: m.source.clone(),
+            });
+        }
+    }
+    let root = spec
+        .get("root")
+        .and_then(|r| r.get("path"))
+        .and_then(|p| p.as_str())
+        .ok_or_else(|| Error::NoRootObject(config.clone()))?;
+    let rootfs = bundle.join(root);
+    let fail = |reason: String| Error::ApplyDiff {
+        rootfs: rootfs.clone(),
+        reason,
+    };
+    if let Some(tar) = &imported.rootfs_tar {
+        archive::unpack_rootfs(tar, &rootfs, &Limits::default())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    if !imported.deleted_files.is_empty() {
+        let dir = crate::rootfs::RootDir::open(&rootfs).map_err(|e| fail(e.to_string()))?;
+        for p in &imported.deleted_files {
+            dir.remove_all(p).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the directories (deepest first) that are empty.
@@ -225,6 +361,11 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
         path: dir.clone(),
         source,
     })?;
+    let scratch = image_scratch(root, id);
+    crate::fs_remove::remove_tree(&scratch).map_err(|source| Error::Remove {
+        path: scratch.clone(),
+        source,
+    })?;
     let _ = std::fs::remove_dir(root.join(IMPORTS_DIR));
     Ok(())
 }
@@ -240,8 +381,13 @@ mod tests {
             std::fs::create_dir_all(import_dir(root.path(), id).join("bundle/rootfs")).unwrap();
         }
         std::fs::create_dir(root.path().join("keep")).unwrap();
+        std::fs::create_dir_all(image_scratch(root.path(), "a").join("blobs")).unwrap();
         remove(root.path(), "a").unwrap();
         assert!(!import_dir(root.path(), "a").exists());
+        assert!(
+            !image_scratch(root.path(), "a").exists(),
+            "a killed image read's copy goes too"
+        );
         assert!(
             import_dir(root.path(), "b").is_dir(),
             "another import stays"

@@ -290,6 +290,7 @@ fn inspect_cli_on_dir_and_ferry_archive() {
     std::fs::write(rootfs.join("bin/tool"), vec![1u8; 5000]).unwrap();
     let archive_path = work.path().join("ctr.tar.zst");
     let spec = ExportSpec {
+        rootfs_image: None,
         images_dir: images.clone(),
         descriptors: None,
         config,

@@ -347,3 +347,256 @@ fn podman_rm_force_of_a_running_container_and_kill_with_signal() {
     assert!(!out.status.success(), "container still known to podman");
     assert!(!state.exists(), "ferry state left behind");
 }
+
+/// podman's configuration naming ferry as the runtime `ferry`: podman
+/// restores a checkpoint image only with the runtime its
+/// `io.podman.annotations.checkpoint.runtime.name` names, and a runtime
+/// given as a path is named by that path.
+fn named_runtime_conf(dir: &Path) -> PathBuf {
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nruntime = \"ferry\"\n\n[engine.runtimes]\nferry = [\"{}\"]\n",
+            ferry_bin().display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// A counter started by ferry itself, checkpointed with `--export-image
+/// oci-archive:`, loaded into podman's storage (`podman load`) and
+/// restored by `podman container restore IMAGE` with ferry as the runtime:
+/// the counter goes on from where it was.
+#[test]
+fn podman_restores_a_checkpoint_image_ferry_wrote() {
+    let Some(mut p) = Podman::new() else { return };
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("pimg");
+    let restored = p.name("from-image");
+    let ckpt_image = format!("localhost/ferry-ckpt-t{}", std::process::id());
+    let conf = named_runtime_conf(env.work.path());
+    // Removed with the configuration that names the runtime, also when
+    // the test fails.
+    struct Cleanup {
+        conf: PathBuf,
+        name: String,
+        image: String,
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for args in [
+                vec!["rm", "-f", "-t", "0", &self.name],
+                vec!["rmi", "-f", &self.image],
+            ] {
+                let _ = Command::new("podman")
+                    .args(args)
+                    .env("CONTAINERS_CONF", &self.conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+    let _cleanup = Cleanup {
+        conf: conf.clone(),
+        name: restored.clone(),
+        image: format!("{ckpt_image}:latest"),
+    };
+
+    // The source: podman's image rootfs has a 0555 root directory, and
+    // CRIU checks the mode of the root it restores into; stdio are pipes
+    // (conmon's are).
+    let data = env.work.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let bundle = env.counter_bundle("c", &data);
+    std::fs::set_permissions(
+        bundle.join("rootfs"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let id = env.id("c");
+    let mut child = env.spawn_detached(&id, &bundle);
+    assert!(child.wait().unwrap().success());
+    let count = data.join("count");
+    wait_counting(&count);
+
+    let archive = env.work.path().join("ckpt.tar");
+    let reference = format!("oci-archive:{}:{ckpt_image}:latest", archive.display());
+    env.ok(&[
+        "checkpoint",
+        "--export-image",
+        &reference,
+        "--rootfs-image",
+        &p.image,
+        &id,
+    ]);
+    env.assert_gone(&id);
+    let at_dump = read_num(&count).unwrap();
+
+    let podman = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .args(["120", "podman"])
+            .args(args)
+            .env("CONTAINERS_CONF", &conf)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    podman(&["load", "-q", "-i", s(&archive)]);
+    let inspect = podman(&["image", "inspect", &format!("{ckpt_image}:latest")]);
+    let v: Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(
+        v[0]["Annotations"]["io.podman.annotations.checkpoint.runtime.name"],
+        "ferry"
+    );
+    podman(&[
+        "container",
+        "restore",
+        "--name",
+        &restored,
+        &format!("{ckpt_image}:latest"),
+    ]);
+    let status = podman(&["inspect", "--format", "{{.State.Status}}", &restored]);
+    assert_eq!(status.trim(), "running");
+    assert_continues(&count, at_dump);
+    podman(&["rm", "-f", "-t", "0", &restored]);
+}
+
+/// The other way: `podman container checkpoint --create-image` with ferry
+/// as the runtime, `podman save --format oci-archive`, then `ferry restore
+/// --image oci-archive:FILE` into a bundle made of the image's `spec.dump`
+/// and a fresh copy of the container image's rootfs: the counter goes on.
+#[test]
+fn ferry_restores_a_checkpoint_image_podman_created() {
+    let Some(mut p) = Podman::new() else { return };
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("pcreate");
+    let name = p.name("create-image");
+    let ckpt_image = format!("localhost/podman-ckpt-t{}:latest", std::process::id());
+    struct Rmi(String);
+    impl Drop for Rmi {
+        fn drop(&mut self) {
+            let _ = Command::new("podman")
+                .args(["rmi", "-f", &self.0])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _rmi = Rmi(ckpt_image.clone());
+    let data = env.work.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let volume = format!("{}:/data", data.display());
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--network",
+        "none",
+        "-v",
+        &volume,
+        &p.image,
+        "sh",
+        "-c",
+        COUNTER,
+    ]);
+    let count = data.join("count");
+    wait_counting(&count);
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--create-image",
+        &ckpt_image,
+        &name,
+    ]);
+    let at_dump = read_num(&count).unwrap();
+    let archive = env.work.path().join("podman-ckpt.tar");
+    p.ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        s(&archive),
+        &ckpt_image,
+    ]);
+
+    // The bundle: podman's spec.dump from the image's layer (its mounts
+    // name podman's files for the container, still there), and the image's
+    // rootfs with the mode podman's overlay root has.
+    let spec = spec_dump_of(&archive);
+    let bundle = env.work.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(rootfs_template())
+        .arg(bundle.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(
+        bundle.join("rootfs"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let mut spec = spec;
+    spec["root"]["path"] = Value::from("rootfs");
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+
+    let id = env.id("r");
+    let reference = format!("oci-archive:{}", archive.display());
+    env.ok(&[
+        "restore",
+        "-d",
+        "--image",
+        &reference,
+        "--bundle",
+        s(&bundle),
+        &id,
+    ]);
+    assert_eq!(env.status(&id), "running");
+    assert_continues(&count, at_dump);
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
+/// `spec.dump` of the one layer of a checkpoint image in an oci-archive.
+fn spec_dump_of(archive: &Path) -> Value {
+    use std::io::Read;
+    let mut files = std::collections::HashMap::new();
+    let mut a = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        e.read_to_end(&mut bytes).unwrap();
+        files.insert(name, bytes);
+    }
+    let json = |name: &str| -> Value { serde_json::from_slice(&files[name]).unwrap() };
+    let blob = |digest: &Value| format!("blobs/sha256/{}", &digest.as_str().unwrap()[7..]);
+    let index = json("index.json");
+    let manifest = json(&blob(&index["manifests"][0]["digest"]));
+    let layer = &files[&blob(&manifest["layers"][0]["digest"])];
+    let mut inner = tar::Archive::new(flate2::read::GzDecoder::new(&layer[..]));
+    for e in inner.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some("spec.dump") {
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            return serde_json::from_slice(&bytes).unwrap();
+        }
+    }
+    panic!("no spec.dump in the checkpoint image's layer");
+}

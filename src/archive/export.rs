@@ -25,6 +25,9 @@ pub struct ExportSpec {
     pub rootfs: Option<PathBuf>,
     /// [`Compression::Gzip`] is refused: ferry writes zstd or plain tar.
     pub compression: Compression,
+    /// The container image the rootfs came from, when the caller knows it:
+    /// written into `config.dump` where podman looks for it to restore.
+    pub rootfs_image: Option<String>,
 }
 
 /// What an export wrote.
@@ -303,7 +306,9 @@ fn write_rootfs_tar<W: Write>(rootfs: &Path, w: W, skipped: &mut Vec<PathBuf>) -
     Ok(())
 }
 
-/// podman's `config.dump` fields that checkpointctl reads.
+/// podman's `config.dump` fields that checkpointctl reads, and those
+/// podman's restore of a checkpoint image needs (the image its rootfs
+/// comes from).
 #[derive(Serialize)]
 struct EngineConfig<'a> {
     id: &'a str,
@@ -311,6 +316,12 @@ struct EngineConfig<'a> {
     runtime: &'a str,
     #[serde(rename = "checkpointedTime")]
     checkpointed_time: &'a str,
+    #[serde(rename = "rootfsImageName", skip_serializing_if = "Option::is_none")]
+    rootfs_image_name: Option<&'a str>,
+    #[serde(rename = "rawImageName", skip_serializing_if = "Option::is_none")]
+    raw_image_name: Option<&'a str>,
+    #[serde(rename = "rootfsImageID", skip_serializing_if = "Option::is_none")]
+    rootfs_image_id: Option<&'a str>,
 }
 
 /// Writes the archive described by `spec` to `out` (see the module docs
@@ -362,6 +373,9 @@ fn write_all<W: Write>(spec: &ExportSpec, out: W) -> Result<(ExportSummary, W)> 
         name: &meta.container_id,
         runtime: "ferry",
         checkpointed_time: &meta.checkpoint_time,
+        rootfs_image_name: spec.rootfs_image.as_deref(),
+        raw_image_name: spec.rootfs_image.as_deref(),
+        rootfs_image_id: spec.rootfs_image.as_deref(),
     };
     let json = serde_json::to_vec_pretty(&engine).expect("config serializes");
     w.data(CONFIG_FILE, &json)?;

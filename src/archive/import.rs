@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::engine::{check_engine_contents, EngineExtras};
 use super::space::SpaceBudget;
 use super::stream::{check_trailer, open_stream, stream_err};
 use super::tar_guard::TarGuard;
@@ -16,6 +17,11 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct Imported {
     pub dir: PathBuf,
+    /// Whose layout the archive has.
+    pub layout: Layout,
+    /// ferry's metadata; for another engine's archive, what ferry knows of
+    /// it (container ID and checkpoint time from `config.dump`, the rootfs
+    /// as [`RootfsMode::None`]: its `rootfs-diff.tar` holds only changes).
     pub metadata: Metadata,
     pub compression: Compression,
     /// `DIR/checkpoint`.
@@ -24,8 +30,14 @@ pub struct Imported {
     pub spec: PathBuf,
     pub descriptors: Option<PathBuf>,
     pub dump_stats: Option<PathBuf>,
-    /// The root filesystem as a tar, for [`unpack_rootfs`].
+    /// The root filesystem as a tar, for [`unpack_rootfs`] (another
+    /// engine's: the changes to its image's root filesystem).
     pub rootfs_tar: Option<PathBuf>,
+    /// Another engine's `deleted.files`: paths removed from the image's
+    /// root filesystem, checked by the untrusted-path rules.
+    pub deleted_files: Vec<PathBuf>,
+    /// CRI-O's `bind.mounts`: the bind mounts the container needs.
+    pub bind_mounts: Vec<ExternalBindMount>,
     pub entries: u64,
     pub bytes: u64,
 }
@@ -73,6 +85,9 @@ pub(super) struct Unpacked {
 pub(super) enum Mode<'a> {
     /// Everything is written; `ferry.json` must come first and pass `check`.
     Import(&'a dyn Fn(&Metadata) -> Result<()>),
+    /// Everything is written; a `ferry.json` (first or not) must pass
+    /// `check`; without one the archive is another engine's.
+    ImportAny(&'a dyn Fn(&Metadata) -> Result<()>),
     /// Only what inspect reads is written; the rest is drained and counted.
     Inspect,
 }
@@ -192,7 +207,7 @@ fn unpack_file(
     let FileEntry { name, size, target } = file;
     let is_json = charge_sizes(out, &name, size, limits)?;
     let write = match mode {
-        Mode::Import(_) => true,
+        Mode::Import(_) | Mode::ImportAny(_) => true,
         Mode::Inspect => inspect_wants(&name),
     };
     let file = if write {
@@ -203,11 +218,11 @@ fn unpack_file(
     };
     let mut keep = is_json.then(Vec::new);
     let crc = copy_entry(entry, &name, size, file.as_ref(), keep.as_mut())?;
-    if let (Mode::Import(_), Some(f)) = (mode, file.as_ref()) {
+    if let (Mode::Import(_) | Mode::ImportAny(_), Some(f)) = (mode, file.as_ref()) {
         f.sync_all()
             .map_err(Error::io(format!("cannot write {name}")))?;
     }
-    if let (METADATA_FILE, Mode::Import(check)) = (name.as_str(), mode) {
+    if let (METADATA_FILE, Mode::Import(check) | Mode::ImportAny(check)) = (name.as_str(), mode) {
         let meta: Metadata = parse_json(METADATA_FILE, &keep.unwrap_or_default())?;
         check(&meta)?;
     }
@@ -232,7 +247,14 @@ fn charge_sizes(out: &mut Unpacked, name: &str, size: u64, limits: &Limits) -> R
     within(size, limits.max_file_bytes, "bytes in one entry")?;
     out.bytes = out.bytes.saturating_add(size);
     within(out.bytes, limits.max_total_bytes, "bytes in total")?;
-    let is_json = [METADATA_FILE, MANIFEST_FILE, CONFIG_FILE].contains(&name);
+    let is_json = [
+        METADATA_FILE,
+        MANIFEST_FILE,
+        CONFIG_FILE,
+        DELETED_FILES,
+        BIND_MOUNTS,
+    ]
+    .contains(&name);
     if is_json {
         within(size, limits.max_json_bytes, "bytes in a JSON file")?;
     }
@@ -320,6 +342,27 @@ pub fn import(input: impl Read, dest: &Path, limits: &Limits) -> Result<Imported
 /// `spec.dump` and (per the metadata) `rootfs-diff.tar` present. The work
 /// happens in a hidden staging directory beside `dest`, removed on error.
 pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -> Result<Imported> {
+    import_checked(input, dest, limits, host, false)
+}
+
+/// Like [`import_for`], and also takes another engine's archive (podman's
+/// `--export` or `--create-image` layer, the kubelet's CRI-O checkpoint):
+/// no `ferry.json` and no manifest, so no host or CRC checks (an image's
+/// digests cover its layer; CRIU checks its images); the same path rules,
+/// limits and space checks, `config.dump` with the container's identity,
+/// the CRIU images and `spec.dump`, and `rootfs-diff.tar`,
+/// `deleted.files` and `bind.mounts` checked when present.
+pub fn import_any(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -> Result<Imported> {
+    import_checked(input, dest, limits, host, true)
+}
+
+fn import_checked(
+    input: impl Read,
+    dest: &Path,
+    limits: &Limits,
+    host: &Host,
+    engine_ok: bool,
+) -> Result<Imported> {
     check_dest_empty(dest)?;
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -327,13 +370,35 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
     };
     let staging = staging_dir(dest, &parent)?;
     let check = |m: &Metadata| check_host(m, host);
-    let un = unpack(input, staging.path(), limits, Mode::Import(&check))?;
-    let meta: Metadata =
-        read_json_file(&staging.path().join(METADATA_FILE), METADATA_FILE, limits)?;
-    check_manifest(&un.files, &un.order, staging.path(), limits)?;
-    if let Some(rootfs) = check_contents(staging.path(), &meta, limits)? {
-        check_rootfs_tar(&rootfs, limits, None)?;
-    }
+    let mode = if engine_ok {
+        Mode::ImportAny(&check)
+    } else {
+        Mode::Import(&check)
+    };
+    let un = unpack(input, staging.path(), limits, mode)?;
+    let layout = match un.order.first().map(String::as_str) {
+        Some(METADATA_FILE) => Layout::Ferry,
+        _ if un.files.contains_key(METADATA_FILE) => return Err(Error::MissingMetadata),
+        _ => Layout::Engine,
+    };
+    let (meta, engine) = match layout {
+        Layout::Ferry => {
+            let meta: Metadata =
+                read_json_file(&staging.path().join(METADATA_FILE), METADATA_FILE, limits)?;
+            check_manifest(&un.files, &un.order, staging.path(), limits)?;
+            if let Some(rootfs) = check_contents(staging.path(), &meta, limits)? {
+                check_rootfs_tar(&rootfs, limits, None)?;
+            }
+            (meta, EngineExtras::default())
+        }
+        Layout::Engine => {
+            let (meta, extras) = check_engine_contents(staging.path(), host, limits)?;
+            if staging.path().join(ROOTFS_FILE).is_file() {
+                check_rootfs_tar(&staging.path().join(ROOTFS_FILE), limits, None)?;
+            }
+            (meta, extras)
+        }
+    };
     publish(staging, dest, &parent)?;
     let at = |p: &str| {
         let path = dest.join(p);
@@ -341,6 +406,9 @@ pub fn import_for(input: impl Read, dest: &Path, limits: &Limits, host: &Host) -
     };
     Ok(Imported {
         dir: dest.to_path_buf(),
+        layout,
+        deleted_files: engine.deleted,
+        bind_mounts: engine.bind_mounts,
         compression: un.compression,
         images_dir: dest.join(IMAGES_DIR),
         spec: dest.join(SPEC_FILE),
@@ -529,9 +597,16 @@ pub fn unpack_rootfs(tar_path: &Path, dest: &Path, limits: &Limits) -> Result<u6
                 .map_err(fail)?;
             continue;
         }
-        let ok = entry
-            .unpack_in(dest)
-            .map_err(Error::io(format!("cannot unpack {ROOTFS_FILE}:{name}")))?;
+        let ok = entry.unpack_in(dest).map_err(|e| {
+            // The tar crate's error hides its cause one level down.
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why = format!("{why}: {c}");
+                cause = c.source();
+            }
+            Error::io(format!("cannot unpack {ROOTFS_FILE}:{name}"))(io::Error::new(e.kind(), why))
+        })?;
         if !ok {
             return Err(Error::UnsafeEntry {
                 path: format!("{ROOTFS_FILE}:{name}"),

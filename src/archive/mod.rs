@@ -30,16 +30,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::criu::Version;
 
+mod engine;
 mod export;
 mod import;
 mod inspect;
+pub mod oci_image;
 mod space;
 mod stream;
 mod tar_guard;
 mod validate;
 
+pub use engine::{ExternalBindMount, Layout};
 pub use export::{export, ExportSpec, ExportSummary};
-pub use import::{import, import_for, unpack_rootfs, Imported};
+pub use import::{import, import_any, import_for, unpack_rootfs, Imported};
 pub use inspect::{describe_dir, unpack_for_inspect, ArchiveInfo, EngineContainer};
 
 pub const METADATA_FILE: &str = "ferry.json";
@@ -50,6 +53,10 @@ pub const CONFIG_FILE: &str = "config.dump";
 pub const STATS_FILE: &str = "stats-dump";
 pub const ROOTFS_FILE: &str = "rootfs-diff.tar";
 pub const DESCRIPTORS_FILE: &str = "descriptors.json";
+/// podman's and CRI-O's list of files removed from the image's rootfs.
+pub const DELETED_FILES: &str = "deleted.files";
+/// CRI-O's list of the container's bind mounts.
+pub const BIND_MOUNTS: &str = "bind.mounts";
 
 /// Version of the layout and of `ferry.json`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -215,6 +222,8 @@ pub enum Error {
     CriuUnknown(String),
     #[error("archive lacks {0}")]
     Missing(String),
+    #[error("archive cannot be restored by ferry: {0}")]
+    Unsupported(String),
     #[error("archive entry {path:?} does not match {MANIFEST_FILE}: {detail}")]
     ManifestMismatch { path: String, detail: String },
     #[error("not enough space to unpack the archive in {}: it needs {needed_what}, and {available} there (nothing was left behind)", path.display())]

@@ -43,6 +43,7 @@ fn valid_archive(compression: Compression) -> Vec<u8> {
     std::fs::write(rootfs.join("bin/busybox"), vec![0xabu8; 3000]).unwrap();
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
     let spec = ExportSpec {
+        rootfs_image: None,
         images_dir: images,
         descriptors: Some(descriptors),
         config,

@@ -78,6 +78,7 @@ fn host() -> Host {
 
 fn spec(src: &Src, compression: Compression, rootfs: bool) -> ExportSpec {
     ExportSpec {
+        rootfs_image: None,
         images_dir: src.images.clone(),
         descriptors: Some(src.descriptors.clone()),
         config: src.config.clone(),
@@ -560,4 +561,88 @@ fn inspect_unpacks_images_but_not_the_rootfs() {
     assert!(!dest.join(ROOTFS_FILE).exists());
     assert!(dest.join("checkpoint/core-1.img").exists());
     assert_eq!(info.dump_stats.unwrap().pages_written, 6);
+}
+
+/// An engine archive (no ferry.json): `files` as (name, bytes).
+fn engine_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o600);
+        b.append_data(&mut h, name, *bytes).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn engine_archives_are_read_for_what_ferry_needs_and_refused_otherwise() {
+    let inv: &[u8] = b"\x16\x31\x31\x58inventory";
+    let spec: &[u8] = br#"{"ociVersion":"1.0.2"}"#;
+    let config: &[u8] = br#"{"id":"abc","name":"n","checkpointedTime":"2026-11-30T10:01:00Z"}"#;
+    let deleted: &[u8] = br#"["/etc/gone","/var/x"]"#;
+    let bind: &[u8] =
+        br#"[{"source":"/srv","destination":"/data","fileType":"directory","permissions":493}]"#;
+    let d = tempfile::tempdir().unwrap();
+    let good = engine_tar(&[
+        ("config.dump", config),
+        ("spec.dump", spec),
+        ("checkpoint/inventory.img", inv),
+        ("deleted.files", deleted),
+        ("bind.mounts", bind),
+    ]);
+    let i = import_any(&good[..], &d.path().join("ok"), &Limits::default(), &host()).unwrap();
+    assert_eq!(i.layout, Layout::Engine);
+    assert_eq!(i.metadata.container_id, "abc");
+    assert_eq!(i.metadata.checkpoint_time, "2026-11-30T10:01:00Z");
+    assert_eq!(i.metadata.rootfs, RootfsMode::None);
+    assert_eq!(
+        i.deleted_files,
+        [PathBuf::from("etc/gone"), PathBuf::from("var/x")]
+    );
+    assert_eq!(i.bind_mounts[0].destination, "/data");
+    // The ferry-only import still wants ferry.json first.
+    let e = import_for(&good[..], &d.path().join("f"), &Limits::default(), &host()).unwrap_err();
+    assert!(matches!(e, Error::MissingMetadata), "{e}");
+
+    let pod: &[u8] = br#"{"id":"abc","pod":"p1"}"#;
+    for (files, want) in [
+        (
+            vec![("spec.dump", spec), ("checkpoint/inventory.img", inv)],
+            "lacks config.dump",
+        ),
+        (
+            vec![
+                ("config.dump", pod),
+                ("spec.dump", spec),
+                ("checkpoint/inventory.img", inv),
+            ],
+            "belonged to a pod",
+        ),
+        (
+            vec![("config.dump", config), ("spec.dump", spec)],
+            "lacks checkpoint/inventory.img",
+        ),
+        (
+            vec![
+                ("config.dump", config),
+                ("spec.dump", spec),
+                ("checkpoint/inventory.img", inv),
+                ("deleted.files", br#"["/../x"]"#),
+            ],
+            "deleted.files:/../x",
+        ),
+    ] {
+        let dest = d.path().join("bad");
+        let e = import_any(&engine_tar(&files)[..], &dest, &Limits::default(), &host())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{want}: {e}");
+        assert!(!dest.exists());
+    }
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["ok"], "no staging dir is left");
 }

@@ -7,12 +7,12 @@ use ferry::archive::Compression;
 use ferry::cgroups::Driver;
 use ferry::container::{CheckpointOptions, RestoreOptions};
 use ferry::criu::CgMode;
-use ferry::imports::{ImportOptions, ImportedRestore};
+use ferry::imports::{ImportOptions, ImportSource, ImportedRestore};
 use ferry::network::LockMethod;
 use ferry::Container;
 use nix::unistd::Pid;
 
-use super::export::{Export, ExportOptions};
+use super::export::{Export, ExportOptions, Target};
 use super::output::warn_all;
 use super::{wait, LogFormat};
 
@@ -147,12 +147,22 @@ pub struct CheckpointArgs {
     /// (written to a temporary file beside it, then renamed).
     #[arg(long, value_name = "FILE")]
     pub export: Option<PathBuf>,
+    /// Also write the checkpoint as an OCI image (one layer holding the
+    /// --export archive, podman's and CRI-O's checkpoint annotations):
+    /// oci:DIR[:TAG] (an image layout) or oci-archive:FILE[:TAG].
+    #[arg(long, value_name = "REF", conflicts_with = "export")]
+    pub export_image: Option<String>,
     /// Compression of the --export archive [default: zstd].
     #[arg(long, value_enum, requires = "export")]
     pub compress: Option<ArchiveCompression>,
-    /// Leave the root filesystem out of the --export archive.
-    #[arg(long, requires = "export")]
+    /// Leave the root filesystem out of the --export archive or image.
+    #[arg(long)]
     pub ignore_rootfs: bool,
+    /// The container image this container's rootfs comes from (as podman
+    /// names it): recorded in the archive's config.dump and the image's
+    /// annotations, where `podman container restore` looks for it.
+    #[arg(long, value_name = "IMAGE")]
+    pub rootfs_image: Option<String>,
     /// A previous pre-dump, relative to the image path.
     #[arg(long)]
     pub parent_path: Option<PathBuf>,
@@ -200,11 +210,17 @@ pub struct RestoreArgs {
     #[arg(short, long)]
     pub bundle: Option<PathBuf>,
     /// Directory of CRIU images written by `ferry checkpoint` [default: checkpoint].
-    #[arg(long, conflicts_with = "import")]
+    #[arg(long, conflicts_with_all = ["import", "image"])]
     pub image_path: Option<PathBuf>,
-    /// Restore from an archive written by `ferry checkpoint --export`.
+    /// Restore from a checkpoint archive: ferry's (`checkpoint --export`),
+    /// podman's (`container checkpoint --export`) or the kubelet's (CRI-O).
     #[arg(long, value_name = "FILE")]
     pub import: Option<PathBuf>,
+    /// Restore from a checkpoint image: oci:DIR[:TAG] or
+    /// oci-archive:FILE[:TAG] (`checkpoint --export-image`, or podman's
+    /// `--create-image` saved with `podman save --format oci-archive`).
+    #[arg(long, value_name = "REF", conflicts_with = "import")]
+    pub image: Option<String>,
     /// Directory for CRIU's log and work files (default: the image path).
     #[arg(long)]
     pub work_path: Option<PathBuf>,
@@ -258,19 +274,20 @@ fn page_server(s: &str) -> anyhow::Result<(String, u16)> {
     Ok((addr.trim_matches(['[', ']']).to_string(), port))
 }
 
-fn export_options<'a>(a: &CheckpointArgs, file: &'a Path) -> ExportOptions<'a> {
+fn export_options<'a>(a: &CheckpointArgs, target: &'a Target) -> ExportOptions<'a> {
     let partial = [
         (a.pre_dump, "--pre-dump"),
         (a.page_server.is_some(), "--page-server"),
         (a.lazy_pages, "--lazy-pages"),
     ];
     ExportOptions {
-        file,
+        target,
         compression: match a.compress {
             Some(ArchiveCompression::None) => Compression::None,
             _ => Compression::Zstd,
         },
         ignore_rootfs: a.ignore_rootfs,
+        rootfs_image: a.rootfs_image.clone(),
         temporary_images: a.image_path.is_none(),
         partial_dump_flags: partial.iter().filter(|p| p.0).map(|p| p.1).collect(),
     }
@@ -284,8 +301,24 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs, format: LogFormat) -> anyhow:
             bail!("--status-fd {fd} is not an open descriptor above 2");
         }
     }
-    let mut export = match &a.export {
-        Some(file) => Some(Export::prepare(&export_options(a, file))?),
+    let target = match (&a.export, &a.export_image) {
+        (Some(file), _) => Some(Target::File(file.clone())),
+        (None, Some(r)) => Some(Target::Image(
+            r.parse()
+                .map_err(|e| anyhow::anyhow!("--export-image: {e}"))?,
+        )),
+        (None, None) => None,
+    };
+    for (given, flag) in [
+        (a.ignore_rootfs, "--ignore-rootfs"),
+        (a.rootfs_image.is_some(), "--rootfs-image"),
+    ] {
+        if given && target.is_none() {
+            bail!("{flag} applies to --export or --export-image: give one of them");
+        }
+    }
+    let mut export = match &target {
+        Some(t) => Some(Export::prepare(&export_options(a, t))?),
         None => None,
     };
     let image_path = match (&a.image_path, &export) {
@@ -357,12 +390,19 @@ pub fn restore(
     if a.no_pivot {
         bail!("--no-pivot is not supported by restore: CRIU rebuilds the container's mount namespace with pivot_root (drop the flag)");
     }
-    let imported = match &a.import {
-        Some(file) => Some(ImportedRestore::prepare(
+    let source = match (&a.import, &a.image) {
+        (Some(file), _) => Some(ImportSource::Archive(file.clone())),
+        (None, Some(r)) => Some(ImportSource::Image(
+            r.parse().map_err(|e| anyhow::anyhow!("--image: {e}"))?,
+        )),
+        (None, None) => None,
+    };
+    let imported = match &source {
+        Some(source) => Some(ImportedRestore::prepare(
             root,
             &ImportOptions {
                 id: &a.id,
-                archive: file,
+                source,
                 bundle: a.bundle.as_deref(),
             },
         )?),

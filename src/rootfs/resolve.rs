@@ -201,6 +201,16 @@ impl RootDir {
         }
     }
 
+    /// Removes `path` and, for a directory, everything below it, resolved
+    /// in the root (pathrs never follows a symlink out of it).
+    pub fn remove_all(&self, path: &Path) -> Result<()> {
+        match self.root.remove_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::OsError(Some(libc::ENOENT)) => Ok(()),
+            Err(e) => Err(err(path, "removing from the rootfs", &e)),
+        }
+    }
+
     /// Whether anything (a dangling symlink too) is at `path`.
     pub fn exists(&self, path: &Path) -> Result<bool> {
         match self.root.resolve_nofollow(path) {
