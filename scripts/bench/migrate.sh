@@ -275,7 +275,8 @@ for size in $SIZES; do
     + if .post_copy > 0 then "; pages after the switchover \(.post_copy) ms" else "" end' "$r")
   # Post-copy moves its pages after the switchover, at the faults' pace:
   # no memory-phase rate to compare with the link.
-  F_MEMRATE[$k]=$(jq 'if .pages.lazy > 0 then 0 else (.bytes.memory / 1048576) / ((.timings.memory_transfer + .timings.pre_dump) / 1000) end' "$r")
+  F_MEMRATE[$k]=$(jq '(.timings.memory_transfer + .timings.pre_dump) as $t
+    | if .pages.lazy > 0 or .mode == "post-copy" or $t == 0 then 0 else (.bytes.memory / 1048576) / ($t / 1000) end' "$r")
   F_ROUNDS[$k]=$(jq -r 'if (.pre_copy | length) > 0 then
       "rounds " + ([.pre_copy[] | "\(.pages_written)p/\(.duration)ms/frozen \(.frozen)ms"] | join(", "))
       + "; final \(.pages.written)p, predicted \(.predicted_downtime) ms; stopped: \(.pre_copy_stop)"
