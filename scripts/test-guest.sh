@@ -28,7 +28,8 @@ declare -A GROUPS_=(
 # Groups whose guest boots systemd as PID 1 (run.sh -s): the systemd cgroup driver, alone
 # and under podman's --cgroup-manager systemd.
 declare -A GUEST_OPTS=([systemd]="-s")
-ORDER=(cgroup-v2 checkpoint migrate podman systemd)
+# Longest first, so that two guests at a time end together.
+ORDER=(migrate checkpoint cgroup-v2 podman systemd)
 [ $# -gt 0 ] && ORDER=("$@")
 
 scripts/guest/install.sh || exit 1
@@ -40,7 +41,20 @@ while read -r name exe; do BIN[$name]=$exe; done < <(
     jq -r 'select(.executable != null and .target.kind == ["test"]) | .target.name + " " + .executable'
 )
 
+# Groups run FERRY_GUEST_JOBS guests at a time (default 2: under emulation a guest leaves a
+# host core idle much of the time); each group's output is printed whole when it ends.
+JOBS=${FERRY_GUEST_JOBS:-2}
+declare -A LOGS STARTS
+declare -A PIDS
 status=0
+finish() { # PID RC: prints the group's log and status
+  local pid=$1 rc=$2 g=${PIDS[$1]}
+  cat "${LOGS[$g]}"
+  rm -f "${LOGS[$g]}"
+  log "group $g: exit $rc after $(($(date +%s) - ${STARTS[$g]})) s"
+  ((rc == 0)) || status=1
+  unset "PIDS[$pid]"
+}
 for g in "${ORDER[@]}"; do
   entries=${GROUPS_[$g]:-}
   [ -n "$entries" ] || { log "unknown group $g (groups: ${!GROUPS_[*]})"; exit 2; }
@@ -81,12 +95,23 @@ WATCHDOG
     done
     echo 'exit $rc'
   } >"$script"
+  while ((${#PIDS[@]} >= JOBS)); do
+    wait -n -p done_pid "${!PIDS[@]}"
+    finish "$done_pid" $?
+  done
   log "group $g: booting a guest"
-  start=$(date +%s)
-  GUEST_ENV="CI FERRY_REQUIRE_ALL RUST_BACKTRACE" scripts/guest/run.sh -m 4G ${GUEST_OPTS[$g]:-} -- bash "$script"
-  rc=$?
-  rm -f "$script"
-  log "group $g: exit $rc after $(($(date +%s) - start)) s"
-  ((rc == 0)) || status=1
+  STARTS[$g]=$(date +%s)
+  LOGS[$g]=$(mktemp "$PWD/target/guest-log.XXXXXX")
+  (
+    GUEST_ENV="CI FERRY_REQUIRE_ALL RUST_BACKTRACE" scripts/guest/run.sh -m 4G ${GUEST_OPTS[$g]:-} -- bash "$script"
+    rc=$?
+    rm -f "$script"
+    exit $rc
+  ) >"${LOGS[$g]}" 2>&1 &
+  PIDS[$!]=$g
+done
+while ((${#PIDS[@]} > 0)); do
+  wait -n -p done_pid "${!PIDS[@]}"
+  finish "$done_pid" $?
 done
 exit $status

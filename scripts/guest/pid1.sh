@@ -46,6 +46,11 @@ echo "$modprobe" >/proc/sys/kernel/modprobe
 mkdir -p /var/lib/containers && mount -t tmpfs -o mode=700 tmpfs /var/lib/containers
 hostname ferry-guest
 ip link set lo up
+# The test binaries keep scratch files (busybox rootfs, memhog) in the checkout's target/tmp,
+# named by pid: guests running side by side get one each.
+for x in $(</proc/cmdline); do
+  case $x in ferry.share=*) [ -d "${x#*=}/target/tmp" ] && mount -t tmpfs tmpfs "${x#*=}/target/tmp" ;; esac
+done
 if [ "$systemd" = 1 ]; then
   # Runtime units (/run is the guest's tmpfs): D-Bus without the default dependencies that
   # would pull in sysinit.target, and the unit that runs the command.

@@ -42,7 +42,9 @@ if [ ! -s "$INITRD" ] || [ "$HERE/initramfs-init" -nt "$INITRD" ]; then
     basename "$ko" >>"$t/mods.order"
   done
   install -m 755 "$HERE/initramfs-init" "$t/init"
-  (cd "$t" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$INITRD.new" && mv "$INITRD.new" "$INITRD"
+  # Guests may boot side by side: each builds its own copy and renames it into place.
+  new=$(mktemp "$INITRD.XXXXXX")
+  (cd "$t" && find . | busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$new" && mv "$new" "$INITRD"
   rm -rf "$t"
 fi
 
