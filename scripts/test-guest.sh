@@ -44,15 +44,15 @@ while read -r name exe; do BIN[$name]=$exe; done < <(
 # Groups run FERRY_GUEST_JOBS guests at a time (default 2: under emulation a guest leaves a
 # host core idle much of the time); each group's output is printed whole when it ends.
 JOBS=${FERRY_GUEST_JOBS:-2}
-declare -A LOGS STARTS
-declare -A PIDS
-status=0
+declare -A LOGS=() STARTS=() PIDS=()
+status=0 finished=0
 finish() { # PID RC: prints the group's log and status
   local pid=$1 rc=$2 g=${PIDS[$1]}
   cat "${LOGS[$g]}"
   rm -f "${LOGS[$g]}"
   log "group $g: exit $rc after $(($(date +%s) - ${STARTS[$g]})) s"
   ((rc == 0)) || status=1
+  finished=$((finished + 1))
   unset "PIDS[$pid]"
 }
 for g in "${ORDER[@]}"; do
@@ -114,4 +114,6 @@ while ((${#PIDS[@]} > 0)); do
   wait -n -p done_pid "${!PIDS[@]}"
   finish "$done_pid" $?
 done
+# Every group must have run and reported.
+((finished == ${#ORDER[@]})) || { log "only $finished of ${#ORDER[@]} groups reported"; status=1; }
 exit $status

@@ -416,6 +416,47 @@ fn spawn_migrate(w: &World, id: &str) -> Child {
         .unwrap()
 }
 
+/// A link that silently drops every packet while memory streams (an nft
+/// drop rule on B: no reset, no error): CRIU's page-server write fails once
+/// the stream has been silent for ferry's bound, the dump fails, and the
+/// container runs on at A, memory intact, within seconds instead of the
+/// quarter hour TCP's own retries would take.
+#[test]
+fn silently_dropped_link_mid_memory_resumes_a_within_seconds() {
+    let Some(_g) = serial() else { return };
+    let mut w = World::new("q", 14);
+    let (id, data) = memhog_container(&mut w, "hog", 512);
+    let sum = read_text(&data.join("sum-before"));
+    let child = spawn_migrate(&w, &id);
+    wait_transfer(&w, &id);
+    let table = format!("ferry_drop_{}", std::process::id());
+    let nft = |args: &str| {
+        let out = w.b.ns.exec(&["nft", args]);
+        assert!(
+            out.status.success(),
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    nft(&format!(
+        "add table inet {table} {{ chain in {{ type filter hook input priority -400; policy drop; }} }}"
+    ));
+    let cut = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let waited = cut.elapsed();
+    nft(&format!("delete table inet {table}"));
+    let line = failure_line(&out);
+    assert!(line.contains("resumed on this host"), "{line}");
+    assert!(
+        waited < ferry::criu::page_socket::USER_TIMEOUT + Duration::from_secs(12),
+        "the source resumed {waited:?} after the link went silent: {line}"
+    );
+    assert_memory_intact_on_a(&w, &id, &data, &sum);
+    // B gives up on its side too and removes what arrived.
+    wait_images_gone_from_b(&w, 90);
+    w.b.assert_clean(&id);
+}
+
 #[test]
 fn ctrl_c_mid_transfer_resumes_a_and_sigterm_on_serve_cleans_b() {
     let Some(_g) = serial() else { return };

@@ -477,13 +477,14 @@ impl Dump<'_> {
     fn run(&self, criu: &Criu, o: Opts, post_dump: Option<&mut dyn PostDump>) -> DumpRun {
         let (c, opts) = (self.container, self.opts);
         let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
-        // Pages to a page server: its connection uncorked (see
-        // criu::uncork), stopped when the dump returns.
-        let uncork: RefCell<Option<criu::uncork::Uncork>> = RefCell::new(None);
+        // Pages to a page server: its connection bounded and uncorked (see
+        // criu::page_socket) until the dump returns.
+        let page_socket: RefCell<Option<criu::page_socket::PageSocket>> = RefCell::new(None);
         let mut arm =
             |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), criu::HandlerError> {
                 if let (Some((_, port)), false) = (&opts.page_server, opts.lazy_pages) {
-                    *uncork.borrow_mut() = Some(criu::uncork::Uncork::start(criu_pid, *port));
+                    *page_socket.borrow_mut() =
+                        Some(criu::page_socket::PageSocket::watch(criu_pid, *port));
                 }
                 let g = FreezeGuard::arm(&Target {
                     freezer: self.freezer.clone(),
@@ -545,7 +546,7 @@ impl Dump<'_> {
             &fds,
             &mut arm,
         );
-        drop(uncork.take());
+        drop(page_socket.take());
         let unlocked = handler.unlock();
         // A pre-dump's cgroup was frozen by CRIU, which thaws it unless it
         // dies first: thawed in any case (a no-op when it is).

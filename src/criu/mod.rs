@@ -15,10 +15,10 @@ pub mod image;
 pub mod log;
 pub mod netlock;
 mod notify;
+pub mod page_socket;
 mod request;
 pub mod stats;
 mod swrk;
-pub mod uncork;
 mod version;
 
 pub use crate::proto::rpc::{

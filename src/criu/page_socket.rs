@@ -1,16 +1,22 @@
-//! CRIU corks its connection to a page server (`TCP_CORK`, set once after
-//! connecting) and never uncorks it: a small message written last, the
-//! `PS_IOV_CLOSE` that ends every dump and pre-dump, waits in the kernel
-//! until the 200 ms cork timer expires, and CRIU waits for the page
-//! server's answer to it with the tree frozen. Measured on a migration of
-//! a 1 MiB container: 180-204 ms between CRIU's "Disconnect from the page
-//! server" and the page server's "Session over", with or without TLS.
+//! CRIU's connection to a page server, set as a migration needs it. CRIU
+//! connects by itself (and runs its TLS on the connection), so ferry takes a
+//! duplicate of the socket from the CRIU process (`pidfd_getfd`) and sets:
 //!
-//! [`Uncork`] watches the CRIU process while it dumps, takes a duplicate of
-//! its socket to the page server once CRIU has corked it (`pidfd_getfd`),
-//! and clears the cork. CRIU sets `TCP_NODELAY` after its first pages, so
-//! everything it writes afterwards leaves at once. Where the kernel lacks
-//! `pidfd_getfd` (before 5.6) nothing changes but the wait.
+//! - a bound on silence: `TCP_USER_TIMEOUT` and keepalive probes. CRIU sets
+//!   no timeout of its own, so a link that silently drops packets mid-memory
+//!   kept the dump, and the container's freeze, waiting until TCP gave up
+//!   (`tcp_retries2`, about 15 minutes). Now CRIU's write fails after
+//!   [`USER_TIMEOUT`], the dump fails and the source resumes.
+//! - no cork. CRIU corks the connection (`TCP_CORK`, once after connecting)
+//!   and never uncorks it: the small `PS_IOV_CLOSE` that ends every dump
+//!   and pre-dump waited in the kernel until the 200 ms cork timer expired,
+//!   while CRIU waited for the answer with the tree frozen. Measured on a
+//!   migration of a 1 MiB container: 180-204 ms between CRIU's "Disconnect
+//!   from the page server" and the page server's "Session over", with or
+//!   without TLS; 1.7 ms uncorked. CRIU sets `TCP_NODELAY` after its first
+//!   pages, so what it writes afterwards leaves at once.
+//!
+//! Where the kernel lacks `pidfd_getfd` (before 5.6) nothing is changed.
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -25,32 +31,37 @@ const POLL: Duration = Duration::from_millis(1);
 /// After this long a page server socket that was never corked is left
 /// alone (CRIU did not connect, or corks no more).
 const GIVE_UP: Duration = Duration::from_secs(30);
+/// Longest time data sent on the page stream may stay unacknowledged (and
+/// an idle link unanswered to keepalive probes) before CRIU's write fails.
+/// A loaded destination writing pages to disk answers within milliseconds;
+/// seconds of silence mean the link or the peer is gone.
+pub const USER_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The watcher; stopped (and joined) when dropped.
-pub struct Uncork {
+pub struct PageSocket {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Uncork {
+impl PageSocket {
     /// Watches CRIU `criu_pid` for a TCP socket connected to `port` of
     /// the page server.
-    pub fn start(criu_pid: u32, port: u16) -> Uncork {
+    pub fn watch(criu_pid: u32, port: u16) -> PageSocket {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("uncork".into())
+            .name("page-socket".into())
             .spawn(move || match watch(criu_pid, port, &flag) {
-                Ok(true) => tracing::debug!(criu_pid, port, "page server socket uncorked"),
+                Ok(true) => tracing::debug!(criu_pid, port, "page server socket bounded and uncorked"),
                 Ok(false) => tracing::debug!(criu_pid, port, "no corked page server socket seen"),
-                Err(e) => tracing::debug!(criu_pid, port, error = %e, "cannot uncork CRIU's page server socket"),
+                Err(e) => tracing::warn!(criu_pid, port, error = %e, "cannot set CRIU's page server socket"),
             })
             .ok();
-        Uncork { stop, thread }
+        PageSocket { stop, thread }
     }
 }
 
-impl Drop for Uncork {
+impl Drop for PageSocket {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -75,6 +86,9 @@ fn watch(pid: u32, port: u16, stop: &AtomicBool) -> std::io::Result<bool> {
     while !stop.load(Ordering::Relaxed) && start.elapsed() < GIVE_UP {
         if found.is_none() {
             found = find_socket(&pidfd, pid, port, &mut ruled_out)?;
+            if let Some(sk) = &found {
+                bound_silence(sk)?;
+            }
         }
         if let Some(sk) = &found {
             if get_opt(sk, libc::TCP_CORK)? != 0 {
@@ -85,6 +99,20 @@ fn watch(pid: u32, port: u16, stop: &AtomicBool) -> std::io::Result<bool> {
         std::thread::sleep(POLL);
     }
     Ok(false)
+}
+
+/// Fails the connection after [`USER_TIMEOUT`] of silence, sending or idle.
+fn bound_silence(sk: &OwnedFd) -> std::io::Result<()> {
+    let secs = USER_TIMEOUT.as_secs() as libc::c_int;
+    set_opt(
+        sk,
+        libc::TCP_USER_TIMEOUT,
+        USER_TIMEOUT.as_millis() as libc::c_int,
+    )?;
+    set_opt_level(sk, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_opt(sk, libc::TCP_KEEPIDLE, (secs / 4).max(1))?;
+    set_opt(sk, libc::TCP_KEEPINTVL, (secs / 4).max(1))?;
+    set_opt(sk, libc::TCP_KEEPCNT, 3)
 }
 
 /// CRIU's TCP socket whose peer port is `port`, duplicated into ferry.
@@ -202,11 +230,20 @@ fn get_opt_level(
 }
 
 fn set_opt(sk: &OwnedFd, opt: libc::c_int, v: libc::c_int) -> std::io::Result<()> {
+    set_opt_level(sk, libc::SOL_TCP, opt, v)
+}
+
+fn set_opt_level(
+    sk: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: valid fd, an int of the given length.
     let r = unsafe {
         libc::setsockopt(
             sk.as_raw_fd(),
-            libc::SOL_TCP,
+            level,
             opt,
             &v as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
@@ -224,11 +261,11 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
-    /// A corked socket in a child process is found by its peer port and
-    /// uncorked: a small write then arrives at once instead of after the
-    /// kernel's 200 ms cork timer.
+    /// A corked socket in a child process is found by its peer port,
+    /// bounded and uncorked: a small write then arrives at once instead of
+    /// after the kernel's 200 ms cork timer.
     #[test]
-    fn a_corked_socket_of_another_process_is_uncorked() {
+    fn a_corked_socket_of_another_process_is_bounded_and_uncorked() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -271,13 +308,13 @@ mod tests {
                     conn.read_exact(&mut buf).unwrap();
                     tx.send(Instant::now()).unwrap();
                 });
-                let uncork = Uncork::start(child.as_raw() as u32, port);
+                let watch = PageSocket::watch(child.as_raw() as u32, port);
                 // Uncorked within a few polls.
                 std::thread::sleep(Duration::from_millis(100));
                 let sent = Instant::now();
                 nix::unistd::write(&go_w, b"x").unwrap();
                 let arrived = rx.recv_timeout(Duration::from_secs(2)).unwrap();
-                drop(uncork);
+                drop(watch);
                 let _ = nix::sys::wait::waitpid(child, None);
                 let waited = arrived.saturating_duration_since(sent);
                 assert!(
