@@ -14,7 +14,9 @@ log() { echo "test-guest: $*" >&2; }
 # The selection covers what differs on such a host: cgroup v2 (device program, freezer,
 # limits and stats, update; blockIO and OOM events beside runc), CRIU on v2
 # (checkpoint, restore, copies, the 256 MiB checksum) the default migration mode on a kernel
-# that tracks dirty memory, post-copy (lazy pages work there), and podman driving ferry. Under emulation a
+# that tracks dirty memory, post-copy (lazy pages work there), one container's every kind of
+# state through local checkpoint/restore, stop-copy, pre-copy and post-copy (fidelity), and
+# podman driving ferry. Under emulation a
 # container start costs seconds, so whole binaries that only repeat host-side logic stay on
 # the host suite.
 declare -A GROUPS_=(
@@ -22,8 +24,9 @@ declare -A GROUPS_=(
   [checkpoint]="checkpoint counter_continues leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
   [migrate]="migrate counter_moves_to_b_and_back;precopy;postcopy"
   [podman]="podman"
+  [fidelity]="fidelity"
 )
-ORDER=(cgroup-v2 checkpoint migrate podman)
+ORDER=(cgroup-v2 checkpoint migrate fidelity podman)
 [ $# -gt 0 ] && ORDER=("$@")
 
 scripts/guest/install.sh || exit 1

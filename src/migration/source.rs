@@ -23,6 +23,8 @@ use crate::{Container, Status};
 pub struct SourceOptions {
     /// Dump established TCP connections (restored with them).
     pub tcp_established: bool,
+    /// Dump the file locks the container holds (restored with them).
+    pub file_locks: bool,
     pub network_lock: LockMethod,
     /// The ferry binary: should this process die while a commit is in
     /// doubt, the freeze guard runs `ferry settle-commit` with it to ask
@@ -37,6 +39,7 @@ impl Default for SourceOptions {
     fn default() -> SourceOptions {
         SourceOptions {
             tcp_established: false,
+            file_locks: false,
             network_lock: LockMethod::Nftables,
             settle_with: None,
             pre_dump_mode: None,
@@ -282,6 +285,7 @@ impl ContainerSource {
             .map(|t| (t.address.clone(), t.port));
         o.page_server_tls = plan.tls.clone();
         o.tcp_established = self.opts.tcp_established;
+        o.file_locks = self.opts.file_locks;
         o.network_lock = self.opts.network_lock;
         o.pidfd_store = self.pidfd_store.as_ref().map(AsRawFd::as_raw_fd);
         o.lazy_pages = plan.lazy_pages;
@@ -468,6 +472,7 @@ impl SourceHost for ContainerSource {
         let (arch, kernel) = migrate::host::uname();
         let extra = Extra {
             tcp_established: self.opts.tcp_established,
+            file_locks: self.opts.file_locks,
         };
         self.pidfd_store_supported = criu.features()?.pidfd_store;
         Ok(SourceInfo {
