@@ -239,6 +239,7 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
         SourceOptions {
             tcp_established: a.tcp_established,
             file_locks: a.file_locks,
+            shared_rootfs: a.rootfs == RootfsMode::Shared,
             network_lock: a.network_lock.into(),
             settle_with: std::env::current_exe().ok(),
             pre_dump_mode: a.pre_dump_mode.map(PreDumpModeArg::criu),
