@@ -14,8 +14,9 @@ log() { echo "test-guest: $*" >&2; }
 # The selection covers what differs on such a host: cgroup v2 (device program, freezer,
 # limits and stats, update; blockIO and OOM events beside runc), CRIU on v2
 # (checkpoint, restore, copies, the 256 MiB checksum) the default migration mode on a kernel
-# that tracks dirty memory, post-copy (lazy pages work there), podman driving ferry, and the
-# systemd cgroup driver under a systemd PID 1. Under emulation a
+# that tracks dirty memory, post-copy (lazy pages work there), one container's every kind of
+# state through local checkpoint/restore, stop-copy, pre-copy and post-copy (fidelity),
+# podman driving ferry, and the systemd cgroup driver under a systemd PID 1. Under emulation a
 # container start costs seconds, so whole binaries that only repeat host-side logic stay on
 # the host suite.
 declare -A GROUPS_=(
@@ -24,12 +25,13 @@ declare -A GROUPS_=(
   [migrate]="migrate counter_moves_to_b_and_back;precopy;postcopy"
   [podman]="podman"
   [systemd]="systemd_cgroup a_scope_with restore_makes podman_with"
+  [fidelity]="fidelity"
 )
 # Groups whose guest boots systemd as PID 1 (run.sh -s): the systemd cgroup driver, alone
 # and under podman's --cgroup-manager systemd.
 declare -A GUEST_OPTS=([systemd]="-s")
 # Longest first, so that two guests at a time end together.
-ORDER=(migrate checkpoint cgroup-v2 podman systemd)
+ORDER=(migrate checkpoint cgroup-v2 fidelity podman systemd)
 [ $# -gt 0 ] && ORDER=("$@")
 
 scripts/guest/install.sh || exit 1

@@ -154,6 +154,9 @@ pub struct MigrateArgs {
     /// Migrate established TCP connections.
     #[arg(long)]
     pub tcp_established: bool,
+    /// Migrate file locks (flock, POSIX, OFD) the container holds.
+    #[arg(long)]
+    pub file_locks: bool,
     /// How the network is held while the container is frozen.
     #[arg(long, value_enum, default_value = "nftables")]
     pub network_lock: NetLock,
@@ -235,6 +238,8 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
         &a.id,
         SourceOptions {
             tcp_established: a.tcp_established,
+            file_locks: a.file_locks,
+            shared_rootfs: a.rootfs == RootfsMode::Shared,
             network_lock: a.network_lock.into(),
             settle_with: std::env::current_exe().ok(),
             pre_dump_mode: a.pre_dump_mode.map(PreDumpModeArg::criu),

@@ -8,6 +8,7 @@ use crate::cgroups::{self, Cgroup};
 use crate::id::{self, IdError, Lookup};
 use crate::state::{self, State, StateDir};
 
+mod append_stdio;
 mod checkpoint;
 mod create;
 mod criu_opts;

@@ -122,6 +122,7 @@ struct RestoreHandler<'a, 'h> {
     /// a veth, whose `lo` was up).
     lo_up: bool,
     hold: Option<&'h mut dyn RestoreHold>,
+    append: super::append_stdio::AppendStdio,
 }
 
 impl RestoreHandler<'_, '_> {
@@ -163,6 +164,9 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
             Notify::NetworkUnlock => self.unlock().map_err(|x| e(&x))?,
             Notify::PostRestore { pid } => {
                 self.pid = Some(pid);
+                if let Err(err) = self.append.reapply(pid) {
+                    tracing::warn!(%err, "could not put stdio back in append mode");
+                }
                 // Recorded before the tree may run: if this process dies
                 // from here on, `delete --force` still finds and kills it.
                 let mut s = self.state.clone();
@@ -406,6 +410,7 @@ fn restore_tree(
         veth_made: false,
         lo_up,
         hold,
+        append: super::append_stdio::AppendStdio::record(),
     };
     let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
     let result = criu.call_checked(

@@ -10,8 +10,15 @@ pub const MAX_EXCERPT_LINES: usize = 60;
 /// Only the tail of a huge log is searched.
 const MAX_LOG_BYTES: u64 = 8 << 20;
 
-/// Errors CRIU logs on every run on some hosts, which explain nothing.
-const HARMLESS: &[&str] = &["Can't setup RLIMIT_NOFILE for self"];
+/// Errors CRIU logs on every run on some hosts, which explain nothing. The
+/// iproute2 lines come from every restore of a network namespace CRIU
+/// dumped: `ip addr restore` meets the loopback addresses the kernel
+/// already gave the new namespace, and CRIU goes on.
+const HARMLESS: &[&str] = &[
+    "Can't setup RLIMIT_NOFILE for self",
+    "Error: ipv4: Address already assigned.",
+    "Error: ipv6: address already assigned.",
+];
 
 /// True for error lines CRIU prints on every run on some hosts.
 pub fn is_harmless(line: &str) -> bool {
@@ -163,6 +170,15 @@ mod tests {
         assert!(excerpt(&log(10, &[]), 3, 50).is_empty());
         let l = "(00.0) info\n(00.1) Error (criu/util.c:1): Can't setup RLIMIT_NOFILE for self: x\n(00.2) info\n";
         assert!(excerpt(l, 3, 50).is_empty());
+        let l = "(00.0) info\nError: ipv4: Address already assigned.\nError: ipv6: address already assigned.\n(9.0) Error (criu/cr-restore.c:1269): 11444 killed by signal 15\n";
+        let ex = excerpt(l, 0, 50);
+        assert_eq!(
+            ex,
+            [
+                "...",
+                "(9.0) Error (criu/cr-restore.c:1269): 11444 killed by signal 15"
+            ]
+        );
     }
 
     #[test]

@@ -463,6 +463,7 @@ impl DestHost for Receiver {
         let mut o = RestoreOptions::new(&plan.id, &plan.bundle_dir, &plan.images_dir);
         o.cgroup_path = Some(self.opts.cgroup_path(&self.id, &spec));
         o.tcp_established = extra.tcp_established;
+        o.file_locks = extra.file_locks;
         o.network_lock = self.opts.network_lock;
         o.lazy_pages = plan.lazy_pages;
         self.state_existed = self.state_dir().path.exists();

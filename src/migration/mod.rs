@@ -99,6 +99,9 @@ struct Extra {
     /// The dump included established TCP connections.
     #[serde(default)]
     tcp_established: bool,
+    /// The dump included file locks.
+    #[serde(default)]
+    file_locks: bool,
 }
 
 #[cfg(test)]

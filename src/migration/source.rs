@@ -23,6 +23,10 @@ use crate::{Container, Status};
 pub struct SourceOptions {
     /// Dump established TCP connections (restored with them).
     pub tcp_established: bool,
+    /// Dump the file locks the container holds (restored with them).
+    pub file_locks: bool,
+    /// The destination uses this host's root filesystem (shared storage).
+    pub shared_rootfs: bool,
     pub network_lock: LockMethod,
     /// The ferry binary: should this process die while a commit is in
     /// doubt, the freeze guard runs `ferry settle-commit` with it to ask
@@ -37,6 +41,8 @@ impl Default for SourceOptions {
     fn default() -> SourceOptions {
         SourceOptions {
             tcp_established: false,
+            file_locks: false,
+            shared_rootfs: false,
             network_lock: LockMethod::Nftables,
             settle_with: None,
             pre_dump_mode: None,
@@ -282,6 +288,7 @@ impl ContainerSource {
             .map(|t| (t.address.clone(), t.port));
         o.page_server_tls = plan.tls.clone();
         o.tcp_established = self.opts.tcp_established;
+        o.file_locks = self.opts.file_locks;
         o.network_lock = self.opts.network_lock;
         o.pidfd_store = self.pidfd_store.as_ref().map(AsRawFd::as_raw_fd);
         o.lazy_pages = plan.lazy_pages;
@@ -436,6 +443,50 @@ impl FreezeWatch {
     }
 }
 
+/// A lock on a file of a root filesystem both hosts share cannot move: the
+/// destination's CRIU waits to take it while this host, frozen until the
+/// commit, still holds it (the restore then only ends at its timeout).
+/// Refuse before anything is frozen. Locks on bind mounts cannot be told
+/// apart this way (docs/migrate.md).
+fn check_rootfs_locks(id: &str, init: i32, pids: &[i32]) -> Result<(), HostError> {
+    let root_mnt = std::fs::read_to_string(format!("/proc/{init}/mountinfo"))?
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .and_then(|l| l.split(' ').next().map(String::from));
+    let Some(root_mnt) = root_mnt else {
+        return Ok(());
+    };
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            let on_root = info
+                .lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .is_some_and(|m| m.trim() == root_mnt);
+            if on_root && info.lines().any(|l| l.starts_with("lock:")) {
+                let path = std::fs::read_link(format!(
+                    "/proc/{pid}/fd/{}",
+                    fd.file_name().to_string_lossy()
+                ))
+                .unwrap_or_default();
+                return Err(format!(
+                    "container {id} holds a lock on {} in its root filesystem, which the \
+                     destination shares (--rootfs shared): it could not take the lock while \
+                     this host holds it; use --rootfs ship, or release the lock",
+                    path.display()
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SourceHost for ContainerSource {
     fn id(&self) -> String {
         self.id.clone()
@@ -459,6 +510,9 @@ impl SourceHost for ContainerSource {
             .into());
         }
         check_stdio(&self.id, c.state.pid)?;
+        if self.opts.file_locks && self.opts.shared_rootfs {
+            check_rootfs_locks(&self.id, c.state.pid, &c.pids()?)?;
+        }
         let criu = super::criu()?;
         let features = super::features(&criu)?;
         let dir = tempfile::tempdir()?;
@@ -468,6 +522,7 @@ impl SourceHost for ContainerSource {
         let (arch, kernel) = migrate::host::uname();
         let extra = Extra {
             tcp_established: self.opts.tcp_established,
+            file_locks: self.opts.file_locks,
         };
         self.pidfd_store_supported = criu.features()?.pidfd_store;
         Ok(SourceInfo {
