@@ -439,7 +439,7 @@ fn silently_dropped_link_mid_memory_resumes_a_within_seconds() {
         );
     };
     nft(&format!(
-        "add table inet {table} {{ chain in {{ type filter hook input priority -400; policy drop; }} }}"
+        "add table inet {table} {{ chain in {{ type filter hook input priority -400; policy drop; }}; }}"
     ));
     let cut = Instant::now();
     let out = child.wait_with_output().unwrap();
