@@ -21,9 +21,9 @@ log() { echo "test-guest: $*" >&2; }
 # the host suite.
 declare -A GROUPS_=(
   [cgroup-v2]="cgroups;cgroup_ns;runc_parity events_stats_have_runcs_fields_and_units;runtime deny_all_devices lifecycle_create_start_kill_delete pause_and_resume exec_ps_events_and_update;criu_client;runc_cgroups block_io events"
-  [checkpoint]="checkpoint counter_continues leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
-  [migrate]="migrate counter_moves_to_b_and_back;precopy;postcopy"
-  [podman]="podman"
+  [checkpoint]="checkpoint leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
+  [migrate]="precopy;postcopy"
+  [podman]="podman podman_runs_and_checkpoints_a_counter_through_ferry podman_pre_checkpoint_then_checkpoint_with_previous"
   [systemd]="systemd_cgroup a_scope_with restore_makes podman_with"
   [fidelity]="fidelity"
 )

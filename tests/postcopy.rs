@@ -223,7 +223,7 @@ fn failures_during_the_pages_phase_resume_the_source() {
         );
         return;
     }
-    let (id, data) = memhog_container(&mut w, "hog", 256);
+    let (id, data) = memhog_container(&mut w, "hog", 128);
     let sum = read_text(&data.join("sum-before"));
 
     // The source (`ferry migrate`) is killed.
