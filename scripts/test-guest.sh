@@ -24,7 +24,7 @@ declare -A GROUPS_=(
   [checkpoint]="checkpoint leave_running_and_two_copies memory_survives_byte_for_byte copies_get_their_own_cgroup"
   [migrate]="precopy;postcopy"
   [podman]="podman podman_runs_and_checkpoints_a_counter_through_ferry podman_pre_checkpoint_then_checkpoint_with_previous"
-  [systemd]="systemd_cgroup a_scope_with restore_makes podman_with"
+  [systemd]="systemd_cgroup --include-ignored a_scope_with restore_makes podman_with"
   [fidelity]="fidelity"
 )
 # Groups whose guest boots systemd as PID 1 (run.sh -s): the systemd cgroup driver, alone

@@ -24,10 +24,14 @@ pub fn import_dir(root: &Path, id: &str) -> PathBuf {
     root.join(IMPORTS_DIR).join(id)
 }
 
-/// Where an oci-archive is unpacked while an import for `id` reads it
-/// (hidden, beside the import).
+/// Directory of the store holding oci-archives being read (`@` keeps it
+/// apart from every import, named by container ID).
+const IMAGE_SCRATCH_DIR: &str = "@oci-image";
+
+/// Where an oci-archive is unpacked while an import for `id` reads it: a
+/// name of the ID alone, which fits wherever the ID does.
 fn image_scratch(root: &Path, id: &str) -> PathBuf {
-    root.join(IMPORTS_DIR).join(format!(".{id}.oci-image"))
+    root.join(IMPORTS_DIR).join(IMAGE_SCRATCH_DIR).join(id)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +161,11 @@ impl ImportedRestore {
             })?;
         }
         let mut made = Vec::new();
-        for d in [root.to_path_buf(), root.join(IMPORTS_DIR)] {
+        for d in [
+            root.to_path_buf(),
+            root.join(IMPORTS_DIR),
+            root.join(IMPORTS_DIR).join(IMAGE_SCRATCH_DIR),
+        ] {
             if !d.exists() {
                 std::fs::create_dir_all(&d).map_err(io("create", &d))?;
                 made.push(d);
@@ -168,7 +176,13 @@ impl ImportedRestore {
         // What a killed restore of this ID left: the ID is free (checked
         // above), so nothing else uses it.
         let _ = crate::fs_remove::remove_tree(&scratch);
-        let imported = match import_source(o.source, &dest, &scratch) {
+        let read = import_source(o.source, &dest, &scratch);
+        // The image's copy is gone; its directory too unless another
+        // import is reading one.
+        if let Some(d) = scratch.parent() {
+            let _ = std::fs::remove_dir(d);
+        }
+        let imported = match read {
             Ok(i) => i,
             Err(e) => {
                 remove_empty(&made);
@@ -366,6 +380,7 @@ pub fn remove(root: &Path, id: &str) -> Result<()> {
         path: scratch.clone(),
         source,
     })?;
+    let _ = std::fs::remove_dir(root.join(IMPORTS_DIR).join(IMAGE_SCRATCH_DIR));
     let _ = std::fs::remove_dir(root.join(IMPORTS_DIR));
     Ok(())
 }
