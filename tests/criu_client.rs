@@ -118,7 +118,9 @@ fn read_counter(file: &Path) -> Option<u64> {
 }
 
 fn wait_for_counter(file: &Path, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Each step of the shell loop starts two processes: under emulation,
+    // with another guest beside, 20 steps took longer than 10 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(n) = read_counter(file) {
             if n >= at_least {
