@@ -198,13 +198,14 @@ fn events_stats_have_runcs_fields_and_units() {
     env.ok(&["run", "-d", "--bundle", bundle, &f]);
     runc.ok(&["run", "-d", "--bundle", bundle, &r]);
     let parse = |t: String| -> serde_json::Value { serde_json::from_str(t.trim()).unwrap() };
-    // Wait until both inits have read the file and sleep.
+    // Wait until both inits have read the file and sleep (the same
+    // number of processes: one caught while `cat` still ran has one more).
     let busy = |v: &serde_json::Value| v["data"]["cpu"]["usage"]["total"].as_u64() > Some(0);
     let (mut ours, mut theirs) = (serde_json::Value::Null, serde_json::Value::Null);
     assert!(wait_until(Duration::from_secs(10), || {
         ours = parse(env.ok(&["events", "--stats", &f]));
         theirs = parse(runc.ok(&["events", "--stats", &r]));
-        busy(&ours) && busy(&theirs)
+        busy(&ours) && busy(&theirs) && ours["data"]["pids"] == theirs["data"]["pids"]
     }));
     eprintln!("ferry: {ours}\nrunc:  {theirs}");
     assert_eq!(
