@@ -235,8 +235,9 @@ int main(int argc, char **argv) {
 	struct itimerval it = {{0, 50000}, {0, 50000}};
 	setitimer(ITIMER_REAL, &it, NULL);
 
-	/* The grandchild reports in before the first status. */
-	for (int i = 0; i < 500 && !sh->grand_pid; i++) usleep(10000);
+	/* The child and the grandchild report in before the first status (the
+	 * grandchild can be first: the child records itself after the fork). */
+	for (int i = 0; i < 500 && (!sh->grand_pid || !sh->child_pid); i++) usleep(10000);
 	int c0 = sh->child_pid, g0 = sh->grand_pid;
 	uint64_t beat = 0, seq = 0, alarms_mark = 0, beats_mark = 0;
 	int64_t last = now_us(CLOCK_REALTIME);
