@@ -133,29 +133,14 @@ fn stat_at(dir: &impl AsFd, name: &CString) -> std::io::Result<libc::stat> {
     Ok(st)
 }
 
-fn open_file_at(dir: &impl AsFd, name: &CString) -> std::io::Result<File> {
+/// `name` in `dir`, never through a symlink.
+fn open_at(dir: &impl AsFd, name: &CString, flags: libc::c_int) -> std::io::Result<OwnedFd> {
     // SAFETY: valid fd and name; the result is checked.
     let fd = unsafe {
         libc::openat(
             dir.as_fd().as_raw_fd(),
             name.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor we own.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
-    // SAFETY: valid fd and name; the result is checked.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_fd().as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     };
     if fd < 0 {
@@ -163,6 +148,14 @@ fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a new descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_file_at(dir: &impl AsFd, name: &CString) -> std::io::Result<File> {
+    open_at(dir, name, libc::O_RDONLY | libc::O_NOCTTY).map(File::from)
+}
+
+fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
+    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)
 }
 
 /// Where the content of listed files goes while the tree is frozen; before
