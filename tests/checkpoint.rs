@@ -969,14 +969,20 @@ fn inspect_names_the_root_filesystem_and_the_stdio_outside() {
         .unwrap();
     let host_fstype = String::from_utf8(host.stdout).unwrap().trim().to_string();
     assert!(!host_fstype.is_empty());
-    let out = env.ok(&["inspect", "--format", "json", s(&images)]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    let root = v["mounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountpoint"] == "/")
-        .unwrap_or_else(|| panic!("no root mount: {v}"));
+    let inspect = || -> Value {
+        serde_json::from_str(&env.ok(&["inspect", "--format", "json", s(&images)])).unwrap()
+    };
+    let root_of = |v: &Value| -> Value {
+        v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountpoint"] == "/")
+            .unwrap_or_else(|| panic!("no root mount: {v}"))
+            .clone()
+    };
+    let v = inspect();
+    let root = root_of(&v);
     assert_eq!(root["fstype"], host_fstype.as_str(), "{root}");
     // The counter's stdio is the caller's files (Env's /dev/null and log
     // files), which the container cannot see: named by the paths recorded.
@@ -996,14 +1002,6 @@ fn inspect_names_the_root_filesystem_and_the_stdio_outside() {
     }
     // Without ferry's record, CRIU's own label stays.
     std::fs::remove_file(images.join("ferry-root.json")).unwrap();
-    let out = env.ok(&["inspect", "--format", "json", s(&images)]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    let root = v["mounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountpoint"] == "/")
-        .unwrap()
-        .clone();
+    let root = root_of(&inspect());
     assert_eq!(root["fstype"], "unsupported", "{root}");
 }
