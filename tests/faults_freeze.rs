@@ -320,16 +320,7 @@ fn checkpoint_killed(leave_running: bool) {
                 tally.add(kill, "gone, image complete", at);
             }
         }
-        // A dump that leaves the container running can catch the counter
-        // with its count.tmp open, which the original renames right after:
-        // CRIU cannot reopen that file (nor under runc). Such an image is
-        // whole but not restorable here once the original has run on.
-        let mid_write = leave_running
-            && complete
-            && env
-                .ok(&["inspect", "--format", "json", s(&images)])
-                .contains("count.tmp");
-        if complete && !mid_write {
+        if complete {
             // The image restores and the counter goes on from where it was.
             let from = read_num(&count).unwrap_or(0);
             env.ok(&["delete", "-f", &id]);

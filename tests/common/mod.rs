@@ -370,20 +370,28 @@ pub fn assert_continues(count: &Path, from: u64) {
     );
 }
 
-/// A file's text without surrounding whitespace ("" if unreadable).
+/// A file's text without surrounding whitespace ("" if unreadable); for a
+/// symlink (what [`COUNTER`] writes), its target.
 pub fn read_text(p: &Path) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    match std::fs::read_link(p) {
+        Ok(target) => target.to_string_lossy().into_owned(),
+        Err(_) => std::fs::read_to_string(p).unwrap_or_default(),
+    }
+    .trim()
+    .to_string()
 }
 
+/// The number in a file (or a [`COUNTER`] symlink), if there is one yet.
 pub fn read_num(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    read_text(path).parse().ok()
 }
 
-/// A shell loop that writes an increasing number to /data/count every 50 ms.
-pub const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /data/count.tmp; mv /data/count.tmp /data/count; sleep 0.05; done";
+/// A shell loop that publishes an increasing number as /data/count every
+/// 50 ms. The number is a symlink's target, made and renamed into place by
+/// two syscalls that hold no file open: a checkpoint then never catches an
+/// open file in /data, which a copy restored onto another /data (or after
+/// the original renamed it) could not reopen. Read it with [`read_num`].
+pub const COUNTER: &str = "i=0; while :; do i=$((i+1)); ln -sf $i /data/count.tmp; mv -f /data/count.tmp /data/count; sleep 0.05; done";
 
 /// Adds a bind mount of `host` at `dest` to a config.
 pub fn add_bind(v: &mut Value, host: &Path, dest: &str) {
