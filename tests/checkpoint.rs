@@ -770,6 +770,56 @@ fn cri_o_probes_see_checkpoint_and_mount_context_support() {
     );
 }
 
+/// A veth container that changed its namespace (a route of its own) has
+/// the pair recreated by CRIU; ferry then gives the host end its address
+/// and brings it up, so the server is reachable from the host again.
+#[test]
+fn veth_in_a_changed_namespace_gets_its_host_end_back() {
+    let Some(_g) = criu_lock() else { return };
+    let host = NetNs::new("vethchg");
+    let env = Env::new("vethchg");
+    env.set_netns(&host.name);
+    let id = env.id("srv");
+    let tag = format!("{}", std::process::id() % 10000);
+    let script = "ip route add 10.78.9.0/24 dev eth0 && exec nc -ll -p 7000 -e /bin/cat";
+    let bundle = env.bundle("b", &["sh", "-c", script], |v| {
+        v["annotations"] = json!({
+            "org.ferry.net.veth": format!(
+                "host=fg{tag},container=eth0,address=10.77.9.2/24,host-address=10.77.9.1/24"
+            )
+        });
+        for set in ["bounding", "effective", "permitted"] {
+            v["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_NET_ADMIN"));
+        }
+    });
+    env.run_detached(&bundle, &id);
+    let echo = || {
+        host.command(&["sh", "-c", "echo hi | busybox nc -w 2 10.77.9.2 7000"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    assert!(wait_until(Duration::from_secs(5), || echo() == "hi\n"));
+    let images = env.work.path().join("img");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    assert!(!images.join("ferry-netns.json").exists());
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    let addr = host.exec(&["ip", "addr", "show", "dev", &format!("fg{tag}")]);
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    assert!(
+        addr.contains("10.77.9.1/24") && addr.contains(",UP"),
+        "{addr}"
+    );
+    assert_eq!(echo(), "hi\n");
+    let route = env.ok(&["exec", &id, "ip", "route"]);
+    assert!(route.contains("10.78.9.0/24"), "{route}");
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
 /// A container that changed its own network namespace (an address, a
 /// route, a firewall table) has it dumped and restored by CRIU, changes
 /// included; one that did not has it rebuilt by ferry, `lo` as it was.

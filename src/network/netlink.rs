@@ -215,6 +215,8 @@ fn ifinfo(index: i32, flags: u32, change: u32) -> Vec<u8> {
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
 const NLM_F_CREATE_EXCL: u16 = 0x400 | 0x200;
+/// `ip addr replace`: the address is set whether or not it was there.
+const NLM_F_CREATE_REPLACE: u16 = 0x400 | 0x100;
 // rtnetlink attribute types (linux/if_link.h, linux/if_addr.h), for this
 // module's requests and own_netns's reading of dumps.
 pub(super) const IFLA_ADDRESS: u16 = 1;
@@ -290,7 +292,8 @@ pub(super) fn add_veth(
     request_flags(fd, RTM_NEWLINK, NLM_F_CREATE_EXCL, &b)
 }
 
-/// Adds `addr`/`prefix` to interface `name` and brings it up.
+/// Sets `addr`/`prefix` on interface `name` (as `ip addr replace`) and
+/// brings it up.
 pub(super) fn address_and_up(
     fd: &OwnedFd,
     name: &str,
@@ -306,7 +309,7 @@ pub(super) fn address_and_up(
         b.extend_from_slice(&(index as u32).to_ne_bytes());
         attr(&mut b, 2, &bytes); // IFA_LOCAL
         attr(&mut b, 1, &bytes); // IFA_ADDRESS
-        request_flags(fd, RTM_NEWADDR, NLM_F_CREATE_EXCL, &b)?;
+        request_flags(fd, RTM_NEWADDR, NLM_F_CREATE_REPLACE, &b)?;
     }
     let up = libc::IFF_UP as u32;
     request(fd, RTM_NEWLINK, &ifinfo(index, up, up))

@@ -118,13 +118,17 @@ fn configure(cfg: &VethConfig, pid: i32, hfd: &std::os::fd::OwnedFd) -> Result<(
 }
 
 /// Configures the host end of a pair someone else created (CRIU recreates
-/// the pair on restore): its address, then up.
+/// the pair on restore): its address, then up. Over netlink, as this runs
+/// while the restored tree waits.
 pub fn configure_host(cfg: &VethConfig) -> Result<()> {
-    let host = Ns(None);
-    if let Some(a) = &cfg.host_address {
-        ip(cfg, host, &["addr", "replace", a, "dev", &cfg.host_if])?;
-    }
-    ip(cfg, host, &["link", "set", "dev", &cfg.host_if, "up"])
+    cfg.check_host_if()?;
+    let nl = |what: &'static str| {
+        move |source: std::io::Error| link_err(cfg, format!("{what} (netlink): {source}"))
+    };
+    let hfd = netlink::socket_here(libc::NETLINK_ROUTE).map_err(nl("opening netlink"))?;
+    let addr = cfg.host_address.as_deref().map(parse_cidr).transpose()?;
+    netlink::address_and_up(&hfd, &cfg.host_if, addr)
+        .map_err(nl("setting the host end's address and bringing it up"))
 }
 
 /// Whether an interface `name` exists in the caller's network namespace.
