@@ -279,6 +279,22 @@ fn host_side_lock_holds_traffic_until_unlocked() {
         network::lock_in(&cfg, method, Some(host.pid())).expect("lock");
         assert!(network::is_locked_in(&cfg, method, Some(host.pid())));
         assert!(!ping(), "{method:?}: traffic passed the lock");
+        if method == network::LockMethod::Nftables {
+            // What ferry makes over netlink reads as the table `nft` would make.
+            let out = host.run(&["nft", "list", "ruleset"]);
+            let rules = String::from_utf8_lossy(&out.stdout);
+            let i = &cfg.host_if;
+            for want in [
+                format!("hook input priority raw; policy accept;\n\t\tiifname \"{i}\" drop"),
+                format!("hook forward priority raw; policy accept;\n\t\tiifname \"{i}\" drop\n\t\toifname \"{i}\" drop"),
+                format!("hook output priority raw; policy accept;\n\t\toifname \"{i}\" drop"),
+            ] {
+                assert!(rules.contains(&want), "{want:?} not in:\n{rules}");
+            }
+            // Locking twice is refused, the first lock left as it was.
+            assert!(network::lock_in(&cfg, method, Some(host.pid())).is_err());
+            assert!(network::is_locked_in(&cfg, method, Some(host.pid())));
+        }
         network::unlock_in(&cfg, method, Some(host.pid())).expect("unlock");
         assert!(!network::is_locked_in(&cfg, method, Some(host.pid())));
         assert!(ping(), "{method:?}: traffic still held after unlock");

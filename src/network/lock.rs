@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::run::{Ns, Tool};
+use super::{link_err, netlink, nft};
 use super::{Result, VethConfig};
 
 /// How traffic through the host end is held while a container is frozen.
@@ -29,6 +30,22 @@ fn nft_table(cfg: &VethConfig) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     format!("ferry_lock_{name}")
+}
+
+/// An nfnetlink socket in the host end's namespace.
+fn nft_socket(cfg: &VethConfig, ns: Option<i32>) -> Result<std::os::fd::OwnedFd> {
+    match ns {
+        Some(p) => netlink::socket_in(p, libc::NETLINK_NETFILTER),
+        None => netlink::socket_here(libc::NETLINK_NETFILTER),
+    }
+    .map_err(nft_err(cfg, "opening nfnetlink"))
+}
+
+fn nft_err<'a>(
+    cfg: &'a VethConfig,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> super::Error + 'a {
+    move |e| link_err(cfg, format!("{what} (nftables netlink): {e}"))
 }
 
 /// `program args` in the host end's namespace.
@@ -71,12 +88,9 @@ pub fn lock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>
     match method {
         LockMethod::Skip => Ok(()),
         LockMethod::Nftables => {
-            let t = nft_table(cfg);
-            let script = format!(
-                "table inet {t} {{\n chain lock_in {{ type filter hook input priority -300; iifname \"{i}\" drop; }}\n chain lock_fwd {{ type filter hook forward priority -300; iifname \"{i}\" drop; oifname \"{i}\" drop; }}\n chain lock_out {{ type filter hook output priority -300; oifname \"{i}\" drop; }}\n}}\n",
-                i = cfg.host_if
-            );
-            tool(cfg, host_netns_pid, "nft", &["-f", "-"]).run_with_input(Some(&script))
+            let fd = nft_socket(cfg, host_netns_pid)?;
+            nft::add_lock(&fd, &nft_table(cfg), &cfg.host_if)
+                .map_err(nft_err(cfg, "adding the traffic lock's table"))
         }
         LockMethod::Iptables => iptables(cfg, host_netns_pid, "-I", |t| t.run()),
     }
@@ -92,11 +106,12 @@ pub fn unlock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i3
     match method {
         LockMethod::Skip => Ok(()),
         LockMethod::Nftables => {
-            if is_locked_in(cfg, method, host_netns_pid) {
-                let t = nft_table(cfg);
-                tool(cfg, host_netns_pid, "nft", &["delete", "table", "inet", &t]).run()?;
+            let fd = nft_socket(cfg, host_netns_pid)?;
+            let t = nft_table(cfg);
+            match nft::delete_table(&fd, &t) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                r => r.map_err(nft_err(cfg, "removing the traffic lock's table")),
             }
-            Ok(())
         }
         LockMethod::Iptables => iptables(cfg, host_netns_pid, "-C", |check| {
             // A rule inserted twice is removed twice.
@@ -119,12 +134,10 @@ pub fn is_locked(cfg: &VethConfig, method: LockMethod) -> bool {
 pub fn is_locked_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>) -> bool {
     match method {
         LockMethod::Skip => false,
-        LockMethod::Nftables => {
-            let t = nft_table(cfg);
-            tool(cfg, host_netns_pid, "nft", &["list", "table", "inet", &t])
-                .succeeds()
-                .unwrap_or(false)
-        }
+        LockMethod::Nftables => nft_socket(cfg, host_netns_pid)
+            .ok()
+            .and_then(|fd| nft::has_table(&fd, &nft_table(cfg)).ok())
+            .unwrap_or(false),
         LockMethod::Iptables => {
             let mut all = true;
             let _ = iptables(cfg, host_netns_pid, "-C", |check| {

@@ -20,20 +20,23 @@
 //! `address` are errors. Nothing is routed: the pair is a point-to-point link
 //! between the host end and the container.
 //!
-//! The pair is made and configured over netlink (`netlink`), with no process
-//! started: a restore does it while the tree waits. Removal, the traffic
-//! lock and probes use iproute2 (`ip`), nftables (`nft`) and iptables,
-//! each started through one runner (`run`) that enters the network
-//! namespace with `nsenter --net=/proc/<pid>/ns/net`, ties the tool's life
-//! to ferry's and turns a failure into [`Error::Command`] with the tool's
-//! own stderr. The parts: the annotation (`config`), the pair itself
-//! (`veth`), holding its traffic (`lock`), its counters (`stats`), and
-//! whether a namespace holds only what ferry made (`own_netns`).
+//! The pair is made and configured over netlink (`netlink`), and the
+//! traffic lock's nftables table made and removed over nfnetlink (`nft`),
+//! with no process started: a checkpoint and a restore do both while the
+//! tree waits. Removal of the pair, the iptables lock and a few probes use
+//! iproute2 (`ip`) and iptables, each started through one runner (`run`)
+//! that enters the network namespace with `nsenter --net=/proc/<pid>/ns/net`,
+//! ties the tool's life to ferry's and turns a failure into
+//! [`Error::Command`] with the tool's own stderr. The parts: the annotation
+//! (`config`), the pair itself (`veth`), holding its traffic (`lock`), its
+//! counters (`stats`), and whether a namespace holds only what ferry made
+//! (`own_netns`).
 use std::path::PathBuf;
 
 mod config;
 mod lock;
 mod netlink;
+mod nft;
 mod own_netns;
 mod run;
 mod stats;

@@ -158,7 +158,7 @@ pub(super) fn loopback_up(pid: i32) -> io::Result<()> {
     request(&fd, RTM_NEWLINK, &body)
 }
 
-fn align(n: usize) -> usize {
+pub(super) fn align(n: usize) -> usize {
     (n + 3) & !3
 }
 
@@ -180,7 +180,7 @@ pub(super) fn attrs(body: &[u8], fixed: usize) -> Vec<(u16, &[u8])> {
 }
 
 /// One netlink attribute: header, payload, padding.
-fn attr(out: &mut Vec<u8>, typ: u16, payload: &[u8]) {
+pub(super) fn attr(out: &mut Vec<u8>, typ: u16, payload: &[u8]) {
     out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
     out.extend_from_slice(&typ.to_ne_bytes());
     out.extend_from_slice(payload);
@@ -188,7 +188,7 @@ fn attr(out: &mut Vec<u8>, typ: u16, payload: &[u8]) {
 }
 
 /// A nested attribute whose payload `fill` writes.
-fn nested(out: &mut Vec<u8>, typ: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn nested(out: &mut Vec<u8>, typ: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(typ | 0x8000).to_ne_bytes());
@@ -197,7 +197,7 @@ fn nested(out: &mut Vec<u8>, typ: u16, fill: impl FnOnce(&mut Vec<u8>)) {
     out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
-fn name_z(name: &str) -> Vec<u8> {
+pub(super) fn name_z(name: &str) -> Vec<u8> {
     let mut v = name.as_bytes().to_vec();
     v.push(0);
     v
