@@ -201,17 +201,38 @@ fn memory_survives_byte_for_byte() {
     env.ok(&["delete", "--force", &id]);
 }
 
-/// Bundle options for a container with a veth to its "host" (a network
-/// namespace this test made) and a TCP echo server on port 7000.
-fn veth_bundle(env: &Env, name: &str, net: u8) -> PathBuf {
+/// A bundle running `args` with a veth to its "host" (a network namespace
+/// this test made), 10.77.`net`.2 inside and .1 on the host end; `edit`
+/// changes the rest of its config.
+fn veth_bundle(
+    env: &Env,
+    name: &str,
+    net: u8,
+    args: &[&str],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
     let tag = format!("{}", std::process::id() % 10000);
-    env.bundle(name, &["nc", "-ll", "-p", "7000", "-e", "/bin/cat"], |v| {
+    env.bundle(name, args, |v| {
         v["annotations"] = json!({
             "org.ferry.net.veth": format!(
                 "host=fh{tag},container=eth0,address=10.77.{net}.2/24,host-address=10.77.{net}.1/24,mac=02:42:0a:4d:{net:02x}:02"
             )
         });
+        edit(v);
     })
+}
+
+/// A TCP echo server on port 7000.
+const ECHO_SERVER: &[&str] = &["nc", "-ll", "-p", "7000", "-e", "/bin/cat"];
+
+/// Lets the container change its own network namespace.
+fn grant_net_admin(v: &mut serde_json::Value) {
+    for set in ["bounding", "effective", "permitted"] {
+        v["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_NET_ADMIN"));
+    }
 }
 
 #[test]
@@ -221,7 +242,7 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
     let env = Env::new("veth");
     env.set_netns(&host.name);
     let id = env.id("srv");
-    let bundle = veth_bundle(&env, "b", 1);
+    let bundle = veth_bundle(&env, "b", 1, ECHO_SERVER, |_| {});
     env.run_detached(&bundle, &id);
     // A long-lived client connection from the host.
     let mut client = host
@@ -782,19 +803,7 @@ fn veth_in_a_changed_namespace_gets_its_host_end_back() {
     let id = env.id("srv");
     let tag = format!("{}", std::process::id() % 10000);
     let script = "ip route add 10.78.9.0/24 dev eth0 && exec nc -ll -p 7000 -e /bin/cat";
-    let bundle = env.bundle("b", &["sh", "-c", script], |v| {
-        v["annotations"] = json!({
-            "org.ferry.net.veth": format!(
-                "host=fg{tag},container=eth0,address=10.77.9.2/24,host-address=10.77.9.1/24"
-            )
-        });
-        for set in ["bounding", "effective", "permitted"] {
-            v["process"]["capabilities"][set]
-                .as_array_mut()
-                .unwrap()
-                .push(json!("CAP_NET_ADMIN"));
-        }
-    });
+    let bundle = veth_bundle(&env, "b", 9, &["sh", "-c", script], grant_net_admin);
     env.run_detached(&bundle, &id);
     let echo = || {
         host.command(&["sh", "-c", "echo hi | busybox nc -w 2 10.77.9.2 7000"])
@@ -807,7 +816,7 @@ fn veth_in_a_changed_namespace_gets_its_host_end_back() {
     env.ok(&checkpoint_args(&images, &[], &id));
     assert!(!images.join("ferry-netns.json").exists());
     env.ok(&restore_args(&bundle, &images, &[], &id));
-    let addr = host.exec(&["ip", "addr", "show", "dev", &format!("fg{tag}")]);
+    let addr = host.exec(&["ip", "addr", "show", "dev", &format!("fh{tag}")]);
     let addr = String::from_utf8_lossy(&addr.stdout);
     assert!(
         addr.contains("10.77.9.1/24") && addr.contains(",UP"),
@@ -830,14 +839,7 @@ fn changed_network_namespace_falls_back_to_criu() {
     let script = "ip link set lo up && ip addr add 10.55.0.1/32 dev lo && \
                   ip route add 10.56.0.0/24 dev lo && touch /tmp/ready && \
                   while :; do sleep 0.1; done";
-    let bundle = env.bundle("b", &["sh", "-c", script], |v| {
-        for set in ["bounding", "effective", "permitted"] {
-            v["process"]["capabilities"][set]
-                .as_array_mut()
-                .unwrap()
-                .push(json!("CAP_NET_ADMIN"));
-        }
-    });
+    let bundle = env.bundle("b", &["sh", "-c", script], grant_net_admin);
     let id = env.id("chg");
     env.run_detached(&bundle, &id);
     let rootfs = bundle.join("rootfs");

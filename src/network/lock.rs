@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::run::{Ns, Tool};
-use super::{link_err, netlink, nft};
+use super::{netlink, netlink_err, nft};
 use super::{Result, VethConfig};
 
 /// How traffic through the host end is held while a container is frozen.
@@ -38,14 +38,7 @@ fn nft_socket(cfg: &VethConfig, ns: Option<i32>) -> Result<std::os::fd::OwnedFd>
         Some(p) => netlink::socket_in(p, libc::NETLINK_NETFILTER),
         None => netlink::socket_here(libc::NETLINK_NETFILTER),
     }
-    .map_err(nft_err(cfg, "opening nfnetlink"))
-}
-
-fn nft_err<'a>(
-    cfg: &'a VethConfig,
-    what: &'static str,
-) -> impl FnOnce(std::io::Error) -> super::Error + 'a {
-    move |e| link_err(cfg, format!("{what} (nftables netlink): {e}"))
+    .map_err(netlink_err(cfg, "opening nfnetlink"))
 }
 
 /// `program args` in the host end's namespace.
@@ -90,7 +83,7 @@ pub fn lock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i32>
         LockMethod::Nftables => {
             let fd = nft_socket(cfg, host_netns_pid)?;
             nft::add_lock(&fd, &nft_table(cfg), &cfg.host_if)
-                .map_err(nft_err(cfg, "adding the traffic lock's table"))
+                .map_err(netlink_err(cfg, "adding the traffic lock's nftables table"))
         }
         LockMethod::Iptables => iptables(cfg, host_netns_pid, "-I", |t| t.run()),
     }
@@ -110,7 +103,10 @@ pub fn unlock_in(cfg: &VethConfig, method: LockMethod, host_netns_pid: Option<i3
             let t = nft_table(cfg);
             match nft::delete_table(&fd, &t) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-                r => r.map_err(nft_err(cfg, "removing the traffic lock's table")),
+                r => r.map_err(netlink_err(
+                    cfg,
+                    "removing the traffic lock's nftables table",
+                )),
             }
         }
         LockMethod::Iptables => iptables(cfg, host_netns_pid, "-C", |check| {

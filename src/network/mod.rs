@@ -90,6 +90,14 @@ fn link_err(cfg: &VethConfig, message: String) -> Error {
     }
 }
 
+/// A failed netlink call as a [`link_err`]: "<what> (netlink): <error>".
+fn netlink_err<'a>(
+    cfg: &'a VethConfig,
+    what: impl std::fmt::Display + 'a,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |e| link_err(cfg, format!("{what} (netlink): {e}"))
+}
+
 /// Whether the network namespace of `pid` holds only what ferry made for
 /// a container with `veth` (see [`OwnNetns`]); `Err(why)` inside when the
 /// container changed it.

@@ -4,9 +4,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
+pub(super) const NLM_F_REQUEST: u16 = 1;
+pub(super) const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP: u16 = 0x300;
 const HDR_LEN: usize = 16;
 
@@ -63,55 +64,75 @@ pub(super) fn socket_here(protocol: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Sends a dump request of `typ` with `body` and returns the body of every
-/// reply message.
-pub(super) fn dump(fd: &OwnedFd, typ: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-    let mut req = Vec::with_capacity(HDR_LEN + body.len());
-    req.extend_from_slice(&((HDR_LEN + body.len()) as u32).to_ne_bytes());
-    req.extend_from_slice(&typ.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(body);
+/// One netlink message: the header (`typ`, `flags`, `seq`), then `body`.
+pub(super) fn message(typ: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HDR_LEN + body.len());
+    m.extend_from_slice(&((HDR_LEN + body.len()) as u32).to_ne_bytes());
+    m.extend_from_slice(&typ.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+pub(super) fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<()> {
     // SAFETY: the buffer is valid for its length.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
+    if unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The messages (type, body after the header) of one read.
+pub(super) fn receive(fd: &OwnedFd) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
         return Err(io::Error::last_os_error());
     }
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: the buffer is valid for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    let mut rest = &buf[..n as usize];
+    while rest.len() >= HDR_LEN {
+        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len < HDR_LEN || len > rest.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink message",
+            ));
         }
-        let mut rest = &buf[..n as usize];
-        while rest.len() >= HDR_LEN {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-            let mtype = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
-            if len < HDR_LEN || len > rest.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
-            }
-            let msg = &rest[HDR_LEN..len];
-            match mtype {
+        let typ = u16::from_ne_bytes([rest[4], rest[5]]);
+        out.push((typ, rest[HDR_LEN..len].to_vec()));
+        rest = &rest[align(len).min(rest.len())..];
+    }
+    Ok(out)
+}
+
+/// The (negative) errno of an NLMSG_ERROR body; 0 for an acknowledgement.
+pub(super) fn error_code(body: &[u8]) -> i32 {
+    body.get(0..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        .unwrap_or(-libc::EIO)
+}
+
+/// Sends a dump request of `typ` with `body` and returns the body of every
+/// reply message.
+pub(super) fn dump(fd: &OwnedFd, typ: u16, body: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    send(fd, &message(typ, NLM_F_REQUEST | NLM_F_DUMP, 1, body))?;
+    let mut out = Vec::new();
+    loop {
+        for (typ, msg) in receive(fd)? {
+            match typ {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
-                    let code = msg
-                        .get(0..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                        .unwrap_or(0);
-                    if code != 0 {
-                        return Err(io::Error::from_raw_os_error(-code));
+                    return match error_code(&msg) {
+                        0 => Ok(out),
+                        code => Err(io::Error::from_raw_os_error(-code)),
                     }
-                    return Ok(out);
                 }
-                _ => out.push(msg.to_vec()),
+                _ => out.push(msg),
             }
-            rest = &rest[align(len).min(rest.len())..];
         }
     }
 }
@@ -124,26 +145,16 @@ pub(super) fn request(fd: &OwnedFd, typ: u16, body: &[u8]) -> io::Result<()> {
 
 /// Sends `req` and reads the kernel's acknowledgement.
 fn ack(fd: &OwnedFd, req: &[u8]) -> io::Result<()> {
-    // SAFETY: the buffer is valid for its length.
-    if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = [0u8; 4096];
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    if n < HDR_LEN + 4 || u16::from_ne_bytes([buf[4], buf[5]]) != NLMSG_ERROR {
-        return Err(io::Error::new(
+    send(fd, req)?;
+    match receive(fd)?.first() {
+        Some((NLMSG_ERROR, body)) if body.len() >= 4 => match error_code(body) {
+            0 => Ok(()),
+            code => Err(io::Error::from_raw_os_error(-code)),
+        },
+        _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "no netlink acknowledgement",
-        ));
-    }
-    match i32::from_ne_bytes(buf[HDR_LEN..HDR_LEN + 4].try_into().expect("4 bytes")) {
-        0 => Ok(()),
-        code => Err(io::Error::from_raw_os_error(-code)),
+        )),
     }
 }
 
@@ -158,7 +169,7 @@ pub(super) fn loopback_up(pid: i32) -> io::Result<()> {
     request(&fd, RTM_NEWLINK, &body)
 }
 
-pub(super) fn align(n: usize) -> usize {
+fn align(n: usize) -> usize {
     (n + 3) & !3
 }
 
@@ -232,14 +243,10 @@ const VETH_INFO_PEER: u16 = 1;
 
 /// Sends a request with extra header flags (create, exclusive).
 fn request_flags(fd: &OwnedFd, typ: u16, extra: u16, body: &[u8]) -> io::Result<()> {
-    let mut req = Vec::with_capacity(HDR_LEN + body.len());
-    req.extend_from_slice(&((HDR_LEN + body.len()) as u32).to_ne_bytes());
-    req.extend_from_slice(&typ.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | 4 | extra).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(body);
-    ack(fd, &req)
+    ack(
+        fd,
+        &message(typ, NLM_F_REQUEST | NLM_F_ACK | extra, 1, body),
+    )
 }
 
 /// The interface index of `name` in the namespace of socket `fd`.

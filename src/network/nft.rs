@@ -12,14 +12,12 @@
 //!
 //! sent as one transaction (a batch), so it is there whole or not at all.
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use super::netlink::{align, attr, name_z, nested};
+use super::netlink::{
+    self, attr, error_code, name_z, nested, receive, send, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST,
+};
 
-const HDR_LEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_EXCL: u16 = 0x200;
 /// A rule goes after the chain's others (`nft add rule`), not before.
@@ -237,59 +235,14 @@ fn transaction(fd: &OwnedFd, msgs: &[(u16, u16, Vec<u8>)]) -> io::Result<()> {
     Ok(())
 }
 
-/// One nfnetlink message: netlink header, nfgenmsg, attributes.
+/// One nfnetlink message: the netlink header, nfgenmsg (`family`,
+/// version 0, `res_id`), then the attributes.
 fn message(typ: u16, flags: u16, seq: u32, family: u8, res_id: u16, body: &[u8]) -> Vec<u8> {
-    let len = HDR_LEN + 4 + body.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&typ.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[family, 0]);
-    m.extend_from_slice(&res_id.to_ne_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<()> {
-    // SAFETY: the buffer is valid for its length.
-    if unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The messages (type, payload after the netlink header) of one read.
-fn receive(fd: &OwnedFd) -> io::Result<Vec<(u16, Vec<u8>)>> {
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut rest = &buf[..n as usize];
-    while rest.len() >= HDR_LEN {
-        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-        if len < HDR_LEN || len > rest.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "truncated netlink message",
-            ));
-        }
-        let typ = u16::from_ne_bytes([rest[4], rest[5]]);
-        out.push((typ, rest[HDR_LEN..len].to_vec()));
-        rest = &rest[align(len).min(rest.len())..];
-    }
-    Ok(out)
-}
-
-fn error_code(payload: &[u8]) -> i32 {
-    payload
-        .get(0..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-        .unwrap_or(-libc::EIO)
+    let mut b = Vec::with_capacity(4 + body.len());
+    b.extend_from_slice(&[family, 0]);
+    b.extend_from_slice(&res_id.to_ne_bytes());
+    b.extend_from_slice(body);
+    netlink::message(typ, flags, seq, &b)
 }
 
 fn attrs(fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! The veth pair: made, configured (addresses, MAC, up) and removed.
 use super::netlink;
 use super::run::{netns_path, Ns, Tool};
-use super::{link_err, Error, Result, VethConfig};
+use super::{link_err, netlink_err, Error, Result, VethConfig};
 
 /// `ip ARGS` in `ns`, failures naming the pair's host end.
 fn ip(cfg: &VethConfig, ns: Ns, args: &[&str]) -> Result<()> {
@@ -42,28 +42,26 @@ pub fn create_in(cfg: &VethConfig, pid: i32, host_netns_pid: Option<i32>) -> Res
         ));
     }
     let host = Ns(host_netns_pid);
-    let nl = |what: &'static str| {
-        move |source: std::io::Error| link_err(cfg, format!("{what} (netlink): {source}"))
-    };
     // Over netlink: no process is started (this runs while a restore
     // holds the tree).
     let hfd = match host_netns_pid {
         Some(p) => netlink::socket_in(p, libc::NETLINK_ROUTE),
         None => netlink::socket_here(libc::NETLINK_ROUTE),
     }
-    .map_err(nl("opening netlink"))?;
+    .map_err(netlink_err(cfg, "opening netlink"))?;
     if netlink::index_of(&hfd, &cfg.host_if).is_ok() {
         return Err(link_err(
             cfg,
             "an interface with this name already exists on the host side; pick another host name or remove it".into(),
         ));
     }
-    let peer_ns = std::fs::File::open(&ct_ns).map_err(nl("opening its network namespace"))?;
+    let peer_ns =
+        std::fs::File::open(&ct_ns).map_err(netlink_err(cfg, "opening its network namespace"))?;
     let mac = cfg.mac.as_deref().map(parse_mac).transpose()?;
     // The peer is created directly inside the container's namespace, so its
     // name never clashes with host interfaces.
     netlink::add_veth(&hfd, &cfg.host_if, &cfg.container_if, &peer_ns, mac)
-        .map_err(nl("creating the veth pair"))?;
+        .map_err(netlink_err(cfg, "creating the veth pair"))?;
     if let Err(e) = configure(cfg, pid, &hfd) {
         let _ = ip(cfg, host, &["link", "del", "dev", &cfg.host_if]);
         return Err(e);
@@ -96,24 +94,29 @@ fn parse_cidr(a: &str) -> Result<(std::net::IpAddr, u8)> {
 /// Addresses and links up: the container end and `lo` in the namespace of
 /// `pid`, the host end through `hfd`.
 fn configure(cfg: &VethConfig, pid: i32, hfd: &std::os::fd::OwnedFd) -> Result<()> {
-    let nl = |what: String| {
-        move |source: std::io::Error| link_err(cfg, format!("{what} (netlink): {source}"))
-    };
-    let ct = netlink::socket_in(pid, libc::NETLINK_ROUTE)
-        .map_err(nl(format!("opening netlink in process {pid}'s namespace")))?;
+    let ct = netlink::socket_in(pid, libc::NETLINK_ROUTE).map_err(netlink_err(
+        cfg,
+        format!("opening netlink in process {pid}'s namespace"),
+    ))?;
     let addr = cfg.address.as_deref().map(parse_cidr).transpose()?;
-    netlink::address_and_up(&ct, &cfg.container_if, addr).map_err(nl(format!(
-        "setting address {} on {} and bringing it up",
-        cfg.address.as_deref().unwrap_or("(none)"),
-        cfg.container_if
-    )))?;
-    netlink::address_and_up(&ct, "lo", None).map_err(nl("bringing lo up".into()))?;
+    netlink::address_and_up(&ct, &cfg.container_if, addr).map_err(netlink_err(
+        cfg,
+        format!(
+            "setting address {} on {} and bringing it up",
+            cfg.address.as_deref().unwrap_or("(none)"),
+            cfg.container_if
+        ),
+    ))?;
+    netlink::address_and_up(&ct, "lo", None).map_err(netlink_err(cfg, "bringing lo up"))?;
     let host_addr = cfg.host_address.as_deref().map(parse_cidr).transpose()?;
-    netlink::address_and_up(hfd, &cfg.host_if, host_addr).map_err(nl(format!(
-        "setting address {} on {} and bringing it up",
-        cfg.host_address.as_deref().unwrap_or("(none)"),
-        cfg.host_if
-    )))?;
+    netlink::address_and_up(hfd, &cfg.host_if, host_addr).map_err(netlink_err(
+        cfg,
+        format!(
+            "setting address {} on {} and bringing it up",
+            cfg.host_address.as_deref().unwrap_or("(none)"),
+            cfg.host_if
+        ),
+    ))?;
     Ok(())
 }
 
@@ -122,13 +125,13 @@ fn configure(cfg: &VethConfig, pid: i32, hfd: &std::os::fd::OwnedFd) -> Result<(
 /// while the restored tree waits.
 pub fn configure_host(cfg: &VethConfig) -> Result<()> {
     cfg.check_host_if()?;
-    let nl = |what: &'static str| {
-        move |source: std::io::Error| link_err(cfg, format!("{what} (netlink): {source}"))
-    };
-    let hfd = netlink::socket_here(libc::NETLINK_ROUTE).map_err(nl("opening netlink"))?;
+    let hfd =
+        netlink::socket_here(libc::NETLINK_ROUTE).map_err(netlink_err(cfg, "opening netlink"))?;
     let addr = cfg.host_address.as_deref().map(parse_cidr).transpose()?;
-    netlink::address_and_up(&hfd, &cfg.host_if, addr)
-        .map_err(nl("setting the host end's address and bringing it up"))
+    netlink::address_and_up(&hfd, &cfg.host_if, addr).map_err(netlink_err(
+        cfg,
+        "setting the host end's address and bringing it up",
+    ))
 }
 
 /// Whether an interface `name` exists in the caller's network namespace.
