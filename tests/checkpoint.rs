@@ -329,6 +329,59 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
     env.assert_gone(&id);
 }
 
+/// A restore that makes the veth again (the namespace was ferry's) holds
+/// its traffic by keeping the host end down until CRIU unlocks the
+/// network, instead of CRIU's firewall lock inside the namespace: the
+/// createRuntime hook, which runs right after the pair is made, sees it
+/// down; the restored server answers. With `--network-lock skip` nothing
+/// is held.
+#[test]
+fn restored_veth_is_held_down_until_criu_unlocks() {
+    let Some(_g) = criu_lock() else { return };
+    let host = NetNs::new("vethhold");
+    let env = Env::new("vethhold");
+    env.set_netns(&host.name);
+    let id = env.id("srv");
+    let tag = format!("{}", std::process::id() % 10000);
+    let log = env.work.path().join("link.log");
+    let hook = json!({"path": "/bin/sh", "args": ["sh", "-c", format!(
+        "/usr/sbin/ip -o link show dev fh{tag} >> {}", log.display())]});
+    let bundle = veth_bundle(&env, "b", 8, ECHO_SERVER, |v| {
+        v["hooks"] = json!({ "createRuntime": [hook] });
+    });
+    env.run_detached(&bundle, &id);
+    let echo = || {
+        host.command(&["sh", "-c", "echo hi | busybox nc -w 2 10.77.8.2 7000"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    assert!(wait_until(Duration::from_secs(5), || echo() == "hi\n"));
+    let last_line = || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().last().unwrap().to_string()
+    };
+    for (round, lock, held) in [(1, "nftables", true), (2, "skip", false)] {
+        let images = env.work.path().join(format!("img{round}"));
+        env.ok(&checkpoint_args(&images, &[], &id));
+        assert!(images.join("ferry-netns.json").exists());
+        env.ok(&restore_args(
+            &bundle,
+            &images,
+            &["--network-lock", lock],
+            &id,
+        ));
+        let at_hook = last_line();
+        assert_eq!(!at_hook.contains(",UP"), held, "{lock}: {at_hook}");
+        let now = host.exec(&["ip", "-o", "link", "show", "dev", &format!("fh{tag}")]);
+        let now = String::from_utf8_lossy(&now.stdout);
+        assert!(now.contains(",UP"), "{lock}: {now}");
+        assert_eq!(echo(), "hi\n", "{lock}");
+    }
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
 #[test]
 fn unsupported_modes_fail_before_freezing() {
     let Some(_g) = criu_lock() else { return };

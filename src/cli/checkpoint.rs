@@ -111,6 +111,8 @@ pub struct CriuFlags {
     #[arg(long)]
     pub auto_dedup: bool,
     /// How the network is held while the container is frozen or restored.
+    /// A network namespace ferry rebuilds on restore is held by keeping
+    /// its veth's host end down until CRIU unlocks (any method but skip).
     #[arg(long, value_enum, default_value = "nftables")]
     pub network_lock: NetLock,
 }

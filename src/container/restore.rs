@@ -118,6 +118,9 @@ struct RestoreHandler<'a, 'h> {
     console_socket: Option<&'a Path>,
     pid: Option<i32>,
     veth_made: bool,
+    /// The veth ferry made has its host end down until CRIU unlocks the
+    /// network.
+    held: bool,
     /// Bring `lo` up in the new namespace (ferry keeps a namespace without
     /// a veth, whose `lo` was up).
     lo_up: bool,
@@ -127,6 +130,10 @@ struct RestoreHandler<'a, 'h> {
 
 impl RestoreHandler<'_, '_> {
     fn unlock(&mut self) -> network::Result<()> {
+        if let (true, Some(v)) = (self.held, self.veth) {
+            network::release_host_end(v)?;
+            self.held = false;
+        }
         if let (true, Some(v)) = (self.locked, self.veth) {
             network::unlock(v, self.method)?;
             self.locked = false;
@@ -143,7 +150,12 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
             Notify::SetupNamespaces { pid } => {
                 self.pid = Some(pid);
                 if let (true, Some(v)) = (self.create_veth, self.veth) {
-                    network::create(v, pid).map_err(|x| e(&x))?;
+                    if self.method == LockMethod::Skip {
+                        network::create(v, pid).map_err(|x| e(&x))?;
+                    } else {
+                        network::create_held(v, pid).map_err(|x| e(&x))?;
+                        self.held = true;
+                    }
                     self.veth_made = true;
                 } else if self.lo_up {
                     network::loopback_up(pid).map_err(|x| e(&x))?;
@@ -380,6 +392,12 @@ fn restore_opts(
     if opts.tcp_close {
         o.set_tcp_close(true);
     }
+    if opts.empty_ns_network {
+        // ferry makes this namespace and holds its traffic itself (the
+        // veth's host end stays down until CRIU unlocks); CRIU's own lock
+        // inside it would only cost a grace period on removal.
+        o.set_network_lock(criu::NetworkLock::SKIP);
+    }
     o.set_notify_scripts(true);
     o
 }
@@ -408,6 +426,7 @@ fn restore_tree(
         console_socket: opts.console_socket.as_deref(),
         pid: None,
         veth_made: false,
+        held: false,
         lo_up,
         hold,
         append: super::append_stdio::AppendStdio::record(),

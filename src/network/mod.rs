@@ -46,7 +46,10 @@ pub use config::VethConfig;
 pub use lock::{is_locked, is_locked_in, lock, lock_in, unlock, unlock_in, LockMethod};
 pub use own_netns::{Changed, OwnNetns};
 pub use stats::{host_stats, host_stats_in, InterfaceStats};
-pub use veth::{configure_host, create, create_in, link_exists_on_host, remove, remove_in};
+pub use veth::{
+    configure_host, create, create_held, create_in, link_exists_on_host, release_host_end, remove,
+    remove_in,
+};
 
 pub const VETH_ANNOTATION: &str = "org.ferry.net.veth";
 

@@ -160,13 +160,7 @@ fn ack(fd: &OwnedFd, req: &[u8]) -> io::Result<()> {
 
 /// Brings `lo` (always interface 1) up in the network namespace of `pid`.
 pub(super) fn loopback_up(pid: i32) -> io::Result<()> {
-    let fd = socket_in(pid, libc::NETLINK_ROUTE)?;
-    let up = libc::IFF_UP as u32;
-    let mut body = vec![0u8; 4];
-    body.extend_from_slice(&1i32.to_ne_bytes());
-    body.extend_from_slice(&up.to_ne_bytes());
-    body.extend_from_slice(&up.to_ne_bytes());
-    request(&fd, RTM_NEWLINK, &body)
+    link_up(&socket_in(pid, libc::NETLINK_ROUTE)?, 1)
 }
 
 fn align(n: usize) -> usize {
@@ -306,6 +300,23 @@ pub(super) fn address_and_up(
     name: &str,
     addr: Option<(std::net::IpAddr, u8)>,
 ) -> io::Result<()> {
+    let index = address(fd, name, addr)?;
+    link_up(fd, index)
+}
+
+/// Brings interface `index` up.
+pub(super) fn link_up(fd: &OwnedFd, index: i32) -> io::Result<()> {
+    let up = libc::IFF_UP as u32;
+    request(fd, RTM_NEWLINK, &ifinfo(index, up, up))
+}
+
+/// Sets `addr`/`prefix` on interface `name` (as `ip addr replace`), leaving
+/// its link state alone; returns its index.
+pub(super) fn address(
+    fd: &OwnedFd,
+    name: &str,
+    addr: Option<(std::net::IpAddr, u8)>,
+) -> io::Result<i32> {
     let index = index_of(fd, name)?;
     if let Some((ip, prefix)) = addr {
         let (family, bytes) = match ip {
@@ -318,8 +329,7 @@ pub(super) fn address_and_up(
         attr(&mut b, 1, &bytes); // IFA_ADDRESS
         request_flags(fd, RTM_NEWADDR, NLM_F_CREATE_REPLACE, &b)?;
     }
-    let up = libc::IFF_UP as u32;
-    request(fd, RTM_NEWLINK, &ifinfo(index, up, up))
+    Ok(index)
 }
 
 #[cfg(test)]

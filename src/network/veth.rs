@@ -24,6 +24,27 @@ pub fn create(cfg: &VethConfig, pid: i32) -> Result<()> {
 /// Like [`create`], but the host end lives in the network namespace of
 /// `host_netns_pid` instead of the caller's.
 pub fn create_in(cfg: &VethConfig, pid: i32, host_netns_pid: Option<i32>) -> Result<()> {
+    make(cfg, pid, host_netns_pid, true)
+}
+
+/// Like [`create`], with the host end left down: no traffic passes until
+/// [`release_host_end`]. A restore holds the network this way while CRIU
+/// restores the tree, instead of CRIU's firewall lock inside the namespace
+/// (whose removal waits for an RCU grace period).
+pub fn create_held(cfg: &VethConfig, pid: i32) -> Result<()> {
+    make(cfg, pid, None, false)
+}
+
+/// Brings the host end of a pair made by [`create_held`] up.
+pub fn release_host_end(cfg: &VethConfig) -> Result<()> {
+    let hfd =
+        netlink::socket_here(libc::NETLINK_ROUTE).map_err(netlink_err(cfg, "opening netlink"))?;
+    netlink::index_of(&hfd, &cfg.host_if)
+        .and_then(|i| netlink::link_up(&hfd, i))
+        .map_err(netlink_err(cfg, "bringing the host end up"))
+}
+
+fn make(cfg: &VethConfig, pid: i32, host_netns_pid: Option<i32>, host_up: bool) -> Result<()> {
     cfg.validate()?;
     if pid <= 0 {
         return Err(link_err(
@@ -62,7 +83,7 @@ pub fn create_in(cfg: &VethConfig, pid: i32, host_netns_pid: Option<i32>) -> Res
     // name never clashes with host interfaces.
     netlink::add_veth(&hfd, &cfg.host_if, &cfg.container_if, &peer_ns, mac)
         .map_err(netlink_err(cfg, "creating the veth pair"))?;
-    if let Err(e) = configure(cfg, pid, &hfd) {
+    if let Err(e) = configure(cfg, pid, &hfd, host_up) {
         let _ = ip(cfg, host, &["link", "del", "dev", &cfg.host_if]);
         return Err(e);
     }
@@ -92,8 +113,8 @@ fn parse_cidr(a: &str) -> Result<(std::net::IpAddr, u8)> {
 }
 
 /// Addresses and links up: the container end and `lo` in the namespace of
-/// `pid`, the host end through `hfd`.
-fn configure(cfg: &VethConfig, pid: i32, hfd: &std::os::fd::OwnedFd) -> Result<()> {
+/// `pid`, the host end through `hfd` (its address only unless `host_up`).
+fn configure(cfg: &VethConfig, pid: i32, hfd: &std::os::fd::OwnedFd, host_up: bool) -> Result<()> {
     let ct = netlink::socket_in(pid, libc::NETLINK_ROUTE).map_err(netlink_err(
         cfg,
         format!("opening netlink in process {pid}'s namespace"),
@@ -109,14 +130,15 @@ fn configure(cfg: &VethConfig, pid: i32, hfd: &std::os::fd::OwnedFd) -> Result<(
     ))?;
     netlink::address_and_up(&ct, "lo", None).map_err(netlink_err(cfg, "bringing lo up"))?;
     let host_addr = cfg.host_address.as_deref().map(parse_cidr).transpose()?;
-    netlink::address_and_up(hfd, &cfg.host_if, host_addr).map_err(netlink_err(
-        cfg,
-        format!(
-            "setting address {} on {} and bringing it up",
-            cfg.host_address.as_deref().unwrap_or("(none)"),
-            cfg.host_if
-        ),
-    ))?;
+    let what = format!(
+        "setting address {} on {}",
+        cfg.host_address.as_deref().unwrap_or("(none)"),
+        cfg.host_if
+    );
+    let index = netlink::address(hfd, &cfg.host_if, host_addr).map_err(netlink_err(cfg, what))?;
+    if host_up {
+        netlink::link_up(hfd, index).map_err(netlink_err(cfg, "bringing the host end up"))?;
+    }
     Ok(())
 }
 
