@@ -329,9 +329,9 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
     env.assert_gone(&id);
 }
 
-/// A restore that makes the veth again (the namespace was ferry's) holds
-/// its traffic by keeping the host end down until CRIU unlocks the
-/// network, instead of CRIU's firewall lock inside the namespace: the
+/// A checkpoint of a namespace ferry keeps takes no firewall lock of CRIU's
+/// inside it, and the restore that makes the veth again holds its traffic
+/// by keeping the host end down until CRIU unlocks the network: the
 /// createRuntime hook, which runs right after the pair is made, sees it
 /// down; the restored server answers. With `--network-lock skip` nothing
 /// is held.
@@ -365,6 +365,11 @@ fn restored_veth_is_held_down_until_criu_unlocks() {
         let images = env.work.path().join(format!("img{round}"));
         env.ok(&checkpoint_args(&images, &[], &id));
         assert!(images.join("ferry-netns.json").exists());
+        // CRIU took no lock of its own inside the namespace, and its
+        // restore, which follows the images, takes none either.
+        let inv: Value =
+            serde_json::from_str(&env.ok(&["inspect", "--format", "json", s(&images)])).unwrap();
+        assert_eq!(inv["network_lock_method"], "skip");
         env.ok(&restore_args(
             &bundle,
             &images,

@@ -262,6 +262,7 @@ fn failures_during_the_pages_phase_resume_the_source() {
     wait_pages_phase(&w, &id, &mut child);
     let nft = "add table inet pcut; add chain inet pcut in { type filter hook input priority -10; policy drop; }; add chain inet pcut out { type filter hook output priority -10; policy drop; }";
     let cut = w.b.ns.exec(&["nft", nft]);
+    let cut_at = std::time::Instant::now();
     assert!(
         cut.status.success(),
         "{}",
@@ -269,6 +270,14 @@ fn failures_during_the_pages_phase_resume_the_source() {
     );
     let out = child.wait_with_output().unwrap();
     assert!(failure_line(&out).contains("resumed on this host"));
+    // The page stream's sockets fail after 8 s of silence (the control
+    // channel alone took about 30 s to give up on its peer).
+    let took = cut_at.elapsed();
+    eprintln!("cut link: source resumed {took:?} after the cut");
+    assert!(
+        took < Duration::from_secs(25),
+        "the source resumed only {took:?} after the cut"
+    );
     w.b.ns.exec(&["nft", "delete table inet pcut"]);
     assert_rolled_back(&w, &id, &data, &sum);
 }

@@ -465,6 +465,17 @@ impl Dump<'_> {
         }
         if let Some(own) = &self.own_netns {
             o.set_empty_ns(libc::CLONE_NEWNET as u32);
+            // No firewall lock of CRIU's inside the namespace: the traffic
+            // it could hold passes the veth, which ferry holds itself (its
+            // host-side lock here, its host end down on restore). CRIU
+            // records the method in the images and its restore uses that
+            // one, so this also spares the restore CRIU's lock, whose
+            // removal waits for an RCU grace period (10-25 ms). A tree
+            // left stopped keeps CRIU's lock until it resumes: its sockets
+            // must stay silent while a copy may carry its connections on.
+            if !opts.leave_stopped {
+                o.set_network_lock(criu::NetworkLock::SKIP);
+            }
             netns_image::write(&self.dirs.images, own)?;
         }
         if !self.tmpfs.is_empty() {
@@ -478,13 +489,18 @@ impl Dump<'_> {
         let (c, opts) = (self.container, self.opts);
         let guard: RefCell<Option<FreezeGuard>> = RefCell::new(None);
         // Pages to a page server: its connection bounded and uncorked (see
-        // criu::page_socket) until the dump returns.
+        // criu::page_socket) until the dump returns; a lazy dump's served
+        // connection bounded.
         let page_socket: RefCell<Option<criu::page_socket::PageSocket>> = RefCell::new(None);
         let mut arm =
             |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), criu::HandlerError> {
-                if let (Some((_, port)), false) = (&opts.page_server, opts.lazy_pages) {
-                    *page_socket.borrow_mut() =
-                        Some(criu::page_socket::PageSocket::watch(criu_pid, *port));
+                use criu::page_socket::PageSocket;
+                if let Some((_, port)) = &opts.page_server {
+                    *page_socket.borrow_mut() = Some(if opts.lazy_pages {
+                        PageSocket::bound_served(criu_pid, *port)
+                    } else {
+                        PageSocket::watch(criu_pid, *port)
+                    });
                 }
                 let g = FreezeGuard::arm(&Target {
                     freezer: self.freezer.clone(),
@@ -520,7 +536,11 @@ impl Dump<'_> {
             criu_lock: CriuLockRecorder {
                 dir: &c.dir,
                 log: &log,
-                method: opts.network_lock,
+                method: if self.own_netns.is_some() && !opts.leave_stopped {
+                    LockMethod::Skip
+                } else {
+                    opts.network_lock
+                },
                 init_pid: c.state.pid,
                 shares_netns: shares_netns(&c.state.config),
             },

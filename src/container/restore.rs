@@ -392,12 +392,6 @@ fn restore_opts(
     if opts.tcp_close {
         o.set_tcp_close(true);
     }
-    if opts.empty_ns_network {
-        // ferry makes this namespace and holds its traffic itself (the
-        // veth's host end stays down until CRIU unlocks); CRIU's own lock
-        // inside it would only cost a grace period on removal.
-        o.set_network_lock(criu::NetworkLock::SKIP);
-    }
     o.set_notify_scripts(true);
     o
 }

@@ -16,6 +16,12 @@
 //!   without TLS; 1.7 ms uncorked. CRIU sets `TCP_NODELAY` after its first
 //!   pages, so what it writes afterwards leaves at once.
 //!
+//! Post-copy's page stream gets the same bound on both ends: the
+//! connection the lazy dump's CRIU accepted on the source
+//! ([`PageSocket::bound_served`]) and the one the lazy-pages daemon made on
+//! the destination ([`PageSocket::bound_client`]). Without it a cut link
+//! left both waiting until ferry's control channel noticed its peer gone.
+//!
 //! Where the kernel lacks `pidfd_getfd` (before 5.6) nothing is changed.
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -28,6 +34,9 @@ use std::time::{Duration, Instant};
 /// How often CRIU's descriptors are looked at until its socket is found:
 /// it connects right after the pre-dump notification.
 const POLL: Duration = Duration::from_millis(1);
+/// The same for post-copy's connections, which come seconds later and
+/// cost no frozen time.
+const POLL_LAZY: Duration = Duration::from_millis(20);
 /// After this long a page server socket that was never corked is left
 /// alone (CRIU did not connect, or corks no more).
 const GIVE_UP: Duration = Duration::from_secs(30);
@@ -37,6 +46,17 @@ const GIVE_UP: Duration = Duration::from_secs(30);
 /// seconds of silence mean the link or the peer is gone.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// Which of a CRIU process's connections is the page stream, and what is
+/// done to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// CRIU connected to `port` of a page server: a dump (bounded, then
+    /// uncorked once CRIU corked it) or the lazy-pages daemon (bounded).
+    Connected { port: u16, uncork: bool },
+    /// CRIU accepted it on its own `port`: a lazy dump serving pages.
+    Served { port: u16 },
+}
+
 /// The watcher; stopped (and joined) when dropped.
 pub struct PageSocket {
     stop: Arc<AtomicBool>,
@@ -44,17 +64,39 @@ pub struct PageSocket {
 }
 
 impl PageSocket {
-    /// Watches CRIU `criu_pid` for a TCP socket connected to `port` of
-    /// the page server.
+    /// Watches CRIU `criu_pid` (a dump) for a TCP socket connected to
+    /// `port` of the page server: bounds it, and uncorks it once corked.
     pub fn watch(criu_pid: u32, port: u16) -> PageSocket {
+        Self::start(criu_pid, Stream::Connected { port, uncork: true })
+    }
+
+    /// Bounds the connection CRIU `criu_pid` (the lazy-pages daemon) makes
+    /// to the page server at `port`, whenever it comes.
+    pub fn bound_client(criu_pid: u32, port: u16) -> PageSocket {
+        Self::start(
+            criu_pid,
+            Stream::Connected {
+                port,
+                uncork: false,
+            },
+        )
+    }
+
+    /// Bounds the connection CRIU `criu_pid` (a lazy dump) accepts on its
+    /// page server `port`, whenever it comes.
+    pub fn bound_served(criu_pid: u32, port: u16) -> PageSocket {
+        Self::start(criu_pid, Stream::Served { port })
+    }
+
+    fn start(criu_pid: u32, stream: Stream) -> PageSocket {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("page-socket".into())
-            .spawn(move || match watch(criu_pid, port, &flag) {
-                Ok(true) => tracing::debug!(criu_pid, port, "page server socket bounded and uncorked"),
-                Ok(false) => tracing::debug!(criu_pid, port, "no corked page server socket seen"),
-                Err(e) => tracing::warn!(criu_pid, port, error = %e, "cannot set CRIU's page server socket"),
+            .spawn(move || match watch(criu_pid, stream, &flag) {
+                Ok(true) => tracing::debug!(criu_pid, ?stream, "page stream socket set"),
+                Ok(false) => tracing::debug!(criu_pid, ?stream, "no page stream socket seen"),
+                Err(e) => tracing::warn!(criu_pid, ?stream, error = %e, "cannot set CRIU's page stream socket"),
             })
             .ok();
         PageSocket { stop, thread }
@@ -70,7 +112,7 @@ impl Drop for PageSocket {
     }
 }
 
-fn watch(pid: u32, port: u16, stop: &AtomicBool) -> std::io::Result<bool> {
+fn watch(pid: u32, stream: Stream, stop: &AtomicBool) -> std::io::Result<bool> {
     // SAFETY: plain syscall; the result is checked.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if pidfd < 0 {
@@ -83,11 +125,22 @@ fn watch(pid: u32, port: u16, stop: &AtomicBool) -> std::io::Result<bool> {
     // in its TLS handshake), and the descriptors already ruled out.
     let mut found: Option<OwnedFd> = None;
     let mut ruled_out = HashSet::new();
-    while !stop.load(Ordering::Relaxed) && start.elapsed() < GIVE_UP {
+    let uncork = matches!(stream, Stream::Connected { uncork: true, .. });
+    // A dump's socket comes at once or not at all; post-copy's whenever
+    // the other host gets there (until the watcher is dropped).
+    let (poll, give_up) = if uncork {
+        (POLL, GIVE_UP)
+    } else {
+        (POLL_LAZY, Duration::MAX)
+    };
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < give_up {
         if found.is_none() {
-            found = find_socket(&pidfd, pid, port, &mut ruled_out)?;
+            found = find_socket(&pidfd, pid, stream, &mut ruled_out)?;
             if let Some(sk) = &found {
                 bound_silence(sk)?;
+                if !uncork {
+                    return Ok(true);
+                }
             }
         }
         if let Some(sk) = &found {
@@ -96,7 +149,7 @@ fn watch(pid: u32, port: u16, stop: &AtomicBool) -> std::io::Result<bool> {
                 return Ok(true);
             }
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(poll);
     }
     Ok(false)
 }
@@ -115,11 +168,11 @@ fn bound_silence(sk: &OwnedFd) -> std::io::Result<()> {
     set_opt(sk, libc::TCP_KEEPCNT, 3)
 }
 
-/// CRIU's TCP socket whose peer port is `port`, duplicated into ferry.
+/// CRIU's connected TCP socket that is `stream`, duplicated into ferry.
 fn find_socket(
     pidfd: &OwnedFd,
     pid: u32,
-    port: u16,
+    stream: Stream,
     ruled_out: &mut HashSet<(RawFd, PathBuf)>,
 ) -> std::io::Result<Option<OwnedFd>> {
     let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
@@ -161,11 +214,21 @@ fn find_socket(
             ruled_out.insert(key);
             continue;
         }
-        match peer_port(&dup) {
-            Some(p) if p == port => return Ok(Some(dup)),
+        if get_opt_level(&dup, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0 {
+            // A listening socket (the lazy dump's page server) is never
+            // the stream itself.
+            ruled_out.insert(key);
+            continue;
+        }
+        let ours = match stream {
+            Stream::Connected { port, .. } => peer_port(&dup).map(|p| p == port),
+            Stream::Served { port } => peer_port(&dup).map(|_| local_port(&dup) == Some(port)),
+        };
+        match ours {
+            Some(true) => return Ok(Some(dup)),
             // Not connected yet: looked at again next time.
             None => {}
-            Some(_) => {
+            Some(false) => {
                 ruled_out.insert(key);
             }
         }
@@ -174,11 +237,23 @@ fn find_socket(
 }
 
 fn peer_port(sk: &OwnedFd) -> Option<u16> {
+    port_of(sk, libc::getpeername)
+}
+
+fn local_port(sk: &OwnedFd) -> Option<u16> {
+    port_of(sk, libc::getsockname)
+}
+
+type NameFn =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+/// The port `name` (getpeername or getsockname) gives for `sk`.
+fn port_of(sk: &OwnedFd, name: NameFn) -> Option<u16> {
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: valid fd and buffer of the given length.
     let r = unsafe {
-        libc::getpeername(
+        name(
             sk.as_raw_fd(),
             &mut addr as *mut _ as *mut libc::sockaddr,
             &mut len,
@@ -260,6 +335,64 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::TcpListener;
+
+    /// The connection a child process accepted on its listening port (a
+    /// lazy dump's page server) is found, past the listening socket, and
+    /// bounded.
+    #[test]
+    fn a_served_connection_of_another_process_is_bounded() {
+        // The "CRIU": listens on a port the kernel picks, accepts one
+        // connection, holds it. Raw syscalls only after fork.
+        let lsk = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: valid socket and address.
+        unsafe {
+            assert_eq!(
+                libc::bind(lsk, &sa as *const _ as *const libc::sockaddr, sa_len),
+                0
+            );
+            assert_eq!(libc::listen(lsk, 1), 0);
+        }
+        // SAFETY: a fresh descriptor we own.
+        let lsk = unsafe { OwnedFd::from_raw_fd(lsk) };
+        let port = local_port(&lsk).unwrap();
+        let raw = lsk.as_raw_fd();
+        // SAFETY: the child only makes syscalls before _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => unsafe {
+                let c = libc::accept(raw, std::ptr::null_mut(), std::ptr::null_mut());
+                libc::sleep(5);
+                libc::close(c);
+                libc::_exit(0);
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(lsk);
+                let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let pid = child.as_raw() as u32;
+                let watch = PageSocket::bound_served(pid, port);
+                // SAFETY: plain syscall; checked below.
+                let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+                assert!(pidfd >= 0);
+                // SAFETY: a new descriptor we own.
+                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+                let want = USER_TIMEOUT.as_millis() as libc::c_int;
+                let bounded = (0..100).any(|_| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let stream = Stream::Served { port };
+                    find_socket(&pidfd, pid, stream, &mut HashSet::new())
+                        .unwrap()
+                        .is_some_and(|sk| get_opt(&sk, libc::TCP_USER_TIMEOUT).unwrap() == want)
+                });
+                drop(watch);
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                assert!(bounded, "the served connection was never bounded");
+            }
+        }
+    }
 
     /// A corked socket in a child process is found by its peer port,
     /// bounded and uncorked: a small write then arrives at once instead of

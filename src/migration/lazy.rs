@@ -72,6 +72,8 @@ pub(super) struct Daemon {
     child: Child,
     images: PathBuf,
     exit: Option<std::process::ExitStatus>,
+    /// Bounds its connection to the source (see criu::page_socket).
+    _stream: crate::criu::page_socket::PageSocket,
 }
 
 impl Daemon {
@@ -98,10 +100,12 @@ impl Daemon {
             });
         }
         let child = cmd.spawn()?;
+        let stream = crate::criu::page_socket::PageSocket::bound_client(child.id(), plan.port);
         let mut d = Daemon {
             child,
             images: plan.images_dir.clone(),
             exit: None,
+            _stream: stream,
         };
         let deadline = Instant::now() + READY;
         while !d.images.join(DAEMON_SOCKET).exists() {
