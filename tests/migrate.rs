@@ -487,3 +487,63 @@ fn ctrl_c_mid_transfer_resumes_a_and_sigterm_on_serve_cleans_b() {
     assert!(w.b.containers().is_empty());
     assert_memory_intact_on_a(&w, &id, &data, &sum);
 }
+
+/// The container's tmpfs contents cross before the freeze: a file in
+/// /dev/shm nobody touches is not sent again after the dump; one the
+/// container keeps rewriting is, as it was at the freeze. Both arrive
+/// intact.
+#[test]
+fn tmpfs_contents_cross_before_the_freeze() {
+    let Some(_g) = serial() else { return };
+    let mut w = World::new("tmpfs", 9);
+    let start = |w: &mut World, name: &str, tick: bool| {
+        let id = w.id(name);
+        let data = w.work.path().join(format!("{name}-data"));
+        std::fs::create_dir_all(&data).unwrap();
+        // Ticking, the count lives in /dev/shm: a copy older than the
+        // freeze would make it go back.
+        let next = if tick {
+            "i=$(($(cat /dev/shm/tick) + 1)); echo $i > /dev/shm/tick"
+        } else {
+            "i=$((i+1))"
+        };
+        let script = format!(
+            "head -c 2097152 /dev/urandom > /dev/shm/big; i=0; echo 0 > /dev/shm/tick; \
+             while :; do {next}; ln -sf $i /data/count.tmp; mv -f /data/count.tmp /data/count; \
+             sleep 0.05; done"
+        );
+        let bundle = w.bundle(name, &["sh", "-c", &script], &data, |_| {});
+        w.a.start(&id, &bundle);
+        let count = data.join("count");
+        wait_counting(&count);
+        let sum = w.a.ok(&["exec", &id, "sha256sum", "/dev/shm/big"]);
+        (id, count, sum)
+    };
+    const BIG: u64 = 2 << 20;
+
+    // Untouched since it was written: sent once, before the freeze.
+    let (id, count, sum) = start(&mut w, "still", false);
+    let r = w.migrate_ok(&w.a, &w.b, &id, &[]);
+    let early = r["bytes"]["early_images"].as_u64().unwrap();
+    let after = r["bytes"]["images"].as_u64().unwrap();
+    assert!(early >= BIG, "{r}");
+    assert!(after < BIG, "the unchanged tmpfs copy was sent again: {r}");
+    assert_eq!(w.b.ok(&["exec", &id, "sha256sum", "/dev/shm/big"]), sum);
+    assert_continues(&count, read_num(&count).unwrap());
+    w.b.ok(&["delete", "-f", &id]);
+
+    // Rewritten until the freeze: sent again after the dump, as frozen.
+    let (id, count, sum) = start(&mut w, "ticking", true);
+    let before = read_num(&count).unwrap();
+    let r = w.migrate_ok(&w.a, &w.b, &id, &[]);
+    assert!(r["bytes"]["early_images"].as_u64().unwrap() >= BIG, "{r}");
+    assert!(r["bytes"]["images"].as_u64().unwrap() >= BIG, "{r}");
+    assert_eq!(w.b.ok(&["exec", &id, "sha256sum", "/dev/shm/big"]), sum);
+    let at = read_num(&count).unwrap();
+    assert!(
+        at >= before,
+        "the count kept in /dev/shm went back: {before} -> {at}"
+    );
+    assert_continues(&count, at);
+    w.b.ok(&["delete", "-f", &id]);
+}

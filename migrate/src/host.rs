@@ -83,6 +83,17 @@ pub trait SourceHost: Send {
     /// network locked, until `resume` or `destroy`.
     fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError>;
 
+    /// Before the final dump, while the container still runs: image files
+    /// the dump will write again into `dir`, made now so that they cross
+    /// the link before the freeze (a copy of tmpfs contents). The dump
+    /// must leave a file it finds unchanged untouched (same mtime and
+    /// ctime): only files it rewrote are sent again after it. `Ok(false)`
+    /// when there is nothing to send early.
+    fn early_images(&mut self, dir: &Path) -> Result<bool, HostError> {
+        let _ = dir;
+        Ok(false)
+    }
+
     /// Rollback: the container runs again exactly where it was.
     fn resume(&mut self) -> Result<(), HostError>;
 

@@ -68,6 +68,9 @@ pub struct DestInfo {
     /// Free bytes where images and the rootfs will be written, if known.
     #[serde(default)]
     pub free_bytes: Option<u64>,
+    /// Takes `EarlyImages` (a destination of an older version does not).
+    #[serde(default)]
+    pub early_images: bool,
 }
 
 /// What it takes to ask the destination about a migration's commit, for

@@ -11,12 +11,15 @@
 //!   [pre-copy: PageServer{Some(i)} ... DumpDone ... per iteration]
 //!   PageServer{None} ────────────────────▶  DestHost::start_page_server
 //!         ◀─────────────────────────────── PageServerReady{port}
+//!   [SourceHost::early_images, when DestInfo.early_images:
+//!    EarlyImages + tree transfer ────────▶  staging dir (images, pass 1)
+//!         ◀─────────────────────────────── TreeOk]
 //!   SourceHost::dump (pages: CRIU ══TLS══▶ CRIU page server)
 //!   DumpDone ────────────────────────────▶  DestHost::finish_page_server
 //!         ◀─────────────────────────────── DumpOk
 //!   [Rootfs{pass 2} + delta] ────────────▶
 //!         ◀─────────────────────────────── TreeOk
-//!   Images + tree transfer ──────────────▶  staging dir
+//!   Images + tree transfer ──────────────▶  staging dir (what changed since pass 1)
 //!         ◀─────────────────────────────── TreeOk
 //!   Restore ─────────────────────────────▶  files into place, DestHost::restore (held)
 //!         ◀─────────────────────────────── Restored{pid}
@@ -96,6 +99,10 @@ pub enum Msg {
     },
     /// The non-memory images follow as a tree transfer.
     Images,
+    /// Image files the source made before the freeze follow as a tree
+    /// transfer (the first pass of the images; `Images` sends what changed
+    /// since). Only to a destination whose preflight says `early_images`.
+    EarlyImages,
     TreeOk {
         stats: ReceiveStats,
     },
@@ -157,6 +164,7 @@ impl Msg {
             Msg::PreflightOk { .. } => "preflight-ok",
             Msg::Rootfs { .. } => "rootfs",
             Msg::Images => "images",
+            Msg::EarlyImages => "early-images",
             Msg::TreeOk { .. } => "tree-ok",
             Msg::PageServer { .. } => "page-server",
             Msg::PageServerReady { .. } => "page-server-ready",

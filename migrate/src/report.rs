@@ -133,11 +133,12 @@ impl Report {
             ms(t.total)
         ));
         out.push(format!(
-            "preflight {}, rootfs pre-copy {}, pre-dump {}, freeze {}, dump {}, memory {}, \
-             rootfs delta {}, images {}, restore {}",
+            "preflight {}, rootfs pre-copy {}, pre-dump {}, early images {}, freeze {}, dump {}, \
+             memory {}, rootfs delta {}, images {}, restore {}",
             ms(t.preflight),
             ms(t.rootfs_precopy),
             ms(t.pre_dump),
+            ms(t.early_images),
             ms(t.freeze),
             ms(t.dump),
             ms(t.memory_transfer),
@@ -146,11 +147,13 @@ impl Report {
             ms(t.restore)
         ));
         out.push(format!(
-            "moved: memory {} ({} pages, {} pre-copied), images {}, rootfs {} + {} delta",
+            "moved: memory {} ({} pages, {} pre-copied), images {} (+ {} before the freeze), \
+             rootfs {} + {} delta",
             human_bytes(self.bytes.memory),
             self.pages.written,
             self.pages.pre_dumped,
             human_bytes(self.bytes.images),
+            human_bytes(self.bytes.early_images),
             human_bytes(self.bytes.rootfs_precopy),
             human_bytes(self.bytes.rootfs_delta)
         ));
@@ -298,6 +301,9 @@ pub struct Timings {
     /// Rootfs delta while frozen.
     #[serde(with = "ms")]
     pub rootfs_delta: Duration,
+    /// Image files sent before the freeze (tmpfs contents).
+    #[serde(with = "ms", default)]
+    pub early_images: Duration,
     /// The non-memory images.
     #[serde(with = "ms")]
     pub image_transfer: Duration,
@@ -321,8 +327,11 @@ pub struct Bytes {
     pub rootfs_precopy: u64,
     /// File content in the rootfs delta.
     pub rootfs_delta: u64,
-    /// Non-memory image files.
+    /// Non-memory image files, after the dump.
     pub images: u64,
+    /// Image files sent before the freeze.
+    #[serde(default)]
+    pub early_images: u64,
     /// Memory pages (pages written x page size), all iterations.
     pub memory: u64,
     /// Everything on the control channel, framing included (memory pages

@@ -129,8 +129,16 @@ impl SourceHost for FakeSource {
         })
     }
 
+    /// A file the dump leaves as it is: it crosses before the freeze only.
+    fn early_images(&mut self, dir: &Path) -> Result<bool, HostError> {
+        std::fs::write(dir.join("early.img"), b"early")?;
+        Ok(true)
+    }
+
     fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
         log(&self.log, "dump");
+        // Made before the freeze, in the images directory of this dump.
+        assert_eq!(std::fs::read(plan.images_dir.join("early.img"))?, b"early");
         assert_eq!(plan.kind, DumpKind::Dump);
         assert!(plan.leave_stopped);
         let frozen_at = Instant::now();
@@ -218,6 +226,7 @@ impl DestHost for FakeDest {
             images_dir: self.root.join("images").join(&info.id),
             bundle_dir: self.root.join("bundles").join(&info.id),
             free_bytes: migrate::host::free_bytes(&self.root),
+            early_images: false,
         })
     }
 
@@ -262,6 +271,9 @@ impl DestHost for FakeDest {
         std::fs::File::open(plan.images_dir.join("pages-1.img"))?.read_to_end(&mut pages)?;
         assert_eq!(pages, self.expect_memory, "memory arrived intact");
         assert_eq!(std::fs::read(plan.images_dir.join("core-1.img"))?, b"core");
+        if !plan.lazy_pages {
+            assert_eq!(std::fs::read(plan.images_dir.join("early.img"))?, b"early");
+        }
         let cfg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(plan.bundle_dir.join("config.json"))?)?;
         log(&self.log, format!("config root {}", cfg["root"]["path"]));
@@ -458,6 +470,8 @@ fn stop_copy_with_shipped_rootfs_succeeds() {
     assert_eq!(report.not_used.len(), 2, "{:?}", report.not_used);
     assert!(report.bytes.rootfs_precopy >= 300_000);
     assert_eq!(report.bytes.rootfs_delta, "changed at dump".len() as u64);
+    // The early image is not sent again: the dump left it as it was.
+    assert_eq!(report.bytes.early_images, 5);
     assert_eq!(report.bytes.images, 8);
     assert_eq!(report.pages.written, 1_000_000 / 4096);
     assert!(report.timings.downtime > Duration::ZERO);

@@ -343,6 +343,7 @@ impl DestHost for RealDest {
             images_dir: self.root.join("images").join(&info.id),
             bundle_dir: self.root.join("bundles").join(&info.id),
             free_bytes: migrate::host::free_bytes(&self.root),
+            early_images: false,
         })
     }
 

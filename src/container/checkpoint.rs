@@ -289,6 +289,12 @@ impl DumpHandler<'_, '_> {
         let listed = |key: &str| self.tmpfs.iter().any(|t| t.key == key);
         let now =
             tmpfs_image::collect(pid, listed, Some(&mut sink)).map_err(criu::HandlerError::new)?;
+        sink.finish().map_err(|e| {
+            criu::HandlerError::from(format!(
+                "cannot write {}: {e}",
+                self.images.join(tmpfs_image::TMPFS_DATA_FILE).display()
+            ))
+        })?;
         if let Some(t) = self
             .tmpfs
             .iter()
@@ -620,6 +626,20 @@ impl Dump<'_> {
         unmarked?;
         run.unlocked?;
         Ok(())
+    }
+}
+
+impl Container {
+    /// Copies the content of the container's tmpfs mounts into `images`
+    /// while it runs, ahead of a dump into the same directory (see
+    /// `tmpfs_image::copy_ahead`): what a migration sends before the
+    /// freeze. Whether there was any.
+    pub fn copy_tmpfs_ahead(&self, images: &Path) -> Result<bool> {
+        self.require(
+            &[Status::Running],
+            "only a running container's tmpfs is copied ahead",
+        )?;
+        tmpfs_image::copy_ahead(self.state.pid, images)
     }
 }
 

@@ -160,35 +160,100 @@ fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
 
 /// Where the content of listed files goes while the tree is frozen; before
 /// the freeze there is none, and files are listed with their size only.
+///
+/// A data file already in the images directory (a migration sends a copy
+/// made before the freeze ahead of the dump) is compared as the content
+/// comes, and left untouched as long as it holds the same bytes: a file
+/// nobody changed since is not sent again. From the first difference on,
+/// the content is written over it.
 pub struct DataSink {
     file: File,
     len: u64,
+    /// Length of the data file found there.
+    earlier: u64,
+    /// Every byte so far equals the data file found there.
+    same: bool,
 }
+
+/// Bytes compared at a time.
+const COMPARE_CHUNK: usize = 256 << 10;
 
 impl DataSink {
     pub fn create(images: &Path) -> std::io::Result<DataSink> {
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(images.join(TMPFS_DATA_FILE))?;
-        Ok(DataSink { file, len: 0 })
+        let earlier = file.metadata()?.len();
+        Ok(DataSink {
+            file,
+            len: 0,
+            earlier,
+            same: earlier > 0,
+        })
     }
 
     /// Appends `len` bytes of `src`; its offset.
-    fn append(&mut self, src: File, len: u64) -> std::io::Result<u64> {
+    fn append(&mut self, mut src: File, len: u64) -> std::io::Result<u64> {
         use std::io::Read;
         let offset = self.len;
-        // std's copy uses copy_file_range/sendfile between files.
-        let copied = std::io::copy(&mut src.take(len), &mut self.file)?;
-        if copied != len {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{copied} of {len} bytes read"),
-            ));
+        let mut done = 0;
+        if self.same {
+            done = self.matching(&mut src, offset, len)?;
+            if done < len {
+                self.same = false;
+                // Compared chunks were read: go back to the first one
+                // that differs.
+                src.seek(SeekFrom::Start(done))?;
+            }
+        }
+        if done < len {
+            self.file.seek(SeekFrom::Start(offset + done))?;
+            // std's copy uses copy_file_range/sendfile between files.
+            let copied = std::io::copy(&mut (&mut src).take(len - done), &mut self.file)?;
+            if copied != len - done {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} of {len} bytes read", done + copied),
+                ));
+            }
         }
         self.len += len;
         Ok(offset)
+    }
+
+    /// How many of `src`'s first `len` bytes equal the data file's at
+    /// `offset`, in whole chunks: a chunk that differs counts as none.
+    fn matching(&mut self, src: &mut File, offset: u64, len: u64) -> std::io::Result<u64> {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        if offset + len > self.earlier {
+            return Ok(0);
+        }
+        let mut a = vec![0u8; COMPARE_CHUNK.min(len as usize)];
+        let mut b = vec![0u8; a.len()];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(a.len() as u64) as usize;
+            src.read_exact(&mut a[..n])?;
+            self.file.read_exact_at(&mut b[..n], offset + done)?;
+            if a[..n] != b[..n] {
+                return Ok(done);
+            }
+            done += n as u64;
+        }
+        Ok(done)
+    }
+
+    /// Ends the data file at what was appended: untouched when it held
+    /// the same bytes already.
+    pub fn finish(self) -> std::io::Result<()> {
+        if !(self.same && self.len == self.earlier) {
+            self.file.set_len(self.len)?;
+        }
+        Ok(())
     }
 }
 
@@ -322,6 +387,23 @@ pub fn collect(
         }
     }
     Ok(out)
+}
+
+/// Copies the content of the tmpfs mounts of the running container `pid`
+/// into `images` ahead of a dump, which later finds the copy and leaves it
+/// untouched where nothing changed (see [`DataSink`]). Whether any content
+/// was copied.
+pub fn copy_ahead(pid: i32, images: &Path) -> Result<bool> {
+    let path = images.join(TMPFS_DATA_FILE);
+    let mut sink = DataSink::create(images).map_err(io(format!("writing {}", path.display())))?;
+    collect(pid, |_| true, Some(&mut sink))?;
+    let copied = sink.len > 0;
+    sink.finish()
+        .map_err(io(format!("writing {}", path.display())))?;
+    if !copied {
+        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+    }
+    Ok(copied)
 }
 
 pub fn write(images: &Path, list: &[Tmpfs]) -> Result<()> {
@@ -557,6 +639,56 @@ mod tests {
         for (offset, len) in [(8, 3), (11, 1), (u64::MAX, 1)] {
             assert!(copy(offset, len).is_err(), "{offset} {len}");
         }
+    }
+
+    /// A data file already there with the same bytes is left untouched
+    /// (its mtime and ctime stay, so a migration does not send it again);
+    /// one that differs anywhere, or in length, ends up with the new bytes.
+    #[test]
+    fn an_equal_data_file_is_left_untouched_and_a_changed_one_rewritten() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("a"), &big).unwrap();
+        std::fs::write(src.join("b"), b"tail").unwrap();
+        let run = || {
+            let mut sink = DataSink::create(dir.path()).unwrap();
+            for name in ["a", "b"] {
+                let f = File::open(src.join(name)).unwrap();
+                let len = f.metadata().unwrap().len();
+                sink.append(f, len).unwrap();
+            }
+            sink.finish().unwrap();
+            let data = dir.path().join(TMPFS_DATA_FILE);
+            let md = std::fs::metadata(&data).unwrap();
+            (
+                std::fs::read(&data).unwrap(),
+                (md.mtime(), md.mtime_nsec(), md.ctime_nsec()),
+            )
+        };
+        let mut want = big.clone();
+        want.extend_from_slice(b"tail");
+        let (first, stamp) = run();
+        assert_eq!(first, want);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (again, same_stamp) = run();
+        assert_eq!(again, want);
+        assert_eq!(same_stamp, stamp, "an equal data file was written");
+        // One byte in the second chunk of the first file.
+        let mut changed = big.clone();
+        changed[300_000] ^= 0xff;
+        std::fs::write(src.join("a"), &changed).unwrap();
+        let (got, new_stamp) = run();
+        let mut want2 = changed.clone();
+        want2.extend_from_slice(b"tail");
+        assert_eq!(got, want2);
+        assert_ne!(new_stamp, stamp);
+        // Shorter: the old tail goes.
+        std::fs::write(src.join("a"), b"short").unwrap();
+        let (got, _) = run();
+        assert_eq!(got, b"shorttail");
     }
 
     #[test]

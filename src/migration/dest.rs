@@ -407,6 +407,8 @@ impl DestHost for Receiver {
             )),
             bundle_dir: self.opts.bundle_dir.join(&self.id),
             free_bytes: migrate::host::free_bytes(&self.opts.images_dir),
+            // The session says what its protocol takes.
+            early_images: false,
         })
     }
 

@@ -492,6 +492,10 @@ impl SourceHost for ContainerSource {
         self.id.clone()
     }
 
+    fn early_images(&mut self, dir: &Path) -> Result<bool, HostError> {
+        Ok(self.load()?.copy_tmpfs_ahead(dir)?)
+    }
+
     fn preflight(&mut self) -> Result<SourceInfo, HostError> {
         let c = self.load()?;
         let status = c.status();

@@ -345,6 +345,7 @@ fn receive(
         rootfs_mode: RootfsMode::Shared,
         created: Vec::new(),
         rootfs_rx: None,
+        images_rx: None,
         page_server: None,
         predumps: 0,
         final_dumped: false,

@@ -27,6 +27,9 @@ pub(super) struct Session<'a> {
     /// Paths this migration created, removed on abort (last first).
     pub(super) created: Vec<PathBuf>,
     pub(super) rootfs_rx: Option<TreeReceiver>,
+    /// The images' first pass (sent before the freeze), until the rest
+    /// arrives after the dump.
+    pub(super) images_rx: Option<TreeReceiver>,
     pub(super) page_server: Option<PageServer>,
     pub(super) predumps: u32,
     pub(super) final_dumped: bool,
@@ -100,6 +103,16 @@ impl Session<'_> {
                         .finish_page_server(&ps, t.work)
                         .map_err(Error::host("waiting for the page server"))?;
                     ch.send(&Msg::DumpOk)?;
+                }
+                // While the final dump's page server waits for the freeze.
+                Msg::EarlyImages
+                    if self.final_dumped
+                        && self.page_server.is_some()
+                        && self.images_rx.is_none()
+                        && !self.images_done =>
+                {
+                    let stats = self.receive_early_images(ch)?;
+                    ch.send(&Msg::TreeOk { stats })?;
                 }
                 // Post-copy's lazy dump sends no pages before its images.
                 Msg::Images
@@ -181,6 +194,10 @@ impl Session<'_> {
         }
         self.rootfs_mode = rootfs;
         self.source = Some(info);
+        let dest = DestInfo {
+            early_images: true,
+            ..dest
+        };
         self.dest = Some(dest.clone());
         Ok(dest)
     }
@@ -242,13 +259,28 @@ impl Session<'_> {
         Ok(ps.port)
     }
 
+    /// The images' first pass, staged until the rest arrives.
+    fn receive_early_images(
+        &mut self,
+        ch: &mut Channel,
+    ) -> Result<crate::files::ReceiveStats, Error> {
+        let dir = self.dest().images_dir.join(mode::FINAL_DIR);
+        let rx = self
+            .images_rx
+            .insert(TreeReceiver::new(&dir, self.shared.cfg.limits)?);
+        Ok(rx.receive(ch, &mut |_| {})?)
+    }
+
     fn receive_images(&mut self, ch: &mut Channel) -> Result<crate::files::ReceiveStats, Error> {
         let dir = self.dest().images_dir.join(mode::FINAL_DIR);
         if !self.final_dumped {
             // Post-copy: no page server made it.
             std::fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
         }
-        let mut rx = TreeReceiver::new(&dir, self.shared.cfg.limits)?;
+        let mut rx = match self.images_rx.take() {
+            Some(rx) => rx,
+            None => TreeReceiver::new(&dir, self.shared.cfg.limits)?,
+        };
         let stats = rx.receive(ch, &mut |_| {})?;
         rx.commit_merge()?;
         self.images_done = true;
@@ -298,6 +330,7 @@ impl Session<'_> {
 
     pub(super) fn abort(&mut self) {
         self.rootfs_rx = None;
+        self.images_rx = None;
         if let Some(h) = self.host.as_deref_mut() {
             if let Err(e) = h.abort() {
                 warn!(container = %self.id, error = %e, "abort on the destination host failed");

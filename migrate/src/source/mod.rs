@@ -174,6 +174,7 @@ pub fn migrate(
         commit_sent: false,
         memory_estimate: 0,
         serving: None,
+        early: None,
     };
     run.report.migration_id = run.migration_id.clone();
     let result = run.steps();
@@ -225,6 +226,9 @@ struct Run<'a> {
     memory_estimate: u64,
     /// Post-copy, once the destination may run a copy.
     serving: Option<postcopy::Serving>,
+    /// What the early images pass sent: the images pass after the dump
+    /// sends what changed since.
+    early: Option<Manifest>,
 }
 
 impl Run<'_> {
@@ -513,6 +517,9 @@ impl Run<'_> {
         let target = self.page_server(None)?;
         let (plan, _) = mode::final_dump_plans(iterations, self.route(work, dest, target));
         std::fs::create_dir_all(&plan.images_dir).map_err(Error::io("create", &plan.images_dir))?;
+        if dest.early_images {
+            self.ship_early_images(&plan.images_dir)?;
+        }
         self.check()?;
         let called = Instant::now();
         self.dump_called = true;
@@ -528,6 +535,34 @@ impl Run<'_> {
         self.dump_done(out.pages_written)
     }
 
+    /// Image files the host makes before the freeze, as the first pass of
+    /// the images (the container still runs).
+    fn ship_early_images(&mut self, dir: &Path) -> Result<(), Error> {
+        let t = Instant::now();
+        if !self
+            .host
+            .early_images(dir)
+            .map_err(Error::host("early images"))?
+        {
+            return Ok(());
+        }
+        self.send(&Msg::EarlyImages)?;
+        let opts = SendOptions {
+            compression: self.cfg.compression,
+            ..SendOptions::default()
+        };
+        let ch = self.ch.as_mut().expect("connected");
+        let (manifest, stats) = files::send_tree(ch, dir, None, &opts, &mut |_| {})?;
+        match self.recv(self.cfg.timeouts.work)? {
+            Msg::TreeOk { .. } => {}
+            m => return Err(unexpected("tree-ok", &m)),
+        }
+        self.early = Some(manifest);
+        self.report.bytes.early_images = stats.bytes;
+        self.report.timings.early_images = t.elapsed();
+        Ok(())
+    }
+
     fn ship_images(&mut self, dir: &Path) -> Result<(), Error> {
         self.phase(Phase::Images);
         let t = Instant::now();
@@ -539,7 +574,7 @@ impl Run<'_> {
         };
         let ch = self.ch.as_mut().expect("connected");
         let mut meter = Meter::new(Phase::Images, None, self.progress);
-        let sent = files::send_tree(ch, dir, None, &opts, &mut |n| meter.add(n));
+        let sent = files::send_tree(ch, dir, self.early.as_ref(), &opts, &mut |n| meter.add(n));
         meter.finish();
         let (_, stats) = sent?;
         match self.recv(self.cfg.timeouts.work)? {
