@@ -1,7 +1,7 @@
 //! Fidelity: one container holding every kind of state ferry promises to
 //! carry (stdio, a unix socket pair, an flock'd file, an interval timer and
 //! a sleep in progress, a 3-process tree, an established TCP connection
-//! through its veth) goes through a local checkpoint/restore and each
+//! through its veth, files in its /dev/shm) goes through a local checkpoint/restore and each
 //! migration mode, and every property is checked after (the workload,
 //! tests/support/fidelity.c, checks them from inside; the test checks
 //! stdout's sequence and the lock from outside).
@@ -80,7 +80,7 @@ fn status(data: &Path) -> Option<Status> {
             }
         }
     }
-    (st.props.len() == 7).then_some(st)
+    (st.props.len() == 8).then_some(st)
 }
 
 /// Waits until the workload ran `beats` beats and finished `sleeps` sleeps

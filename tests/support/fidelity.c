@@ -24,6 +24,10 @@
  *    no child ever dies.
  *  - tcp: a TCP connection to PEER_ADDR:PEER_PORT (an echo server outside
  *    the container); each beat N goes out and must come back.
+ *  - tmpfs: /dev/shm/fidelity holds 1 MiB written at start (checked every
+ *    50 beats), and /dev/shm/fidelity-beat the last beat: each beat reads
+ *    the one before back, then writes its own (a copy of the tmpfs older
+ *    than the freeze would make it go back).
  *
  * DIR/status (written beside and renamed, every beat) holds one line per
  * property, "NAME ok DETAIL" or "NAME failed WHY" (the first failure
@@ -51,8 +55,23 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { STDIO, SOCKPAIR, FLOCK, ITIMER, SLEEP, TREE, TCP, NPROP };
-static const char *names[NPROP] = {"stdio", "socketpair", "flock", "itimer", "sleep", "tree", "tcp"};
+enum { STDIO, SOCKPAIR, FLOCK, ITIMER, SLEEP, TREE, TCP, TMPFS, NPROP };
+static const char *names[NPROP] = {"stdio", "socketpair", "flock", "itimer", "sleep", "tree", "tcp", "tmpfs"};
+
+#define SHM_BIG "/dev/shm/fidelity"
+#define SHM_BEAT "/dev/shm/fidelity-beat"
+#define SHM_LEN (1 << 20)
+
+/* The big file's content: a fixed pseudo-random sequence. */
+static void shm_pattern(unsigned char *buf) {
+	uint32_t x = 2463534242u;
+	for (size_t i = 0; i < SHM_LEN; i++) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		buf[i] = (unsigned char)x;
+	}
+}
 
 /* Shared by the three processes. */
 struct shared {
@@ -235,6 +254,12 @@ int main(int argc, char **argv) {
 	struct itimerval it = {{0, 50000}, {0, 50000}};
 	setitimer(ITIMER_REAL, &it, NULL);
 
+	static unsigned char want[SHM_LEN], got[SHM_LEN];
+	shm_pattern(want);
+	int big = open(SHM_BIG, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (big < 0 || write_full(big, want, SHM_LEN) < 0) fail(TMPFS, "write %s: %s", SHM_BIG, strerror(errno));
+	if (big >= 0) close(big);
+
 	/* The child and the grandchild report in before the first status (the
 	 * grandchild can be first: the child records itself after the fork). */
 	for (int i = 0; i < 500 && (!sh->grand_pid || !sh->child_pid); i++) usleep(10000);
@@ -315,6 +340,32 @@ int main(int argc, char **argv) {
 				close(tcp);
 				tcp = -1;
 			}
+		}
+
+		/* tmpfs: the beat written last time is there; the big file intact. */
+		if (!failed[TMPFS][0]) {
+			char text[32] = {0};
+			int f = open(SHM_BEAT, O_RDONLY | O_CLOEXEC);
+			if (f >= 0) {
+				ssize_t r = read(f, text, sizeof text - 1);
+				close(f);
+				if (r < 0) fail(TMPFS, "read %s: %s", SHM_BEAT, strerror(errno));
+				else if (beat > 1 && strtoull(text, NULL, 10) != beat - 1)
+					fail(TMPFS, "%s holds %s, the last beat was %llu", SHM_BEAT, text, (unsigned long long)(beat - 1));
+			} else if (beat > 1) fail(TMPFS, "open %s: %s", SHM_BEAT, strerror(errno));
+			char tmp[] = SHM_BEAT ".tmp";
+			f = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+			int n = snprintf(text, sizeof text, "%llu", (unsigned long long)beat);
+			if (f < 0 || write_full(f, text, (size_t)n) < 0) fail(TMPFS, "write %s: %s", tmp, strerror(errno));
+			if (f >= 0) close(f);
+			if (rename(tmp, SHM_BEAT) < 0) fail(TMPFS, "rename to %s: %s", SHM_BEAT, strerror(errno));
+			if (beat % 50 == 0) {
+				int b = open(SHM_BIG, O_RDONLY | O_CLOEXEC);
+				if (b < 0 || read_full(b, got, SHM_LEN, 1000) < 0) fail(TMPFS, "read %s: %s", SHM_BIG, strerror(errno));
+				else if (memcmp(got, want, SHM_LEN) != 0) fail(TMPFS, "%s changed", SHM_BIG);
+				if (b >= 0) close(b);
+			}
+			snprintf(detail[TMPFS], sizeof detail[TMPFS], "beat=%llu", (unsigned long long)beat);
 		}
 
 		write_status(dir, beat);

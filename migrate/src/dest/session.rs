@@ -104,10 +104,12 @@ impl Session<'_> {
                         .map_err(Error::host("waiting for the page server"))?;
                     ch.send(&Msg::DumpOk)?;
                 }
-                // While the final dump's page server waits for the freeze.
+                // Before the final dump: while its page server waits for
+                // the freeze, or (post-copy) before the lazy dump.
                 Msg::EarlyImages
-                    if self.final_dumped
-                        && self.page_server.is_some()
+                    if self.dest.is_some()
+                        && (self.final_dumped == self.page_server.is_some())
+                        && (self.final_dumped || self.predumps == 0)
                         && self.images_rx.is_none()
                         && !self.images_done =>
                 {
@@ -265,6 +267,10 @@ impl Session<'_> {
         ch: &mut Channel,
     ) -> Result<crate::files::ReceiveStats, Error> {
         let dir = self.dest().images_dir.join(mode::FINAL_DIR);
+        if !self.final_dumped {
+            // Post-copy: no page server made it.
+            std::fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
+        }
         let rx = self
             .images_rx
             .insert(TreeReceiver::new(&dir, self.shared.cfg.limits)?);
@@ -273,8 +279,8 @@ impl Session<'_> {
 
     fn receive_images(&mut self, ch: &mut Channel) -> Result<crate::files::ReceiveStats, Error> {
         let dir = self.dest().images_dir.join(mode::FINAL_DIR);
-        if !self.final_dumped {
-            // Post-copy: no page server made it.
+        if !self.final_dumped && self.images_rx.is_none() {
+            // Post-copy: no page server made it (nor an early images pass).
             std::fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
         }
         let mut rx = match self.images_rx.take() {

@@ -86,6 +86,9 @@ impl Run<'_> {
             self.cfg.security.paths(),
         );
         std::fs::create_dir_all(&plan.images_dir).map_err(Error::io("create", &plan.images_dir))?;
+        if dest.early_images {
+            self.ship_early_images(&plan.images_dir)?;
+        }
         self.phase(Phase::Dump);
         self.check()?;
         let called = Instant::now();
