@@ -180,12 +180,21 @@ const COMPARE_CHUNK: usize = 256 << 10;
 
 impl DataSink {
     pub fn create(images: &Path) -> std::io::Result<DataSink> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never through a link an image directory may hold.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(images.join(TMPFS_DATA_FILE))?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{TMPFS_DATA_FILE} is not a regular file"),
+            ));
+        }
         let earlier = file.metadata()?.len();
         Ok(DataSink {
             file,
