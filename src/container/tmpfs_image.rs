@@ -181,14 +181,24 @@ const COMPARE_CHUNK: usize = 256 << 10;
 impl DataSink {
     pub fn create(images: &Path) -> std::io::Result<DataSink> {
         use std::os::unix::fs::OpenOptionsExt;
-        // Never through a link an image directory may hold.
+        let path = images.join(TMPFS_DATA_FILE);
+        // Never through a link or a device node an image directory may hold.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if !m.is_file() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{TMPFS_DATA_FILE} is not a regular file"),
+                ))
+            }
+            _ => {}
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(images.join(TMPFS_DATA_FILE))?;
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)?;
         if !file.metadata()?.is_file() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
