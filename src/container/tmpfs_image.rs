@@ -711,6 +711,25 @@ mod tests {
     }
 
     #[test]
+    fn a_data_file_that_is_a_link_or_a_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        let images = dir.path().join("img");
+        std::fs::create_dir(&images).unwrap();
+        std::os::unix::fs::symlink(&target, images.join(TMPFS_DATA_FILE)).unwrap();
+        assert!(DataSink::create(&images).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        std::fs::remove_file(images.join(TMPFS_DATA_FILE)).unwrap();
+        nix::unistd::mkfifo(
+            &images.join(TMPFS_DATA_FILE),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert!(DataSink::create(&images).is_err());
+    }
+
+    #[test]
     fn only_plain_relative_paths_are_made() {
         assert!(plain("pts"));
         assert!(plain("a/b"));
