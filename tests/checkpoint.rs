@@ -331,24 +331,36 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
 
 /// A checkpoint of a namespace ferry keeps takes no firewall lock of CRIU's
 /// inside it, and the restore that makes the veth again holds its traffic
-/// by keeping the host end down until CRIU unlocks the network: the
-/// createRuntime hook, which runs right after the pair is made, sees it
-/// down; the restored server answers. With `--network-lock skip` nothing
-/// is held.
+/// itself until CRIU unlocks the network: by keeping the host end down (a
+/// watcher in the host's namespace sees it so while the restore runs), or,
+/// for a container with prestart/createRuntime hooks (which may need the
+/// host end up), with its firewall lock (the createRuntime hook sees the
+/// host end up and ferry's table in place). With `--network-lock skip`
+/// nothing is held. The restored server answers every time.
 #[test]
-fn restored_veth_is_held_down_until_criu_unlocks() {
+fn restored_veth_is_held_until_criu_unlocks() {
     let Some(_g) = criu_lock() else { return };
     let host = NetNs::new("vethhold");
     let env = Env::new("vethhold");
     env.set_netns(&host.name);
     let id = env.id("srv");
     let tag = format!("{}", std::process::id() % 10000);
-    let log = env.work.path().join("link.log");
-    let hook = json!({"path": "/bin/sh", "args": ["sh", "-c", format!(
-        "/usr/sbin/ip -o link show dev fh{tag} >> {}", log.display())]});
-    let bundle = veth_bundle(&env, "b", 8, ECHO_SERVER, |v| {
-        v["hooks"] = json!({ "createRuntime": [hook] });
-    });
+    let hook_log = env.work.path().join("hook.log");
+    let bundle = veth_bundle(&env, "b", 8, ECHO_SERVER, |_| {});
+    let set_hook = |on: bool| {
+        let cfg = bundle.join("config.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v["hooks"] = if on {
+            let script = format!(
+                "{{ /usr/sbin/ip -o link show dev fh{tag}; /usr/sbin/nft list tables; echo end; }} >> {}",
+                hook_log.display()
+            );
+            json!({ "createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", script]}] })
+        } else {
+            Value::Null
+        };
+        std::fs::write(&cfg, v.to_string()).unwrap();
+    };
     env.run_detached(&bundle, &id);
     let echo = || {
         host.command(&["sh", "-c", "echo hi | busybox nc -w 2 10.77.8.2 7000"])
@@ -357,11 +369,13 @@ fn restored_veth_is_held_down_until_criu_unlocks() {
             .unwrap_or_default()
     };
     assert!(wait_until(Duration::from_secs(5), || echo() == "hi\n"));
-    let last_line = || {
-        let text = std::fs::read_to_string(&log).unwrap();
-        text.lines().last().unwrap().to_string()
+    let last_hook_run = || {
+        let text = std::fs::read_to_string(&hook_log).unwrap();
+        let runs: Vec<&str> = text.split("end\n").filter(|r| !r.is_empty()).collect();
+        runs.last().unwrap().to_string()
     };
-    for (round, lock, held) in [(1, "nftables", true), (2, "skip", false)] {
+    for (round, lock, hooks) in [(1, "nftables", false), (2, "nftables", true), (3, "skip", true)] {
+        set_hook(hooks);
         let images = env.work.path().join(format!("img{round}"));
         env.ok(&checkpoint_args(&images, &[], &id));
         assert!(images.join("ferry-netns.json").exists());
@@ -370,17 +384,36 @@ fn restored_veth_is_held_down_until_criu_unlocks() {
         let inv: Value =
             serde_json::from_str(&env.ok(&["inspect", "--format", "json", s(&images)])).unwrap();
         assert_eq!(inv["network_lock_method"], "skip");
-        env.ok(&restore_args(
-            &bundle,
-            &images,
-            &["--network-lock", lock],
-            &id,
-        ));
-        let at_hook = last_line();
-        assert_eq!(!at_hook.contains(",UP"), held, "{lock}: {at_hook}");
+        // Watches the host end while the restore runs.
+        let watch_log = env.work.path().join(format!("watch{round}.log"));
+        let mut watcher = host
+            .command(&[
+                "sh",
+                "-c",
+                &format!("while :; do ip -o link show dev fh{tag} 2>/dev/null; done > {}", watch_log.display()),
+            ])
+            .spawn()
+            .unwrap();
+        env.ok(&restore_args(&bundle, &images, &["--network-lock", lock], &id));
+        let _ = watcher.kill();
+        let _ = watcher.wait();
+        if !hooks && lock != "skip" {
+            // Down from its creation to CRIU's unlock (a pair made up
+            // is down for well under a millisecond: one sample at most).
+            let seen = std::fs::read_to_string(&watch_log).unwrap();
+            let down = seen.lines().filter(|l| !l.contains(",UP")).count();
+            assert!(down >= 2, "the host end was not held down: {seen}");
+        }
+        if hooks {
+            let at_hook = last_hook_run();
+            assert!(at_hook.contains(",UP"), "{lock}: {at_hook}");
+            assert_eq!(at_hook.contains("ferry_lock"), lock != "skip", "{lock}: {at_hook}");
+        }
         let now = host.exec(&["ip", "-o", "link", "show", "dev", &format!("fh{tag}")]);
         let now = String::from_utf8_lossy(&now.stdout);
         assert!(now.contains(",UP"), "{lock}: {now}");
+        let tables = host.exec(&["nft", "list", "tables"]);
+        assert!(!String::from_utf8_lossy(&tables.stdout).contains("ferry_lock"));
         assert_eq!(echo(), "hi\n", "{lock}");
     }
     env.ok(&["delete", "--force", &id]);

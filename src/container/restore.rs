@@ -129,11 +129,19 @@ struct RestoreHandler<'a, 'h> {
 }
 
 impl RestoreHandler<'_, '_> {
+    /// Lets the container's traffic through: the host end up, ferry's
+    /// lock removed.
     fn unlock(&mut self) -> network::Result<()> {
         if let (true, Some(v)) = (self.held, self.veth) {
             network::release_host_end(v)?;
             self.held = false;
         }
+        self.remove_lock()
+    }
+
+    /// Removes ferry's lock only: after a failed restore the host end
+    /// stays down while the pair is removed.
+    fn remove_lock(&mut self) -> network::Result<()> {
         if let (true, Some(v)) = (self.locked, self.veth) {
             network::unlock(v, self.method)?;
             self.locked = false;
@@ -150,8 +158,21 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
             Notify::SetupNamespaces { pid } => {
                 self.pid = Some(pid);
                 if let (true, Some(v)) = (self.create_veth, self.veth) {
+                    let hooks = self.state.config.hooks().as_ref();
+                    let has_hooks = hooks.is_some_and(|h| {
+                        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+                            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+                    });
                     if self.method == LockMethod::Skip {
                         network::create(v, pid).map_err(|x| e(&x))?;
+                    } else if has_hooks {
+                        // Hooks that run now may need the host end up
+                        // (a route through it): ferry's firewall lock
+                        // holds the traffic instead.
+                        network::create(v, pid).map_err(|x| e(&x))?;
+                        self.veth_made = true;
+                        network::lock(v, self.method).map_err(|x| e(&x))?;
+                        self.locked = true;
                     } else {
                         network::create_held(v, pid).map_err(|x| e(&x))?;
                         self.held = true;
@@ -444,7 +465,11 @@ fn restore_tree(
             Ok(())
         },
     );
-    let unlocked = handler.unlock();
+    let unlocked = if result.is_ok() {
+        handler.unlock()
+    } else {
+        handler.remove_lock()
+    };
     let (seen_pid, veth_made) = (handler.pid, handler.veth_made);
     let veth = veth.cloned();
     claim.rollback.pid = seen_pid;

@@ -150,8 +150,25 @@ fn open_at(dir: &impl AsFd, name: &CString, flags: libc::c_int) -> std::io::Resu
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn open_file_at(dir: &impl AsFd, name: &CString) -> std::io::Result<File> {
-    open_at(dir, name, libc::O_RDONLY | libc::O_NOCTTY).map(File::from)
+/// Opens the regular file `name` that `st` described, or fails if
+/// something else took its place since (a running container's tmpfs can
+/// change under the listing: a FIFO would block the read, a device node
+/// would be read from the host).
+fn open_file_at(dir: &impl AsFd, name: &CString, st: &libc::stat) -> std::io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let f = File::from(open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
+    )?);
+    let m = f.metadata()?;
+    if !m.is_file() || m.ino() != st.st_ino || m.dev() != st.st_dev {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Other,
+            format!("{} changed while it was read", name.to_string_lossy()),
+        ));
+    }
+    Ok(f)
 }
 
 fn open_dir_at(dir: &impl AsFd, name: &CString) -> std::io::Result<OwnedFd> {
@@ -171,6 +188,8 @@ pub struct DataSink {
     len: u64,
     /// Length of the data file found there.
     earlier: u64,
+    /// Its modification time: a rewritten file must not keep it.
+    earlier_mtime: Option<std::time::SystemTime>,
     /// Every byte so far equals the data file found there.
     same: bool,
 }
@@ -199,17 +218,19 @@ impl DataSink {
             .truncate(false)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)?;
-        if !file.metadata()?.is_file() {
+        let m = file.metadata()?;
+        if !m.is_file() || std::os::unix::fs::MetadataExt::nlink(&m) != 1 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("{TMPFS_DATA_FILE} is not a regular file"),
+                format!("{TMPFS_DATA_FILE} is not a regular file of its own"),
             ));
         }
-        let earlier = file.metadata()?.len();
+        let earlier = m.len();
         Ok(DataSink {
             file,
             len: 0,
             earlier,
+            earlier_mtime: m.modified().ok(),
             same: earlier > 0,
         })
     }
@@ -269,8 +290,17 @@ impl DataSink {
     /// Ends the data file at what was appended: untouched when it held
     /// the same bytes already.
     pub fn finish(self) -> std::io::Result<()> {
-        if !(self.same && self.len == self.earlier) {
-            self.file.set_len(self.len)?;
+        if self.same && self.len == self.earlier {
+            return Ok(());
+        }
+        self.file.set_len(self.len)?;
+        // A sender that skips files whose times and size did not change
+        // must see this one as changed, even where timestamps are coarse.
+        if let Some(t) = self.earlier_mtime {
+            if self.file.metadata()?.modified().ok() == Some(t) {
+                self.file
+                    .set_modified(t + std::time::Duration::from_micros(1))?;
+            }
         }
         Ok(())
     }
@@ -315,7 +345,7 @@ fn list(
             libc::S_IFREG if st.st_nlink == 1 && !other_mount => {
                 let len = st.st_size as u64;
                 let offset = match sink.as_deref_mut() {
-                    Some(sink) => sink.append(open_file_at(&dir, &name)?, len)?,
+                    Some(sink) => sink.append(open_file_at(&dir, &name, &st)?, len)?,
                     None => 0,
                 };
                 Kind::Data {
@@ -412,17 +442,33 @@ pub fn collect(
 /// into `images` ahead of a dump, which later finds the copy and leaves it
 /// untouched where nothing changed (see [`DataSink`]). Whether any content
 /// was copied.
+///
+/// Best effort: the container runs and may change its tmpfs meanwhile (a
+/// file removed, truncated or replaced); the dump copies it again anyway,
+/// so a failure here only means nothing is sent early.
 pub fn copy_ahead(pid: i32, images: &Path) -> Result<bool> {
     let path = images.join(TMPFS_DATA_FILE);
-    let mut sink = DataSink::create(images).map_err(io(format!("writing {}", path.display())))?;
-    collect(pid, |_| true, Some(&mut sink))?;
-    let copied = sink.len > 0;
-    sink.finish()
-        .map_err(io(format!("writing {}", path.display())))?;
-    if !copied {
-        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+    let copied = (|| -> Result<bool> {
+        let mut sink =
+            DataSink::create(images).map_err(io(format!("writing {}", path.display())))?;
+        collect(pid, |_| true, Some(&mut sink))?;
+        let copied = sink.len > 0;
+        sink.finish()
+            .map_err(io(format!("writing {}", path.display())))?;
+        Ok(copied)
+    })();
+    match copied {
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            let _ = std::fs::remove_file(&path);
+            Ok(false)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "tmpfs contents not copied ahead: the dump copies them");
+            let _ = std::fs::remove_file(&path);
+            Ok(false)
+        }
     }
-    Ok(copied)
 }
 
 pub fn write(images: &Path, list: &[Tmpfs]) -> Result<()> {
@@ -482,12 +528,29 @@ fn plain(p: &str) -> bool {
 /// The data file of `images` (None when no listed file has content), to
 /// pass to [`make`].
 pub fn open_data(images: &Path) -> Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = images.join(TMPFS_DATA_FILE);
-    match File::open(&path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+    // An image directory (an import, a migration peer's) may hold a link
+    // or a FIFO in its place: neither is read.
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    let is_file = f
+        .metadata()
+        .map_err(io(format!("reading {}", path.display())))?
+        .is_file();
+    if !is_file {
+        return Err(io(format!("reading {}", path.display()))(
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
+        ));
     }
+    Ok(Some(f))
 }
 
 /// Mounts a tmpfs like `t` at `at` (an empty directory of ferry's) and
@@ -711,22 +774,28 @@ mod tests {
     }
 
     #[test]
-    fn a_data_file_that_is_a_link_or_a_fifo_is_refused() {
+    fn a_data_file_that_is_a_link_or_a_fifo_is_refused_both_ways() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("victim");
         std::fs::write(&target, b"keep").unwrap();
         let images = dir.path().join("img");
         std::fs::create_dir(&images).unwrap();
-        std::os::unix::fs::symlink(&target, images.join(TMPFS_DATA_FILE)).unwrap();
+        let data = images.join(TMPFS_DATA_FILE);
+        // A link: neither written through nor read through.
+        std::os::unix::fs::symlink(&target, &data).unwrap();
+        assert!(DataSink::create(&images).is_err());
+        assert!(open_data(&images).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        // A hard link to another file.
+        std::fs::remove_file(&data).unwrap();
+        std::fs::hard_link(&target, &data).unwrap();
         assert!(DataSink::create(&images).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
-        std::fs::remove_file(images.join(TMPFS_DATA_FILE)).unwrap();
-        nix::unistd::mkfifo(
-            &images.join(TMPFS_DATA_FILE),
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-        )
-        .unwrap();
+        // A FIFO: refused without blocking.
+        std::fs::remove_file(&data).unwrap();
+        nix::unistd::mkfifo(&data, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         assert!(DataSink::create(&images).is_err());
+        assert!(open_data(&images).is_err());
     }
 
     #[test]
