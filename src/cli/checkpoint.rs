@@ -112,7 +112,8 @@ pub struct CriuFlags {
     pub auto_dedup: bool,
     /// How the network is held while the container is frozen or restored.
     /// A network namespace ferry rebuilds on restore is held by keeping
-    /// its veth's host end down until CRIU unlocks (any method but skip).
+    /// its veth's host end down until CRIU unlocks (any method but skip;
+    /// with prestart/createRuntime hooks, by this lock on the host end).
     #[arg(long, value_enum, default_value = "nftables")]
     pub network_lock: NetLock,
 }
