@@ -374,7 +374,11 @@ fn restored_veth_is_held_until_criu_unlocks() {
         let runs: Vec<&str> = text.split("end\n").filter(|r| !r.is_empty()).collect();
         runs.last().unwrap().to_string()
     };
-    for (round, lock, hooks) in [(1, "nftables", false), (2, "nftables", true), (3, "skip", true)] {
+    for (round, lock, hooks) in [
+        (1, "nftables", false),
+        (2, "nftables", true),
+        (3, "skip", true),
+    ] {
         set_hook(hooks);
         let images = env.work.path().join(format!("img{round}"));
         env.ok(&checkpoint_args(&images, &[], &id));
@@ -390,11 +394,19 @@ fn restored_veth_is_held_until_criu_unlocks() {
             .command(&[
                 "sh",
                 "-c",
-                &format!("while :; do ip -o link show dev fh{tag} 2>/dev/null; done > {}", watch_log.display()),
+                &format!(
+                    "while :; do ip -o link show dev fh{tag} 2>/dev/null; done > {}",
+                    watch_log.display()
+                ),
             ])
             .spawn()
             .unwrap();
-        env.ok(&restore_args(&bundle, &images, &["--network-lock", lock], &id));
+        env.ok(&restore_args(
+            &bundle,
+            &images,
+            &["--network-lock", lock],
+            &id,
+        ));
         let _ = watcher.kill();
         let _ = watcher.wait();
         if !hooks && lock != "skip" {
@@ -407,7 +419,11 @@ fn restored_veth_is_held_until_criu_unlocks() {
         if hooks {
             let at_hook = last_hook_run();
             assert!(at_hook.contains(",UP"), "{lock}: {at_hook}");
-            assert_eq!(at_hook.contains("ferry_lock"), lock != "skip", "{lock}: {at_hook}");
+            assert_eq!(
+                at_hook.contains("ferry_lock"),
+                lock != "skip",
+                "{lock}: {at_hook}"
+            );
         }
         let now = host.exec(&["ip", "-o", "link", "show", "dev", &format!("fh{tag}")]);
         let now = String::from_utf8_lossy(&now.stdout);

@@ -163,10 +163,10 @@ fn open_file_at(dir: &impl AsFd, name: &CString, st: &libc::stat) -> std::io::Re
     )?);
     let m = f.metadata()?;
     if !m.is_file() || m.ino() != st.st_ino || m.dev() != st.st_dev {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::Other,
-            format!("{} changed while it was read", name.to_string_lossy()),
-        ));
+        return Err(std::io::Error::other(format!(
+            "{} changed while it was read",
+            name.to_string_lossy()
+        )));
     }
     Ok(f)
 }
