@@ -43,6 +43,12 @@ impl Podman {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let image = format!("localhost/ferry-t{}-{n}", std::process::id());
+        // One import at a time: podman 4.3 loses an image now and then
+        // when two imports of the same layer race (containers/podman#14578;
+        // seen here as `podman run` of a just-imported image trying to
+        // pull it).
+        static IMPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = IMPORT.lock().unwrap_or_else(|e| e.into_inner());
         let st = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -53,6 +59,14 @@ impl Podman {
             .status()
             .unwrap();
         assert!(st.success(), "podman import of the busybox rootfs failed");
+        let exists = Command::new("podman")
+            .args(["image", "exists", &image])
+            .status()
+            .unwrap();
+        assert!(
+            exists.success(),
+            "podman import said {image} was stored, but it is not there"
+        );
         Some(Podman {
             image,
             names: Vec::new(),
