@@ -402,6 +402,22 @@ struct DumpRun {
 impl Dump<'_> {
     /// The dump's CRIU options; records the stdio of the init in the
     /// images (not for a pre-dump).
+    /// The network lock CRIU takes. None inside a namespace ferry keeps:
+    /// the traffic it could hold passes the veth, which ferry holds itself
+    /// (its host-side lock here, its host end down on restore). CRIU
+    /// records the method in the images and its restore uses that one, so
+    /// this also spares the restore CRIU's lock, whose removal waits for an
+    /// RCU grace period (10-25 ms). A tree left stopped keeps CRIU's lock
+    /// until it resumes: its sockets must stay silent while a copy may
+    /// carry its connections on.
+    fn criu_network_lock(&self) -> LockMethod {
+        if self.own_netns.is_some() && !self.opts.leave_stopped {
+            LockMethod::Skip
+        } else {
+            self.opts.network_lock
+        }
+    }
+
     fn criu_opts(&self) -> Result<Opts> {
         let (c, opts) = (self.container, self.opts);
         let state = &c.state;
@@ -422,7 +438,10 @@ impl Dump<'_> {
             &state.rootfs,
             ext_mnt,
             terminal,
-            &opts.criu_flags(),
+            &CriuFlags {
+                network_lock: self.criu_network_lock(),
+                ..opts.criu_flags()
+            },
         );
         o.set_pid(state.pid);
         if let Some(f) = self.cgroup.descriptor().freezer_dir() {
@@ -471,17 +490,6 @@ impl Dump<'_> {
         }
         if let Some(own) = &self.own_netns {
             o.set_empty_ns(libc::CLONE_NEWNET as u32);
-            // No firewall lock of CRIU's inside the namespace: the traffic
-            // it could hold passes the veth, which ferry holds itself (its
-            // host-side lock here, its host end down on restore). CRIU
-            // records the method in the images and its restore uses that
-            // one, so this also spares the restore CRIU's lock, whose
-            // removal waits for an RCU grace period (10-25 ms). A tree
-            // left stopped keeps CRIU's lock until it resumes: its sockets
-            // must stay silent while a copy may carry its connections on.
-            if !opts.leave_stopped {
-                o.set_network_lock(criu::NetworkLock::SKIP);
-            }
             netns_image::write(&self.dirs.images, own)?;
         }
         if !self.tmpfs.is_empty() {
@@ -542,11 +550,7 @@ impl Dump<'_> {
             criu_lock: CriuLockRecorder {
                 dir: &c.dir,
                 log: &log,
-                method: if self.own_netns.is_some() && !opts.leave_stopped {
-                    LockMethod::Skip
-                } else {
-                    opts.network_lock
-                },
+                method: self.criu_network_lock(),
                 init_pid: c.state.pid,
                 shares_netns: shares_netns(&c.state.config),
             },
@@ -639,11 +643,9 @@ impl Container {
             &[Status::Running],
             "only a running container's tmpfs is copied ahead",
         )?;
-        tmpfs_image::copy_ahead(self.state.pid, images)
+        Ok(tmpfs_image::copy_ahead(self.state.pid, images))
     }
-}
 
-impl Container {
     /// Checkpoints the container (see [`CheckpointOptions`]).
     pub fn checkpoint(self, opts: &CheckpointOptions) -> Result<Checkpointed> {
         self.checkpoint_with(opts, None)

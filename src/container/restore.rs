@@ -159,25 +159,24 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
                 self.pid = Some(pid);
                 if let (true, Some(v)) = (self.create_veth, self.veth) {
                     let hooks = self.state.config.hooks().as_ref();
-                    let has_hooks = hooks.is_some_and(|h| {
-                        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
-                            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
-                    });
-                    if self.method == LockMethod::Skip {
-                        network::create(v, pid).map_err(|x| e(&x))?;
-                    } else if has_hooks {
-                        // Hooks that run now may need the host end up
-                        // (a route through it): ferry's firewall lock
-                        // holds the traffic instead.
-                        network::create(v, pid).map_err(|x| e(&x))?;
-                        self.veth_made = true;
-                        network::lock(v, self.method).map_err(|x| e(&x))?;
-                        self.locked = true;
-                    } else {
+                    let hooks_now = [Kind::Prestart, Kind::CreateRuntime]
+                        .into_iter()
+                        .any(|k| !hooks::of_kind(hooks, k).is_empty());
+                    let hold = self.method != LockMethod::Skip;
+                    // Hooks that run now may need the host end up (a route
+                    // through it): ferry's firewall lock holds the traffic
+                    // for them instead.
+                    if hold && !hooks_now {
                         network::create_held(v, pid).map_err(|x| e(&x))?;
                         self.held = true;
+                    } else {
+                        network::create(v, pid).map_err(|x| e(&x))?;
                     }
                     self.veth_made = true;
+                    if hold && hooks_now {
+                        network::lock(v, self.method).map_err(|x| e(&x))?;
+                        self.locked = true;
+                    }
                 } else if self.lo_up {
                     network::loopback_up(pid).map_err(|x| e(&x))?;
                 }

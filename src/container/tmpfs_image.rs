@@ -197,34 +197,41 @@ pub struct DataSink {
 /// Bytes compared at a time.
 const COMPARE_CHUNK: usize = 256 << 10;
 
+/// Opens `images`' data file (for writing too, made if missing, when
+/// `write`), refusing what an image directory (an import, a migration
+/// peer's) may hold in its place: a link is not followed, a FIFO or device
+/// node not opened, a file with other names not written through.
+fn open_data_file(images: &Path, write: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = images.join(TMPFS_DATA_FILE);
+    let refused = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{TMPFS_DATA_FILE} is not a regular file of its own"),
+        )
+    };
+    // Checked before the open too: opening a device node can act on it.
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if !m.is_file() => return Err(refused()),
+        _ => {}
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .create(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)?;
+    let m = file.metadata()?;
+    if !m.is_file() || (write && m.nlink() != 1) {
+        return Err(refused());
+    }
+    Ok(file)
+}
+
 impl DataSink {
     pub fn create(images: &Path) -> std::io::Result<DataSink> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = images.join(TMPFS_DATA_FILE);
-        // Never through a link or a device node an image directory may hold.
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if !m.is_file() => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{TMPFS_DATA_FILE} is not a regular file"),
-                ))
-            }
-            _ => {}
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)?;
+        let file = open_data_file(images, true)?;
         let m = file.metadata()?;
-        if !m.is_file() || std::os::unix::fs::MetadataExt::nlink(&m) != 1 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{TMPFS_DATA_FILE} is not a regular file of its own"),
-            ));
-        }
         let earlier = m.len();
         Ok(DataSink {
             file,
@@ -446,7 +453,7 @@ pub fn collect(
 /// Best effort: the container runs and may change its tmpfs meanwhile (a
 /// file removed, truncated or replaced); the dump copies it again anyway,
 /// so a failure here only means nothing is sent early.
-pub fn copy_ahead(pid: i32, images: &Path) -> Result<bool> {
+pub fn copy_ahead(pid: i32, images: &Path) -> bool {
     let path = images.join(TMPFS_DATA_FILE);
     let copied = (|| -> Result<bool> {
         let mut sink =
@@ -457,18 +464,14 @@ pub fn copy_ahead(pid: i32, images: &Path) -> Result<bool> {
             .map_err(io(format!("writing {}", path.display())))?;
         Ok(copied)
     })();
-    match copied {
-        Ok(true) => Ok(true),
-        Ok(false) => {
-            let _ = std::fs::remove_file(&path);
-            Ok(false)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "tmpfs contents not copied ahead: the dump copies them");
-            let _ = std::fs::remove_file(&path);
-            Ok(false)
-        }
+    if let Err(e) = &copied {
+        tracing::warn!(error = %e, "tmpfs contents not copied ahead: the dump copies them");
     }
+    let copied = copied.unwrap_or(false);
+    if !copied {
+        let _ = std::fs::remove_file(&path);
+    }
+    copied
 }
 
 pub fn write(images: &Path, list: &[Tmpfs]) -> Result<()> {
@@ -528,29 +531,14 @@ fn plain(p: &str) -> bool {
 /// The data file of `images` (None when no listed file has content), to
 /// pass to [`make`].
 pub fn open_data(images: &Path) -> Result<Option<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = images.join(TMPFS_DATA_FILE);
-    // An image directory (an import, a migration peer's) may hold a link
-    // or a FIFO in its place: neither is read.
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
-    };
-    let is_file = f
-        .metadata()
-        .map_err(io(format!("reading {}", path.display())))?
-        .is_file();
-    if !is_file {
-        return Err(io(format!("reading {}", path.display()))(
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"),
-        ));
+    match open_data_file(images, false) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(format!(
+            "reading {}",
+            images.join(TMPFS_DATA_FILE).display()
+        ))(e)),
     }
-    Ok(Some(f))
 }
 
 /// Mounts a tmpfs like `t` at `at` (an empty directory of ferry's) and

@@ -546,19 +546,9 @@ impl Run<'_> {
         {
             return Ok(());
         }
-        self.send(&Msg::EarlyImages)?;
-        let opts = SendOptions {
-            compression: self.cfg.compression,
-            ..SendOptions::default()
-        };
-        let ch = self.ch.as_mut().expect("connected");
-        let (manifest, stats) = files::send_tree(ch, dir, None, &opts, &mut |_| {})?;
-        match self.recv(self.cfg.timeouts.work)? {
-            Msg::TreeOk { .. } => {}
-            m => return Err(unexpected("tree-ok", &m)),
-        }
+        let (manifest, bytes) = self.images_pass(Msg::EarlyImages, dir)?;
         self.early = Some(manifest);
-        self.report.bytes.early_images = stats.bytes;
+        self.report.bytes.early_images = bytes;
         self.report.timings.early_images = t.elapsed();
         Ok(())
     }
@@ -566,24 +556,39 @@ impl Run<'_> {
     fn ship_images(&mut self, dir: &Path) -> Result<(), Error> {
         self.phase(Phase::Images);
         let t = Instant::now();
-        self.send(&Msg::Images)?;
+        let (_, bytes) = self.images_pass(Msg::Images, dir)?;
+        self.report.bytes.images = bytes;
+        self.report.timings.image_transfer = t.elapsed();
+        Ok(())
+    }
+
+    /// One pass of the images in `dir` (what changed since the early pass,
+    /// if there was one), announced by `start`; its manifest and bytes.
+    fn images_pass(&mut self, start: Msg, dir: &Path) -> Result<(Manifest, u64), Error> {
+        self.send(&start)?;
         let opts = SendOptions {
             compression: self.cfg.compression,
             exclude: vec![PathBuf::from(mode::DUMP_LOG)],
             ..SendOptions::default()
         };
         let ch = self.ch.as_mut().expect("connected");
-        let mut meter = Meter::new(Phase::Images, None, self.progress);
-        let sent = files::send_tree(ch, dir, self.early.as_ref(), &opts, &mut |n| meter.add(n));
-        meter.finish();
-        let (_, stats) = sent?;
+        // Progress is the images phase's; the early pass runs within the dump's.
+        let mut meter =
+            matches!(start, Msg::Images).then(|| Meter::new(Phase::Images, None, self.progress));
+        let sent = files::send_tree(ch, dir, self.early.as_ref(), &opts, &mut |n| {
+            if let Some(m) = meter.as_mut() {
+                m.add(n)
+            }
+        });
+        if let Some(m) = meter {
+            m.finish();
+        }
+        let (manifest, stats) = sent?;
         match self.recv(self.cfg.timeouts.work)? {
             Msg::TreeOk { .. } => {}
             m => return Err(unexpected("tree-ok", &m)),
         }
-        self.report.bytes.images = stats.bytes;
-        self.report.timings.image_transfer = t.elapsed();
-        Ok(())
+        Ok((manifest, stats.bytes))
     }
 
     fn restore(&mut self) -> Result<(), Error> {
