@@ -225,6 +225,25 @@ fn veth_bundle(
 /// A TCP echo server on port 7000.
 const ECHO_SERVER: &[&str] = &["nc", "-ll", "-p", "7000", "-e", "/bin/cat"];
 
+/// A network namespace made for this test, the veth's "host", with ferry
+/// running in it.
+fn veth_host(tag: &str) -> (NetNs, Env) {
+    let host = NetNs::new(tag);
+    let env = Env::new(tag);
+    env.set_netns(&host.name);
+    (host, env)
+}
+
+/// What the echo server at 10.77.`net`.2 sends back for "hi", seen from
+/// `host` (empty when nothing answers).
+fn echo_hi(host: &NetNs, net: u8) -> String {
+    let cmd = format!("echo hi | busybox nc -w 2 10.77.{net}.2 7000");
+    host.command(&["sh", "-c", &cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// Lets the container change its own network namespace.
 fn grant_net_admin(v: &mut serde_json::Value) {
     for set in ["bounding", "effective", "permitted"] {
@@ -238,9 +257,7 @@ fn grant_net_admin(v: &mut serde_json::Value) {
 #[test]
 fn veth_server_answers_after_restore_and_established_connection_survives() {
     let Some(_g) = criu_lock() else { return };
-    let host = NetNs::new("veth");
-    let env = Env::new("veth");
-    env.set_netns(&host.name);
+    let (host, env) = veth_host("veth");
     let id = env.id("srv");
     let bundle = veth_bundle(&env, "b", 1, ECHO_SERVER, |_| {});
     env.run_detached(&bundle, &id);
@@ -340,9 +357,7 @@ fn veth_server_answers_after_restore_and_established_connection_survives() {
 #[test]
 fn restored_veth_is_held_until_criu_unlocks() {
     let Some(_g) = criu_lock() else { return };
-    let host = NetNs::new("vethhold");
-    let env = Env::new("vethhold");
-    env.set_netns(&host.name);
+    let (host, env) = veth_host("vethhold");
     let id = env.id("srv");
     let tag = format!("{}", std::process::id() % 10000);
     let hook_log = env.work.path().join("hook.log");
@@ -362,12 +377,7 @@ fn restored_veth_is_held_until_criu_unlocks() {
         std::fs::write(&cfg, v.to_string()).unwrap();
     };
     env.run_detached(&bundle, &id);
-    let echo = || {
-        host.command(&["sh", "-c", "echo hi | busybox nc -w 2 10.77.8.2 7000"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
+    let echo = || echo_hi(&host, 8);
     assert!(wait_until(Duration::from_secs(5), || echo() == "hi\n"));
     let last_hook_run = || {
         let text = std::fs::read_to_string(&hook_log).unwrap();
@@ -388,14 +398,19 @@ fn restored_veth_is_held_until_criu_unlocks() {
         let inv: Value =
             serde_json::from_str(&env.ok(&["inspect", "--format", "json", s(&images)])).unwrap();
         assert_eq!(inv["network_lock_method"], "skip");
-        // Watches the host end while the restore runs.
+        // Watches the host end while the restore runs, until told to stop
+        // (or for a minute at most, should this test fail first).
         let watch_log = env.work.path().join(format!("watch{round}.log"));
+        let stop = env.work.path().join(format!("watch{round}.stop"));
         let mut watcher = host
             .command(&[
+                "timeout",
+                "60",
                 "sh",
                 "-c",
                 &format!(
-                    "while :; do ip -o link show dev fh{tag} 2>/dev/null; done > {}",
+                    "while [ ! -e {} ]; do ip addr show dev fh{tag} 2>/dev/null | tr '\\n' ' '; echo; done > {}",
+                    stop.display(),
                     watch_log.display()
                 ),
             ])
@@ -407,14 +422,18 @@ fn restored_veth_is_held_until_criu_unlocks() {
             &["--network-lock", lock],
             &id,
         ));
-        let _ = watcher.kill();
+        std::fs::write(&stop, "").unwrap();
         let _ = watcher.wait();
         if !hooks && lock != "skip" {
-            // Down from its creation to CRIU's unlock (a pair made up
-            // is down for well under a millisecond: one sample at most).
+            // Down, with its address, from its creation to CRIU's unlock
+            // (a pair made up gets its address microseconds before it
+            // goes up: one such sample at most).
             let seen = std::fs::read_to_string(&watch_log).unwrap();
-            let down = seen.lines().filter(|l| !l.contains(",UP")).count();
-            assert!(down >= 2, "the host end was not held down: {seen}");
+            let held = seen
+                .lines()
+                .filter(|l| !l.contains(",UP") && l.contains("10.77.8.1/24"))
+                .count();
+            assert!(held >= 2, "the host end was not held down: {seen}");
         }
         if hooks {
             let at_hook = last_hook_run();
@@ -904,20 +923,13 @@ fn cri_o_probes_see_checkpoint_and_mount_context_support() {
 #[test]
 fn veth_in_a_changed_namespace_gets_its_host_end_back() {
     let Some(_g) = criu_lock() else { return };
-    let host = NetNs::new("vethchg");
-    let env = Env::new("vethchg");
-    env.set_netns(&host.name);
+    let (host, env) = veth_host("vethchg");
     let id = env.id("srv");
     let tag = format!("{}", std::process::id() % 10000);
     let script = "ip route add 10.78.9.0/24 dev eth0 && exec nc -ll -p 7000 -e /bin/cat";
     let bundle = veth_bundle(&env, "b", 9, &["sh", "-c", script], grant_net_admin);
     env.run_detached(&bundle, &id);
-    let echo = || {
-        host.command(&["sh", "-c", "echo hi | busybox nc -w 2 10.77.9.2 7000"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
+    let echo = || echo_hi(&host, 9);
     assert!(wait_until(Duration::from_secs(5), || echo() == "hi\n"));
     let images = env.work.path().join("img");
     env.ok(&checkpoint_args(&images, &[], &id));

@@ -515,12 +515,9 @@ fn criu_killed_while_it_holds_the_network_leaves_a_container_that_still_talks() 
     if !is_root() {
         return;
     }
-    let ns = NetNs::new("fcriu");
-    let env = Env::new("fcriu");
-    env.set_netns(&ns.name);
+    let (ns, env, bundle) = veth_world("fcriu");
     // A writable /proc/sys makes CRIU, not ferry, keep the namespace, and
     // lock it while it dumps (ferry's own namespaces need no lock of CRIU's).
-    let bundle = veth_bundle(&env, "b");
     let config = bundle.join("config.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
