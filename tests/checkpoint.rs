@@ -1009,16 +1009,77 @@ fn changed_network_namespace_falls_back_to_criu() {
     assert!(tables.contains("ferry_test_keep"), "{tables}");
     env.ok(&["delete", "--force", &id]);
 
-    // Untouched: ferry keeps the namespace, and lo stays down as made.
+    // Untouched: ferry keeps the namespace. `lo` is up as made (as runc
+    // makes it), so CRIU ran inside it: the images hold no namespace, not
+    // even an empty one, and no conntrack table was walked for it. The
+    // restore makes a namespace of its own again, `lo` up.
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
     let (id, bundle, count) = env.counter("own");
     let images = env.work.path().join("img-own");
     env.ok(&checkpoint_args(&images, &[], &id));
-    assert!(images.join("ferry-netns.json").exists());
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join("ferry-netns.json")).unwrap()).unwrap();
+    assert_eq!(kept["criu_inside"], json!(true), "{kept}");
+    // (CRIU walks conntrack only for a namespace it takes in the images.)
+    let taken = |images: &Path| {
+        std::fs::read_to_string(images.join("dump.log"))
+            .unwrap()
+            .contains("Will take net namespace in the image")
+    };
+    assert!(!taken(&images), "CRIU dumped the namespace");
     env.ok(&restore_args(&bundle, &images, &[], &id));
     assert_continues(&count, read_num(&count).unwrap());
     let lo = env.ok(&["exec", &id, "ip", "link", "show", "lo"]);
+    assert!(lo.contains(",UP"), "{lo}");
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(ns, host_ns, "restored into the host's network namespace");
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+
+    // `lo` brought down by the container: still ferry's to keep, but
+    // CRIU's probes need `lo` up where it runs, so it stays outside and
+    // records an empty namespace; `lo` comes back down.
+    let script = "ip link set lo down && touch /tmp/ready && while :; do sleep 0.1; done";
+    let bundle = env.bundle("lodown", &["sh", "-c", script], grant_net_admin);
+    let id = env.id("lodown");
+    env.run_detached(&bundle, &id);
+    assert!(wait_until(Duration::from_secs(5), || bundle
+        .join("rootfs/tmp/ready")
+        .exists()));
+    let images = env.work.path().join("img-lodown");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join("ferry-netns.json")).unwrap()).unwrap();
+    assert_eq!(kept["criu_inside"], json!(false), "{kept}");
+    assert!(taken(&images), "CRIU did not record the namespace");
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    let lo = env.ok(&["exec", &id, "ip", "link", "show", "lo"]);
     assert!(!lo.contains(",UP"), "{lo}");
     env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
+/// Images of a namespace CRIU ran inside hold none: restoring them with a
+/// configuration that shares the host's namespace (where CRIU would put
+/// the tree) is refused, and nothing is left behind.
+#[test]
+fn images_without_a_namespace_need_one_of_their_own() {
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("nsneed");
+    let (id, bundle, _count) = env.counter("c");
+    let images = env.work.path().join("img");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    let config = bundle.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    v["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "network");
+    std::fs::write(&config, v.to_string()).unwrap();
+    let err = env.fail(&restore_args(&bundle, &images, &[], &id));
+    assert!(err.contains("network namespace of its own"), "{err}");
     env.assert_gone(&id);
 }
 

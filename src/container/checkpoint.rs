@@ -145,6 +145,9 @@ struct DumpHandler<'a, 'p> {
     /// The listed tmpfs mounts, checked again once the tree is frozen.
     tmpfs: &'a [tmpfs_image::Tmpfs],
     tmpfs_verified: bool,
+    /// CRIU runs inside the container's network namespace (see
+    /// [`netns_image::criu_can_run_inside`]).
+    criu_inside: bool,
 }
 
 /// A recorded namespace (see [`netns_image`]) and whether the frozen tree
@@ -232,18 +235,13 @@ impl NotifyHandler for DumpHandler<'_, '_> {
                     cg.freeze().map_err(criu::HandlerError::new)?;
                     self.frozen = true;
                 }
-            }
-            Notify::NetworkLock => {
-                // Frozen now, and CRIU has not locked anything yet.
-                if let Some(c) = self.own_netns.as_mut() {
-                    c.verify(self.veth)?;
-                }
-                self.verify_tmpfs()?;
-                if let Some(v) = self.veth {
-                    network::lock(v, self.method).map_err(criu::HandlerError::new)?;
-                    self.locked = true;
+                // CRIU inside the namespace takes no network lock of its
+                // own and says nothing at that point: held here, frozen.
+                if self.criu_inside {
+                    self.hold_network()?;
                 }
             }
+            Notify::NetworkLock => self.hold_network()?,
             Notify::NetworkUnlock => self.unlock().map_err(criu::HandlerError::new)?,
             Notify::PostDump => {
                 if let Some(c) = self.own_netns.as_mut() {
@@ -307,6 +305,20 @@ impl DumpHandler<'_, '_> {
         }
         tmpfs_image::write(self.images, &now).map_err(criu::HandlerError::new)?;
         self.tmpfs_verified = true;
+        Ok(())
+    }
+
+    /// With the tree frozen and before CRIU locks anything: the kept
+    /// namespace and tmpfs checked again, the veth's traffic held.
+    fn hold_network(&mut self) -> std::result::Result<(), criu::HandlerError> {
+        if let Some(c) = self.own_netns.as_mut() {
+            c.verify(self.veth)?;
+        }
+        self.verify_tmpfs()?;
+        if let (Some(v), false) = (self.veth, self.locked) {
+            network::lock(v, self.method).map_err(criu::HandlerError::new)?;
+            self.locked = true;
+        }
         Ok(())
     }
 
@@ -400,8 +412,6 @@ struct DumpRun {
 }
 
 impl Dump<'_> {
-    /// The dump's CRIU options; records the stdio of the init in the
-    /// images (not for a pre-dump).
     /// The network lock CRIU takes. None inside a namespace ferry keeps:
     /// the traffic it could hold passes the veth, which ferry holds itself
     /// (its host-side lock here, its host end down on restore). CRIU
@@ -418,6 +428,33 @@ impl Dump<'_> {
         }
     }
 
+    /// Whether CRIU runs inside the kept namespace (see
+    /// [`netns_image::criu_can_run_inside`]). Not for a page server (CRIU
+    /// connects to it from the namespace it runs in, or serves lazy pages
+    /// there), nor for a tree left stopped (CRIU's lock then stays).
+    fn criu_inside(&self) -> bool {
+        let o = self.opts;
+        self.own_netns
+            .as_ref()
+            .is_some_and(|own| netns_image::criu_can_run_inside(&self.container.state.config, own))
+            && o.page_server.is_none()
+            && !o.lazy_pages
+            && !o.leave_stopped
+    }
+
+    /// CRIU, inside the container's network namespace where it can run
+    /// there.
+    fn criu(&self, criu: &Criu) -> Result<Criu> {
+        if !self.criu_inside() {
+            return Ok(criu.clone());
+        }
+        let path = format!("/proc/{}/ns/net", self.container.state.pid);
+        let ns = std::fs::File::open(&path).map_err(io(format!("opening {path}")))?;
+        Ok(criu.clone().in_netns(ns.into()))
+    }
+
+    /// The dump's CRIU options; records the stdio of the init in the
+    /// images (not for a pre-dump).
     fn criu_opts(&self) -> Result<Opts> {
         let (c, opts) = (self.container, self.opts);
         let state = &c.state;
@@ -489,8 +526,15 @@ impl Dump<'_> {
             }
         }
         if let Some(own) = &self.own_netns {
-            o.set_empty_ns(libc::CLONE_NEWNET as u32);
-            netns_image::write(&self.dirs.images, own)?;
+            let criu_inside = self.criu_inside();
+            if !criu_inside {
+                o.set_empty_ns(libc::CLONE_NEWNET as u32);
+            }
+            let kept = netns_image::Kept {
+                netns: own.clone(),
+                criu_inside,
+            };
+            netns_image::write(&self.dirs.images, &kept)?;
         }
         if !self.tmpfs.is_empty() {
             tmpfs_image::write(&self.dirs.images, &self.tmpfs)?;
@@ -562,6 +606,7 @@ impl Dump<'_> {
             }),
             tmpfs: &self.tmpfs,
             tmpfs_verified: false,
+            criu_inside: self.criu_inside(),
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
         let kind = if opts.pre_dump {
@@ -711,7 +756,7 @@ impl Container {
         if dump.marked {
             mark_incomplete(&dump.dirs.images, &dump.dirs.work)?;
         }
-        let run = dump.run(&criu, o, post_dump);
+        let run = dump.run(&dump.criu(&criu)?, o, post_dump);
         dump.settle(run)?;
         let Dump { dirs, .. } = dump;
         // A pre-dump writes its statistics too (its pages, its frozen time).

@@ -282,6 +282,9 @@ impl InitSetup<'_> {
             claim.rollback.veth = Some(v.clone());
             claim.state.veth = Some(v.clone());
             claim.save()?;
+        } else if Namespaces::of(&self.plan.spec).new_net {
+            // As runc: a new network namespace gets `lo` up.
+            network::loopback_up(pid.as_raw())?;
         }
         if claim.state.pid_start_time == 0 {
             return Err(self.child_error(None));

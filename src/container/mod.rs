@@ -230,6 +230,10 @@ pub enum ImagesError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// The images hold no network namespace (CRIU ran inside it), so the
+    /// restore must make one, and the configuration has none of its own.
+    #[error("{0}: the checkpoint's network namespace was kept by ferry and needs a configuration with a network namespace of its own and no user namespace; restore with the configuration the container was checkpointed with")]
+    NeedsOwnNetns(PathBuf),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

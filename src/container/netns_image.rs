@@ -5,6 +5,10 @@
 //! make it again: `lo`'s state and the veth's MAC address. Any change the
 //! container made (an interface, address, route, rule, firewall table)
 //! makes CRIU dump the namespace as before.
+//!
+//! Where it can ([`criu_can_run_inside`]), CRIU runs inside the namespace
+//! instead of leaving it empty in the images: the images then hold no
+//! namespace, and the restore makes it, fills it and starts CRIU in it.
 use std::path::Path;
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -14,6 +18,40 @@ use crate::network::{self, OwnNetns, VethConfig};
 
 /// Written into the image dir when ferry, not CRIU, keeps the namespace.
 pub const OWN_NETNS_FILE: &str = "ferry-netns.json";
+
+/// What [`OWN_NETNS_FILE`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    #[serde(flatten)]
+    pub netns: OwnNetns,
+    /// CRIU ran inside the namespace: the images hold no namespace at all
+    /// (not even an empty one), and the restore must start CRIU inside the
+    /// namespace it made, or the tree would land in CRIU's. Absent in
+    /// images of CRIU's empty-namespace mode.
+    #[serde(default)]
+    pub criu_inside: bool,
+}
+
+/// Whether CRIU can run inside the kept namespace of a container made
+/// from `spec`: then CRIU leaves the namespace out of the dump entirely,
+/// and with it the kernel's walk of the global conntrack table (twice,
+/// ~10 ms each with 262144 buckets) that it makes for every namespace it
+/// dumps, even an empty one. CRIU's start-up probes need `lo` up there (a
+/// TCP connection to itself), and the restore makes the namespace before
+/// CRIU, outside the container's user namespace: so not with a user
+/// namespace of its own.
+pub fn criu_can_run_inside(spec: &Spec, kept: &OwnNetns) -> bool {
+    kept.lo_up && !own_userns(spec)
+}
+
+fn own_userns(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::User))
+}
+
+const NOT_OWN: &str = "the container has no network namespace of its own";
 
 /// Why the configuration alone rules the shortcut out, if it does: the
 /// namespace is not one ferry made, or its sysctls (which CRIU keeps and
@@ -25,7 +63,7 @@ fn ruled_out(spec: &Spec) -> Option<&'static str> {
             .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
     });
     if !own {
-        return Some("the container has no network namespace of its own");
+        return Some(NOT_OWN);
     }
     if linux
         .sysctl()
@@ -42,6 +80,16 @@ fn ruled_out(spec: &Spec) -> Option<&'static str> {
         return Some("/proc/sys is writable in the container");
     }
     None
+}
+
+/// Refuses to restore images whose CRIU ran inside the namespace with a
+/// configuration that has no namespace of its own (or a user namespace):
+/// CRIU would restore the tree into the namespace it runs in.
+pub fn check_restorable(spec: &Spec, kept: &Kept, images: &Path) -> Result<()> {
+    if kept.criu_inside && (ruled_out(spec) == Some(NOT_OWN) || own_userns(spec)) {
+        return Err(ImagesError::NeedsOwnNetns(images.to_path_buf()).into());
+    }
+    Ok(())
 }
 
 /// What to record for the container `pid` made from `spec`: `None` when
@@ -73,9 +121,9 @@ pub fn still_own(pid: i32, veth: Option<&VethConfig>, recorded: &OwnNetns) -> Re
     Ok(network::inspect_own_netns(pid, veth)?.as_ref() == Ok(recorded))
 }
 
-pub fn write(images: &Path, own: &OwnNetns) -> Result<()> {
+pub fn write(images: &Path, kept: &Kept) -> Result<()> {
     let path = images.join(OWN_NETNS_FILE);
-    let text = serde_json::to_string(own).expect("plain fields serialize");
+    let text = serde_json::to_string(kept).expect("plain fields serialize");
     std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
 }
 
@@ -84,7 +132,7 @@ pub fn write(images: &Path, own: &OwnNetns) -> Result<()> {
 const MAX_BYTES: u64 = 4096;
 
 /// The recorded namespace, `None` in images where CRIU kept it.
-pub fn read(images: &Path) -> Result<Option<OwnNetns>> {
+pub fn read(images: &Path) -> Result<Option<Kept>> {
     use std::io::Read;
     let path = images.join(OWN_NETNS_FILE);
     let f = match std::fs::File::open(&path) {
@@ -135,12 +183,22 @@ mod tests {
     fn recorded_namespace_round_trips_and_damage_is_named() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
-        let own = OwnNetns {
-            lo_up: true,
-            mac: Some("02:42:0a:4d:01:02".into()),
+        let own = Kept {
+            netns: OwnNetns {
+                lo_up: true,
+                mac: Some("02:42:0a:4d:01:02".into()),
+            },
+            criu_inside: true,
         };
         write(dir.path(), &own).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(own));
+        // Images of CRIU's empty-namespace mode, written before the field.
+        std::fs::write(
+            dir.path().join(OWN_NETNS_FILE),
+            r#"{"lo_up":false,"mac":null}"#,
+        )
+        .unwrap();
+        assert!(!read(dir.path()).unwrap().unwrap().criu_inside);
         std::fs::write(dir.path().join(OWN_NETNS_FILE), "{").unwrap();
         let err = read(dir.path()).unwrap_err().to_string();
         assert!(err.contains(OWN_NETNS_FILE), "{err}");

@@ -124,11 +124,45 @@ struct RestoreHandler<'a, 'h> {
     /// Bring `lo` up in the new namespace (ferry keeps a namespace without
     /// a veth, whose `lo` was up).
     lo_up: bool,
+    /// ferry made and filled the namespace before CRIU, which runs inside
+    /// it: CRIU takes no network lock there and sends no network
+    /// notifications, so the traffic is let through at pre-resume.
+    made_ahead: bool,
     hold: Option<&'h mut dyn RestoreHold>,
     append: super::append_stdio::AppendStdio,
 }
 
 impl RestoreHandler<'_, '_> {
+    /// Puts ferry's part in the new namespace of `pid` (a process, or the
+    /// thread holding a namespace made ahead): the veth, made with its
+    /// traffic held, or `lo` up.
+    fn fill(&mut self, pid: i32) -> network::Result<()> {
+        if let (true, Some(v)) = (self.create_veth, self.veth) {
+            let hooks = self.state.config.hooks().as_ref();
+            let hooks_now = [Kind::Prestart, Kind::CreateRuntime]
+                .into_iter()
+                .any(|k| !hooks::of_kind(hooks, k).is_empty());
+            let hold = self.method != LockMethod::Skip;
+            // Hooks that run at setup-namespaces may need the host end up
+            // (a route through it): ferry's firewall lock holds the
+            // traffic for them instead.
+            if hold && !hooks_now {
+                network::create_held(v, pid)?;
+                self.held = true;
+            } else {
+                network::create(v, pid)?;
+            }
+            self.veth_made = true;
+            if hold && hooks_now {
+                network::lock(v, self.method)?;
+                self.locked = true;
+            }
+        } else if self.lo_up {
+            network::loopback_up(pid)?;
+        }
+        Ok(())
+    }
+
     /// Lets the container's traffic through: the host end up, ferry's
     /// lock removed.
     fn unlock(&mut self) -> network::Result<()> {
@@ -157,28 +191,8 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
         match event {
             Notify::SetupNamespaces { pid } => {
                 self.pid = Some(pid);
-                if let (true, Some(v)) = (self.create_veth, self.veth) {
-                    let hooks = self.state.config.hooks().as_ref();
-                    let hooks_now = [Kind::Prestart, Kind::CreateRuntime]
-                        .into_iter()
-                        .any(|k| !hooks::of_kind(hooks, k).is_empty());
-                    let hold = self.method != LockMethod::Skip;
-                    // Hooks that run now may need the host end up (a route
-                    // through it): ferry's firewall lock holds the traffic
-                    // for them instead.
-                    if hold && !hooks_now {
-                        network::create_held(v, pid).map_err(|x| e(&x))?;
-                        self.held = true;
-                    } else {
-                        network::create(v, pid).map_err(|x| e(&x))?;
-                    }
-                    self.veth_made = true;
-                    if hold && hooks_now {
-                        network::lock(v, self.method).map_err(|x| e(&x))?;
-                        self.locked = true;
-                    }
-                } else if self.lo_up {
-                    network::loopback_up(pid).map_err(|x| e(&x))?;
+                if !self.made_ahead {
+                    self.fill(pid).map_err(|x| e(&x))?;
                 }
                 let hooks = self.state.config.hooks().as_ref();
                 let json = self.state.creating_json(pid);
@@ -194,6 +208,9 @@ impl NotifyHandler for RestoreHandler<'_, '_> {
                 }
             }
             Notify::NetworkUnlock => self.unlock().map_err(|x| e(&x))?,
+            // After CRIU took the sockets out of repair mode, before the
+            // tree runs.
+            Notify::PreResume if self.made_ahead => self.unlock().map_err(|x| e(&x))?,
             Notify::PostRestore { pid } => {
                 self.pid = Some(pid);
                 if let Err(err) = self.append.reapply(pid) {
@@ -416,8 +433,10 @@ fn restore_opts(
     o
 }
 
-/// Runs CRIU's restore with criu itself in the container's cgroup;
-/// returns the restored init's pid. The rollback learns what CRIU made.
+/// Runs CRIU's restore with criu itself in the container's cgroup (and
+/// in the network namespace ferry made, when `kept` says CRIU ran inside
+/// it at the dump); returns the restored init's pid. The rollback learns
+/// what CRIU and ferry made.
 #[allow(clippy::too_many_arguments)] // the handler's parts, each from elsewhere
 fn restore_tree(
     criu: &Criu,
@@ -426,10 +445,11 @@ fn restore_tree(
     keep: &[RawFd],
     claim: &mut Claim,
     opts: &RestoreOptions,
-    lo_up: bool,
+    kept: Option<&netns_image::Kept>,
     hold: Option<&mut dyn RestoreHold>,
 ) -> Result<i32> {
     let veth = claim.state.veth.as_ref();
+    let made_ahead = kept.is_some_and(|k| k.criu_inside);
     let mut handler = RestoreHandler {
         state: &claim.state,
         dir: &claim.dir,
@@ -441,9 +461,21 @@ fn restore_tree(
         pid: None,
         veth_made: false,
         held: false,
-        lo_up,
+        lo_up: kept.is_some_and(|k| k.netns.lo_up),
+        made_ahead,
         hold,
         append: super::append_stdio::AppendStdio::record(),
+    };
+    let criu = if made_ahead {
+        let ns = network::NewNetns::create().map_err(io("making a network namespace"))?;
+        let filled = handler.fill(ns.pid());
+        if handler.veth_made {
+            claim.rollback.veth = veth.cloned();
+        }
+        filled?;
+        criu.clone().in_netns(ns.into_file())
+    } else {
+        criu.clone()
     };
     let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
     let result = criu.call_checked(
@@ -529,16 +561,18 @@ impl Container {
             }
             _ => opts,
         };
+        if let Some(k) = &own_netns {
+            netns_image::check_restorable(&plan.spec, k, &images)?;
+        }
         check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
         let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;
         plan.check_console(opts.console_socket.as_deref())?;
         let mut veth = plan.veth()?;
         if let (Some(v), Some(own)) = (veth.as_mut(), &own_netns) {
             if v.mac.is_none() {
-                v.mac.clone_from(&own.mac);
+                v.mac.clone_from(&own.netns.mac);
             }
         }
-        let lo_up = own_netns.as_ref().is_some_and(|o| o.lo_up);
         check_veth_free(&plan, veth.as_ref())?;
         let recorded = RecordedStdio::read(&dirs.images)?;
         let criu = Criu::new()?;
@@ -566,7 +600,14 @@ impl Container {
         let inherit = recorded.inherit(&stdio_fds);
         let o = restore_opts(opts, &plan, &dirs, &criu_root, &ext, veth.as_ref(), inherit);
         let pid = restore_tree(
-            &criu, o, &dirs.work, &stdio_fds, &mut claim, opts, lo_up, hold,
+            &criu,
+            o,
+            &dirs.work,
+            &stdio_fds,
+            &mut claim,
+            opts,
+            own_netns.as_ref(),
+            hold,
         )?;
 
         drop(staged);

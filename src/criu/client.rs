@@ -41,18 +41,34 @@ impl Criu {
     pub fn new() -> Result<Criu> {
         Ok(Criu {
             binary: find_binary()?,
+            netns: None,
         })
     }
 
     pub fn with_binary(binary: impl Into<PathBuf>) -> Criu {
         Criu {
             binary: binary.into(),
+            netns: None,
+        }
+    }
+
+    /// The same installation, run in the network namespace `netns` (see
+    /// [`Criu::netns`]).
+    pub fn in_netns(self, netns: std::os::fd::OwnedFd) -> Criu {
+        Criu {
+            netns: Some(std::sync::Arc::new(netns)),
+            ..self
         }
     }
 
     /// Starts a swrk session for several requests; `fds` are inherited.
     pub fn session(&self, fds: InheritFds) -> Result<Session> {
-        Session::spawn(&self.binary, fds)
+        use std::os::fd::AsRawFd;
+        Session::spawn_in(
+            &self.binary,
+            fds,
+            self.netns.as_ref().map(|n| n.as_raw_fd()),
+        )
     }
 
     /// Runs one request in a fresh criu and reaps it.

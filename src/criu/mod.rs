@@ -67,6 +67,11 @@ pub struct PageServer {
 #[derive(Debug, Clone)]
 pub struct Criu {
     pub binary: PathBuf,
+    /// The network namespace criu runs in (default: the caller's). A tree
+    /// in criu's own namespace is dumped without it: CRIU records no
+    /// namespace and walks no conntrack table, and restores the tree into
+    /// the namespace it runs in.
+    pub netns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// File descriptors criu must inherit at the same numbers (besides the fds

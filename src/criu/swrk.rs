@@ -120,17 +120,28 @@ impl Session {
     /// exec, at their current numbers; stdin and stdout are /dev/null and
     /// stderr goes to an unnamed temp file kept for error reports.
     pub fn spawn(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
-        Session::spawn_with(binary, keep_fds, false)
+        Session::spawn_with(binary, keep_fds, false, None)
+    }
+
+    /// Like [`Session::spawn`], with criu in the network namespace `netns`
+    /// (an open namespace file) when given.
+    pub fn spawn_in(binary: &Path, keep_fds: &[RawFd], netns: Option<RawFd>) -> Result<Session> {
+        Session::spawn_with(binary, keep_fds, false, netns)
     }
 
     /// Like [`Session::spawn`], with criu leading a process group of its
     /// own (whose ID is its pid): what it forks off (a page server) stays
     /// in that group, so it can be found after criu is gone.
     pub fn spawn_in_own_group(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
-        Session::spawn_with(binary, keep_fds, true)
+        Session::spawn_with(binary, keep_fds, true, None)
     }
 
-    fn spawn_with(binary: &Path, keep_fds: &[RawFd], own_group: bool) -> Result<Session> {
+    fn spawn_with(
+        binary: &Path,
+        keep_fds: &[RawFd],
+        own_group: bool,
+        netns: Option<RawFd>,
+    ) -> Result<Session> {
         for &fd in keep_fds {
             if fd < 3 {
                 return Err(Error::BadFd {
@@ -181,6 +192,11 @@ impl Session {
         // SAFETY: the closure only makes async-signal-safe system calls.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(ns) = netns {
+                    if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 close_others_on_exec();
                 for &fd in &keep {
                     let flags = libc::fcntl(fd, libc::F_GETFD);

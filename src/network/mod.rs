@@ -29,13 +29,14 @@
 //! ties the tool's life to ferry's and turns a failure into
 //! [`Error::Command`] with the tool's own stderr. The parts: the annotation
 //! (`config`), the pair itself (`veth`), holding its traffic (`lock`), its
-//! counters (`stats`), and whether a namespace holds only what ferry made
-//! (`own_netns`).
+//! counters (`stats`), whether a namespace holds only what ferry made
+//! (`own_netns`), and a namespace made ahead of its tree (`new_netns`).
 use std::path::PathBuf;
 
 mod config;
 mod lock;
 mod netlink;
+mod new_netns;
 mod nft;
 mod own_netns;
 mod run;
@@ -44,6 +45,7 @@ mod veth;
 
 pub use config::VethConfig;
 pub use lock::{is_locked, is_locked_in, lock, lock_in, unlock, unlock_in, LockMethod};
+pub use new_netns::NewNetns;
 pub use own_netns::{Changed, OwnNetns};
 pub use stats::{host_stats, host_stats_in, InterfaceStats};
 pub use veth::{
