@@ -78,6 +78,11 @@ pub(crate) fn check_mountpoints(root: &RootDir, images: &Path) -> Result<()> {
 
 /// Marks `images` incomplete (see [`INCOMPLETE_MARKER`]) and removes the
 /// statistics of an earlier dump, whose presence would mean "completed".
+///
+/// The marker guards against a ferry or CRIU that dies mid-dump, which
+/// the page cache survives: it is not fsynced (nor removed with one), as
+/// CRIU does not sync the images it marks, which a machine crash can
+/// leave partly written either way.
 pub(crate) fn mark_incomplete(images: &Path, work: &Path) -> Result<()> {
     for dir in [images, work] {
         let stats = dir.join(criu::stats::DUMP_STATS_FILE);
@@ -95,16 +100,12 @@ pub(crate) fn mark_incomplete(images: &Path, work: &Path) -> Result<()> {
             &mut f,
             b"ferry writes this file before a dump and removes it once the dump completed; \
               `ferry restore` refuses a directory that holds it.\n",
-        )?;
-        f.sync_all()?;
-        File::open(images)?.sync_all()
+        )
     };
     write().map_err(io(format!("writing {}", marker.display())))
 }
 
 pub(crate) fn remove_marker(images: &Path) -> Result<()> {
     let marker = images.join(INCOMPLETE_MARKER);
-    std::fs::remove_file(&marker)
-        .and_then(|()| File::open(images)?.sync_all())
-        .map_err(io(format!("removing {}", marker.display())))
+    std::fs::remove_file(&marker).map_err(io(format!("removing {}", marker.display())))
 }

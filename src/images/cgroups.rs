@@ -93,8 +93,10 @@ impl ImageDir {
             let tmp = self.file(".cgroup.img.ferry-new");
             let io = |e| ImageError::new(&path, 0, ErrorKind::Io(e));
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            // Renamed into place (never half written), not fsynced: this
+            // runs in the frozen time, and CRIU does not sync the images
+            // around it either.
             f.write_all(&encode(CGROUP_MAGIC, &[&entry]))
-                .and_then(|()| f.sync_all())
                 .and_then(|()| std::fs::rename(&tmp, &path))
                 .map_err(|e| {
                     let _ = std::fs::remove_file(&tmp);
