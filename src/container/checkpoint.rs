@@ -148,6 +148,9 @@ struct DumpHandler<'a, 'p> {
     /// CRIU runs inside the container's network namespace (see
     /// [`netns_image::criu_can_run_inside`]).
     criu_inside: bool,
+    /// The images say the tree stays in the cgroups CRIU is restored in
+    /// (see `images::cgroups::record_inherited_cgroups`).
+    cgroups_inherited: bool,
 }
 
 /// A recorded namespace (see [`netns_image`]) and whether the frozen tree
@@ -254,6 +257,10 @@ impl NotifyHandler for DumpHandler<'_, '_> {
                 // not freeze the new container, and CRIU with it.
                 if self.freeze.is_some() {
                     crate::images::cgroups::record_running(self.images)
+                        .map_err(criu::HandlerError::new)?;
+                }
+                if self.cgroups_inherited {
+                    crate::images::cgroups::record_inherited_cgroups(self.images)
                         .map_err(criu::HandlerError::new)?;
                 }
                 if let Some(p) = self.post_dump.as_mut() {
@@ -379,6 +386,17 @@ fn shares_netns(spec: &oci_spec::runtime::Spec) -> bool {
         .is_some_and(|n| {
             n.iter()
                 .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        })
+}
+
+/// Whether the container has a cgroup namespace (its own or joined).
+fn has_cgroupns(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| {
+            n.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
         })
 }
 
@@ -607,6 +625,7 @@ impl Dump<'_> {
             tmpfs: &self.tmpfs,
             tmpfs_verified: false,
             criu_inside: self.criu_inside(),
+            cgroups_inherited: !opts.pre_dump && !has_cgroupns(&c.state.config),
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
         let kind = if opts.pre_dump {

@@ -107,8 +107,8 @@ impl Criu {
 
     /// Checks the version and runs `req` in one criu process: one spawn
     /// fewer than [`Criu::require`] followed by [`Criu::call`]. `on_start`
-    /// gets criu's pid before the request is sent (to place it in a cgroup
-    /// and name that cgroup in the options).
+    /// gets criu's pid as soon as it runs, before anything is asked of it
+    /// (to place it in a cgroup and name that cgroup in the options).
     pub fn call_checked(
         &self,
         min: Version,
@@ -118,6 +118,12 @@ impl Criu {
         on_start: &mut OnStart,
     ) -> Result<Response> {
         let mut session = self.session(&inherited(fds, &req))?;
+        // Before the version is asked: what `on_start` does (a cgroup
+        // move waits for an RCU grace period) overlaps criu's own start.
+        let pid = session
+            .pid()
+            .ok_or_else(|| Error::Protocol("criu exited as it started".into()))?;
+        on_start(pid, &mut req.opts).map_err(|source| Error::Prepare { source })?;
         let resp = session.request(
             Request::new(ReqType::VERSION, None).keep_open(true),
             &mut AckAll,
@@ -126,10 +132,6 @@ impl Criu {
         if let Some(o) = req.opts.as_mut() {
             default_notify_scripts(o);
         }
-        let pid = session
-            .pid()
-            .ok_or_else(|| Error::Protocol("criu exited after answering VERSION".into()))?;
-        on_start(pid, &mut req.opts).map_err(|source| Error::Prepare { source })?;
         let result = session.request(req, handler);
         // Reaped in the background: criu only cleans up after answering.
         std::thread::spawn(move || drop(session));

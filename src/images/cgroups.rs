@@ -1,4 +1,5 @@
-//! The freezer state a dump recorded in `cgroup.img`.
+//! The freezer state a dump recorded in `cgroup.img`, and whether the
+//! restored tree must be moved into its cgroups.
 //!
 //! With a freeze cgroup, CRIU records the freezer state it found before
 //! the dump (v1 `freezer.state`; v2 has no such property) and, in the
@@ -10,8 +11,9 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{ImageDir, Result};
-use crate::criu::image::{encode, read_one, ErrorKind, ImageError, CGROUP_MAGIC};
+use crate::criu::image::{encode, read_one, ErrorKind, ImageError, CGROUP_MAGIC, INVENTORY_MAGIC};
 use crate::proto::cgroup::{Cgroup_dir_entry, Cgroup_entry};
+use crate::proto::inventory::Inventory_entry;
 
 const FREEZER_STATE: &str = "freezer.state";
 const FROZEN: &str = "FROZEN";
@@ -55,7 +57,64 @@ pub fn record_running(dir: &Path) -> Result<bool> {
     .record_running()
 }
 
+/// See [`ImageDir::record_inherited_cgroups`].
+pub fn record_inherited_cgroups(dir: &Path) -> Result<bool> {
+    ImageDir {
+        path: dir.to_path_buf(),
+    }
+    .record_inherited_cgroups()
+}
+
+/// Writes `bytes` over `path` through a temporary file renamed into place
+/// (never half written). Not fsynced: this runs in the frozen time, and
+/// CRIU does not sync the images around it either.
+fn replace(path: &Path, tmp: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(bytes)
+        .and_then(|()| std::fs::rename(tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(tmp);
+        })
+}
+
 impl ImageDir {
+    /// Records the root task's cgroup set as the one CRIU ran in, so
+    /// that CRIU's restore leaves the tree in the cgroups it is forked
+    /// in instead of moving it there: ferry starts the restoring CRIU in
+    /// the container's cgroup of every hierarchy the dump recorded, which
+    /// is where CRIU's move (through the cgroup roots ferry gives it)
+    /// would put it too. The move costs an RCU grace period (~10 ms
+    /// here: a v1 `cgroup.procs` write synchronizes
+    /// `cgroup_threadgroup_rwsem`). CRIU also skips the cgroup namespace
+    /// then, so only for a container without one of its own. Whether it
+    /// changed anything.
+    pub fn record_inherited_cgroups(&self) -> Result<bool> {
+        let inv_path = self.file("inventory.img");
+        let mut inv: Inventory_entry = read_one(&inv_path, INVENTORY_MAGIC, "inventory entry")?;
+        let root = self.pstree()?[0].pid();
+        // Per thread since CRIU 3.x; the task's field is the older home.
+        let core = self.core(root)?;
+        let Some(set) = core
+            .thread_core
+            .as_ref()
+            .and_then(|t| t.cg_set)
+            .or_else(|| core.tc.as_ref().and_then(|tc| tc.cg_set))
+        else {
+            return Ok(false);
+        };
+        if inv.root_cg_set == Some(set) {
+            return Ok(false);
+        }
+        inv.root_cg_set = Some(set);
+        replace(
+            &inv_path,
+            &self.file(".inventory.img.ferry-new"),
+            &encode(INVENTORY_MAGIC, &[&inv]),
+        )
+        .map_err(|e| ImageError::new(&inv_path, 0, ErrorKind::Io(e)))?;
+        Ok(true)
+    }
+
     fn cgroup_entry(&self) -> Result<Option<Cgroup_entry>> {
         let path = self.file("cgroup.img");
         if !path.exists() {
@@ -92,16 +151,7 @@ impl ImageDir {
             let path = self.file("cgroup.img");
             let tmp = self.file(".cgroup.img.ferry-new");
             let io = |e| ImageError::new(&path, 0, ErrorKind::Io(e));
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            // Renamed into place (never half written), not fsynced: this
-            // runs in the frozen time, and CRIU does not sync the images
-            // around it either.
-            f.write_all(&encode(CGROUP_MAGIC, &[&entry]))
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
-                    io(e)
-                })?;
+            replace(&path, &tmp, &encode(CGROUP_MAGIC, &[&entry])).map_err(io)?;
         }
         Ok(changed)
     }

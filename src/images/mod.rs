@@ -246,7 +246,7 @@ impl ImageDir {
         })
     }
 
-    fn pstree(&self) -> Result<Vec<Pstree_entry>> {
+    pub(crate) fn pstree(&self) -> Result<Vec<Pstree_entry>> {
         let path = self.file("pstree.img");
         let entries: Vec<Pstree_entry> = read_all(&path, PSTREE_MAGIC, "pstree entry")?;
         if entries.is_empty() {
@@ -263,7 +263,7 @@ impl ImageDir {
         Ok(entries)
     }
 
-    fn core(&self, pid: u32) -> Result<Core_entry> {
+    pub(crate) fn core(&self, pid: u32) -> Result<Core_entry> {
         read_one(
             &self.file(&format!("core-{pid}.img")),
             CORE_MAGIC,
