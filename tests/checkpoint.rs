@@ -38,6 +38,20 @@ fn counter_continues_through_two_checkpoint_restore_cycles() {
         // The restored init is recorded with its real pid and stdio.
         let st = env.state_file(&id);
         assert_eq!(st["pid"], env.state(&id)["pid"]);
+        // The tree stayed in the cgroups CRIU was started in (no
+        // cgroup namespace here), which are the container's.
+        let log = std::fs::read_to_string(images.join("restore.log")).unwrap();
+        assert!(log.contains("Cgroup namespace inherited from parent"));
+        assert!(!log.contains("cgroup.procs"), "CRIU moved the tree");
+        let pid = st["pid"].as_i64().unwrap();
+        for dir in default_cgroup_dirs(&id) {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert!(
+                procs.lines().any(|l| l == pid.to_string()),
+                "{pid} not in {}",
+                dir.display()
+            );
+        }
         assert_continues(&count, at_dump);
         last = at_dump;
     }
@@ -1236,4 +1250,41 @@ fn inspect_names_the_root_filesystem_and_the_stdio_outside() {
     std::fs::remove_file(images.join("ferry-root.json")).unwrap();
     let root = root_of(&inspect());
     assert_eq!(root["fstype"], "unsupported", "{root}");
+}
+
+/// A container with a cgroup namespace of its own gets one back: CRIU
+/// moves the restored tree into its cgroups and unshares the namespace
+/// there (its cgroups are `/` to it again), which the restore of a
+/// container without one skips.
+#[test]
+fn cgroup_namespace_comes_back() {
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("cgnsck");
+    let data = env.work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let bundle = env.bundle("b", &["sh", "-c", COUNTER], |v| {
+        add_bind(v, &data, "/data");
+        let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(json!({"type": "cgroup"}));
+    });
+    let id = env.id("c");
+    env.run_detached(&bundle, &id);
+    let count = data.join("count");
+    wait_counting(&count);
+    let host_cgns = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    let images = env.work.path().join("img");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    assert_continues(&count, read_num(&count).unwrap());
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let cgns = std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
+    assert_ne!(cgns, host_cgns, "restored in the host's cgroup namespace");
+    let log = std::fs::read_to_string(images.join("restore.log")).unwrap();
+    assert!(!log.contains("Cgroup namespace inherited from parent"));
+    let seen = env.ok(&["exec", &id, "cat", "/proc/self/cgroup"]);
+    for line in seen.lines() {
+        assert!(line.ends_with(":/"), "{seen}");
+    }
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
 }
