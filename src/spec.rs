@@ -44,6 +44,25 @@ fn unsupported(field: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Whether `linux.namespaces` lists a namespace of `typ`, made for the
+/// container or joined by path.
+pub fn has_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    namespaces_of(spec).any(|n| n.typ() == typ)
+}
+
+/// Whether the container gets a new namespace of `typ` (listed, no path).
+pub fn has_own_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    namespaces_of(spec).any(|n| n.typ() == typ && n.path().is_none())
+}
+
+fn namespaces_of(spec: &Spec) -> impl Iterator<Item = &oci_spec::runtime::LinuxNamespace> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+}
+
 /// Largest `config.json` read (the limit an imported archive puts on its
 /// `spec.dump`, too).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;

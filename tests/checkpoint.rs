@@ -158,15 +158,13 @@ fn hooks_fire_on_restore() {
     env.ok(&checkpoint_args(&images, &[], &id));
     let log = env.work.path().join("hooks.log");
     let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo {name} \"$s\" >> {}", log.display())]});
-    let mut v: Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
-            .unwrap();
-    v["hooks"] = json!({
-        "prestart": [hook("prestart")],
-        "createRuntime": [hook("createRuntime")],
-        "poststart": [hook("poststart")],
+    edit_config(&bundle, |v| {
+        v["hooks"] = json!({
+            "prestart": [hook("prestart")],
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+        })
     });
-    std::fs::write(bundle.join("config.json"), v.to_string()).unwrap();
     let at = read_num(&count).unwrap();
     env.ok(&restore_args(&bundle, &images, &[], &id));
     let text = std::fs::read_to_string(&log).unwrap();
@@ -974,11 +972,7 @@ fn changed_network_namespace_falls_back_to_criu() {
                   while :; do sleep 0.1; done";
     let bundle = env.bundle("b", &["sh", "-c", script], grant_net_admin);
     let id = env.id("chg");
-    env.run_detached(&bundle, &id);
-    let rootfs = bundle.join("rootfs");
-    assert!(wait_until(Duration::from_secs(5), || rootfs
-        .join("tmp/ready")
-        .exists()));
+    env.run_until_ready(&bundle, &id);
     let images = env.work.path().join("img");
     env.ok(&checkpoint_args(&images, &[], &id));
     assert!(!images.join("ferry-netns.json").exists());
@@ -1031,8 +1025,7 @@ fn changed_network_namespace_falls_back_to_criu() {
     let (id, bundle, count) = env.counter("own");
     let images = env.work.path().join("img-own");
     env.ok(&checkpoint_args(&images, &[], &id));
-    let kept: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(images.join("ferry-netns.json")).unwrap()).unwrap();
+    let kept = kept_netns(&images);
     assert_eq!(kept["criu_inside"], json!(true), "{kept}");
     // (CRIU walks conntrack only for a namespace it takes in the images.)
     let taken = |images: &Path| {
@@ -1057,14 +1050,10 @@ fn changed_network_namespace_falls_back_to_criu() {
     let script = "ip link set lo down && touch /tmp/ready && while :; do sleep 0.1; done";
     let bundle = env.bundle("lodown", &["sh", "-c", script], grant_net_admin);
     let id = env.id("lodown");
-    env.run_detached(&bundle, &id);
-    assert!(wait_until(Duration::from_secs(5), || bundle
-        .join("rootfs/tmp/ready")
-        .exists()));
+    env.run_until_ready(&bundle, &id);
     let images = env.work.path().join("img-lodown");
     env.ok(&checkpoint_args(&images, &[], &id));
-    let kept: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(images.join("ferry-netns.json")).unwrap()).unwrap();
+    let kept = kept_netns(&images);
     assert_eq!(kept["criu_inside"], json!(false), "{kept}");
     assert!(taken(&images), "CRIU did not record the namespace");
     env.ok(&restore_args(&bundle, &images, &[], &id));
@@ -1072,6 +1061,11 @@ fn changed_network_namespace_falls_back_to_criu() {
     assert!(!lo.contains(",UP"), "{lo}");
     env.ok(&["delete", "--force", &id]);
     env.assert_gone(&id);
+}
+
+/// What ferry recorded of a network namespace it keeps.
+fn kept_netns(images: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(images.join("ferry-netns.json")).unwrap()).unwrap()
 }
 
 /// Images of a namespace CRIU ran inside hold none: restoring them with a
@@ -1084,14 +1078,12 @@ fn images_without_a_namespace_need_one_of_their_own() {
     let (id, bundle, _count) = env.counter("c");
     let images = env.work.path().join("img");
     env.ok(&checkpoint_args(&images, &[], &id));
-    let config = bundle.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    v["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|n| n["type"] != "network");
-    std::fs::write(&config, v.to_string()).unwrap();
+    edit_config(&bundle, |v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network")
+    });
     let err = env.fail(&restore_args(&bundle, &images, &[], &id));
     assert!(err.contains("network namespace of its own"), "{err}");
     env.assert_gone(&id);
@@ -1121,11 +1113,7 @@ fn tmpfs_mounts_come_back_with_nodes_and_user_files() {
         }
     });
     let id = env.id("t");
-    env.run_detached(&bundle, &id);
-    let rootfs = bundle.join("rootfs");
-    assert!(wait_until(Duration::from_secs(5), || rootfs
-        .join("tmp/ready")
-        .exists()));
+    env.run_until_ready(&bundle, &id);
     let listing =
         "find /dev /sys/fs/cgroup /proc/acpi -xdev -exec stat -c '%n %F %a %u %g %t %T' {} +";
     let files = "stat -c '%n %s %a %u %g %Y' /dev/shm/data /dev/shm/big; md5sum /dev/shm/big";
@@ -1262,8 +1250,8 @@ fn cgroup_namespace_comes_back() {
     let env = Env::new("cgnsck");
     let data = env.work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let bundle = env.bundle("b", &["sh", "-c", COUNTER], |v| {
-        add_bind(v, &data, "/data");
+    let bundle = env.counter_bundle("b", &data);
+    edit_config(&bundle, |v| {
         let ns = v["linux"]["namespaces"].as_array_mut().unwrap();
         ns.push(json!({"type": "cgroup"}));
     });

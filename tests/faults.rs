@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::invariants::{assert_nothing_left, criu_tables, mounts_below, TreeSnapshot};
-use common::{checkpoint_args, is_root, restore_args, s, Env, NetNs};
+use common::{checkpoint_args, edit_config, is_root, restore_args, s, Env, NetNs};
 use serde_json::json;
 
 /// From before ferry has done anything to past the end of the operation.
@@ -518,14 +518,12 @@ fn criu_killed_while_it_holds_the_network_leaves_a_container_that_still_talks() 
     let (ns, env, bundle) = veth_world("fcriu");
     // A writable /proc/sys makes CRIU, not ferry, keep the namespace, and
     // lock it while it dumps (ferry's own namespaces need no lock of CRIU's).
-    let config = bundle.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    v["linux"]["readonlyPaths"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|p| p != "/proc/sys");
-    std::fs::write(&config, v.to_string()).unwrap();
+    edit_config(&bundle, |v| {
+        v["linux"]["readonlyPaths"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|p| p != "/proc/sys")
+    });
     let mut exercised = [0; 2];
     for attempt in 0..6 {
         let method = ["nftables", "iptables"][attempt % 2];

@@ -236,10 +236,9 @@ impl Drop for Peer {
 /// (`net` picks 10.79.net.0/24), talking TCP to `peer`.
 fn workload(bundle: PathBuf, peer: &str) -> PathBuf {
     std::fs::copy(fidelity_bin(), bundle.join("rootfs/fidelity")).unwrap();
-    let path = bundle.join("config.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    v["process"]["args"] = json!(["/fidelity", "/data", "/lock", peer, PORT, SLEEP_MS]);
-    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    edit_config(&bundle, |v| {
+        v["process"]["args"] = json!(["/fidelity", "/data", "/lock", peer, PORT, SLEEP_MS])
+    });
     bundle
 }
 

@@ -23,6 +23,8 @@ use crate::criu::{
 use crate::freeze_guard::{DumpDirs, FreezeGuard, Freezer, GuardHandle, OnDeath, Target};
 use crate::hooks;
 use crate::network::{self, LockMethod, VethConfig};
+use crate::spec;
+use oci_spec::runtime::LinuxNamespaceType;
 
 #[derive(Debug, Clone)]
 pub struct CheckpointOptions {
@@ -377,29 +379,6 @@ impl CheckpointOptions {
     }
 }
 
-/// Whether the container has no network namespace of its own.
-fn shares_netns(spec: &oci_spec::runtime::Spec) -> bool {
-    !spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|n| {
-            n.iter()
-                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-        })
-}
-
-/// Whether the container has a cgroup namespace (its own or joined).
-fn has_cgroupns(spec: &oci_spec::runtime::Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|n| {
-            n.iter()
-                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup)
-        })
-}
-
 /// One dump of a running or paused container.
 struct Dump<'a> {
     container: &'a Container,
@@ -614,7 +593,7 @@ impl Dump<'_> {
                 log: &log,
                 method: self.criu_network_lock(),
                 init_pid: c.state.pid,
-                shares_netns: shares_netns(&c.state.config),
+                shares_netns: !spec::has_namespace(&c.state.config, LinuxNamespaceType::Network),
             },
             guard: &guard,
             own_netns: self.own_netns.as_ref().map(|recorded| OwnNetnsCheck {
@@ -625,7 +604,8 @@ impl Dump<'_> {
             tmpfs: &self.tmpfs,
             tmpfs_verified: false,
             criu_inside: self.criu_inside(),
-            cgroups_inherited: !opts.pre_dump && !has_cgroupns(&c.state.config),
+            cgroups_inherited: !opts.pre_dump
+                && !spec::has_namespace(&c.state.config, LinuxNamespaceType::Cgroup),
         };
         let fds: Vec<RawFd> = opts.status_fd.into_iter().collect();
         let kind = if opts.pre_dump {
@@ -772,10 +752,11 @@ impl Container {
             },
         };
         let o = dump.criu_opts()?;
+        let criu = dump.criu(&criu)?;
         if dump.marked {
             mark_incomplete(&dump.dirs.images, &dump.dirs.work)?;
         }
-        let run = dump.run(&dump.criu(&criu)?, o, post_dump);
+        let run = dump.run(&criu, o, post_dump);
         dump.settle(run)?;
         let Dump { dirs, .. } = dump;
         // A pre-dump writes its statistics too (its pages, its frozen time).

@@ -99,12 +99,10 @@ impl Container {
             // The container's session keyring, joined by name.
             keyring: (!self.state.no_new_keyring).then(|| process::Keyring {
                 name: process::keyring::name(self.id()),
-                in_userns: self.state.config.linux().as_ref().is_some_and(|l| {
-                    l.namespaces().as_ref().is_some_and(|n| {
-                        n.iter()
-                            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
-                    })
-                }),
+                in_userns: crate::spec::has_namespace(
+                    &self.state.config,
+                    oci_spec::runtime::LinuxNamespaceType::User,
+                ),
             }),
         };
         let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;

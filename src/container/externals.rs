@@ -57,7 +57,9 @@ pub fn mounts(spec: &Spec, bundle: &Path, cgroup: Option<&CgroupDescriptor>) -> 
                 source
             };
             out.push(External { key: dest, source });
-        } else if typ == "sysfs" && !has_own_netns(spec) {
+        } else if typ == "sysfs"
+            && !crate::spec::has_own_namespace(spec, oci_spec::runtime::LinuxNamespaceType::Network)
+        {
             out.push(External {
                 key: dest,
                 source: "/sys".into(),
@@ -65,15 +67,6 @@ pub fn mounts(spec: &Spec, bundle: &Path, cgroup: Option<&CgroupDescriptor>) -> 
         }
     }
     out
-}
-
-fn has_own_netns(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default()
-        .iter()
-        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none())
 }
 
 /// Mount points on kernel filesystems (made by the kernel, or by CRIU from

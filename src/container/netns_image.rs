@@ -15,6 +15,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::{io, Error, ImagesError, Result};
 use crate::network::{self, OwnNetns, VethConfig};
+use crate::spec::{has_namespace, has_own_namespace};
 
 /// Written into the image dir when ferry, not CRIU, keeps the namespace.
 pub const OWN_NETNS_FILE: &str = "ferry-netns.json";
@@ -41,29 +42,16 @@ pub struct Kept {
 /// CRIU, outside the container's user namespace: so not with a user
 /// namespace of its own.
 pub fn criu_can_run_inside(spec: &Spec, kept: &OwnNetns) -> bool {
-    kept.lo_up && !own_userns(spec)
+    kept.lo_up && !has_namespace(spec, LinuxNamespaceType::User)
 }
-
-fn own_userns(spec: &Spec) -> bool {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::User))
-}
-
-const NOT_OWN: &str = "the container has no network namespace of its own";
 
 /// Why the configuration alone rules the shortcut out, if it does: the
 /// namespace is not one ferry made, or its sysctls (which CRIU keeps and
 /// ferry cannot see changed) may differ from the kernel's defaults.
 fn ruled_out(spec: &Spec) -> Option<&'static str> {
     let linux = spec.linux().as_ref()?;
-    let own = linux.namespaces().as_ref().is_some_and(|n| {
-        n.iter()
-            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
-    });
-    if !own {
-        return Some(NOT_OWN);
+    if !has_own_namespace(spec, LinuxNamespaceType::Network) {
+        return Some("the container has no network namespace of its own");
     }
     if linux
         .sysctl()
@@ -86,7 +74,10 @@ fn ruled_out(spec: &Spec) -> Option<&'static str> {
 /// configuration that has no namespace of its own (or a user namespace):
 /// CRIU would restore the tree into the namespace it runs in.
 pub fn check_restorable(spec: &Spec, kept: &Kept, images: &Path) -> Result<()> {
-    if kept.criu_inside && (ruled_out(spec) == Some(NOT_OWN) || own_userns(spec)) {
+    if kept.criu_inside
+        && (!has_own_namespace(spec, LinuxNamespaceType::Network)
+            || has_namespace(spec, LinuxNamespaceType::User))
+    {
         return Err(ImagesError::NeedsOwnNetns(images.to_path_buf()).into());
     }
     Ok(())

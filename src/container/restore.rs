@@ -466,6 +466,7 @@ fn restore_tree(
         hold,
         append: super::append_stdio::AppendStdio::record(),
     };
+    let inside;
     let criu = if made_ahead {
         let ns = network::NewNetns::create().map_err(io("making a network namespace"))?;
         let filled = handler.fill(ns.pid());
@@ -473,9 +474,10 @@ fn restore_tree(
             claim.rollback.veth = veth.cloned();
         }
         filled?;
-        criu.clone().in_netns(ns.into_file())
+        inside = criu.clone().in_netns(ns.into_file());
+        &inside
     } else {
-        criu.clone()
+        criu
     };
     let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
     let result = criu.call_checked(

@@ -64,7 +64,7 @@ impl Criu {
     /// Starts a swrk session for several requests; `fds` are inherited.
     pub fn session(&self, fds: InheritFds) -> Result<Session> {
         use std::os::fd::AsRawFd;
-        Session::spawn_in(
+        Session::spawn(
             &self.binary,
             fds,
             self.netns.as_ref().map(|n| n.as_raw_fd()),

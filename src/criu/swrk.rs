@@ -119,13 +119,9 @@ impl Session {
     /// Starts `binary swrk <fd>`. Only the socket and `keep_fds` survive the
     /// exec, at their current numbers; stdin and stdout are /dev/null and
     /// stderr goes to an unnamed temp file kept for error reports.
-    pub fn spawn(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
-        Session::spawn_with(binary, keep_fds, false, None)
-    }
-
-    /// Like [`Session::spawn`], with criu in the network namespace `netns`
-    /// (an open namespace file) when given.
-    pub fn spawn_in(binary: &Path, keep_fds: &[RawFd], netns: Option<RawFd>) -> Result<Session> {
+    /// With `netns` (an open namespace file), criu runs in that network
+    /// namespace.
+    pub fn spawn(binary: &Path, keep_fds: &[RawFd], netns: Option<RawFd>) -> Result<Session> {
         Session::spawn_with(binary, keep_fds, false, netns)
     }
 
@@ -498,7 +494,7 @@ mod tests {
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
         )
         .unwrap();
-        let mut s = Session::spawn(&script, &[wanted.as_raw_fd()]).unwrap();
+        let mut s = Session::spawn(&script, &[wanted.as_raw_fd()], None).unwrap();
         let status = s.wait().unwrap();
         assert!(status.success());
         let listed: Vec<i32> = std::fs::read_to_string(&out)
@@ -509,11 +505,11 @@ mod tests {
         assert!(listed.contains(&wanted.as_raw_fd()), "{listed:?}");
         assert!(!listed.contains(&unwanted.as_raw_fd()), "{listed:?}");
         assert!(matches!(
-            Session::spawn(&script, &[1]),
+            Session::spawn(&script, &[1], None),
             Err(Error::BadFd { fd: 1, .. })
         ));
         assert!(matches!(
-            Session::spawn(&script, &[9999]),
+            Session::spawn(&script, &[9999], None),
             Err(Error::BadFd { fd: 9999, .. })
         ));
     }

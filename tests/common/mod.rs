@@ -191,6 +191,17 @@ impl Env {
         self.ok(&["run", "-d", "--bundle", s(bundle), id])
     }
 
+    /// `run -d` of `bundle` as `id`, then waits until its process has
+    /// made `/tmp/ready` (what it set up before is in place).
+    pub fn run_until_ready(&self, bundle: &Path, id: &str) {
+        self.run_detached(bundle, id);
+        let ready = bundle.join("rootfs/tmp/ready");
+        assert!(
+            wait_until(Duration::from_secs(5), || ready.exists()),
+            "{id} never made /tmp/ready"
+        );
+    }
+
     /// Runs and asserts failure with a one-line message; returns stderr.
     pub fn fail(&self, args: &[&str]) -> String {
         let out = self.run(args);
@@ -392,6 +403,14 @@ pub fn read_num(path: &Path) -> Option<u64> {
 /// open file in /data, which a copy restored onto another /data (or after
 /// the original renamed it) could not reopen. Read it with [`read_num`].
 pub const COUNTER: &str = "i=0; while :; do i=$((i+1)); ln -sf $i /data/count.tmp; mv -f /data/count.tmp /data/count; sleep 0.05; done";
+
+/// Changes `bundle`'s config.json in place.
+pub fn edit_config(bundle: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = bundle.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
 
 /// Adds a bind mount of `host` at `dest` to a config.
 pub fn add_bind(v: &mut Value, host: &Path, dest: &str) {
