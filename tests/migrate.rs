@@ -36,7 +36,27 @@ fn counter_moves_to_b_and_back() {
     let mut w = World::new("c", 1);
     let (id, count) = w.counter("c");
     let before = read_num(&count).unwrap();
-    let r = w.migrate_ok(&w.a, &w.b, &id, &[]);
+    let r = w.migrate_ok(&w.a, &w.b, &id, &["--keep-images"]);
+    // The dump ran inside the container's network namespace (its pages
+    // through ferry's relay): no namespace in the images, so no conntrack
+    // table walked while the container was frozen.
+    let kept = r["warnings"]
+        .as_array()
+        .and_then(|w| {
+            w.iter()
+                .find_map(|w| w.as_str()?.strip_prefix("images kept in "))
+        })
+        .map(|p| PathBuf::from(p).join("dump"))
+        .unwrap_or_else(|| panic!("no kept images in {r}"));
+    let netns: Value =
+        serde_json::from_slice(&std::fs::read(kept.join("ferry-netns.json")).unwrap()).unwrap();
+    assert_eq!(netns["criu_inside"], json!(true), "{netns}");
+    let log = read_text(&kept.join("dump.log"));
+    assert!(
+        !log.contains("Will take net namespace"),
+        "CRIU dumped the namespace"
+    );
+    std::fs::remove_dir_all(kept.parent().unwrap()).unwrap();
     // The default mode: pre-copy where the kernel tracks dirty memory,
     // else stop-copy, and the report says why not the other.
     let tracks = ferry::criu::Criu::new()

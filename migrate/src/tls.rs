@@ -31,6 +31,16 @@ pub struct TlsPaths {
     pub key: PathBuf,
 }
 
+/// Writes `der`, a certificate a handshake verified, to `path` as PEM: the
+/// only trust anchor of a CRIU that must accept exactly that certificate
+/// and no other (see [`crate::DumpPlan::peer_cert`]).
+pub fn write_pinned(der: &[u8], path: &Path) -> io::Result<()> {
+    std::fs::write(
+        path,
+        pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())),
+    )
+}
+
 /// Why TLS could not be set up or a peer was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

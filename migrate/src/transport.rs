@@ -38,6 +38,8 @@ pub struct Channel {
     stream: Box<dyn Stream>,
     tcp: Option<TcpStream>,
     ca: Option<PathBuf>,
+    /// The certificate the peer presented and the handshake verified (DER).
+    peer_cert: Option<Vec<u8>>,
     timeout: Option<Duration>,
     sent: u64,
     received: u64,
@@ -59,21 +61,33 @@ impl Channel {
             stream,
             tcp: None,
             ca: None,
+            peer_cert: None,
             timeout: None,
             sent: 0,
             received: 0,
         }
     }
 
-    fn over_tcp(stream: Box<dyn Stream>, tcp: TcpStream, ca: Option<PathBuf>) -> Channel {
+    fn over_tcp(
+        stream: Box<dyn Stream>,
+        tcp: TcpStream,
+        ca: Option<PathBuf>,
+        peer_cert: Option<Vec<u8>>,
+    ) -> Channel {
         Channel {
             stream,
             tcp: Some(tcp),
             ca,
+            peer_cert,
             timeout: None,
             sent: 0,
             received: 0,
         }
+    }
+
+    /// The peer's certificate as the TLS handshake verified it (DER).
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        self.peer_cert.as_deref()
     }
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {
@@ -291,7 +305,7 @@ fn plain(tcp: TcpStream) -> Result<Channel, TransportError> {
     let clone = tcp
         .try_clone()
         .map_err(|e| TransportError::Wire(e.into()))?;
-    Ok(Channel::over_tcp(Box::new(tcp), clone, None))
+    Ok(Channel::over_tcp(Box::new(tcp), clone, None, None))
 }
 
 /// A channel over `conn` on `tcp` once its handshake (either side's) is
@@ -309,6 +323,10 @@ where
     let _ = tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     drive_handshake(&mut conn, &mut tcp, &creds.paths().ca)?;
     let _ = tcp.set_read_timeout(None);
+    let peer_cert = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.to_vec());
     let clone = tcp
         .try_clone()
         .map_err(|e| TransportError::Wire(e.into()))?;
@@ -316,6 +334,7 @@ where
         Box::new(StreamOwned::new(conn, tcp)),
         clone,
         Some(creds.paths().ca.clone()),
+        peer_cert,
     ))
 }
 

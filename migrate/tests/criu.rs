@@ -586,6 +586,56 @@ fn real_restore_failure_resumes_the_source() {
     assert!(left.is_empty(), "left on the destination: {left:?}");
 }
 
+/// A CRIU page server on 127.0.0.1 writing `ps_dir`, presenting `tls`
+/// (no name check: the peers share 127.0.0.1).
+fn page_server_on(
+    criu: &Criu,
+    s: &Setup,
+    root: &Path,
+    ps_dir: &Path,
+    tls: &TlsPaths,
+) -> (RealDest, PageServer) {
+    let mut dest = RealDest {
+        criu: criu.clone(),
+        root: root.to_path_buf(),
+        restored: None,
+        page_server: None,
+        counter: s.counter.clone(),
+        behaviour: Behaviour::default(),
+        log: Default::default(),
+    };
+    let ps = dest
+        .start_page_server(&PageServerPlan {
+            images_dir: ps_dir.to_path_buf(),
+            address: "127.0.0.1".into(),
+            port: 0,
+            parent_img: None,
+            tls: Some(tls.clone()),
+            tls_no_cn_verify: true,
+        })
+        .unwrap();
+    (dest, ps)
+}
+
+/// A final dump into `src_dir` (left stopped) streaming to the page
+/// server on 127.0.0.1:`port` with `tls`.
+fn dump_to(src_dir: &Path, port: u16, tls: TlsPaths) -> DumpPlan {
+    DumpPlan {
+        kind: migrate::mode::DumpKind::Dump,
+        images_dir: src_dir.to_path_buf(),
+        parent_img: None,
+        track_mem: false,
+        page_server: Some(migrate::mode::PageServerTarget {
+            address: "127.0.0.1".into(),
+            port,
+        }),
+        tls: Some(tls),
+        peer_cert: None,
+        leave_stopped: true,
+        lazy_pages: false,
+    }
+}
+
 #[test]
 fn page_server_refuses_a_dump_from_an_untrusted_certificate() {
     let _g = serial();
@@ -598,39 +648,9 @@ fn page_server_refuses_a_dump_from_an_untrusted_certificate() {
     std::fs::create_dir_all(&ps_dir).unwrap();
     std::fs::create_dir_all(&src_dir).unwrap();
     // Page server with the destination's credentials.
-    let mut dest = RealDest {
-        criu: criu.clone(),
-        root: dir.path().to_path_buf(),
-        restored: None,
-        page_server: None,
-        counter: s.counter.clone(),
-        behaviour: Behaviour::default(),
-        log: Default::default(),
-    };
-    let ps = dest
-        .start_page_server(&PageServerPlan {
-            images_dir: ps_dir.clone(),
-            address: "127.0.0.1".into(),
-            port: 0,
-            parent_img: None,
-            tls: Some(s.pki.dst.clone()),
-            tls_no_cn_verify: true,
-        })
-        .unwrap();
+    let (mut dest, ps) = page_server_on(&criu, &s, dir.path(), &ps_dir, &s.pki.dst);
     // A dump presenting a certificate from another CA.
-    let plan = DumpPlan {
-        kind: migrate::mode::DumpKind::Dump,
-        images_dir: src_dir.clone(),
-        parent_img: None,
-        track_mem: false,
-        page_server: Some(migrate::mode::PageServerTarget {
-            address: "127.0.0.1".into(),
-            port: ps.port,
-        }),
-        tls: Some(s.pki.rogue()),
-        leave_stopped: true,
-        lazy_pages: false,
-    };
+    let plan = dump_to(&src_dir, ps.port, s.pki.rogue());
     let images = File::open(&src_dir).unwrap();
     let e = criu
         .dump(dump_opts(&plan, s.src.init, &images), &mut AckAll, &[])
@@ -645,6 +665,77 @@ fn page_server_refuses_a_dump_from_an_untrusted_certificate() {
     wait_counter(&s.counter, at + 3);
     assert!(!ps_dir.join("pages-1.img").exists());
     dest.abort().unwrap();
+}
+
+/// A dump whose CRIU reaches the page server under another address (a
+/// runtime's relay, see [`DumpPlan::peer_cert`]) trusts exactly the
+/// certificate the control channel verified: a page server presenting
+/// another certificate from the same CA is refused, the pinned one
+/// accepted, both without a name check.
+#[test]
+fn a_pinned_page_server_certificate_is_the_only_one_accepted() {
+    let _g = serial();
+    let Some(criu) = criu_or_skip() else { return };
+    let s = setup(criu.clone(), Behaviour::default());
+    wait_counter(&s.counter, 3);
+    let dir = tempfile::tempdir().unwrap();
+    // The destination's certificate as the control channel would pin it.
+    let dst_pem = std::fs::read(&s.pki.dst.cert).unwrap();
+    let pin = dir.path().join("destination.pem");
+    migrate::tls::write_pinned(pem::parse(dst_pem).unwrap().contents(), &pin).unwrap();
+    let attempt = |name: &str, server: &TlsPaths| {
+        let ps_dir = dir.path().join(format!("{name}-ps"));
+        let src_dir = dir.path().join(format!("{name}-src"));
+        std::fs::create_dir_all(&ps_dir).unwrap();
+        std::fs::create_dir_all(&src_dir).unwrap();
+        let (mut dest, ps) = page_server_on(&criu, &s, dir.path(), &ps_dir, server);
+        let mut plan = dump_to(
+            &src_dir,
+            ps.port,
+            TlsPaths {
+                ca: pin.clone(),
+                ..s.pki.src.clone()
+            },
+        );
+        plan.peer_cert = Some(pin.clone());
+        plan.leave_stopped = false;
+        let images = File::open(&src_dir).unwrap();
+        let mut o = dump_opts(&plan, s.src.init, &images);
+        o.set_tls_no_cn_verify(true);
+        o.set_leave_running(true);
+        let r = criu.dump(o, &mut AckAll, &[]);
+        let log = std::fs::read_to_string(src_dir.join(migrate::mode::DUMP_LOG)).unwrap();
+        dest.abort().unwrap();
+        (r, log, ps_dir)
+    };
+    // Another host's certificate, signed by the same CA.
+    let (r, log, ps_dir) = attempt("other", &s.pki.src);
+    assert!(
+        r.is_err(),
+        "a page server with another certificate was accepted"
+    );
+    assert!(log.contains("Invalid certificate"), "dump log: {log}");
+    assert!(!pages_in(&ps_dir), "pages arrived: {:?}", contents(&ps_dir));
+    let at = read_counter(&s.counter).unwrap();
+    wait_counter(&s.counter, at + 3);
+    // The destination's own.
+    let (r, log, ps_dir) = attempt("pinned", &s.pki.dst);
+    r.unwrap_or_else(|e| panic!("{e}\ndump log: {log}"));
+    assert!(
+        pages_in(&ps_dir),
+        "no pages arrived: {:?}",
+        contents(&ps_dir)
+    );
+    let at = read_counter(&s.counter).unwrap();
+    wait_counter(&s.counter, at + 3);
+}
+
+/// Whether a page server wrote pages into `dir`.
+fn pages_in(dir: &Path) -> bool {
+    contents(dir).iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
+    })
 }
 
 /// The `memhog` example next to this test binary, if it was built (plain

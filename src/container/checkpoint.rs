@@ -17,6 +17,7 @@ use super::netns_image;
 use super::tmpfs_image;
 use super::{io, Container, Error, HoldError, Result, Status};
 use crate::cgroups::Cgroup;
+use crate::criu::page_relay::PageRelay;
 use crate::criu::{
     self, CgMode, Criu, DumpStats, Notify, NotifyHandler, Opts, PreDumpMode, ReqType, Request,
 };
@@ -49,6 +50,12 @@ pub struct CheckpointOptions {
     pub page_server: Option<(String, u16)>,
     /// TLS material for CRIU's page-server connection (PEM files).
     pub page_server_tls: Option<migrate::TlsPaths>,
+    /// The page server's own certificate (PEM), as a verified channel to
+    /// its host presented it. With it (or without TLS) CRIU may dump from
+    /// inside the container's network namespace and reach the page server
+    /// through a relay, checking the page server against this certificate
+    /// (see [`criu::page_relay`]).
+    pub page_server_pin: Option<PathBuf>,
     pub pre_dump: bool,
     /// How a pre-dump collects pages (CRIU's default: splice, which keeps
     /// the tree frozen while it copies them; VM_READ reads them after the
@@ -83,6 +90,7 @@ impl CheckpointOptions {
             status_fd: None,
             page_server: None,
             page_server_tls: None,
+            page_server_pin: None,
             pre_dump: false,
             pre_dump_mode: None,
             pidfd_store: None,
@@ -150,6 +158,8 @@ struct DumpHandler<'a, 'p> {
     /// CRIU runs inside the container's network namespace (see
     /// [`netns_image::criu_can_run_inside`]).
     criu_inside: bool,
+    /// Opened (listening) once the tree is frozen.
+    relay: Option<&'a PageRelay>,
     /// The images say the tree stays in the cgroups CRIU is restored in
     /// (see `images::cgroups::record_inherited_cgroups`).
     cgroups_inherited: bool,
@@ -239,6 +249,12 @@ impl NotifyHandler for DumpHandler<'_, '_> {
                 if let (Some(cg), false) = (self.freeze, self.frozen) {
                     cg.freeze().map_err(criu::HandlerError::new)?;
                     self.frozen = true;
+                }
+                // CRIU connects right after this answer.
+                if let Some(r) = self.relay {
+                    r.open().map_err(|e| {
+                        criu::HandlerError::from(format!("cannot open the page relay: {e}"))
+                    })?;
                 }
                 // CRIU inside the namespace takes no network lock of its
                 // own and says nothing at that point: held here, frozen.
@@ -359,15 +375,35 @@ impl CheckpointOptions {
         !self.pre_dump && !self.leave_running && !self.leave_stopped
     }
 
-    /// Asks CRIU for the page server of a lazy or remote dump.
-    fn set_page_server(&self, o: &mut Opts) {
+    /// Asks CRIU for the page server of a lazy or remote dump, or for the
+    /// `relay` in front of it.
+    fn set_page_server(&self, o: &mut Opts, relay: Option<&PageRelay>) {
         if let Some((addr, port)) = &self.page_server {
             let mut ps = crate::proto::rpc::Criu_page_server_info::new();
-            ps.set_address(addr.clone());
-            ps.set_port(i32::from(*port));
+            match relay {
+                Some(r) => {
+                    ps.set_address("127.0.0.1".into());
+                    ps.set_port(i32::from(r.port()));
+                }
+                None => {
+                    ps.set_address(addr.clone());
+                    ps.set_port(i32::from(*port));
+                }
+            }
             o.ps = Some(ps).into();
         }
-        if let Some(t) = &self.page_server_tls {
+        if let (Some(t), Some(pin), Some(_)) = (&self.page_server_tls, &self.page_server_pin, relay)
+        {
+            // CRIU would match the page server's certificate against
+            // 127.0.0.1: it accepts the pinned certificate and no other
+            // instead.
+            let pinned = migrate::TlsPaths {
+                ca: pin.clone(),
+                ..t.clone()
+            };
+            crate::criu::set_tls(o, &pinned);
+            o.set_tls_no_cn_verify(true);
+        } else if let Some(t) = &self.page_server_tls {
             crate::criu::set_tls(o, t);
             // A lazy dump is the page server: CRIU would match the
             // client's certificate against its own listen address. The
@@ -397,6 +433,8 @@ struct Dump<'a> {
     own_netns: Option<network::OwnNetns>,
     /// tmpfs mounts ferry makes again from a list (see [`tmpfs_image`]).
     tmpfs: Vec<tmpfs_image::Tmpfs>,
+    /// CRIU inside the kept namespace reaches the page server through it.
+    relay: Option<PageRelay>,
 }
 
 /// What a dump's CRIU call left for [`Dump::settle`].
@@ -426,17 +464,44 @@ impl Dump<'_> {
     }
 
     /// Whether CRIU runs inside the kept namespace (see
-    /// [`netns_image::criu_can_run_inside`]). Not for a page server (CRIU
-    /// connects to it from the namespace it runs in, or serves lazy pages
-    /// there), nor for a tree left stopped (CRIU's lock then stays).
+    /// [`netns_image::criu_can_run_inside`]). With a page server only
+    /// through a relay; not for a lazy dump (CRIU serves pages in the
+    /// namespace it runs in), nor for a tree left stopped (CRIU's lock then
+    /// stays).
     fn criu_inside(&self) -> bool {
+        self.may_run_inside() && (self.opts.page_server.is_none() || self.relay.is_some())
+    }
+
+    fn may_run_inside(&self) -> bool {
         let o = self.opts;
         self.own_netns
             .as_ref()
             .is_some_and(|own| netns_image::criu_can_run_inside(&self.container.state.config, own))
-            && o.page_server.is_none()
             && !o.lazy_pages
             && !o.leave_stopped
+    }
+
+    /// The relay CRIU inside the namespace sends its pages through, where
+    /// it may run there: with TLS only if the page server's certificate
+    /// can be pinned. A relay that cannot be bound leaves CRIU outside;
+    /// a page server that cannot be reached fails the dump before the
+    /// freeze.
+    fn open_relay(&self) -> Result<Option<PageRelay>> {
+        let o = self.opts;
+        let Some((addr, port)) = &o.page_server else {
+            return Ok(None);
+        };
+        if !self.may_run_inside() || (o.page_server_tls.is_some() && o.page_server_pin.is_none()) {
+            return Ok(None);
+        }
+        match PageRelay::bind(self.container.state.pid, addr, *port) {
+            Ok(r) => Ok(Some(r)),
+            Err(e @ criu::page_relay::RelayError::Bind(_)) => {
+                tracing::warn!(error = %e, "CRIU dumps from outside the container's network namespace");
+                Ok(None)
+            }
+            Err(e) => Err(Error::PageRelay(e)),
+        }
     }
 
     /// CRIU, inside the container's network namespace where it can run
@@ -506,7 +571,7 @@ impl Dump<'_> {
         if let Some(fd) = opts.status_fd {
             o.set_status_fd(fd);
         }
-        opts.set_page_server(&mut o);
+        opts.set_page_server(&mut o, self.relay.as_ref());
         let stdio_files = externals::stdio_external_files(state.pid);
         o.external = stdio_files.iter().map(|(_, k)| k.clone()).collect();
         if !opts.pre_dump {
@@ -551,10 +616,10 @@ impl Dump<'_> {
             |criu_pid: u32, _: &mut Option<Opts>| -> std::result::Result<(), criu::HandlerError> {
                 use criu::page_socket::PageSocket;
                 if let Some((_, port)) = &opts.page_server {
-                    *page_socket.borrow_mut() = Some(if opts.lazy_pages {
-                        PageSocket::bound_served(criu_pid, *port)
-                    } else {
-                        PageSocket::watch(criu_pid, *port)
+                    *page_socket.borrow_mut() = Some(match &self.relay {
+                        _ if opts.lazy_pages => PageSocket::bound_served(criu_pid, *port),
+                        Some(r) => PageSocket::watch(criu_pid, r.port()),
+                        None => PageSocket::watch(criu_pid, *port),
                     });
                 }
                 let g = FreezeGuard::arm(&Target {
@@ -604,6 +669,7 @@ impl Dump<'_> {
             tmpfs: &self.tmpfs,
             tmpfs_verified: false,
             criu_inside: self.criu_inside(),
+            relay: self.relay.as_ref(),
             cgroups_inherited: !opts.pre_dump
                 && !spec::has_namespace(&c.state.config, LinuxNamespaceType::Cgroup),
         };
@@ -728,7 +794,7 @@ impl Container {
             }
         }
         let cgroup = self.cgroup_or_err()?;
-        let dump = Dump {
+        let mut dump = Dump {
             container: &self,
             opts,
             freezer: Freezer::of(&cgroup)?,
@@ -750,13 +816,18 @@ impl Container {
             } else {
                 tmpfs_image::collect(self.state.pid, |_| true, None)?
             },
+            relay: None,
         };
+        dump.relay = dump.open_relay()?;
         let o = dump.criu_opts()?;
         let criu = dump.criu(&criu)?;
         if dump.marked {
             mark_incomplete(&dump.dirs.images, &dump.dirs.work)?;
         }
         let run = dump.run(&criu, o, post_dump);
+        // CRIU is done with the page server; the relay's socket would keep
+        // the container's namespace alive.
+        dump.relay = None;
         dump.settle(run)?;
         let Dump { dirs, .. } = dump;
         // A pre-dump writes its statistics too (its pages, its frozen time).

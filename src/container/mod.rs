@@ -79,6 +79,8 @@ pub enum Error {
     #[error(transparent)]
     Criu(#[from] crate::criu::Error),
     #[error(transparent)]
+    PageRelay(#[from] crate::criu::page_relay::RelayError),
+    #[error(transparent)]
     FreezeGuard(#[from] crate::freeze_guard::Error),
     #[error("{context}: {source}")]
     Sys {

@@ -15,6 +15,7 @@ pub mod image;
 pub mod log;
 pub mod netlock;
 mod notify;
+pub mod page_relay;
 pub mod page_socket;
 mod request;
 pub mod stats;

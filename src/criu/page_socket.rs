@@ -155,7 +155,7 @@ fn watch(pid: u32, stream: Stream, stop: &AtomicBool) -> std::io::Result<bool> {
 }
 
 /// Fails the connection after [`USER_TIMEOUT`] of silence, sending or idle.
-fn bound_silence(sk: &OwnedFd) -> std::io::Result<()> {
+pub(super) fn bound_silence(sk: &OwnedFd) -> std::io::Result<()> {
     let secs = USER_TIMEOUT.as_secs() as libc::c_int;
     set_opt(
         sk,
@@ -240,7 +240,7 @@ fn peer_port(sk: &OwnedFd) -> Option<u16> {
     port_of(sk, libc::getpeername)
 }
 
-fn local_port(sk: &OwnedFd) -> Option<u16> {
+pub(super) fn local_port(sk: &OwnedFd) -> Option<u16> {
     port_of(sk, libc::getsockname)
 }
 
@@ -304,7 +304,7 @@ fn get_opt_level(
     Ok(v)
 }
 
-fn set_opt(sk: &OwnedFd, opt: libc::c_int, v: libc::c_int) -> std::io::Result<()> {
+pub(super) fn set_opt(sk: &OwnedFd, opt: libc::c_int, v: libc::c_int) -> std::io::Result<()> {
     set_opt_level(sk, libc::SOL_TCP, opt, v)
 }
 

@@ -287,6 +287,7 @@ impl ContainerSource {
             .as_ref()
             .map(|t| (t.address.clone(), t.port));
         o.page_server_tls = plan.tls.clone();
+        o.page_server_pin = plan.peer_cert.clone();
         o.tcp_established = self.opts.tcp_established;
         o.file_locks = self.opts.file_locks;
         o.network_lock = self.opts.network_lock;

@@ -34,6 +34,7 @@
 use std::path::PathBuf;
 
 mod config;
+mod in_netns;
 mod lock;
 mod netlink;
 mod new_netns;
@@ -44,6 +45,7 @@ mod stats;
 mod veth;
 
 pub use config::VethConfig;
+pub use in_netns::make_in_netns_of;
 pub use lock::{is_locked, is_locked_in, lock, lock_in, unlock, unlock_in, LockMethod};
 pub use new_netns::NewNetns;
 pub use own_netns::{Changed, OwnNetns};

@@ -18,33 +18,9 @@ pub(super) const RTM_GETRULE: u16 = 34;
 /// `(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE`.
 pub(super) const NFT_GETTABLE: u16 = (10 << 8) | 1;
 
-/// A netlink socket of `protocol` in the network namespace of `pid`
-/// (a socket belongs to the namespace it was made in: a short-lived
-/// thread enters the namespace, makes it and ends).
+/// A netlink socket of `protocol` in the network namespace of `pid`.
 pub(super) fn socket_in(pid: i32, protocol: i32) -> io::Result<OwnedFd> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: plain syscalls on a descriptor we own; setns changes
-            // only this thread, which ends right after.
-            unsafe {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let fd = libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    protocol,
-                );
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(OwnedFd::from_raw_fd(fd))
-            }
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("netlink thread panicked")))
-    })
+    super::make_in_netns_of(pid, || socket_here(protocol))
 }
 
 /// A netlink socket of `protocol` in the caller's network namespace.

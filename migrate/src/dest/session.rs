@@ -237,6 +237,7 @@ impl Session<'_> {
             target,
             listen: &listen,
             tls: tls.as_ref(),
+            peer_cert: None,
         };
         let plan = match iteration {
             Some(i) if i == self.predumps + 1 => mode::predump_plans(i, route).1,

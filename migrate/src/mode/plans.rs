@@ -41,6 +41,12 @@ pub struct DumpPlan {
     pub page_server: Option<PageServerTarget>,
     /// `tls`, `tls_cacert`, `tls_cert`, `tls_key`.
     pub tls: Option<TlsPaths>,
+    /// The destination's certificate as the control channel verified it
+    /// (PEM), with TLS. A host whose CRIU reaches the page server through
+    /// a relay (an address that is not the destination's) gives CRIU this
+    /// file as `tls_cacert` with `tls_no_cn_verify`: CRIU then accepts
+    /// that certificate and no other, the name check it replaces included.
+    pub peer_cert: Option<PathBuf>,
     /// `leave_stopped`: the tree stays frozen after the dump.
     pub leave_stopped: bool,
     /// `lazy_pages` (post-copy), with `ps.port` the port the dumping CRIU
@@ -149,6 +155,8 @@ pub struct Route<'a> {
     pub target: PageServerTarget,
     pub listen: &'a str,
     pub tls: Option<&'a TlsPaths>,
+    /// See [`DumpPlan::peer_cert`].
+    pub peer_cert: Option<&'a Path>,
 }
 
 impl Route<'_> {
@@ -166,6 +174,7 @@ impl Route<'_> {
                 parent_img: parent.clone(),
                 page_server: Some(self.target),
                 tls: self.tls.cloned(),
+                peer_cert: self.peer_cert.map(Path::to_path_buf),
                 ..dump
             },
             PageServerPlan {
@@ -189,6 +198,7 @@ fn dump_of(kind: DumpKind, track_mem: bool, leave_stopped: bool) -> DumpPlan {
         track_mem,
         page_server: None,
         tls: None,
+        peer_cert: None,
         leave_stopped,
         lazy_pages: false,
     }
@@ -232,6 +242,8 @@ pub fn postcopy_plans(
                 port: serve_port,
             }),
             tls: tls.cloned(),
+            // The lazy dump serves pages itself: it connects nowhere.
+            peer_cert: None,
             leave_stopped: true,
             lazy_pages: true,
         },

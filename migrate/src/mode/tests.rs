@@ -133,6 +133,7 @@ fn route<'a>(listen: &'a str, tls: Option<&'a TlsPaths>) -> Route<'a> {
         target: target(),
         listen,
         tls,
+        peer_cert: None,
     }
 }
 

@@ -31,6 +31,9 @@ pub use switchover::ask_outcome;
 mod postcopy;
 mod switchover;
 
+/// The destination's certificate in a migration's work directory.
+const PINNED_CERT: &str = "destination.pem";
+
 /// What `ferry migrate` asks for.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -169,6 +172,7 @@ pub fn migrate(
             warnings: Vec::new(),
         },
         work: None,
+        peer_cert: None,
         dump_called: false,
         frozen_at: None,
         commit_sent: false,
@@ -219,6 +223,9 @@ struct Run<'a> {
     report: Report,
     /// This migration's directory under `cfg.work_dir`.
     work: Option<PathBuf>,
+    /// The destination's certificate in `work`, with TLS (see
+    /// [`mode::DumpPlan::peer_cert`]).
+    peer_cert: Option<PathBuf>,
     dump_called: bool,
     frozen_at: Option<Instant>,
     commit_sent: bool,
@@ -297,6 +304,7 @@ impl Run<'_> {
         ));
         std::fs::create_dir_all(&work).map_err(Error::io("create", &work))?;
         self.work = Some(work.clone());
+        self.pin_destination(&work)?;
         if self.report.mode == Some(Mode::PostCopy) {
             return self.post_copy(&work, &dest, &info.rootfs, manifest);
         }
@@ -488,6 +496,20 @@ impl Run<'_> {
         Ok(history.len() as u32)
     }
 
+    /// Writes the certificate the control channel verified into `work`,
+    /// for a dump whose CRIU reaches the page server through a relay. An
+    /// absolute path: CRIU runs in its own working directory.
+    fn pin_destination(&mut self, work: &Path) -> Result<(), Error> {
+        let Some(der) = self.ch.as_ref().and_then(Channel::peer_certificate) else {
+            return Ok(());
+        };
+        let path = std::path::absolute(work.join(PINNED_CERT))
+            .map_err(Error::io("resolve", &work.join(PINNED_CERT)))?;
+        crate::tls::write_pinned(der, &path).map_err(Error::io("write", &path))?;
+        self.peer_cert = Some(path);
+        Ok(())
+    }
+
     /// Where a dump's memory goes: from `work` here to the destination's
     /// page server at `target`, writing its images directory.
     fn route<'a>(
@@ -502,6 +524,7 @@ impl Run<'_> {
             target,
             listen: "",
             tls: self.cfg.security.paths(),
+            peer_cert: self.peer_cert.as_deref(),
         }
     }
 
