@@ -256,16 +256,6 @@ fn echo_hi(host: &NetNs, net: u8) -> String {
         .unwrap_or_default()
 }
 
-/// Lets the container change its own network namespace.
-fn grant_net_admin(v: &mut serde_json::Value) {
-    for set in ["bounding", "effective", "permitted"] {
-        v["process"]["capabilities"][set]
-            .as_array_mut()
-            .unwrap()
-            .push(json!("CAP_NET_ADMIN"));
-    }
-}
-
 #[test]
 fn veth_server_answers_after_restore_and_established_connection_survives() {
     let Some(_g) = criu_lock() else { return };

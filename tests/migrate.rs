@@ -40,23 +40,7 @@ fn counter_moves_to_b_and_back() {
     // The dump ran inside the container's network namespace (its pages
     // through ferry's relay): no namespace in the images, so no conntrack
     // table walked while the container was frozen.
-    let kept = r["warnings"]
-        .as_array()
-        .and_then(|w| {
-            w.iter()
-                .find_map(|w| w.as_str()?.strip_prefix("images kept in "))
-        })
-        .map(|p| PathBuf::from(p).join("dump"))
-        .unwrap_or_else(|| panic!("no kept images in {r}"));
-    let netns: Value =
-        serde_json::from_slice(&std::fs::read(kept.join("ferry-netns.json")).unwrap()).unwrap();
-    assert_eq!(netns["criu_inside"], json!(true), "{netns}");
-    let log = read_text(&kept.join("dump.log"));
-    assert!(
-        !log.contains("Will take net namespace"),
-        "CRIU dumped the namespace"
-    );
-    std::fs::remove_dir_all(kept.parent().unwrap()).unwrap();
+    assert_eq!(dump_took_netns(&r), (false, false), "{r}");
     // The default mode: pre-copy where the kernel tracks dirty memory,
     // else stop-copy, and the report says why not the other.
     let tracks = ferry::criu::Criu::new()
@@ -124,6 +108,50 @@ fn counter_moves_to_b_and_back() {
     assert_continues(&count, before);
     assert_eq!(w.b.status(&id).as_deref(), Some("running"));
     assert!(w.a.containers().is_empty());
+}
+
+/// From a migration's kept images (`--keep-images`), which it then
+/// removes: whether CRIU ran outside the container's network namespace,
+/// and whether it took the namespace into the images (and so walked the
+/// conntrack table for it).
+fn dump_took_netns(r: &Value) -> (bool, bool) {
+    let kept = r["warnings"]
+        .as_array()
+        .and_then(|w| {
+            w.iter()
+                .find_map(|w| w.as_str()?.strip_prefix("images kept in "))
+        })
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no kept images in {r}"));
+    let dump = kept.join("dump");
+    let netns: Value =
+        serde_json::from_slice(&std::fs::read(dump.join("ferry-netns.json")).unwrap()).unwrap();
+    let inside = netns["criu_inside"].as_bool().unwrap();
+    let taken = read_text(&dump.join("dump.log")).contains("Will take net namespace");
+    std::fs::remove_dir_all(&kept).unwrap();
+    (!inside, taken)
+}
+
+/// A container that brought its `lo` down migrates with CRIU outside its
+/// namespace (CRIU's probes need `lo` up where it runs): the namespace is
+/// in the images, and `lo` is down again on B.
+#[test]
+fn container_with_lo_down_migrates_with_criu_outside() {
+    let Some(_g) = serial() else { return };
+    let mut w = World::new("lo", 15);
+    let id = w.id("lodown");
+    let data = w.work.path().join("lodown-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let script = "ip link set lo down && i=0; while :; do i=$((i+1)); echo $i > /data/count; sleep 0.05; done";
+    let bundle = w.bundle("lodown", &["sh", "-c", script], &data, grant_net_admin);
+    w.a.start(&id, &bundle);
+    let count = data.join("count");
+    assert!(wait_until(Duration::from_secs(10), || read_num(&count).is_some()));
+    let r = w.migrate_ok(&w.a, &w.b, &id, &["--keep-images"]);
+    assert_eq!(dump_took_netns(&r), (true, true), "{r}");
+    assert_continues(&count, read_num(&count).unwrap());
+    let lo = w.b.ok(&["exec", &id, "ip", "link", "show", "lo"]);
+    assert!(!lo.contains(",UP"), "{lo}");
 }
 
 impl Host {

@@ -531,3 +531,13 @@ pub fn recv_fd_from(stream: &std::os::unix::net::UnixStream) -> std::os::fd::Own
     panic!("no fd received");
 }
 pub mod hosts;
+
+/// Lets the container change its own network namespace.
+pub fn grant_net_admin(v: &mut serde_json::Value) {
+    for set in ["bounding", "effective", "permitted"] {
+        v["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!("CAP_NET_ADMIN"));
+    }
+}
