@@ -20,7 +20,7 @@
 //! The guard runs only system calls prepared before the fork: it does not
 //! depend on ferry's threads, allocator or locks.
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -261,13 +261,8 @@ fn arm_err(op: &'static str) -> impl FnOnce(nix::errno::Errno) -> Error {
 }
 
 fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    crate::proc::pidfd_open(pid)
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))
 }
 
 fn cstring(p: &Path) -> Result<CString> {

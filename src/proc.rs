@@ -1,5 +1,32 @@
-//! Facts about host processes read from /proc.
+//! Facts about host processes read from /proc, and pidfds.
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// A pidfd of `pid` (Linux 5.3 and later): it names that process and no
+/// later one that reuses the pid, and is readable once the process exits.
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits up to `timeout` for the process of `pidfd` to exit, and says
+/// whether it has: woken the moment it does.
+pub fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
 
 /// Process start time in clock ticks since boot (field 22 of /proc/PID/stat),
 /// used to tell a container's init from a later process that reused its PID.

@@ -9,6 +9,7 @@
 //! hierarchies mounted below /sys/fs/cgroup.
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -187,6 +188,17 @@ fn rootfs_ship_into_an_empty_bundle_dir() {
     assert!(!w.a.root().join(&id).exists());
 }
 
+/// A new CA in `dir` and a certificate `name` for `addr` from it.
+fn new_pki(dir: &Path, name: &str, addr: &str) {
+    let st = Command::new(ferry_bin())
+        .args(["certs", "--dir", s(dir), "--host"])
+        .arg(format!("{name},{addr}"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 #[test]
 fn untrusted_certificate_is_refused_before_anything_freezes() {
     let Some(_g) = serial() else { return };
@@ -194,13 +206,7 @@ fn untrusted_certificate_is_refused_before_anything_freezes() {
     let (id, count) = w.counter("c");
     // A certificate for A's address from a CA B does not trust.
     let rogue = w.work.path().join("rogue");
-    let st = Command::new(ferry_bin())
-        .args(["certs", "--dir", s(&rogue), "--host"])
-        .arg(format!("a,{}", w.a.addr))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    new_pki(&rogue, "a", &w.a.addr);
     let at = read_num(&count).unwrap();
     // A certificate from another CA is refused by B at the handshake.
     let out = w.migrate(&w.a, &w.b, &id, &[], Some((&rogue, "a")));
@@ -220,6 +226,27 @@ fn untrusted_certificate_is_refused_before_anything_freezes() {
         line.contains("does not verify against the trusted CA"),
         "{line}"
     );
+    // A work directory others can write to (where the images and the
+    // destination's pinned certificate go) is refused.
+    let work = w.a.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let line = failure_line(&w.migrate(&w.a, &w.b, &id, &[], None));
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(line.contains("refusing the work directory"), "{line}");
+    // B's certificate file renewed on disk while `serve` runs with the old
+    // one: the page server would present the new one, which the source
+    // pins against the old; refused before the freeze.
+    let renewed = w.work.path().join("renewed");
+    new_pki(&renewed, "b", &w.b.addr);
+    let b_pem = w.pki.join("b.pem");
+    let old = std::fs::read(&b_pem).unwrap();
+    std::fs::copy(renewed.join("b.pem"), &b_pem).unwrap();
+    let out = w.migrate(&w.a, &w.b, &id, &[], None);
+    std::fs::write(&b_pem, old).unwrap();
+    let line = failure_line(&out);
+    assert!(line.contains("changed since this host loaded it"), "{line}");
+    assert!(line.contains("kept running"), "{line}");
     assert_eq!(w.a.status(&id).as_deref(), Some("running"));
     assert_continues(&count, at);
     w.b.assert_clean(&id);

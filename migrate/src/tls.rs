@@ -53,6 +53,8 @@ pub enum TlsError {
     },
     #[error("{path}: no {what} found (expected PEM)")]
     Empty { what: &'static str, path: PathBuf },
+    #[error("{path} changed since this host loaded it: restart `ferry serve` here to use the new certificate (CRIU would present the new one on the page stream, while the source pins the one this agent's channel presents)")]
+    Changed { path: PathBuf },
     #[error("{path}: invalid PEM: {reason}")]
     Pem { path: PathBuf, reason: String },
     #[error("our certificate {cert} cannot be used with CA {ca}: {reason}")]
@@ -263,6 +265,20 @@ impl Credentials {
         &self.paths
     }
 
+    /// Refuses a certificate file that no longer holds the certificate
+    /// loaded from it: CRIU reads the file anew for every page stream,
+    /// and a source pins the certificate this host's channel presented
+    /// (see [`crate::DumpPlan::peer_cert`]).
+    pub fn check_unchanged(&self) -> Result<(), TlsError> {
+        let now = load_certs("certificate", &self.paths.cert)?;
+        if now.first() != self.chain.first() {
+            return Err(TlsError::Changed {
+                path: self.paths.cert.clone(),
+            });
+        }
+        Ok(())
+    }
+
     fn check_own_certificate(&self) -> Result<(), TlsError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
@@ -355,6 +371,14 @@ impl Security {
 
     pub fn is_insecure(&self) -> bool {
         matches!(self, Security::Insecure)
+    }
+
+    /// See [`Credentials::check_unchanged`].
+    pub fn check_unchanged(&self) -> Result<(), TlsError> {
+        match self {
+            Security::Tls(c) => c.check_unchanged(),
+            Security::Insecure => Ok(()),
+        }
     }
 }
 

@@ -246,3 +246,45 @@ fn missing_files_are_named() {
     let e = Security::tls(&p).unwrap_err().to_string();
     contains(&e, "cannot read CA certificate /nonexistent/ca.pem");
 }
+
+/// The client keeps the certificate the handshake verified: what a source
+/// pins for the page stream, written as PEM.
+#[test]
+fn the_verified_server_certificate_is_kept_and_written_as_pem() {
+    let pki = Pki::new();
+    let dst = pki.good("dst");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = Security::tls(&dst).unwrap();
+    let h = thread::spawn(move || {
+        let (tcp, _) = l.accept().unwrap();
+        transport::accept(tcp, &server)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let ch =
+        transport::connect(addr, "127.0.0.1", &Security::tls(&pki.good("src")).unwrap()).unwrap();
+    h.join().unwrap().unwrap();
+    let der = ch.peer_certificate().expect("no peer certificate kept");
+    let pin = pki.root.join("pinned.pem");
+    migrate::tls::write_pinned(der, &pin).unwrap();
+    let der_of = |p: &Path| pem::parse(std::fs::read(p).unwrap()).unwrap();
+    let (pinned, on_disk) = (der_of(&pin), der_of(&dst.cert));
+    assert_eq!(pinned.tag(), "CERTIFICATE");
+    assert_eq!(pinned.contents(), on_disk.contents());
+}
+
+/// A host whose certificate file was replaced after it loaded it refuses
+/// to hand the new one to CRIU while its channel presents the old one.
+#[test]
+fn a_certificate_file_replaced_after_loading_is_refused() {
+    let pki = Pki::new();
+    let dst = pki.good("dst");
+    let security = Security::tls(&dst).unwrap();
+    security.check_unchanged().unwrap();
+    let renewed = pki.good("dst2");
+    std::fs::copy(&renewed.cert, &dst.cert).unwrap();
+    let e = security.check_unchanged().unwrap_err().to_string();
+    contains(&e, "changed since this host loaded it");
+    Security::Insecure.check_unchanged().unwrap();
+}

@@ -1,6 +1,7 @@
 //! `migrate`: move a running container to a `ferry serve` on another host.
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -249,7 +250,12 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("ferry-migrate"));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&work)
+        .with_context(|| format!("creating {}", work.display()))?;
+    check_private_dir(&work)?;
     let mut cfg = SourceConfig::new(a.to, security, &work);
     cfg.server_name = a.server_name.clone();
     cfg.mode = a.mode;
@@ -299,5 +305,33 @@ pub fn migrate(root: &Path, a: &MigrateArgs) -> anyhow::Result<()> {
             }
             Err(anyhow::anyhow!("{f}"))
         }
+    }
+}
+
+/// Refuses a work directory another user could change: the images and
+/// the pinned certificate of the destination are kept there (a shared
+/// temp dir where someone made `ferry-migrate` first, say).
+fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = if !m.is_dir() {
+        Some("it is not a directory".to_string())
+    } else if m.uid() != me {
+        Some(format!("it belongs to uid {}", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "others can write to it (mode {:o})",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => bail!(
+            "refusing the work directory {}: {why}; remove it or pass --work-dir with a directory only this user can write",
+            dir.display()
+        ),
+        None => Ok(()),
     }
 }

@@ -36,13 +36,9 @@ fn add_append(fd: RawFd) -> std::io::Result<()> {
 
 /// A duplicate of `pid`'s `fd` in this process (pidfd_getfd).
 fn steal(pid: i32, fd: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscalls; each descriptor returned is new and ours.
+    let pidfd = crate::proc::pidfd_open(pid)?;
+    // SAFETY: plain syscall; the descriptor returned is new and ours.
     unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
-        if pidfd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as RawFd);
         let got = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
         if got < 0 {
             return Err(std::io::Error::last_os_error());

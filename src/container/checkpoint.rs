@@ -250,16 +250,19 @@ impl NotifyHandler for DumpHandler<'_, '_> {
                     cg.freeze().map_err(criu::HandlerError::new)?;
                     self.frozen = true;
                 }
-                // CRIU connects right after this answer.
-                if let Some(r) = self.relay {
-                    r.open().map_err(|e| {
-                        criu::HandlerError::from(format!("cannot open the page relay: {e}"))
-                    })?;
-                }
                 // CRIU inside the namespace takes no network lock of its
                 // own and says nothing at that point: held here, frozen.
                 if self.criu_inside {
                     self.hold_network()?;
+                }
+                // Only once the namespace is verified to hold nothing of the
+                // container's own (no firewall that could turn CRIU's
+                // connection elsewhere); CRIU connects right after this
+                // answer.
+                if let Some(r) = self.relay {
+                    r.open().map_err(|e| {
+                        criu::HandlerError::from(format!("cannot open the page relay: {e}"))
+                    })?;
                 }
             }
             Notify::NetworkLock => self.hold_network()?,
@@ -827,8 +830,16 @@ impl Container {
         let run = dump.run(&criu, o, post_dump);
         // CRIU is done with the page server; the relay's socket would keep
         // the container's namespace alive.
-        dump.relay = None;
-        dump.settle(run)?;
+        let relay_failure = dump.relay.take().and_then(PageRelay::finish);
+        match (dump.settle(run), relay_failure) {
+            (Err(e), Some(cause)) => {
+                return Err(Error::PageStream {
+                    cause,
+                    source: Box::new(e),
+                })
+            }
+            (r, _) => r?,
+        }
         let Dump { dirs, .. } = dump;
         // A pre-dump writes its statistics too (its pages, its frozen time).
         let stats = criu::read_dump_stats(&dirs.images)

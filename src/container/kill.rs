@@ -1,5 +1,5 @@
 //! `kill`: signal the init, or every process of the container with `all`.
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -60,14 +60,10 @@ impl Container {
     /// cannot receive the signal.
     fn signal_init(&self, signal: Signal) -> Result<()> {
         let pid = self.state.pid;
-        // SAFETY: pidfd_open returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
+        let Ok(fd) = crate::proc::pidfd_open(pid) else {
             // Kernels before 5.3: the plain pid, checked just before.
             return kill(Pid::from_raw(pid), signal).map_err(sys(format!("kill {pid}")));
-        }
-        // SAFETY: the kernel just gave us this descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        };
         if !crate::proc::is_alive(pid, self.state.pid_start_time) {
             return Err(self.wrong_state(Status::Stopped, NOT_RUNNING));
         }

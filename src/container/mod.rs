@@ -80,6 +80,13 @@ pub enum Error {
     Criu(#[from] crate::criu::Error),
     #[error(transparent)]
     PageRelay(#[from] crate::criu::page_relay::RelayError),
+    /// A dump failed after its page stream to the page server did.
+    #[error("{cause}: {source}")]
+    PageStream {
+        cause: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error(transparent)]
     FreezeGuard(#[from] crate::freeze_guard::Error),
     #[error("{context}: {source}")]

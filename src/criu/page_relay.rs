@@ -23,10 +23,10 @@
 //!   would otherwise wait for ever.
 use std::cell::RefCell;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,8 @@ pub struct PageRelay {
     upstream_dup: OwnedFd,
     stop: Arc<AtomicBool>,
     thread: RefCell<Option<JoinHandle<()>>>,
+    /// Why the relay ended badly, if it did.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl PageRelay {
@@ -63,12 +65,7 @@ impl PageRelay {
         let listener = bind_loopback_in(pid).map_err(RelayError::Bind)?;
         let local =
             local_port(&listener).ok_or_else(|| RelayError::Bind(io::Error::last_os_error()))?;
-        let ip: IpAddr = addr
-            .parse()
-            .map_err(|_| RelayError::Address(addr.to_string()))?;
-        let to = SocketAddr::new(ip, port);
-        let upstream = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
-            .map_err(|source| RelayError::Connect { to, source })?;
+        let upstream = connect(addr, port)?;
         let sk = OwnedFd::from(upstream.try_clone().map_err(RelayError::Socket)?);
         bound_silence(&sk).map_err(RelayError::Socket)?;
         upstream.set_nodelay(true).map_err(RelayError::Socket)?;
@@ -79,6 +76,7 @@ impl PageRelay {
             upstream_dup: sk,
             stop: Arc::new(AtomicBool::new(false)),
             thread: RefCell::new(None),
+            failure: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -98,21 +96,38 @@ impl PageRelay {
         }
         let listener = self.listener.try_clone()?;
         let stop = self.stop.clone();
+        let failure = self.failure.clone();
         let port = self.port;
         let t = std::thread::Builder::new()
             .name("page-relay".into())
-            .spawn(move || match relay(&listener, upstream.into(), &stop) {
-                Ok(None) => tracing::debug!(port, "CRIU never connected to the page relay"),
-                Ok(Some((up, down))) => tracing::debug!(port, up, down, "page relay done"),
-                Err(e) => tracing::warn!(port, error = %e, "page relay failed; CRIU's connection is reset"),
+            .spawn(move || {
+                match relay(&listener, upstream.into(), &stop) {
+                    Ok(Some((up, down))) => tracing::debug!(port, up, down, "page relay done"),
+                    // The dump failed before CRIU got there: its own error
+                    // says why.
+                    Ok(None) => tracing::debug!(port, "CRIU never connected to the page relay"),
+                    Err(e) => {
+                        let why = format!("the page stream through ferry's relay failed ({e})");
+                        tracing::debug!(port, why, "page relay");
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    }
+                }
             })?;
         *self.thread.borrow_mut() = Some(t);
         Ok(())
     }
-}
 
-impl Drop for PageRelay {
-    fn drop(&mut self) {
+    /// Stops the relay (CRIU is done with it) and says why it failed, if
+    /// it did: what a failed dump's error adds.
+    pub fn finish(mut self) -> Option<String> {
+        self.stop_and_join();
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // SAFETY: plain syscall on a descriptor we own. Ends both
         // directions of a relay still running (CRIU gave up or was killed).
@@ -123,14 +138,46 @@ impl Drop for PageRelay {
     }
 }
 
+impl Drop for PageRelay {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// The first of `addr`'s addresses (an IP address or a name, as CRIU
+/// takes it) where the page server at `port` answers.
+fn connect(addr: &str, port: u16) -> Result<TcpStream, RelayError> {
+    let tos = (addr, port)
+        .to_socket_addrs()
+        .map_err(|source| RelayError::Resolve {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let mut last = None;
+    for to in tos {
+        match TcpStream::connect_timeout(&to, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(source) => last = Some(RelayError::Connect { to, source }),
+        }
+    }
+    Err(last.unwrap_or_else(|| RelayError::Resolve {
+        addr: addr.to_string(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    }))
+}
+
 /// Why a relay could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("cannot bind the page relay inside the container's network namespace: {0}")]
     Bind(#[source] io::Error),
-    #[error("the page server address {0} is not an IP address")]
-    Address(String),
-    #[error("cannot connect to the page server at {to}: {source}")]
+    #[error("cannot resolve the page server address {addr}: {source}; give its IP address")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot connect to the page server at {to}: {source}; check that it listens there and that this host can reach it")]
     Connect {
         to: SocketAddr,
         #[source]
@@ -147,7 +194,12 @@ fn relay(
     upstream: OwnedFd,
     stop: &AtomicBool,
 ) -> io::Result<Option<(u64, u64)>> {
-    let Some(down) = accept(listener, stop)? else {
+    let accepted = accept(listener, stop);
+    // One connection only: a later one (or any, once the relay gave up)
+    // is reset instead of waiting in the backlog for an answer that never
+    // comes. SAFETY: plain syscall on a descriptor we own.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    let Some(down) = accepted? else {
         return Ok(None);
     };
     set_opt(&down, libc::TCP_NODELAY, 1)?;
@@ -237,7 +289,15 @@ fn accept(listener: &OwnedFd, stop: &AtomicBool) -> io::Result<Option<OwnedFd>> 
             )
         };
         if fd < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // Interrupted, or a connection reset before it was taken.
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::ECONNABORTED | libc::EAGAIN)
+            ) {
+                continue;
+            }
+            return Err(e);
         }
         // SAFETY: a new descriptor we own.
         return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
@@ -363,6 +423,9 @@ mod tests {
         up.read_to_end(&mut got).unwrap();
         writer.join().unwrap();
         assert!(got == data, "{} bytes arrived of {}", got.len(), data.len());
+        // One connection only: a second one is refused, not left waiting.
+        let second = TcpStream::connect(("127.0.0.1", relay.port()));
+        assert!(second.is_err(), "a second connection was taken");
         up.write_all(b"closed").unwrap();
         drop(up);
         let mut answer = String::new();

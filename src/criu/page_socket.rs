@@ -113,13 +113,7 @@ impl Drop for PageSocket {
 }
 
 fn watch(pid: u32, stream: Stream, stop: &AtomicBool) -> std::io::Result<bool> {
-    // SAFETY: plain syscall; the result is checked.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if pidfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let pidfd = crate::proc::pidfd_open(pid as i32)?;
     let start = Instant::now();
     // The page server socket once found (not corked yet: CRIU may still be
     // in its TLS handshake), and the descriptors already ruled out.
@@ -373,11 +367,7 @@ mod tests {
                 let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
                 let pid = child.as_raw() as u32;
                 let watch = PageSocket::bound_served(pid, port);
-                // SAFETY: plain syscall; checked below.
-                let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-                assert!(pidfd >= 0);
-                // SAFETY: a new descriptor we own.
-                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+                let pidfd = crate::proc::pidfd_open(pid as i32).unwrap();
                 let want = USER_TIMEOUT.as_millis() as libc::c_int;
                 let bounded = (0..100).any(|_| {
                     std::thread::sleep(Duration::from_millis(20));

@@ -324,12 +324,18 @@ impl Session {
         self.sock = None;
         if let Some(mut child) = self.child.take() {
             let deadline = Instant::now() + EXIT_GRACE;
+            // Woken the moment criu exits: a sleep between looks added up
+            // to its length to every call, a migration's restore included.
+            let pidfd = crate::proc::pidfd_open(child.id() as i32).ok();
             let status = loop {
                 match child.try_wait() {
                     Ok(Some(s)) => break Some(s),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
+                    Ok(None) if Instant::now() < deadline => match &pidfd {
+                        Some(fd) => {
+                            crate::proc::wait_exit(fd, deadline - Instant::now());
+                        }
+                        None => std::thread::sleep(Duration::from_millis(5)),
+                    },
                     Ok(None) => {
                         debug!(pid = child.id(), "criu did not exit, killing it");
                         let _ = child.kill();

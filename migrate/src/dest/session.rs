@@ -221,6 +221,8 @@ impl Session<'_> {
     }
 
     fn start_page_server(&mut self, iteration: Option<u32>) -> Result<u16, Error> {
+        // Refused before the source freezes anything.
+        self.shared.cfg.security.check_unchanged()?;
         let root = self.dest().images_dir.clone();
         let listen = self
             .local
