@@ -1053,6 +1053,78 @@ fn changed_network_namespace_falls_back_to_criu() {
     env.assert_gone(&id);
 }
 
+/// `checkpoint --page-server` (as with runc) to a plain CRIU page server:
+/// CRIU still runs inside the namespace ferry keeps, its pages leaving
+/// through ferry's relay; they arrive, and restore with the other images.
+#[test]
+fn pages_reach_a_page_server_from_inside_the_namespace() {
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("psrelay");
+    let (id, bundle, count) = env.counter("ps");
+    let received = env.work.path().join("ps-pages");
+    std::fs::create_dir_all(&received).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let criu = ferry::criu::Criu::new().unwrap().binary;
+    let mut server = Command::new(criu)
+        .args([
+            "page-server",
+            "--images-dir",
+            s(&received),
+            "--address",
+            "127.0.0.1",
+        ])
+        .args(["--port", &port.to_string(), "-o", "page-server.log", "-v4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = || {
+        let out = Command::new("ss").args(["-Hltn"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("127.0.0.1:{port} "))
+    };
+    if !wait_until(Duration::from_secs(10), listening) {
+        let _ = server.kill();
+        let _ = server.wait();
+        panic!("CRIU's page server never listened");
+    }
+    let images = env.work.path().join("img-ps");
+    let target = format!("127.0.0.1:{port}");
+    let out = env.run(&checkpoint_args(&images, &["--page-server", &target], &id));
+    let served = server.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(served.success(), "page server: {served}");
+    assert_eq!(kept_netns(&images)["criu_inside"], json!(true));
+    let log = std::fs::read_to_string(images.join("dump.log")).unwrap();
+    assert!(
+        !log.contains("Will take net namespace"),
+        "CRIU dumped the namespace"
+    );
+    // The page server wrote the memory images (page maps and pages):
+    // they join the others, as a runc user would copy them.
+    let mut pages = 0;
+    for e in std::fs::read_dir(&received).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("pages-") || name.starts_with("pagemap-") {
+            std::fs::copy(e.path(), images.join(&name)).unwrap();
+            pages += usize::from(name.starts_with("pages-"));
+        }
+    }
+    assert!(pages > 0, "no pages reached the page server");
+    let at = read_num(&count).unwrap();
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    assert_continues(&count, at);
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}
+
 /// What ferry recorded of a network namespace it keeps.
 fn kept_netns(images: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(images.join("ferry-netns.json")).unwrap()).unwrap()
