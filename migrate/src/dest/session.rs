@@ -290,8 +290,17 @@ impl Session<'_> {
             Some(rx) => rx,
             None => TreeReceiver::new(&dir, self.shared.cfg.limits)?,
         };
+        let t = std::time::Instant::now();
         let stats = rx.receive(ch, &mut |_| {})?;
+        let received = t.elapsed();
         rx.commit_merge()?;
+        tracing::debug!(
+            entries = stats.entries,
+            bytes = stats.bytes,
+            ?received,
+            committed = ?t.elapsed() - received,
+            "images received"
+        );
         self.images_done = true;
         Ok(stats)
     }
