@@ -23,7 +23,11 @@ pub fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    // Rounded up: a last fraction of a millisecond is waited, not spun.
+    let ms = timeout
+        .as_micros()
+        .div_ceil(1000)
+        .min(libc::c_int::MAX as u128) as libc::c_int;
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
 }

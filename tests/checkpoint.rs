@@ -1094,12 +1094,13 @@ fn pages_reach_a_page_server_from_inside_the_namespace() {
     let images = env.work.path().join("img-ps");
     let target = format!("127.0.0.1:{port}");
     let out = env.run(&checkpoint_args(&images, &["--page-server", &target], &id));
+    if !out.status.success() {
+        // The page server may never have been reached.
+        let _ = server.kill();
+        let _ = server.wait();
+        panic!("{}", String::from_utf8_lossy(&out.stderr));
+    }
     let served = server.wait().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(served.success(), "page server: {served}");
     assert_eq!(kept_netns(&images)["criu_inside"], json!(true));
     let log = std::fs::read_to_string(images.join("dump.log")).unwrap();

@@ -29,6 +29,7 @@ fn container(cli: &Cli, err: &Error) -> Option<String> {
     let fix = |s: &str| Some(format!(": {s}"));
     match err {
         Error::Spec(e) => bundle(e),
+        Error::PageStream { source, .. } => container(cli, source),
         Error::NotFound(_) => Some(" (`ferry list` shows the containers)".into()),
         Error::Exists(id) => fix(&format!("pick another ID or `ferry delete {id}` first")),
         Error::Console(console::Error::NoSocket(_)) if exec => {

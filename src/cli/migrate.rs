@@ -315,7 +315,9 @@ fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
     let me = nix::unistd::geteuid().as_raw();
-    let why = if !m.is_dir() {
+    let why = if m.file_type().is_symlink() {
+        Some("it is a symbolic link (name the directory itself)".to_string())
+    } else if !m.is_dir() {
         Some("it is not a directory".to_string())
     } else if m.uid() != me {
         Some(format!("it belongs to uid {}", m.uid()))
