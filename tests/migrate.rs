@@ -143,8 +143,8 @@ fn container_with_lo_down_migrates_with_criu_outside() {
     let id = w.id("lodown");
     let data = w.work.path().join("lodown-data");
     std::fs::create_dir_all(&data).unwrap();
-    let script = "ip link set lo down && i=0; while :; do i=$((i+1)); echo $i > /data/count; sleep 0.05; done";
-    let bundle = w.bundle("lodown", &["sh", "-c", script], &data, grant_net_admin);
+    let script = format!("ip link set lo down && {COUNTER}");
+    let bundle = w.bundle("lodown", &["sh", "-c", &script], &data, grant_net_admin);
     w.a.start(&id, &bundle);
     let count = data.join("count");
     assert!(wait_until(Duration::from_secs(10), || read_num(&count).is_some()));
