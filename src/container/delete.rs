@@ -38,7 +38,13 @@ impl Container {
     /// that ended the container exports it and restores from it again.
     pub(crate) fn delete_keeping_import(mut self, force: bool) -> Result<Vec<hooks::Error>> {
         let _span = tracing::info_span!("delete", id = %self.id(), force).entered();
-        let _lock = self.dir.lock()?;
+        let _lock = match self.dir.lock() {
+            Ok(l) => l,
+            // Removed since it was loaded (another delete, or a checkpoint
+            // that ended it): nothing left to delete.
+            Err(_) if !self.dir.path.exists() => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
         // What the file says now, under the lock (a create may have
         // finished, or another delete removed it, while we waited).
         match self.dir.load()? {
