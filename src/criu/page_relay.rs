@@ -209,11 +209,11 @@ fn relay(
         .name("page-relay-back".into())
         .spawn(move || {
             let r = pump(&up2, &down2);
-            finish(&r, &up2, &down2);
+            end_direction(&r, &up2, &down2);
             r
         })?;
     let fwd = pump(&down, &upstream);
-    finish(&fwd, &down, &upstream);
+    end_direction(&fwd, &down, &upstream);
     let back = back
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("page relay thread panicked")));
@@ -225,7 +225,7 @@ fn relay(
 
 /// After one direction: its end passed on as a FIN, or on an error both
 /// sockets shut down so the other direction stops too.
-fn finish(r: &io::Result<u64>, from: &OwnedFd, to: &OwnedFd) {
+fn end_direction(r: &io::Result<u64>, from: &OwnedFd, to: &OwnedFd) {
     // SAFETY: plain syscalls on descriptors we own.
     unsafe {
         match r {
