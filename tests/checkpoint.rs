@@ -1339,3 +1339,106 @@ fn cgroup_namespace_comes_back() {
     env.ok(&["delete", "--force", &id]);
     env.assert_gone(&id);
 }
+
+/// The pids in `id`'s cgroup whose command is criu.
+fn criu_in_cgroup(id: &str) -> Vec<i32> {
+    default_cgroup_dirs(id)
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
+        })
+        // (Listed once per hierarchy on cgroup v1.)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// A restore readied before its images are there (what a migration's
+/// destination does while the source dumps): the state, cgroup and
+/// namespace exist and criu waits in them; the restore then needs only
+/// CRIU's request. Images that record another namespace are refused, and
+/// a preparation dropped unused leaves nothing.
+#[test]
+fn a_restore_prepared_before_its_images_arrive() {
+    use ferry::container::{netns_image, PreparedRestore, RestoreOptions};
+    let Some(_g) = criu_lock() else { return };
+    let env = Env::new("prep");
+    // Restored by this process, whose stdio is the test harness's: the
+    // container's own is /dev/null, nothing for the restore to replace.
+    let data = env.work.path().join("prep-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let script = format!("exec </dev/null >/dev/null 2>&1; {COUNTER}");
+    let bundle = env.bundle("prep", &["sh", "-c", &script], |v| {
+        add_bind(v, &data, "/data")
+    });
+    let id = env.id("prep");
+    env.run_detached(&bundle, &id);
+    let count = data.join("count");
+    wait_counting(&count);
+    let images = env.work.path().join("img");
+    env.ok(&checkpoint_args(&images, &[], &id));
+    let kept = netns_image::read(&images).unwrap();
+    assert!(kept.as_ref().is_some_and(|k| k.criu_inside), "{kept:?}");
+    // The images are not where the restore will read them yet.
+    let later = env.work.path().join("later");
+    std::fs::create_dir(&later).unwrap();
+    let opts = RestoreOptions::new(&id, &bundle, &later);
+    let prepare = |kept: Option<netns_image::Kept>| -> PreparedRestore {
+        ferry::Container::prepare_restore(env.root.path(), &opts, kept).unwrap()
+    };
+
+    let prepared = prepare(kept.clone());
+    assert_eq!(env.state(&id)["status"], json!("creating"));
+    let criu = criu_in_cgroup(&id);
+    assert_eq!(criu.len(), 1, "criu is not waiting in the cgroup: {criu:?}");
+    for e in std::fs::read_dir(&images).unwrap().flatten() {
+        std::fs::rename(e.path(), later.join(e.file_name())).unwrap();
+    }
+    let restored = prepared.restore(None).unwrap();
+    let pid = restored.container.state.pid;
+    assert_continues(&count, read_num(&count).unwrap());
+    assert_eq!(env.state(&id)["status"], json!("running"));
+    let lo = env.ok(&["exec", &id, "ip", "link", "show", "lo"]);
+    assert!(lo.contains(",UP"), "{lo}");
+    env.ok(&["checkpoint", "--image-path", s(&images), &id]);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    std::fs::remove_dir_all(&later).unwrap();
+    std::fs::create_dir(&later).unwrap();
+
+    // Prepared for a namespace CRIU left in the images: refused, undone,
+    // and the images restore afresh.
+    let prepared = prepare(None);
+    for e in std::fs::read_dir(&images).unwrap().flatten() {
+        std::fs::copy(e.path(), later.join(e.file_name())).unwrap();
+    }
+    let err = prepared.restore(None).unwrap_err().to_string();
+    assert!(err.contains("another network namespace"), "{err}");
+    env.assert_gone(&id);
+    assert!(criu_in_cgroup(&id).is_empty());
+
+    // Dropped unused: criu gone, nothing left.
+    let prepared = prepare(kept);
+    let criu = criu_in_cgroup(&id);
+    assert_eq!(criu.len(), 1, "{criu:?}");
+    drop(prepared);
+    env.assert_gone(&id);
+    assert!(
+        wait_until(Duration::from_secs(5), || !std::path::Path::new(&format!(
+            "/proc/{}",
+            criu[0]
+        ))
+        .exists()),
+        "criu outlived the dropped preparation"
+    );
+
+    env.ok(&restore_args(&bundle, &images, &[], &id));
+    assert_continues(&count, read_num(&count).unwrap());
+    env.ok(&["delete", "--force", &id]);
+    env.assert_gone(&id);
+}

@@ -42,6 +42,8 @@ fn counter_moves_to_b_and_back() {
     // through ferry's relay): no namespace in the images, so no conntrack
     // table walked while the container was frozen.
     assert_eq!(dump_took_netns(&r), (false, false), "{r}");
+    // B readied the restore before the freeze (the rootfs is shared).
+    assert_eq!(r["restore_prepared"], true, "{r}");
     // The default mode: pre-copy where the kernel tracks dirty memory,
     // else stop-copy, and the report says why not the other.
     let tracks = ferry::criu::Criu::new()
@@ -254,13 +256,33 @@ fn untrusted_certificate_is_refused_before_anything_freezes() {
     assert!(!w.b.bundles().join(&id).exists());
 }
 
+/// The criu processes in `id`'s cgroup under `parent`.
+fn criu_in_cgroup_of(parent: &str, id: &str) -> Vec<i32> {
+    cgroup_dirs(&format!("{parent}/{id}"))
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
+        })
+        // (Listed once per hierarchy on cgroup v1.)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 #[test]
 fn restore_failure_on_b_resumes_a() {
     let Some(_g) = serial() else { return };
     let mut w = World::new("r", 4);
     let (id, count) = w.counter("c");
     // Once B has passed its preflight (its images directory exists), a
-    // container of the same ID appears on B.
+    // container of the same ID appears on B: B refuses while it readies
+    // the restore, before A freezes anything.
     let incoming = w.b.bundles().join(".incoming");
     let clash = w.b.root().join(&id);
     let watcher = {
@@ -285,13 +307,45 @@ fn restore_failure_on_b_resumes_a() {
     assert!(watcher.join().unwrap(), "the migration never reached B");
     let line = failure_line(&out);
     assert!(line.contains("already exists"), "{line}");
+    assert!(line.contains("kept running on this host"), "{line}");
+    assert_eq!(w.a.status(&id).as_deref(), Some("running"));
+    assert_continues(&count, read_num(&count).unwrap());
+    // B holds only the clashing directory.
+    std::fs::remove_dir(&clash).unwrap();
+    w.b.assert_clean(&id);
+
+    // The criu B readied for the restore dies while A dumps (its pages
+    // arriving): the restore fails after the freeze, and A resumes.
+    let killer = {
+        let (parent, id) = (w.b.cgroup_parent.clone(), id.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let dumping = walk(&incoming).iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
+                        && p.to_string_lossy().contains(&format!("{id}-"))
+                });
+                if let (true, Some(&pid)) = (dumping, criu_in_cgroup_of(&parent, &id).first()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            false
+        })
+    };
+    let out = w.migrate(&w.a, &w.b, &id, &[], None);
+    assert!(killer.join().unwrap(), "B never readied the restore");
+    let line = failure_line(&out);
     assert!(line.contains("resumed on this host"), "{line}");
     // A runs on, counter intact.
     assert_eq!(w.a.status(&id).as_deref(), Some("running"));
     let at = read_num(&count).unwrap();
     assert_continues(&count, at);
-    // B holds only the clashing directory.
-    std::fs::remove_dir(&clash).unwrap();
     w.b.assert_clean(&id);
 }
 
@@ -357,10 +411,14 @@ fn killed_serve_mid_transfer_resumes_a() {
     let line = failure_line(&out);
     assert!(line.contains("resumed on this host"), "{line}");
     assert_memory_intact_on_a(&w, &id, &data, &sum);
-    // B: no container; a restarted server sweeps the dead one's images.
-    assert!(w.b.containers().is_empty());
+    // B had readied the restore before the freeze: the container it was
+    // making is left being created (`delete --force` removes it), and a
+    // restarted server removes it with the dead one's images.
+    assert_eq!(w.b.containers(), vec![id.clone()]);
+    assert_eq!(w.b.status(&id).as_deref(), Some("creating"));
     let (pki, shared) = (w.pki.clone(), w.work.path().to_path_buf());
     w.b.serve(&pki, "b", &shared);
+    assert!(w.b.containers().is_empty());
     w.b.assert_clean(&id);
 }
 

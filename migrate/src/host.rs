@@ -83,15 +83,15 @@ pub trait SourceHost: Send {
     /// network locked, until `resume` or `destroy`.
     fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError>;
 
-    /// Before the final dump, while the container still runs: image files
-    /// the dump will write again into `dir`, made now so that they cross
-    /// the link before the freeze (a copy of tmpfs contents). The dump
+    /// Before the final dump `plan`, while the container still runs: image
+    /// files the dump will write again into `plan.images_dir`, made now so
+    /// that they cross the link before the freeze (a copy of tmpfs
+    /// contents, what the destination readies its restore with). The dump
     /// must leave a file it finds unchanged untouched (same mtime and
-    /// ctime): only files it rewrote are sent again after it. `Ok(false)`
-    /// when there is nothing to send early.
-    fn early_images(&mut self, dir: &Path) -> Result<bool, HostError> {
-        let _ = dir;
-        Ok(false)
+    /// ctime): only files it rewrote are sent again after it.
+    fn early_images(&mut self, plan: &DumpPlan) -> Result<(), HostError> {
+        let _ = plan;
+        Ok(())
     }
 
     /// Rollback: the container runs again exactly where it was.
@@ -148,6 +148,9 @@ pub struct PageServer {
 pub struct Restored {
     /// Pid of the container's init process.
     pub pid: i32,
+    /// The restore was prepared before the freeze (see
+    /// [`DestHost::prepare_restore`]) and only CRIU's request was left.
+    pub prepared: bool,
 }
 
 /// The container being received, on the destination host.
@@ -181,6 +184,18 @@ pub trait DestHost: Send {
     /// `plan.bundle_dir`, leaving it restored but not running (stopped or
     /// frozen) until `start`.
     fn restore(&mut self, plan: &RestorePlan) -> Result<Restored, HostError>;
+
+    /// Before the final dump, once the images' early pass is staged in
+    /// `early`: readies the restore of `plan` (state, cgroup, network
+    /// namespace, CRIU started) so that `restore` is left with CRIU's
+    /// request. `restore` uses it if the images then record what `early`
+    /// did, and restores afresh otherwise; `abort` undoes it. An error
+    /// refuses the migration while the source still runs. `Ok(false)`:
+    /// nothing prepared.
+    fn prepare_restore(&mut self, plan: &RestorePlan, early: &Path) -> Result<bool, HostError> {
+        let _ = (plan, early);
+        Ok(false)
+    }
 
     /// Lets the restored container run (the source is then destroyed).
     fn start(&mut self) -> Result<(), HostError>;

@@ -121,6 +121,9 @@ pub enum Msg {
     Restore,
     Restored {
         pid: i32,
+        /// The destination had prepared the restore before the freeze.
+        #[serde(default)]
+        prepared: bool,
     },
     Commit,
     Running,

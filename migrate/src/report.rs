@@ -380,6 +380,11 @@ pub struct Report {
     pub predicted_downtime: Option<Duration>,
     /// The restored container's pid on the destination.
     pub dest_pid: Option<i32>,
+    /// The destination prepared the restore (state, cgroup, network
+    /// namespace, CRIU) before the freeze, leaving only CRIU's restore
+    /// for the downtime.
+    #[serde(default)]
+    pub restore_prepared: bool,
     /// Things that went wrong without failing the migration.
     pub warnings: Vec<String>,
 }
@@ -461,6 +466,7 @@ mod tests {
             pre_copy: h,
             pre_copy_stop: Some(stop),
             dest_pid: None,
+            restore_prepared: false,
             warnings: Vec::new(),
         };
         let lines = r.summary();

@@ -130,9 +130,9 @@ impl SourceHost for FakeSource {
     }
 
     /// A file the dump leaves as it is: it crosses before the freeze only.
-    fn early_images(&mut self, dir: &Path) -> Result<bool, HostError> {
-        std::fs::write(dir.join("early.img"), b"early")?;
-        Ok(true)
+    fn early_images(&mut self, plan: &DumpPlan) -> Result<(), HostError> {
+        std::fs::write(plan.images_dir.join("early.img"), b"early")?;
+        Ok(())
     }
 
     fn dump(&mut self, plan: &DumpPlan) -> Result<DumpOutcome, HostError> {
@@ -280,7 +280,10 @@ impl DestHost for FakeDest {
         if let Some(reason) = &self.behaviour.fail_restore {
             return Err(reason.clone().into());
         }
-        Ok(Restored { pid: 4242 })
+        Ok(Restored {
+            pid: 4242,
+            prepared: false,
+        })
     }
 
     fn start(&mut self) -> Result<(), HostError> {

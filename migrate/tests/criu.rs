@@ -388,7 +388,10 @@ impl DestHost for RealDest {
             at,
             "restored tree ran before start"
         );
-        Ok(Restored { pid })
+        Ok(Restored {
+            pid,
+            prepared: false,
+        })
     }
 
     fn start(&mut self) -> Result<(), HostError> {

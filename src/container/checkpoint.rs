@@ -440,6 +440,22 @@ struct Dump<'a> {
     relay: Option<PageRelay>,
 }
 
+/// Whether CRIU may run inside the kept namespace `own` of a container
+/// made from `spec` for a dump with `opts` (see [`Dump::criu_inside`]).
+fn may_run_inside(
+    spec: &oci_spec::runtime::Spec,
+    opts: &CheckpointOptions,
+    own: &network::OwnNetns,
+) -> bool {
+    netns_image::criu_can_run_inside(spec, own) && !opts.lazy_pages && !opts.leave_stopped
+}
+
+/// Whether a relay may carry the pages to `opts.page_server`: with TLS
+/// only when the page server's certificate can be pinned.
+fn relay_may_carry(opts: &CheckpointOptions) -> bool {
+    opts.page_server_tls.is_none() || opts.page_server_pin.is_some()
+}
+
 /// What a dump's CRIU call left for [`Dump::settle`].
 struct DumpRun {
     result: criu::Result<criu::Response>,
@@ -476,12 +492,9 @@ impl Dump<'_> {
     }
 
     fn may_run_inside(&self) -> bool {
-        let o = self.opts;
         self.own_netns
             .as_ref()
-            .is_some_and(|own| netns_image::criu_can_run_inside(&self.container.state.config, own))
-            && !o.lazy_pages
-            && !o.leave_stopped
+            .is_some_and(|own| may_run_inside(&self.container.state.config, self.opts, own))
     }
 
     /// The relay CRIU inside the namespace sends its pages through, where
@@ -494,7 +507,7 @@ impl Dump<'_> {
         let Some((addr, port)) = &o.page_server else {
             return Ok(None);
         };
-        if !self.may_run_inside() || (o.page_server_tls.is_some() && o.page_server_pin.is_none()) {
+        if !self.may_run_inside() || !relay_may_carry(o) {
             return Ok(None);
         }
         match PageRelay::bind(self.container.state.pid, addr, *port) {
@@ -600,6 +613,8 @@ impl Dump<'_> {
                 criu_inside,
             };
             netns_image::write(&self.dirs.images, &kept)?;
+        } else {
+            netns_image::remove(&self.dirs.images)?;
         }
         if !self.tmpfs.is_empty() {
             tmpfs_image::write(&self.dirs.images, &self.tmpfs)?;
@@ -757,6 +772,37 @@ impl Container {
             "only a running container's tmpfs is copied ahead",
         )?;
         Ok(tmpfs_image::copy_ahead(self.state.pid, images))
+    }
+
+    /// Writes into `images` the record of the network namespace (see
+    /// [`netns_image`]) that a dump with `opts` will write if the
+    /// container keeps its network as it is and the page relay can be
+    /// bound: a migration's destination prepares its restore from it
+    /// before the freeze. The dump leaves it as it is, replaces it, or
+    /// removes it. `Ok(false)` when the dump would write none.
+    pub fn write_netns_ahead(&self, opts: &CheckpointOptions, images: &Path) -> Result<bool> {
+        self.require(
+            &[Status::Running],
+            "only a running container's network is recorded ahead",
+        )?;
+        if opts.pre_dump || opts.empty_ns_network {
+            return Ok(false);
+        }
+        let Some(own) =
+            netns_image::own_netns(&self.state.config, self.state.pid, self.state.veth.as_ref())?
+        else {
+            return Ok(false);
+        };
+        let criu_inside = may_run_inside(&self.state.config, opts, &own)
+            && (opts.page_server.is_none() || relay_may_carry(opts));
+        netns_image::write(
+            images,
+            &netns_image::Kept {
+                netns: own,
+                criu_inside,
+            },
+        )?;
+        Ok(true)
     }
 
     /// Checkpoints the container (see [`CheckpointOptions`]).

@@ -20,7 +20,7 @@ mod fsutil;
 mod image_dir;
 mod kill;
 mod list;
-mod netns_image;
+pub mod netns_image;
 mod notify;
 mod oom;
 mod pause;
@@ -42,7 +42,7 @@ pub use image_dir::check_images;
 pub use kill::{parse_signal, KillSignal};
 pub use list::list;
 pub use ps::filter_ps_output;
-pub use restore::{RestoreHold, RestoreOptions, Restored};
+pub use restore::{PreparedRestore, RestoreHold, RestoreOptions, Restored};
 
 pub const DEFAULT_ROOT: &str = "/run/ferry";
 
@@ -136,6 +136,10 @@ pub enum Error {
     RestoreWithoutPid,
     #[error("container init: the restored init exited at once")]
     RestoredInitExited,
+    /// The images' record of the network namespace ferry rebuilds is not
+    /// the one the restore was prepared for.
+    #[error("the images in {} record another network namespace than the restore was prepared for; restore them afresh", .images.display())]
+    PreparedForOtherNetwork { images: std::path::PathBuf },
     #[error(transparent)]
     Images(#[from] ImagesError),
     #[error(

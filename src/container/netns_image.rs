@@ -112,10 +112,27 @@ pub fn still_own(pid: i32, veth: Option<&VethConfig>, recorded: &OwnNetns) -> Re
     Ok(network::inspect_own_netns(pid, veth)?.as_ref() == Ok(recorded))
 }
 
+/// An identical record written ahead (a migration's early images) is
+/// left as it is, so that it need not cross the link again.
 pub fn write(images: &Path, kept: &Kept) -> Result<()> {
     let path = images.join(OWN_NETNS_FILE);
     let text = serde_json::to_string(kept).expect("plain fields serialize");
+    if read(images).ok().flatten().as_ref() == Some(kept) {
+        return Ok(());
+    }
     std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))
+}
+
+/// Removes a record written ahead for a dump that keeps no namespace of
+/// ferry's after all.
+pub fn remove(images: &Path) -> Result<()> {
+    let path = images.join(OWN_NETNS_FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Largest [`OWN_NETNS_FILE`] read (it holds two short fields; an imported
@@ -125,8 +142,14 @@ const MAX_BYTES: u64 = 4096;
 /// The recorded namespace, `None` in images where CRIU kept it.
 pub fn read(images: &Path) -> Result<Option<Kept>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = images.join(OWN_NETNS_FILE);
-    let f = match std::fs::File::open(&path) {
+    // Images may come from a peer: a symlink is not followed.
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(format!("reading {}", path.display()))(e)),

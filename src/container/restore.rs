@@ -433,78 +433,123 @@ fn restore_opts(
     o
 }
 
-/// Runs CRIU's restore with criu itself in the container's cgroup (and
-/// in the network namespace ferry made, when `kept` says CRIU ran inside
-/// it at the dump); returns the restored init's pid. The rollback learns
-/// what CRIU and ferry made.
-#[allow(clippy::too_many_arguments)] // the handler's parts, each from elsewhere
-fn restore_tree(
+/// A criu started for a restore, in the container's cgroup (and in the
+/// network namespace ferry made ahead), waiting for the request.
+struct CriuReady {
+    criu: criu::Started,
+    /// The cgroups criu runs in, as CRIU's cgroup roots.
+    cg_roots: Vec<crate::proto::rpc::Cgroup_root>,
+    /// What ferry made of the network before CRIU: the veth (its host end
+    /// held down, or locked), or `lo` up.
+    veth_made: bool,
+    held: bool,
+    locked: bool,
+}
+
+impl<'a, 'h> RestoreHandler<'a, 'h> {
+    fn new(
+        state: &'a State,
+        dir: &'a StateDir,
+        opts: &'a RestoreOptions,
+        kept: Option<&netns_image::Kept>,
+        hold: Option<&'h mut dyn RestoreHold>,
+    ) -> RestoreHandler<'a, 'h> {
+        RestoreHandler {
+            state,
+            dir,
+            veth: state.veth.as_ref(),
+            create_veth: opts.empty_ns_network,
+            method: opts.network_lock,
+            locked: false,
+            console_socket: opts.console_socket.as_deref(),
+            pid: None,
+            veth_made: false,
+            held: false,
+            lo_up: kept.is_some_and(|k| k.netns.lo_up),
+            made_ahead: kept.is_some_and(|k| k.criu_inside),
+            hold,
+            append: super::append_stdio::AppendStdio::record(),
+        }
+    }
+}
+
+/// Starts the restore's criu in the container's cgroup, in the network
+/// namespace ferry makes and fills first when `kept` says CRIU ran inside
+/// it at the dump; `keep` are the descriptors criu inherits. The rollback
+/// learns what ferry made.
+fn start_criu(
     criu: &Criu,
-    o: Opts,
-    work: &Path,
+    claim: &mut Claim,
+    opts: &RestoreOptions,
+    kept: Option<&netns_image::Kept>,
     keep: &[RawFd],
+) -> Result<CriuReady> {
+    let mut handler = RestoreHandler::new(&claim.state, &claim.dir, opts, kept, None);
+    let netns = if handler.made_ahead {
+        let ns = network::NewNetns::create().map_err(io("making a network namespace"))?;
+        let filled = handler.fill(ns.pid());
+        if handler.veth_made {
+            claim.rollback.veth = claim.state.veth.clone();
+        }
+        filled?;
+        Some(ns.into_file())
+    } else {
+        None
+    };
+    let (veth_made, held, locked) = (handler.veth_made, handler.held, handler.locked);
+    let criu = match netns {
+        Some(ns) => criu.clone().in_netns(ns),
+        None => criu.clone(),
+    };
+    let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
+    let mut cg_roots = Vec::new();
+    let started = criu.start_checked(criu::MIN_VERSION, keep, |criu_pid| {
+        // criu restores into the cgroup it runs in; the image's cgroup
+        // tree is re-rooted there.
+        cgroup
+            .add_task(criu_pid as i32)
+            .map_err(criu::HandlerError::new)?;
+        cg_roots = cgroup_roots(criu_pid).map_err(criu::HandlerError::new)?;
+        Ok(())
+    })?;
+    Ok(CriuReady {
+        criu: started,
+        cg_roots,
+        veth_made,
+        held,
+        locked,
+    })
+}
+
+/// Sends the restore request to the criu [`start_criu`] made ready;
+/// returns the restored init's pid. The rollback learns what CRIU and
+/// ferry made.
+fn run_criu(
+    ready: CriuReady,
+    mut o: Opts,
+    work: &Path,
     claim: &mut Claim,
     opts: &RestoreOptions,
     kept: Option<&netns_image::Kept>,
     hold: Option<&mut dyn RestoreHold>,
 ) -> Result<i32> {
-    let veth = claim.state.veth.as_ref();
-    let made_ahead = kept.is_some_and(|k| k.criu_inside);
-    let mut handler = RestoreHandler {
-        state: &claim.state,
-        dir: &claim.dir,
-        veth,
-        create_veth: opts.empty_ns_network,
-        method: opts.network_lock,
-        locked: false,
-        console_socket: opts.console_socket.as_deref(),
-        pid: None,
-        veth_made: false,
-        held: false,
-        lo_up: kept.is_some_and(|k| k.netns.lo_up),
-        made_ahead,
-        hold,
-        append: super::append_stdio::AppendStdio::record(),
-    };
-    let inside;
-    let criu = if made_ahead {
-        let ns = network::NewNetns::create().map_err(io("making a network namespace"))?;
-        let filled = handler.fill(ns.pid());
-        if handler.veth_made {
-            claim.rollback.veth = veth.cloned();
-        }
-        filled?;
-        inside = criu.clone().in_netns(ns.into_file());
-        &inside
-    } else {
-        criu
-    };
-    let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
-    let result = criu.call_checked(
-        criu::MIN_VERSION,
+    let mut handler = RestoreHandler::new(&claim.state, &claim.dir, opts, kept, hold);
+    handler.veth_made = ready.veth_made;
+    handler.held = ready.held;
+    handler.locked = ready.locked;
+    o.cg_root = ready.cg_roots;
+    let result = ready.criu.call(
         Request::new(ReqType::RESTORE, Some(o)).work_dir(work),
         &mut handler,
-        keep,
-        &mut |criu_pid, opts| {
-            // criu restores into the cgroup it runs in; re-root the
-            // image's cgroup tree there.
-            cgroup
-                .add_task(criu_pid as i32)
-                .map_err(criu::HandlerError::new)?;
-            let roots = cgroup_roots(criu_pid).map_err(criu::HandlerError::new)?;
-            if let Some(o) = opts.as_mut() {
-                o.cg_root = roots;
-            }
-            Ok(())
-        },
     );
+    let result = result.map_err(Error::from);
     let unlocked = if result.is_ok() {
         handler.unlock()
     } else {
         handler.remove_lock()
     };
     let (seen_pid, veth_made) = (handler.pid, handler.veth_made);
-    let veth = veth.cloned();
+    let veth = handler.veth.cloned();
     claim.rollback.pid = seen_pid;
     if veth_made {
         claim.rollback.veth = veth;
@@ -534,6 +579,46 @@ fn check_cgroup_mode(mode: Option<CgMode>, images: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The options a restore runs with: a namespace ferry kept (see
+/// [`netns_image`]) is made again by ferry.
+fn effective_opts(opts: &RestoreOptions, kept: Option<&netns_image::Kept>) -> RestoreOptions {
+    RestoreOptions {
+        empty_ns_network: opts.empty_ns_network || kept.is_some(),
+        ..opts.clone()
+    }
+}
+
+/// A restore readied before its images are all there (a migration's
+/// destination, while the source dumps): the container's state claimed,
+/// its cgroup made, the network namespace ferry rebuilds made and filled,
+/// and criu started in them, its version checked. What it needs of the
+/// images is only what [`netns_image`] records, given to
+/// [`Container::prepare_restore`]; [`PreparedRestore::restore`] refuses
+/// images that record something else. Dropped unused, everything is
+/// undone.
+pub struct PreparedRestore {
+    /// Dropped first: criu exits once its socket closes, before the
+    /// rollback empties the cgroup it sits in.
+    criu: CriuReady,
+    root: PathBuf,
+    opts: RestoreOptions,
+    plan: Plan,
+    kept: Option<netns_image::Kept>,
+    veth: Option<VethConfig>,
+    stdio: [OwnedFd; 3],
+    claim: Claim,
+}
+
+impl std::fmt::Debug for PreparedRestore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedRestore")
+            .field("id", &self.opts.id)
+            .field("kept", &self.kept)
+            .field("criu", &self.criu.criu.pid())
+            .finish()
+    }
+}
+
 impl Container {
     /// Restores a container (see [`RestoreOptions`]).
     pub fn restore(root: &Path, opts: &RestoreOptions) -> Result<Restored> {
@@ -548,47 +633,95 @@ impl Container {
         hold: Option<&mut dyn RestoreHold>,
     ) -> Result<Restored> {
         let _span = tracing::info_span!("restore", id = %opts.id).entered();
-        let plan = Plan::load(&opts.id, &opts.bundle)?;
+        // What the images must hold is refused before anything is made.
         let images = check_images(&opts.image_path)?;
-        // A namespace ferry kept (see netns_image) is made again by ferry.
-        let own_netns = netns_image::read(&images)?;
-        let with_own_netns;
-        let opts = match &own_netns {
-            Some(_) if !opts.empty_ns_network => {
-                with_own_netns = RestoreOptions {
-                    empty_ns_network: true,
-                    ..opts.clone()
-                };
-                &with_own_netns
-            }
-            _ => opts,
-        };
-        if let Some(k) = &own_netns {
-            netns_image::check_restorable(&plan.spec, k, &images)?;
-        }
+        let kept = netns_image::read(&images)?;
         check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
-        let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;
+        RecordedStdio::read(&images)?;
+        Container::prepare_restore(root, opts, kept)?.restore(hold)
+    }
+
+    /// Readies the restore of `opts` (see [`PreparedRestore`]) for images
+    /// whose [`netns_image`] record is `kept`; `opts.image_path` need not
+    /// hold the images yet.
+    pub fn prepare_restore(
+        root: &Path,
+        opts: &RestoreOptions,
+        kept: Option<netns_image::Kept>,
+    ) -> Result<PreparedRestore> {
+        let _span = tracing::info_span!("prepare restore", id = %opts.id).entered();
+        let plan = Plan::load(&opts.id, &opts.bundle)?;
+        let opts = effective_opts(opts, kept.as_ref());
+        if let Some(k) = &kept {
+            netns_image::check_restorable(&plan.spec, k, &opts.image_path)?;
+        }
         plan.check_console(opts.console_socket.as_deref())?;
         let mut veth = plan.veth()?;
-        if let (Some(v), Some(own)) = (veth.as_mut(), &own_netns) {
+        if let (Some(v), Some(own)) = (veth.as_mut(), &kept) {
             if v.mac.is_none() {
                 v.mac.clone_from(&own.netns.mac);
             }
         }
         check_veth_free(&plan, veth.as_ref())?;
-        let recorded = RecordedStdio::read(&dirs.images)?;
         let criu = Criu::new()?;
         criu.require_modes(false, false, opts.lazy_pages)?;
 
-        // CRIU and the tree it restores run in the container's cgroup; the
-        // rootfs bind is below the state directory.
+        // CRIU and the tree it restores run in the container's cgroup.
         let cgroup = plan.cgroup(opts.cgroup_path.as_deref(), opts.cgroup_driver)?;
         let mut claim = plan.claim(root, cgroup, |s| s.restoring(veth.clone()))?;
         claim.rollback.veth_lock = Some(opts.network_lock);
         claim.create_cgroup(plan.resources())?;
+        let stdio = dup_stdio()?;
+        let stdio_fds = stdio.each_ref().map(AsRawFd::as_raw_fd);
+        let ready = start_criu(&criu, &mut claim, &opts, kept.as_ref(), &stdio_fds)?;
+        tracing::debug!(criu = ready.criu.pid(), "restore prepared");
+        Ok(PreparedRestore {
+            criu: ready,
+            root: root.to_path_buf(),
+            opts,
+            plan,
+            kept,
+            veth,
+            stdio,
+            claim,
+        })
+    }
+}
+
+impl PreparedRestore {
+    /// The [`netns_image`] record this restore was prepared for.
+    pub fn kept(&self) -> Option<&netns_image::Kept> {
+        self.kept.as_ref()
+    }
+
+    /// Restores from the images, now complete, with an optional hold
+    /// point before the restored tree runs (see [`RestoreHold`]).
+    pub fn restore(self, hold: Option<&mut dyn RestoreHold>) -> Result<Restored> {
+        let _span = tracing::info_span!("restore", id = %self.opts.id).entered();
+        let PreparedRestore {
+            criu: ready,
+            root,
+            opts,
+            plan,
+            kept,
+            veth,
+            stdio,
+            mut claim,
+        } = self;
+        let images = check_images(&opts.image_path)?;
+        let found = netns_image::read(&images)?;
+        if found != kept {
+            return Err(Error::PreparedForOtherNetwork {
+                images: images.clone(),
+            });
+        }
+        check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
+        let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;
+        let recorded = RecordedStdio::read(&dirs.images)?;
         let mut ext = restore_externals(&plan, &claim, &dirs.images)?;
         // Unmounted (from the host) once CRIU has bound them in, or failed.
         let staged = stage_tmpfs(&dirs.images, &claim.dir, &mut ext)?;
+        // The rootfs bind is below the state directory.
         let criu_root = bind_root(&plan.rootfs, &mut claim)?;
         // CRIU mounts its cgroup yard in its work directory; recorded so
         // that `delete --force` can unmount it after a killed restore.
@@ -597,20 +730,18 @@ impl Container {
             dirs.work.as_os_str().as_encoded_bytes(),
         )
         .map_err(io("recording CRIU's work directory"))?;
-        let stdio = dup_stdio()?;
         let stdio_fds = stdio.each_ref().map(AsRawFd::as_raw_fd);
         let inherit = recorded.inherit(&stdio_fds);
-        let o = restore_opts(opts, &plan, &dirs, &criu_root, &ext, veth.as_ref(), inherit);
-        let pid = restore_tree(
-            &criu,
-            o,
-            &dirs.work,
-            &stdio_fds,
-            &mut claim,
-            opts,
-            own_netns.as_ref(),
-            hold,
-        )?;
+        let o = restore_opts(
+            &opts,
+            &plan,
+            &dirs,
+            &criu_root,
+            &ext,
+            veth.as_ref(),
+            inherit,
+        );
+        let pid = run_criu(ready, o, &dirs.work, &mut claim, &opts, kept.as_ref(), hold)?;
 
         drop(staged);
         claim.rollback.pid = Some(pid);
@@ -618,7 +749,7 @@ impl Container {
         claim.state.pid = pid;
         claim.state.pid_start_time =
             crate::proc::start_time(pid).ok_or(Error::RestoredInitExited)?;
-        let (container, _lock) = claim.finish(root, opts.pid_file.as_deref())?;
+        let (container, _lock) = claim.finish(&root, opts.pid_file.as_deref())?;
         let stats = criu::read_restore_stats(&dirs.images)
             .or_else(|_| criu::read_restore_stats(&dirs.work))
             .ok();

@@ -28,6 +28,30 @@ fn inherited(fds: InheritFds, req: &Request) -> Vec<RawFd> {
     keep
 }
 
+/// A criu started and checked by [`Criu::start_checked`], waiting for its
+/// request. Dropped unused, it is told to exit (its socket closes).
+pub struct Started {
+    session: Session,
+    pid: u32,
+}
+
+impl Started {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `req`, whose descriptors must be among those criu inherited.
+    pub fn call(mut self, mut req: Request, handler: &mut dyn NotifyHandler) -> Result<Response> {
+        if let Some(o) = req.opts.as_mut() {
+            default_notify_scripts(o);
+        }
+        let result = self.session.request(req, handler);
+        // Reaped in the background: criu only cleans up after answering.
+        std::thread::spawn(move || drop(self));
+        result
+    }
+}
+
 /// Sets `notify_scripts` unless the caller set it, so the handler sees the
 /// notifications.
 fn default_notify_scripts(opts: &mut Opts) {
@@ -117,25 +141,34 @@ impl Criu {
         fds: InheritFds,
         on_start: &mut OnStart,
     ) -> Result<Response> {
-        let mut session = self.session(&inherited(fds, &req))?;
-        // Before the version is asked: what `on_start` does (a cgroup
-        // move waits for an RCU grace period) overlaps criu's own start.
+        let mut opts = req.opts.take();
+        let started =
+            self.start_checked(min, &inherited(fds, &req), |pid| on_start(pid, &mut opts))?;
+        req.opts = opts;
+        started.call(req, handler)
+    }
+
+    /// Starts criu with `fds` inherited, runs `on_start` with its pid as
+    /// soon as it runs (a cgroup move, which waits for an RCU grace period,
+    /// then overlaps criu's own start), and checks its version: a criu
+    /// ready for one request, which may come much later.
+    pub fn start_checked(
+        &self,
+        min: Version,
+        fds: InheritFds,
+        on_start: impl FnOnce(u32) -> std::result::Result<(), HandlerError>,
+    ) -> Result<Started> {
+        let mut session = self.session(fds)?;
         let pid = session
             .pid()
             .ok_or_else(|| Error::Protocol("criu exited as it started".into()))?;
-        on_start(pid, &mut req.opts).map_err(|source| Error::Prepare { source })?;
+        on_start(pid).map_err(|source| Error::Prepare { source })?;
         let resp = session.request(
             Request::new(ReqType::VERSION, None).keep_open(true),
             &mut AckAll,
         )?;
         check_version(version_of(&resp)?, min)?;
-        if let Some(o) = req.opts.as_mut() {
-            default_notify_scripts(o);
-        }
-        let result = session.request(req, handler);
-        // Reaped in the background: criu only cleans up after answering.
-        std::thread::spawn(move || drop(session));
-        result
+        Ok(Started { session, pid })
     }
 
     /// What this kernel and CRIU build support.

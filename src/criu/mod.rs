@@ -26,7 +26,7 @@ pub use crate::proto::rpc::{
     Criu_cg_mode as CgMode, Criu_network_lock_method as NetworkLock, Criu_opts as Opts,
     Criu_pre_dump_mode as PreDumpMode, Criu_req_type as ReqType, Criu_resp as Response,
 };
-pub use client::check_version;
+pub use client::{check_version, Started};
 pub use errors::{Error, Failure, Result};
 pub use find::find_binary;
 pub use notify::{AckAll, HandlerError, Notify, NotifyDecodeError, NotifyHandler, SCRIPT_NAMES};

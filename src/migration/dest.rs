@@ -19,7 +19,8 @@ use nix::unistd::Pid;
 
 use super::{Event, Extra, Hold};
 use crate::cgroups::Cgroup;
-use crate::container::{HoldError, RestoreHold, RestoreOptions};
+use crate::container::netns_image;
+use crate::container::{HoldError, PreparedRestore, RestoreHold, RestoreOptions};
 use crate::network::{self, LockMethod, VethConfig};
 use crate::state::StateDir;
 use crate::Container;
@@ -107,6 +108,7 @@ fn sweep(opts: &DestOptions) -> std::io::Result<()> {
         };
         if pid != std::process::id() as i32 && migrate::host::pid_gone(pid) {
             stop_recorded_page_servers(&e.path());
+            remove_abandoned_restores(&e.path(), &opts.root);
             tracing::info!(dir = %e.path().display(), "removing images of a server that is gone");
             // Its CRIU may still be winding down in there (it stops at its
             // next notification): the next start removes what is left.
@@ -133,6 +135,41 @@ fn sweep(opts: &DestOptions) -> std::io::Result<()> {
 /// start time of its leader, and is written before the page server
 /// exists, so the next server can stop it whenever this one was killed.
 const PAGE_SERVER_RECORD: &str = "page-server-group-";
+
+/// Names the record of a restore in progress (prepared before the freeze,
+/// or running), by container ID, in the server's images directory.
+const RESTORE_RECORD: &str = "restoring-";
+
+/// Removes the containers a dead server was restoring, as its records in
+/// `dir` name them: each still being created, by nobody (its lock free:
+/// a creator holds it throughout).
+fn remove_abandoned_restores(dir: &Path, root: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_prefix(RESTORE_RECORD)) else {
+            continue;
+        };
+        if crate::id::validate(id).is_err() {
+            continue;
+        }
+        let abandoned = StateDir::new(root, id).lock_within(Duration::ZERO).is_ok()
+            && Container::load(root, id)
+                .is_ok_and(|c| c.status() == crate::container::Status::Creating);
+        if abandoned {
+            tracing::info!(
+                container = id,
+                "removing a container a server that is gone was restoring"
+            );
+            if let Err(err) = Container::load(root, id).map(|c| c.delete(true)) {
+                tracing::warn!(container = id, error = %err, "cannot remove it");
+            }
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}
 
 /// Stops the page servers recorded in a dead server's images directory:
 /// the criu processes left in each recorded process group.
@@ -195,6 +232,8 @@ impl DestFactory for Incoming {
             page_server: None,
             page_server_record: None,
             restoring: None,
+            prepared: None,
+            restore_record: None,
             state_existed: false,
             lazy: None,
             running_lazy: None,
@@ -277,7 +316,11 @@ pub struct Receiver {
     page_server: Option<i32>,
     /// Where the running page server is recorded.
     page_server_record: Option<PathBuf>,
+    /// Where the restore in progress is recorded.
+    restore_record: Option<PathBuf>,
     restoring: Option<Restoring>,
+    /// The restore readied before the freeze, until the images are in.
+    prepared: Option<PreparedRestore>,
     /// A state directory of this ID existed when the restore began (an ID
     /// clash): it is not ours to remove.
     state_existed: bool,
@@ -308,6 +351,39 @@ impl Receiver {
         if let Some(r) = self.page_server_record.take() {
             let _ = std::fs::remove_file(r);
         }
+    }
+
+    /// Records the restore in progress, for a server started after this
+    /// one died (see [`remove_abandoned_restores`]).
+    fn record_restore(&mut self) -> Result<(), HostError> {
+        if self.restore_record.is_none() {
+            let record = self
+                .opts
+                .own_images_dir()
+                .join(format!("{RESTORE_RECORD}{}", self.id));
+            std::fs::write(&record, b"")?;
+            self.restore_record = Some(record);
+        }
+        Ok(())
+    }
+
+    fn forget_restore(&mut self) {
+        if let Some(r) = self.restore_record.take() {
+            let _ = std::fs::remove_file(r);
+        }
+    }
+
+    /// The options of the restore `plan` asks for.
+    fn restore_options(&self, plan: &RestorePlan) -> Result<RestoreOptions, HostError> {
+        let extra: Extra = serde_json::from_value(plan.source.extra.clone()).unwrap_or_default();
+        let spec: oci_spec::runtime::Spec = serde_json::from_str(&plan.source.config_json)?;
+        let mut o = RestoreOptions::new(&plan.id, &plan.bundle_dir, &plan.images_dir);
+        o.cgroup_path = Some(self.opts.cgroup_path(&self.id, &spec));
+        o.tcp_established = extra.tcp_established;
+        o.file_locks = extra.file_locks;
+        o.network_lock = self.opts.network_lock;
+        o.lazy_pages = plan.lazy_pages;
+        Ok(o)
     }
 
     /// What of this container is still on this host.
@@ -456,19 +532,37 @@ impl DestHost for Receiver {
         Ok(())
     }
 
+    fn prepare_restore(&mut self, plan: &RestorePlan, early: &Path) -> Result<bool, HostError> {
+        self.prepared = None;
+        let kept = netns_image::read(early)?;
+        let o = self.restore_options(plan)?;
+        self.state_existed = self.state_dir().path.exists();
+        self.record_restore()?;
+        self.prepared = Some(Container::prepare_restore(&self.opts.root, &o, kept)?);
+        Ok(true)
+    }
+
     fn restore(&mut self, plan: &RestorePlan) -> Result<Restored, HostError> {
         if plan.lazy_pages && self.lazy.is_none() {
             return Err("a lazy restore needs the lazy-pages daemon first".into());
         }
-        let extra: Extra = serde_json::from_value(plan.source.extra.clone()).unwrap_or_default();
-        let spec: oci_spec::runtime::Spec = serde_json::from_str(&plan.source.config_json)?;
-        let mut o = RestoreOptions::new(&plan.id, &plan.bundle_dir, &plan.images_dir);
-        o.cgroup_path = Some(self.opts.cgroup_path(&self.id, &spec));
-        o.tcp_established = extra.tcp_established;
-        o.file_locks = extra.file_locks;
-        o.network_lock = self.opts.network_lock;
-        o.lazy_pages = plan.lazy_pages;
-        self.state_existed = self.state_dir().path.exists();
+        let o = self.restore_options(plan)?;
+        // Used only if the images record the network namespace the early
+        // pass did (the container may have changed it since); dropped, it
+        // is undone.
+        let prepared = self.prepared.take().filter(|p| {
+            let found = netns_image::read(&plan.images_dir);
+            let same = found.as_ref().is_ok_and(|k| k.as_ref() == p.kept());
+            if !same {
+                tracing::info!(container = %self.id, "the images record another network namespace than the restore was prepared for: restoring afresh");
+            }
+            same
+        });
+        let prepared_used = prepared.is_some();
+        if !prepared_used {
+            self.state_existed = self.state_dir().path.exists();
+        }
+        self.record_restore()?;
         let root = self.opts.root.clone();
         let (ev_tx, ev_rx) = mpsc::channel();
         let (dec_tx, dec_rx) = mpsc::channel();
@@ -479,7 +573,10 @@ impl DestHost for Receiver {
                     events: ev_tx.clone(),
                     decision: dec_rx,
                 };
-                let r = Container::restore_with(&root, &o, Some(&mut hold));
+                let r = match prepared {
+                    Some(p) => p.restore(Some(&mut hold)),
+                    None => Container::restore_with(&root, &o, Some(&mut hold)),
+                };
                 let _ = ev_tx.send(Event::Done(r));
             })?;
         match ev_rx.recv() {
@@ -489,7 +586,10 @@ impl DestHost for Receiver {
                     events: ev_rx,
                     thread,
                 });
-                Ok(Restored { pid })
+                Ok(Restored {
+                    pid,
+                    prepared: prepared_used,
+                })
             }
             Ok(Event::Done(r)) => {
                 let _ = thread.join();
@@ -546,6 +646,7 @@ impl DestHost for Receiver {
         }
         // Marks the bundle as this server's, for when the container leaves.
         let _ = std::fs::write(restored.container.state.bundle.join(RECEIVED), b"");
+        self.forget_restore();
         Ok(())
     }
 
@@ -578,6 +679,8 @@ impl DestHost for Receiver {
             d.stop();
         }
         self.stop_page_server();
+        // Undone as it drops: criu stopped, state, cgroup and namespace removed.
+        self.prepared = None;
         if let Some(r) = self.restoring.take() {
             if r.release(false).is_ok() {
                 // CRIU let the tree run after all: remove it.
@@ -586,6 +689,7 @@ impl DestHost for Receiver {
                 }
             }
         }
+        self.forget_restore();
         let left = self.leftovers();
         if left.is_empty() {
             Ok(())

@@ -493,8 +493,12 @@ impl SourceHost for ContainerSource {
         self.id.clone()
     }
 
-    fn early_images(&mut self, dir: &Path) -> Result<bool, HostError> {
-        Ok(self.load()?.copy_tmpfs_ahead(dir)?)
+    fn early_images(&mut self, plan: &DumpPlan) -> Result<(), HostError> {
+        let c = self.load()?;
+        c.copy_tmpfs_ahead(&plan.images_dir)?;
+        // What the destination readies its restore with.
+        c.write_netns_ahead(&self.checkpoint_options(plan), &plan.images_dir)?;
+        Ok(())
     }
 
     fn preflight(&mut self) -> Result<SourceInfo, HostError> {

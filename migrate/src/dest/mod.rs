@@ -353,6 +353,7 @@ fn receive(
         restored: false,
         peer: Some(peer),
         lazy: None,
+        config_written: false,
     };
     let result = s.run(&mut ch);
     match result {

@@ -24,7 +24,11 @@ impl Session<'_> {
     /// `LazyRestore`: starts the lazy-pages daemon, fetching from the
     /// source's CRIU at the address this connection comes from (never an
     /// address the peer names), then restores with lazy pages.
-    pub(super) fn lazy_restore(&mut self, port: u16, link_timeout_ms: u64) -> Result<i32, Error> {
+    pub(super) fn lazy_restore(
+        &mut self,
+        port: u16,
+        link_timeout_ms: u64,
+    ) -> Result<crate::host::Restored, Error> {
         if !LINK_TIMEOUT.contains(&link_timeout_ms) {
             return Err(Error::Refused(format!(
                 "link timeout {link_timeout_ms} ms is out of range ({} to {} ms)",

@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::{Shared, State};
 use crate::files::TreeReceiver;
-use crate::host::{DestHost, PageServer};
+use crate::host::{DestHost, PageServer, Restored};
 use crate::info::{DestInfo, SourceInfo};
 use crate::mode::{self, PageServerTarget, RestorePlan, Route};
 use crate::proto::{self, Msg};
@@ -39,6 +39,9 @@ pub(super) struct Session<'a> {
     pub(super) peer: Option<SocketAddr>,
     /// Post-copy: the link timeout the source asked for.
     pub(super) lazy: Option<std::time::Duration>,
+    /// The bundle's config.json is written (by the restore, or by its
+    /// preparation before the freeze).
+    pub(super) config_written: bool,
 }
 
 pub(super) fn out_of_order(m: &Msg) -> Error {
@@ -114,6 +117,7 @@ impl Session<'_> {
                         && !self.images_done =>
                 {
                     let stats = self.receive_early_images(ch)?;
+                    self.prepare_restore()?;
                     ch.send(&Msg::TreeOk { stats })?;
                 }
                 // Post-copy's lazy dump sends no pages before its images.
@@ -126,15 +130,21 @@ impl Session<'_> {
                     ch.send(&Msg::TreeOk { stats })?;
                 }
                 Msg::Restore if self.images_done && self.final_dumped && !self.restored => {
-                    let pid = self.restore()?;
-                    ch.send(&Msg::Restored { pid })?;
+                    let r = self.restore()?;
+                    ch.send(&Msg::Restored {
+                        pid: r.pid,
+                        prepared: r.prepared,
+                    })?;
                 }
                 Msg::LazyRestore {
                     port,
                     link_timeout_ms,
                 } if self.images_done && !self.final_dumped && !self.restored => {
-                    let pid = self.lazy_restore(port, link_timeout_ms)?;
-                    ch.send(&Msg::Restored { pid })?;
+                    let r = self.lazy_restore(port, link_timeout_ms)?;
+                    ch.send(&Msg::Restored {
+                        pid: r.pid,
+                        prepared: r.prepared,
+                    })?;
                 }
                 Msg::Commit if self.restored && self.lazy.is_some() => {
                     let link = self.lazy.expect("checked");
@@ -305,9 +315,7 @@ impl Session<'_> {
         Ok(stats)
     }
 
-    pub(super) fn restore(&mut self) -> Result<i32, Error> {
-        let dest = self.dest().clone();
-        let info = self.source.clone().expect("after preflight");
+    pub(super) fn restore(&mut self) -> Result<Restored, Error> {
         let rootfs = match self.rootfs_mode {
             RootfsMode::Ship => {
                 let rx = self.rootfs_rx.take().ok_or_else(|| {
@@ -317,13 +325,60 @@ impl Session<'_> {
                 self.created.push(target.clone());
                 target
             }
-            RootfsMode::Shared => info.rootfs.clone(),
+            RootfsMode::Shared => self
+                .source
+                .as_ref()
+                .expect("after preflight")
+                .rootfs
+                .clone(),
         };
-        let config = rewrite_root(&info.config_json, self.rootfs_mode, &rootfs)?;
-        let cfg_path = dest.bundle_dir.join("config.json");
-        write_new(&cfg_path, config.as_bytes())?;
-        self.created.push(cfg_path);
-        let plan = RestorePlan {
+        let plan = self.restore_plan(rootfs)?;
+        let r = self.host().restore(&plan).map_err(Error::host("restore"))?;
+        self.restored = true;
+        Ok(r)
+    }
+
+    /// Readies the restore while the source still runs (see
+    /// [`DestHost::prepare_restore`](crate::host::DestHost::prepare_restore)),
+    /// once the early images of the final dump are in: not for post-copy,
+    /// nor for a shipped rootfs (its last pass follows the dump).
+    fn prepare_restore(&mut self) -> Result<(), Error> {
+        if !self.final_dumped || self.lazy.is_some() || self.rootfs_mode != RootfsMode::Shared {
+            return Ok(());
+        }
+        let early = match &self.images_rx {
+            Some(rx) => rx.staging().to_path_buf(),
+            None => return Ok(()),
+        };
+        let rootfs = self
+            .source
+            .as_ref()
+            .expect("after preflight")
+            .rootfs
+            .clone();
+        let plan = self.restore_plan(rootfs)?;
+        let t = std::time::Instant::now();
+        let prepared = self
+            .host()
+            .prepare_restore(&plan, &early)
+            .map_err(Error::host("preparing the restore"))?;
+        tracing::debug!(prepared, took = ?t.elapsed(), "restore prepared before the freeze");
+        Ok(())
+    }
+
+    /// The restore's plan, into a bundle whose config.json (the source's,
+    /// its root at `rootfs`) is written the first time.
+    fn restore_plan(&mut self, rootfs: PathBuf) -> Result<RestorePlan, Error> {
+        let dest = self.dest().clone();
+        let info = self.source.clone().expect("after preflight");
+        if !self.config_written {
+            let config = rewrite_root(&info.config_json, self.rootfs_mode, &rootfs)?;
+            let cfg_path = dest.bundle_dir.join("config.json");
+            write_new(&cfg_path, config.as_bytes())?;
+            self.created.push(cfg_path);
+            self.config_written = true;
+        }
+        Ok(RestorePlan {
             id: self.id.clone(),
             images_dir: dest.images_dir.join(mode::FINAL_DIR),
             bundle_dir: dest.bundle_dir.clone(),
@@ -331,10 +386,7 @@ impl Session<'_> {
             lazy_pages: self.lazy.is_some(),
             hold: true,
             source: info,
-        };
-        let r = self.host().restore(&plan).map_err(Error::host("restore"))?;
-        self.restored = true;
-        Ok(r.pid)
+        })
     }
 
     pub(super) fn remove_images(&mut self) {

@@ -18,7 +18,7 @@ use crate::host::SourceHost;
 pub use crate::info::CommitInfo;
 use crate::info::{DestInfo, SourceInfo};
 use crate::mode::{
-    self, Iteration, Mode, ModeRequest, PageServerTarget, PreCopyPolicy, Route, PAGE_SIZE,
+    self, DumpPlan, Iteration, Mode, ModeRequest, PageServerTarget, PreCopyPolicy, Route, PAGE_SIZE,
 };
 use crate::proto::{self, Msg};
 use crate::report::{Meter, Phase, Progress, Report, Timings};
@@ -169,6 +169,7 @@ pub fn migrate(
             pre_copy_stop: None,
             predicted_downtime: None,
             dest_pid: None,
+            restore_prepared: false,
             warnings: Vec::new(),
         },
         work: None,
@@ -541,7 +542,7 @@ impl Run<'_> {
         let (plan, _) = mode::final_dump_plans(iterations, self.route(work, dest, target));
         std::fs::create_dir_all(&plan.images_dir).map_err(Error::io("create", &plan.images_dir))?;
         if dest.early_images {
-            self.ship_early_images(&plan.images_dir)?;
+            self.ship_early_images(&plan)?;
         }
         self.check()?;
         let called = Instant::now();
@@ -559,17 +560,14 @@ impl Run<'_> {
     }
 
     /// Image files the host makes before the freeze, as the first pass of
-    /// the images (the container still runs).
-    fn ship_early_images(&mut self, dir: &Path) -> Result<(), Error> {
+    /// the images (the container still runs). The pass goes even when
+    /// empty: the destination readies its restore when it arrives.
+    fn ship_early_images(&mut self, plan: &DumpPlan) -> Result<(), Error> {
         let t = Instant::now();
-        if !self
-            .host
-            .early_images(dir)
-            .map_err(Error::host("early images"))?
-        {
-            return Ok(());
-        }
-        let (manifest, bytes) = self.images_pass(Msg::EarlyImages, dir)?;
+        self.host
+            .early_images(plan)
+            .map_err(Error::host("early images"))?;
+        let (manifest, bytes) = self.images_pass(Msg::EarlyImages, &plan.images_dir)?;
         self.early = Some(manifest);
         self.report.bytes.early_images = bytes;
         self.report.timings.early_images = t.elapsed();
@@ -619,7 +617,10 @@ impl Run<'_> {
         let t = Instant::now();
         self.send(&Msg::Restore)?;
         match self.recv(self.cfg.timeouts.restore)? {
-            Msg::Restored { pid } => self.report.dest_pid = Some(pid),
+            Msg::Restored { pid, prepared } => {
+                self.report.dest_pid = Some(pid);
+                self.report.restore_prepared = prepared;
+            }
             m => return Err(unexpected("restored", &m)),
         }
         self.report.timings.restore = t.elapsed();

@@ -87,7 +87,7 @@ impl Run<'_> {
         );
         std::fs::create_dir_all(&plan.images_dir).map_err(Error::io("create", &plan.images_dir))?;
         if dest.early_images {
-            self.ship_early_images(&plan.images_dir)?;
+            self.ship_early_images(&plan)?;
         }
         self.phase(Phase::Dump);
         self.check()?;
@@ -118,7 +118,7 @@ impl Run<'_> {
         })?;
         self.contact(true);
         match self.recv(self.cfg.timeouts.restore)? {
-            Msg::Restored { pid } => self.report.dest_pid = Some(pid),
+            Msg::Restored { pid, .. } => self.report.dest_pid = Some(pid),
             m => return Err(unexpected("restored", &m)),
         }
         self.contact(false);
