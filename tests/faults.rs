@@ -250,7 +250,12 @@ fn aborted_checkpoints_leave_no_criu_lock_table() {
     let rootfs = bundle.join("rootfs");
     let before = warm_up(&env, &bundle);
     let mut aborted = 0;
-    for (i, ms) in [20u64, 50, 80, 110, 150, 200, 260].into_iter().enumerate() {
+    // From before the freeze (which a quiet machine reaches within 20 ms)
+    // to well into CRIU's dump.
+    for (i, ms) in [5u64, 10, 20, 50, 80, 110, 150, 200, 260]
+        .into_iter()
+        .enumerate()
+    {
         for concurrent in ["kill", "delete"] {
             let id = env.id(&format!("{concurrent}{ms}"));
             env.run_detached(&bundle, &id);
