@@ -98,17 +98,23 @@ pub fn load(bundle: &Path) -> Result<Spec> {
     serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
 }
 
-/// The rootfs directory, resolved against the bundle.
-pub fn rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+/// Where `root.path` points, relative to `bundle`; the directory need not
+/// exist yet.
+pub fn rootfs_path(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     let root = spec
         .root()
         .as_ref()
         .ok_or_else(|| invalid("root", "missing (set root.path to the rootfs directory)"))?;
-    let path = if root.path().is_absolute() {
+    Ok(if root.path().is_absolute() {
         root.path().clone()
     } else {
         bundle.join(root.path())
-    };
+    })
+}
+
+/// The rootfs directory, resolved against the bundle.
+pub fn rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+    let path = rootfs_path(spec, bundle)?;
     if !path.is_dir() {
         return Err(invalid(
             "root.path",
@@ -122,6 +128,11 @@ pub fn rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
 /// Every field ferry does not implement is reported rather than ignored.
 pub fn validate(spec: &Spec, bundle: &Path) -> Result<()> {
     rootfs(spec, bundle)?;
+    validate_config(spec)
+}
+
+/// [`validate`] but for the rootfs, which may not be in place yet.
+pub fn validate_config(spec: &Spec) -> Result<()> {
     let process = spec
         .process()
         .as_ref()

@@ -1423,7 +1423,7 @@ fn a_restore_prepared_before_its_images_arrive() {
     assert!(criu_in_cgroup(&id).is_empty());
 
     // Dropped unused: criu gone, nothing left.
-    let prepared = prepare(kept);
+    let prepared = prepare(kept.clone());
     let criu = criu_in_cgroup(&id);
     assert_eq!(criu.len(), 1, "{criu:?}");
     drop(prepared);
@@ -1437,8 +1437,32 @@ fn a_restore_prepared_before_its_images_arrive() {
         "criu outlived the dropped preparation"
     );
 
-    env.ok(&restore_args(&bundle, &images, &[], &id));
+    // A rootfs that is not there yet (a migration's shipped one): checked
+    // by the restore, which refuses it still missing, and restores once
+    // it is in place.
+    let rootfs = bundle.join("rootfs");
+    let away = bundle.join("rootfs.away");
+    std::fs::rename(&rootfs, &away).unwrap();
+    let before_rootfs = |kept: Option<netns_image::Kept>| -> PreparedRestore {
+        ferry::Container::prepare_restore_before_rootfs(env.root.path(), &opts, kept).unwrap()
+    };
+    let err = before_rootfs(kept.clone())
+        .restore(None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rootfs"), "{err}");
+    env.assert_gone(&id);
+    let prepared = before_rootfs(kept);
+    std::fs::rename(&away, &rootfs).unwrap();
+    let restored = prepared.restore(None).unwrap();
+    let pid = restored.container.state.pid;
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.root.path().join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["rootfs"], json!(s(&rootfs.canonicalize().unwrap())));
     assert_continues(&count, read_num(&count).unwrap());
     env.ok(&["delete", "--force", &id]);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     env.assert_gone(&id);
 }

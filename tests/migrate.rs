@@ -176,6 +176,9 @@ fn rootfs_ship_into_an_empty_bundle_dir() {
     let r = w.migrate_ok(&w.a, &w.b, &id, &["--rootfs", "ship", "--compress", "zstd"]);
     assert_eq!(r["rootfs"], "ship");
     assert!(r["bytes"]["rootfs_precopy"].as_u64().unwrap() > 0, "{r}");
+    // Readied before the freeze, the rootfs checked once its last pass
+    // was in.
+    assert_eq!(r["restore_prepared"], true, "{r}");
     let bundle = w.b.bundles().join(&id);
     assert!(bundle.join("rootfs/bin/busybox").is_file());
     let cfg: Value =

@@ -41,10 +41,28 @@ pub(crate) struct Plan {
     pub terminal: bool,
 }
 
+/// The rootfs config.json names, a directory, by its canonical path.
+fn find_rootfs(spec: &oci_spec::runtime::Spec, bundle: &Path) -> Result<PathBuf> {
+    let rootfs = crate::spec::rootfs(spec, bundle)?;
+    std::fs::canonicalize(&rootfs).map_err(io(format!("rootfs {}", rootfs.display())))
+}
+
 impl Plan {
     /// Validates `id`, loads and validates the bundle's config.json and
     /// finds its rootfs.
     pub fn load(id: &str, bundle: &Path) -> Result<Plan> {
+        Plan::load_with(id, bundle, true)
+    }
+
+    /// Like [`Plan::load`], for a rootfs that is not in place yet (a
+    /// migration's shipped rootfs, whose last pass follows the dump): its
+    /// path is where config.json says; [`Plan::find_rootfs`] checks it
+    /// once it is there.
+    pub fn load_before_rootfs(id: &str, bundle: &Path) -> Result<Plan> {
+        Plan::load_with(id, bundle, false)
+    }
+
+    fn load_with(id: &str, bundle: &Path, rootfs_now: bool) -> Result<Plan> {
         crate::id::validate(id).map_err(|source| Error::InvalidId {
             id: id.to_string(),
             source,
@@ -52,10 +70,13 @@ impl Plan {
         let bundle = std::fs::canonicalize(bundle)
             .map_err(|_| crate::spec::Error::NoBundle(bundle.to_path_buf()))?;
         let spec = crate::spec::load(&bundle)?;
-        crate::spec::validate(&spec, &bundle)?;
-        let rootfs = crate::spec::rootfs(&spec, &bundle)?;
-        let rootfs =
-            std::fs::canonicalize(&rootfs).map_err(io(format!("rootfs {}", rootfs.display())))?;
+        let rootfs = if rootfs_now {
+            crate::spec::validate(&spec, &bundle)?;
+            find_rootfs(&spec, &bundle)?
+        } else {
+            crate::spec::validate_config(&spec)?;
+            crate::spec::rootfs_path(&spec, &bundle)?
+        };
         let terminal = spec
             .process()
             .as_ref()
@@ -68,6 +89,13 @@ impl Plan {
             rootfs,
             terminal,
         })
+    }
+
+    /// Checks the rootfs now that it is in place (see
+    /// [`Plan::load_before_rootfs`]); returns its canonical path.
+    pub fn find_rootfs(&mut self) -> Result<&Path> {
+        self.rootfs = find_rootfs(&self.spec, &self.bundle)?;
+        Ok(&self.rootfs)
     }
 
     /// A terminal needs a console socket, and a console socket a terminal.

@@ -603,6 +603,8 @@ pub struct PreparedRestore {
     root: PathBuf,
     opts: RestoreOptions,
     plan: Plan,
+    /// The rootfs was in place when prepared (else it is checked now).
+    rootfs_now: bool,
     kept: Option<netns_image::Kept>,
     veth: Option<VethConfig>,
     stdio: [OwnedFd; 3],
@@ -649,8 +651,32 @@ impl Container {
         opts: &RestoreOptions,
         kept: Option<netns_image::Kept>,
     ) -> Result<PreparedRestore> {
+        Container::prepare_restore_with(root, opts, kept, true)
+    }
+
+    /// Like [`Container::prepare_restore`], for a rootfs that is not in
+    /// place yet either (a migration's shipped rootfs, whose last pass
+    /// follows the dump): [`PreparedRestore::restore`] checks it.
+    pub fn prepare_restore_before_rootfs(
+        root: &Path,
+        opts: &RestoreOptions,
+        kept: Option<netns_image::Kept>,
+    ) -> Result<PreparedRestore> {
+        Container::prepare_restore_with(root, opts, kept, false)
+    }
+
+    fn prepare_restore_with(
+        root: &Path,
+        opts: &RestoreOptions,
+        kept: Option<netns_image::Kept>,
+        rootfs_now: bool,
+    ) -> Result<PreparedRestore> {
         let _span = tracing::info_span!("prepare restore", id = %opts.id).entered();
-        let plan = Plan::load(&opts.id, &opts.bundle)?;
+        let plan = if rootfs_now {
+            Plan::load(&opts.id, &opts.bundle)?
+        } else {
+            Plan::load_before_rootfs(&opts.id, &opts.bundle)?
+        };
         let opts = effective_opts(opts, kept.as_ref());
         if let Some(k) = &kept {
             netns_image::check_restorable(&plan.spec, k, &opts.image_path)?;
@@ -680,6 +706,7 @@ impl Container {
             root: root.to_path_buf(),
             opts,
             plan,
+            rootfs_now,
             kept,
             veth,
             stdio,
@@ -702,12 +729,16 @@ impl PreparedRestore {
             criu: ready,
             root,
             opts,
-            plan,
+            mut plan,
+            rootfs_now,
             kept,
             veth,
             stdio,
             mut claim,
         } = self;
+        if !rootfs_now {
+            claim.state.rootfs = plan.find_rootfs()?.to_path_buf();
+        }
         let images = check_images(&opts.image_path)?;
         let found = netns_image::read(&images)?;
         if found != kept {

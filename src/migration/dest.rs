@@ -538,7 +538,11 @@ impl DestHost for Receiver {
         let o = self.restore_options(plan)?;
         self.state_existed = self.state_dir().path.exists();
         self.record_restore()?;
-        self.prepared = Some(Container::prepare_restore(&self.opts.root, &o, kept)?);
+        self.prepared = Some(if plan.rootfs_later {
+            Container::prepare_restore_before_rootfs(&self.opts.root, &o, kept)?
+        } else {
+            Container::prepare_restore(&self.opts.root, &o, kept)?
+        });
         Ok(true)
     }
 

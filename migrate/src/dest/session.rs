@@ -332,7 +332,7 @@ impl Session<'_> {
                 .rootfs
                 .clone(),
         };
-        let plan = self.restore_plan(rootfs)?;
+        let plan = self.restore_plan(rootfs, false)?;
         let r = self.host().restore(&plan).map_err(Error::host("restore"))?;
         self.restored = true;
         Ok(r)
@@ -340,23 +340,29 @@ impl Session<'_> {
 
     /// Readies the restore while the source still runs (see
     /// [`DestHost::prepare_restore`](crate::host::DestHost::prepare_restore)),
-    /// once the early images of the final dump are in: not for post-copy,
-    /// nor for a shipped rootfs (its last pass follows the dump).
+    /// once the early images of the final dump are in: not for post-copy.
+    /// A shipped rootfs is not in place yet (its last pass follows the
+    /// dump): the restore checks it once it is.
     fn prepare_restore(&mut self) -> Result<(), Error> {
-        if !self.final_dumped || self.lazy.is_some() || self.rootfs_mode != RootfsMode::Shared {
+        if !self.final_dumped || self.lazy.is_some() {
             return Ok(());
         }
         let early = match &self.images_rx {
             Some(rx) => rx.staging().to_path_buf(),
             None => return Ok(()),
         };
-        let rootfs = self
-            .source
-            .as_ref()
-            .expect("after preflight")
-            .rootfs
-            .clone();
-        let plan = self.restore_plan(rootfs)?;
+        let (rootfs, later) = match self.rootfs_mode {
+            RootfsMode::Ship => (self.dest().bundle_dir.join("rootfs"), true),
+            RootfsMode::Shared => (
+                self.source
+                    .as_ref()
+                    .expect("after preflight")
+                    .rootfs
+                    .clone(),
+                false,
+            ),
+        };
+        let plan = self.restore_plan(rootfs, later)?;
         let t = std::time::Instant::now();
         let prepared = self
             .host()
@@ -367,8 +373,9 @@ impl Session<'_> {
     }
 
     /// The restore's plan, into a bundle whose config.json (the source's,
-    /// its root at `rootfs`) is written the first time.
-    fn restore_plan(&mut self, rootfs: PathBuf) -> Result<RestorePlan, Error> {
+    /// its root at `rootfs`, in place unless `rootfs_later`) is written the
+    /// first time.
+    fn restore_plan(&mut self, rootfs: PathBuf, rootfs_later: bool) -> Result<RestorePlan, Error> {
         let dest = self.dest().clone();
         let info = self.source.clone().expect("after preflight");
         if !self.config_written {
@@ -383,6 +390,7 @@ impl Session<'_> {
             images_dir: dest.images_dir.join(mode::FINAL_DIR),
             bundle_dir: dest.bundle_dir.clone(),
             rootfs,
+            rootfs_later,
             lazy_pages: self.lazy.is_some(),
             hold: true,
             source: info,

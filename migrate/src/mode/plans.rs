@@ -85,6 +85,9 @@ pub struct RestorePlan {
     /// The root filesystem on this host (shipped into the bundle, or the
     /// shared path).
     pub rootfs: PathBuf,
+    /// The rootfs is not in place yet: a shipped one, whose last pass
+    /// follows the dump, when the restore is readied before the freeze.
+    pub rootfs_later: bool,
     /// `lazy_pages` (post-copy), pages served by the lazy-pages daemon.
     pub lazy_pages: bool,
     /// Hold the restored tree until started (`leave_stopped` or a frozen
