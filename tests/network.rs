@@ -300,5 +300,36 @@ fn host_side_lock_holds_traffic_until_unlocked() {
         assert!(ping(), "{method:?}: traffic still held after unlock");
         // Unlocking twice is fine.
         network::unlock_in(&cfg, method, Some(host.pid())).expect("second unlock");
+        if method == network::LockMethod::Iptables {
+            // All four rules go in one `iptables-restore`; a lock taken
+            // twice, or a rule of it left alone, is removed all the same.
+            let drops = || {
+                let out = host.run(&["iptables", "-S"]);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains(&cfg.host_if) && l.ends_with("-j DROP"))
+                    .count()
+            };
+            network::lock_in(&cfg, method, Some(host.pid())).expect("lock");
+            assert_eq!(drops(), 4);
+            network::lock_in(&cfg, method, Some(host.pid())).expect("lock again");
+            assert_eq!(drops(), 8);
+            network::unlock_in(&cfg, method, Some(host.pid())).expect("unlock both");
+            assert_eq!(drops(), 0);
+            let out = host.run(&[
+                "iptables",
+                "-I",
+                "FORWARD",
+                "-o",
+                &cfg.host_if,
+                "-j",
+                "DROP",
+            ]);
+            assert!(out.status.success());
+            assert_eq!(drops(), 1);
+            network::unlock_in(&cfg, method, Some(host.pid())).expect("unlock a part");
+            assert_eq!(drops(), 0);
+            assert!(ping(), "traffic held after the partial unlock");
+        }
     }
 }
