@@ -579,6 +579,18 @@ fn check_cgroup_mode(mode: Option<CgMode>, images: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The images at `opts.image_path`, complete, checked, recording the
+/// namespace `kept` (what a restore was prepared for); their canonical
+/// path.
+fn check_complete(opts: &RestoreOptions, kept: Option<&netns_image::Kept>) -> Result<PathBuf> {
+    let images = check_images(&opts.image_path)?;
+    if netns_image::read(&images)?.as_ref() != kept {
+        return Err(Error::PreparedForOtherNetwork { images });
+    }
+    check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
+    Ok(images)
+}
+
 /// The options a restore runs with: a namespace ferry kept (see
 /// [`netns_image`]) is made again by ferry.
 fn effective_opts(opts: &RestoreOptions, kept: Option<&netns_image::Kept>) -> RestoreOptions {
@@ -605,6 +617,9 @@ pub struct PreparedRestore {
     plan: Plan,
     /// The rootfs was in place when prepared (else it is checked now).
     rootfs_now: bool,
+    /// The images were complete and checked when prepared (a plain
+    /// restore): their canonical path.
+    checked_images: Option<PathBuf>,
     kept: Option<netns_image::Kept>,
     veth: Option<VethConfig>,
     stdio: [OwnedFd; 3],
@@ -640,7 +655,9 @@ impl Container {
         let kept = netns_image::read(&images)?;
         check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
         RecordedStdio::read(&images)?;
-        Container::prepare_restore(root, opts, kept)?.restore(hold)
+        let mut prepared = Container::prepare_restore(root, opts, kept)?;
+        prepared.checked_images = Some(images);
+        prepared.restore(hold)
     }
 
     /// Readies the restore of `opts` (see [`PreparedRestore`]) for images
@@ -707,6 +724,7 @@ impl Container {
             opts,
             plan,
             rootfs_now,
+            checked_images: None,
             kept,
             veth,
             stdio,
@@ -731,6 +749,7 @@ impl PreparedRestore {
             opts,
             mut plan,
             rootfs_now,
+            checked_images,
             kept,
             veth,
             stdio,
@@ -739,14 +758,10 @@ impl PreparedRestore {
         if !rootfs_now {
             claim.state.rootfs = plan.find_rootfs()?.to_path_buf();
         }
-        let images = check_images(&opts.image_path)?;
-        let found = netns_image::read(&images)?;
-        if found != kept {
-            return Err(Error::PreparedForOtherNetwork {
-                images: images.clone(),
-            });
-        }
-        check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
+        let images = match checked_images {
+            Some(images) => images,
+            None => check_complete(&opts, kept.as_ref())?,
+        };
         let dirs = CriuDirs::open(images, opts.work_path.as_deref(), "restore.log")?;
         let recorded = RecordedStdio::read(&dirs.images)?;
         let mut ext = restore_externals(&plan, &claim, &dirs.images)?;

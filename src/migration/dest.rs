@@ -142,7 +142,10 @@ const RESTORE_RECORD: &str = "restoring-";
 
 /// Removes the containers a dead server was restoring, as its records in
 /// `dir` name them: each still being created, by nobody (its lock free:
-/// a creator holds it throughout).
+/// a creator holds it throughout), and with no restored tree alive. A tree
+/// that runs is left alone, even before its state says so: the source may
+/// have committed and stayed frozen, and this is then the only copy that
+/// runs (`delete -f` removes it).
 fn remove_abandoned_restores(dir: &Path, root: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -156,8 +159,10 @@ fn remove_abandoned_restores(dir: &Path, root: &Path) {
             continue;
         }
         let abandoned = StateDir::new(root, id).lock_within(Duration::ZERO).is_ok()
-            && Container::load(root, id)
-                .is_ok_and(|c| c.status() == crate::container::Status::Creating);
+            && Container::load(root, id).is_ok_and(|c| {
+                c.status() == crate::container::Status::Creating
+                    && !crate::proc::is_alive(c.state.pid, c.state.pid_start_time)
+            });
         if abandoned {
             tracing::info!(
                 container = id,
@@ -739,6 +744,57 @@ mod tests {
         assert!(migrate::host::pid_gone(pid), "the page server still runs");
         assert!(criu_in_group(group).is_empty());
         assert!(!dir.exists());
+    }
+
+    /// A container recorded by a dead server as being restored, still
+    /// `creating`: its restored tree (here a `sleep`) may be the only copy
+    /// that runs, so it stays while the tree lives, and goes once it is
+    /// gone.
+    #[test]
+    fn a_new_server_removes_a_restore_left_only_without_a_live_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, records) = (tmp.path().join("root"), tmp.path().join("serve-1"));
+        std::fs::create_dir_all(&records).unwrap();
+        let mut tree = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = tree.id() as i32;
+        let dir = StateDir::new(&root, "r1");
+        std::fs::create_dir_all(&dir.path).unwrap();
+        let state = crate::state::State {
+            id: "r1".into(),
+            pid,
+            pid_start_time: crate::proc::start_time(pid).unwrap(),
+            bundle: tmp.path().join("b"),
+            rootfs: tmp.path().join("b/rootfs"),
+            created: "now".into(),
+            annotations: Default::default(),
+            cgroup: None,
+            veth: None,
+            stdio: Vec::new(),
+            config: oci_spec::runtime::Spec::default(),
+            started: false,
+            creating: true,
+            no_new_keyring: false,
+        };
+        dir.save(&state).unwrap();
+        let record = records.join(format!("{RESTORE_RECORD}r1"));
+        std::fs::write(&record, b"").unwrap();
+        remove_abandoned_restores(&records, &root);
+        assert!(dir.path.exists(), "a container whose tree runs was removed");
+        tree.kill().unwrap();
+        tree.wait().unwrap();
+        std::fs::write(&record, b"").unwrap();
+        // Held by someone: still being created.
+        let lock = dir.lock().unwrap();
+        remove_abandoned_restores(&records, &root);
+        assert!(dir.path.exists(), "a container being created was removed");
+        drop(lock);
+        std::fs::write(&record, b"").unwrap();
+        remove_abandoned_restores(&records, &root);
+        assert!(!dir.path.exists(), "the abandoned restore stayed");
+        assert!(!record.exists());
     }
 
     #[test]
