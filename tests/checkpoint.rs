@@ -1340,25 +1340,6 @@ fn cgroup_namespace_comes_back() {
     env.assert_gone(&id);
 }
 
-/// The pids in `id`'s cgroup whose command is criu.
-fn criu_in_cgroup(id: &str) -> Vec<i32> {
-    default_cgroup_dirs(id)
-        .iter()
-        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-        .flat_map(|s| {
-            s.lines()
-                .filter_map(|l| l.parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
-        })
-        // (Listed once per hierarchy on cgroup v1.)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
-
 /// A restore readied before its images are there (what a migration's
 /// destination does while the source dumps): the state, cgroup and
 /// namespace exist and criu waits in them; the restore then needs only
@@ -1395,7 +1376,7 @@ fn a_restore_prepared_before_its_images_arrive() {
 
     let prepared = prepare(kept.clone());
     assert_eq!(env.state(&id)["status"], json!("creating"));
-    let criu = criu_in_cgroup(&id);
+    let criu = criu_in(&default_cgroup_dirs(&id));
     assert_eq!(criu.len(), 1, "criu is not waiting in the cgroup: {criu:?}");
     for e in std::fs::read_dir(&images).unwrap().flatten() {
         std::fs::rename(e.path(), later.join(e.file_name())).unwrap();
@@ -1420,11 +1401,11 @@ fn a_restore_prepared_before_its_images_arrive() {
     let err = prepared.restore(None).unwrap_err().to_string();
     assert!(err.contains("another network namespace"), "{err}");
     env.assert_gone(&id);
-    assert!(criu_in_cgroup(&id).is_empty());
+    assert!(criu_in(&default_cgroup_dirs(&id)).is_empty());
 
     // Dropped unused: criu gone, nothing left.
     let prepared = prepare(kept.clone());
-    let criu = criu_in_cgroup(&id);
+    let criu = criu_in(&default_cgroup_dirs(&id));
     assert_eq!(criu.len(), 1, "{criu:?}");
     drop(prepared);
     env.assert_gone(&id);

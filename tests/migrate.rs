@@ -259,25 +259,6 @@ fn untrusted_certificate_is_refused_before_anything_freezes() {
     assert!(!w.b.bundles().join(&id).exists());
 }
 
-/// The criu processes in `id`'s cgroup under `parent`.
-fn criu_in_cgroup_of(parent: &str, id: &str) -> Vec<i32> {
-    cgroup_dirs(&format!("{parent}/{id}"))
-        .iter()
-        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-        .flat_map(|s| {
-            s.lines()
-                .filter_map(|l| l.parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
-        })
-        // (Listed once per hierarchy on cgroup v1.)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
-
 #[test]
 fn restore_failure_on_b_resumes_a() {
     let Some(_g) = serial() else { return };
@@ -290,21 +271,18 @@ fn restore_failure_on_b_resumes_a() {
     let clash = w.b.root().join(&id);
     let watcher = {
         let (incoming, clash, id) = (incoming.clone(), clash.clone(), id.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                let seen = walk(&incoming).iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{id}-")))
-                });
-                if seen {
-                    std::fs::create_dir_all(&clash).unwrap();
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            false
-        })
+        on_first(
+            move || {
+                walk(&incoming)
+                    .iter()
+                    .any(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{id}-")))
+                    })
+                    .then_some(())
+            },
+            move |()| std::fs::create_dir_all(&clash).unwrap(),
+        )
     };
     let out = w.migrate(&w.a, &w.b, &id, &[], None);
     assert!(watcher.join().unwrap(), "the migration never reached B");
@@ -321,25 +299,20 @@ fn restore_failure_on_b_resumes_a() {
     // arriving): the restore fails after the freeze, and A resumes.
     let killer = {
         let (parent, id) = (w.b.cgroup_parent.clone(), id.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                let dumping = walk(&incoming).iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
-                        && p.to_string_lossy().contains(&format!("{id}-"))
-                });
-                if let (true, Some(&pid)) = (dumping, criu_in_cgroup_of(&parent, &id).first()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            false
-        })
+        on_first(
+            move || {
+                let criu = criu_in(&cgroup_dirs(&format!("{parent}/{id}")));
+                criu.first()
+                    .copied()
+                    .filter(|_| pages_arriving(&incoming, &id))
+            },
+            |pid| {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            },
+        )
     };
     let out = w.migrate(&w.a, &w.b, &id, &[], None);
     assert!(killer.join().unwrap(), "B never readied the restore");
@@ -386,15 +359,37 @@ fn memory_of_256_mib_arrives_intact() {
 fn wait_transfer(w: &World, id: &str) {
     let incoming = w.b.bundles().join(".incoming");
     assert!(
-        wait_until(Duration::from_secs(20), || walk(&incoming).iter().any(
-            |p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
-                    && p.to_string_lossy().contains(&format!("{id}-"))
-            }
-        )),
+        wait_until(Duration::from_secs(20), || pages_arriving(&incoming, id)),
         "no pages arrived on B"
     );
+}
+
+/// Whether `id`'s pages are arriving in B's `incoming` images.
+fn pages_arriving(incoming: &Path, id: &str) -> bool {
+    walk(incoming).iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
+            && p.to_string_lossy().contains(&format!("{id}-"))
+    })
+}
+
+/// A thread that looks for `seen` every millisecond for up to 20 s and
+/// runs `act` with it the first time it is there; joins to whether it was.
+fn on_first<T>(
+    mut seen: impl FnMut() -> Option<T> + Send + 'static,
+    act: impl FnOnce(T) + Send + 'static,
+) -> std::thread::JoinHandle<bool> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(t) = seen() {
+                act(t);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    })
 }
 
 #[test]

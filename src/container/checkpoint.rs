@@ -774,24 +774,29 @@ impl Container {
         Ok(tmpfs_image::copy_ahead(self.state.pid, images))
     }
 
+    /// The network namespace ferry keeps for a dump with `opts` (see
+    /// [`netns_image`]): none for a pre-dump, nor where CRIU is told to
+    /// leave it empty.
+    fn own_netns_for(&self, opts: &CheckpointOptions) -> Result<Option<network::OwnNetns>> {
+        if opts.pre_dump || opts.empty_ns_network {
+            return Ok(None);
+        }
+        netns_image::own_netns(&self.state.config, self.state.pid, self.state.veth.as_ref())
+    }
+
     /// Writes into `images` the record of the network namespace (see
     /// [`netns_image`]) that a dump with `opts` will write if the
     /// container keeps its network as it is and the page relay can be
     /// bound: a migration's destination prepares its restore from it
     /// before the freeze. The dump leaves it as it is, replaces it, or
-    /// removes it. `Ok(false)` when the dump would write none.
-    pub fn write_netns_ahead(&self, opts: &CheckpointOptions, images: &Path) -> Result<bool> {
+    /// removes it. Nothing is written when the dump would write none.
+    pub fn write_netns_ahead(&self, opts: &CheckpointOptions, images: &Path) -> Result<()> {
         self.require(
             &[Status::Running],
             "only a running container's network is recorded ahead",
         )?;
-        if opts.pre_dump || opts.empty_ns_network {
-            return Ok(false);
-        }
-        let Some(own) =
-            netns_image::own_netns(&self.state.config, self.state.pid, self.state.veth.as_ref())?
-        else {
-            return Ok(false);
+        let Some(own) = self.own_netns_for(opts)? else {
+            return Ok(());
         };
         let criu_inside = may_run_inside(&self.state.config, opts, &own)
             && (opts.page_server.is_none() || relay_may_carry(opts));
@@ -801,8 +806,7 @@ impl Container {
                 netns: own,
                 criu_inside,
             },
-        )?;
-        Ok(true)
+        )
     }
 
     /// Checkpoints the container (see [`CheckpointOptions`]).
@@ -851,15 +855,7 @@ impl Container {
             dirs,
             was_paused: status == Status::Paused,
             marked: post_dump.is_none(),
-            own_netns: if opts.pre_dump || opts.empty_ns_network {
-                None
-            } else {
-                netns_image::own_netns(
-                    &self.state.config,
-                    self.state.pid,
-                    self.state.veth.as_ref(),
-                )?
-            },
+            own_netns: self.own_netns_for(opts)?,
             tmpfs: if opts.pre_dump {
                 Vec::new()
             } else {

@@ -584,11 +584,16 @@ fn check_cgroup_mode(mode: Option<CgMode>, images: &Path) -> Result<()> {
 /// path.
 fn check_complete(opts: &RestoreOptions, kept: Option<&netns_image::Kept>) -> Result<PathBuf> {
     let images = check_images(&opts.image_path)?;
-    if netns_image::read(&images)?.as_ref() != kept {
+    if !records(&images, kept)? {
         return Err(Error::PreparedForOtherNetwork { images });
     }
     check_cgroup_mode(opts.manage_cgroups_mode, &images)?;
     Ok(images)
+}
+
+/// Whether the images in `images` record `kept` (see [`netns_image`]).
+fn records(images: &Path, kept: Option<&netns_image::Kept>) -> Result<bool> {
+    Ok(netns_image::read(images)?.as_ref() == kept)
 }
 
 /// The options a restore runs with: a namespace ferry kept (see
@@ -617,8 +622,6 @@ pub struct PreparedRestore {
     root: PathBuf,
     opts: RestoreOptions,
     plan: Plan,
-    /// The rootfs was in place when prepared (else it is checked now).
-    rootfs_now: bool,
     /// The images were complete and checked when prepared (a plain
     /// restore): their canonical path.
     checked_images: Option<PathBuf>,
@@ -740,7 +743,6 @@ impl Container {
             root: root.to_path_buf(),
             opts,
             plan,
-            rootfs_now,
             checked_images: None,
             kept,
             veth,
@@ -751,9 +753,11 @@ impl Container {
 }
 
 impl PreparedRestore {
-    /// The [`netns_image`] record this restore was prepared for.
-    pub fn kept(&self) -> Option<&netns_image::Kept> {
-        self.kept.as_ref()
+    /// Whether the images, now in, record the network namespace this
+    /// restore was readied for (the container may have changed it since):
+    /// else [`PreparedRestore::restore`] refuses them.
+    pub fn fits_images(&self) -> bool {
+        records(&self.opts.image_path, self.kept.as_ref()).unwrap_or(false)
     }
 
     /// Restores from the images, now complete, with an optional hold
@@ -766,16 +770,14 @@ impl PreparedRestore {
             root,
             opts,
             mut plan,
-            rootfs_now,
             checked_images,
             kept,
             veth,
             stdio,
             mut claim,
         } = self;
-        if !rootfs_now {
-            claim.state.rootfs = plan.find_rootfs()?.to_path_buf();
-        }
+        // Checked again: it may have arrived (or gone) since.
+        claim.state.rootfs = plan.find_rootfs()?.to_path_buf();
         let images = match checked_images {
             Some(images) => images,
             None => check_complete(&opts, kept.as_ref())?,

@@ -158,17 +158,17 @@ fn remove_abandoned_restores(dir: &Path, root: &Path) {
         if crate::id::validate(id).is_err() {
             continue;
         }
-        let abandoned = StateDir::new(root, id).lock_within(Duration::ZERO).is_ok()
-            && Container::load(root, id).is_ok_and(|c| {
-                c.status() == crate::container::Status::Creating
-                    && !crate::proc::is_alive(c.state.pid, c.state.pid_start_time)
-            });
-        if abandoned {
+        let free = StateDir::new(root, id).lock_within(Duration::ZERO).is_ok();
+        let abandoned = Container::load(root, id).ok().filter(|c| {
+            free && c.status() == crate::container::Status::Creating
+                && !crate::proc::is_alive(c.state.pid, c.state.pid_start_time)
+        });
+        if let Some(c) = abandoned {
             tracing::info!(
                 container = id,
                 "removing a container a server that is gone was restoring"
             );
-            if let Err(err) = Container::load(root, id).map(|c| c.delete(true)) {
+            if let Err(err) = c.delete(true) {
                 tracing::warn!(container = id, error = %err, "cannot remove it");
             }
         }
@@ -560,12 +560,11 @@ impl DestHost for Receiver {
         // pass did (the container may have changed it since); dropped, it
         // is undone.
         let prepared = self.prepared.take().filter(|p| {
-            let found = netns_image::read(&plan.images_dir);
-            let same = found.as_ref().is_ok_and(|k| k.as_ref() == p.kept());
-            if !same {
+            let fits = p.fits_images();
+            if !fits {
                 tracing::info!(container = %self.id, "the images record another network namespace than the restore was prepared for: restoring afresh");
             }
-            same
+            fits
         });
         let prepared_used = prepared.is_some();
         if !prepared_used {

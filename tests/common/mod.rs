@@ -288,6 +288,24 @@ pub fn default_cgroup_dirs(id: &str) -> Vec<PathBuf> {
     cgroup_dirs(&format!("ferry/{id}"))
 }
 
+/// The criu processes in cgroup directories `dirs`, each once (cgroup v1
+/// lists a process in every hierarchy).
+pub fn criu_in(dirs: &[PathBuf]) -> Vec<i32> {
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "criu")
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// The cgroup directories of relative cgroup path `rel` (below this
 /// process's cgroup, per hierarchy), as ferry resolves them.
 pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {

@@ -325,12 +325,7 @@ impl Session<'_> {
                 self.created.push(target.clone());
                 target
             }
-            RootfsMode::Shared => self
-                .source
-                .as_ref()
-                .expect("after preflight")
-                .rootfs
-                .clone(),
+            RootfsMode::Shared => self.shared_rootfs(),
         };
         let plan = self.restore_plan(rootfs, false)?;
         let r = self.host().restore(&plan).map_err(Error::host("restore"))?;
@@ -353,14 +348,7 @@ impl Session<'_> {
         };
         let (rootfs, later) = match self.rootfs_mode {
             RootfsMode::Ship => (self.dest().bundle_dir.join("rootfs"), true),
-            RootfsMode::Shared => (
-                self.source
-                    .as_ref()
-                    .expect("after preflight")
-                    .rootfs
-                    .clone(),
-                false,
-            ),
+            RootfsMode::Shared => (self.shared_rootfs(), false),
         };
         let plan = self.restore_plan(rootfs, later)?;
         let t = std::time::Instant::now();
@@ -370,6 +358,15 @@ impl Session<'_> {
             .map_err(Error::host("preparing the restore"))?;
         tracing::debug!(prepared, took = ?t.elapsed(), "restore prepared before the freeze");
         Ok(())
+    }
+
+    /// The source's rootfs path, which a shared rootfs has here too.
+    fn shared_rootfs(&self) -> PathBuf {
+        self.source
+            .as_ref()
+            .expect("after preflight")
+            .rootfs
+            .clone()
     }
 
     /// The restore's plan, into a bundle whose config.json (the source's,
