@@ -7,7 +7,8 @@
 # read-write at its own path (build outputs, test results). CMD's stdout and stderr stream
 # back; the exit status is CMD's, or 125 when the guest itself failed. Variables named in
 # GUEST_ENV ("A B") are passed in. With -s, systemd is the guest's PID 1 with the system bus
-# running, and CMD runs as a unit of it (pid1.sh).
+# running, and CMD runs as a unit of it (pid1.sh). A kernel that loops for 20 s panics
+# (softlockup_panic), so such a guest ends at once with the stack that looped on its console.
 #
 # Hardware KVM is used only when kvm_intel or kvm_amd is loaded: a /dev/kvm backed by another
 # module (kvm_pvm, on some cloud VMs) cannot run a stock kernel, so QEMU emulates (TCG) there,
@@ -66,7 +67,7 @@ touch "$RUN/stdout" "$RUN/stderr"
 timeout -k 5 "$TIMEOUT" "$DIR/bin/qemu-system-x86_64" "${accel[@]}" -m "$MEM" -smp "$CPUS" \
   -nodefaults -no-user-config -nographic -no-reboot -nic none -bios qboot.rom \
   -kernel "$DIR/vmlinux" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 ferry.share=$SHARE ferry.pid1=$HERE/pid1.sh ferry.rundir=$RUN ferry.modprobe=$DIR/bin/modprobe ferry.systemd=$SYSTEMD" \
+  -append "console=ttyS0 quiet loglevel=5 softlockup_panic=1 panic=-1 ferry.share=$SHARE ferry.pid1=$HERE/pid1.sh ferry.rundir=$RUN ferry.modprobe=$DIR/bin/modprobe ferry.systemd=$SYSTEMD" \
   -serial "file:$RUN/console.log" \
   -fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
@@ -91,5 +92,13 @@ if [ -s "$RUN/rc" ]; then
   exit "$rc"
 fi
 echo "guest: no exit status from the guest (qemu exit $q); logs kept in $RUN" >&2
-tail -n 30 "$RUN/console.log" "$RUN/qemu.log" >&2
+# A kernel that locks up panics (softlockup_panic) and the guest ends at once; its first
+# report, with the stack that looped, says where.
+if grep -q -E 'BUG: soft lockup|Kernel panic|rcu: INFO' "$RUN/console.log"; then
+  echo "guest: the guest's kernel failed; its first report:" >&2
+  awk '/BUG: soft lockup|Kernel panic|rcu: INFO/ { p = 1 } p && n++ < 120' "$RUN/console.log" >&2
+  tail -n 30 "$RUN/qemu.log" >&2
+else
+  tail -n 30 "$RUN/console.log" "$RUN/qemu.log" >&2
+fi
 exit 125
