@@ -1,6 +1,6 @@
 //! The CRIU client against the real CRIU: needs root and a working criu.
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -141,6 +141,16 @@ fn opts_for(images: &File, log: &str) -> Opts {
     o.set_images_dir_fd(images.as_raw_fd());
     o.set_log_file(log.into());
     o.set_log_level(4);
+    o
+}
+
+/// A page server on 127.0.0.1, on a port the kernel picks, writing into `images`.
+fn page_server_opts(images: &File) -> Opts {
+    let mut o = opts_for(images, "ps.log");
+    let mut ps = ferry::proto::rpc::Criu_page_server_info::new();
+    ps.set_address("127.0.0.1".into());
+    ps.set_port(0);
+    o.ps = Some(ps).into();
     o
 }
 
@@ -368,15 +378,62 @@ fn page_server_starts_in_background() {
     let c = criu();
     let dir = tempfile::tempdir().unwrap();
     let images = File::open(dir.path()).unwrap();
-    let mut o = opts_for(&images, "ps.log");
-    let mut ps = ferry::proto::rpc::Criu_page_server_info::new();
-    ps.set_address("127.0.0.1".into());
-    ps.set_port(0);
-    o.ps = Some(ps).into();
-    let server = c.page_server(o).unwrap();
+    let server = c.page_server(page_server_opts(&images)).unwrap();
     assert!(server.pid > 1 && server.port > 0, "{server:?}");
     let guard = ProcGuard { pid: server.pid };
     assert!(guard.alive());
+}
+
+/// The connection a TLS page server accepts has no Nagle delay from its first byte, so its
+/// handshake never waits for a delayed ACK: set on the listening socket, inherited by the
+/// accepted one while CRIU waits for a handshake that does not come.
+#[test]
+fn page_server_connection_has_no_nagle_delay() {
+    use migrate::certs::{generate_ca, generate_host, Validity};
+    let _s = serial();
+    let c = criu();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = generate_ca(&pki, "test", Validity::days(1)).unwrap();
+    let tls = generate_host(&ca, &pki, "b", &["127.0.0.1".into()], Validity::days(1)).unwrap();
+    let images = File::open(dir.path()).unwrap();
+    let mut o = page_server_opts(&images);
+    ferry::criu::set_tls(&mut o, &tls);
+    let server = c.page_server(o).unwrap();
+    let _guard = ProcGuard { pid: server.pid };
+    let port = server.port as u16;
+    assert!(ferry::criu::page_socket::no_delay_on_listener(server.pid, port).unwrap());
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let accepted = || {
+        let pidfd = ferry::proc::pidfd_open(server.pid).ok()?;
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid))
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|fd| {
+                // SAFETY: plain syscall; a new descriptor we own when it succeeds.
+                let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+                (dup >= 0)
+                    .then(|| std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(dup as i32) }))
+            })
+            // The accepted connection: the one TCP socket with a peer.
+            .find(|sk| sk.peer_addr().is_ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sk = loop {
+        if let Some(sk) = accepted() {
+            break sk;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page server accepted nothing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        sk.nodelay().unwrap(),
+        "the accepted connection waits for Nagle"
+    );
 }
 
 #[test]
@@ -384,4 +441,110 @@ fn missing_binary_is_not_found() {
     let c = Criu::with_binary(PathBuf::from("/nonexistent/criu"));
     let err = c.version().unwrap_err();
     assert!(matches!(err, Error::Spawn { .. }), "{err}");
+}
+
+/// Runs a request that fails at once (a restore of nothing) and returns its log: what CRIU said
+/// of its kernel-facts cache is at the top.
+fn probe_log(c: &Criu) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let images = File::open(dir.path()).unwrap();
+    let mut o = opts_for(&images, "restore.log");
+    o.set_rst_sibling(true);
+    c.restore(o, &mut AckAll, &[]).unwrap_err();
+    std::fs::read_to_string(dir.path().join("restore.log")).unwrap()
+}
+
+/// Where `/run` is not a tmpfs CRIU cannot keep its kernel-facts cache; ferry keeps it for it on
+/// a root-only tmpfs directory, linked from `/run/criu.kdat`, and makes it again after a
+/// "reboot" (the tmpfs emptied), after CRIU found it stale, and never through a directory or
+/// link someone else made. Where `/run` is a tmpfs, CRIU keeps it itself.
+#[test]
+fn criu_finds_its_kernel_facts_cache() {
+    use ferry::criu::kdat_cache::{ensure, Outcome, CACHE_DIR, LINK};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _s = serial();
+    let c = criu();
+    let bin = ferry::criu::find_binary().unwrap();
+    let target = Path::new(CACHE_DIR).join("criu.kdat");
+    let loaded = format!("Loaded kdat cache from {LINK}");
+    let run_is_tmpfs = nix::sys::statfs::statfs("/run")
+        .unwrap()
+        .filesystem_type()
+        .0 as i64
+        == 0x0102_1994;
+    if run_is_tmpfs {
+        assert_eq!(ensure(&bin), Outcome::CriuKeepsIt);
+        probe_log(&c);
+        let m = std::fs::symlink_metadata(LINK).unwrap();
+        assert!(m.is_file(), "CRIU kept no cache of its own in /run");
+        assert!(probe_log(&c).contains(&loaded));
+        return;
+    }
+    let ours = || std::fs::read_link(LINK).ok().as_deref() == Some(target.as_path());
+    let present = std::fs::symlink_metadata(LINK).is_ok();
+    assert!(!present || ours(), "{LINK} exists and is not ferry's link");
+
+    // Made from nothing: a link into a root-only tmpfs directory, to a file CRIU wrote.
+    let _ = std::fs::remove_file(LINK);
+    let _ = std::fs::remove_file(&target);
+    assert_eq!(ensure(&bin), Outcome::Made);
+    assert!(ours(), "{LINK} is not a link to {}", target.display());
+    let dir = std::fs::symlink_metadata(CACHE_DIR).unwrap();
+    assert_eq!((dir.uid(), dir.permissions().mode() & 0o777), (0, 0o700));
+    assert!(std::fs::metadata(&target).unwrap().len() > 0);
+    assert_eq!(ensure(&bin), Outcome::Present);
+    assert!(
+        probe_log(&c).contains(&loaded),
+        "CRIU did not load the cache"
+    );
+
+    // A reboot empties the tmpfs: the dangling link's file is made again before CRIU starts.
+    std::fs::remove_file(&target).unwrap();
+    assert!(
+        probe_log(&c).contains(&loaded),
+        "not made again after a reboot"
+    );
+
+    // A cache CRIU finds stale (another CRIU build's): CRIU removes the link and probes; the
+    // next start makes it again.
+    let len = std::fs::metadata(&target).unwrap().len() as usize;
+    std::fs::write(&target, vec![0x5a; len]).unwrap();
+    let log = probe_log(&c);
+    assert!(log.contains("Stale"), "CRIU took a stale cache: {log}");
+    assert!(
+        std::fs::symlink_metadata(LINK).is_err(),
+        "CRIU left the stale link"
+    );
+    assert!(
+        probe_log(&c).contains(&loaded),
+        "not made again after CRIU found it stale"
+    );
+
+    // Never through a directory someone else could write, nor a link ferry did not make.
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::os::unix::fs::chown(CACHE_DIR, Some(0), Some(0));
+            if std::fs::read_link(LINK).ok().as_deref() == Some(Path::new("/dev/null")) {
+                let _ = std::fs::remove_file(LINK);
+            }
+        }
+    }
+    let _restore = Restore;
+    std::fs::remove_file(LINK).unwrap();
+    std::os::unix::fs::chown(CACHE_DIR, Some(65534), Some(65534)).unwrap();
+    assert!(
+        matches!(ensure(&bin), Outcome::Without(why) if why.contains("only root")),
+        "a directory owned by another user was used"
+    );
+    assert!(std::fs::symlink_metadata(LINK).is_err());
+    assert!(!probe_log(&c).contains(&loaded));
+    std::os::unix::fs::chown(CACHE_DIR, Some(0), Some(0)).unwrap();
+    std::os::unix::fs::symlink("/dev/null", LINK).unwrap();
+    assert!(
+        matches!(ensure(&bin), Outcome::Without(why) if why.contains("did not make")),
+        "a link ferry did not make was replaced"
+    );
+    std::fs::remove_file(LINK).unwrap();
+    assert_eq!(ensure(&bin), Outcome::Made);
 }

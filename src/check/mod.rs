@@ -58,6 +58,9 @@ pub struct CriuInfo {
     pub error: Option<String>,
     /// FEATURE_CHECK answers, when criu could be asked.
     pub features: Option<Features>,
+    /// Where CRIU finds its kernel-facts cache (see `criu::kdat_cache`), or why it has none.
+    #[serde(default)]
+    pub kernel_facts_cache: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +195,7 @@ pub fn run() -> Report {
         version: None,
         error: None,
         features: None,
+        kernel_facts_cache: Some(crate::criu::kdat_cache::ensure(&criu.binary).to_string()),
     };
     match criu.version() {
         Ok(v) => info.version = Some(v.to_string()),
@@ -233,6 +237,7 @@ fn without_criu(kernel: Kernel, cgroups: CgroupLayout, reason: String) -> Report
             version: None,
             error: Some(reason.clone()),
             features: None,
+            kernel_facts_cache: None,
         },
         kernel,
         cgroups,

@@ -12,6 +12,7 @@ mod client;
 mod errors;
 mod find;
 pub mod image;
+pub mod kdat_cache;
 pub mod log;
 pub mod netlock;
 mod notify;

@@ -1,4 +1,5 @@
 //! One `criu swrk` process and the SOCK_SEQPACKET conversation with it.
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{IoSliceMut, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -122,14 +123,20 @@ impl Session {
     /// With `netns` (an open namespace file), criu runs in that network
     /// namespace.
     pub fn spawn(binary: &Path, keep_fds: &[RawFd], netns: Option<RawFd>) -> Result<Session> {
-        Session::spawn_with(binary, keep_fds, false, netns)
+        Session::spawn_with(binary, keep_fds, false, netns, None)
     }
 
     /// Like [`Session::spawn`], with criu leading a process group of its
     /// own (whose ID is its pid): what it forks off (a page server) stays
     /// in that group, so it can be found after criu is gone.
     pub fn spawn_in_own_group(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
-        Session::spawn_with(binary, keep_fds, true, None)
+        Session::spawn_with(binary, keep_fds, true, None, None)
+    }
+
+    /// Starts criu in a mount namespace of its own where `run_dir` is mounted on `/run`: it
+    /// writes its kernel-facts cache there (see [`super::kdat_cache`]).
+    pub(crate) fn spawn_with_run_dir(binary: &Path, run_dir: CString) -> Result<Session> {
+        Session::spawn_with(binary, &[], false, None, Some(run_dir))
     }
 
     fn spawn_with(
@@ -137,7 +144,11 @@ impl Session {
         keep_fds: &[RawFd],
         own_group: bool,
         netns: Option<RawFd>,
+        run_dir: Option<CString>,
     ) -> Result<Session> {
+        if run_dir.is_none() {
+            super::kdat_cache::ensure(binary);
+        }
         for &fd in keep_fds {
             if fd < 3 {
                 return Err(Error::BadFd {
@@ -188,6 +199,27 @@ impl Session {
         // SAFETY: the closure only makes async-signal-safe system calls.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(dir) = &run_dir {
+                    let none = std::ptr::null();
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            none,
+                            c"/".as_ptr(),
+                            none,
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            dir.as_ptr(),
+                            c"/run".as_ptr(),
+                            none,
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if let Some(ns) = netns {
                     if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());

@@ -521,6 +521,13 @@ impl DestHost for Receiver {
         let s = session.page_server(o)?;
         drop(session);
         self.page_server = Some(s.pid);
+        match crate::criu::page_socket::no_delay_on_listener(s.pid, s.port as u16) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(pid = s.pid, "page server's socket not found"),
+            Err(e) => {
+                tracing::debug!(pid = s.pid, error = %e, "cannot set the page server's socket")
+            }
+        }
         Ok(PageServer {
             port: s.port as u16,
             pid: Some(s.pid),

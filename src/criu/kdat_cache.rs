@@ -1,0 +1,148 @@
+//! CRIU's cache of kernel facts, `/run/criu.kdat`, kept for CRIU where it cannot keep it.
+//!
+//! At every request CRIU probes the kernel (page maps, sockets, namespaces, an `iptables -L`):
+//! 25 ms on a quiet host of two cores, over 80 ms on a busy one, inside the freeze of every
+//! dump and restore. It skips the probes when it finds their answers in `/run/criu.kdat`, but
+//! writes that file only where `/run` is a tmpfs, so that a reboot (maybe into another kernel)
+//! drops it. Where `/run` is not a tmpfs, ferry keeps the cache with the same guarantee:
+//!
+//! - the file lives in a root-only directory on a tmpfs ([`CACHE_DIR`]), and is written by
+//!   CRIU itself: a feature check run in a mount namespace where that directory is `/run`;
+//! - `/run/criu.kdat` is a symlink to it. After a reboot the link dangles: CRIU probes, cannot
+//!   save on `/run`, and removes the link. A CRIU of another build finds the file's magic wrong
+//!   and removes the link too. ferry makes the cache again at its next CRIU start.
+//!
+//! Nothing here can fail a request: without a cache CRIU probes, as it always did.
+use std::ffi::CString;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::{debug, warn};
+
+use super::swrk::Session;
+use super::ReqType;
+
+/// Where CRIU looks for its cache (its build's `RUNDIR`, `/run` in every distribution).
+pub const LINK: &str = "/run/criu.kdat";
+/// The root-only tmpfs directory holding the cache ferry keeps.
+pub const CACHE_DIR: &str = "/dev/shm/ferry-criu";
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// What [`ensure`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `/run/criu.kdat` resolves to a file: CRIU loads it.
+    Present,
+    /// `/run` is a tmpfs: CRIU keeps its cache itself.
+    CriuKeepsIt,
+    /// ferry had CRIU write the cache and linked it.
+    Made,
+    /// No cache, and why (CRIU probes at every request).
+    Without(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Present | Outcome::Made => match std::fs::read_link(LINK) {
+                Ok(to) => write!(f, "{LINK} -> {} (kept by ferry)", to.display()),
+                Err(_) => write!(f, "{LINK}"),
+            },
+            Outcome::CriuKeepsIt => write!(f, "{LINK} (kept by CRIU: /run is a tmpfs)"),
+            Outcome::Without(why) => {
+                write!(f, "none, CRIU probes the kernel at every request: {why}")
+            }
+        }
+    }
+}
+
+/// Makes sure CRIU (`binary`) finds its cache; called before every CRIU start. One `stat` when
+/// the cache is there.
+pub fn ensure(binary: &Path) -> Outcome {
+    if std::fs::metadata(LINK).is_ok_and(|m| m.is_file()) {
+        return Outcome::Present;
+    }
+    let outcome = make(binary).unwrap_or_else(Outcome::Without);
+    match &outcome {
+        Outcome::Without(why) => warn!(%why, "CRIU will probe the kernel at every request"),
+        o => debug!(outcome = ?o, "CRIU's kernel-facts cache"),
+    }
+    outcome
+}
+
+fn make(binary: &Path) -> Result<Outcome, String> {
+    if on_tmpfs(Path::new("/run"))? {
+        return Ok(Outcome::CriuKeepsIt);
+    }
+    let target = Path::new(CACHE_DIR).join("criu.kdat");
+    match std::fs::symlink_metadata(LINK) {
+        // A dangling link of ours (a reboot emptied the tmpfs): the file is made again.
+        Ok(m) if m.file_type().is_symlink() => {
+            if std::fs::read_link(LINK).ok().as_deref() != Some(target.as_path()) {
+                return Err(format!("{LINK} is a link ferry did not make"));
+            }
+        }
+        Ok(_) => return Err(format!("{LINK} is not a regular file")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{LINK}: {e}")),
+    }
+    let dir = cache_dir()?;
+    // CRIU keeps a file of its own build that is there, and replaces a stale one by rename, so
+    // a ferry doing the same at the same time never sees it missing.
+    write_with(binary, &dir)?;
+    if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
+        return Err(format!("CRIU wrote no cache into {}", dir.display()));
+    }
+    match std::os::unix::fs::symlink(&target, LINK) {
+        Ok(()) => Ok(Outcome::Made),
+        // Another ferry linked it first, or the link was already ours.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Outcome::Made),
+        Err(e) => Err(format!("linking {LINK}: {e}")),
+    }
+}
+
+/// [`CACHE_DIR`], made if missing; refused unless it is a directory only root can reach, on a
+/// tmpfs, so nobody else can put kernel facts in front of CRIU.
+fn cache_dir() -> Result<PathBuf, String> {
+    let dir = PathBuf::from(CACHE_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("making {}: {e}", dir.display())),
+    }
+    let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !m.is_dir() || m.uid() != 0 || m.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is not a directory only root can reach (uid {}, mode {:o})",
+            dir.display(),
+            m.uid(),
+            m.permissions().mode() & 0o7777
+        ));
+    }
+    if !on_tmpfs(&dir)? {
+        return Err(format!("{} is not on a tmpfs", dir.display()));
+    }
+    Ok(dir)
+}
+
+/// Runs a feature check in a CRIU that sees `dir` as `/run`: its kernel probes save the cache
+/// there.
+fn write_with(binary: &Path, dir: &Path) -> Result<(), String> {
+    let run_dir = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let mut session = Session::spawn_with_run_dir(binary, run_dir)
+        .map_err(|e| format!("starting CRIU to probe the kernel: {e}"))?;
+    let result = session.request(
+        super::Request::new(ReqType::FEATURE_CHECK, None),
+        &mut super::AckAll,
+    );
+    session.wait();
+    result
+        .map(drop)
+        .map_err(|e| format!("CRIU's feature check: {e}"))
+}
+
+fn on_tmpfs(path: &Path) -> Result<bool, String> {
+    let s =
+        nix::sys::statfs::statfs(path).map_err(|e| format!("statfs {}: {e}", path.display()))?;
+    Ok(s.filesystem_type().0 as i64 == TMPFS_MAGIC)
+}
