@@ -27,6 +27,8 @@ pub const LINK: &str = "/run/criu.kdat";
 /// The root-only tmpfs directory holding the cache ferry keeps.
 pub const CACHE_DIR: &str = "/dev/shm/ferry-criu";
 const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// Why the CRIU this process ran for the cache wrote none.
+static FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// What [`ensure`] found or did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +64,12 @@ pub fn ensure(binary: &Path) -> Outcome {
     if std::fs::metadata(LINK).is_ok_and(|m| m.is_file()) {
         return Outcome::Present;
     }
-    let outcome = make(binary).unwrap_or_else(Outcome::Without);
+    let outcome = match FAILED.get() {
+        // CRIU is run for the cache once per process at most: one that cannot write it costs
+        // no CRIU start per request.
+        Some(why) => Outcome::Without(why.clone()),
+        None => make(binary).unwrap_or_else(Outcome::Without),
+    };
     // Debug only: the request that follows fails on its own if CRIU cannot run, and `ferry
     // check` reports a host without a cache.
     debug!(outcome = %outcome, "CRIU's kernel-facts cache");
@@ -88,9 +95,14 @@ fn make(binary: &Path) -> Result<Outcome, String> {
     let dir = cache_dir()?;
     // CRIU keeps a file of its own build that is there, and replaces a stale one by rename, so
     // a ferry doing the same at the same time never sees it missing.
-    write_with(binary, &dir)?;
-    if !std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
-        return Err(format!("CRIU wrote no cache into {}", dir.display()));
+    let written = write_with(binary, &dir).and_then(|()| {
+        match std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
+            true => Ok(()),
+            false => Err(format!("CRIU wrote no cache into {}", dir.display())),
+        }
+    });
+    if let Err(why) = written {
+        return Err(FAILED.get_or_init(|| why).clone());
     }
     match std::os::unix::fs::symlink(&target, LINK) {
         Ok(()) => Ok(Outcome::Made),
