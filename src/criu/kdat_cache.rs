@@ -47,7 +47,10 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Present | Outcome::Made => match std::fs::read_link(LINK) {
-                Ok(to) => write!(f, "{LINK} -> {} (kept by ferry)", to.display()),
+                Ok(to) if to == Path::new(CACHE_DIR).join("criu.kdat") => {
+                    write!(f, "{LINK} -> {} (kept by ferry)", to.display())
+                }
+                Ok(to) => write!(f, "{LINK} -> {}", to.display()),
                 Err(_) => write!(f, "{LINK}"),
             },
             Outcome::CriuKeepsIt => write!(f, "{LINK} (kept by CRIU: /run is a tmpfs)"),
