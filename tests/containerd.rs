@@ -219,6 +219,23 @@ impl Containerd {
     }
 }
 
+/// The cgroup directories named `name` under `dir`, down to `depth` levels.
+fn cgroup_dirs_named(dir: &Path, name: &str, depth: u32, found: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name() == name {
+            found.push(e.path());
+        } else if depth > 0 {
+            cgroup_dirs_named(&e.path(), name, depth - 1, found);
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         for id in self.ids.clone() {
@@ -258,6 +275,14 @@ impl Drop for Containerd {
                 .output();
         }
         let _ = std::fs::remove_dir(&self.ferry_root);
+        // containerd puts each container's cgroup at /<namespace>/<id>: the namespace's own
+        // directory stays after the last container is deleted, as it does under runc.
+        let mut found = Vec::new();
+        cgroup_dirs_named(Path::new("/sys/fs/cgroup"), &self.namespace, 5, &mut found);
+        found.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+        for d in found {
+            let _ = std::fs::remove_dir(d);
+        }
         // Only empty ones go (rmdir), and only those this test caused.
         for d in &self.made_dirs {
             let _ = std::fs::remove_dir(d);

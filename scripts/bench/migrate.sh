@@ -116,9 +116,10 @@ cleanup() {
     podman rm -f "$n" >/dev/null 2>&1
   done
   [ "$PODMAN" = 1 ] && podman rmi -f "$image" >/dev/null 2>&1
-  for d in /sys/fs/cgroup/*/"$cgp" /sys/fs/cgroup/*/*/"$cgp"; do
-    [ -d "$d" ] && rmdir "$d" 2>/dev/null
-  done
+  # The parent ferry made in every hierarchy, at whatever depth (a v1 hierarchy may place it
+  # below this process's own cgroup); rmdir removes only empty ones.
+  find /sys/fs/cgroup -maxdepth 6 -type d -name "$cgp" 2>/dev/null | awk '{ print length, $0 }' |
+    sort -rn | cut -d' ' -f2- | while read -r d; do rmdir "$d" 2>/dev/null; done
   ip netns del "$nsa" 2>/dev/null
   ip netns del "$nsb" 2>/dev/null
   rm -rf "$tmp"
