@@ -221,6 +221,9 @@ migrate_cleanup() {
   fi
   [ -n "$NS_A" ] && ip netns del "$NS_A" 2>/dev/null
   [ -n "$NS_B" ] && ip netns del "$NS_B" 2>/dev/null
+  # The serving host's cgroup parent, at whatever depth each hierarchy put it (empty ones only).
+  find /sys/fs/cgroup -maxdepth 6 -type d -name ferry-demo-b 2>/dev/null | awk '{ print length, $0 }' |
+    sort -rn | cut -d' ' -f2- | while read -r d; do rmdir "$d" 2>/dev/null; done
   true
 }
 
