@@ -224,6 +224,15 @@ pub trait DestHost: Send {
 /// Makes a [`DestHost`] for each incoming migration.
 pub trait DestFactory: Send + Sync {
     fn host(&self, container_id: &str) -> Result<Box<dyn DestHost>, HostError>;
+
+    /// What became of a migration of `container_id` this server has no
+    /// record of (a server before it was killed): `Aborted` only when this
+    /// host certainly does not run it and never started it, `Running` when
+    /// it was started here, `InProgress` while that cannot be told yet,
+    /// `None` when unknown.
+    fn outcome_without_record(&self, _container_id: &str) -> Option<crate::proto::Outcome> {
+        None
+    }
 }
 
 impl<F> DestFactory for F

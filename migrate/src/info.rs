@@ -82,4 +82,6 @@ pub struct CommitInfo {
     pub server_name: String,
     pub security: Security,
     pub migration_id: String,
+    /// The container's ID on the destination.
+    pub container_id: String,
 }

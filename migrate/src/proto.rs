@@ -152,6 +152,10 @@ pub enum Msg {
     /// On a fresh connection: what became of a migration.
     Status {
         migration_id: String,
+        /// The container migrated: a server with no record of the
+        /// migration (a restarted one) answers from what it holds of it.
+        #[serde(default)]
+        container_id: Option<String>,
     },
     StatusIs {
         outcome: Outcome,

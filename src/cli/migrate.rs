@@ -80,6 +80,7 @@ pub fn settle_commit(root: &Path, a: &SettleArgs) -> anyhow::Result<()> {
         server_name: a.server_name.clone(),
         security: a.tls.security()?,
         migration_id: a.migration_id.clone(),
+        container_id: a.id.clone(),
     };
     let outcome = source::ask_outcome(&info, Duration::from_secs(5), SETTLE_DEADLINE);
     let c = Container::load(root, &a.id)?;

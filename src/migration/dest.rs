@@ -244,6 +244,26 @@ impl DestFactory for Incoming {
             running_lazy: None,
         }))
     }
+
+    /// A killed server's migration of `container_id`, from this host's state: not here, or
+    /// never started and its tree gone, is aborted (the source may resume: nothing runs it
+    /// here); started here is this host's; a tree being restored is not known yet (CRIU kills
+    /// a tree it held once its server is gone).
+    fn outcome_without_record(&self, container_id: &str) -> Option<migrate::proto::Outcome> {
+        use crate::container::Status;
+        use migrate::proto::Outcome;
+        crate::id::validate(container_id).ok()?;
+        if !StateDir::new(&self.opts.root, container_id).path.exists() {
+            return Some(Outcome::Aborted);
+        }
+        let c = Container::load(&self.opts.root, container_id).ok()?;
+        let alive = crate::proc::is_alive(c.state.pid, c.state.pid_start_time);
+        Some(match c.status() {
+            Status::Creating if alive => Outcome::InProgress,
+            Status::Creating => Outcome::Aborted,
+            _ => Outcome::Running,
+        })
+    }
 }
 
 /// Waits for the restored containers' inits (children of this process)
@@ -785,12 +805,34 @@ mod tests {
             no_new_keyring: false,
         };
         dir.save(&state).unwrap();
+        // What a restarted server tells a source asking about the migration of r1.
+        let incoming = Incoming {
+            opts: Arc::new(DestOptions::new(&root, &tmp.path().join("bundles"))),
+            reaper: Reaper::start(),
+        };
+        let asked = || incoming.outcome_without_record("r1");
+        use migrate::proto::Outcome;
+        assert_eq!(
+            asked(),
+            Some(Outcome::InProgress),
+            "a live tree being restored"
+        );
         let record = records.join(format!("{RESTORE_RECORD}r1"));
         std::fs::write(&record, b"").unwrap();
         remove_abandoned_restores(&records, &root);
         assert!(dir.path.exists(), "a container whose tree runs was removed");
+        let started = crate::state::State {
+            creating: false,
+            started: true,
+            ..state.clone()
+        };
+        dir.save(&started).unwrap();
+        assert_eq!(asked(), Some(Outcome::Running), "started here");
+        dir.save(&state).unwrap();
         tree.kill().unwrap();
         tree.wait().unwrap();
+        assert_eq!(asked(), Some(Outcome::Aborted), "never started, tree gone");
+        assert_eq!(incoming.outcome_without_record("../x"), None);
         std::fs::write(&record, b"").unwrap();
         // Held by someone: still being created.
         let lock = dir.lock().unwrap();
@@ -801,6 +843,7 @@ mod tests {
         remove_abandoned_restores(&records, &root);
         assert!(!dir.path.exists(), "the abandoned restore stayed");
         assert!(!record.exists());
+        assert_eq!(asked(), Some(Outcome::Aborted), "nothing of it here");
     }
 
     #[test]

@@ -229,8 +229,11 @@ fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     match first {
-        Msg::Status { migration_id } => {
-            let outcome = status(&shared, &migration_id);
+        Msg::Status {
+            migration_id,
+            container_id,
+        } => {
+            let outcome = status(&shared, &migration_id, container_id.as_deref());
             let _ = ch.send(&Msg::StatusIs { outcome });
         }
         Msg::Hello {
@@ -261,13 +264,19 @@ fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
 
 /// Answers a status query. A migration still waiting for its commit is
 /// aborted first: the source asks only after losing its connection, so
-/// the commit will never come.
-fn status(shared: &Shared, mid: &str) -> Outcome {
+/// the commit will never come. One this server has no record of (its
+/// server was killed and restarted) is answered from what this host holds
+/// of `container` ([`DestFactory::outcome_without_record`]).
+fn status(shared: &Shared, mid: &str, container: Option<&str>) -> Outcome {
     let deadline = Instant::now() + shared.cfg.timeouts.work;
     let mut m = lock(&shared.migrations);
     loop {
         match m.get(mid).copied() {
-            None => return Outcome::Unknown,
+            None => {
+                return container
+                    .and_then(|c| shared.factory.outcome_without_record(c))
+                    .unwrap_or(Outcome::Unknown)
+            }
             Some(State::Running) => return Outcome::Running,
             Some(State::Aborted) => return Outcome::Aborted,
             Some(State::Active(conn)) => {

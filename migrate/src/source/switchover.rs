@@ -19,6 +19,7 @@ pub fn ask_outcome(info: &CommitInfo, reply: Duration, deadline: Duration) -> Op
             ch.set_timeout(Some(reply));
             ch.send(&Msg::Status {
                 migration_id: info.migration_id.clone(),
+                container_id: Some(info.container_id.clone()),
             })?;
             match ch.recv::<Msg>()? {
                 Msg::StatusIs { outcome } => Ok(outcome),
@@ -132,6 +133,7 @@ impl Run<'_> {
                 .unwrap_or_else(|| self.cfg.to.ip().to_string()),
             security: self.cfg.security.clone(),
             migration_id: self.migration_id.clone(),
+            container_id: self.report.id.clone(),
         }
     }
 
