@@ -460,18 +460,15 @@ fn probe_log(c: &Criu) -> String {
 /// link someone else made. Where `/run` is a tmpfs, CRIU keeps it itself.
 #[test]
 fn criu_finds_its_kernel_facts_cache() {
-    use ferry::criu::kdat_cache::{ensure, Outcome, CACHE_DIR, LINK};
+    use ferry::criu::kdat_cache::{cache_file, ensure, Outcome, CACHE_DIR, LINK};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let _s = serial();
     let c = criu();
     let bin = ferry::criu::find_binary().unwrap();
-    let target = Path::new(CACHE_DIR).join("criu.kdat");
+    let target = cache_file();
     let loaded = format!("Loaded kdat cache from {LINK}");
-    let run_is_tmpfs = nix::sys::statfs::statfs("/run")
-        .unwrap()
-        .filesystem_type()
-        .0 as i64
-        == 0x0102_1994;
+    let run_is_tmpfs = nix::sys::statfs::statfs("/run").unwrap().filesystem_type()
+        == nix::sys::statfs::TMPFS_MAGIC;
     if run_is_tmpfs {
         // CRIU's own cache from an earlier request, if any: it makes it again.
         if std::fs::symlink_metadata(LINK).is_ok_and(|m| m.is_file()) {

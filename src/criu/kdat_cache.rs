@@ -26,9 +26,13 @@ use super::ReqType;
 pub const LINK: &str = "/run/criu.kdat";
 /// The root-only tmpfs directory holding the cache ferry keeps.
 pub const CACHE_DIR: &str = "/dev/shm/ferry-criu";
-const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Why the CRIU this process ran for the cache wrote none.
 static FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The cache file ferry keeps, which [`LINK`] points to.
+pub fn cache_file() -> PathBuf {
+    Path::new(CACHE_DIR).join("criu.kdat")
+}
 
 /// What [`ensure`] found or did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +51,7 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Present | Outcome::Made => match std::fs::read_link(LINK) {
-                Ok(to) if to == Path::new(CACHE_DIR).join("criu.kdat") => {
+                Ok(to) if to == cache_file() => {
                     write!(f, "{LINK} -> {} (kept by ferry)", to.display())
                 }
                 Ok(to) => write!(f, "{LINK} -> {}", to.display()),
@@ -83,7 +87,7 @@ fn make(binary: &Path) -> Result<Outcome, String> {
     if on_tmpfs(Path::new("/run"))? {
         return Ok(Outcome::CriuKeepsIt);
     }
-    let target = Path::new(CACHE_DIR).join("criu.kdat");
+    let target = cache_file();
     match std::fs::symlink_metadata(LINK) {
         // A dangling link of ours (a reboot emptied the tmpfs): the file is made again.
         Ok(m) if m.file_type().is_symlink() => {
@@ -99,9 +103,10 @@ fn make(binary: &Path) -> Result<Outcome, String> {
     // CRIU keeps a file of its own build that is there, and replaces a stale one by rename, so
     // a ferry doing the same at the same time never sees it missing.
     let written = write_with(binary, &dir).and_then(|()| {
-        match std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
-            true => Ok(()),
-            false => Err(format!("CRIU wrote no cache into {}", dir.display())),
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
+            Ok(())
+        } else {
+            Err(format!("CRIU wrote no cache into {}", dir.display()))
         }
     });
     if let Err(why) = written {
@@ -158,5 +163,5 @@ fn write_with(binary: &Path, dir: &Path) -> Result<(), String> {
 fn on_tmpfs(path: &Path) -> Result<bool, String> {
     let s =
         nix::sys::statfs::statfs(path).map_err(|e| format!("statfs {}: {e}", path.display()))?;
-    Ok(s.filesystem_type().0 as i64 == TMPFS_MAGIC)
+    Ok(s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
