@@ -92,9 +92,16 @@ impl Containerd {
             .filter(|p| !Path::new(p).exists())
             .collect();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        // containerd unpacks a checkpoint it restores from into a `ctrd-checkpoint*`
+        // directory under $XDG_RUNTIME_DIR (else the system's temporary directory) and
+        // never removes it: keep it inside this test's directory.
+        let scratch = d.join("tmp");
+        std::fs::create_dir(&scratch).unwrap();
         let daemon = Command::new("containerd")
             .arg("--config")
             .arg(&config)
+            .env("XDG_RUNTIME_DIR", &scratch)
+            .env("TMPDIR", &scratch)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -521,6 +521,16 @@ fn criu_finds_its_kernel_facts_cache() {
         "not made again after CRIU found it stale"
     );
 
+    // A CRIU killed while saving left its half-written `criu.kdat.tmp` (CRIU saves with
+    // O_EXCL, so it would never save again): the cache is made all the same.
+    std::fs::remove_file(LINK).unwrap();
+    std::fs::remove_file(&target).unwrap();
+    let tmp = Path::new(CACHE_DIR).join("criu.kdat.tmp");
+    std::fs::write(&tmp, b"half").unwrap();
+    assert_eq!(ensure(&bin), Outcome::Made);
+    assert!(std::fs::metadata(&target).unwrap().len() > 4);
+    assert!(std::fs::symlink_metadata(&tmp).is_err(), "{tmp:?} left");
+
     // Never through a directory someone else could write, nor a link ferry did not make.
     struct Restore;
     impl Drop for Restore {

@@ -22,7 +22,7 @@
 //! - `cgroup-freezer`, `cgroup-devices`, `cgroup-namespace`: tried in a
 //!   throwaway cgroup where containers go (`cgroups.rs`), which also
 //!   yields the controllers a container gets here.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
@@ -372,10 +372,98 @@ pub fn lazy_pages_work(criu: &Criu) -> Result<(), String> {
     })
 }
 
-/// A fresh temp dir for one check.
+/// A fresh temp dir for one check, named `<prefix>-<pid>-…`; the ones a killed ferry left are
+/// removed first.
 fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
+    let tmp = std::env::temp_dir();
+    sweep_dead(&tmp, prefix);
     tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
+        .prefix(&format!("{prefix}-{}-", std::process::id()))
+        .tempdir_in(&tmp)
         .map_err(|e| format!("cannot create a temp dir: {e}"))
+}
+
+/// Removes the `<prefix>-<pid>-…` directories in `tmp` whose ferry is gone (killed before its
+/// check cleaned up). Only flat directories of this user's regular files on `tmp`'s own
+/// filesystem: nothing is removed through a mount point or a link.
+fn sweep_dead(tmp: &Path, prefix: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(entries), Ok(top)) = (std::fs::read_dir(tmp), std::fs::metadata(tmp)) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix)?.strip_prefix('-'))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let dir = e.path();
+        let ours = |m: &std::fs::Metadata| m.uid() == me && m.dev() == top.dev();
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() && ours(&m) => {}
+            _ => continue,
+        }
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let files: Vec<_> = files.flatten().map(|f| f.path()).collect();
+        let flat = files.iter().all(|f| {
+            std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_file() && ours(&m))
+        });
+        if flat {
+            files.iter().for_each(|f| drop(std::fs::remove_file(f)));
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dead_ferrys_flat_check_dirs_are_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut gone = Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let alive = std::process::id();
+        let make = |name: &str| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("core-1.img"), b"x").unwrap();
+            d
+        };
+        let killed = make(&format!("ferry-check-lazy-{dead}-ab12"));
+        let running = make(&format!("ferry-check-lazy-{alive}-cd34"));
+        let other_check = make(&format!("ferry-check-tls-{dead}-ef56"));
+        let nested = make(&format!("ferry-check-lazy-{dead}-gh78"));
+        std::fs::create_dir(nested.join("sub")).unwrap();
+        let linked = tmp.path().join(format!("ferry-check-lazy-{dead}-ij90"));
+        std::os::unix::fs::symlink(&running, &linked).unwrap();
+
+        sweep_dead(tmp.path(), "ferry-check-lazy");
+        assert!(!killed.exists(), "a dead ferry's directory was kept");
+        assert!(
+            running.join("core-1.img").exists(),
+            "a live one was touched"
+        );
+        assert!(other_check.exists(), "another prefix was swept");
+        assert!(
+            nested.join("sub").exists(),
+            "a directory not flat was emptied"
+        );
+        assert!(
+            std::fs::symlink_metadata(&linked).is_ok(),
+            "a link was followed"
+        );
+    }
 }

@@ -17,6 +17,9 @@ use std::ffi::CString;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
 use tracing::debug;
 
 use super::swrk::Session;
@@ -26,6 +29,8 @@ use super::ReqType;
 pub const LINK: &str = "/run/criu.kdat";
 /// The root-only tmpfs directory holding the cache ferry keeps.
 pub const CACHE_DIR: &str = "/dev/shm/ferry-criu";
+/// How long a ferry waits for another making the cache.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Why the CRIU this process ran for the cache wrote none.
 static FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -100,8 +105,18 @@ fn make(binary: &Path) -> Result<Outcome, String> {
         Err(e) => return Err(format!("{LINK}: {e}")),
     }
     let dir = cache_dir()?;
+    // One ferry at a time has CRIU write the cache (a CRIU started after another wrote it loads
+    // it, or replaces it if stale).
+    let _lock = lock(&dir)?;
+    // CRIU writes `criu.kdat.tmp` with O_EXCL and renames it: one left by a CRIU killed in
+    // between would keep every later one from saving. Under the lock no CRIU of ours writes it.
+    match std::fs::remove_file(dir.join("criu.kdat.tmp")) {
+        Ok(()) => debug!("removed a cache file a killed CRIU left half written"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing {}/criu.kdat.tmp: {e}", dir.display())),
+    }
     // CRIU keeps a file of its own build that is there, and replaces a stale one by rename, so
-    // a ferry doing the same at the same time never sees it missing.
+    // a ferry reading it at the same time never sees it missing.
     let written = write_with(binary, &dir).and_then(|()| {
         if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
             Ok(())
@@ -112,7 +127,31 @@ fn make(binary: &Path) -> Result<Outcome, String> {
     if let Err(why) = written {
         return Err(FAILED.get_or_init(|| why).clone());
     }
-    match std::os::unix::fs::symlink(&target, LINK) {
+    link(&target)
+}
+
+/// The lock on making the cache in `dir`, waited for a few seconds at most: a request never
+/// waits long for a cache it can do without.
+fn lock(dir: &Path) -> Result<Flock<std::fs::File>, String> {
+    let path = dir.join("lock");
+    let mut file =
+        std::fs::File::create(&path).map_err(|e| format!("making {}: {e}", path.display()))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, e)) => return Err(format!("locking {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Links [`LINK`] to the cache file `target`.
+fn link(target: &Path) -> Result<Outcome, String> {
+    match std::os::unix::fs::symlink(target, LINK) {
         Ok(()) => Ok(Outcome::Made),
         // Another ferry linked it first, or the link was already ours.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Outcome::Made),

@@ -63,6 +63,8 @@ enum Stream {
     Connected { port: u16, uncork: bool },
     /// CRIU accepted it on its own `port`: a lazy dump serving pages.
     Served { port: u16 },
+    /// Not a stream: the socket a page server listens on at `port`.
+    Listening { port: u16 },
 }
 
 /// The watcher; stopped (and joined) when dropped.
@@ -163,29 +165,11 @@ fn watch(pid: u32, stream: Stream, stop: &AtomicBool) -> std::io::Result<bool> {
 /// algorithm. Whether the socket was found.
 pub fn no_delay_on_listener(pid: i32, port: u16) -> std::io::Result<bool> {
     let pidfd = crate::proc::pidfd_open(pid)?;
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
-        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
-            continue;
-        };
-        if !std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")) {
-            continue;
-        }
-        // SAFETY: plain syscall; the result is checked.
-        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-        if dup < 0 {
-            continue;
-        }
-        // SAFETY: a new descriptor we own.
-        let sk = unsafe { OwnedFd::from_raw_fd(dup as RawFd) };
-        if get_opt_level(&sk, libc::SOL_SOCKET, libc::SO_PROTOCOL)? == libc::IPPROTO_TCP
-            && get_opt_level(&sk, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0
-            && local_port(&sk) == Some(port)
-        {
-            set_opt(&sk, libc::TCP_NODELAY, 1)?;
-            return Ok(true);
-        }
+    let stream = Stream::Listening { port };
+    match find_socket(&pidfd, pid as u32, stream, &mut HashSet::new())? {
+        Some(sk) => set_opt(&sk, libc::TCP_NODELAY, 1).map(|()| true),
+        None => Ok(false),
     }
-    Ok(false)
 }
 
 /// Fails the connection after [`USER_TIMEOUT`] of silence, sending or idle.
@@ -202,7 +186,7 @@ pub(super) fn bound_silence(sk: &OwnedFd) -> std::io::Result<()> {
     set_opt(sk, libc::TCP_KEEPCNT, 3)
 }
 
-/// CRIU's connected TCP socket that is `stream`, duplicated into ferry.
+/// CRIU's TCP socket that is `stream`, duplicated into ferry.
 fn find_socket(
     pidfd: &OwnedFd,
     pid: u32,
@@ -248,15 +232,13 @@ fn find_socket(
             ruled_out.insert(key);
             continue;
         }
-        if get_opt_level(&dup, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0 {
-            // A listening socket (the lazy dump's page server) is never
-            // the stream itself.
-            ruled_out.insert(key);
-            continue;
-        }
+        let listening = get_opt_level(&dup, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0;
         let ours = match stream {
+            // A listening socket (the lazy dump's page server) is never a stream itself.
+            _ if listening != matches!(stream, Stream::Listening { .. }) => Some(false),
             Stream::Connected { port, .. } => peer_port(&dup).map(|p| p == port),
             Stream::Served { port } => peer_port(&dup).map(|_| local_port(&dup) == Some(port)),
+            Stream::Listening { port } => Some(local_port(&dup) == Some(port)),
         };
         match ours {
             Some(true) => return Ok(Some(dup)),
