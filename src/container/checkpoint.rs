@@ -828,6 +828,8 @@ impl Container {
         if opts.pre_dump_mode.is_some() && !opts.pre_dump {
             return Err(Error::PreDumpModeWithoutPreDump);
         }
+        // CRIU's breakpoints at the parasite's cure find the perf hooks on.
+        let _perf = criu::perf_hooks::Warm::begin();
         let lock = self.dir.lock()?;
         // A lock recorded by a dump whose ferry was killed.
         super::delete::remove_criu_lock(&self.dir);

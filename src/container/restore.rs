@@ -629,6 +629,8 @@ pub struct PreparedRestore {
     veth: Option<VethConfig>,
     stdio: [OwnedFd; 3],
     claim: Claim,
+    /// Held until CRIU has resumed the tree on its breakpoints.
+    _perf: criu::perf_hooks::Warm,
 }
 
 impl std::fmt::Debug for PreparedRestore {
@@ -699,6 +701,7 @@ impl Container {
         criu_now: bool,
     ) -> Result<PreparedRestore> {
         let _span = tracing::info_span!("prepare restore", id = %opts.id).entered();
+        let perf = criu::perf_hooks::Warm::begin();
         let plan = if rootfs_now {
             Plan::load(&opts.id, &opts.bundle)?
         } else {
@@ -748,6 +751,7 @@ impl Container {
             veth,
             stdio,
             claim,
+            _perf: perf,
         })
     }
 }
@@ -775,6 +779,7 @@ impl PreparedRestore {
             veth,
             stdio,
             mut claim,
+            _perf,
         } = self;
         // Checked again: it may have arrived (or gone) since.
         claim.state.rootfs = plan.find_rootfs()?.to_path_buf();

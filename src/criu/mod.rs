@@ -18,6 +18,7 @@ pub mod netlock;
 mod notify;
 pub mod page_relay;
 pub mod page_socket;
+pub mod perf_hooks;
 mod request;
 pub mod stats;
 mod swrk;

@@ -116,17 +116,6 @@ pub struct Session {
     exit: Option<ExitStatus>,
 }
 
-/// CRIU's fault-injection variable: a caller's own value is passed on untouched.
-const FAULT_ENV: &str = "CRIU_FAULT";
-/// `FI_NO_BREAKPOINTS`: CRIU steps each task to its `rt_sigreturn` syscall by syscall instead of
-/// stopping it there on a hardware breakpoint, when it cures the parasite of a dump and when it
-/// resumes a restored tree. Setting a task's first breakpoint creates a perf event; the first
-/// one on a host with no perf event running waits for an RCU grace period (`account_event`,
-/// enabling the scheduler's perf hooks). Measured on these machines: 6-21 ms of the frozen
-/// time in about half of the counter's dumps, and in every restore that came more than a
-/// second after the last one, against a few more `ptrace` calls per task without.
-const NO_BREAKPOINTS: &str = "130";
-
 impl Session {
     /// Starts `binary swrk <fd>`. Only the socket and `keep_fds` survive the
     /// exec, at their current numbers; stdin and stdout are /dev/null and
@@ -206,9 +195,6 @@ impl Session {
             .stderr(Stdio::from(child_stderr));
         if own_group {
             cmd.process_group(0);
-        }
-        if std::env::var_os(FAULT_ENV).is_none() {
-            cmd.env(FAULT_ENV, NO_BREAKPOINTS);
         }
         // SAFETY: the closure only makes async-signal-safe system calls.
         unsafe {
