@@ -34,6 +34,8 @@
 #   RAW_MIB MiB sent to measure the raw TCP rate (default 1024; 128 in the guest)
 #   SHM_MIB MiB of random data the workload first writes to /dev/shm, a file
 #           the migration must carry besides the heap (default 0)
+#   IMAGES_DIR  a directory in which the destination's serve keeps incoming
+#           images (serve --images-dir; default: below its bundle directory)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,6 +57,8 @@ MODES=${MODES:-stop-copy}
 RAW_MIB=${RAW_MIB:-1024}
 PODMAN=${PODMAN:-1}
 SHM_MIB=${SHM_MIB:-0}
+images_args=()
+[ -n "${IMAGES_DIR:-}" ] && images_args=(--images-dir "$IMAGES_DIR/ferry-bench-images.$$")
 # The workload: SHM_MIB of random data in /dev/shm, then memhog.
 shm_then='[ "$0" = 0 ] || head -c $(($0 * 1048576)) /dev/urandom >/dev/shm/blob && exec /memhog "$@"'
 case " $MODES " in
@@ -122,6 +126,7 @@ cleanup() {
     sort -rn | cut -d' ' -f2- | while read -r d; do rmdir "$d" 2>/dev/null; done
   ip netns del "$nsa" 2>/dev/null
   ip netns del "$nsb" 2>/dev/null
+  [ -n "${IMAGES_DIR:-}" ] && rm -rf "$IMAGES_DIR/ferry-bench-images.$$"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -214,7 +219,7 @@ log "raw: $raw MiB/s"
 # Sets serve_pid (the ferry process itself: nsenter execs it) and port.
 start_serve() {
   nsenter --net=/run/netns/$nsb "$FERRY" --root "$tmp/root-b" serve --listen $addr_b:0 --bundle-dir "$tmp/bundles-b" --cgroup-parent "$cgp" \
-    --allow-shared-rootfs "$tmp" "${tls_b[@]}" >>"$tmp/serve.out" 2>>"$tmp/serve.err" &
+    --allow-shared-rootfs "$tmp" "${images_args[@]}" "${tls_b[@]}" >>"$tmp/serve.out" 2>>"$tmp/serve.err" &
   serve_pid=$!
   local i
   port=
