@@ -61,6 +61,10 @@ pub struct CriuInfo {
     /// Where CRIU finds its kernel-facts cache (see `criu::kdat_cache`), or why it has none.
     #[serde(default)]
     pub kernel_facts_cache: Option<String>,
+    /// Whether CRIU's hardware breakpoints find the kernel's perf hooks on (see
+    /// `criu::perf_hooks`), or why they wait for them.
+    #[serde(default)]
+    pub breakpoint_hooks: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +200,12 @@ pub fn run() -> Report {
         error: None,
         features: None,
         kernel_facts_cache: Some(crate::criu::kdat_cache::ensure(&criu.binary).to_string()),
+        breakpoint_hooks: Some(match crate::criu::perf_hooks::available() {
+            Ok(()) => "turned on ahead of CRIU's breakpoints (a placeholder perf event)".into(),
+            Err(e) => format!(
+                "cannot be turned on ahead ({e}): CRIU's first breakpoint waits for an RCU grace period"
+            ),
+        }),
     };
     match criu.version() {
         Ok(v) => info.version = Some(v.to_string()),
@@ -238,6 +248,7 @@ fn without_criu(kernel: Kernel, cgroups: CgroupLayout, reason: String) -> Report
             error: Some(reason.clone()),
             features: None,
             kernel_facts_cache: None,
+            breakpoint_hooks: None,
         },
         kernel,
         cgroups,

@@ -40,6 +40,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<i32> {
             if let Some(k) = &c.kernel_facts_cache {
                 s += &format!("          kernel-facts cache: {k}\n");
             }
+            if let Some(h) = &c.breakpoint_hooks {
+                s += &format!("          perf hooks: {h}\n");
+            }
             s += &format!("kernel:   {} ({})\n", r.kernel.release, r.kernel.version);
             s += &format!("cgroups:  {:?}\n", r.cgroups).to_lowercase();
             s += &format!(

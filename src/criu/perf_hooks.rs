@@ -40,7 +40,7 @@ impl Warm {
     pub fn begin() -> Warm {
         let thread = std::thread::Builder::new()
             .name("perf-hooks".into())
-            .spawn(open_dummy)
+            .spawn(|| open_dummy().ok())
             .ok();
         Warm {
             thread,
@@ -64,9 +64,16 @@ impl Drop for Warm {
     }
 }
 
+/// Whether this process can turn the hooks on ahead (for `ferry check`), or why not.
+pub fn available() -> Result<(), String> {
+    open_dummy()
+        .map(drop)
+        .map_err(|e| format!("perf_event_open: {e}"))
+}
+
 /// A disabled dummy event on this process, on any CPU: what makes the kernel turn its perf
 /// hooks on. Blocks for the grace period when they were off.
-fn open_dummy() -> Option<OwnedFd> {
+fn open_dummy() -> std::io::Result<OwnedFd> {
     let mut attr = [0u8; ATTR_SIZE];
     attr[0..4].copy_from_slice(&TYPE_SOFTWARE.to_ne_bytes());
     attr[4..8].copy_from_slice(&(ATTR_SIZE as u32).to_ne_bytes());
@@ -85,8 +92,11 @@ fn open_dummy() -> Option<OwnedFd> {
             FD_CLOEXEC,
         )
     };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: a new descriptor we own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]
