@@ -226,7 +226,9 @@ impl Containerd {
     }
 }
 
-/// The cgroup directories named `name` under `dir`, down to `depth` levels.
+/// The cgroup directories named `name` under `dir`, down to `depth` levels. Searched, not
+/// derived (`invariants::cgroup_dirs_everywhere` looks below this process's own cgroup): on a v1
+/// host the memory hierarchy put containerd's namespace directory at its root.
 fn cgroup_dirs_named(dir: &Path, name: &str, depth: u32, found: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;

@@ -395,8 +395,8 @@ fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, String> {
 }
 
 /// Removes the `<prefix>-<pid>-…` directories in `tmp` whose ferry is gone (killed before its
-/// check cleaned up). Only flat directories of this user's regular files on `tmp`'s own
-/// filesystem: nothing is removed through a mount point or a link.
+/// check cleaned up). Only flat directories of regular files that this user made on `tmp`'s own
+/// filesystem; [`crate::fs_remove::remove_tree`] never crosses a mount or follows a link.
 fn sweep_dead(tmp: &Path, prefix: &str) {
     use std::os::unix::fs::MetadataExt;
     let (Ok(entries), Ok(top)) = (std::fs::read_dir(tmp), std::fs::metadata(tmp)) else {
@@ -417,21 +417,15 @@ fn sweep_dead(tmp: &Path, prefix: &str) {
             continue;
         }
         let dir = e.path();
-        let ours = |m: &std::fs::Metadata| m.uid() == me && m.dev() == top.dev();
         match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() && ours(&m) => {}
+            Ok(m) if m.is_dir() && m.uid() == me && m.dev() == top.dev() => {}
             _ => continue,
         }
-        let Ok(files) = std::fs::read_dir(&dir) else {
+        let Ok(mut files) = std::fs::read_dir(&dir) else {
             continue;
         };
-        let files: Vec<_> = files.flatten().map(|f| f.path()).collect();
-        let flat = files.iter().all(|f| {
-            std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_file() && ours(&m))
-        });
-        if flat {
-            files.iter().for_each(|f| drop(std::fs::remove_file(f)));
-            let _ = std::fs::remove_dir(&dir);
+        if files.all(|f| f.and_then(|f| f.file_type()).is_ok_and(|t| t.is_file())) {
+            let _ = crate::fs_remove::remove_tree(&dir);
         }
     }
 }

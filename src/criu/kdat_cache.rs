@@ -16,7 +16,6 @@
 use std::ffi::CString;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};

@@ -49,7 +49,7 @@ impl Warm {
     }
 
     /// Waits until the event is open; whether it could be.
-    pub fn is_open(&mut self) -> bool {
+    fn is_open(&mut self) -> bool {
         if let Some(t) = self.thread.take() {
             self.event = t.join().ok().flatten();
         }
