@@ -596,3 +596,63 @@ fn resources_map_as_runc_does() {
     }
     cg.remove().unwrap();
 }
+
+/// `clone3(CLONE_INTO_CGROUP)`: the child is in the cgroup2 directory from
+/// its first instruction (no `cgroup.procs` write, which waits for an RCU
+/// grace period); a descriptor that is no cgroup directory is refused, and
+/// callers then fall back to moving the process.
+#[test]
+fn a_process_forked_into_a_cgroup2_directory_starts_there() {
+    use ferry::cgroups::clone_into::{fork_into, Forked};
+    use std::os::fd::AsFd;
+    require_root!();
+    let Some(root) = cgroup2_root() else {
+        skip("no cgroup2 hierarchy mounted (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified)");
+        return;
+    };
+    let name = unique();
+    let dir = root.join(&name);
+    fs::create_dir(&dir).unwrap();
+    use nix::unistd::Pid;
+    struct Rm(PathBuf, Option<Pid>);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            if let Some(pid) = self.1 {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let mut rm = Rm(dir.clone(), None);
+    let fd = fs::File::open(&dir).unwrap();
+    // SAFETY: the child only waits for its SIGKILL.
+    let pid = match unsafe { fork_into(fd.as_fd(), 0) }.expect("clone3 into the cgroup") {
+        Forked::Child => loop {
+            unsafe { libc::pause() };
+        },
+        Forked::Parent(pid) => pid,
+    };
+    rm.1 = Some(pid);
+    let procs = read(&dir.join("cgroup.procs"));
+    assert_eq!(procs.trim(), pid.to_string(), "cgroup.procs: {procs}");
+    let own = read(Path::new(&format!("/proc/{pid}/cgroup")));
+    assert!(
+        own.lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&format!("/{name}"))),
+        "{own}"
+    );
+    drop(rm);
+
+    let not_a_cgroup = tempfile::tempdir().unwrap();
+    let fd = fs::File::open(not_a_cgroup.path()).unwrap();
+    // SAFETY: as above; the kernel refuses before any child exists.
+    match unsafe { fork_into(fd.as_fd(), 0) } {
+        Ok(Forked::Child) => unsafe { libc::_exit(0) },
+        Ok(Forked::Parent(pid)) => {
+            let _ = nix::sys::wait::waitpid(pid, None);
+            panic!("a directory outside cgroupfs was accepted");
+        }
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}"),
+    }
+}

@@ -7,6 +7,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+#[path = "common/skip.rs"]
+mod skip;
+use skip::skip;
+
 use ferry::criu::{AckAll, Criu, Error, HandlerError, Notify, NotifyHandler, Opts, Version};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::waitpid;
@@ -192,6 +196,72 @@ fn version_is_read_over_rpc() {
     let err = c.require(Version::new(99, 0, 0)).unwrap_err();
     assert!(matches!(err, Error::TooOld { .. }), "{err}");
     assert!(err.to_string().contains(&v.to_string()), "{err}");
+}
+
+/// criu forked straight into a cgroup2 directory (`CLONE_INTO_CGROUP`):
+/// there before it runs a single instruction, so a restore need not move
+/// it; a descriptor the kernel refuses leaves criu where the caller is, and
+/// the caller is told so (it then moves criu itself).
+#[test]
+fn criu_starts_inside_the_cgroup2_directory_it_is_given() {
+    let _s = serial();
+    let Some(root) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.controllers").exists())
+    else {
+        skip("no cgroup2 hierarchy mounted (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified)");
+        return;
+    };
+    let name = format!("ferry-test-criu-{}", std::process::id());
+    let dir = root.join(&name);
+    std::fs::create_dir(&dir).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let c = criu().in_cgroup(File::open(&dir).unwrap().into());
+    let mut seen = None;
+    let started = c
+        .start_checked(Version::new(4, 0, 0), &[], |pid, placed| {
+            seen = Some((
+                placed,
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default(),
+            ));
+            Ok(())
+        })
+        .unwrap();
+    let (placed, cgroup) = seen.unwrap();
+    assert!(placed, "criu was not forked into {}", dir.display());
+    assert!(
+        cgroup
+            .lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&format!("/{name}"))),
+        "{cgroup}"
+    );
+    drop(started);
+
+    let not_a_cgroup = tempfile::tempdir().unwrap();
+    let c = criu().in_cgroup(File::open(not_a_cgroup.path()).unwrap().into());
+    let mut placed = None;
+    let started = c
+        .start_checked(Version::new(4, 0, 0), &[], |_, p| {
+            placed = Some(p);
+            Ok(())
+        })
+        .expect("criu starts where the caller is");
+    assert_eq!(placed, Some(false));
+    drop(started);
+    // Dropped criu processes exit once their socket closes; the directory
+    // is empty again only then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::remove_dir(&dir).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!dir.exists(), "criu still in {}", dir.display());
 }
 
 #[test]

@@ -22,6 +22,7 @@
 //! With the systemd driver ([`Driver::Systemd`], `systemd/`) the directory
 //! is a transient scope systemd makes when the first process joins; the
 //! v2 backend then works in it as in any other.
+pub mod clone_into;
 mod common;
 mod descriptor;
 mod devices;
@@ -156,6 +157,28 @@ impl Cgroup {
 
     pub fn descriptor(&self) -> &CgroupDescriptor {
         &self.backend.handle().desc
+    }
+
+    /// The directory a new process can be forked into
+    /// ([`clone_into::fork_into`]) instead of being moved afterwards: a
+    /// cgroup v2 directory ferry made. `None` on v1 (one directory per
+    /// hierarchy) and for a systemd scope (systemd starts it with the
+    /// process), or when it cannot be opened: the caller then moves the
+    /// process with [`Cgroup::add_task`].
+    pub fn clone_target(&self) -> Option<std::os::fd::OwnedFd> {
+        let desc = self.descriptor();
+        if !desc.is_v2() || desc.systemd.is_some() {
+            return None;
+        }
+        let dir = desc.dirs.get(UNIFIED_KEY)?;
+        nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
     }
 
     /// Moves the whole process `pid` (all its threads) into the cgroup.

@@ -1,5 +1,5 @@
 //! `create`: a container whose init is set up and waits for `start`.
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -10,6 +10,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 
 use super::plan::{Claim, Plan};
 use super::{io, sys, Container, Error, Result};
+use crate::cgroups::clone_into::{fork_into, Forked};
 use crate::cgroups::CgroupDescriptor;
 use crate::hooks::{self, Kind};
 use crate::init::Init;
@@ -82,7 +83,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
     })?;
     let fifos = make_fifos(&claim.dir)?;
     claim.create_cgroup(plan.resources())?;
-    let (pid, channel) = spawn_init(&plan, &claim, &ns, fifos, opts)?;
+    let (pid, channel, placed) = spawn_init(&plan, &claim, &ns, fifos, opts)?;
     claim.rollback.pid = Some(pid.as_raw());
     claim.state.set_init(pid.as_raw());
     claim.save()?;
@@ -91,6 +92,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<Created> {
         channel: &channel,
         pid,
         cgroup: claim.cgroup.clone(),
+        placed,
     };
     let master = init.run(&mut claim, veth.as_ref(), ns.new_user)?;
     if let (Some(m), Some(sock)) = (&master, &opts.console_socket) {
@@ -171,15 +173,16 @@ fn make_fifos(dir: &StateDir) -> Result<(OwnedFd, OwnedFd)> {
     Ok((open_rw(EXEC_FIFO)?, open_rw(EXEC_DONE)?))
 }
 
-/// Clones the container's init in its namespaces; returns it and ferry's
-/// end of the channel to it.
+/// Clones the container's init in its namespaces (and, where the kernel
+/// allows, in its cgroup); returns it, ferry's end of the channel to it and
+/// whether it was cloned into its cgroup.
 fn spawn_init(
     plan: &Plan,
     claim: &Claim,
     ns: &Namespaces,
     (exec_fifo, exec_done): (OwnedFd, OwnedFd),
     opts: &CreateOptions,
-) -> Result<(Pid, sync::Channel)> {
+) -> Result<(Pid, sync::Channel, bool)> {
     // setns on a pid namespace applies to the caller's next children: the
     // guard puts ours back once the init is cloned (or on any error).
     let pid_ns = match &ns.pid {
@@ -212,29 +215,49 @@ fn spawn_init(
         }),
     };
     let mut init = Some(init);
-    let mut stack = vec![0u8; 1 << 20];
     let (lock_fd, parent_fd) = (claim.lock.as_raw_fd(), parent_ch.as_raw_fd());
-    // SAFETY: ferry is single-threaded here; the child only closes its
-    // copies of the lock and of ferry's end of the channel (so both go
-    // with this process: a killed create frees the lock, and the init sees
-    // EOF and exits) and runs `Init::run`, which execs or exits.
-    let pid = unsafe {
-        nix::sched::clone(
-            Box::new(|| {
-                libc::close(lock_fd);
-                libc::close(parent_fd);
-                init.take().expect("init runs once").run()
-            }),
-            &mut stack,
-            ns.clone,
-            Some(libc::SIGCHLD),
-        )
-    }
-    .map_err(sys("clone container init"))?;
+    // SAFETY (both clones): ferry is single-threaded here; the child only
+    // closes its copies of the lock and of ferry's end of the channel (so
+    // both go with this process: a killed create frees the lock, and the
+    // init sees EOF and exits) and runs `Init::run`, which execs or exits.
+    let mut in_child = || -> ! {
+        unsafe {
+            libc::close(lock_fd);
+            libc::close(parent_fd);
+        }
+        init.take().expect("init runs once").run()
+    };
+    let into = claim.made_cgroup().clone_target().map(|dir| {
+        // SAFETY: see above.
+        unsafe { fork_into(dir.as_fd(), ns.clone.bits()) }
+    });
+    let (pid, placed) = match into {
+        Some(Ok(Forked::Child)) => in_child(),
+        Some(Ok(Forked::Parent(pid))) => (pid, true),
+        other => {
+            if let Some(Err(e)) = other {
+                // Moved once it runs instead, which reports what the
+                // cgroup itself refuses.
+                tracing::debug!(error = %e, "init not cloned into its cgroup");
+            }
+            let mut stack = vec![0u8; 1 << 20];
+            // SAFETY: see above.
+            let pid = unsafe {
+                nix::sched::clone(
+                    Box::new(|| in_child()),
+                    &mut stack,
+                    ns.clone,
+                    Some(libc::SIGCHLD),
+                )
+            }
+            .map_err(sys("clone container init"))?;
+            (pid, false)
+        }
+    };
     // The child owns its copies; ours must close so EOF/ENXIO work.
     drop(init);
     drop(pid_ns);
-    Ok((pid, parent_ch))
+    Ok((pid, parent_ch, placed))
 }
 
 /// ferry's side of the init's setup, step by step over the channel.
@@ -244,6 +267,8 @@ struct InitSetup<'a> {
     pid: Pid,
     /// Where the kernel counts OOM kills.
     cgroup: CgroupDescriptor,
+    /// The init was cloned into its cgroup: no move needed.
+    placed: bool,
 }
 
 impl InitSetup<'_> {
@@ -266,7 +291,9 @@ impl InitSetup<'_> {
             Some(Msg::NsReady) => {}
             other => return Err(self.child_error(other)),
         }
-        claim.made_cgroup().add_task(pid.as_raw())?;
+        if !self.placed {
+            claim.made_cgroup().add_task(pid.as_raw())?;
+        }
         if let Some(adj) = self
             .plan
             .spec

@@ -10,6 +10,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::{sys, Container, Error, Result, Status};
+use crate::cgroups::clone_into::{fork_into, Forked};
 use crate::process::{self, Failure};
 use crate::sync::{self, Channel, Msg};
 
@@ -106,18 +107,38 @@ impl Container {
             }),
         };
         let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
-        // SAFETY: single-threaded; the child execs or exits.
-        let relay = match unsafe { fork() }.map_err(sys("fork"))? {
-            ForkResult::Child => {
+        // Forked into the container's cgroup where the kernel allows, else
+        // moved there by the handshake (which reports what the cgroup
+        // refuses).
+        let into = cgroup.clone_target().map(|dir| {
+            // SAFETY: single-threaded; the child execs or exits.
+            unsafe { fork_into(dir.as_fd(), 0) }
+        });
+        let (relay, placed) = match into {
+            Some(Ok(Forked::Child)) => {
                 drop(parent_ch);
                 child.run(child_ch)
             }
-            ForkResult::Parent { child } => child,
+            Some(Ok(Forked::Parent(pid))) => (pid, true),
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::debug!(error = %e, "not forked into the container's cgroup");
+                }
+                // SAFETY: single-threaded; the child execs or exits.
+                match unsafe { fork() }.map_err(sys("fork"))? {
+                    ForkResult::Child => {
+                        drop(parent_ch);
+                        child.run(child_ch)
+                    }
+                    ForkResult::Parent { child } => (child, false),
+                }
+            }
         };
         drop(child_ch);
         // In a frozen cgroup the process waits for the thaw, however long.
         let timeout = (status != Status::Paused).then_some(super::create::INIT_TIMEOUT);
-        let (pid, master) = handshake(&parent_ch, relay, &cgroup, timeout).inspect_err(|_| {
+        let joined = (!placed).then_some(&cgroup);
+        let (pid, master) = handshake(&parent_ch, relay, joined, timeout).inspect_err(|_| {
             let _ = nix::sys::signal::kill(relay, nix::sys::signal::Signal::SIGKILL);
             let _ = waitpid(relay, None);
         })?;
@@ -207,14 +228,15 @@ impl Terminal {
     }
 }
 
-/// The parent's side: puts the relay in the cgroup, lets it go on, and
+/// The parent's side: puts the relay in `cgroup` (unless it was forked
+/// there), lets it go on, and
 /// waits until the process in the container has exec'ed (its copy of the
 /// CLOEXEC channel closes). Returns that process's pid and the master of
 /// its terminal, if it has one.
 fn handshake(
     ch: &Channel,
     relay: Pid,
-    cgroup: &crate::cgroups::Cgroup,
+    cgroup: Option<&crate::cgroups::Cgroup>,
     timeout: Option<std::time::Duration>,
 ) -> Result<(Pid, Option<OwnedFd>)> {
     // The process answers at once once it joined the namespaces;
@@ -222,7 +244,9 @@ fn handshake(
     ch.set_recv_timeout(timeout)?;
     // The exec'd process forks again to enter the pid namespace;
     // its cgroup is joined by the first child before anything runs.
-    cgroup.add_task(relay.as_raw())?;
+    if let Some(cgroup) = cgroup {
+        cgroup.add_task(relay.as_raw())?;
+    }
     ch.send(&Msg::Go {
         state_json: String::new(),
         cgroup_dirs: Vec::new(),

@@ -502,13 +502,19 @@ fn start_criu(
         None => criu.clone(),
     };
     let cgroup = claim.rollback.cgroup.as_ref().expect("cgroup created");
+    // criu restores into the cgroup it runs in; the image's cgroup tree is
+    // re-rooted there.
+    let criu = match cgroup.clone_target() {
+        Some(dir) => criu.in_cgroup(dir),
+        None => criu,
+    };
     let mut cg_roots = Vec::new();
-    let started = criu.start_checked(criu::MIN_VERSION, keep, |criu_pid| {
-        // criu restores into the cgroup it runs in; the image's cgroup
-        // tree is re-rooted there.
-        cgroup
-            .add_task(criu_pid as i32)
-            .map_err(criu::HandlerError::new)?;
+    let started = criu.start_checked(criu::MIN_VERSION, keep, |criu_pid, placed| {
+        if !placed {
+            cgroup
+                .add_task(criu_pid as i32)
+                .map_err(criu::HandlerError::new)?;
+        }
         cg_roots = cgroup_roots(criu_pid).map_err(criu::HandlerError::new)?;
         Ok(())
     })?;

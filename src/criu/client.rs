@@ -66,6 +66,7 @@ impl Criu {
         Ok(Criu {
             binary: find_binary()?,
             netns: None,
+            cgroup: None,
         })
     }
 
@@ -73,6 +74,7 @@ impl Criu {
         Criu {
             binary: binary.into(),
             netns: None,
+            cgroup: None,
         }
     }
 
@@ -85,14 +87,23 @@ impl Criu {
         }
     }
 
+    /// The same installation, forked into the cgroup v2 directory `dir`
+    /// where the kernel allows (see [`Criu::cgroup`]).
+    pub fn in_cgroup(self, dir: std::os::fd::OwnedFd) -> Criu {
+        Criu {
+            cgroup: Some(std::sync::Arc::new(dir)),
+            ..self
+        }
+    }
+
     /// Starts a swrk session for several requests; `fds` are inherited.
     pub fn session(&self, fds: InheritFds) -> Result<Session> {
-        use std::os::fd::AsRawFd;
-        Session::spawn(
-            &self.binary,
-            fds,
-            self.netns.as_ref().map(|n| n.as_raw_fd()),
-        )
+        use std::os::fd::{AsFd, AsRawFd};
+        let netns = self.netns.as_ref().map(|n| n.as_raw_fd());
+        match &self.cgroup {
+            Some(dir) => Session::spawn_into(&self.binary, fds, netns, dir.as_fd()),
+            None => Session::spawn(&self.binary, fds, netns),
+        }
     }
 
     /// Runs one request in a fresh criu and reaps it.
@@ -142,27 +153,29 @@ impl Criu {
         on_start: &mut OnStart,
     ) -> Result<Response> {
         let mut opts = req.opts.take();
-        let started =
-            self.start_checked(min, &inherited(fds, &req), |pid| on_start(pid, &mut opts))?;
+        let started = self.start_checked(min, &inherited(fds, &req), |pid, _| {
+            on_start(pid, &mut opts)
+        })?;
         req.opts = opts;
         started.call(req, handler)
     }
 
-    /// Starts criu with `fds` inherited, runs `on_start` with its pid as
-    /// soon as it runs (a cgroup move, which waits for an RCU grace period,
-    /// then overlaps criu's own start), and checks its version: a criu
-    /// ready for one request, which may come much later.
+    /// Starts criu with `fds` inherited, runs `on_start` with its pid, and
+    /// whether it was forked into [`Criu::cgroup`], as soon as it runs (a
+    /// cgroup move, which waits for an RCU grace period, then overlaps
+    /// criu's own start), and checks its version: a criu ready for one
+    /// request, which may come much later.
     pub fn start_checked(
         &self,
         min: Version,
         fds: InheritFds,
-        on_start: impl FnOnce(u32) -> std::result::Result<(), HandlerError>,
+        on_start: impl FnOnce(u32, bool) -> std::result::Result<(), HandlerError>,
     ) -> Result<Started> {
         let mut session = self.session(fds)?;
         let pid = session
             .pid()
             .ok_or_else(|| Error::Protocol("criu exited as it started".into()))?;
-        on_start(pid).map_err(|source| Error::Prepare { source })?;
+        on_start(pid, session.in_cgroup()).map_err(|source| Error::Prepare { source })?;
         let resp = session.request(
             Request::new(ReqType::VERSION, None).keep_open(true),
             &mut AckAll,

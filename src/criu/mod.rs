@@ -75,6 +75,11 @@ pub struct Criu {
     /// namespace and walks no conntrack table, and restores the tree into
     /// the namespace it runs in.
     pub netns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// A cgroup v2 directory criu is forked into (`CLONE_INTO_CGROUP`)
+    /// instead of being moved there once it runs, which waits for an RCU
+    /// grace period; where the kernel refuses, it starts where the caller
+    /// is (see [`Criu::start_checked`]).
+    pub cgroup: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// File descriptors criu must inherit at the same numbers (besides the fds

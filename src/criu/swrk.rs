@@ -5,7 +5,7 @@ use std::io::{IoSliceMut, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
@@ -110,10 +110,49 @@ pub(crate) struct Exchange {
 /// A running `criu swrk`. Dropping it closes the socket and reaps criu.
 pub struct Session {
     sock: Option<OwnedFd>,
-    child: Option<Child>,
+    child: Option<CriuProcess>,
     stderr: File,
     binary: PathBuf,
     exit: Option<ExitStatus>,
+    /// Whether criu was forked into the cgroup it was asked to start in.
+    in_cgroup: bool,
+}
+
+/// criu's process, reaped by pid: it is not always std's child.
+struct CriuProcess {
+    pid: i32,
+}
+
+impl CriuProcess {
+    fn wait_flags(&self, flags: libc::c_int) -> std::io::Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = 0;
+        loop {
+            // SAFETY: plain system call on our own child.
+            match unsafe { libc::waitpid(self.pid, &mut status, flags) } {
+                0 => return Ok(None),
+                -1 if nix::errno::Errno::last() == nix::errno::Errno::EINTR => continue,
+                -1 => return Err(std::io::Error::last_os_error()),
+                _ => return Ok(Some(ExitStatus::from_raw(status))),
+            }
+        }
+    }
+
+    fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
+        self.wait_flags(libc::WNOHANG)
+    }
+
+    fn wait(&self) -> std::io::Result<ExitStatus> {
+        self.wait_flags(0)?
+            .ok_or_else(|| std::io::Error::other("waitpid returned no status"))
+    }
+
+    fn kill(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 impl Session {
@@ -123,20 +162,32 @@ impl Session {
     /// With `netns` (an open namespace file), criu runs in that network
     /// namespace.
     pub fn spawn(binary: &Path, keep_fds: &[RawFd], netns: Option<RawFd>) -> Result<Session> {
-        Session::spawn_with(binary, keep_fds, false, netns, None)
+        Session::spawn_with(binary, keep_fds, false, netns, None, None)
+    }
+
+    /// Like [`Session::spawn`], with criu forked into the cgroup v2
+    /// directory `cgroup` (see [`crate::cgroups::clone_into`]) where the
+    /// kernel allows; [`Session::in_cgroup`] says whether it was.
+    pub fn spawn_into(
+        binary: &Path,
+        keep_fds: &[RawFd],
+        netns: Option<RawFd>,
+        cgroup: BorrowedFd<'_>,
+    ) -> Result<Session> {
+        Session::spawn_with(binary, keep_fds, false, netns, None, Some(cgroup))
     }
 
     /// Like [`Session::spawn`], with criu leading a process group of its
     /// own (whose ID is its pid): what it forks off (a page server) stays
     /// in that group, so it can be found after criu is gone.
     pub fn spawn_in_own_group(binary: &Path, keep_fds: &[RawFd]) -> Result<Session> {
-        Session::spawn_with(binary, keep_fds, true, None, None)
+        Session::spawn_with(binary, keep_fds, true, None, None, None)
     }
 
     /// Starts criu in a mount namespace of its own where `run_dir` is mounted on `/run`: it
     /// writes its kernel-facts cache there (see [`super::kdat_cache`]).
     pub(crate) fn spawn_with_run_dir(binary: &Path, run_dir: CString) -> Result<Session> {
-        Session::spawn_with(binary, &[], false, None, Some(run_dir))
+        Session::spawn_with(binary, &[], false, None, Some(run_dir), None)
     }
 
     fn spawn_with(
@@ -145,6 +196,7 @@ impl Session {
         own_group: bool,
         netns: Option<RawFd>,
         run_dir: Option<CString>,
+        cgroup: Option<BorrowedFd<'_>>,
     ) -> Result<Session> {
         if run_dir.is_none() {
             super::kdat_cache::ensure(binary);
@@ -187,6 +239,25 @@ impl Session {
 
         let mut keep: Vec<RawFd> = keep_fds.to_vec();
         keep.push(theirs.as_raw_fd());
+        if let Some(cg) = cgroup {
+            match fork_exec_into(cg, binary, &keep, theirs.as_raw_fd(), &stderr, netns) {
+                Ok(pid) => {
+                    drop(theirs);
+                    debug!(pid, binary = %binary.display(), inherited = ?keep_fds, "criu swrk started in its cgroup");
+                    return Ok(Session {
+                        sock: Some(ours),
+                        child: Some(CriuProcess { pid }),
+                        stderr,
+                        binary: binary.to_path_buf(),
+                        exit: None,
+                        in_cgroup: true,
+                    });
+                }
+                // Moved once it runs instead, which reports what the
+                // cgroup itself refuses.
+                Err(e) => debug!(error = %e, "criu not forked into its cgroup"),
+            }
+        }
         let mut cmd = Command::new(binary);
         cmd.arg("swrk")
             .arg(theirs.as_raw_fd().to_string())
@@ -240,19 +311,30 @@ impl Session {
             source,
         })?;
         drop(theirs);
-        debug!(pid = child.id(), binary = %binary.display(), inherited = ?keep_fds, "criu swrk started");
+        let pid = child.id() as i32;
+        // Reaped by pid from here on (std's handle neither waits nor kills
+        // when dropped).
+        drop(child);
+        debug!(pid, binary = %binary.display(), inherited = ?keep_fds, "criu swrk started");
         Ok(Session {
             sock: Some(ours),
-            child: Some(child),
+            child: Some(CriuProcess { pid }),
             stderr,
             binary: binary.to_path_buf(),
             exit: None,
+            in_cgroup: false,
         })
     }
 
     /// The swrk process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(|c| c.pid as u32)
+    }
+
+    /// Whether criu was forked into the cgroup [`Session::spawn_into`]
+    /// named (else the caller moves it).
+    pub fn in_cgroup(&self) -> bool {
+        self.in_cgroup
     }
 
     pub fn binary(&self) -> &Path {
@@ -354,11 +436,11 @@ impl Session {
     /// within a few seconds). Idempotent.
     pub fn wait(&mut self) -> Option<ExitStatus> {
         self.sock = None;
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             let deadline = Instant::now() + EXIT_GRACE;
             // Woken the moment criu exits: a sleep between looks added up
             // to its length to every call, a migration's restore included.
-            let pidfd = crate::proc::pidfd_open(child.id() as i32).ok();
+            let pidfd = crate::proc::pidfd_open(child.pid).ok();
             let status = loop {
                 match child.try_wait() {
                     Ok(Some(s)) => break Some(s),
@@ -369,8 +451,8 @@ impl Session {
                         None => std::thread::sleep(Duration::from_millis(5)),
                     },
                     Ok(None) => {
-                        debug!(pid = child.id(), "criu did not exit, killing it");
-                        let _ = child.kill();
+                        debug!(pid = child.pid, "criu did not exit, killing it");
+                        child.kill();
                         break child.wait().ok();
                     }
                     Err(_) => break None,
@@ -386,6 +468,117 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.wait();
+    }
+}
+
+/// Forks criu into `cgroup` and execs `binary swrk <sock>` there, with
+/// what [`Session::spawn_with`]'s `Command` sets up: `keep` inherited at
+/// their numbers, everything else closed, stdin and stdout on /dev/null,
+/// stderr on `stderr`, the default signal mask and SIGPIPE action, the
+/// network namespace `netns`. Returns criu's pid once it has exec'd.
+fn fork_exec_into(
+    cgroup: BorrowedFd<'_>,
+    binary: &Path,
+    keep: &[RawFd],
+    sock: RawFd,
+    stderr: &File,
+    netns: Option<RawFd>,
+) -> std::io::Result<i32> {
+    use crate::cgroups::clone_into::{fork_into, Forked};
+    use std::os::unix::ffi::OsStrExt;
+    let prog = CString::new(binary.as_os_str().as_bytes())?;
+    let sock_arg = CString::new(sock.to_string())?;
+    let argv = [
+        prog.as_ptr(),
+        c"swrk".as_ptr(),
+        sock_arg.as_ptr(),
+        std::ptr::null(),
+    ];
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let child = ChildSetup {
+        argv: &argv,
+        keep,
+        devnull: devnull.as_raw_fd(),
+        stderr: stderr.as_raw_fd(),
+        netns,
+        report: err_w.as_raw_fd(),
+    };
+    // SAFETY: the child only makes async-signal-safe system calls, then
+    // execs or exits (ChildSetup::exec).
+    let pid = match unsafe { fork_into(cgroup, 0)? } {
+        Forked::Child => unsafe { child.exec() },
+        Forked::Parent(pid) => pid.as_raw(),
+    };
+    drop(err_w);
+    // The report pipe closes at the exec; an errno comes first if it failed.
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    let mut r = File::from(err_r);
+    while got < errno.len() {
+        match r.read(&mut errno[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got == 0 {
+        return Ok(pid);
+    }
+    let _ = CriuProcess { pid }.wait();
+    Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+}
+
+/// What criu's child side of [`fork_exec_into`] needs, prepared before the
+/// fork: nothing is allocated after it.
+struct ChildSetup<'a> {
+    argv: &'a [*const libc::c_char; 4],
+    keep: &'a [RawFd],
+    devnull: RawFd,
+    stderr: RawFd,
+    netns: Option<RawFd>,
+    report: RawFd,
+}
+
+impl ChildSetup<'_> {
+    /// # Safety
+    /// Only in the child of a fork.
+    unsafe fn exec(&self) -> ! {
+        // SAFETY: async-signal-safe system calls on the child's own state.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            let ok = libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) == 0
+                && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
+                && self
+                    .netns
+                    .is_none_or(|ns| libc::setns(ns, libc::CLONE_NEWNET) == 0);
+            if ok {
+                close_others_on_exec();
+                let kept = self.keep.iter().all(|&fd| {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == 0
+                });
+                if kept
+                    && libc::dup2(self.devnull, 0) == 0
+                    && libc::dup2(self.devnull, 1) == 1
+                    && libc::dup2(self.stderr, 2) == 2
+                {
+                    libc::execv(self.argv[0], self.argv.as_ptr());
+                }
+            }
+            let errno = *libc::__errno_location();
+            libc::write(
+                self.report,
+                (&errno as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>(),
+            );
+            libc::_exit(127)
+        }
     }
 }
 
