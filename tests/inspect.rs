@@ -610,6 +610,18 @@ fn check_json_agrees_with_criu() {
         "v1"
     };
     assert_eq!(v["cgroups"], expect);
+    // A new process is forked into its cgroup on v2, moved on v1; a move
+    // waits for an RCU grace period unless a hierarchy has favordynmods.
+    let join = v["cgroup_join"].as_str().unwrap_or_default();
+    let favored = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" cgroup") && l.contains("favordynmods"));
+    match (v2, favored) {
+        (true, _) => assert!(join.starts_with("forked into it"), "{join}"),
+        (false, true) => assert!(join.contains("without waiting"), "{join}"),
+        (false, false) => assert!(join.contains("waits for an RCU grace period"), "{join}"),
+    }
     assert_eq!(
         v["kernel"]["release"],
         std::fs::read_to_string("/proc/sys/kernel/osrelease")

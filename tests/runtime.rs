@@ -165,9 +165,30 @@ fn exec_ps_events_and_update() {
         v["hostname"] = json!("inside");
         v["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}, "pids": {"limit": 50}});
     });
-    env.ok(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    let log = env.work.path().join("debug.log");
+    let log_args = ["--debug", "--log", log.to_str().unwrap()];
+    env.ok(&[
+        &log_args[..],
+        &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
+    ]
+    .concat());
     // exec joins the container's namespaces: its hostname and its pid 1.
-    assert_eq!(env.ok(&["exec", &id, "hostname"]).trim(), "inside");
+    assert_eq!(
+        env.ok(&[&log_args[..], &["exec", &id, "hostname"]].concat())
+            .trim(),
+        "inside"
+    );
+    // On a cgroup v2 host both were forked straight into the container's
+    // cgroup (no move, which waits for an RCU grace period); on v1 moved.
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for what in ["container init cloned", "exec relay forked"] {
+        let line = logged
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{logged}"));
+        assert!(line.contains(&format!("placed={v2}")), "{line}");
+    }
     assert_eq!(
         env.ok(&["exec", &id, "cat", "/proc/1/cmdline"])
             .replace('\0', " ")

@@ -82,6 +82,10 @@ pub struct Report {
     /// The controllers a container's cgroup gets here (measured).
     #[serde(default)]
     pub cgroup_controllers: Vec<String>,
+    /// How a new process gets into a container's cgroup here, and whether
+    /// that waits for an RCU grace period.
+    #[serde(default)]
+    pub cgroup_join: Option<String>,
     /// Network lock methods CRIU can use here, in preference order.
     pub network_lock_methods: Vec<String>,
     pub capabilities: Vec<Capability>,
@@ -180,12 +184,13 @@ fn on_path(name: &str) -> Option<PathBuf> {
 pub fn run() -> Report {
     let kernel = kernel();
     let cgroups = CgroupLayout::host();
-    let (cgroup_controllers, cgroup_caps) = cgroups::probe();
+    let (cgroup_controllers, cgroup_join, cgroup_caps) = cgroups::probe();
     let criu = match Criu::new() {
         Ok(c) => c,
         Err(e) => {
             let mut r = without_criu(kernel, cgroups, e.to_string());
             r.cgroup_controllers = cgroup_controllers;
+            r.cgroup_join = cgroup_join;
             r.capabilities
                 .retain(|c| !cgroup_caps.iter().any(|m| m.name == c.name));
             r.capabilities.extend(cgroup_caps);
@@ -234,6 +239,7 @@ pub fn run() -> Report {
         kernel,
         cgroups,
         cgroup_controllers,
+        cgroup_join,
         network_lock_methods: methods,
         capabilities: caps,
     }
@@ -253,6 +259,7 @@ fn without_criu(kernel: Kernel, cgroups: CgroupLayout, reason: String) -> Report
         kernel,
         cgroups,
         cgroup_controllers: Vec::new(),
+        cgroup_join: None,
         network_lock_methods: Vec::new(),
         capabilities: CAPABILITIES
             .iter()

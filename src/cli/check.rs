@@ -49,6 +49,9 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<i32> {
                 "          a container's cgroup gets: {}\n",
                 r.cgroup_controllers.join(" ")
             );
+            if let Some(j) = &r.cgroup_join {
+                s += &format!("          a new process joins it: {j}\n");
+            }
             for cap in &r.capabilities {
                 let status = match cap.status {
                     Status::Works => "works",

@@ -254,6 +254,7 @@ fn spawn_init(
             (pid, false)
         }
     };
+    tracing::debug!(%pid, placed, "container init cloned");
     // The child owns its copies; ours must close so EOF/ENXIO work.
     drop(init);
     drop(pid_ns);

@@ -135,6 +135,7 @@ impl Container {
             }
         };
         drop(child_ch);
+        tracing::debug!(%relay, placed, "exec relay forked");
         // In a frozen cgroup the process waits for the thaw, however long.
         let timeout = (status != Status::Paused).then_some(super::create::INIT_TIMEOUT);
         let joined = (!placed).then_some(&cgroup);
