@@ -603,7 +603,7 @@ fn resources_map_as_runc_does() {
 /// callers then fall back to moving the process.
 #[test]
 fn a_process_forked_into_a_cgroup2_directory_starts_there() {
-    use ferry::cgroups::clone_into::{fork_into, Forked};
+    use ferry::cgroups::clone_into::{child_body, fork_into, Forked};
     use std::os::fd::AsFd;
     require_root!();
     let Some(root) = cgroup2_root() else {
@@ -642,6 +642,22 @@ fn a_process_forked_into_a_cgroup2_directory_starts_there() {
             .any(|l| l.starts_with("0::") && l.ends_with(&format!("/{name}"))),
         "{own}"
     );
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+    rm.1 = None;
+
+    // A child that panics ends with 127; it never unwinds into this
+    // test's frames (which would go on running the test in the child).
+    // SAFETY: the child only panics (this thread's own allocator state and
+    // output capture).
+    let pid = match unsafe { fork_into(fd.as_fd(), 0) }.expect("clone3 into the cgroup") {
+        Forked::Child => child_body(|| panic!("deliberate panic in a forked child")),
+        Forked::Parent(pid) => pid,
+    };
+    rm.1 = Some(pid);
+    let status = nix::sys::wait::waitpid(pid, None).unwrap();
+    rm.1 = None;
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 127));
     drop(rm);
 
     let not_a_cgroup = tempfile::tempdir().unwrap();

@@ -44,10 +44,11 @@ pub enum Forked {
 /// cgroup's own error.
 ///
 /// # Safety
-/// As `fork`: in a process with other threads the child may only make
-/// async-signal-safe calls (no allocation, no locks, no `setgroups`
-/// through glibc, which waits for the parent's other threads) until it
-/// execs or exits, and it must end with `_exit` or an exec.
+/// As `fork`, and more: glibc's fork handlers do not run, so in a process
+/// with other threads the child may only make async-signal-safe calls (no
+/// allocation, no locks, no `setgroups` through glibc, which waits for the
+/// parent's other threads) until it execs or exits. The child must never
+/// return into the caller's frames (see [`child_body`]).
 pub unsafe fn fork_into(cgroup: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<Forked> {
     let args = CloneArgs {
         // The namespace bits are all in the low 32.
@@ -69,6 +70,21 @@ pub unsafe fn fork_into(cgroup: BorrowedFd<'_>, flags: libc::c_int) -> io::Resul
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
     }
+}
+
+/// Runs a forked child's `body`, which execs or exits; a panic in it ends
+/// the child with status 127 instead of unwinding into the parent's frames
+/// copied onto its stack (whose destructors would undo the parent's work).
+pub fn child_body(body: impl FnOnce() -> std::convert::Infallible) -> ! {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    // SAFETY: ends this process without running anything of the parent's.
+    unsafe { libc::_exit(127) }
+}
+
+/// Whether this process has one thread: a child of [`fork_into`] may then
+/// allocate (no other thread can hold a lock of the allocator).
+pub fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
 }
 
 #[cfg(test)]

@@ -160,8 +160,8 @@ impl Cgroup {
     }
 
     /// The directory a new process can be forked into
-    /// ([`clone_into::fork_into`]) instead of being moved afterwards: a
-    /// cgroup v2 directory ferry made. `None` on v1 (one directory per
+    /// ([`clone_into::fork_into`]) instead of being moved afterwards: the
+    /// cgroup v2 directory of the cgroupfs driver. `None` on v1 (one directory per
     /// hierarchy) and for a systemd scope (systemd starts it with the
     /// process), or when it cannot be opened: the caller then moves the
     /// process with [`Cgroup::add_task`].

@@ -10,7 +10,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 
 use super::plan::{Claim, Plan};
 use super::{io, sys, Container, Error, Result};
-use crate::cgroups::clone_into::{fork_into, Forked};
+use crate::cgroups::clone_into::{child_body, fork_into, Forked};
 use crate::cgroups::CgroupDescriptor;
 use crate::hooks::{self, Kind};
 use crate::init::Init;
@@ -225,7 +225,8 @@ fn spawn_init(
             libc::close(lock_fd);
             libc::close(parent_fd);
         }
-        init.take().expect("init runs once").run()
+        let init = init.take().expect("init runs once");
+        child_body(|| init.run())
     };
     let into = claim.made_cgroup().clone_target().map(|dir| {
         // SAFETY: see above.

@@ -10,7 +10,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::{sys, Container, Error, Result, Status};
-use crate::cgroups::clone_into::{fork_into, Forked};
+use crate::cgroups::clone_into::{child_body, fork_into, single_threaded, Forked};
 use crate::process::{self, Failure};
 use crate::sync::{self, Channel, Msg};
 
@@ -110,14 +110,19 @@ impl Container {
         // Forked into the container's cgroup where the kernel allows, else
         // moved there by the handshake (which reports what the cgroup
         // refuses).
-        let into = cgroup.clone_target().map(|dir| {
-            // SAFETY: single-threaded; the child execs or exits.
-            unsafe { fork_into(dir.as_fd(), 0) }
-        });
+        // The relay's code allocates: only without other threads (glibc's
+        // fork handlers do not run for this fork).
+        let into = cgroup
+            .clone_target()
+            .filter(|_| single_threaded())
+            .map(|dir| {
+                // SAFETY: single-threaded; the child execs or exits.
+                unsafe { fork_into(dir.as_fd(), 0) }
+            });
         let (relay, placed) = match into {
             Some(Ok(Forked::Child)) => {
                 drop(parent_ch);
-                child.run(child_ch)
+                child_body(|| child.run(child_ch))
             }
             Some(Ok(Forked::Parent(pid))) => (pid, true),
             other => {
@@ -128,7 +133,7 @@ impl Container {
                 match unsafe { fork() }.map_err(sys("fork"))? {
                     ForkResult::Child => {
                         drop(parent_ch);
-                        child.run(child_ch)
+                        child_body(|| child.run(child_ch))
                     }
                     ForkResult::Parent { child } => (child, false),
                 }
@@ -230,10 +235,9 @@ impl Terminal {
 }
 
 /// The parent's side: puts the relay in `cgroup` (unless it was forked
-/// there), lets it go on, and
-/// waits until the process in the container has exec'ed (its copy of the
-/// CLOEXEC channel closes). Returns that process's pid and the master of
-/// its terminal, if it has one.
+/// there), lets it go on, and waits until the process in the container has
+/// exec'ed (its copy of the CLOEXEC channel closes). Returns that process's
+/// pid and the master of its terminal, if it has one.
 fn handshake(
     ch: &Channel,
     relay: Pid,

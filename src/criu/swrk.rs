@@ -2,7 +2,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{IoSliceMut, Read, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -240,6 +240,10 @@ impl Session {
         let mut keep: Vec<RawFd> = keep_fds.to_vec();
         keep.push(theirs.as_raw_fd());
         if let Some(cg) = cgroup {
+            debug_assert!(
+                !own_group && run_dir.is_none(),
+                "not done by fork_exec_into"
+            );
             match fork_exec_into(cg, binary, &keep, theirs.as_raw_fd(), &stderr, netns) {
                 Ok(pid) => {
                     drop(theirs);
@@ -342,7 +346,6 @@ impl Session {
     }
 
     fn sock(&self) -> Result<BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
         self.sock
             .as_ref()
             .map(|s| s.as_fd())
@@ -494,10 +497,21 @@ fn fork_exec_into(
         sock_arg.as_ptr(),
         std::ptr::null(),
     ];
+    // Both above 2, so that the child's dup2 onto 0-2 never overwrites one
+    // of them (or leaves a close-on-exec copy in place).
+    let above_stdio = |fd: BorrowedFd<'_>| -> std::io::Result<OwnedFd> {
+        Ok(
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+                // SAFETY: F_DUPFD returned a new descriptor we own.
+                .map(|n| unsafe { OwnedFd::from_raw_fd(n) })?,
+        )
+    };
     let devnull = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
+    let devnull = above_stdio(devnull.as_fd())?;
+    let stderr = above_stdio(stderr.as_fd())?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let child = ChildSetup {
         argv: &argv,
@@ -523,7 +537,14 @@ fn fork_exec_into(
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Whether it exec'd is unknown: it must not live on beside
+                // the criu the caller starts instead.
+                let criu = CriuProcess { pid };
+                criu.kill();
+                let _ = criu.wait();
+                return Err(e);
+            }
         }
     }
     if got == 0 {
@@ -552,7 +573,7 @@ impl ChildSetup<'_> {
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            let ok = libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) == 0
+            let ok = libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) == 0
                 && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
                 && self
                     .netns
@@ -630,7 +651,6 @@ mod tests {
     use super::*;
     use nix::sys::socket::{sendmsg, ControlMessage};
     use std::io::IoSlice;
-    use std::os::fd::AsFd;
 
     fn pair() -> (OwnedFd, OwnedFd) {
         socketpair(
