@@ -122,6 +122,11 @@ fn check_measures_what_a_containers_cgroup_can_do() {
         .iter()
         .find(|c| c["name"] == "cgroup-namespace")
         .unwrap();
+    // A new process is forked into its cgroup on v2 (clone3
+    // CLONE_INTO_CGROUP), moved on v1.
+    let join = v["cgroup_join"].as_str().unwrap_or_default();
+    let expected = if v2() { "forked into it" } else { "moved" };
+    assert!(join.starts_with(expected), "{join}");
     if v2() {
         // The guest mounts cgroup2 with nsdelegate, as systemd does.
         assert!(

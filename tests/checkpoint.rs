@@ -401,7 +401,10 @@ fn restored_veth_is_held_until_criu_unlocks() {
             serde_json::from_str(&env.ok(&["inspect", "--format", "json", s(&images)])).unwrap();
         assert_eq!(inv["network_lock_method"], "skip");
         // Watches the host end while the restore runs, until told to stop
-        // (or for a minute at most, should this test fail first).
+        // (or for a minute at most, should this test fail first): one `ip`
+        // answering a stream of queries, a sample every few tens of
+        // microseconds (an `ip` started per sample took milliseconds, as
+        // long as the whole hold of a fast restore).
         let watch_log = env.work.path().join(format!("watch{round}.log"));
         let stop = env.work.path().join(format!("watch{round}.stop"));
         let mut watcher = host
@@ -411,9 +414,10 @@ fn restored_veth_is_held_until_criu_unlocks() {
                 "sh",
                 "-c",
                 &format!(
-                    "while [ ! -e {} ]; do ip addr show dev fh{tag} 2>/dev/null | tr '\\n' ' '; echo; done > {}",
+                    "yes 'addr show dev fh{tag}' | ip -br -force -batch - > {} 2>/dev/null & p=$!; \
+                     while [ ! -e {} ]; do sleep 0.02; done; kill $p",
+                    watch_log.display(),
                     stop.display(),
-                    watch_log.display()
                 ),
             ])
             .spawn()
@@ -427,15 +431,28 @@ fn restored_veth_is_held_until_criu_unlocks() {
         std::fs::write(&stop, "").unwrap();
         let _ = watcher.wait();
         if !hooks && lock != "skip" {
-            // Down, with its address, from its creation to CRIU's unlock
-            // (a pair made up gets its address microseconds before it
-            // goes up: one such sample at most).
+            // Down, with its address, from its creation to CRIU's unlock:
+            // about 16 ms and 2300 samples here (a pair made up gets its
+            // address tens of microseconds before it goes up: a few
+            // samples). `ip -br` names the operational state: DOWN while
+            // the host end is held.
             let seen = std::fs::read_to_string(&watch_log).unwrap();
             let held = seen
                 .lines()
-                .filter(|l| !l.contains(",UP") && l.contains("10.77.8.1/24"))
+                .filter(|l| {
+                    l.split_whitespace().nth(1) == Some("DOWN") && l.contains("10.77.8.1/24")
+                })
                 .count();
-            assert!(held >= 2, "the host end was not held down: {seen}");
+            // Then up (UP, or LOWERLAYERDOWN for a moment until its peer is).
+            let up = seen
+                .lines()
+                .filter(|l| l.split_whitespace().nth(1).is_some_and(|s| s != "DOWN"))
+                .count();
+            assert!(
+                held >= 100 && up > 0,
+                "the host end was not held down ({held} samples down with its address, {up} up): {}",
+                seen.lines().filter(|l| !l.is_empty()).take(40).collect::<Vec<_>>().join("\n")
+            );
         }
         if hooks {
             let at_hook = last_hook_run();

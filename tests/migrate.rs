@@ -632,16 +632,21 @@ fn tmpfs_contents_cross_before_the_freeze() {
         let data = w.work.path().join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
         // Ticking, the count lives in /dev/shm: a copy older than the
-        // freeze would make it go back.
-        let next = if tick {
-            "i=$(($(cat /dev/shm/tick) + 1)); echo $i > /dev/shm/tick"
+        // freeze would make it go back. It ticks every few milliseconds,
+        // so that /dev/shm surely changes between the early copy and the
+        // freeze (shipping the early copy alone takes longer).
+        let (next, pause) = if tick {
+            (
+                "i=$(($(cat /dev/shm/tick) + 1)); echo $i > /dev/shm/tick",
+                "0.005",
+            )
         } else {
-            "i=$((i+1))"
+            ("i=$((i+1))", "0.05")
         };
         let script = format!(
             "head -c 2097152 /dev/urandom > /dev/shm/big; i=0; echo 0 > /dev/shm/tick; \
              while :; do {next}; ln -sf $i /data/count.tmp; mv -f /data/count.tmp /data/count; \
-             sleep 0.05; done"
+             sleep {pause}; done"
         );
         let bundle = w.bundle(name, &["sh", "-c", &script], &data, |_| {});
         w.a.start(&id, &bundle);

@@ -181,14 +181,7 @@ fn exec_ps_events_and_update() {
     // On a cgroup v2 host both were forked straight into the container's
     // cgroup (no move, which waits for an RCU grace period); on v1 moved.
     let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let logged = std::fs::read_to_string(&log).unwrap();
-    for what in ["container init cloned", "exec relay forked"] {
-        let line = logged
-            .lines()
-            .find(|l| l.contains(what))
-            .unwrap_or_else(|| panic!("{logged}"));
-        assert!(line.contains(&format!("placed={v2}")), "{line}");
-    }
+    assert_placed(&log, v2);
     assert_eq!(
         env.ok(&["exec", &id, "cat", "/proc/1/cmdline"])
             .replace('\0', " ")
@@ -623,4 +616,97 @@ fn deny_all_devices_keeps_default_nodes_and_sysctls_beat_readonly_proc_sys() {
     assert_eq!(lines[0], "3", "{text}");
     assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["0", "0"]);
     env.assert_gone(&id);
+}
+
+/// A seccomp filter answering ENOSYS to `clone3`, as older container
+/// profiles do, installed in the child before it execs (it is inherited by
+/// everything it starts). Root needs no `no_new_privs` for it.
+fn refuse_clone3(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl only, in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let stmt = |code: u32, k: u32| libc::sock_filter {
+                code: code as u16,
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            let filter = [
+                stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+                libc::sock_filter {
+                    code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 1,
+                    k: libc::SYS_clone3 as u32,
+                },
+                stmt(
+                    libc::BPF_RET | libc::BPF_K,
+                    libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                ),
+                stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Where `clone3` is refused, the init and an exec'd process are moved
+/// into the container's cgroup once they run, as before (the fall-back
+/// of the fork into the cgroup on v2; the only way on v1).
+#[test]
+fn without_clone3_processes_are_moved_into_their_cgroup() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new("noclone3");
+    let id = env.id("c");
+    let bundle = env.bundle("b", &["sleep", "1000"], |_| {});
+    let log = env.work.path().join("debug.log");
+    let filtered = |args: &[&str]| {
+        let mut cmd = env.cmd(&[&["--debug", "--log", log.to_str().unwrap()][..], args].concat());
+        refuse_clone3(&mut cmd);
+        let out = capture(cmd);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    filtered(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+    assert_eq!(filtered(&["exec", &id, "echo", "inside"]).trim(), "inside");
+    assert_placed(&log, false);
+    // The init is in every directory of its cgroup all the same.
+    let pid = env.state(&id)["pid"].to_string();
+    for dir in env.cgroup_dirs(&id) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == pid),
+            "{}: {procs}",
+            dir.display()
+        );
+    }
+    env.ok(&["delete", "-f", &id]);
+    env.assert_gone(&id);
+}
+
+/// ferry's debug log `log` says the init and the exec relay were forked
+/// into the container's cgroup (`placed`) or moved there.
+fn assert_placed(log: &std::path::Path, placed: bool) {
+    let logged = std::fs::read_to_string(log).unwrap();
+    for what in ["container init cloned", "exec relay forked"] {
+        let line = logged
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{logged}"));
+        assert!(line.contains(&format!("placed={placed}")), "{line}");
+    }
 }
