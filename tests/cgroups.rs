@@ -13,6 +13,9 @@ use oci_spec::runtime::LinuxResources;
 #[path = "common/skip.rs"]
 mod skip;
 use skip::skip;
+#[path = "common/cgroup2.rs"]
+mod cgroup2;
+use cgroup2::{cgroup2_root, Cgroup2Dir};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -427,15 +430,6 @@ fn add_task_of_missing_process_fails_with_context() {
     cg.remove().unwrap();
 }
 
-/// The cgroup2 hierarchy: /sys/fs/cgroup on a pure v2 host, its
-/// `unified` mount on a hybrid one.
-fn cgroup2_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
-}
-
 /// The eBPF device program, run by the kernel: a shell moved into a cgroup2
 /// directory carrying "deny all, allow /dev/zero read" may read /dev/zero,
 /// and opening /dev/null or making a node fails; replacing the program (as
@@ -448,15 +442,8 @@ fn device_program_is_enforced_by_the_kernel() {
         return;
     };
     use ferry::cgroups::devices_bpf::{self, Kind, Rule, ACC_MKNOD, ACC_READ, ACC_WRITE};
-    let dir = root.join(format!("ferry-devtest-{}", std::process::id()));
-    fs::create_dir(&dir).unwrap();
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir(&self.0);
-        }
-    }
-    let _rm = Rm(dir.clone());
+    let made = Cgroup2Dir::make(&root, &format!("ferry-devtest-{}", std::process::id()));
+    let dir = made.path.clone();
     let deny_all = Rule {
         allow: false,
         kind: None,
@@ -611,20 +598,8 @@ fn a_process_forked_into_a_cgroup2_directory_starts_there() {
         return;
     };
     let name = unique();
-    let dir = root.join(&name);
-    fs::create_dir(&dir).unwrap();
-    use nix::unistd::Pid;
-    struct Rm(PathBuf, Option<Pid>);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            if let Some(pid) = self.1 {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-            }
-            let _ = fs::remove_dir(&self.0);
-        }
-    }
-    let mut rm = Rm(dir.clone(), None);
+    let mut made = Cgroup2Dir::make(&root, &name);
+    let dir = made.path.clone();
     let fd = fs::File::open(&dir).unwrap();
     // SAFETY: the child only waits for its SIGKILL.
     let pid = match unsafe { fork_into(fd.as_fd(), 0) }.expect("clone3 into the cgroup") {
@@ -633,7 +608,7 @@ fn a_process_forked_into_a_cgroup2_directory_starts_there() {
         },
         Forked::Parent(pid) => pid,
     };
-    rm.1 = Some(pid);
+    made.child = Some(pid);
     let procs = read(&dir.join("cgroup.procs"));
     assert_eq!(procs.trim(), pid.to_string(), "cgroup.procs: {procs}");
     let own = read(Path::new(&format!("/proc/{pid}/cgroup")));
@@ -644,7 +619,7 @@ fn a_process_forked_into_a_cgroup2_directory_starts_there() {
     );
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(pid, None);
-    rm.1 = None;
+    made.child = None;
 
     // A child that panics ends with 127; it never unwinds into this
     // test's frames (which would go on running the test in the child).
@@ -654,11 +629,11 @@ fn a_process_forked_into_a_cgroup2_directory_starts_there() {
         Forked::Child => child_body(|| panic!("deliberate panic in a forked child")),
         Forked::Parent(pid) => pid,
     };
-    rm.1 = Some(pid);
+    made.child = Some(pid);
     let status = nix::sys::wait::waitpid(pid, None).unwrap();
-    rm.1 = None;
+    made.child = None;
     assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 127));
-    drop(rm);
+    drop(made);
 
     let not_a_cgroup = tempfile::tempdir().unwrap();
     let fd = fs::File::open(not_a_cgroup.path()).unwrap();

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 #[path = "common/skip.rs"]
 mod skip;
 use skip::skip;
+#[path = "common/cgroup2.rs"]
+mod cgroup2;
 
 use ferry::criu::{AckAll, Criu, Error, HandlerError, Notify, NotifyHandler, Opts, Version};
 use nix::sys::signal::{kill, killpg, Signal};
@@ -205,24 +207,13 @@ fn version_is_read_over_rpc() {
 #[test]
 fn criu_starts_inside_the_cgroup2_directory_it_is_given() {
     let _s = serial();
-    let Some(root) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.join("cgroup.controllers").exists())
-    else {
+    let Some(root) = cgroup2::cgroup2_root() else {
         skip("no cgroup2 hierarchy mounted (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified)");
         return;
     };
     let name = format!("ferry-test-criu-{}", std::process::id());
-    let dir = root.join(&name);
-    std::fs::create_dir(&dir).unwrap();
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir(&self.0);
-        }
-    }
-    let _rm = Rm(dir.clone());
+    let made = cgroup2::Cgroup2Dir::make(&root, &name);
+    let dir = made.path.clone();
     let c = criu().in_cgroup(File::open(&dir).unwrap().into());
     let mut seen = None;
     let started = c

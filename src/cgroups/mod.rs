@@ -181,6 +181,27 @@ impl Cgroup {
         .ok()
     }
 
+    /// Forks (with the extra clone `flags`) straight into the cgroup where
+    /// [`Cgroup::clone_target`] names a directory and the kernel takes it
+    /// ([`clone_into::fork_into`]); `None` when not forked (nothing was
+    /// made): the caller forks as before and moves the child with
+    /// [`Cgroup::add_task`], which reports what the cgroup refuses.
+    ///
+    /// # Safety
+    /// As [`clone_into::fork_into`].
+    pub unsafe fn fork_into(&self, flags: libc::c_int) -> Option<clone_into::Forked> {
+        use std::os::fd::AsFd;
+        let dir = self.clone_target()?;
+        // SAFETY: the caller upholds fork_into's rules.
+        match unsafe { clone_into::fork_into(dir.as_fd(), flags) } {
+            Ok(forked) => Some(forked),
+            Err(e) => {
+                tracing::debug!(error = %e, "not forked into the cgroup: moved once it runs");
+                None
+            }
+        }
+    }
+
     /// Moves the whole process `pid` (all its threads) into the cgroup.
     /// The first process of a systemd scope starts it.
     pub fn add_task(&self, pid: i32) -> Result<()> {

@@ -1,5 +1,5 @@
 //! `create`: a container whose init is set up and waits for `start`.
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -10,7 +10,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 
 use super::plan::{Claim, Plan};
 use super::{io, sys, Container, Error, Result};
-use crate::cgroups::clone_into::{child_body, fork_into, Forked};
+use crate::cgroups::clone_into::{child_body, Forked};
 use crate::cgroups::CgroupDescriptor;
 use crate::hooks::{self, Kind};
 use crate::init::Init;
@@ -228,19 +228,11 @@ fn spawn_init(
         let init = init.take().expect("init runs once");
         child_body(|| init.run())
     };
-    let into = claim.made_cgroup().clone_target().map(|dir| {
-        // SAFETY: see above.
-        unsafe { fork_into(dir.as_fd(), ns.clone.bits()) }
-    });
-    let (pid, placed) = match into {
-        Some(Ok(Forked::Child)) => in_child(),
-        Some(Ok(Forked::Parent(pid))) => (pid, true),
-        other => {
-            if let Some(Err(e)) = other {
-                // Moved once it runs instead, which reports what the
-                // cgroup itself refuses.
-                tracing::debug!(error = %e, "init not cloned into its cgroup");
-            }
+    // SAFETY: see above.
+    let (pid, placed) = match unsafe { claim.made_cgroup().fork_into(ns.clone.bits()) } {
+        Some(Forked::Child) => in_child(),
+        Some(Forked::Parent(pid)) => (pid, true),
+        None => {
             let mut stack = vec![0u8; 1 << 20];
             // SAFETY: see above.
             let pid = unsafe {

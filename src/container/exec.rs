@@ -10,7 +10,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use oci_spec::runtime::{LinuxSeccomp, Process};
 
 use super::{sys, Container, Error, Result, Status};
-use crate::cgroups::clone_into::{child_body, fork_into, single_threaded, Forked};
+use crate::cgroups::clone_into::{child_body, single_threaded, Forked};
 use crate::process::{self, Failure};
 use crate::sync::{self, Channel, Msg};
 
@@ -108,27 +108,21 @@ impl Container {
         };
         let (parent_ch, child_ch) = sync::pair().map_err(sys("socketpair"))?;
         // Forked into the container's cgroup where the kernel allows, else
-        // moved there by the handshake (which reports what the cgroup
-        // refuses).
-        // The relay's code allocates: only without other threads (glibc's
-        // fork handlers do not run for this fork).
-        let into = cgroup
-            .clone_target()
-            .filter(|_| single_threaded())
-            .map(|dir| {
-                // SAFETY: single-threaded; the child execs or exits.
-                unsafe { fork_into(dir.as_fd(), 0) }
-            });
+        // moved there by the handshake. The relay's code allocates: forked
+        // so only without other threads (glibc's fork handlers do not run
+        // for this fork).
+        let into = match single_threaded() {
+            // SAFETY: single-threaded; the child execs or exits.
+            true => unsafe { cgroup.fork_into(0) },
+            false => None,
+        };
         let (relay, placed) = match into {
-            Some(Ok(Forked::Child)) => {
+            Some(Forked::Child) => {
                 drop(parent_ch);
                 child_body(|| child.run(child_ch))
             }
-            Some(Ok(Forked::Parent(pid))) => (pid, true),
-            other => {
-                if let Some(Err(e)) = other {
-                    tracing::debug!(error = %e, "not forked into the container's cgroup");
-                }
+            Some(Forked::Parent(pid)) => (pid, true),
+            None => {
                 // SAFETY: single-threaded; the child execs or exits.
                 match unsafe { fork() }.map_err(sys("fork"))? {
                     ForkResult::Child => {

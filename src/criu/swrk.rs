@@ -295,19 +295,7 @@ impl Session {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                if let Some(ns) = netns {
-                    if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                close_others_on_exec();
-                for &fd in &keep {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
+                netns_and_fds(netns, &keep)
             });
         }
         let child = cmd.spawn().map_err(|source| Error::Spawn {
@@ -575,22 +563,12 @@ impl ChildSetup<'_> {
             libc::sigemptyset(&mut set);
             let ok = libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) == 0
                 && libc::signal(libc::SIGPIPE, libc::SIG_DFL) != libc::SIG_ERR
-                && self
-                    .netns
-                    .is_none_or(|ns| libc::setns(ns, libc::CLONE_NEWNET) == 0);
+                && netns_and_fds(self.netns, self.keep).is_ok()
+                && libc::dup2(self.devnull, 0) == 0
+                && libc::dup2(self.devnull, 1) == 1
+                && libc::dup2(self.stderr, 2) == 2;
             if ok {
-                close_others_on_exec();
-                let kept = self.keep.iter().all(|&fd| {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == 0
-                });
-                if kept
-                    && libc::dup2(self.devnull, 0) == 0
-                    && libc::dup2(self.devnull, 1) == 1
-                    && libc::dup2(self.stderr, 2) == 2
-                {
-                    libc::execv(self.argv[0], self.argv.as_ptr());
-                }
+                libc::execv(self.argv[0], self.argv.as_ptr());
             }
             let errno = *libc::__errno_location();
             libc::write(
@@ -601,6 +579,28 @@ impl ChildSetup<'_> {
             libc::_exit(127)
         }
     }
+}
+
+/// In criu's forked child, either way it was forked: enters the network
+/// namespace `netns`, and leaves only `keep` (at their numbers) open
+/// across the exec. System calls only.
+fn netns_and_fds(netns: Option<RawFd>, keep: &[RawFd]) -> std::io::Result<()> {
+    // SAFETY: plain system calls on the child's own state.
+    unsafe {
+        if let Some(ns) = netns {
+            if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        close_others_on_exec();
+        for &fd in keep {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Marks every descriptor from 3 up close-on-exec (in the forked child).
