@@ -143,4 +143,7 @@ fn check_measures_what_a_containers_cgroup_can_do() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // So is its throwaway process (post-copy's lazy dump, where it runs).
+    let left = common::check_sleepers::check_sleepers();
+    assert!(left.is_empty(), "left behind by `ferry check`: {left:?}");
 }

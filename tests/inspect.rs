@@ -1,7 +1,10 @@
 //! `ferry inspect`, `ferry check` and checkpoint archives against real CRIU
 //! dumps (and a real podman export). Needs root and a working criu.
+#[path = "common/check_sleepers.rs"]
+mod check_sleepers;
 #[path = "common/skip.rs"]
 mod skip;
+use check_sleepers::check_sleepers;
 use skip::skip;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -630,15 +633,8 @@ fn check_json_agrees_with_criu() {
     );
 
     // No process of the checks is left behind.
-    let leftover = Command::new("pgrep")
-        .args(["-f", "^sleep 600$"])
-        .output()
-        .unwrap();
-    assert!(
-        leftover.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&leftover.stdout)
-    );
+    let left = check_sleepers();
+    assert!(left.is_empty(), "left behind by `ferry check`: {left:?}");
 
     let text = Command::new(ferry()).arg("check").output().unwrap();
     let text = String::from_utf8(text.stdout).unwrap();

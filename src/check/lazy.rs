@@ -17,6 +17,11 @@ use crate::criu::{AckAll, Criu, Opts, ReqType, Request};
 /// CRIU's log of the lazy dump, in the images dir.
 const LOG_FILE: &str = "lazy-dump.log";
 
+/// The variable in the throwaway process's environment, set to the pid of
+/// the ferry that started it: a leftover is told apart from any other
+/// `sleep` on the machine, and names its owner.
+pub const SLEEPER_MARK: &str = "FERRY_CHECK_SLEEPER";
+
 /// The first error line CRIU wrote to `log` (harmless ones skipped).
 fn first_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
@@ -121,6 +126,7 @@ pub(super) fn try_lazy_dump(criu: &Criu) -> Result<String, String> {
 fn spawn_sleeper() -> Result<Child, String> {
     let mut cmd = Command::new("sleep");
     cmd.arg("600")
+        .env(SLEEPER_MARK, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

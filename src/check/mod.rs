@@ -35,6 +35,7 @@ mod page_server;
 mod tls;
 
 pub use crate::cgroups::CgroupLayout;
+pub use lazy::SLEEPER_MARK;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod check_sleepers;
 pub mod invariants;
 pub mod runc;
 mod skip;
