@@ -185,8 +185,20 @@ impl Containerd {
             .unwrap_or_default()
     }
 
-    /// The counter's last number, read by a process exec'd in the task.
+    /// The counter's last number, read by a process exec'd in the task;
+    /// `None` while the counter has not written it yet.
+    fn try_count(&self, id: &str, exec_id: &str) -> Option<u64> {
+        self.read_count(id, exec_id).ok()
+    }
+
+    /// The counter's last number; fails the test, with what the exec
+    /// printed, when there is none.
     fn count(&self, id: &str, exec_id: &str) -> u64 {
+        self.read_count(id, exec_id)
+            .unwrap_or_else(|e| panic!("no count in the task: {e}"))
+    }
+
+    fn read_count(&self, id: &str, exec_id: &str) -> Result<u64, String> {
         let out = self.run(&[
             "task",
             "exec",
@@ -196,10 +208,14 @@ impl Containerd {
             "cat",
             "/tmp/count",
         ]);
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout.trim().parse().map_err(|_| {
+            format!(
+                "exec cat /tmp/count: {}, stdout {stdout:?}, stderr {:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// ferry's own view of the container, in the root the shim gave it.
@@ -331,12 +347,16 @@ fn containerd_runs_execs_pauses_and_checkpoints_a_counter_through_ferry() {
         &id,
         "sh",
         "-c",
-        "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done",
+        // Written whole and renamed into place: a reader never sees the
+        // file truncated and not yet written.
+        "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done",
     ]);
     assert_eq!(c.status(&id), "RUNNING");
     // ferry is the runtime: its state is in the root the shim passes.
     assert_eq!(c.ferry_status(&id).as_deref(), Some("running"));
-    assert!(wait_until(Duration::from_secs(10), || c.count(&id, "e1") >= 3));
+    assert!(wait_until(Duration::from_secs(10), || c
+        .try_count(&id, "e1")
+        >= Some(3)));
 
     // pause / resume
     c.ok(&["task", "pause", &id]);
@@ -345,12 +365,15 @@ fn containerd_runs_execs_pauses_and_checkpoints_a_counter_through_ferry() {
     c.ok(&["task", "resume", &id]);
     assert_eq!(c.status(&id), "RUNNING");
 
-    // Checkpoint of the task into an image; the task runs on.
+    // Checkpoint of the task into an image; the task runs on. The counter
+    // is at `before` or past it when it is checkpointed.
+    let before = c.count(&id, "e2");
     let reference = format!("localhost/ferry-ckpt-t{}:1", std::process::id());
     c.ok(&["containers", "checkpoint", "--task", &id, &reference]);
     assert_eq!(c.status(&id), "RUNNING");
-    let at = c.count(&id, "e2");
-    assert!(at >= 3);
+    assert!(wait_until(Duration::from_secs(10), || c
+        .try_count(&id, "e3")
+        > Some(before)));
     let images = c.ok(&["images", "ls", "-q"]);
     assert!(images.lines().any(|l| l == reference), "{images}");
 
@@ -358,14 +381,24 @@ fn containerd_runs_execs_pauses_and_checkpoints_a_counter_through_ferry() {
     c.remove(&id);
     assert_eq!(c.ferry_status(&id), None);
 
-    // Restore from the image (go-runc passes `-no-subreaper`): the counter
-    // goes on from where it was checkpointed.
+    // Restore from the image (go-runc passes `-no-subreaper`) into a fresh
+    // rootfs (the checkpoint has no rw layer): the first number the
+    // counter writes there comes from its restored memory, past `before`;
+    // a counter started afresh would write 1.
     c.ok(&["containers", "restore", "--live", &id, &reference]);
     assert_eq!(c.status(&id), "RUNNING");
     assert_eq!(c.ferry_status(&id).as_deref(), Some("running"));
-    let after = c.count(&id, "e3");
-    assert!(after >= at, "restarted: {after} after checkpoint at {at}");
-    assert!(wait_until(Duration::from_secs(10), || c.count(&id, "e4") > after));
+    let mut first = Err(String::new());
+    wait_until(Duration::from_secs(10), || {
+        first = c.read_count(&id, "e4");
+        first.is_ok()
+    });
+    let first = first.unwrap_or_else(|e| panic!("the restored counter never wrote: {e}"));
+    assert!(
+        first > before,
+        "restarted: {first} after checkpoint at {before}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || c.count(&id, "e5") > first));
 
     // kill with a signal: the task exits, delete removes it.
     c.ok(&["task", "kill", "--signal", "TERM", &id]);
