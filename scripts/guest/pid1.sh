@@ -8,23 +8,70 @@
 # bus is up: only D-Bus and that unit are started (no udev, journald or getty), which keeps the
 # boot short under emulation.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
-systemd=0
+systemd=0 deadline=0
 for x in $(</proc/cmdline); do
   case $x in
   ferry.rundir=*) rundir=${x#*=} ;;
   ferry.modprobe=*) modprobe=${x#*=} ;;
   ferry.systemd=*) systemd=${x#*=} ;;
+  ferry.deadline=*) deadline=${x#*=} ;;
   esac
 done
 
+# What the guest is doing, on the serial console (apart from the ports the command writes
+# to): every process with its cgroup and wait channel, the frozen cgroups, the kernel stacks
+# of the CPUs and of blocked tasks.
+diagnose() {
+  echo "guest: monitor: $1; processes (not the kernel's):"
+  ps -eo pid,ppid,stat,wchan:32,etime,cgroup:48,args | awk '$1 != 2 && $2 != 2' | cut -c1-240
+  echo "guest: monitor: frozen cgroups:"
+  grep -l '^frozen 1' /sys/fs/cgroup/*/cgroup.events /sys/fs/cgroup/*/*/cgroup.events /sys/fs/cgroup/*/*/*/cgroup.events 2>/dev/null
+  echo l >/proc/sysrq-trigger
+  echo w >/proc/sysrq-trigger
+}
+
+# Beats every 5 s into the run directory (the host ends a guest whose beat stops: run.sh),
+# from a cgroup of its own when the command has one, so that a freeze of the command's
+# cgroup stops the command but not this. A command frozen for 60 s can never finish: the
+# guest says why and ends with status 1. Near the host's deadline, it says what still runs.
+monitor() {
+  local cg=$1 frozen=0 told=0 up
+  if [ "$cg" != / ]; then
+    mkdir -p /sys/fs/cgroup/guest-monitor && echo "$BASHPID" >/sys/fs/cgroup/guest-monitor/cgroup.procs
+  fi
+  while :; do
+    up=$(cut -d' ' -f1 /proc/uptime)
+    echo "$up" >"$rundir/alive.new" && mv "$rundir/alive.new" "$rundir/alive"
+    if [ "$cg" != / ] && grep -q '^frozen 1' "/sys/fs/cgroup$cg/cgroup.events" 2>/dev/null; then
+      frozen=$((frozen + 5))
+      if ((frozen >= 60)); then
+        diagnose "the command's cgroup $cg has been frozen for 60 s" >/dev/console 2>&1
+        echo 1 >"$rundir/rc"
+        sync
+        echo o >/proc/sysrq-trigger
+      fi
+    else
+      frozen=0
+    fi
+    if ((deadline > 0 && told == 0 && ${up%.*} >= deadline)); then
+      diagnose "the command still runs ${deadline} s after boot, near the host's deadline" >/dev/console 2>&1
+      told=1
+    fi
+    sleep 5
+  done
+}
+
 run_cmd() {
-  local out=/dev/console err=/dev/console p rc
+  local out=/dev/console err=/dev/console p rc mon
   for p in /sys/class/virtio-ports/*; do
     case $(<"$p/name") in guest.out) out=/dev/${p##*/} ;; guest.err) err=/dev/${p##*/} ;; esac
   done
   echo "guest: command starts at uptime $(cut -d' ' -f1 /proc/uptime)s" >/dev/console
+  monitor "$(cut -d: -f3 /proc/self/cgroup)" </dev/null >/dev/console 2>&1 &
+  mon=$!
   bash "$rundir/cmd" </dev/null >"$out" 2>"$err"
   rc=$?
+  kill "$mon"
   echo "$rc" >"$rundir/rc"
   echo "guest: command exited $rc at uptime $(cut -d' ' -f1 /proc/uptime)s" >/dev/console
   sync

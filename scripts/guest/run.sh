@@ -8,7 +8,9 @@
 # back; the exit status is CMD's, or 125 when the guest itself failed. Variables named in
 # GUEST_ENV ("A B") are passed in. With -s, systemd is the guest's PID 1 with the system bus
 # running, and CMD runs as a unit of it (pid1.sh). A kernel that loops for 20 s panics
-# (softlockup_panic), so such a guest ends at once with the stack that looped on its console.
+# (softlockup_panic), so such a guest ends at once with the stack that looped on its console;
+# one whose monitor stops beating for FERRY_GUEST_STALL seconds (default 120) is ended too.
+# Both exit 125 saying "the guest's kernel failed", which scripts/test-guest.sh runs again once.
 #
 # Hardware KVM is used only when kvm_intel or kvm_amd is loaded: a /dev/kvm backed by another
 # module (kvm_pvm, on some cloud VMs) cannot run a stock kernel, so QEMU emulates (TCG) there,
@@ -67,7 +69,7 @@ touch "$RUN/stdout" "$RUN/stderr"
 timeout -k 5 "$TIMEOUT" "$DIR/bin/qemu-system-x86_64" "${accel[@]}" -m "$MEM" -smp "$CPUS" \
   -nodefaults -no-user-config -nographic -no-reboot -nic none -bios qboot.rom \
   -kernel "$DIR/vmlinux" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet loglevel=5 softlockup_panic=1 panic=-1 ferry.share=$SHARE ferry.pid1=$HERE/pid1.sh ferry.rundir=$RUN ferry.modprobe=$DIR/bin/modprobe ferry.systemd=$SYSTEMD" \
+  -append "console=ttyS0 quiet loglevel=5 softlockup_panic=1 panic=-1 ferry.share=$SHARE ferry.pid1=$HERE/pid1.sh ferry.rundir=$RUN ferry.modprobe=$DIR/bin/modprobe ferry.systemd=$SYSTEMD ferry.deadline=$((TIMEOUT > 180 ? TIMEOUT - 90 : 0))" \
   -serial "file:$RUN/console.log" \
   -fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
@@ -79,6 +81,21 @@ timeout -k 5 "$TIMEOUT" "$DIR/bin/qemu-system-x86_64" "${accel[@]}" -m "$MEM" -s
   </dev/null >"$RUN/qemu.log" 2>&1 &
 qpid=$!
 trap 'kill "$qpid" 2>/dev/null' INT TERM
+# Once the command runs, the guest's monitor beats every 5 s from outside the command's
+# cgroup (pid1.sh): a guest silent for STALL seconds has stopped as a whole (seen once: no
+# output, no lockup report, both emulated CPUs busy until the deadline), and is ended then.
+STALL=${FERRY_GUEST_STALL:-120}
+(
+  while kill -0 "$qpid" 2>/dev/null; do
+    sleep 5
+    [ -e "$RUN/alive" ] || continue
+    if (($(date +%s) - $(stat -c %Y "$RUN/alive") > STALL)); then
+      echo "$STALL" >"$RUN/stalled"
+      kill "$qpid"
+      break
+    fi
+  done
+) </dev/null >/dev/null 2>&1 &
 tail -n +1 -s 0.2 -f --pid="$qpid" "$RUN/stdout" &
 t1=$!
 tail -n +1 -s 0.2 -f --pid="$qpid" "$RUN/stderr" >&2 &
@@ -86,8 +103,11 @@ t2=$!
 wait "$qpid"
 q=$?
 wait "$t1" "$t2"
+# What the guest's monitor said on the console (a frozen command, the state near the deadline).
+monitor_report() { awk '/^guest: monitor:/ { p = 1 } p' "$RUN/console.log" | head -n 400 >&2; }
 if [ -s "$RUN/rc" ]; then
   rc=$(<"$RUN/rc")
+  monitor_report
   rm -rf "$RUN"
   exit "$rc"
 fi
@@ -98,7 +118,11 @@ if grep -q -E 'BUG: soft lockup|Kernel panic|rcu: INFO' "$RUN/console.log"; then
   echo "guest: the guest's kernel failed; its first report:" >&2
   awk '/BUG: soft lockup|Kernel panic|rcu: INFO/ { p = 1 } p && n++ < 120' "$RUN/console.log" >&2
   tail -n 30 "$RUN/qemu.log" >&2
+elif [ -e "$RUN/stalled" ]; then
+  echo "guest: the guest's kernel failed: no beat for $(<"$RUN/stalled") s from its monitor, which runs outside the command's cgroup" >&2
+  tail -n 30 "$RUN/console.log" "$RUN/qemu.log" >&2
 else
+  monitor_report
   tail -n 30 "$RUN/console.log" "$RUN/qemu.log" >&2
 fi
 exit 125
