@@ -124,12 +124,14 @@ fn read(path: &Path) -> String {
         .to_string()
 }
 
-/// A shell loop that writes an increasing counter to `file`.
+/// A shell loop that writes an increasing counter to `file`, whole and
+/// renamed into place: frozen between two syscalls, it still leaves a
+/// number there, never an empty file.
 fn spawn_counter(file: &Path) -> Child {
     Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "i=0; while :; do i=$((i+1)); echo $i > {}; sleep 0.01; done",
+            "i=0; while :; do i=$((i+1)); echo $i > {0}.tmp; mv {0}.tmp {0}; sleep 0.01; done",
             file.display()
         ))
         .stdin(Stdio::null())
@@ -247,6 +249,7 @@ fn limits_tasks_freeze_stats_and_remove() {
         "frozen child state {state:?}"
     );
     let frozen_at = counter(&file);
+    assert!(frozen_at > 3, "no count while frozen: {frozen_at}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(counter(&file), frozen_at, "counter advanced while frozen");
 

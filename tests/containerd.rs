@@ -205,13 +205,13 @@ impl Containerd {
             "--exec-id",
             exec_id,
             id,
-            "cat",
+            "readlink",
             "/tmp/count",
         ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         stdout.trim().parse().map_err(|_| {
             format!(
-                "exec cat /tmp/count: {}, stdout {stdout:?}, stderr {:?}",
+                "exec readlink /tmp/count: {}, stdout {stdout:?}, stderr {:?}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             )
@@ -347,9 +347,11 @@ fn containerd_runs_execs_pauses_and_checkpoints_a_counter_through_ferry() {
         &id,
         "sh",
         "-c",
-        // Written whole and renamed into place: a reader never sees the
-        // file truncated and not yet written.
-        "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done",
+        // The number is a symlink's target, renamed into place (as
+        // common::COUNTER): a reader never sees a file truncated and not
+        // yet written, and a checkpoint never catches a file open in the
+        // rootfs, which the restore into a fresh one could not reopen.
+        "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); ln -sf $i /tmp/count.new; mv -f /tmp/count.new /tmp/count; sleep 0.1; done",
     ]);
     assert_eq!(c.status(&id), "RUNNING");
     // ferry is the runtime: its state is in the root the shim passes.

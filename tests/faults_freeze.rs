@@ -267,6 +267,8 @@ fn checkpoint_killed(leave_running: bool) {
         .enumerate()
     {
         let id = start(&format!("c{i}"));
+        // The counter is at `before` or past it when it is checkpointed.
+        let before = read_num(&count).unwrap();
         let dirs = env.cgroup_dirs(&id);
         let images = env.work.path().join(format!("img{i}"));
         let mut child = checkpoint(&id, &images)
@@ -321,9 +323,10 @@ fn checkpoint_killed(leave_running: bool) {
             }
         }
         if complete {
-            // The image restores and the counter goes on from where it was.
-            let from = read_num(&count).unwrap_or(0);
+            // The image restores and the counter goes on from where it was
+            // (the original, run on by --leave-running, may be further).
             env.ok(&["delete", "-f", &id]);
+            std::fs::remove_file(&count).unwrap();
             let rid = env.id(&format!("r{i}"));
             env.ok(&[
                 "restore",
@@ -334,11 +337,8 @@ fn checkpoint_killed(leave_running: bool) {
                 s(&images),
                 &rid,
             ]);
-            assert!(
-                wait_until(Duration::from_secs(5), || read_num(&count).unwrap_or(0)
-                    > from),
-                "killed {at}: the restored counter does not go on from {from}"
-            );
+            let first = assert_resumes(&count, before);
+            assert_continues(&count, first);
             env.ok(&["delete", "-f", &rid]);
         }
         env.ok(&["delete", "-f", &id]);
@@ -664,6 +664,9 @@ fn restore_refuses_an_image_marked_incomplete() {
     let bundle = env.bundle("c", &["sh", "-c", COUNTER], |v| add_bind(v, &data, "/data"));
     let id = env.id("c");
     env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+    let count = data.join("count");
+    wait_counting(&count);
+    let before = read_num(&count).unwrap();
     let images = env.work.path().join("img");
     env.ok(&[
         "checkpoint",
@@ -675,6 +678,7 @@ fn restore_refuses_an_image_marked_incomplete() {
     let marker = images.join(ferry::freeze_guard::INCOMPLETE_MARKER);
     assert!(!marker.exists(), "a completed dump keeps its marker");
     env.ok(&["delete", "-f", &id]);
+    std::fs::remove_file(&count).unwrap();
     std::fs::write(&marker, "").unwrap();
     let rid = env.id("r");
     let err = env.fail(&[
@@ -701,5 +705,6 @@ fn restore_refuses_an_image_marked_incomplete() {
         s(&images),
         &rid,
     ]);
-    assert!(advancing(&data.join("count")));
+    let first = assert_resumes(&count, before);
+    assert_continues(&count, first);
 }

@@ -446,7 +446,28 @@ fn inspect_podman_exported_checkpoint() {
         "sleep 100000 & while :; do sleep 1; done",
     ]))
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Checkpointed once its shell has started the background sleep.
+    let pid = run(Command::new("podman").args(["inspect", "--format", "{{.State.Pid}}", &name]))
+        .unwrap()
+        .trim()
+        .to_string();
+    let sleeping = || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|c| {
+                std::fs::read_to_string(format!("/proc/{c}/comm"))
+                    .is_ok_and(|n| n.trim() == "sleep")
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sleeping() {
+        assert!(
+            Instant::now() < deadline,
+            "no sleep in container {name} (pid {pid}) after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let exported = work.path().join("podman-checkpoint.tar.gz");
     if let Err(e) = run(Command::new("podman")
         .args(["container", "checkpoint", "--export"])

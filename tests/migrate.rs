@@ -632,12 +632,15 @@ fn tmpfs_contents_cross_before_the_freeze() {
         let data = w.work.path().join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
         // Ticking, the count lives in /dev/shm: a copy older than the
-        // freeze would make it go back. It ticks every few milliseconds,
-        // so that /dev/shm surely changes between the early copy and the
-        // freeze (shipping the early copy alone takes longer).
+        // freeze would make it go back, which the loop sees (its own
+        // memory holds the number it wrote last) and marks in /data. It
+        // ticks every few milliseconds, so that /dev/shm surely changes
+        // between the early copy and the freeze (shipping the early copy
+        // alone takes longer).
         let (next, pause) = if tick {
             (
-                "i=$(($(cat /dev/shm/tick) + 1)); echo $i > /dev/shm/tick",
+                "j=$(cat /dev/shm/tick); [ \"$j\" -ge $i ] || echo \"$i -> $j\" >> /data/wentback; \
+                 i=$((j + 1)); echo $i > /dev/shm/tick",
                 "0.005",
             )
         } else {
@@ -681,5 +684,11 @@ fn tmpfs_contents_cross_before_the_freeze() {
         "the count kept in /dev/shm went back: {before} -> {at}"
     );
     assert_continues(&count, at);
+    let went_back = count.with_file_name("wentback");
+    assert!(
+        !went_back.exists(),
+        "the count kept in /dev/shm went back (as the container saw it): {}",
+        read_text(&went_back)
+    );
     w.b.ok(&["delete", "-f", &id]);
 }

@@ -390,14 +390,49 @@ pub fn wait_counting(count: &Path) {
         >= 3));
 }
 
-/// The counter moves on from at least `from` (it never restarts at 1).
+/// The counter moves on from `from`, a number it had reached when it was
+/// checkpointed (or that it shows now): every number it shows is `from` or
+/// more, and it passes `from + 3` within 5 s. A counter restarted at 1
+/// shows less than `from` first, so this fails on it.
 pub fn assert_continues(count: &Path, from: u64) {
+    assert!(from >= 2, "a count of {from} cannot tell a restart apart");
+    let mut low = None;
+    let passed = wait_until(Duration::from_secs(5), || {
+        let n = read_num(count).unwrap_or(0);
+        if n < from {
+            low.get_or_insert(n);
+        }
+        n > from + 3
+    });
+    if let Some(n) = low {
+        panic!("counter went back to {n} from {from}: restarted, not restored");
+    }
     assert!(
-        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0)
-            > from + 3),
+        passed,
         "counter stuck at {:?}, expected it to pass {from}",
         read_num(count)
     );
+}
+
+/// The first number a restored counter writes into a `count` that was
+/// removed before the restore (5 s at most), checked to be `at` or more:
+/// `at` is a number the counter had reached when it was checkpointed, so
+/// a counter restored from that checkpoint writes `at` or more, one that
+/// started afresh writes 1.
+pub fn assert_resumes(count: &Path, at: u64) -> u64 {
+    assert!(at >= 2, "a count of {at} cannot tell a restart apart");
+    let mut first = None;
+    wait_until(Duration::from_secs(5), || {
+        first = read_num(count);
+        first.is_some()
+    });
+    let first =
+        first.unwrap_or_else(|| panic!("no count in {} 5 s after the restore", count.display()));
+    assert!(
+        first >= at,
+        "restarted: the restored counter wrote {first}, it was at {at} or past when checkpointed"
+    );
+    first
 }
 
 /// A file's text without surrounding whitespace ("" if unreadable); for a
