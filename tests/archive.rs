@@ -137,7 +137,9 @@ fn export_import_round_trip_into_a_built_and_into_another_bundle() {
         &r2,
     ]);
     assert_eq!(env.status(&r2), "running");
-    assert_continues(&data2.join("count"), at_dump2);
+    let count2 = data2.join("count");
+    let first = assert_resumes(&count2, at_dump2);
+    assert_continues(&count2, first);
     assert!(
         !env.root.path().join("@imports").exists(),
         "with --bundle nothing of the import is kept"

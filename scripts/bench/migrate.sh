@@ -176,6 +176,19 @@ wait_file() { # FILE SECONDS
   return 1
 }
 
+# The restored memhog's gap is in DIR/maxgap once it has beaten after the move: waits until
+# its beat count (written every 10 beats) moves on from what it was on entry.
+wait_beats() { # DIR SECONDS
+  local i c0
+  c0=$(cat "$1/count" 2>/dev/null)
+  for ((i = 0; i < $2 * 20; i++)); do
+    [ "$(cat "$1/count" 2>/dev/null)" != "$c0" ] && return 0
+    sleep 0.05
+  done
+  log "the workload did not beat within $2 s after the move"
+  return 1
+}
+
 vmhwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # --- raw TCP throughput over the link ------------------------------------
@@ -287,7 +300,7 @@ for size in $SIZES; do
       "rounds " + ([.pre_copy[] | "\(.pages_written)p/\(.duration)ms/frozen \(.frozen)ms"] | join(", "))
       + "; final \(.pages.written)p, predicted \(.predicted_downtime) ms; stopped: \(.pre_copy_stop)"
     else "" end' "$r")
-  sleep 0.3
+  wait_beats "$data" 20 || F_OK[$k]=0
   F_GAP[$k]=$(awk '{printf "%.1f", $1 / 1000}' "$data/maxgap")
   fb kill "$id" USR1
   wait_file "$data/sum-after" 20
@@ -322,7 +335,7 @@ if [ "$PODMAN" = 1 ]; then
     t1=$(date +%s%N)
     P_OK[$size]=$ok
     P_DOWN[$size]=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", (b - a) / 1e6}')
-    sleep 0.3
+    wait_beats "$data" 20 || P_OK[$size]=0
     P_GAP[$size]=$(awk '{printf "%.1f", $1 / 1000}' "$data/maxgap" 2>/dev/null || echo "?")
     podman rm -f "$name" "$name-r" >/dev/null 2>&1 || true
     rm -f "$tmp/podman-a/$name.tar" "$tmp/podman-b/$name.tar"

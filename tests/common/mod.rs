@@ -397,15 +397,20 @@ pub fn wait_counting(count: &Path) {
 pub fn assert_continues(count: &Path, from: u64) {
     assert!(from >= 2, "a count of {from} cannot tell a restart apart");
     let mut low = None;
-    let passed = wait_until(Duration::from_secs(5), || {
-        let n = read_num(count).unwrap_or(0);
-        if n < from {
+    let passed = wait_until(Duration::from_secs(5), || match read_num(count) {
+        Some(n) if n >= from => n > from + 3,
+        n => {
             low.get_or_insert(n);
+            false
         }
-        n > from + 3
     });
-    if let Some(n) = low {
-        panic!("counter went back to {n} from {from}: restarted, not restored");
+    match low {
+        Some(Some(n)) => panic!("counter went back to {n} from {from}: restarted, not restored"),
+        Some(None) => panic!(
+            "no count in {} (a fresh /data is checked with assert_resumes first)",
+            count.display()
+        ),
+        None => {}
     }
     assert!(
         passed,
