@@ -244,9 +244,11 @@ fn checkpoint_killed(leave_running: bool) {
         let id = env.id(name);
         let _ = std::fs::remove_file(&count);
         env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
+        // Far enough that a restore which started the counter afresh
+        // shows numbers below it for a while.
         assert!(wait_until(Duration::from_secs(5), || read_num(&count)
             .unwrap_or(0)
-            >= 3));
+            >= 10));
         id
     };
     let checkpoint = |id: &str, images: &Path| {
@@ -326,7 +328,10 @@ fn checkpoint_killed(leave_running: bool) {
             // The image restores and the counter goes on from where it was
             // (the original, run on by --leave-running, may be further).
             env.ok(&["delete", "-f", &id]);
+            // What the original left, count.tmp too (killed between its
+            // ln and mv): the restored counter may rename that into place.
             std::fs::remove_file(&count).unwrap();
+            let _ = std::fs::remove_file(data.join("count.tmp"));
             let rid = env.id(&format!("r{i}"));
             env.ok(&[
                 "restore",
@@ -665,7 +670,9 @@ fn restore_refuses_an_image_marked_incomplete() {
     let id = env.id("c");
     env.ok(&["run", "-d", "--bundle", s(&bundle), &id]);
     let count = data.join("count");
-    wait_counting(&count);
+    assert!(wait_until(Duration::from_secs(5), || read_num(&count)
+        .unwrap_or(0)
+        >= 10));
     let before = read_num(&count).unwrap();
     let images = env.work.path().join("img");
     env.ok(&[
@@ -679,6 +686,7 @@ fn restore_refuses_an_image_marked_incomplete() {
     assert!(!marker.exists(), "a completed dump keeps its marker");
     env.ok(&["delete", "-f", &id]);
     std::fs::remove_file(&count).unwrap();
+    let _ = std::fs::remove_file(data.join("count.tmp"));
     std::fs::write(&marker, "").unwrap();
     let rid = env.id("r");
     let err = env.fail(&[

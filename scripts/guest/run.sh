@@ -22,6 +22,7 @@ while getopts m:c:t:s o; do
   case $o in m) MEM=$OPTARG ;; c) CPUS=$OPTARG ;; t) TIMEOUT=$OPTARG ;; s) SYSTEMD=1 ;; *) exit 2 ;; esac
 done
 shift $((OPTIND - 1))
+[[ $TIMEOUT =~ ^[0-9]+$ ]] || { echo "run.sh: -t takes whole seconds, not '$TIMEOUT'" >&2; exit 2; }
 [ "${1:-}" = -- ] && shift
 [ $# -gt 0 ] || { echo "usage: $0 [-m MEM] [-c CPUS] [-t SECONDS] [-s] -- CMD [ARG...]" >&2; exit 2; }
 
@@ -88,20 +89,22 @@ STALL=${FERRY_GUEST_STALL:-120}
 (
   while kill -0 "$qpid" 2>/dev/null; do
     sleep 5
-    [ -e "$RUN/alive" ] || continue
-    if (($(date +%s) - $(stat -c %Y "$RUN/alive") > STALL)); then
+    beat=$(stat -c %Y "$RUN/alive" 2>/dev/null) || continue
+    if (($(date +%s) - beat > STALL)); then
       echo "$STALL" >"$RUN/stalled"
       kill "$qpid"
       break
     fi
   done
 ) </dev/null >/dev/null 2>&1 &
+watcher=$!
 tail -n +1 -s 0.2 -f --pid="$qpid" "$RUN/stdout" &
 t1=$!
 tail -n +1 -s 0.2 -f --pid="$qpid" "$RUN/stderr" >&2 &
 t2=$!
 wait "$qpid"
 q=$?
+kill "$watcher" 2>/dev/null
 wait "$t1" "$t2"
 # What the guest's monitor said on the console (a frozen command, the state near the deadline).
 monitor_report() { awk '/^guest: monitor:/ { p = 1 } p' "$RUN/console.log" | head -n 400 >&2; }
