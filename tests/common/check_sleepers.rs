@@ -1,8 +1,8 @@
 //! Processes `ferry check` started and did not stop.
 
 /// Every live process carrying `ferry check`'s sleeper mark, as "pid (ppid
-/// P, started by ferry F)": the mark names the ferry that started it, so
-/// another test's `sleep` is never mistaken for one.
+/// P, state S, started by ferry F)": the mark names the ferry that started
+/// it, so another test's `sleep` is never mistaken for one.
 pub fn check_sleepers() -> Vec<String> {
     let mark = format!("{}=", ferry::check::SLEEPER_MARK);
     let mut found = Vec::new();

@@ -385,9 +385,25 @@ pub fn criu_lock() -> Option<std::sync::MutexGuard<'static, ()>> {
 
 /// Waits until a counter container has counted to 3 in `count`.
 pub fn wait_counting(count: &Path) {
-    assert!(wait_until(Duration::from_secs(5), || read_num(count)
-        .unwrap_or(0)
-        >= 3));
+    wait_count(count, 3);
+}
+
+/// Waits until a counter container has counted to `n` in `count`.
+pub fn wait_count(count: &Path, n: u64) {
+    assert!(
+        wait_until(Duration::from_secs(5), || read_num(count).unwrap_or(0) >= n),
+        "{} never reached {n}: {:?}",
+        count.display(),
+        read_num(count)
+    );
+}
+
+/// Removes what a [`COUNTER`] left in its /data: `count`, and the
+/// `count.tmp` beside it when it was stopped between its `ln` and `mv`
+/// (a counter restored into that /data would rename it into place).
+pub fn clear_count(count: &Path) {
+    std::fs::remove_file(count).unwrap();
+    let _ = std::fs::remove_file(count.with_file_name("count.tmp"));
 }
 
 /// The counter moves on from `from`, a number it had reached when it was
@@ -419,12 +435,12 @@ pub fn assert_continues(count: &Path, from: u64) {
     );
 }
 
-/// The first number a restored counter writes into a `count` that was
-/// removed before the restore (5 s at most), checked to be `at` or more:
-/// `at` is a number the counter had reached when it was checkpointed, so
-/// a counter restored from that checkpoint writes `at` or more, one that
-/// started afresh writes 1.
-pub fn assert_resumes(count: &Path, at: u64) -> u64 {
+/// A counter restored into a /data without `count` goes on from its
+/// checkpoint: the first number it writes (within 5 s) is `at` or more,
+/// and it continues from there ([`assert_continues`]). `at` is a number
+/// the counter had reached when it was checkpointed; one started afresh
+/// writes 1.
+pub fn assert_resumes(count: &Path, at: u64) {
     assert!(at >= 2, "a count of {at} cannot tell a restart apart");
     let mut first = None;
     wait_until(Duration::from_secs(5), || {
@@ -437,7 +453,7 @@ pub fn assert_resumes(count: &Path, at: u64) -> u64 {
         first >= at,
         "restarted: the restored counter wrote {first}, it was at {at} or past when checkpointed"
     );
-    first
+    assert_continues(count, first);
 }
 
 /// A file's text without surrounding whitespace ("" if unreadable); for a
